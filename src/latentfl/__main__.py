@@ -1,0 +1,3 @@
+from latentfl.cli import main
+
+raise SystemExit(main())

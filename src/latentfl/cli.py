@@ -1,0 +1,62 @@
+"""The ``latentfl`` command: one entry point, one subcommand per module.
+
+Each module named in ``COMMAND_MODULES`` has ``register(subparsers)``, which adds its parser(s)
+and sets ``handler=`` to a function ``(args) -> int``. Modules import heavy dependencies inside
+their handlers so that ``latentfl --help`` stays fast and works without optional parts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+
+from latentfl import __version__
+from latentfl.errors import LatentFLError, SecurityError, StateError
+from latentfl.exitcodes import ExitCode
+
+COMMAND_MODULES: tuple[str, ...] = (
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="latentfl",
+        description="Privacy-first federated learning with latent-space dataset distillation.",
+    )
+    parser.add_argument("--version", action="version", version=f"latentfl {__version__}")
+    parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    subparsers = parser.add_subparsers(title="commands", metavar="COMMAND")
+    for name in COMMAND_MODULES:
+        importlib.import_module(name).register(subparsers)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    handler = getattr(args, "handler", None)
+    if handler is None:
+        parser.print_help()
+        return int(ExitCode.USER_ERROR)
+    from latentfl.log import configure_logging
+
+    configure_logging("console", level=args.log_level)
+    try:
+        return int(handler(args) or 0)
+    except SecurityError as exc:
+        print(f"latentfl: error: {exc}", file=sys.stderr)
+        return int(ExitCode.SECURITY)
+    except StateError as exc:
+        print(f"latentfl: error: {exc}", file=sys.stderr)
+        return int(ExitCode.STATE)
+    except LatentFLError as exc:
+        print(f"latentfl: error: {exc}", file=sys.stderr)
+        return int(ExitCode.USER_ERROR)
+    except KeyboardInterrupt:
+        print("latentfl: interrupted", file=sys.stderr)
+        return int(ExitCode.INTERRUPTED)
+
+
+__all__ = ["COMMAND_MODULES", "build_parser", "main"]

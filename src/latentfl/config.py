@@ -1,0 +1,217 @@
+"""TOML files -> frozen dataclasses, validated with precise messages.
+
+Each component declares its schema as frozen dataclasses whose fields are made with
+:func:`option` (default, help text, bounds, choices): defaults are defined once, there.
+:func:`load_config` reads a file and :func:`from_dict` converts a table; unknown keys, wrong
+types and out-of-range values are all collected and reported together, one sentence each,
+naming the file, the key and what was expected. A schema may add cross-field checks with a
+``problems(self) -> list[str]`` method. Relative paths are resolved against the file's folder.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+import types
+import typing
+from pathlib import Path
+from typing import Any, Literal, TypeVar, get_args, get_origin
+
+from latentfl.errors import ConfigError
+
+T = TypeVar("T")
+_MISSING = dataclasses.MISSING
+
+
+def option(
+    default: Any = _MISSING,
+    *,
+    help: str,
+    min: float | None = None,
+    max: float | None = None,
+    min_exclusive: bool = False,
+) -> Any:
+    """A config field: its default, a help sentence for the docs, and optional bounds."""
+    meta = {"help": help, "min": min, "max": max, "min_exclusive": min_exclusive}
+    return dataclasses.field(default=default, metadata=meta)
+
+
+def load_config(path: str | Path, schema: type[T]) -> T:
+    """Read the TOML file at ``path`` into ``schema``; raise ConfigError naming every problem."""
+    path = Path(path)
+    try:
+        with path.open("rb") as fh:
+            data = tomllib.load(fh)
+    except FileNotFoundError:
+        raise ConfigError(f"config file {path} does not exist; expected a TOML file.") from None
+    except OSError as exc:
+        raise ConfigError(f"config file {path} cannot be read: {exc.strerror}.") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"config file {path} is not valid TOML: {exc}.") from None
+    return from_dict(schema, data, source=str(path), base_dir=path.parent)
+
+
+def from_dict(
+    schema: type[T], data: dict[str, Any], *, source: str = "<config>", base_dir: Path | None = None
+) -> T:
+    """Convert a parsed TOML table into ``schema``; raise ConfigError listing every problem."""
+    problems: list[str] = []
+    value = _convert_dataclass(schema, data, "", problems, base_dir)
+    if problems:
+        raise ConfigError("\n".join(f"{source}: {p}" for p in problems))
+    return value
+
+
+def to_dict(obj: Any) -> Any:
+    """The TOML-shaped dict of a config object (paths as strings, tuples as lists)."""
+    if dataclasses.is_dataclass(obj):
+        return {f.name: to_dict(getattr(obj, f.name)) for f in dataclasses.fields(obj)
+                if getattr(obj, f.name) is not None}
+    if isinstance(obj, (tuple, list)):
+        return [to_dict(v) for v in obj]
+    if isinstance(obj, dict):
+        return {k: to_dict(v) for k, v in obj.items()}
+    if isinstance(obj, Path):
+        return str(obj)
+    return obj
+
+
+def _convert_dataclass(schema, data, where, problems, base_dir):
+    section = f"[{where}]" if where else "the top level"
+    if not isinstance(data, dict):
+        problems.append(f"{where} must be a table, got {type(data).__name__} {data!r}.")
+        return None
+    hints = typing.get_type_hints(schema)
+    fields = {f.name: f for f in dataclasses.fields(schema) if f.init}
+    for key in data:
+        if key not in fields:
+            known = ", ".join(sorted(fields))
+            problems.append(f"unknown key '{key}' in {section}; expected one of: {known}.")
+    kwargs = {}
+    n_before = len(problems)
+    for name, f in fields.items():
+        key = f"{where}.{name}" if where else name
+        if name not in data:
+            if f.default is _MISSING and f.default_factory is _MISSING:
+                if dataclasses.is_dataclass(hints[name]):
+                    kwargs[name] = _convert_dataclass(hints[name], {}, key, problems, base_dir)
+                else:
+                    problems.append(f"missing required key '{key}' ({f.metadata.get('help', '')}).")
+            continue
+        value = _convert(hints[name], data[name], key, problems, base_dir)
+        if value is not None:
+            _check_bounds(f, key, value, problems)
+        kwargs[name] = value
+    if len(problems) > n_before:
+        return None
+    obj = schema(**kwargs)
+    check = getattr(obj, "problems", None)
+    if callable(check):
+        problems.extend(check())
+    return obj
+
+
+def _convert(tp, value, key, problems, base_dir):
+    origin = get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        inner = [a for a in get_args(tp) if a is not type(None)]
+        return _convert(inner[0] if len(inner) == 1 else inner, value, key, problems, base_dir)
+    if isinstance(tp, list):  # a union of several non-None types: first that converts
+        for candidate in tp:
+            trial: list[str] = []
+            out = _convert(candidate, value, key, trial, base_dir)
+            if not trial:
+                return out
+        problems.append(f"'{key}' = {value!r} has the wrong type.")
+        return None
+    if dataclasses.is_dataclass(tp):
+        return _convert_dataclass(tp, value, key, problems, base_dir)
+    if origin is Literal:
+        choices = get_args(tp)
+        if value not in choices:
+            expected = " | ".join(repr(c) for c in choices)
+            problems.append(f"'{key}' = {value!r}; expected one of {expected}.")
+            return None
+        return value
+    if origin in (tuple, list):
+        args = get_args(tp)
+        if not isinstance(value, list):
+            problems.append(f"'{key}' = {value!r}; expected a list.")
+            return None
+        item_tp = args[0] if args else Any
+        items = [_convert(item_tp, v, f"{key}[{i}]", problems, base_dir) for i, v in enumerate(value)]
+        return tuple(items)
+    if origin is dict:
+        _, val_tp = get_args(tp)
+        if not isinstance(value, dict):
+            problems.append(f"'{key}' = {value!r}; expected a table.")
+            return None
+        return {k: _convert(val_tp, v, f"{key}.{k}", problems, base_dir) for k, v in value.items()}
+    if tp is Any:
+        return value
+    if tp is bool:
+        if not isinstance(value, bool):
+            problems.append(f"'{key}' = {value!r}; expected true or false.")
+            return None
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            problems.append(f"'{key}' = {value!r}; expected an integer.")
+            return None
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            problems.append(f"'{key}' = {value!r}; expected a number.")
+            return None
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            problems.append(f"'{key}' = {value!r}; expected a string.")
+            return None
+        return value
+    if tp is Path:
+        if not isinstance(value, str) or not value:
+            problems.append(f"'{key}' = {value!r}; expected a path string.")
+            return None
+        path = Path(value).expanduser()
+        if base_dir is not None and not path.is_absolute():
+            path = base_dir / path
+        return path
+    raise TypeError(f"config schema type {tp!r} for '{key}' is not supported")
+
+
+def _check_bounds(f: dataclasses.Field, key: str, value: Any, problems: list[str]) -> None:
+    lo, hi = f.metadata.get("min"), f.metadata.get("max")
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
+        return
+    if lo is not None:
+        if f.metadata.get("min_exclusive") and not value > lo:
+            problems.append(f"'{key}' = {value!r}; expected a value > {lo}.")
+        elif value < lo:
+            problems.append(f"'{key}' = {value!r}; expected a value >= {lo}.")
+    if hi is not None and value > hi:
+        problems.append(f"'{key}' = {value!r}; expected a value <= {hi}.")
+
+
+def describe(schema: type, prefix: str = "") -> list[tuple[str, str, str, str]]:
+    """(key, type, default, help) rows for every option of ``schema``: the docs' source."""
+    rows = []
+    hints = typing.get_type_hints(schema)
+    for f in dataclasses.fields(schema):
+        key = f"{prefix}{f.name}"
+        tp = hints[f.name]
+        if dataclasses.is_dataclass(tp):
+            rows.extend(describe(tp, prefix=f"{key}."))
+            continue
+        if f.default is not _MISSING:
+            default = repr(to_dict(f.default))
+        elif f.default_factory is not _MISSING:
+            default = repr(to_dict(f.default_factory()))
+        else:
+            default = "(required)"
+        tname = str(tp).replace("typing.", "").replace("pathlib.", "")
+        rows.append((key, tname, default, f.metadata.get("help", "")))
+    return rows
+
+
+__all__ = ["describe", "from_dict", "load_config", "option", "to_dict"]
