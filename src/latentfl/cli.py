@@ -17,6 +17,7 @@ from latentfl.errors import LatentFLError, SecurityError, StateError
 from latentfl.exitcodes import ExitCode
 
 COMMAND_MODULES: tuple[str, ...] = (
+    "latentfl.simulate",
 )
 
 

@@ -10,6 +10,7 @@ naming the file, the key and what was expected. A schema may add cross-field che
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import tomllib
 import types
@@ -33,6 +34,8 @@ def option(
 ) -> Any:
     """A config field: its default, a help sentence for the docs, and optional bounds."""
     meta = {"help": help, "min": min, "max": max, "min_exclusive": min_exclusive}
+    if isinstance(default, (dict, list)):  # mutable defaults are copied per instance
+        return dataclasses.field(default_factory=lambda: copy.deepcopy(default), metadata=meta)
     return dataclasses.field(default=default, metadata=meta)
 
 

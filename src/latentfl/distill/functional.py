@@ -1,0 +1,61 @@
+"""A student network as a pure function of one flat parameter vector.
+
+The flat order is ``model.named_parameters()`` order, the one the model registry defines
+(``latentfl.models.flatten_params``). Buffers are taken from the module as they are; the
+distillation students use GroupNorm/instance-style norms, so there are none that change.
+
+A student can run several participants at once: ``theta`` of shape ``(P, D)`` and inputs of
+shape ``(P, B, C, H, W)`` are mapped with ``torch.func.vmap``, which turns the convolutions into
+grouped ones, so P participants cost one launch per layer instead of P.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor, nn
+from torch.func import functional_call, vmap
+
+from latentfl.errors import DistillError
+
+__all__ = ["FunctionalStudent"]
+
+
+class FunctionalStudent:
+    """Evaluate ``model`` with its parameters taken from a flat vector (differentiable)."""
+
+    def __init__(self, model: nn.Module) -> None:
+        self.model = model
+        self.shapes: list[tuple[str, torch.Size]] = [
+            (name, p.shape) for name, p in model.named_parameters()
+        ]
+        self.sizes = [math.prod(shape) for _, shape in self.shapes]
+        self.numel = sum(self.sizes)
+        self.buffers = dict(model.named_buffers())
+        self._many = vmap(self._forward_one, in_dims=(0, 0))
+
+    def flatten(self) -> Tensor:
+        """The model's current parameters as one detached 1-D vector."""
+        return torch.cat([p.detach().reshape(-1) for p in self.model.parameters()])
+
+    def params(self, theta: Tensor) -> dict[str, Tensor]:
+        """Named views of the 1-D vector ``theta`` in the registry's order."""
+        chunks = torch.split(theta, self.sizes)
+        return {name: c.view(shape) for (name, shape), c in zip(self.shapes, chunks, strict=True)}
+
+    def _forward_one(self, theta: Tensor, x: Tensor) -> Tensor:
+        return functional_call(self.model, (self.params(theta), self.buffers), (x,))
+
+    def __call__(self, theta: Tensor, x: Tensor) -> Tensor:
+        """Logits: ``theta (D,), x (B,C,H,W) -> (B,K)`` or ``theta (P,D), x (P,B,C,H,W) -> (P,B,K)``."""
+        if theta.shape[-1] != self.numel:
+            raise DistillError(
+                f"flat parameter vector has {theta.shape[-1]} entries; the student model "
+                f"expects {self.numel}."
+            )
+        if theta.dim() == 1:
+            return self._forward_one(theta, x)
+        if theta.shape[0] == 1:
+            return self._forward_one(theta[0], x[0]).unsqueeze(0)
+        return self._many(theta, x)

@@ -1,0 +1,178 @@
+"""In-process federation: the daemons' strategies and local training, without sockets.
+
+Experiments and tests use :func:`run_simulation`; ``latentfl simulate --config FILE`` is its CLI.
+Participant ``i`` (id ``p00``, ``p01``, ...) holds part ``i`` of a deterministic partition of the
+training split, exactly as a participant agent configured with that partition index would.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import torch
+
+from latentfl.config import option
+from latentfl.log import get_logger
+from latentfl.strategies import (
+    Strategy,
+    StrategyConfig,
+    build_strategy,
+    run_task,
+    select_participants,
+)
+
+log = get_logger("simulate")
+
+
+@dataclass(frozen=True)
+class PartitionConfig:
+    """How the training split is divided among participants."""
+
+    scheme: Literal["iid", "dirichlet", "shards"] = option("dirichlet", help="Partition scheme.")
+    alpha: float = option(0.5, help="Dirichlet concentration (smaller = more skewed).", min=0.0,
+                          min_exclusive=True)
+    min_size: int = option(10, help="Minimum examples per participant (dirichlet).", min=1)
+    classes_per_client: int = option(2, help="Classes per participant (shards).", min=1)
+    seed: int = option(0, help="Seed of the partition.")
+
+
+@dataclass(frozen=True)
+class SimulationConfig:
+    """One in-process federated run."""
+
+    data: str = option("builtin:cifar10-mini", help="Dataset spec (train split is partitioned).")
+    participants: int = option(4, help="Number of participants.", min=1)
+    fraction: float = option(1.0, help="Share of participants sampled each round.", min=0.0,
+                             max=1.0, min_exclusive=True)
+    rounds: int = option(3, help="Number of rounds.", min=1)
+    seed: int = option(0, help="Seed of model initialisation and participant sampling.")
+    device: str = option("auto", help="auto, cpu or cuda[:N].")
+    max_test: int = option(0, help="Evaluate on at most this many test images (0 = all).", min=0)
+    output: Path | None = option(None, help="Folder for rounds.jsonl (none = no file).")
+    partition: PartitionConfig = option(PartitionConfig(), help="Partition of the training split.")
+    strategy: StrategyConfig = option(StrategyConfig(), help="The federated method.")
+
+
+@dataclass(frozen=True)
+class RoundRecord:
+    """What happened in one round."""
+
+    round: int
+    participants: list[str]
+    accuracy: float | None
+    loss: float | None
+    seconds: float
+    metrics: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class SimulationResult:
+    strategy: Strategy
+    history: list[RoundRecord]
+
+
+def participant_ids(count: int) -> list[str]:
+    """The ids the simulator (and the demo) give participants: p00, p01, ..."""
+    return [f"p{i:02d}" for i in range(count)]
+
+
+def run_simulation(
+    config: SimulationConfig,
+    *,
+    dataset=None,
+    on_round: Callable[[RoundRecord], None] | None = None,
+) -> SimulationResult:
+    """Run ``config.rounds`` rounds of ``config.strategy`` over partitioned data."""
+    from latentfl.data import load_dataset, partition, to_tensors
+    from latentfl.device import resolve_device
+    from latentfl.training import evaluate
+
+    device = resolve_device(config.device)
+    ds = dataset if dataset is not None else load_dataset(config.data)
+    p = config.partition
+    parts = partition(ds.train.y, config.participants, p.scheme, seed=p.seed, alpha=p.alpha,
+                      min_size=p.min_size, classes_per_client=p.classes_per_client)
+    x_train, y_train = to_tensors(ds.train, ds.mean, ds.std)
+    test = None
+    if ds.test is not None:
+        test_set = ds.test
+        if config.max_test and len(test_set) > config.max_test:
+            test_set = test_set.subset(range(config.max_test))
+        test = to_tensors(test_set, ds.mean, ds.std)
+
+    ids = participant_ids(config.participants)
+    local_data = {pid: (x_train[idx], y_train[idx]) for pid, idx in zip(ids, parts, strict=True)}
+    strategy = build_strategy(config.strategy)
+    strategy.initialize(config.seed)
+    history: list[RoundRecord] = []
+    rounds_file = None
+    if config.output is not None:
+        config.output.mkdir(parents=True, exist_ok=True)
+        rounds_file = (config.output / "rounds.jsonl").open("w", encoding="utf-8")
+    try:
+        for r in range(1, config.rounds + 1):
+            started = time.perf_counter()
+            selected = select_participants(ids, config.fraction, seed=config.seed, round=r)
+            tasks = strategy.configure_round(r, selected)
+            updates = [
+                run_task(tasks[pid], strategy.model_spec, *local_data[pid], participant=pid,
+                         device=device)
+                for pid in selected
+            ]
+            metrics = strategy.aggregate_round(r, updates)
+            accuracy = loss = None
+            if test is not None:
+                result = evaluate(strategy.evaluation_model(), *test, device=device)
+                accuracy, loss = result.accuracy, result.loss
+            record = RoundRecord(r, selected, accuracy, loss, time.perf_counter() - started, metrics)
+            history.append(record)
+            log.info("round_done", round=r, participants=len(selected), accuracy=accuracy,
+                     seconds=round(record.seconds, 2))
+            if rounds_file is not None:
+                rounds_file.write(json.dumps(asdict(record)) + "\n")
+                rounds_file.flush()
+            if on_round is not None:
+                on_round(record)
+    finally:
+        if rounds_file is not None:
+            rounds_file.close()
+    return SimulationResult(strategy=strategy, history=history)
+
+
+def format_round(record: RoundRecord) -> str:
+    acc = "-" if record.accuracy is None else f"{100 * record.accuracy:6.2f}%"
+    return f"{record.round:>5}  {len(record.participants):>12}  {acc:>8}  {record.seconds:8.1f}s"
+
+
+ROUND_TABLE_HEADER = f"{'round':>5}  {'participants':>12}  {'accuracy':>8}  {'time':>9}"
+
+
+def _run(args) -> int:
+    from latentfl.config import load_config
+
+    config = load_config(args.config, SimulationConfig)
+    torch.manual_seed(config.seed)
+    print(ROUND_TABLE_HEADER)
+    run_simulation(config, on_round=lambda rec: print(format_round(rec), flush=True))
+    return 0
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser("simulate", help="Run a federation in one process (no sockets).")
+    parser.add_argument("--config", required=True, type=Path, help="Simulation TOML file.")
+    parser.set_defaults(handler=_run)
+
+
+__all__ = [
+    "PartitionConfig",
+    "RoundRecord",
+    "SimulationConfig",
+    "SimulationResult",
+    "participant_ids",
+    "run_simulation",
+]

@@ -1,0 +1,159 @@
+"""The narrow port between a federated method and whatever runs it.
+
+A :class:`Strategy` owns one method's server-side state. The coordinator daemon and the
+in-process simulator both drive it the same way, round after round::
+
+    strategy.initialize(seed)
+    tasks = strategy.configure_round(r, participant_ids)   # what each participant gets
+    ... participants train (latentfl.strategies.local.run_task) and return Updates ...
+    metrics = strategy.aggregate_round(r, updates)          # updates become the next state
+
+It never sees sockets, files or clocks: the runner owns networking, time and persistence, and
+checkpoints the strategy through ``state_dict`` / ``load_state_dict``.
+"""
+
+from __future__ import annotations
+
+import abc
+import hashlib
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from latentfl.config import option
+from latentfl.errors import ConfigError
+from latentfl.training import TrainConfig
+
+Tensors = dict[str, torch.Tensor]
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """An architecture from the model registry, with its input and output sizes."""
+
+    name: str = option("convnet", help="Registry name of the architecture (convnet, resnet18, ...).")
+    num_classes: int = option(10, help="Number of classes the model predicts.", min=2)
+    in_shape: tuple[int, ...] = option((3, 32, 32), help="Input shape as [channels, height, width].")
+    options: dict[str, Any] = option(
+        {}, help="Architecture options passed to build_model (e.g. width, depth, norm)."
+    )
+
+    def build(self) -> nn.Module:
+        from latentfl.models import build_model
+
+        return build_model(self.name, self.num_classes, tuple(self.in_shape), **self.options)
+
+    def problems(self) -> list[str]:
+        if len(self.in_shape) != 3 or any(d < 1 for d in self.in_shape):
+            return [f"model in_shape {list(self.in_shape)} must be three positive sizes [C, H, W]."]
+        return []
+
+
+@dataclass(frozen=True)
+class Task:
+    """What one participant is asked to do in one round."""
+
+    round: int
+    weights: Tensors
+    train: TrainConfig
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Update:
+    """What one participant returned for one round."""
+
+    participant: str
+    round: int
+    weights: Tensors
+    num_examples: int
+    num_steps: int
+    metrics: dict[str, float] = field(default_factory=dict)
+
+
+class Strategy(abc.ABC):
+    """One federated method's server side. Subclasses implement the abstract methods."""
+
+    name: str = "strategy"
+
+    def __init__(self, model: ModelSpec, local: TrainConfig) -> None:
+        self.model_spec = model
+        self.local = local
+
+    @abc.abstractmethod
+    def initialize(self, seed: int) -> None:
+        """Create the initial global state, deterministically for ``seed``."""
+
+    @abc.abstractmethod
+    def configure_round(self, round: int, participants: Sequence[str]) -> dict[str, Task]:
+        """The task each selected participant receives in ``round``."""
+
+    @abc.abstractmethod
+    def aggregate_round(self, round: int, updates: Sequence[Update]) -> dict[str, float]:
+        """Turn the round's accepted updates into the next state; return metrics to log."""
+
+    @abc.abstractmethod
+    def global_weights(self) -> Tensors:
+        """The surrogate weights the next round's tasks start from."""
+
+    @abc.abstractmethod
+    def evaluation_model(self) -> nn.Module:
+        """The model whose test accuracy the runner reports (the global model)."""
+
+    @abc.abstractmethod
+    def state_dict(self) -> tuple[Tensors, dict[str, Any]]:
+        """Everything needed to resume: tensors (saved as safetensors) and JSON metadata."""
+
+    @abc.abstractmethod
+    def load_state_dict(self, tensors: Tensors, meta: dict[str, Any]) -> None:
+        """Restore what ``state_dict`` returned."""
+
+
+def select_participants(
+    available: Sequence[str], fraction: float, *, seed: int, round: int, minimum: int = 1
+) -> list[str]:
+    """A deterministic sample of ``fraction`` of ``available`` for ``round`` (sorted ids)."""
+    ids = sorted(available)
+    if fraction >= 1.0:
+        return ids
+    k = min(len(ids), max(minimum, int(fraction * len(ids) + 0.5)))
+    rng = np.random.default_rng([seed, round])
+    chosen = rng.choice(len(ids), size=k, replace=False)
+    return sorted(ids[i] for i in chosen)
+
+
+def tensors_digest(tensors: Tensors) -> str:
+    """SHA-256 over names, shapes, dtypes and bytes, in sorted name order."""
+    h = hashlib.sha256()
+    for name in sorted(tensors):
+        t = tensors[name].detach().cpu().contiguous()
+        h.update(f"{name}|{tuple(t.shape)}|{t.dtype}|".encode())
+        h.update(t.numpy().tobytes())
+    return h.hexdigest()
+
+
+def check_updates(round: int, updates: Sequence[Update], reference: Tensors) -> None:
+    """Refuse an aggregation over no updates or over updates of another round or layout."""
+    if not updates:
+        raise ConfigError(f"round {round} has no accepted updates to aggregate.")
+    for u in updates:
+        if u.round != round:
+            raise ConfigError(f"update from {u.participant} is for round {u.round}, not {round}.")
+        if set(u.weights) != set(reference):
+            raise ConfigError(f"update from {u.participant} does not have the global model's tensors.")
+
+
+__all__ = [
+    "ModelSpec",
+    "Strategy",
+    "Task",
+    "Tensors",
+    "Update",
+    "check_updates",
+    "select_participants",
+    "tensors_digest",
+]

@@ -1,0 +1,135 @@
+"""The parameter-averaging family: FedAvg, FedProx and FedNova.
+
+All three keep one global surrogate and average what participants send back; they differ in
+what the task asks for (FedProx adds a proximal term to local training) and in how updates are
+weighted (FedNova normalises each update by its number of local steps before averaging).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import replace
+from typing import Any
+
+import torch
+from torch import nn
+
+from latentfl.strategies.base import ModelSpec, Strategy, Task, Tensors, Update, check_updates
+from latentfl.training import TrainConfig
+
+
+def weighted_mean(tensors: Sequence[Tensors], weights: Sequence[float]) -> Tensors:
+    """Sum of ``w_i * t_i`` with weights renormalised to sum to one (float64 accumulation)."""
+    total = float(sum(weights))
+    out: Tensors = {}
+    for name in tensors[0]:
+        acc = torch.zeros_like(tensors[0][name], dtype=torch.float64)
+        for t, w in zip(tensors, weights, strict=True):
+            acc += t[name].to(torch.float64) * (w / total)
+        out[name] = acc.to(tensors[0][name].dtype)
+    return out
+
+
+class FedAvg(Strategy):
+    """McMahan et al. (2017): the mean of returned weights, weighted by examples by default."""
+
+    name = "fedavg"
+
+    def __init__(self, model: ModelSpec, local: TrainConfig, *, weighted: bool = True) -> None:
+        super().__init__(model, local)
+        self.weighted = weighted
+        self._model: nn.Module | None = None
+        self._global: Tensors = {}
+
+    def initialize(self, seed: int) -> None:
+        from latentfl.models import state_to_tensors
+
+        torch.manual_seed(seed)
+        self._model = self.model_spec.build()
+        self._global = state_to_tensors(self._model)
+
+    def local_config(self, round: int) -> TrainConfig:
+        """Local training settings for ``round``; each round draws fresh shuffles."""
+        return replace(self.local, seed=self.local.seed + 1000 * round)
+
+    def configure_round(self, round: int, participants: Sequence[str]) -> dict[str, Task]:
+        train = self.local_config(round)
+        return {pid: Task(round=round, weights=self._global, train=train) for pid in participants}
+
+    def aggregate_round(self, round: int, updates: Sequence[Update]) -> dict[str, float]:
+        check_updates(round, updates, self._global)
+        weights = [u.num_examples if self.weighted else 1.0 for u in updates]
+        self._global = self.combine(updates, weights)
+        return {"participants": float(len(updates)), "examples": float(sum(u.num_examples for u in updates))}
+
+    def combine(self, updates: Sequence[Update], weights: Sequence[float]) -> Tensors:
+        return weighted_mean([u.weights for u in updates], weights)
+
+    def global_weights(self) -> Tensors:
+        return self._global
+
+    def set_global_weights(self, tensors: Tensors) -> None:
+        """Replace the global state (used by methods that post-process the aggregate)."""
+        self._global = {k: v.detach().clone() for k, v in tensors.items()}
+
+    def evaluation_model(self) -> nn.Module:
+        from latentfl.models import load_tensors_
+
+        if self._model is None:
+            self._model = self.model_spec.build()
+        load_tensors_(self._model, self._global)
+        return self._model
+
+    def state_dict(self) -> tuple[Tensors, dict[str, Any]]:
+        return {f"global.{k}": v for k, v in self._global.items()}, {"method": self.name}
+
+    def load_state_dict(self, tensors: Tensors, meta: dict[str, Any]) -> None:
+        self._global = {k.removeprefix("global."): v for k, v in tensors.items() if k.startswith("global.")}
+
+
+class FedProx(FedAvg):
+    """Li et al. (2020): FedAvg whose local objective adds (mu/2)||w - w_global||^2."""
+
+    name = "fedprox"
+
+    def __init__(self, model: ModelSpec, local: TrainConfig, *, mu: float, weighted: bool = True) -> None:
+        super().__init__(model, local, weighted=weighted)
+        self.mu = mu
+
+    def local_config(self, round: int) -> TrainConfig:
+        return replace(super().local_config(round), prox_mu=self.mu)
+
+
+class FedNova(FedAvg):
+    """Wang et al. (2020): average updates normalised by each participant's local steps.
+
+    With tau_i local SGD steps at momentum rho, participant i's normalising factor is
+    a_i = (tau_i - rho (1 - rho^tau_i) / (1 - rho)) / (1 - rho) (a_i = tau_i without momentum).
+    The new global is w - tau_eff * sum_i p_i (w - w_i) / a_i with tau_eff = sum_i p_i a_i.
+    """
+
+    name = "fednova"
+
+    def combine(self, updates: Sequence[Update], weights: Sequence[float]) -> Tensors:
+        rho = self.local.momentum if self.local.optimizer == "sgd" else 0.0
+        total = float(sum(weights))
+        p = [w / total for w in weights]
+        a = [self._normaliser(max(u.num_steps, 1), rho) for u in updates]
+        tau_eff = sum(pi * ai for pi, ai in zip(p, a, strict=True))
+        out: Tensors = {}
+        for name, g in self._global.items():
+            g64 = g.to(torch.float64)
+            direction = torch.zeros_like(g64)
+            for u, pi, ai in zip(updates, p, a, strict=True):
+                direction += (pi / ai) * (g64 - u.weights[name].to(torch.float64))
+            out[name] = (g64 - tau_eff * direction).to(g.dtype)
+        return out
+
+    @staticmethod
+    def _normaliser(tau: int, rho: float) -> float:
+        if rho == 0.0:
+            return float(tau)
+        return (tau - rho * (1 - rho**tau) / (1 - rho)) / (1 - rho)
+
+
+__all__ = ["FedAvg", "FedNova", "FedProx", "weighted_mean"]

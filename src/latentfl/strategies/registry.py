@@ -1,0 +1,37 @@
+"""The ``[strategy]`` config section and the one function that turns it into a Strategy."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from latentfl.config import option
+from latentfl.strategies.base import ModelSpec, Strategy
+from latentfl.training import TrainConfig
+
+Method = Literal["fedavg", "fedprox", "fednova"]
+
+
+@dataclass(frozen=True)
+class StrategyConfig:
+    """Which federated method runs, on which surrogate model, with which local training."""
+
+    method: Method = option("fedavg", help="Federated method: fedavg, fedprox or fednova.")
+    weighted: bool = option(True, help="Weight participants by their number of examples.")
+    mu: float = option(0.01, help="FedProx proximal coefficient mu (fedprox only).", min=0.0)
+    model: ModelSpec = option(ModelSpec(), help="The surrogate model participants train.")
+    local: TrainConfig = option(TrainConfig(), help="Local training settings sent in every task.")
+
+
+def build_strategy(config: StrategyConfig) -> Strategy:
+    """The Strategy object for ``config`` (not yet initialised)."""
+    from latentfl.strategies.fedavg import FedAvg, FedNova, FedProx
+
+    if config.method == "fedprox":
+        return FedProx(config.model, config.local, mu=config.mu, weighted=config.weighted)
+    if config.method == "fednova":
+        return FedNova(config.model, config.local, weighted=config.weighted)
+    return FedAvg(config.model, config.local, weighted=config.weighted)
+
+
+__all__ = ["Method", "StrategyConfig", "build_strategy"]
