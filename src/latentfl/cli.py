@@ -17,7 +17,15 @@ from latentfl.errors import LatentFLError, SecurityError, StateError
 from latentfl.exitcodes import ExitCode
 
 COMMAND_MODULES: tuple[str, ...] = (
+    "latentfl.platform.commands",
+    "latentfl.demo",
+    "latentfl.distill.commands",
+    "latentfl.platform.keys_commands",
+    "latentfl.data.commands",
     "latentfl.simulate",
+    "latentfl.experiment.commands",
+    "latentfl.privacy.commands",
+    "latentfl.audits.commands",
 )
 
 

@@ -11,13 +11,12 @@ grouped ones, so P participants cost one launch per layer instead of P.
 
 from __future__ import annotations
 
-import math
-
 import torch
 from torch import Tensor, nn
-from torch.func import functional_call, vmap
+from torch.func import vmap
 
 from latentfl.errors import DistillError
+from latentfl.models import flatten_params, functional_forward, num_params, param_shapes
 
 __all__ = ["FunctionalStudent"]
 
@@ -27,25 +26,15 @@ class FunctionalStudent:
 
     def __init__(self, model: nn.Module) -> None:
         self.model = model
-        self.shapes: list[tuple[str, torch.Size]] = [
-            (name, p.shape) for name, p in model.named_parameters()
-        ]
-        self.sizes = [math.prod(shape) for _, shape in self.shapes]
-        self.numel = sum(self.sizes)
-        self.buffers = dict(model.named_buffers())
+        self.numel = num_params(param_shapes(model))
         self._many = vmap(self._forward_one, in_dims=(0, 0))
 
     def flatten(self) -> Tensor:
         """The model's current parameters as one detached 1-D vector."""
-        return torch.cat([p.detach().reshape(-1) for p in self.model.parameters()])
-
-    def params(self, theta: Tensor) -> dict[str, Tensor]:
-        """Named views of the 1-D vector ``theta`` in the registry's order."""
-        chunks = torch.split(theta, self.sizes)
-        return {name: c.view(shape) for (name, shape), c in zip(self.shapes, chunks, strict=True)}
+        return flatten_params(self.model)
 
     def _forward_one(self, theta: Tensor, x: Tensor) -> Tensor:
-        return functional_call(self.model, (self.params(theta), self.buffers), (x,))
+        return functional_forward(self.model, theta, x)
 
     def __call__(self, theta: Tensor, x: Tensor) -> Tensor:
         """Logits: ``theta (D,), x (B,C,H,W) -> (B,K)`` or ``theta (P,D), x (P,B,C,H,W) -> (P,B,K)``."""

@@ -53,5 +53,7 @@ def check_choice(model: str, option: str, value: Any, choices: tuple[str, ...]) 
 def check_positive_int(model: str, option: str, value: Any) -> int:
     """Return ``value`` if it is an int >= 1, else raise ModelError naming the option."""
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ModelError(f"{model} option {option}={value!r} is not valid; expected an integer >= 1.")
+        raise ModelError(
+            f"{model} option {option}={value!r} is not valid; expected an integer >= 1."
+        )
     return value

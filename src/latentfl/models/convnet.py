@@ -43,8 +43,9 @@ class ConvNet(nn.Module):
             channels = width
         if height < 1 or width_px < 1:
             raise ModelError(
-                f"convnet depth={depth} with {pooling} pooling shrinks a {in_shape[1]}x{in_shape[2]} "
-                f"image to nothing; expected depth <= log2 of the smaller side."
+                f"convnet depth={depth} with {pooling} pooling shrinks a "
+                f"{in_shape[1]}x{in_shape[2]} image to nothing; expected depth <= log2 of the "
+                f"smaller side."
             )
         self.features = nn.Sequential(*layers)
         self.classifier = nn.Linear(width * height * width_px, num_classes)

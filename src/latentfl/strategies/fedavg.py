@@ -49,12 +49,17 @@ class FedAvg(Strategy):
         self._global = state_to_tensors(self._model)
 
     def local_config(self, round: int) -> TrainConfig:
-        """Local training settings for ``round``; each round draws fresh shuffles."""
-        return replace(self.local, seed=self.local.seed + 1000 * round)
+        """Local training settings for ``round`` (method-specific fields included)."""
+        return self.local
 
     def configure_round(self, round: int, participants: Sequence[str]) -> dict[str, Task]:
         train = self.local_config(round)
-        return {pid: Task(round=round, weights=self._global, train=train) for pid in participants}
+        # each participant and round draws its own shuffles
+        return {
+            pid: Task(round=round, weights=self._global,
+                      train=replace(train, seed=train.seed + 10_000 * round + i))
+            for i, pid in enumerate(sorted(participants))
+        }
 
     def aggregate_round(self, round: int, updates: Sequence[Update]) -> dict[str, float]:
         check_updates(round, updates, self._global)
@@ -97,7 +102,7 @@ class FedProx(FedAvg):
         self.mu = mu
 
     def local_config(self, round: int) -> TrainConfig:
-        return replace(super().local_config(round), prox_mu=self.mu)
+        return replace(self.local, prox_mu=self.mu)
 
 
 class FedNova(FedAvg):

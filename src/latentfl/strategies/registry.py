@@ -7,9 +7,10 @@ from typing import Literal
 
 from latentfl.config import option
 from latentfl.strategies.base import ModelSpec, Strategy
+from latentfl.strategies.dynafed import DynaFedConfig
 from latentfl.training import TrainConfig
 
-Method = Literal["fedavg", "fedprox", "fednova"]
+Method = Literal["fedavg", "fedprox", "fednova", "dynafed"]
 
 
 @dataclass(frozen=True)
@@ -21,6 +22,7 @@ class StrategyConfig:
     mu: float = option(0.01, help="FedProx proximal coefficient mu (fedprox only).", min=0.0)
     model: ModelSpec = option(ModelSpec(), help="The surrogate model participants train.")
     local: TrainConfig = option(TrainConfig(), help="Local training settings sent in every task.")
+    dynafed: DynaFedConfig = option(DynaFedConfig(), help="DynaFed server settings (dynafed only).")
 
 
 def build_strategy(config: StrategyConfig) -> Strategy:
@@ -31,6 +33,10 @@ def build_strategy(config: StrategyConfig) -> Strategy:
         return FedProx(config.model, config.local, mu=config.mu, weighted=config.weighted)
     if config.method == "fednova":
         return FedNova(config.model, config.local, weighted=config.weighted)
+    if config.method == "dynafed":
+        from latentfl.strategies.dynafed import DynaFed
+
+        return DynaFed(config.model, config.local, config=config.dynafed, weighted=config.weighted)
     return FedAvg(config.model, config.local, weighted=config.weighted)
 
 

@@ -1,0 +1,166 @@
+"""Distillation speed: participant-iterations per second and peak memory.
+
+Workload (the FedDGM/MTT reference setting): ConvNet-3, width 128, instance norm, 32x32 RGB,
+10 classes, IPC 10, N=30 unrolled steps, batch 100, DSA augmentation on; pixel space and the
+built-in generator's F-space; unroll ``full`` and ``two_pass``; 1 and 10 participants per call
+(``distill_many`` batches them in one graph). The baseline is the straightforward loop: one
+participant at a time, a flat parameter vector, ``autograd.grad(create_graph=True)`` each step,
+one backward through the whole unroll and the generator.
+
+Each case runs in a fresh process, so the peak memory is the case's own: CUDA peak allocated
+bytes on a GPU, the process's peak RSS on a CPU. ``--quick`` shrinks the workload (width 32,
+IPC 2, N=5, 1 and 4 participants) for a CPU smoke run.
+
+    python benchmarks/distill_speed.py --device cuda
+    python benchmarks/distill_speed.py --device cpu --quick
+"""
+
+from __future__ import annotations
+
+import argparse
+import multiprocessing as mp
+import resource
+import time
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+
+@dataclass(frozen=True)
+class Case:
+    method: str  # "engine" or "baseline"
+    space: str  # "pixel" or "latent"
+    unroll: str
+    participants: int
+    width: int
+    ipc: int
+    steps: int
+    batch: int
+    iterations: int
+    device: str
+
+
+def _setup(case: Case):
+    from latentfl.distill import DistillConfig, build_space
+    from latentfl.models import build_model, flatten_params
+
+    torch.manual_seed(0)
+    device = torch.device(case.device)
+    model = build_model("convnet", 10, (3, 32, 32), width=case.width, depth=3, norm="instance")
+    start = flatten_params(model)
+    gen = torch.Generator().manual_seed(1)
+    starts = start.expand(case.participants, -1).clone()
+    targets = starts + 0.01 * torch.randn(starts.shape, generator=gen)
+    cfg = DistillConfig(iterations=case.iterations, steps=case.steps, batch_size=case.batch,
+                        unroll=case.unroll if case.unroll != "-" else "full", augment=True,
+                        prior="pixel" if case.space == "pixel" else "random", log_every=0)
+    space = build_space(cfg, image_shape=(3, 32, 32), num_classes=10, mean=(0.5,) * 3,
+                        std=(0.25,) * 3, seed=0, device=device)
+    return model, starts.to(device), targets.to(device), cfg, space
+
+
+def _engine(case: Case, model, starts, targets, cfg, space, iterations: int) -> None:
+    from dataclasses import replace
+
+    from latentfl.distill import distill_many
+
+    distill_many(starts, targets, model, num_classes=10, ipc=case.ipc, space=space,
+                 config=replace(cfg, iterations=iterations), device=case.device, seed=0)
+
+
+def _baseline(case: Case, model, starts, targets, cfg, space, iterations: int) -> None:
+    """The reference-style loop: per participant, full unroll, one backward for everything."""
+    from latentfl.distill import FunctionalStudent, augment
+
+    device = torch.device(case.device)
+    student = FunctionalStudent(model.to(device))
+    labels = torch.arange(10, device=device).repeat_interleave(case.ipc)
+    for p in range(case.participants):
+        params = space.init(labels, seed=p)
+        groups = space.lr_groups(params, pixel=cfg.lr_pixel, feature=cfg.lr_feature,
+                                 style=cfg.lr_style)
+        opt = torch.optim.SGD(groups, lr=cfg.lr_pixel, momentum=0.5)
+        alpha = torch.tensor(cfg.alpha_init, device=device, requires_grad=True)
+        opt_alpha = torch.optim.SGD([alpha], lr=cfg.alpha_lr, momentum=0.5)
+        start, target = starts[p], targets[p]
+        for it in range(iterations):
+            if case.space == "pixel":
+                images = params[0]
+            else:
+                images = space.generator.render(space._latent(params))
+            theta = start.clone().requires_grad_(True)
+            for step in range(case.steps):
+                idx = torch.randperm(labels.shape[0], device=device)[: case.batch]
+                x = augment(images[idx], seed=it * 1000 + step)
+                loss = F.cross_entropy(student(theta, x), labels[idx])
+                (g,) = torch.autograd.grad(loss, theta, create_graph=True)
+                theta = theta - alpha * g
+            match = (theta - target).pow(2).sum() / (start - target).pow(2).sum()
+            opt.zero_grad()
+            opt_alpha.zero_grad()
+            match.backward()
+            opt.step()
+            opt_alpha.step()
+
+
+def run_case(case: Case) -> tuple[float, float]:
+    """Participant-iterations per second and peak memory in MiB for one case."""
+    torch.set_num_threads(torch.get_num_threads())
+    args = _setup(case)
+    fn = _engine if case.method == "engine" else _baseline
+    cuda = case.device.startswith("cuda")
+    fn(case, *args, iterations=1)  # warm-up: kernels, autotuning, allocator
+    if cuda:
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+    t0 = time.perf_counter()
+    fn(case, *args, iterations=case.iterations)
+    if cuda:
+        torch.cuda.synchronize()
+    elapsed = time.perf_counter() - t0
+    if cuda:
+        peak = torch.cuda.max_memory_allocated() / 2**20
+    else:
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return case.participants * case.iterations / elapsed, peak
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--iterations", type=int, default=None,
+                        help="timed iterations per case (default 10, --quick 2)")
+    parser.add_argument("--quick", action="store_true", help="small workload for a CPU smoke run")
+    args = parser.parse_args()
+    if args.quick:
+        width, ipc, steps, participants, iters = 32, 2, 5, (1, 4), 2
+    else:
+        width, ipc, steps, participants, iters = 128, 10, 30, (1, 10), 10
+    iters = args.iterations or iters
+    batch = min(100, 10 * ipc)
+    cases = []
+    for space in ("pixel", "latent"):
+        for p in participants:
+            cases.append(Case("baseline", space, "-", p, width, ipc, steps, batch, iters,
+                              args.device))
+            for unroll in ("full", "two_pass"):
+                cases.append(Case("engine", space, unroll, p, width, ipc, steps, batch, iters,
+                                  args.device))
+    name = torch.cuda.get_device_name() if args.device.startswith("cuda") else "cpu"
+    mem = "peak alloc MiB" if args.device.startswith("cuda") else "peak RSS MiB"
+    print(f"# distill_speed: ConvNet-3 width {width} instance norm, 32x32, 10 classes, IPC {ipc}, "
+          f"N={steps}, batch {batch}, DSA on, {iters} timed iterations, device {name}, "
+          f"torch {torch.__version__}, {torch.get_num_threads()} threads")
+    print(f"| space | method | unroll | participants | participant-it/s | s/participant-it | {mem} |")
+    print("| --- | --- | --- | --- | --- | --- | --- |")
+    ctx = mp.get_context("spawn")
+    for case in cases:
+        with ctx.Pool(1) as pool:
+            rate, peak = pool.apply(run_case, (case,))
+        print(f"| {case.space} | {case.method} | {case.unroll} | {case.participants} | "
+              f"{rate:.3f} | {1 / rate:.3f} | {peak:.0f} |", flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,200 @@
+"""Audit reports: a self-contained HTML page for people and a JSON twin for machines.
+
+The HTML of the synthetic audit shows private images (that is how a person checks a flag), so
+it stays at the participant; ``shareable_aggregates`` is the part that may leave: numbers only.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from latentfl.audits import plots
+from latentfl.audits.html import banner, escape, image_png, img_tag, page, verdict_table
+from latentfl.audits.membership import ModelAudit
+from latentfl.audits.synthetic import SyntheticAudit, relative_closeness
+from latentfl.audits.synthetic_file import write_atomic
+
+GRID_ROWS = 8
+
+
+def _clean(value: Any) -> Any:
+    """JSON-safe: numpy scalars to Python, non-finite floats to strings."""
+    if isinstance(value, dict):
+        return {str(k): _clean(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_clean(v) for v in value]
+    if isinstance(value, np.ndarray):
+        return _clean(value.tolist())
+    if isinstance(value, (np.bool_, bool)):
+        return bool(value)
+    if isinstance(value, (np.integer,)):
+        return int(value)
+    if isinstance(value, (float, np.floating)):
+        v = float(value)
+        return v if math.isfinite(v) else str(v)
+    return value
+
+
+def synthetic_audit_json(audit: SyntheticAudit, context: dict[str, Any]) -> dict[str, Any]:
+    s = audit.synthetic
+    return _clean({
+        "kind": "synthetic-audit", "flagged": audit.flagged, "alpha": audit.alpha,
+        "tests": len(audit.verdicts), "context": context, "sizes": audit.sizes,
+        "encoder": audit.encoder, "verdicts": [v.to_json() for v in audit.verdicts],
+        "per_synthetic_image": {
+            "pixel_rms_to_private": s.pixel_t, "pixel_rms_to_holdout": s.pixel_h,
+            "one_minus_ssim_to_private": s.ssim_t, "one_minus_ssim_to_holdout": s.ssim_h,
+            "feature_cosine_to_private": s.feature_t, "feature_cosine_to_holdout": s.feature_h,
+            "distance_ratio": s.ratio, "nearest_is_private": s.nearest_in_t,
+        },
+    })
+
+
+def model_audit_json(audit: ModelAudit, context: dict[str, Any]) -> dict[str, Any]:
+    attacks = []
+    for at in audit.attacks:
+        entry: dict[str, Any] = {"name": at.name, "auc": at.auc,
+                                 "operating_points": at.operating_points}
+        if at.dp is not None:
+            entry["dp_check"] = {k: getattr(at.dp, k) for k in (
+                "epsilon", "delta", "points_checked", "violations", "worst_fpr", "worst_tpr",
+                "worst_margin", "epsilon_lower_bound")}
+        attacks.append(entry)
+    return _clean({
+        "kind": "model-audit", "flagged": audit.flagged, "context": context,
+        "sizes": audit.sizes, "accuracy": audit.accuracy, "dp_claim": audit.dp_claim,
+        "verdicts": [v.to_json() for v in audit.verdicts], "attacks": attacks,
+    })
+
+
+def shareable_aggregates(report: dict[str, Any]) -> dict[str, Any]:
+    """The numbers a participant may send to the coordinator: verdicts, no images or indices."""
+    keep = ("metric", "title", "value", "status", "p_value", "alpha", "numbers")
+    return _clean({
+        "kind": report["kind"], "flagged": report["flagged"], "sizes": report.get("sizes", {}),
+        "verdicts": [{k: v.get(k) for k in keep} for v in report["verdicts"]],
+    })
+
+
+def _closest_grid(audit: SyntheticAudit, synthetic: np.ndarray, private: np.ndarray,
+                  holdout: np.ndarray) -> str:
+    s = audit.synthetic
+    closeness = relative_closeness(s.pixel_t, s.pixel_h)
+    order = np.argsort(closeness, kind="stable")[:GRID_ROWS]
+    rows = ["<tr><th>synthetic image</th><th>nearest training image</th>"
+            "<th>nearest holdout image</th><th></th></tr>"]
+    for i in order:
+        cells = [
+            img_tag(image_png(synthetic[i]), f"synthetic {i}") + f"<br>synthetic #{i}",
+            img_tag(image_png(private[s.index_t[i]]), "nearest training image")
+            + f"<br>RMS {s.pixel_t[i]:.3f}, r = {s.ratio[i]:.2f}",
+            img_tag(image_png(holdout[s.index_h[i]]), "nearest holdout image")
+            + f"<br>RMS {s.pixel_h[i]:.3f}",
+            f"training/holdout distance<br><b>{closeness[i]:.2f}</b>",
+        ]
+        rows.append("<tr>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
+    return '<table class="grid">' + "".join(rows) + "</table>"
+
+
+def render_synthetic_html(audit: SyntheticAudit, synthetic: np.ndarray, private: np.ndarray,
+                          holdout: np.ndarray, context: dict[str, Any]) -> str:
+    flags = [v for v in audit.verdicts if v.flagged]
+    n = len(audit.verdicts)
+    sz = audit.sizes
+    if flags:
+        head = (f"LEAK SUSPECTED: {len(flags)} of {n} checks found synthetic images closer to "
+                "your training images than chance allows.")
+    else:
+        head = (f"NO LEAK DETECTED: none of the {n} checks found the synthetic images closer to "
+                "your training images than to your unseen (holdout) images.")
+    detail = (f"Compared {sz['synthetic']} synthetic images with your {sz['private']} training "
+              f"images and {sz['holdout']} holdout images that never trained anything. On a "
+              f"clean synthetic set this table raises any flag with probability at most "
+              f"{100 * audit.alpha:.0f}%.")
+    s, cal = audit.synthetic, audit.calibration
+    hist = plots.distance_histogram(
+        s.pixel_t, s.pixel_h, cal.pixel_t, xlabel="RMS pixel distance (0 = identical)",
+        title="Distance of each synthetic image to its nearest training / holdout image")
+    roc = plots.roc_plot({"synthetic set": audit.proximity_roc,
+                          f"baseline: {sz['baseline']} real training images": audit.baseline_roc},
+                         title="Membership inference from the images (log axes)")
+    body = (
+        "<h1>Synthetic-data privacy audit</h1>"
+        f"<div class='sub'>{escape(context.get('synthetic', ''))} &middot; private data "
+        f"{escape(context.get('private', ''))} &middot; feature encoder: "
+        f"{escape(audit.encoder)}</div>"
+        + banner(bool(flags), head, detail)
+        + verdict_table(audit.verdicts,
+                        f"Naive baseline: {sz['baseline']} real training images instead")
+        + "<p class='note'>Naive baseline: what the same checks show if the consortium had "
+          "received that many of your real training images instead of synthetic ones, i.e. "
+          "the worst case. This page shows your private images: keep it inside your "
+          "institution; the JSON file's verdicts are the part meant for sharing.</p>"
+        + f"<h2>The {min(GRID_ROWS, sz['synthetic'])} synthetic images closest to your "
+          "training data</h2><p class='note'>Sorted by distance to the nearest training image "
+          "divided by distance to the nearest holdout image: near 0 means a copy of a "
+          "training image, near 1 or above means no closer to training than to unseen "
+          "images.</p>"
+        + _closest_grid(audit, synthetic, private, holdout)
+        + "<h2>Distances</h2>" + img_tag(hist, "distance histogram", "plot")
+        + "<h2>Membership inference</h2>" + img_tag(roc, "ROC curve", "plot")
+    )
+    return page("Synthetic-data privacy audit", body)
+
+
+def render_model_html(audit: ModelAudit, context: dict[str, Any]) -> str:
+    flags = [v for v in audit.verdicts if v.flagged]
+    dp_broken = [v for v in flags if v.metric.startswith("dp_bound")]
+    if dp_broken:
+        head = "DP GUARANTEE VIOLATED: an attack beat the model's privacy claim. This is a bug."
+    elif flags:
+        head = (f"MEMBERSHIP LEAK: {len(flags)} attack(s) tell your training examples from "
+                "unseen ones better than guessing.")
+    else:
+        head = "NO MEMBERSHIP LEAK DETECTED: no attack did measurably better than guessing."
+    claim = ("no DP claim attached" if audit.dp_claim is None else
+             f"DP claim: epsilon = {audit.dp_claim[0]:g}, delta = {audit.dp_claim[1]:g}")
+    sz = audit.sizes
+    detail = (f"{sz['members']} training examples vs {sz['nonmembers_scored']} unseen examples; "
+              f"{sz['references']} reference models trained by the audit; {claim}. Accuracy "
+              f"{100 * audit.accuracy['members']:.1f}% on members, "
+              f"{100 * audit.accuracy['nonmembers']:.1f}% on non-members.")
+    roc = plots.roc_plot({a.name: a.roc for a in audit.attacks},
+                         title="Membership inference against the model (log axes)",
+                         dp_claim=audit.dp_claim)
+    loss = audit.attacks[0]
+    hist = plots.score_histogram(-loss.member_scores, -loss.nonmember_scores,
+                                 xlabel="per-example loss", title="Loss of members vs non-members")
+    body = (
+        "<h1>Model privacy audit</h1>"
+        f"<div class='sub'>model {escape(context.get('model', ''))} &middot; members "
+        f"{escape(context.get('members', ''))} &middot; non-members "
+        f"{escape(context.get('nonmembers', ''))}</div>"
+        + banner(bool(flags), head, detail)
+        + verdict_table(audit.verdicts, None)
+        + "<p class='note'>TPR: share of training examples an attacker finds; FPR: share of "
+          "unseen examples wrongly accused. Brackets are 95% Clopper-Pearson intervals.</p>"
+        + "<h2>ROC curves</h2>" + img_tag(roc, "ROC curves", "plot")
+        + "<h2>Losses</h2>" + img_tag(hist, "loss histogram", "plot")
+    )
+    return page("Model privacy audit", body)
+
+
+def write_report(out_dir: Path | str, stem: str, html_text: str,
+                 report: dict[str, Any]) -> tuple[Path, Path]:
+    """Write ``stem.html`` and ``stem.json`` into ``out_dir``; returns both paths."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    html_path, json_path = out / f"{stem}.html", out / f"{stem}.json"
+    write_atomic(html_path, html_text.encode("utf-8"))
+    write_atomic(json_path, (json.dumps(report, indent=2, sort_keys=True) + "\n").encode())
+    return html_path, json_path
+
+
+__all__ = ["model_audit_json", "render_model_html", "render_synthetic_html",
+           "shareable_aggregates", "synthetic_audit_json", "write_report"]

@@ -1,0 +1,138 @@
+"""Split a dataset's samples among clients: iid, Dirichlet label skew, or class shards.
+
+Every scheme is a pure function of (labels, num_clients, options, seed): the same inputs give the
+same index arrays. Each returned array is sorted and the arrays are disjoint.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import numpy as np
+
+from latentfl.errors import ConfigError, DataError
+
+PARTITION_SCHEMES = ("iid", "dirichlet", "shards")
+DIRICHLET_MAX_TRIES = 1000
+Scheme = Literal["iid", "dirichlet", "shards"]
+
+
+def _iid(labels: np.ndarray, num_clients: int, rng: np.random.Generator) -> list[np.ndarray]:
+    return list(np.array_split(rng.permutation(len(labels)), num_clients))
+
+
+def _dirichlet_draw(
+    labels: np.ndarray, num_clients: int, alpha: float, rng: np.random.Generator
+) -> list[np.ndarray]:
+    """One draw: per class, shares p ~ Dir(alpha * 1_K), zeroed for clients holding >= N/K."""
+    cap = len(labels) / num_clients
+    sizes = np.zeros(num_clients, dtype=np.int64)
+    parts: list[list[np.ndarray]] = [[] for _ in range(num_clients)]
+    for label in np.unique(labels):
+        members = rng.permutation(np.flatnonzero(labels == label))
+        shares = rng.dirichlet(np.full(num_clients, alpha))
+        shares = np.where(sizes < cap, shares, 0.0)
+        total = shares.sum()
+        # With a tiny alpha every open client's share can underflow to zero: split evenly then.
+        shares = shares / total if total > 0 else (sizes < cap) / np.count_nonzero(sizes < cap)
+        cuts = (np.cumsum(shares) * len(members)).astype(np.int64)[:-1]
+        for client, chunk in enumerate(np.split(members, cuts)):
+            parts[client].append(chunk)
+            sizes[client] += len(chunk)
+    return [np.concatenate(p) for p in parts]
+
+
+def _dirichlet(
+    labels: np.ndarray, num_clients: int, alpha: float, min_size: int, rng: np.random.Generator
+) -> list[np.ndarray]:
+    if num_clients * min_size > len(labels):
+        raise DataError(
+            f"{num_clients} clients x min_size {min_size} needs {num_clients * min_size} samples; "
+            f"the dataset has {len(labels)}, so lower --min-size or use fewer clients"
+        )
+    for _ in range(DIRICHLET_MAX_TRIES):
+        parts = _dirichlet_draw(labels, num_clients, alpha, rng)
+        if min(len(p) for p in parts) >= min_size:
+            return parts
+    raise DataError(
+        f"no Dirichlet draw with alpha={alpha} gave all {num_clients} clients at least "
+        f"{min_size} samples in {DIRICHLET_MAX_TRIES} tries; expected a larger alpha, "
+        "a smaller min_size or fewer clients"
+    )
+
+
+def _shards(
+    labels: np.ndarray, num_clients: int, classes_per_client: int, rng: np.random.Generator
+) -> list[np.ndarray]:
+    """Client i holds classes order[(i*c + j) % n] for j < c; holders split a class evenly."""
+    classes = np.unique(labels)
+    if classes_per_client > len(classes):
+        raise ConfigError(
+            f"classes_per_client is {classes_per_client}; expected at most the {len(classes)} "
+            "classes present in the labels"
+        )
+    order = rng.permutation(classes)
+    holders: dict[int, list[int]] = {int(c): [] for c in classes}
+    for client in range(num_clients):
+        for j in range(classes_per_client):
+            holders[int(order[(client * classes_per_client + j) % len(classes)])].append(client)
+    parts: list[list[np.ndarray]] = [[] for _ in range(num_clients)]
+    for label, owners in holders.items():
+        if not owners:
+            continue
+        members = rng.permutation(np.flatnonzero(labels == label))
+        for client, chunk in zip(owners, np.array_split(members, len(owners)), strict=True):
+            parts[client].append(chunk)
+    return [np.concatenate(p) if p else np.empty(0, dtype=np.int64) for p in parts]
+
+
+def partition(
+    labels: np.ndarray,
+    num_clients: int,
+    scheme: Scheme,
+    *,
+    seed: int,
+    alpha: float = 0.5,
+    min_size: int = 10,
+    classes_per_client: int = 2,
+) -> list[np.ndarray]:
+    """Index arrays into ``labels``, one per client, deterministic for ``seed``.
+
+    ``iid``: a random permutation cut into near-equal parts. ``dirichlet``: label skew with
+    concentration ``alpha``, redrawn until every client holds ``min_size`` samples (DataError after
+    DIRICHLET_MAX_TRIES draws). ``shards``: each client holds ``classes_per_client`` classes.
+    Invalid options raise ConfigError; labels that cannot be split so raise DataError.
+    """
+    labels = np.asarray(labels)
+    if labels.ndim != 1 or labels.dtype.kind not in "iu":
+        raise DataError(f"labels are {labels.dtype} of shape {labels.shape}; expected 1-D integers")
+    if scheme not in PARTITION_SCHEMES:
+        raise ConfigError(
+            f"partition scheme is '{scheme}'; expected one of {', '.join(PARTITION_SCHEMES)}"
+        )
+    if num_clients < 1:
+        raise ConfigError(f"number of clients is {num_clients}; expected at least 1")
+    if num_clients > len(labels):
+        raise DataError(f"{len(labels)} samples cannot be split among {num_clients} clients")
+    rng = np.random.default_rng(seed)
+    if scheme == "iid":
+        parts = _iid(labels, num_clients, rng)
+    elif scheme == "dirichlet":
+        if not alpha > 0:
+            raise ConfigError(f"alpha is {alpha}; expected a positive concentration")
+        if min_size < 0:
+            raise ConfigError(f"min_size is {min_size}; expected 0 or more")
+        parts = _dirichlet(labels, num_clients, alpha, min_size, rng)
+    else:
+        if classes_per_client < 1:
+            raise ConfigError(f"classes_per_client is {classes_per_client}; expected at least 1")
+        parts = _shards(labels, num_clients, classes_per_client, rng)
+    return [np.sort(p).astype(np.int64) for p in parts]
+
+
+def class_counts(labels: np.ndarray, parts: list[np.ndarray], num_classes: int) -> np.ndarray:
+    """A (clients, classes) table of how many samples of each class each client holds."""
+    return np.stack([np.bincount(labels[p], minlength=num_classes) for p in parts])
+
+
+__all__ = ["DIRICHLET_MAX_TRIES", "PARTITION_SCHEMES", "class_counts", "partition"]

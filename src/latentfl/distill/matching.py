@@ -1,0 +1,190 @@
+"""Trajectory matching: the loss and its gradients for one distillation iteration.
+
+From ``start`` the functional student takes ``steps`` SGD steps of size ``alpha`` on (augmented
+mini-batches of) the synthetic images; the loss is
+``||theta_N - target||^2 / ||start - target||^2`` (plain sums), per participant.
+
+Two unroll modes, one interface (:func:`match_trajectory`):
+
+* ``full``: every step's gradient is taken with ``create_graph=True`` and the whole unroll is
+  differentiated: the exact gradient, with activation memory growing with ``steps``.
+* ``two_pass``: pass one runs the steps without a higher-order graph and keeps each step's weights
+  (the augmented batch is replayed from its seed). With ``v = dL/dtheta_N``, pass two recomputes
+  each step's gradient ``g_i`` on the same batch and backpropagates ``<g_i, -alpha v>`` to the images
+  and label logits: the dependence of later weights on earlier batches (the
+  ``d theta_{i+1} / d theta_i`` second-order terms) is dropped, so memory is one step's graph.
+  ``dL/dalpha = -<v, sum_i g_i>`` in closed form. At ``steps=1`` both modes agree exactly.
+
+Everything carries a leading participant dimension P (1-D inputs are treated as P=1): P
+independent problems share each kernel launch, and their losses are summed, which leaves each
+participant's gradients its own.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from latentfl.distill.augment import apply_augment, draw_augment
+from latentfl.distill.functional import FunctionalStudent
+from latentfl.errors import DistillError
+
+__all__ = ["MatchResult", "batch_schedule", "match_trajectory", "step_seed"]
+
+Unroll = Literal["full", "two_pass"]
+
+
+@dataclass(frozen=True)
+class MatchResult:
+    """Loss per participant ``(P,)`` and gradients with the shapes of the inputs."""
+
+    loss: Tensor
+    image_grad: Tensor
+    alpha_grad: Tensor
+    label_grad: Tensor | None
+
+
+def step_seed(seed: int, step: int) -> int:
+    """The augmentation seed of one unrolled step (a pure function, so a replay finds it)."""
+    return (seed * 1_000_003 + step * 7_919 + 17) % (2**62)
+
+
+def batch_schedule(
+    num_images: int, steps: int, batch_size: int | None, *, seed: int, device: torch.device
+) -> Tensor | None:
+    """Indices ``(steps, batch_size)`` of the images each step sees, or None for full batches.
+
+    Consecutive steps walk through shuffled epochs, so every image is used once before any is
+    used twice (as in the reference implementations).
+    """
+    if batch_size is None or batch_size >= num_images:
+        return None
+    gen = torch.Generator(device=device)
+    gen.manual_seed(seed)
+    epochs = -(-steps * batch_size // num_images)
+    order = torch.cat([torch.randperm(num_images, generator=gen, device=device)
+                       for _ in range(epochs)])
+    return order[: steps * batch_size].view(steps, batch_size)
+
+
+def _step_loss(
+    student: FunctionalStudent, theta: Tensor, images: Tensor, labels: Tensor,
+    label_logits: Tensor | None, idx: Tensor | None, seed: int, augment: str | None,
+) -> Tensor:
+    """Mean training loss per participant ``(P,)`` on one (augmented) synthetic batch."""
+    if idx is not None:
+        images, labels = images[:, idx], labels[:, idx]
+        label_logits = None if label_logits is None else label_logits[:, idx]
+    p, b = images.shape[:2]
+    x = images.flatten(0, 1)
+    if augment is not None:
+        ops = draw_augment(x.shape[0], (x.shape[2], x.shape[3]), seed=seed, device=x.device,
+                           strategy=augment)
+        x = apply_augment(x, ops)
+    out = student(theta, x.view(images.shape))  # (P, B, K)
+    if label_logits is None:
+        ce = F.cross_entropy(out.flatten(0, 1), labels.flatten(), reduction="none")
+        return ce.view(p, b).mean(1)
+    soft = torch.softmax(label_logits, dim=-1)
+    return -(soft * torch.log_softmax(out, dim=-1)).sum(-1).mean(1)
+
+
+def match_trajectory(
+    student: FunctionalStudent,
+    start: Tensor,
+    target: Tensor,
+    images: Tensor,
+    labels: Tensor,
+    alpha: Tensor,
+    *,
+    steps: int,
+    batch_size: int | None = None,
+    unroll: Unroll = "full",
+    seed: int = 0,
+    augment: Literal["one", "all"] | None = "one",
+    label_logits: Tensor | None = None,
+) -> MatchResult:
+    """Trajectory-matching loss and its gradients wrt images, alpha and (soft) label logits.
+
+    Shapes: ``start, target (P, D)``, ``images (P, M, C, H, W)``, ``labels (P, M)`` int64,
+    ``alpha (P,)``, ``label_logits (P, M, K)`` or None (hard labels). Unbatched inputs
+    (``start (D,)``, ``images (M, C, H, W)``, ...) give unbatched outputs. No host syncs.
+    """
+    if start.dim() == 1:
+        res = match_trajectory(
+            student, start[None], target[None], images[None], labels[None], alpha.reshape(1),
+            steps=steps, batch_size=batch_size, unroll=unroll, seed=seed, augment=augment,
+            label_logits=None if label_logits is None else label_logits[None])
+        return MatchResult(res.loss[0], res.image_grad[0], res.alpha_grad.reshape(alpha.shape),
+                           None if res.label_grad is None else res.label_grad[0])
+    if steps < 1:
+        raise DistillError(f"trajectory matching needs at least 1 step; got steps={steps}.")
+    idx = batch_schedule(images.shape[1], steps, batch_size, seed=seed, device=images.device)
+    args = (student, start.detach(), target.detach(), images.detach(), labels,
+            alpha.detach(), None if label_logits is None else label_logits.detach(),
+            idx, steps, seed, augment)
+    if unroll == "full":
+        return _full(*args)
+    if unroll == "two_pass":
+        return _two_pass(*args)
+    raise DistillError(f"unroll mode {unroll!r} is unknown; expected 'full' or 'two_pass'.")
+
+
+def _normalised_distance(theta: Tensor, start: Tensor, target: Tensor) -> Tensor:
+    return (theta - target).pow(2).sum(-1) / (start - target).pow(2).sum(-1)
+
+
+def _full(student, start, target, images, labels, alpha, label_logits, idx, steps, seed, augment):
+    images = images.requires_grad_(True)
+    alpha = alpha.requires_grad_(True)
+    leaves = [images, alpha]
+    if label_logits is not None:
+        leaves.append(label_logits.requires_grad_(True))
+    theta = start.requires_grad_(True)
+    for i in range(steps):
+        loss = _step_loss(student, theta, images, labels, label_logits,
+                          None if idx is None else idx[i], step_seed(seed, i), augment)
+        (g,) = torch.autograd.grad(loss.sum(), theta, create_graph=True)
+        theta = theta - alpha[:, None] * g
+    match = _normalised_distance(theta, start, target)
+    grads = torch.autograd.grad(match.sum(), leaves)
+    return MatchResult(match.detach(), grads[0], grads[1],
+                       grads[2] if label_logits is not None else None)
+
+
+def _two_pass(student, start, target, images, labels, alpha, label_logits, idx, steps, seed,
+              augment):
+    # pass 1: the plain unroll, keeping each step's weights (P, D)
+    thetas = []
+    theta = start
+    g_sum = torch.zeros_like(start)
+    for i in range(steps):
+        thetas.append(theta)
+        theta_i = theta.detach().requires_grad_(True)
+        loss = _step_loss(student, theta_i, images, labels, label_logits,
+                          None if idx is None else idx[i], step_seed(seed, i), augment)
+        (g,) = torch.autograd.grad(loss.sum(), theta_i)
+        g_sum = g_sum + g
+        theta = theta - alpha[:, None] * g
+    denom = (start - target).pow(2).sum(-1, keepdim=True)
+    match = (theta - target).pow(2).sum(-1) / denom[:, 0]
+    v = 2.0 * (theta - target) / denom  # dL/dtheta_N, (P, D)
+    alpha_grad = -(v * g_sum).sum(-1)
+    # pass 2: each step's share of dL, through that step's gradient only
+    images = images.requires_grad_(True)
+    leaves = [images]
+    if label_logits is not None:
+        leaves.append(label_logits.requires_grad_(True))
+    pull = -alpha[:, None] * v
+    for i in range(steps):
+        theta_i = thetas[i].requires_grad_(True)
+        loss = _step_loss(student, theta_i, images, labels, label_logits,
+                          None if idx is None else idx[i], step_seed(seed, i), augment)
+        (g,) = torch.autograd.grad(loss.sum(), theta_i, create_graph=True)
+        torch.autograd.backward((g * pull).sum(), inputs=leaves)
+    return MatchResult(match.detach(), images.grad, alpha_grad,
+                       None if label_logits is None else label_logits.grad)

@@ -1,0 +1,14 @@
+"""Experiment grids: methods x Dirichlet alpha x global architectures x seeds, in the simulator."""
+
+from latentfl.experiment.config import Architecture, Cell, ExperimentConfig, grid
+from latentfl.experiment.runner import ExperimentResult, read_results, run_experiment
+
+__all__ = [
+    "Architecture",
+    "Cell",
+    "ExperimentConfig",
+    "ExperimentResult",
+    "grid",
+    "read_results",
+    "run_experiment",
+]

@@ -1,0 +1,35 @@
+"""``latentfl experiment --config FILE``: run (or resume) an experiment grid."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+def _run(args) -> int:
+    from latentfl.config import load_config
+    from latentfl.experiment.config import ExperimentConfig, grid
+    from latentfl.experiment.runner import run_experiment
+
+    config = load_config(args.config, ExperimentConfig)
+    cells = grid(config)
+    print(f"experiment: {len(cells)} cells ({len(config.methods)} methods x "
+          f"{len(config.alphas)} alphas x {max(1, len(config.architectures))} architectures x "
+          f"{len(config.seeds)} seeds) -> {config.output}", flush=True)
+    result = run_experiment(config, progress=not args.no_progress)
+    print(f"ran {len(result.ran)} cells, {len(result.skipped)} already finished", flush=True)
+    print((result.output / "table.md").read_text(encoding="utf-8"))
+    for name in ("results.csv", "table.md", "convergence.png"):
+        print(f"wrote {result.output / name}")
+    return 0
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "experiment",
+        help="Run a grid of methods x alpha x architectures x seeds in the simulator (resumable).")
+    parser.add_argument("--config", required=True, type=Path, help="Experiment TOML file.")
+    parser.add_argument("--no-progress", action="store_true", help="Hide the progress bar.")
+    parser.set_defaults(handler=_run)
+
+
+__all__ = ["register"]

@@ -1,0 +1,141 @@
+"""The experiment file: a grid of methods x Dirichlet alpha x global architectures x seeds.
+
+Every cell is one in-process federation (:func:`latentfl.simulate.run_simulation`) built from the
+``[simulation]`` section, with four things replaced: the method, ``partition.alpha``, the seeds
+(``seed``, ``partition.seed`` and ``strategy.local.seed`` all take the cell's seed, so every method
+sees the same partition for a given alpha and seed) and the global architecture.
+
+Paths: ``output`` is a path and, like every path in a config file, relative to the file's folder.
+A dataset spec (``simulation.data``) is passed to the data loader as written, so a relative
+``imagefolder:`` or ``npz:`` path is relative to the working directory: the shipped experiment
+files are meant to be run from the repository root.
+"""
+
+from __future__ import annotations
+
+import typing
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from latentfl.config import option
+from latentfl.simulate import SimulationConfig
+from latentfl.strategies.base import ModelSpec
+
+#: Methods whose global model *is* the surrogate (the cell's architecture replaces strategy.model).
+AVERAGING_METHODS = ("fedavg", "fedprox", "fednova", "dynafed")
+
+
+@dataclass(frozen=True)
+class Architecture:
+    """A global architecture of the grid: a registry name and its options."""
+
+    name: str = option("convnet", help="Registry name (convnet, resnet18, vgg11, vit, ...).")
+    label: str = option("", help="Name in tables and file names (default: the registry name).")
+    options: dict[str, Any] = option({}, help="Options passed to build_model (e.g. width, depth).")
+
+    @property
+    def tag(self) -> str:
+        return self.label or self.name
+
+
+@dataclass(frozen=True)
+class ExperimentConfig:
+    """A grid of federated runs and where their results go."""
+
+    output: Path = option(help="Folder for results.csv, table.md, convergence.png and runs/.")
+    methods: tuple[str, ...] = option(("fedavg",), help="Methods to compare (fedavg, fedprox, "
+                                      "fednova, dynafed, feddgm).")
+    alphas: tuple[float, ...] = option((0.5,), help="Dirichlet concentrations of the partition.")
+    architectures: tuple[Architecture, ...] = option(
+        (), help="Global architectures; empty = the one in simulation.strategy.model.")
+    seeds: tuple[int, ...] = option((0,), help="Seeds; table.md reports mean +/- std over them.")
+    simulation: SimulationConfig = option(SimulationConfig(), help="Settings shared by every cell.")
+
+    def problems(self) -> list[str]:
+        from latentfl.strategies.registry import Method
+
+        known = typing.get_args(Method)
+        out = []
+        for m in self.methods:
+            if m not in known:
+                out.append(f"method {m!r} is not available in this version; expected one of "
+                           f"{', '.join(known)}.")
+        if len(set(self.methods)) != len(self.methods):
+            out.append(f"methods {list(self.methods)} repeat a method; list each once.")
+        if not self.methods or not self.alphas or not self.seeds:
+            out.append("methods, alphas and seeds must each list at least one value.")
+        if any(a <= 0 for a in self.alphas):
+            out.append(f"alphas {list(self.alphas)} must all be > 0.")
+        tags = [a.tag for a in self.architectures]
+        if len(set(tags)) != len(tags):
+            out.append(f"architecture labels {tags} repeat; give each a distinct label.")
+        if self.simulation.partition.scheme != "dirichlet":
+            out.append(f"simulation.partition.scheme = {self.simulation.partition.scheme!r}; the "
+                       "grid varies the Dirichlet alpha, so expected 'dirichlet'.")
+        return out
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One run of the grid."""
+
+    method: str
+    alpha: float
+    architecture: str
+    seed: int
+    simulation: SimulationConfig
+
+    @property
+    def run_dir(self) -> Path:
+        """The cell's folder (its simulation output): rounds.jsonl and cell.json."""
+        if self.simulation.output is None:
+            raise ValueError(f"cell {self.key} has no output folder; cells come from grid().")
+        return self.simulation.output
+
+    @property
+    def key(self) -> str:
+        """Stable id, also the run folder's name."""
+        return cell_key(self.method, self.alpha, self.architecture, self.seed)
+
+
+def cell_key(method: str, alpha: float, architecture: str, seed: int) -> str:
+    return f"{method}__alpha{alpha:g}__{architecture}__seed{seed}"
+
+
+def grid(config: ExperimentConfig) -> list[Cell]:
+    """Every cell of the grid, in method, alpha, architecture, seed order."""
+    base = config.simulation
+    archs = config.architectures or (Architecture(name=base.strategy.model.name,
+                                                  options=dict(base.strategy.model.options)),)
+    cells = []
+    for method in config.methods:
+        for alpha in config.alphas:
+            for arch in archs:
+                for seed in config.seeds:
+                    key = cell_key(method, alpha, arch.tag, seed)
+                    sim = replace(
+                        base,
+                        seed=seed,
+                        output=config.output / "runs" / key,
+                        partition=replace(base.partition, alpha=alpha, seed=seed),
+                        strategy=_strategy_for(base, method, arch, seed),
+                    )
+                    cells.append(Cell(method, alpha, arch.tag, seed, sim))
+    return cells
+
+
+def _strategy_for(base: SimulationConfig, method: str, arch: Architecture, seed: int):
+    strategy = base.strategy
+    model = ModelSpec(name=arch.name, num_classes=strategy.model.num_classes,
+                      in_shape=strategy.model.in_shape, options=dict(arch.options))
+    local = replace(strategy.local, seed=seed)
+    if method in AVERAGING_METHODS:
+        return replace(strategy, method=method, model=model, local=local)
+    # methods with a separate global model (FedDGM): the surrogate stays, the global changes
+    section = getattr(strategy, method)
+    return replace(strategy, method=method, local=local,
+                   **{method: replace(section, global_model=model)})
+
+
+__all__ = ["AVERAGING_METHODS", "Architecture", "Cell", "ExperimentConfig", "cell_key", "grid"]

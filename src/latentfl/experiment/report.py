@@ -1,0 +1,124 @@
+"""table.md and convergence.png from an experiment's finished cells."""
+
+from __future__ import annotations
+
+import io
+import math
+from collections import defaultdict
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from latentfl.experiment._files import atomic_write, read_rounds
+from latentfl.experiment.config import Cell, ExperimentConfig
+
+
+def mean_std(values: Sequence[float]) -> tuple[float, float]:
+    """Mean and sample standard deviation (0 for a single value)."""
+    n = len(values)
+    mean = sum(values) / n
+    if n < 2:
+        return mean, 0.0
+    return mean, math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1))
+
+
+def format_cell(values: Sequence[float], seeds: int) -> str:
+    """``mean ± std`` in percent; the count of seeds is shown when some are missing."""
+    if not values:
+        return "-"
+    mean, std = mean_std([100 * v for v in values])
+    text = f"{mean:.2f} ± {std:.2f}" if len(values) > 1 else f"{mean:.2f}"
+    return text if len(values) == seeds else f"{text} (n={len(values)})"
+
+
+def render_table(config: ExperimentConfig, rows: Sequence[dict[str, Any]]) -> str:
+    """The Markdown report: final-round and best-round accuracy tables, then time per round."""
+    sim = config.simulation
+    archs = list(dict.fromkeys(r["architecture"] for r in rows)) or ["-"]
+    by_key: dict[tuple, list[dict[str, Any]]] = defaultdict(list)
+    for r in rows:
+        by_key[(r["method"], r["alpha"], r["architecture"])].append(r)
+    seeds = len(config.seeds)
+    lines = [
+        f"# Experiment: {config.output.name}",
+        "",
+        f"Data `{sim.data}`; {sim.participants} participants, {100 * sim.fraction:g}% sampled per "
+        f"round, {sim.rounds} rounds; Dirichlet partition, alpha per column. Test accuracy in %, "
+        f"mean ± sample std over seeds {list(config.seeds)} (n shown when seeds are missing).",
+    ]
+    header = "| method | " + " | ".join(f"alpha = {a:g}" for a in config.alphas) + " |"
+    rule = "| --- |" + " --- |" * len(config.alphas)
+    for title, field, note in (
+        ("Final-round test accuracy (%)", "final_accuracy", "Accuracy after the last round."),
+        ("Best-round test accuracy (%)", "best_accuracy",
+         "Maximum over rounds, chosen on the test set itself, so optimistic."),
+    ):
+        for arch in archs:
+            lines += ["", f"## {title}, global model {arch}", "", note, "", header, rule]
+            for method in config.methods:
+                cells = [format_cell([r[field] for r in by_key[(method, a, arch)]], seeds)
+                         for a in config.alphas]
+                lines.append(f"| {method} | " + " | ".join(cells) + " |")
+    lines += ["", "## Time", "", "Wall-clock seconds per round (local training of every sampled "
+              "participant, server work and evaluation), mean over the method's finished cells.",
+              "", "| method | global model | s / round | rounds / min |",
+              "| --- | --- | --- | --- |"]
+    for method in config.methods:
+        for arch in archs:
+            per_round = [r["seconds_per_round"] for r in rows
+                         if r["method"] == method and r["architecture"] == arch]
+            if per_round:
+                s = sum(per_round) / len(per_round)
+                lines.append(f"| {method} | {arch} | {s:.2f} | {60 / s:.1f} |")
+    return "\n".join(lines) + "\n"
+
+
+def write_table(path: Path, config: ExperimentConfig, rows: Sequence[dict[str, Any]]) -> None:
+    atomic_write(path, render_table(config, rows))
+
+
+def write_plot(path: Path, cells: Sequence[Cell], rows: dict[str, dict[str, Any]]) -> None:
+    """Test accuracy against round: one panel per (architecture, alpha), one line per method
+    (mean over seeds, shaded +/- one std when there are several)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    curves: dict[tuple, dict[str, list[list[float]]]] = defaultdict(lambda: defaultdict(list))
+    for cell in cells:
+        if cell.key not in rows:
+            continue
+        acc = [100 * r["accuracy"] for r in read_rounds(cell.run_dir / "rounds.jsonl")
+               if r.get("accuracy") is not None]
+        curves[(cell.architecture, cell.alpha)][cell.method].append(acc)
+    archs = list(dict.fromkeys(c.architecture for c in cells))
+    alphas = list(dict.fromkeys(c.alpha for c in cells))
+    fig = Figure(figsize=(4.2 * len(alphas), 3.4 * len(archs)), layout="constrained")
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(len(archs), len(alphas), squeeze=False, sharey=True)
+    for i, arch in enumerate(archs):
+        for j, alpha in enumerate(alphas):
+            ax = axes[i][j]
+            for method, runs in curves[(arch, alpha)].items():
+                n = min(len(r) for r in runs)
+                if n == 0:
+                    continue
+                stats = [mean_std([r[k] for r in runs]) for k in range(n)]
+                xs = list(range(1, n + 1))
+                mean = [m for m, _ in stats]
+                (line,) = ax.plot(xs, mean, label=method, linewidth=1.5)
+                if len(runs) > 1:
+                    ax.fill_between(xs, [m - s for m, s in stats], [m + s for m, s in stats],
+                                    color=line.get_color(), alpha=0.2, linewidth=0)
+            ax.set_title(f"{arch}, alpha = {alpha:g}", fontsize=10)
+            ax.set_xlabel("round")
+            ax.grid(alpha=0.3)
+            if j == 0:
+                ax.set_ylabel("test accuracy (%)")
+            if ax.has_data():
+                ax.legend(fontsize=8)
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=110)
+    atomic_write(path, buffer.getvalue())
+
+
+__all__ = ["format_cell", "mean_std", "render_table", "write_plot", "write_table"]

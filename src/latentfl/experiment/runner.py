@@ -1,0 +1,181 @@
+"""Run an experiment grid cell by cell, resumably.
+
+Layout under the experiment's ``output`` folder::
+
+    results.csv            one row per finished cell (written after every cell, atomically)
+    table.md               mean +/- std over seeds of final-round and best-round test accuracy
+    convergence.png        test accuracy against round, one line per method, one panel per
+                           (architecture, alpha)
+    runs/<cell>/rounds.jsonl   the simulator's per-round records
+    runs/<cell>/cell.json      the cell's full simulation config
+
+A cell counts as finished when results.csv has its row, the row's config digest matches the
+cell's config, and its rounds.jsonl holds one complete record per round. Finished cells are
+not run again; an interrupted or changed cell is run again from its first round.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from latentfl.config import to_dict
+from latentfl.errors import DataError
+from latentfl.experiment._files import atomic_write, read_rounds
+from latentfl.experiment.config import Cell, ExperimentConfig, grid
+from latentfl.log import get_logger
+from latentfl.simulate import RoundRecord, run_simulation
+
+log = get_logger("experiment")
+
+RESULT_FIELDS = ("cell", "method", "alpha", "architecture", "seed", "rounds", "final_accuracy",
+                 "best_accuracy", "best_round", "seconds", "seconds_per_round", "config_digest")
+
+
+@dataclass(frozen=True)
+class ExperimentResult:
+    """What one invocation did: rows of every finished cell, and which cells it ran now."""
+
+    rows: list[dict[str, Any]]
+    ran: list[str]
+    skipped: list[str]
+    output: Path
+
+
+def cell_digest(cell: Cell) -> str:
+    """Digest of everything that determines a cell's numbers (the output folder excluded)."""
+    data = to_dict(cell.simulation)
+    data.pop("output", None)
+    return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def read_results(path: Path) -> list[dict[str, Any]]:
+    """Rows of results.csv with numbers parsed; an absent file has none."""
+    if not path.is_file():
+        return []
+    with path.open(newline="", encoding="utf-8") as fh:
+        rows = list(csv.DictReader(fh))
+    for row in rows:
+        for key in ("alpha", "final_accuracy", "best_accuracy", "seconds", "seconds_per_round"):
+            row[key] = float(row[key])
+        for key in ("seed", "rounds", "best_round"):
+            row[key] = int(row[key])
+    return rows
+
+
+def is_finished(cell: Cell, row: dict[str, Any] | None) -> bool:
+    """True when ``row`` belongs to this exact cell config and its round records are complete."""
+    if row is None or row.get("config_digest") != cell_digest(cell):
+        return False
+    records = read_rounds(cell.run_dir / "rounds.jsonl")
+    return [r.get("round") for r in records] == list(range(1, cell.simulation.rounds + 1))
+
+
+def run_experiment(
+    config: ExperimentConfig,
+    *,
+    progress: bool = True,
+    on_cell: Callable[[Cell, dict[str, Any]], None] | None = None,
+) -> ExperimentResult:
+    """Run every unfinished cell of ``config``'s grid; write results.csv, table.md and the plot."""
+    from tqdm import tqdm
+
+    from latentfl.experiment.report import write_plot, write_table
+
+    out = config.output
+    out.mkdir(parents=True, exist_ok=True)
+    cells = grid(config)
+    old = {row["cell"]: row for row in read_results(out / "results.csv")}
+    rows = {c.key: old[c.key] for c in cells if is_finished(c, old.get(c.key))}
+    todo = [c for c in cells if c.key not in rows]
+    ran: list[str] = []
+    if todo:
+        dataset = _load_dataset(config.simulation.data)
+        total = sum(c.simulation.rounds for c in todo)
+        with tqdm(total=total, unit="round", disable=not progress, dynamic_ncols=True) as bar:
+            for cell in todo:
+                bar.set_description(cell.key)
+                row = run_cell(cell, dataset, on_round=lambda rec: _tick(bar, rec))
+                rows[cell.key] = row
+                ran.append(cell.key)
+                ordered = [rows[c.key] for c in cells if c.key in rows]
+                write_results(out / "results.csv", ordered)
+                write_table(out / "table.md", config, ordered)
+                if on_cell is not None:
+                    on_cell(cell, row)
+    ordered = [rows[c.key] for c in cells if c.key in rows]
+    write_results(out / "results.csv", ordered)
+    write_table(out / "table.md", config, ordered)
+    write_plot(out / "convergence.png", cells, rows)
+    skipped = [c.key for c in cells if c.key not in ran]
+    log.info("experiment_done", cells=len(cells), ran=len(ran), skipped=len(skipped),
+             output=str(out))
+    return ExperimentResult(ordered, ran, skipped, out)
+
+
+def run_cell(cell: Cell, dataset, *, on_round: Callable[[RoundRecord], None] | None = None
+             ) -> dict[str, Any]:
+    """Run one cell's federation and return its results row."""
+    sim = cell.simulation
+    cell.run_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write(cell.run_dir / "cell.json", json.dumps(to_dict(sim), indent=2, sort_keys=True))
+    result = run_simulation(sim, dataset=dataset, on_round=on_round)
+    accuracies = [r.accuracy for r in result.history]
+    best = max(range(len(accuracies)), key=lambda i: accuracies[i])
+    seconds = sum(r.seconds for r in result.history)
+    return {
+        "cell": cell.key,
+        "method": cell.method,
+        "alpha": cell.alpha,
+        "architecture": cell.architecture,
+        "seed": cell.seed,
+        "rounds": len(result.history),
+        "final_accuracy": accuracies[-1],
+        "best_accuracy": accuracies[best],
+        "best_round": result.history[best].round,
+        "seconds": seconds,
+        "seconds_per_round": seconds / len(result.history),
+        "config_digest": cell_digest(cell),
+    }
+
+
+def write_results(path: Path, rows: list[dict[str, Any]]) -> None:
+    """results.csv, replaced atomically."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(RESULT_FIELDS)
+    for row in rows:
+        writer.writerow([_csv_value(row[k]) for k in RESULT_FIELDS])
+    atomic_write(path, buffer.getvalue())
+
+
+def _csv_value(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.6g}"
+    return str(value)
+
+
+def _tick(bar, record: RoundRecord) -> None:
+    bar.update(1)
+    if record.accuracy is not None:
+        bar.set_postfix(round=record.round, acc=f"{100 * record.accuracy:.1f}%")
+
+
+def _load_dataset(spec: str):
+    from latentfl.data import load_dataset
+
+    dataset = load_dataset(spec)
+    if dataset.test is None:
+        raise DataError(f"dataset {spec!r} has no test split; the experiment reports test "
+                        "accuracy, so expected a dataset with train/ and test/.")
+    return dataset
+
+
+__all__ = ["RESULT_FIELDS", "ExperimentResult", "cell_digest", "is_finished", "read_results",
+           "run_cell", "run_experiment", "write_results"]

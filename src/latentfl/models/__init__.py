@@ -1,0 +1,39 @@
+"""Architectures, their registry, flat-parameter helpers and weight manifests.
+
+``build_model(name, num_classes, in_shape, **options)`` builds any of ``MODEL_NAMES``. The flat
+parameter order (``named_parameters()`` order) is defined in :mod:`latentfl.models.flat` alone.
+"""
+
+from latentfl.models.flat import (
+    ParamShapes,
+    flatten_params,
+    functional_forward,
+    load_flat_,
+    num_params,
+    param_shapes,
+    unflatten_params,
+)
+from latentfl.models.manifest import (
+    ModelManifest,
+    load_tensors_,
+    model_manifest,
+    state_to_tensors,
+)
+from latentfl.models.registry import MODEL_NAMES, build_model, model_options
+
+__all__ = [
+    "MODEL_NAMES",
+    "ModelManifest",
+    "ParamShapes",
+    "build_model",
+    "flatten_params",
+    "functional_forward",
+    "load_flat_",
+    "load_tensors_",
+    "model_manifest",
+    "model_options",
+    "num_params",
+    "param_shapes",
+    "state_to_tensors",
+    "unflatten_params",
+]

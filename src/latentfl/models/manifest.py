@@ -1,0 +1,98 @@
+"""What a model's weights look like on the wire, and the checks an update must pass.
+
+A manifest lists every floating-point tensor of ``model.state_dict()`` (name, shape, dtype);
+its digest lets two parties confirm they agree on the architecture without sending it. Weights
+received from a peer are checked against the manifest before they touch a model.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from latentfl.errors import ModelError
+
+Entry = tuple[str, tuple[int, ...], str]
+
+
+@dataclass(frozen=True)
+class ModelManifest:
+    """``entries``: (name, shape, dtype) per float tensor of the state dict, in state-dict order."""
+
+    entries: tuple[Entry, ...]
+
+    @property
+    def digest(self) -> str:
+        """SHA-256 hex digest of the entries as canonical JSON."""
+        canonical = json.dumps([[n, list(s), d] for n, s, d in self.entries], separators=(",", ":"))
+        return hashlib.sha256(canonical.encode()).hexdigest()
+
+    def check(self, tensors: dict[str, Any]) -> None:
+        """Raise ModelError naming the first way ``tensors`` does not fit this manifest.
+
+        Checked in order: missing names, unexpected names, then per entry: is a tensor, shape,
+        dtype, all values finite.
+        """
+        names = [name for name, _, _ in self.entries]
+        known = set(names)
+        for name in names:
+            if name not in tensors:
+                raise ModelError(
+                    f"weights lack tensor {name!r}; expected all {len(names)} model tensors."
+                )
+        for name in tensors:
+            if name not in known:
+                raise ModelError(
+                    f"weights hold unexpected tensor {name!r}; the model has no such tensor."
+                )
+        for name, shape, dtype in self.entries:
+            t = tensors[name]
+            if not isinstance(t, torch.Tensor):
+                raise ModelError(
+                    f"weights entry {name!r} is a {type(t).__name__}; expected a tensor."
+                )
+            if tuple(t.shape) != shape:
+                raise ModelError(
+                    f"weights tensor {name!r} has shape {tuple(t.shape)}; expected {shape}."
+                )
+            if _dtype_name(t.dtype) != dtype:
+                raise ModelError(
+                    f"weights tensor {name!r} has dtype {_dtype_name(t.dtype)}; expected {dtype}."
+                )
+            if not bool(torch.isfinite(t).all()):
+                raise ModelError(
+                    f"weights tensor {name!r} holds non-finite values (NaN or inf); "
+                    f"expected finite values."
+                )
+
+
+def model_manifest(model: nn.Module) -> ModelManifest:
+    """The manifest of ``model``'s floating-point state."""
+    return ModelManifest(tuple(
+        (name, tuple(t.shape), _dtype_name(t.dtype))
+        for name, t in model.state_dict().items() if t.is_floating_point()
+    ))
+
+
+def state_to_tensors(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The floating-point state-dict entries as detached CPU clones (the wire format's content)."""
+    return {name: t.detach().to("cpu", copy=True)
+            for name, t in model.state_dict().items() if t.is_floating_point()}
+
+
+def load_tensors_(model: nn.Module, tensors: dict[str, torch.Tensor]) -> None:
+    """Check ``tensors`` against the model's manifest, then copy them into the model in place."""
+    model_manifest(model).check(tensors)
+    state = model.state_dict()
+    with torch.no_grad():
+        for name, t in tensors.items():
+            state[name].copy_(t)
+
+
+def _dtype_name(dtype: torch.dtype) -> str:
+    return str(dtype).removeprefix("torch.")

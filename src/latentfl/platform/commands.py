@@ -1,0 +1,68 @@
+"""CLI of the daemons: ``latentfl coordinator``, ``latentfl participant``, ``latentfl status``.
+
+Daemons log JSON lines (one event per line) to stderr; ``status`` prints readable text.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+def _daemon_logging(args) -> None:
+    from latentfl.log import configure_logging
+
+    configure_logging("json", level=args.log_level)
+
+
+def _coordinator(args) -> int:
+    from latentfl.config import load_config
+    from latentfl.platform.coordinator import Coordinator, CoordinatorConfig
+
+    config = load_config(args.config, CoordinatorConfig)
+    _daemon_logging(args)
+    return Coordinator(config).run()
+
+
+def _participant(args) -> int:
+    from latentfl.config import load_config
+    from latentfl.platform.participant import Agent, ParticipantConfig
+
+    config = load_config(args.config, ParticipantConfig)
+    _daemon_logging(args)
+    return Agent(config).run()
+
+
+def _status(args) -> int:
+    from latentfl.config import load_config
+    from latentfl.platform.coordinator import (
+        CoordinatorConfig,
+        daemon_running,
+        read_status,
+        render_status,
+        verify_journal,
+    )
+    from latentfl.platform.coordinator.store import StateStore
+
+    config = load_config(args.config, CoordinatorConfig)
+    store = StateStore(config.state_dir)
+    status = read_status(config.state_dir)
+    print(render_status(status, running=daemon_running(store.pid_path)))
+    if store.journal_path.exists():
+        entries = verify_journal(store.journal_path)
+        print(f"\njournal   {store.journal_path}: {entries} entries, hash chain verified")
+    return 0
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser("coordinator", help="Run the coordinator daemon.")
+    p.add_argument("--config", required=True, type=Path, help="Coordinator TOML file.")
+    p.set_defaults(handler=_coordinator)
+    p = subparsers.add_parser("participant", help="Run a participant agent at an institution.")
+    p.add_argument("--config", required=True, type=Path, help="Participant TOML file.")
+    p.set_defaults(handler=_participant)
+    p = subparsers.add_parser("status", help="Show a coordinator's round, phase and participants.")
+    p.add_argument("--config", required=True, type=Path, help="The coordinator's TOML file.")
+    p.set_defaults(handler=_status)
+
+
+__all__ = ["register"]

@@ -1,0 +1,22 @@
+"""The coordinator daemon: ROUTER loop, round state machine, durable store, journal, status."""
+
+from latentfl.platform.coordinator.config import CoordinatorConfig
+from latentfl.platform.coordinator.daemon import Coordinator
+from latentfl.platform.coordinator.journal import Journal, read_journal, verify_journal
+from latentfl.platform.coordinator.rounds import RoundRecord, Rounds
+from latentfl.platform.coordinator.status import daemon_running, read_status, render_status
+from latentfl.platform.coordinator.store import StateStore
+
+__all__ = [
+    "Coordinator",
+    "CoordinatorConfig",
+    "Journal",
+    "RoundRecord",
+    "Rounds",
+    "StateStore",
+    "daemon_running",
+    "read_journal",
+    "read_status",
+    "render_status",
+    "verify_journal",
+]

@@ -1,0 +1,63 @@
+"""The coordinator daemon's config schema (``latentfl coordinator --config FILE``)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from latentfl.config import option
+from latentfl.strategies import StrategyConfig
+
+
+@dataclass(frozen=True)
+class CoordinatorConfig:
+    """One federated session run by the coordinator daemon."""
+
+    session: str = option(help="Session id; bound into every message header, so messages of "
+                               "another session are refused.")
+    key_dir: Path = option(help="The coordinator's key folder made by `latentfl keys init` "
+                                "(its CURVE and signing secret keys).")
+    roster: Path = option(help="The roster TOML enrolling the participants' public keys.")
+    state_dir: Path = option(help="Folder for checkpoints, accepted updates, the journal and "
+                                  "status.json (created if missing).")
+    bind: str = option("tcp://127.0.0.1:7700", help="ZeroMQ endpoint the ROUTER socket binds.")
+    rounds: int = option(3, help="Number of rounds to run; the daemon exits after the last.",
+                         min=1)
+    seed: int = option(0, help="Seed of the initial model and of participant sampling.")
+    min_participants: int = option(2, help="Participants that must be online before a round "
+                                           "starts.", min=1)
+    fraction: float = option(1.0, help="Share of online participants sampled each round.",
+                             min=0.0, max=1.0, min_exclusive=True)
+    quorum: float = option(1.0, help="Share of a round's participants whose updates close the "
+                                     "round early.", min=0.0, max=1.0, min_exclusive=True)
+    min_updates: int = option(1, help="Fewest updates aggregated when the deadline passes; "
+                                      "with fewer the round is planned again.", min=1)
+    round_deadline: float = option(600.0, help="Seconds a round waits for updates.", min=0.0,
+                                   min_exclusive=True)
+    heartbeat_timeout: float = option(30.0, help="Seconds of silence after which a participant "
+                                                 "is marked offline.", min=0.0,
+                                      min_exclusive=True)
+    max_message_bytes: int = option(256 * 2**20, help="Largest message accepted (bytes); "
+                                                      "larger ones are dropped by ZeroMQ.",
+                                    min=1024)
+    test_data: str | None = option(None, help="Dataset spec whose test split evaluates the "
+                                              "global model after each round (none = skip).")
+    max_test: int = option(0, help="Evaluate on at most this many test images (0 = all).",
+                           min=0)
+    device: str = option("auto", help="Device for aggregation and evaluation: auto, cpu, "
+                                      "cuda[:N].")
+    roster_poll: float = option(1.0, help="Seconds between checks of the roster file for "
+                                          "changes (SIGHUP reloads at once).", min=0.0,
+                                min_exclusive=True)
+    strategy: StrategyConfig = option(StrategyConfig(), help="The federated method.")
+
+    def problems(self) -> list[str]:
+        out = []
+        if not self.bind.startswith(("tcp://", "ipc://")):
+            out.append(f"bind = {self.bind!r}; expected tcp://HOST:PORT or ipc://PATH.")
+        if not self.session or len(self.session) > 128:
+            out.append(f"session = {self.session!r}; expected 1 to 128 characters.")
+        return out
+
+
+__all__ = ["CoordinatorConfig"]

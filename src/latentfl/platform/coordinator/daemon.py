@@ -1,0 +1,400 @@
+"""The coordinator daemon: a ZeroMQ ROUTER (CURVE server, roster-fed ZAP) around the rounds.
+
+One thread owns the socket and the loop; the ZAP authenticator runs in its own thread. Each
+message is verified by the protocol's Verifier (frames, ZAP User-Id = sender, signature,
+session, nonce, timestamp, payload hash), then by kind. Any ProtocolError becomes a REJECT to
+that peer naming the reason, a journal entry and one log line; the loop keeps serving.
+
+Signals: SIGTERM / SIGINT stop the loop after the current step (the state on disk is already
+complete: plan, acknowledged updates, checkpoints), SIGHUP reloads the roster at once (the file
+is also watched). A revoked participant leaves the round, its messages are refused
+('unknown-sender') and its new connections fail ZAP; libzmq cannot close one peer of a bound
+ROUTER, so the established connection stays open but is ignored.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import zmq
+
+from latentfl.errors import ProtocolError, SecurityError
+from latentfl.exitcodes import ExitCode
+from latentfl.log import get_logger
+from latentfl.platform.coordinator.config import CoordinatorConfig
+from latentfl.platform.coordinator.journal import Journal
+from latentfl.platform.coordinator.rounds import Rounds
+from latentfl.platform.coordinator.store import StateStore, write_json_atomic
+from latentfl.platform.crypto import (
+    COORDINATOR_ID,
+    load_identity,
+    load_roster,
+    make_curve_server,
+    peer_user_id,
+    start_authenticator,
+)
+from latentfl.platform.payloads import decode_update, encode_task
+from latentfl.platform.protocol import (
+    DEFAULT_CLOCK_SKEW_S,
+    Kind,
+    Message,
+    ReplayGuard,
+    Verifier,
+    encode,
+    peek_header,
+    unpack_json,
+)
+from latentfl.strategies import Strategy, build_strategy
+
+POLL_MS = 100
+
+
+@dataclass
+class Peer:
+    """What the coordinator knows about one participant's connection."""
+
+    routing_id: bytes = b""
+    last_seen: float = 0.0
+    online: bool = False
+    summary: dict[str, Any] = field(default_factory=dict)
+    accepted: int = 0
+    refused: int = 0
+
+
+def make_evaluator(config: CoordinatorConfig):
+    """A function strategy -> {accuracy, loss} on the configured test split, or None."""
+    if config.test_data is None:
+        return None
+    from latentfl.data import load_dataset, to_tensors
+    from latentfl.device import resolve_device
+    from latentfl.training import evaluate
+
+    ds = load_dataset(config.test_data)
+    if ds.test is None:
+        from latentfl.errors import ConfigError
+
+        raise ConfigError(f"test_data = {config.test_data!r} has no test split; expected a "
+                          "dataset with one.")
+    test = ds.test
+    if config.max_test and len(test) > config.max_test:
+        test = test.subset(range(config.max_test))
+    x, y = to_tensors(test, ds.mean, ds.std)
+    device = resolve_device(config.device)
+
+    def run(strategy: Strategy) -> dict[str, float]:
+        result = evaluate(strategy.evaluation_model(), x, y, device=device)
+        return {"accuracy": float(result.accuracy), "loss": float(result.loss)}
+
+    return run
+
+
+class Coordinator:
+    """One coordinator session; :meth:`run` serves until the last round or a stop."""
+
+    def __init__(self, config: CoordinatorConfig) -> None:
+        from latentfl.models import model_manifest
+
+        self.config = config
+        self.log = get_logger("coordinator", session=config.session)
+        self.identity = load_identity(config.key_dir)
+        if self.identity.id != COORDINATOR_ID:
+            raise SecurityError(f"key folder {config.key_dir} holds the keys of "
+                                f"{self.identity.id!r}; expected the coordinator's keys.")
+        self.roster = load_roster(config.roster)
+        if self.roster.coordinator_curve_public != self.identity.curve_public:
+            raise SecurityError(f"roster {config.roster} enrols another coordinator CURVE key "
+                                f"than the one in {config.key_dir}; expected the same consortium.")
+        self._roster_stamp = self._stamp()
+        self.store = StateStore(config.state_dir)
+        self.journal = Journal(self.store.journal_path)
+        self.replay = ReplayGuard(self.store.root / "replay.log", window_s=DEFAULT_CLOCK_SKEW_S)
+        self.verifier = Verifier.of_participants(self.roster, session=config.session,
+                                                 replay=self.replay,
+                                                 max_bytes=config.max_message_bytes)
+        self.strategy = build_strategy(config.strategy)
+        self.manifest = model_manifest(config.strategy.model.build())
+        self.rounds = Rounds(config, self.strategy, self.store,
+                             evaluate=make_evaluator(config), log=self.log)
+        self.peers: dict[str, Peer] = {}
+        self._stop = threading.Event()
+        self._reload = False
+        self._status_due = 0.0
+        self._task_cache: dict[tuple[int, int], tuple[bytes, dict]] = {}
+        self.socket: zmq.Socket | None = None
+        self._auth: Any = None
+        self.boot_id = os.urandom(8).hex()
+        self.endpoint = config.bind
+
+    # -- lifecycle ------------------------------------------------------------------------
+    def stop(self) -> None:
+        """Ask the loop to finish its current step and return (thread-safe)."""
+        self._stop.set()
+
+    def run(self, *, handle_signals: bool = True, ready: threading.Event | None = None) -> int:
+        """Serve until all rounds are done (0) or a stop/SIGTERM (130)."""
+        if handle_signals:
+            signal.signal(signal.SIGTERM, lambda *_: self.stop())
+            signal.signal(signal.SIGINT, lambda *_: self.stop())
+            signal.signal(signal.SIGHUP, lambda *_: setattr(self, "_reload", True))
+        ctx = zmq.Context()
+        auth = self._auth = start_authenticator(ctx, self.roster)
+        sock = ctx.socket(zmq.ROUTER)
+        try:
+            make_curve_server(sock, self.identity)
+            sock.maxmsgsize = self.config.max_message_bytes
+            sock.bind(self.config.bind)
+            self.endpoint = sock.getsockopt_string(zmq.LAST_ENDPOINT)
+            self.socket = sock
+            self.store.pid_path.write_text(f"{os.getpid()}\n")
+            self.rounds.resume()
+            self.journal.append("started", round=self.rounds.round, phase=self.rounds.phase,
+                                endpoint=self.endpoint)
+            self.log.info("coordinator_started", endpoint=self.endpoint, round=self.rounds.round,
+                          phase=self.rounds.phase, resumed_updates=len(self.rounds.updates))
+            self._write_status(force=True)
+            if ready is not None:
+                ready.set()
+            self._loop(sock)
+            finished = self.rounds.phase == "finished"
+            if finished:
+                self._broadcast_finished(sock)
+            self.journal.append("stopped", round=self.rounds.round, phase=self.rounds.phase)
+            self.log.info("coordinator_stopped", round=self.rounds.round, phase=self.rounds.phase)
+            self._write_status(force=True, stopped=True)
+            return int(ExitCode.OK if finished else ExitCode.INTERRUPTED)
+        finally:
+            sock.close(linger=2000)
+            auth.stop()
+            ctx.term()
+            self.journal.close()
+            self.replay.close()
+            self.store.pid_path.unlink(missing_ok=True)
+
+    def _loop(self, sock: zmq.Socket) -> None:
+        poller = zmq.Poller()
+        poller.register(sock, zmq.POLLIN)
+        next_roster_check = 0.0
+        while not self._stop.is_set() and self.rounds.phase != "finished":
+            if poller.poll(POLL_MS):
+                for _ in range(256):  # drain what is queued, then look after time
+                    try:
+                        frames = sock.recv_multipart(zmq.NOBLOCK, copy=False)
+                    except zmq.Again:
+                        break
+                    self._handle(sock, frames)
+            now = time.time()
+            if self._reload or now >= next_roster_check:
+                self._check_roster(force=self._reload)
+                self._reload = False
+                next_roster_check = now + self.config.roster_poll
+            self._step(sock, now)
+            self._write_status()
+
+    # -- time-driven steps ----------------------------------------------------------------
+    def online(self) -> list[str]:
+        return sorted(pid for pid, p in self.peers.items() if p.online)
+
+    def _step(self, sock: zmq.Socket, now: float) -> None:
+        for pid, peer in self.peers.items():
+            if peer.online and now - peer.last_seen > self.config.heartbeat_timeout:
+                peer.online = False
+                self.log.info("participant_offline", peer=pid, silent_s=round(now - peer.last_seen, 1))
+        tasks = self.rounds.maybe_start(self.online(), now)
+        if tasks:
+            self.journal.append("round_opened", round=self.rounds.round, participants=sorted(tasks))
+            self.log.info("round_opened", round=self.rounds.round, participants=sorted(tasks))
+            for pid in tasks:
+                self._send_task(sock, pid)
+        verdict = self.rounds.due(self.online(), now)
+        if verdict == "replan":
+            self.journal.append("round_abandoned", round=self.rounds.round,
+                                accepted=sorted(self.rounds.updates))
+            self.log.warning("round_abandoned", round=self.rounds.round,
+                             accepted=len(self.rounds.updates))
+            self.rounds.replan()
+        elif verdict == "close":
+            started = time.perf_counter()
+            record = self.rounds.close(now)
+            self._task_cache.clear()
+            self.journal.append("round_closed", round=record.round, accepted=record.accepted,
+                                metrics=record.metrics)
+            self.log.info("round_closed", round=record.round, accepted=len(record.accepted),
+                          planned=len(record.participants), seconds=round(record.seconds, 3),
+                          aggregate_s=round(time.perf_counter() - started, 3), **record.metrics)
+            self._write_status(force=True)
+
+    # -- messages -------------------------------------------------------------------------
+    def _send(self, sock: zmq.Socket, pid: str, kind: Kind, *, round: int,
+              payload: bytes = b"", meta: dict | None = None) -> None:
+        peer = self.peers.get(pid)
+        if peer is None or not peer.routing_id:
+            return
+        frames = encode(kind, session=self.config.session, round=round, sender=COORDINATOR_ID,
+                        signing_key=self.identity.signing_key, payload=payload, meta=meta)
+        sock.send_multipart([peer.routing_id, *frames])
+
+    def _send_task(self, sock: zmq.Socket, pid: str) -> None:
+        task = self.rounds.tasks.get(pid)
+        if task is None:
+            return
+        key = (id(task.weights), hash(repr(task.train)) ^ hash(repr(sorted(task.extra.items()))))
+        if key not in self._task_cache:
+            self._task_cache[key] = encode_task(task, self.config.strategy.model,
+                                                self.manifest.digest)
+        payload, meta = self._task_cache[key]
+        self._send(sock, pid, Kind.TASK, round=task.round, payload=payload, meta=meta)
+        self.log.info("task_sent", round=task.round, peer=pid, bytes=len(payload))
+
+    def _handle(self, sock: zmq.Socket, frames: list[zmq.Frame]) -> None:
+        routing_id, body = frames[0].bytes, frames[1:]
+        user_id = peer_user_id(body[0]) if body else None
+        try:
+            message = self.verifier.verify(body, user_id=user_id)
+        except ProtocolError as exc:
+            self._refuse(sock, routing_id, user_id, body, exc)
+            return
+        pid = message.header.sender
+        peer = self.peers.setdefault(pid, Peer())
+        peer.routing_id, peer.last_seen = routing_id, time.time()
+        if not peer.online:
+            peer.online = True
+            self.log.info("participant_online", peer=pid)
+        try:
+            self._dispatch(sock, pid, message)
+        except ProtocolError as exc:
+            self._refuse(sock, routing_id, user_id, body, exc, header=message.header)
+
+    def _dispatch(self, sock: zmq.Socket, pid: str, message: Message) -> None:
+        kind = message.header.kind
+        if kind is Kind.HEARTBEAT:
+            self.journal.append("accepted", kind="HEARTBEAT", peer=pid, durable=False)
+            self._send(sock, pid, Kind.HEARTBEAT, round=self.rounds.round,
+                       meta={"boot": self.boot_id, "phase": self.rounds.phase})
+        elif kind is Kind.HELLO:
+            self._on_hello(sock, pid, message)
+        elif kind is Kind.UPDATE:
+            self._on_update(sock, pid, message)
+        elif kind is Kind.BYE:
+            self.journal.append("accepted", kind="BYE", peer=pid)
+            self.peers[pid].online = False
+            self.log.info("participant_left", peer=pid)
+        else:
+            raise ProtocolError("unexpected-kind", f"a participant may not send {kind.value}.")
+
+    def _on_hello(self, sock: zmq.Socket, pid: str, message: Message) -> None:
+        summary = unpack_json(message.payload) if message.payload else {}
+        peer = self.peers[pid]
+        peer.summary = summary
+        self.journal.append("accepted", kind="HELLO", peer=pid,
+                            examples=summary.get("num_examples"))
+        self.log.info("hello", peer=pid, examples=summary.get("num_examples"))
+        if self.rounds.phase == "finished":
+            self._send(sock, pid, Kind.STATUS, round=self.rounds.round, meta={"phase": "finished"})
+        elif self.rounds.phase == "collecting" and pid in self.rounds.pending():
+            self._send_task(sock, pid)
+
+    def _on_update(self, sock: zmq.Socket, pid: str, message: Message) -> None:
+        header = message.header
+        digest = header.payload_sha256
+        started = time.perf_counter()
+        if self.rounds.check_update(pid, header.round, digest):
+            self.journal.append("accepted", kind="UPDATE", peer=pid, round=header.round,
+                                sha256=digest, resent=True)
+            self._send(sock, pid, Kind.ACK, round=header.round, meta={"sha256": digest})
+            self.log.info("update_resent", round=header.round, peer=pid)
+            return
+        update = decode_update(message, self.manifest, max_bytes=self.config.max_message_bytes)
+        self.rounds.accept(update, digest)  # fsynced before the ACK
+        self.journal.append("accepted", kind="UPDATE", peer=pid, round=header.round,
+                            sha256=digest, bytes=len(message.payload),
+                            examples=update.num_examples)
+        self.peers[pid].accepted += 1
+        self._send(sock, pid, Kind.ACK, round=header.round, meta={"sha256": digest})
+        self.log.info("update_accepted", round=header.round, peer=pid, bytes=len(message.payload),
+                      examples=update.num_examples,
+                      ms=round(1000 * (time.perf_counter() - started), 1),
+                      have=len(self.rounds.updates), planned=len(self.rounds.plan))
+
+    def _refuse(self, sock: zmq.Socket, routing_id: bytes, user_id: str | None,
+                body: list, exc: ProtocolError, header: Any = None) -> None:
+        header = header or peek_header(body)
+        size = sum(len(f) for f in body)
+        self.journal.append("refused", peer=user_id, reason=exc.reason, detail=str(exc)[:500],
+                            kind=header.kind.value if header else None,
+                            round=header.round if header else None, bytes=size)
+        self.log.warning("message_refused", peer=user_id, reason=exc.reason, bytes=size,
+                         detail=str(exc)[:200])
+        if user_id in self.peers:
+            self.peers[user_id].refused += 1
+        if user_id is None:
+            return
+        meta = {"reason": exc.reason, "detail": str(exc)[:900],
+                "refused_kind": header.kind.value if header else None,
+                "refused_round": header.round if header else None}
+        frames = encode(Kind.REJECT, session=self.config.session, round=self.rounds.round,
+                        sender=COORDINATOR_ID, signing_key=self.identity.signing_key, meta=meta)
+        sock.send_multipart([routing_id, *frames])
+
+    # -- roster, status -------------------------------------------------------------------
+    def _stamp(self) -> tuple[int, int, int]:
+        st = os.stat(self.config.roster)
+        return (st.st_ino, st.st_mtime_ns, st.st_size)
+
+    def _check_roster(self, force: bool = False) -> None:
+        try:
+            stamp = self._stamp()
+        except OSError:
+            stamp = None
+        if not force and stamp == self._roster_stamp:
+            return
+        self._roster_stamp = stamp
+        try:
+            roster = load_roster(self.config.roster)
+        except Exception as exc:  # noqa: BLE001 - keep serving with the last good roster
+            self.journal.append("roster_reload_failed", detail=str(exc)[:500])
+            self.log.error("roster_reload_failed", detail=str(exc))
+            return
+        revoked = sorted(set(self.roster.active_ids()) - set(roster.active_ids()))
+        self.roster = roster
+        self._auth.update_roster(roster)
+        self.verifier.update_keys(roster.verify_keys())
+        for pid in revoked:
+            self.peers.pop(pid, None)
+        self.rounds.drop(revoked)
+        self.journal.append("roster_reloaded", active=roster.active_ids(), revoked=revoked)
+        self.log.info("roster_reloaded", active=len(roster.active_ids()), revoked=revoked)
+        self._write_status(force=True)
+
+    def _write_status(self, *, force: bool = False, stopped: bool = False) -> None:
+        now = time.time()
+        if not force and now < self._status_due:
+            return
+        self._status_due = now + 0.5
+        last = self.rounds.history[-1] if self.rounds.history else None
+        write_json_atomic(self.store.status_path, {
+            "session": self.config.session, "round": self.rounds.round,
+            "rounds": self.config.rounds,
+            "phase": "stopped" if stopped and self.rounds.phase != "finished" else self.rounds.phase,
+            "updated": now, "endpoint": self.endpoint,
+            "planned": self.rounds.plan, "received": sorted(self.rounds.updates),
+            "participants": {pid: {"online": p.online, "last_seen": p.last_seen,
+                                   "accepted": p.accepted, "refused": p.refused}
+                             for pid, p in self.peers.items()},
+            "last_round": vars(last) if last else None,
+            "history": [vars(h) for h in self.rounds.history],
+        })
+
+    def _broadcast_finished(self, sock: zmq.Socket) -> None:
+        for pid, peer in self.peers.items():
+            if peer.online:
+                self._send(sock, pid, Kind.STATUS, round=self.rounds.round,
+                           meta={"phase": "finished"})
+        self.journal.append("finished", rounds=self.config.rounds)
+
+
+__all__ = ["Coordinator", "Peer", "make_evaluator"]

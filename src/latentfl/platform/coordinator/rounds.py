@@ -1,0 +1,197 @@
+"""The coordinator's round state machine: plan, collect, aggregate, evaluate, checkpoint.
+
+It owns no socket and no clock: the daemon feeds it the online participants, accepted
+updates and the time, and sends the tasks it returns. Phases of round ``r``::
+
+    waiting     fewer than min_participants online; nothing sent
+    collecting  plan written (STATE/rounds/r/plan.json), tasks sent, updates arriving
+    (close)     quorum reached, deadline passed or every missing participant offline:
+                aggregate -> evaluate -> checkpoint r -> round r+1 starts waiting
+    finished    all configured rounds done
+
+Everything needed to resume is on disk before it is acted on: the plan before any TASK, each
+update before its ACK, the checkpoint before the next round's plan.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from latentfl.errors import ProtocolError
+from latentfl.platform.coordinator.config import CoordinatorConfig
+from latentfl.platform.coordinator.store import StateStore
+from latentfl.strategies import Strategy, Task, Update, select_participants
+
+Phase = Literal["waiting", "collecting", "finished"]
+Evaluator = Callable[[Strategy], dict[str, float]]
+
+
+@dataclass
+class RoundRecord:
+    """A finished round, as shown in status and the demo's table."""
+
+    round: int
+    participants: list[str]
+    accepted: list[str]
+    seconds: float
+    metrics: dict[str, float] = field(default_factory=dict)
+
+
+class Rounds:
+    """Round bookkeeping for one session; see the module docstring for the phases."""
+
+    def __init__(self, config: CoordinatorConfig, strategy: Strategy, store: StateStore, *,
+                 evaluate: Evaluator | None = None, log: Any = None) -> None:
+        self.config = config
+        self.strategy = strategy
+        self.store = store
+        self.evaluate = evaluate
+        self.log = log
+        self.round = 1
+        self.phase: Phase = "waiting"
+        self.plan: list[str] = []
+        self.tasks: dict[str, Task] = {}
+        self.updates: dict[str, Update] = {}
+        self.digests: dict[str, str] = {}
+        self.started_at = 0.0
+        self.history: list[RoundRecord] = []
+
+    # -- start-up -------------------------------------------------------------------------
+    def resume(self) -> None:
+        """Load the last checkpoint (or initialise round 0) and the round in progress."""
+        latest = self.store.latest_round()
+        if latest is None:
+            self.strategy.initialize(self.config.seed)
+            tensors, meta = self.strategy.state_dict()
+            self.store.save_checkpoint(0, tensors, {"strategy": meta, "round": 0})
+            latest = 0
+        else:
+            ckpt = self.store.load_checkpoint(latest)
+            self.strategy.load_state_dict(ckpt.tensors, ckpt.meta.get("strategy", {}))
+            self.history = [RoundRecord(**h) for h in ckpt.meta.get("history", [])]
+        self.round = latest + 1
+        if self.round > self.config.rounds:
+            self.phase = "finished"
+            return
+        plan = self.store.load_plan(self.round)
+        if plan is not None:
+            self._open(plan, time.time())
+            for update, digest in self.store.load_updates(self.round):
+                if update.participant not in self.tasks:  # dropped (revoked) after it was saved
+                    continue
+                self.updates[update.participant] = update
+                self.digests[update.participant] = digest
+
+    # -- planning -------------------------------------------------------------------------
+    def maybe_start(self, online: Sequence[str], now: float) -> dict[str, Task]:
+        """Open the next round if enough participants are online; return tasks to send."""
+        if self.phase != "waiting" or len(online) < self.config.min_participants:
+            return {}
+        chosen = select_participants(sorted(online), self.config.fraction,
+                                     seed=self.config.seed, round=self.round)
+        self.store.save_plan(self.round, chosen)
+        return self._open(chosen, now)
+
+    def _open(self, plan: list[str], now: float) -> dict[str, Task]:
+        self.plan = list(plan)
+        self.tasks = self.strategy.configure_round(self.round, self.plan)
+        self.updates, self.digests = {}, {}
+        self.phase = "collecting"
+        self.started_at = now
+        return dict(self.tasks)
+
+    def pending(self) -> list[str]:
+        """Participants of the round whose update has not been accepted yet."""
+        return [p for p in self.plan if p not in self.updates]
+
+    # -- updates --------------------------------------------------------------------------
+    def check_update(self, pid: str, round: int, digest: str) -> bool:
+        """Raise ProtocolError if an UPDATE may not be accepted; True if it is a re-send.
+
+        A re-send (same participant, round and payload hash as an accepted update) is acked
+        again and not counted twice.
+        """
+        if self.phase == "collecting" and round == self.round and pid in self.updates:
+            if self.digests.get(pid) == digest:
+                return True
+            raise ProtocolError("duplicate", f"{pid} already delivered a different update for "
+                                             f"round {round}.")
+        if self.phase != "collecting" or round < self.round:
+            raise ProtocolError("late", f"update from {pid} for round {round} arrived after the "
+                                        f"round closed (now round {self.round}, {self.phase}).")
+        if round != self.round:
+            raise ProtocolError("wrong-round", f"update from {pid} is for round {round}; the "
+                                               f"round in progress is {self.round}.")
+        if pid not in self.tasks:
+            raise ProtocolError("not-in-round", f"{pid} was not given a task in round {round}.")
+        return False
+
+    def accept(self, update: Update, digest: str) -> None:
+        """Persist (fsync) then count an update whose payload has SHA-256 ``digest``."""
+        self.store.save_update(update, digest)
+        self.updates[update.participant] = update
+        self.digests[update.participant] = digest
+
+    def drop(self, pids: Iterable[str]) -> None:
+        """Forget revoked participants: they leave the plan and their updates are not used."""
+        gone = set(pids) & set(self.plan)
+        if not gone:
+            return
+        self.plan = [p for p in self.plan if p not in gone]
+        for pid in gone:
+            self.tasks.pop(pid, None)
+            self.updates.pop(pid, None)
+            self.digests.pop(pid, None)
+        self.store.save_plan(self.round, self.plan)
+
+    # -- closing --------------------------------------------------------------------------
+    def quorum(self) -> int:
+        return max(1, math.ceil(self.config.quorum * len(self.plan) - 1e-9))
+
+    def due(self, online: Iterable[str], now: float) -> Literal["close", "replan", ""]:
+        """Whether the round should close now, be planned again, or keep collecting."""
+        if self.phase != "collecting":
+            return ""
+        got = len(self.updates)
+        if self.plan and got >= self.quorum():
+            return "close"
+        online_set = set(online)
+        stalled = not any(p in online_set for p in self.pending())
+        if now - self.started_at >= self.config.round_deadline or stalled:
+            if got >= self.config.min_updates:
+                return "close"
+            if now - self.started_at >= self.config.round_deadline or not self.plan:
+                return "replan"
+        return ""
+
+    def replan(self) -> None:
+        """Give up a round that got too few updates; it is planned again when enough are online."""
+        self.phase = "waiting"
+        self.plan, self.tasks, self.updates, self.digests = [], {}, {}, {}
+
+    def close(self, now: float) -> RoundRecord:
+        """Aggregate the accepted updates (in participant order), evaluate, checkpoint."""
+        accepted = sorted(self.updates)
+        metrics = dict(self.strategy.aggregate_round(self.round,
+                                                     [self.updates[p] for p in accepted]))
+        if self.evaluate is not None:
+            metrics.update(self.evaluate(self.strategy))
+        record = RoundRecord(self.round, list(self.plan), accepted, now - self.started_at,
+                             {k: float(v) for k, v in metrics.items()})
+        self.history.append(record)
+        tensors, meta = self.strategy.state_dict()
+        self.store.save_checkpoint(self.round, tensors, {
+            "round": self.round, "strategy": meta,
+            "history": [vars(h) for h in self.history],
+        })
+        self.round += 1
+        self.plan, self.tasks, self.updates, self.digests = [], {}, {}, {}
+        self.phase = "finished" if self.round > self.config.rounds else "waiting"
+        return record
+
+
+__all__ = ["Phase", "RoundRecord", "Rounds"]

@@ -1,0 +1,74 @@
+"""``latentfl status --config FILE``: what the coordinator is doing, read from its state folder.
+
+The daemon rewrites ``STATE/status.json`` (atomically) whenever something changes; this module
+renders it. Reading a file rather than asking the daemon over the network means status works
+with no keys, and also after the daemon stopped.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+from latentfl.errors import StateError
+from latentfl.platform.coordinator.store import read_json
+
+
+def daemon_running(pid_path: Path) -> int | None:
+    """The pid in ``pid_path`` if that process is alive, else None."""
+    try:
+        pid = int(Path(pid_path).read_text().strip())
+    except (OSError, ValueError):
+        return None
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return None
+    except PermissionError:
+        return pid
+    return pid
+
+
+def read_status(state_dir: Path) -> dict[str, Any]:
+    path = Path(state_dir) / "status.json"
+    if not path.exists():
+        raise StateError(f"no status file {path}; the coordinator has not run with this "
+                         "state_dir yet.")
+    data = read_json(path)
+    if not isinstance(data, dict):
+        raise StateError(f"status file {path} is not a JSON object.")
+    return data
+
+
+def _ago(t: float | None, now: float) -> str:
+    if not t:
+        return "never"
+    return f"{now - t:.0f}s ago"
+
+
+def render_status(status: dict[str, Any], *, running: int | None, now: float | None = None) -> str:
+    """Human-readable lines for a status dict."""
+    now = time.time() if now is None else now
+    daemon = f"running (pid {running})" if running else "not running"
+    lines = [
+        f"session   {status.get('session')}   coordinator {daemon}",
+        f"round     {status.get('round')} of {status.get('rounds')}   phase {status.get('phase')}",
+        f"updated   {_ago(status.get('updated'), now)}",
+        "",
+        f"{'participant':<20} {'online':<7} {'last seen':<12} {'accepted':>8} {'refused':>8}",
+    ]
+    for pid, p in sorted(status.get("participants", {}).items()):
+        lines.append(f"{pid:<20} {'yes' if p.get('online') else 'no':<7} "
+                     f"{_ago(p.get('last_seen'), now):<12} {p.get('accepted', 0):>8} "
+                     f"{p.get('refused', 0):>8}")
+    last = status.get("last_round")
+    if last:
+        metrics = ", ".join(f"{k}={v:.4g}" for k, v in sorted(last.get("metrics", {}).items()))
+        lines += ["", f"last round {last.get('round')}: {len(last.get('accepted', []))} updates "
+                      f"in {last.get('seconds', 0):.1f}s; {metrics}"]
+    return "\n".join(lines)
+
+
+__all__ = ["daemon_running", "read_status", "render_status"]

@@ -1,0 +1,183 @@
+"""The coordinator's durable state folder.
+
+Layout (all files written temp -> fsync -> rename, then the folder fsynced)::
+
+    STATE/journal.jsonl                      hash-chained journal (journal.py)
+    STATE/status.json                        what ``latentfl status`` shows
+    STATE/coordinator.pid                    pid of the running daemon
+    STATE/latest.json                        {"round": r}: the last completed round
+    STATE/checkpoints/round-000r.safetensors strategy.state_dict() tensors after round r
+    STATE/checkpoints/round-000r.json        its JSON meta, round metrics and participants
+    STATE/rounds/000r/plan.json              who takes part in round r (written before any TASK)
+    STATE/rounds/000r/updates/PID.safetensors  an accepted UPDATE: its tensors, and as
+                                             metadata its counts and payload SHA-256
+
+An update file is on disk (fsynced) before its ACK leaves, so a restarted coordinator resumes
+round r with every update it acknowledged, and counts each once (one file per participant).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import load as st_load
+from safetensors.torch import save as st_save
+
+from latentfl.errors import StateError
+from latentfl.strategies import Update
+
+_UPDATE_META = "latentfl_update"
+_SAFE_ID = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")
+
+
+def fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` so that a crash leaves either the old or the new file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    with tmp.open("wb") as fh:
+        fh.write(data)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+    fsync_dir(path.parent)
+
+
+def write_json_atomic(path: Path, obj: Any) -> None:
+    write_atomic(path, (json.dumps(obj, sort_keys=True, indent=1) + "\n").encode("utf-8"))
+
+
+def read_json(path: Path) -> Any:
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise StateError(f"state file {path} is missing.") from None
+    except (OSError, ValueError) as exc:
+        raise StateError(f"state file {path} is corrupt: {exc}.") from None
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    round: int
+    tensors: dict[str, torch.Tensor]
+    meta: dict[str, Any]
+
+
+class StateStore:
+    """Reads and writes the files of one coordinator state folder."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root)
+        for sub in ("checkpoints", "rounds"):
+            (self.root / sub).mkdir(parents=True, exist_ok=True)
+
+    @property
+    def journal_path(self) -> Path:
+        return self.root / "journal.jsonl"
+
+    @property
+    def status_path(self) -> Path:
+        return self.root / "status.json"
+
+    @property
+    def pid_path(self) -> Path:
+        return self.root / "coordinator.pid"
+
+    def replay_dir(self) -> Path:
+        return self.root / "replay"
+
+    # -- checkpoints --------------------------------------------------------------------
+    def latest_round(self) -> int | None:
+        path = self.root / "latest.json"
+        if not path.exists():
+            return None
+        data = read_json(path)
+        if not isinstance(data, dict) or not isinstance(data.get("round"), int):
+            raise StateError(f"state file {path} has no integer 'round'.")
+        return data["round"]
+
+    def save_checkpoint(self, round: int, tensors: dict[str, torch.Tensor],
+                        meta: dict[str, Any]) -> None:
+        """Write round ``round``'s strategy state, then point latest.json at it."""
+        base = self.root / "checkpoints" / f"round-{round:06d}"
+        clean = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
+        write_atomic(base.with_suffix(".safetensors"), st_save(clean))
+        write_json_atomic(base.with_suffix(".json"), meta)
+        write_json_atomic(self.root / "latest.json", {"round": round})
+
+    def load_checkpoint(self, round: int) -> Checkpoint:
+        base = self.root / "checkpoints" / f"round-{round:06d}"
+        path = base.with_suffix(".safetensors")
+        try:
+            tensors = st_load(path.read_bytes())
+        except (OSError, SafetensorError) as exc:
+            raise StateError(f"checkpoint {path} cannot be read: {exc}.") from None
+        return Checkpoint(round, tensors, read_json(base.with_suffix(".json")))
+
+    # -- the round in progress ----------------------------------------------------------
+    def round_dir(self, round: int) -> Path:
+        return self.root / "rounds" / f"{round:06d}"
+
+    def save_plan(self, round: int, participants: list[str]) -> None:
+        write_json_atomic(self.round_dir(round) / "plan.json",
+                          {"round": round, "participants": participants})
+
+    def load_plan(self, round: int) -> list[str] | None:
+        path = self.round_dir(round) / "plan.json"
+        if not path.exists():
+            return None
+        data = read_json(path)
+        if not isinstance(data, dict) or not isinstance(data.get("participants"), list):
+            raise StateError(f"round plan {path} has no 'participants' list.")
+        return [str(p) for p in data["participants"]]
+
+    def _update_path(self, round: int, participant: str) -> Path:
+        if not _SAFE_ID.match(participant):
+            raise StateError(f"participant id {participant!r} cannot name a file; expected "
+                             "letters, digits, '_', '.', '-'.")
+        return self.round_dir(round) / "updates" / f"{participant}.safetensors"
+
+    def save_update(self, update: Update, digest: str) -> None:
+        """Persist an accepted update (fsynced) with its counts and the payload digest."""
+        info = {"num_examples": update.num_examples, "num_steps": update.num_steps,
+                "metrics": update.metrics, "payload_sha256": digest}
+        tensors = {k: v.detach().cpu().contiguous() for k, v in update.weights.items()}
+        data = st_save(tensors, metadata={_UPDATE_META: json.dumps(info, sort_keys=True)})
+        write_atomic(self._update_path(update.round, update.participant), data)
+
+    def load_updates(self, round: int) -> list[tuple[Update, str]]:
+        """Every persisted update of ``round`` with its payload digest, in participant order."""
+        folder = self.round_dir(round) / "updates"
+        out: list[tuple[Update, str]] = []
+        for path in sorted(folder.glob("*.safetensors")) if folder.is_dir() else []:
+            try:
+                data = path.read_bytes()
+                tensors = st_load(data)
+                with safe_open(path, framework="pt") as fh:
+                    info = json.loads((fh.metadata() or {})[_UPDATE_META])
+            except (OSError, SafetensorError, KeyError, ValueError) as exc:
+                raise StateError(f"accepted update {path} cannot be read: {exc}.") from None
+            update = Update(participant=path.stem, round=round, weights=tensors,
+                            num_examples=int(info["num_examples"]),
+                            num_steps=int(info["num_steps"]),
+                            metrics={k: float(v) for k, v in info["metrics"].items()})
+            out.append((update, str(info["payload_sha256"])))
+        return out
+
+
+__all__ = ["Checkpoint", "StateStore", "read_json", "write_atomic", "write_json_atomic"]

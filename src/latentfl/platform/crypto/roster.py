@@ -1,0 +1,299 @@
+"""The consortium roster: which CURVE and signing keys are enrolled, and which are revoked.
+
+``DIR/roster.toml`` is public data (only public keys) and the coordinator's allow-list, so it is
+refused when group or others may write it. Every change is a locked read-modify-write that
+replaces the file atomically (temp file, fsync, rename).
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import shutil
+import stat
+import tomllib
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Literal
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+from latentfl.errors import ConfigError, SecurityError
+from latentfl.platform.crypto._files import PRIVATE_DIR_MODE, PUBLIC_FILE_MODE, write_atomic
+from latentfl.platform.crypto.keys import (
+    COORDINATOR_ID,
+    check_participant_id,
+    curve_key_from_text,
+    write_key_folder,
+)
+from latentfl.platform.crypto.signing import verify_key_from_hex, verify_key_to_hex
+
+ROSTER_FILE = "roster.toml"
+ROSTER_FORMAT = 1
+Status = Literal["active", "revoked"]
+_STATUSES = ("active", "revoked")
+_PARTICIPANT_KEYS = {"id", "curve_public", "sign_public", "status"}
+
+
+@dataclass(frozen=True)
+class RosterEntry:
+    """One enrolled participant: its id, public keys and status."""
+
+    id: str
+    curve_public: bytes
+    verify_key: Ed25519PublicKey
+    status: Status = "active"
+
+    @property
+    def active(self) -> bool:
+        return self.status == "active"
+
+
+@dataclass(frozen=True)
+class Roster:
+    """The coordinator's public keys and every participant ever enrolled (active or revoked)."""
+
+    coordinator_curve_public: bytes
+    coordinator_sign_public: Ed25519PublicKey
+    participants: dict[str, RosterEntry] = field(default_factory=dict)
+
+    def active_ids(self) -> list[str]:
+        """Ids of the participants currently allowed to connect, in enrolment order."""
+        return [pid for pid, entry in self.participants.items() if entry.active]
+
+    def by_curve_key(self, key: bytes) -> RosterEntry | None:
+        """The entry (active or revoked) enrolled with this CURVE key (Z85 or raw), if any."""
+        try:
+            key = curve_key_from_text(key)
+        except SecurityError:
+            return None
+        for entry in self.participants.values():
+            if entry.curve_public == key:
+                return entry
+        return None
+
+    def verify_keys(self) -> dict[str, Ed25519PublicKey]:
+        """Signing keys of the active participants, by id."""
+        return {e.id: e.verify_key for e in self.participants.values() if e.active}
+
+
+def _quote(value: str) -> str:
+    # Every value written is an id, Z85 key, hex key or status: printable ASCII only; escape
+    # the two characters TOML basic strings need anyway.
+    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def roster_to_toml(roster: Roster) -> str:
+    """The canonical TOML text of a roster."""
+    lines = [
+        "# latentfl consortium roster: the public keys enrolled in this consortium.",
+        "# Public data, safe to share. Change it with `latentfl keys add|revoke DIR ID`.",
+        f"format = {ROSTER_FORMAT}",
+        "",
+        "[coordinator]",
+        f"curve_public = {_quote(roster.coordinator_curve_public.decode('ascii'))}",
+        f"sign_public = {_quote(verify_key_to_hex(roster.coordinator_sign_public))}",
+    ]
+    for entry in roster.participants.values():
+        lines += [
+            "",
+            "[[participants]]",
+            f"id = {_quote(entry.id)}",
+            f"curve_public = {_quote(entry.curve_public.decode('ascii'))}",
+            f"sign_public = {_quote(verify_key_to_hex(entry.verify_key))}",
+            f"status = {_quote(entry.status)}",
+        ]
+    return "\n".join(lines) + "\n"
+
+
+def _require_str(table: dict, key: str, where: str) -> str:
+    value = table.get(key)
+    if not isinstance(value, str):
+        raise ConfigError(f"{where}: {key} is {value!r}; expected a string")
+    return value
+
+
+def _parse_roster(data: dict, path: Path) -> Roster:
+    unknown = set(data) - {"format", "coordinator", "participants"}
+    if unknown:
+        raise ConfigError(f"roster {path} has unknown keys {sorted(unknown)}")
+    if data.get("format") != ROSTER_FORMAT:
+        raise ConfigError(
+            f"roster {path}: format is {data.get('format')!r}; expected {ROSTER_FORMAT}"
+        )
+    coordinator = data.get("coordinator")
+    if not isinstance(coordinator, dict) or set(coordinator) != {"curve_public", "sign_public"}:
+        raise ConfigError(
+            f"roster {path}: [coordinator] must hold exactly curve_public and sign_public"
+        )
+    where = f"roster {path} [coordinator]"
+    coord_curve = curve_key_from_text(
+        _require_str(coordinator, "curve_public", where), where=f"{where} curve_public"
+    )
+    coord_sign = verify_key_from_hex(
+        _require_str(coordinator, "sign_public", where), where=f"{where} sign_public"
+    )
+    tables = data.get("participants", [])
+    if not isinstance(tables, list) or not all(isinstance(t, dict) for t in tables):
+        raise ConfigError(f"roster {path}: participants must be [[participants]] tables")
+    participants: dict[str, RosterEntry] = {}
+    seen_curve: dict[bytes, str] = {coord_curve: COORDINATOR_ID}
+    seen_sign: dict[str, str] = {verify_key_to_hex(coord_sign): COORDINATOR_ID}
+    for index, table in enumerate(tables):
+        where = f"roster {path} participant #{index + 1}"
+        if set(table) != _PARTICIPANT_KEYS:
+            raise ConfigError(
+                f"{where} has keys {sorted(table)}; expected exactly {sorted(_PARTICIPANT_KEYS)}"
+            )
+        pid = check_participant_id(_require_str(table, "id", where))
+        where = f"roster {path} participant {pid!r}"
+        status = _require_str(table, "status", where)
+        if status not in _STATUSES:
+            raise ConfigError(f"{where}: status is {status!r}; expected 'active' or 'revoked'")
+        curve = curve_key_from_text(
+            _require_str(table, "curve_public", where), where=f"{where} curve_public"
+        )
+        sign_hex = _require_str(table, "sign_public", where)
+        verify_key = verify_key_from_hex(sign_hex, where=f"{where} sign_public")
+        if pid in participants:
+            raise SecurityError(f"{where} is enrolled twice; expected each id once")
+        pairs = ((seen_curve, curve, "CURVE"), (seen_sign, sign_hex.lower(), "signing"))
+        for seen, key, kind in pairs:
+            if key in seen:
+                raise SecurityError(
+                    f"{where} has the same {kind} key as {seen[key]!r}; "
+                    "every party needs its own keys"
+                )
+            seen[key] = pid
+        participants[pid] = RosterEntry(pid, curve, verify_key, status)  # type: ignore[arg-type]
+    return Roster(coord_curve, coord_sign, participants)
+
+
+def load_roster(path: Path) -> Roster:
+    """Read and check a roster file; ConfigError for a bad file, SecurityError for bad keys."""
+    path = Path(path)
+    try:
+        info = path.stat()
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        raise ConfigError(
+            f"roster {path} does not exist; create one with `latentfl keys init`"
+        ) from None
+    except OSError as exc:
+        raise ConfigError(f"roster {path} cannot be read ({exc})") from None
+    if stat.S_IMODE(info.st_mode) & 0o022:
+        raise SecurityError(
+            f"roster {path} has mode {stat.S_IMODE(info.st_mode):04o}, so group or others may "
+            f"change who is enrolled; expected 0644 or stricter: run `chmod 644 {path}`"
+        )
+    try:
+        data = tomllib.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+        raise ConfigError(f"roster {path} is not valid TOML ({exc})") from None
+    return _parse_roster(data, path)
+
+
+def save_roster(path: Path, roster: Roster) -> None:
+    """Write ``roster`` to ``path`` atomically (temp file, fsync, rename), mode 0644."""
+    write_atomic(Path(path), roster_to_toml(roster).encode("ascii"), PUBLIC_FILE_MODE)
+
+
+@contextmanager
+def _locked(directory: Path) -> Iterator[None]:
+    """Hold an exclusive lock on the consortium folder so two `keys` commands cannot interleave."""
+    fd = os.open(directory / ".roster.lock", os.O_WRONLY | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
+def init_consortium(directory: Path, participant_ids: Sequence[str]) -> Roster:
+    """Create keys for the coordinator and each participant, and ``DIR/roster.toml``."""
+    directory = Path(directory)
+    ids = [check_participant_id(pid) for pid in participant_ids]
+    duplicates = sorted({pid for pid in ids if ids.count(pid) > 1})
+    if duplicates:
+        raise ConfigError(
+            f"participant ids {duplicates} are given more than once; expected unique ids"
+        )
+    if directory.exists() and any(directory.iterdir()):
+        raise ConfigError(
+            f"key directory {directory} is not empty; `keys init` never overwrites keys: "
+            "choose a new directory, or use `latentfl keys add` to enrol more participants"
+        )
+    directory.mkdir(mode=PRIVATE_DIR_MODE, parents=True, exist_ok=True)
+    os.chmod(directory, PRIVATE_DIR_MODE)
+    with _locked(directory):
+        coordinator = write_key_folder(directory / COORDINATOR_ID, COORDINATOR_ID)
+        (directory / "participants").mkdir(mode=PRIVATE_DIR_MODE)
+        os.chmod(directory / "participants", PRIVATE_DIR_MODE)
+        participants = {}
+        for pid in ids:
+            ident = write_key_folder(directory / "participants" / pid, pid)
+            participants[pid] = RosterEntry(pid, ident.curve_public, ident.verify_key, "active")
+        roster = Roster(coordinator.curve_public, coordinator.verify_key, participants)
+        save_roster(directory / ROSTER_FILE, roster)
+    return roster
+
+
+def add_participant(directory: Path, pid: str) -> Roster:
+    """Enrol ``pid`` with fresh keys in ``DIR/participants/<pid>/``.
+
+    A revoked id may be enrolled again: it gets new keys (its old folder is replaced), which is
+    how a participant's keys are rotated. An active id is refused.
+    """
+    directory = Path(directory)
+    check_participant_id(pid)
+    with _locked(directory):
+        roster = load_roster(directory / ROSTER_FILE)
+        old = roster.participants.get(pid)
+        if old is not None and old.active:
+            raise ConfigError(
+                f"participant {pid!r} is already enrolled and active; revoke it first to give it "
+                "new keys"
+            )
+        folder = directory / "participants" / pid
+        if folder.exists():
+            shutil.rmtree(folder)
+        ident = write_key_folder(folder, pid)
+        participants = dict(roster.participants)
+        participants[pid] = RosterEntry(pid, ident.curve_public, ident.verify_key, "active")
+        roster = replace(roster, participants=participants)
+        save_roster(directory / ROSTER_FILE, roster)
+    return roster
+
+
+def revoke_participant(directory: Path, pid: str) -> Roster:
+    """Mark ``pid`` revoked in the roster (its keys stop being accepted); idempotent."""
+    directory = Path(directory)
+    with _locked(directory):
+        roster = load_roster(directory / ROSTER_FILE)
+        entry = roster.participants.get(pid)
+        if entry is None:
+            raise ConfigError(
+                f"participant {pid!r} is not in roster {directory / ROSTER_FILE}; enrolled ids: "
+                f"{sorted(roster.participants)}"
+            )
+        if entry.active:
+            participants = dict(roster.participants)
+            participants[pid] = replace(entry, status="revoked")
+            roster = replace(roster, participants=participants)
+            save_roster(directory / ROSTER_FILE, roster)
+    return roster
+
+
+__all__ = [
+    "ROSTER_FILE",
+    "Roster",
+    "RosterEntry",
+    "add_participant",
+    "init_consortium",
+    "load_roster",
+    "revoke_participant",
+    "roster_to_toml",
+    "save_roster",
+]

@@ -1,0 +1,295 @@
+"""The participant agent: a DEALER (CURVE client pinned to the coordinator's key) next to the data.
+
+The main thread owns the socket: HELLO on every (re)connection, heartbeats, ACK bookkeeping.
+Local training runs in one worker thread, so heartbeats continue while it trains. An UPDATE is
+re-sent (same payload, fresh envelope) until its ACK arrives; the coordinator counts a re-send
+once (it keys updates by participant, round and payload hash). When the coordinator is silent
+for ``coordinator_timeout`` the agent drops the socket and reconnects with exponential backoff.
+It never executes anything received: a TASK is weights (safetensors), a registry model name and
+training settings, all checked before use.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import random
+import signal
+import threading
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import numpy as np
+import torch
+import zmq
+
+from latentfl.errors import ProtocolError, SecurityError
+from latentfl.exitcodes import ExitCode
+from latentfl.log import get_logger
+from latentfl.platform.crypto import COORDINATOR_ID, load_identity, load_roster, make_curve_client
+from latentfl.platform.participant.config import ParticipantConfig
+from latentfl.platform.payloads import decode_task, encode_update
+from latentfl.platform.protocol import (
+    DEFAULT_CLOCK_SKEW_S,
+    Kind,
+    Message,
+    ReplayGuard,
+    Verifier,
+    encode,
+    pack_json,
+)
+from latentfl.strategies import ModelSpec, Task, Update, run_task
+
+POLL_MS = 100
+# Refusals after which re-sending the same update cannot succeed.
+_FINAL_REASONS = {"late", "wrong-round", "not-in-round", "duplicate", "manifest", "non-finite",
+                  "malformed", "too-large"}
+
+
+@dataclass
+class LocalData:
+    """This site's training tensors and the summary HELLO may carry."""
+
+    x: torch.Tensor
+    y: torch.Tensor
+    num_classes: int
+
+    def summary(self, share_class_counts: bool) -> dict[str, Any]:
+        out: dict[str, Any] = {"num_examples": len(self.y)}
+        if share_class_counts:
+            out["class_counts"] = np.bincount(self.y.numpy(), minlength=self.num_classes).tolist()
+        return out
+
+
+def load_local_data(config: ParticipantConfig) -> LocalData:
+    """The site's training split, or its part of a deterministic partition (demos, tests)."""
+    from latentfl.data import load_dataset, partition, to_tensors
+
+    ds = load_dataset(config.data)
+    train = ds.train
+    if config.partition is not None:
+        p = config.partition
+        parts = partition(train.y, p.clients, p.scheme, seed=p.seed, alpha=p.alpha,
+                          min_size=p.min_size, classes_per_client=p.classes_per_client)
+        train = train.subset(parts[p.index])
+    x, y = to_tensors(train, ds.mean, ds.std)
+    return LocalData(x, y, ds.num_classes)
+
+
+@dataclass
+class Pending:
+    """An update sent and not yet acknowledged."""
+
+    round: int
+    payload: bytes
+    meta: dict
+    digest: str
+    sent_at: float = 0.0
+    attempts: int = 0
+
+
+class Agent:
+    """One participant's agent; :meth:`run` serves until the session finishes or a stop."""
+
+    def __init__(self, config: ParticipantConfig, *, data: LocalData | None = None) -> None:
+        self.config = config
+        self.identity = load_identity(config.key_dir)
+        self.pid = self.identity.id
+        if self.pid == COORDINATOR_ID:
+            raise SecurityError(f"key folder {config.key_dir} holds the coordinator's keys; "
+                                "expected a participant's key folder.")
+        roster = load_roster(config.roster)
+        entry = roster.participants.get(self.pid)
+        if entry is None or entry.curve_public != self.identity.curve_public:
+            raise SecurityError(f"participant {self.pid!r} with the keys in {config.key_dir} is "
+                                f"not enrolled in roster {config.roster}.")
+        self.coordinator_key = roster.coordinator_curve_public
+        replay_path = None
+        if config.state_dir is not None:
+            config.state_dir.mkdir(parents=True, exist_ok=True)
+            replay_path = config.state_dir / "replay.log"
+        self.replay = ReplayGuard(replay_path, window_s=DEFAULT_CLOCK_SKEW_S)
+        self.verifier = Verifier.of_coordinator(roster, session=config.session,
+                                                replay=self.replay,
+                                                max_bytes=config.max_message_bytes)
+        self.log = get_logger("participant", peer=self.pid, session=config.session)
+        self.data = data if data is not None else load_local_data(config)
+        self._stop = threading.Event()
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="train")
+        self._training: tuple[int, Future] | None = None
+        self.pending: Pending | None = None
+        self.delivered_round = 0
+        self._boot: str | None = None
+
+    def stop(self) -> None:
+        """Ask the agent to leave (thread-safe)."""
+        self._stop.set()
+
+    # -- lifecycle ------------------------------------------------------------------------
+    def run(self, *, handle_signals: bool = True) -> int:
+        """Connect, serve, reconnect with backoff; 0 when the session finished, 130 on stop."""
+        if handle_signals:
+            signal.signal(signal.SIGTERM, lambda *_: self.stop())
+            signal.signal(signal.SIGINT, lambda *_: self.stop())
+        ctx = zmq.Context()
+        backoff = 0.5
+        self.log.info("participant_started", coordinator=self.config.coordinator,
+                      examples=len(self.data.y))
+        try:
+            while not self._stop.is_set():
+                sock = ctx.socket(zmq.DEALER)
+                make_curve_client(sock, self.identity, self.coordinator_key)
+                sock.maxmsgsize = self.config.max_message_bytes
+                sock.linger = 0
+                sock.connect(self.config.coordinator)
+                try:
+                    outcome, heard = self._session(sock)
+                finally:
+                    sock.close(linger=0 if self._stop.is_set() else 500)
+                if outcome == "finished":
+                    self.log.info("session_finished", delivered_round=self.delivered_round)
+                    return int(ExitCode.OK)
+                if outcome == "stopped":
+                    break
+                backoff = 0.5 if heard else min(2 * backoff, self.config.max_backoff)
+                wait = backoff * (0.5 + random.random() / 2)
+                self.log.warning("coordinator_silent", reconnect_in_s=round(wait, 2))
+                self._stop.wait(wait)
+            self.log.info("participant_stopped")
+            return int(ExitCode.INTERRUPTED)
+        finally:
+            self._pool.shutdown(wait=False, cancel_futures=True)
+            self.replay.close()
+            ctx.term()
+
+    # -- one connection -------------------------------------------------------------------
+    def _send(self, sock: zmq.Socket, kind: Kind, *, round: int, payload: bytes = b"",
+              meta: dict | None = None) -> None:
+        frames = encode(kind, session=self.config.session, round=round, sender=self.pid,
+                        signing_key=self.identity.signing_key, payload=payload, meta=meta)
+        sock.send_multipart(frames)
+
+    def _hello(self, sock: zmq.Socket) -> None:
+        summary = self.data.summary(self.config.share_class_counts)
+        self._send(sock, Kind.HELLO, round=0, payload=pack_json(summary))
+
+    def _session(self, sock: zmq.Socket) -> tuple[Literal["finished", "stopped", "silent"], bool]:
+        self._hello(sock)
+        now = time.time()
+        last_heard, heard = now, False
+        next_heartbeat = now + self.config.heartbeat_interval
+        while not self._stop.is_set():
+            if sock.poll(POLL_MS, zmq.POLLIN):
+                while True:
+                    try:
+                        frames = sock.recv_multipart(zmq.NOBLOCK)
+                    except zmq.Again:
+                        break
+                    try:
+                        message = self.verifier.verify(frames, user_id=COORDINATOR_ID)
+                    except ProtocolError as exc:
+                        self.log.warning("message_refused", reason=exc.reason, detail=str(exc))
+                        continue
+                    last_heard, heard = time.time(), True
+                    if self._on_message(sock, message) == "finished":
+                        self._send(sock, Kind.BYE, round=message.header.round)
+                        return "finished", True
+            now = time.time()
+            self._after_training(sock, now)
+            if self.pending and now - self.pending.sent_at > self.config.ack_timeout:
+                self._send_update(sock)
+            if now >= next_heartbeat:
+                self._send(sock, Kind.HEARTBEAT, round=self.delivered_round)
+                next_heartbeat = now + self.config.heartbeat_interval
+            if now - last_heard > self.config.coordinator_timeout:
+                return "silent", heard
+        try:
+            self._send(sock, Kind.BYE, round=self.delivered_round)
+        except zmq.ZMQError:
+            pass
+        return "stopped", heard
+
+    def _on_message(self, sock: zmq.Socket, message: Message) -> str:
+        header = message.header
+        kind = header.kind
+        if kind is Kind.HEARTBEAT:
+            boot = header.meta.get("boot")
+            if self._boot is not None and boot != self._boot:
+                self.log.info("coordinator_restarted")
+                self._hello(sock)
+            self._boot = boot if isinstance(boot, str) else None
+        elif kind is Kind.TASK:
+            self._on_task(sock, message)
+        elif kind is Kind.ACK:
+            p = self.pending
+            if p and header.round == p.round and header.meta.get("sha256") == p.digest:
+                self.log.info("update_acknowledged", round=p.round, attempts=p.attempts)
+                self.delivered_round = max(self.delivered_round, p.round)
+                self.pending = None
+        elif kind is Kind.REJECT:
+            reason = header.meta.get("reason")
+            self.log.warning("refused_by_coordinator", reason=reason,
+                             detail=header.meta.get("detail"))
+            p = self.pending
+            if (p and header.meta.get("refused_kind") == "UPDATE"
+                    and header.meta.get("refused_round") == p.round and reason in _FINAL_REASONS):
+                self.pending = None
+        elif kind is Kind.STATUS and header.meta.get("phase") == "finished":
+            if self.config.exit_when_finished:
+                return "finished"
+        return ""
+
+    # -- tasks ----------------------------------------------------------------------------
+    def _on_task(self, sock: zmq.Socket, message: Message) -> None:
+        r = message.header.round
+        if self.pending and self.pending.round == r:
+            self._send_update(sock)  # the coordinator lost our update: send it again
+            return
+        if r <= self.delivered_round or (self._training and self._training[0] == r):
+            return
+        try:
+            task, spec = decode_task(message, max_bytes=self.config.max_message_bytes)
+        except ProtocolError as exc:
+            self.log.warning("task_refused", round=r, reason=exc.reason, detail=str(exc))
+            return
+        self.log.info("task_received", round=r, bytes=len(message.payload),
+                      epochs=task.train.epochs, lr=task.train.lr)
+        self._training = (r, self._pool.submit(self._train, task, spec))
+
+    def _train(self, task: Task, spec: ModelSpec) -> Update:
+        from latentfl.device import resolve_device
+
+        started = time.perf_counter()
+        update = run_task(task, spec, self.data.x, self.data.y, participant=self.pid,
+                          device=resolve_device(self.config.device))
+        self.log.info("trained", round=task.round, steps=update.num_steps,
+                      examples=update.num_examples, seconds=round(time.perf_counter() - started, 2),
+                      **update.metrics)
+        return update
+
+    def _after_training(self, sock: zmq.Socket, now: float) -> None:
+        if self._training is None or not self._training[1].done():
+            return
+        r, future = self._training
+        self._training = None
+        try:
+            update = future.result()
+        except Exception as exc:  # noqa: BLE001 - a failed task must not stop the agent
+            self.log.error("training_failed", round=r, error=f"{type(exc).__name__}: {exc}")
+            return
+        payload, meta = encode_update(update)
+        self.pending = Pending(r, payload, meta, hashlib.sha256(payload).hexdigest())
+        self._send_update(sock)
+
+    def _send_update(self, sock: zmq.Socket) -> None:
+        p = self.pending
+        if p is None:
+            return
+        p.attempts += 1
+        p.sent_at = time.time()
+        self._send(sock, Kind.UPDATE, round=p.round, payload=p.payload, meta=p.meta)
+        self.log.info("update_sent", round=p.round, bytes=len(p.payload), attempt=p.attempts)
+
+
+__all__ = ["Agent", "LocalData", "load_local_data"]

@@ -1,0 +1,68 @@
+"""The participant agent's config schema (``latentfl participant --config FILE``)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from latentfl.config import option
+from latentfl.simulate import PartitionConfig
+
+
+@dataclass(frozen=True)
+class PartitionShare(PartitionConfig):
+    """Take part ``index`` of a deterministic partition of the dataset's training split.
+
+    For demos and tests, where every participant reads the same built-in set: the partition is
+    computed exactly as ``latentfl simulate`` computes it, so both see the same local data.
+    """
+
+    clients: int = option(1, help="Number of parts the training split is divided into.", min=1)
+    index: int = option(0, help="Which part this participant trains on (0-based).", min=0)
+
+    def problems(self) -> list[str]:
+        if self.index >= self.clients:
+            return [f"partition.index = {self.index}; expected a value below partition.clients "
+                    f"= {self.clients}."]
+        return []
+
+
+@dataclass(frozen=True)
+class ParticipantConfig:
+    """One institution's agent."""
+
+    session: str = option(help="Session id of the coordinator's session.")
+    key_dir: Path = option(help="This participant's key folder (DIR/participants/ID made by "
+                                "`latentfl keys init`); its id is the one enrolled there.")
+    roster: Path = option(help="A copy of the consortium roster; the coordinator's CURVE and "
+                               "signing public keys in it are pinned.")
+    coordinator: str = option(help="The coordinator's endpoint, e.g. tcp://fl.example.org:7700.")
+    data: str = option(help="Dataset spec of this site's private training data.")
+    partition: PartitionShare | None = option(None, help="Train on one part of a shared "
+                                                         "dataset (demos and tests only).")
+    share_class_counts: bool = option(True, help="Send the number of examples per class in "
+                                                 "HELLO; false withholds them.")
+    state_dir: Path | None = option(None, help="Folder for the agent's durable state (replay "
+                                               "guard); none = memory only.")
+    device: str = option("cpu", help="Device for local training: auto, cpu, cuda[:N].")
+    heartbeat_interval: float = option(5.0, help="Seconds between heartbeats.", min=0.0,
+                                       min_exclusive=True)
+    ack_timeout: float = option(15.0, help="Seconds to wait for an ACK before re-sending an "
+                                           "update.", min=0.0, min_exclusive=True)
+    coordinator_timeout: float = option(30.0, help="Seconds of silence from the coordinator "
+                                                   "after which the agent reconnects.", min=0.0,
+                                        min_exclusive=True)
+    max_backoff: float = option(30.0, help="Longest wait between reconnection attempts "
+                                           "(seconds).", min=0.0, min_exclusive=True)
+    max_message_bytes: int = option(256 * 2**20, help="Largest message accepted (bytes).",
+                                    min=1024)
+    exit_when_finished: bool = option(True, help="Exit when the coordinator says the session "
+                                                 "is finished.")
+
+    def problems(self) -> list[str]:
+        if not self.coordinator.startswith(("tcp://", "ipc://")):
+            return [f"coordinator = {self.coordinator!r}; expected tcp://HOST:PORT."]
+        return []
+
+
+__all__ = ["ParticipantConfig", "PartitionShare"]

@@ -1,0 +1,407 @@
+"""The signed envelope: ``[header JSON, Ed25519 signature of the header, payload]``.
+
+The header is canonical JSON binding version, kind, session, round, sender, a fresh nonce, the
+timestamp and the payload's length and SHA-256. ``decode`` checks, in this order: frame count
+and sizes, the ZAP User-Id equals the header's sender, the signature, session and round, the nonce
+is unseen, the timestamp window, the payload hash. The header is parsed before the signature
+check (to learn the sender) but strictly, size-bounded, and nothing in it is trusted until then.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import re
+import secrets
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+
+from latentfl.errors import ProtocolError
+from latentfl.platform.crypto.keys import COORDINATOR_ID
+from latentfl.platform.crypto.signing import SIGNATURE_BYTES, verify
+from latentfl.platform.protocol._json import canonical_json, strict_json
+from latentfl.platform.protocol._replay import ReplayGuard
+
+PROTOCOL_VERSION = 1
+MAX_HEADER_BYTES = 8192
+DEFAULT_MAX_MESSAGE_BYTES = 128 * 1024 * 1024
+DEFAULT_CLOCK_SKEW_S = 300.0
+MAX_META_ENTRIES = 32
+MAX_META_STRING = 1024
+
+_HEADER_KEYS = frozenset(
+    {"version", "kind", "session", "round", "sender", "nonce", "timestamp", "payload_len",
+     "payload_sha256", "meta"}
+)
+_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+_SESSION = re.compile(r"[A-Za-z0-9_.:-]{1,128}")
+_META_KEY = re.compile(r"[a-z][a-z0-9_]{0,63}")
+_HEX32 = re.compile(r"[0-9a-f]{32}")
+_HEX64 = re.compile(r"[0-9a-f]{64}")
+_INT_LIMIT = 2**63
+
+
+class Kind(StrEnum):
+    """Message kinds; the value is what goes on the wire."""
+
+    HELLO = "HELLO"
+    TASK = "TASK"
+    UPDATE = "UPDATE"
+    ACK = "ACK"
+    REJECT = "REJECT"
+    HEARTBEAT = "HEARTBEAT"
+    STATUS = "STATUS"
+    BYE = "BYE"
+
+
+@dataclass(frozen=True)
+class Header:
+    """The signed part of a message. ``meta`` holds kind-specific JSON scalars."""
+
+    version: int
+    kind: Kind
+    session: str
+    round: int
+    sender: str
+    nonce: str
+    timestamp: float
+    payload_len: int
+    payload_sha256: str
+    meta: dict[str, str | int | float | bool | None] = field(default_factory=dict)
+
+    def to_json(self) -> bytes:
+        """The canonical bytes that are signed and sent."""
+        return canonical_json(
+            {
+                "version": self.version,
+                "kind": self.kind.value,
+                "session": self.session,
+                "round": self.round,
+                "sender": self.sender,
+                "nonce": self.nonce,
+                "timestamp": self.timestamp,
+                "payload_len": self.payload_len,
+                "payload_sha256": self.payload_sha256,
+                "meta": self.meta,
+            }
+        )
+
+
+@dataclass(frozen=True)
+class Message:
+    """A verified message: its header, payload bytes, and the signed header bytes for journals."""
+
+    header: Header
+    payload: bytes
+    raw_header: bytes = b""
+    signature: bytes = b""
+
+
+def _is_int(value: Any, low: int = 0) -> bool:
+    return type(value) is int and low <= value < _INT_LIMIT
+
+
+def _header_problems(obj: Any) -> list[str]:
+    """Everything wrong with a decoded header object (empty when it is well formed)."""
+    if not isinstance(obj, dict):
+        return [f"header is a JSON {type(obj).__name__}; expected an object"]
+    if set(obj) != _HEADER_KEYS:
+        missing, extra = sorted(_HEADER_KEYS - set(obj)), sorted(set(obj) - _HEADER_KEYS)
+        return [f"header keys differ from the protocol's: missing {missing}, unexpected {extra}"]
+    problems = []
+    if not _is_int(obj["version"], 1):
+        problems.append(f"version is {obj['version']!r}; expected a positive integer")
+    if obj["kind"] not in Kind.__members__:
+        problems.append(f"kind is {obj['kind']!r}; expected one of {list(Kind.__members__)}")
+    if not (isinstance(obj["session"], str) and _SESSION.fullmatch(obj["session"])):
+        problems.append(f"session is {obj['session']!r}; expected 1-128 of A-Z a-z 0-9 _ . : -")
+    if not _is_int(obj["round"]):
+        problems.append(f"round is {obj['round']!r}; expected an integer >= 0")
+    if not (isinstance(obj["sender"], str) and _ID.fullmatch(obj["sender"])):
+        problems.append(f"sender is {obj['sender']!r}; expected a participant id")
+    if not (isinstance(obj["nonce"], str) and _HEX32.fullmatch(obj["nonce"])):
+        problems.append(f"nonce is {obj['nonce']!r}; expected 32 lowercase hex digits")
+    ts = obj["timestamp"]
+    if not (type(ts) is float and math.isfinite(ts) and ts > 0):
+        problems.append(f"timestamp is {ts!r}; expected positive float seconds since the epoch")
+    if not _is_int(obj["payload_len"]):
+        problems.append(f"payload_len is {obj['payload_len']!r}; expected an integer >= 0")
+    if not (isinstance(obj["payload_sha256"], str) and _HEX64.fullmatch(obj["payload_sha256"])):
+        problems.append("payload_sha256 is not 64 lowercase hex digits")
+    problems += _meta_problems(obj["meta"])
+    return problems
+
+
+def _meta_problems(meta: Any) -> list[str]:
+    if not isinstance(meta, dict):
+        return [f"meta is a {type(meta).__name__}; expected an object of scalars"]
+    if len(meta) > MAX_META_ENTRIES:
+        return [f"meta has {len(meta)} entries; expected at most {MAX_META_ENTRIES}"]
+    problems = []
+    for key, value in meta.items():
+        if not (isinstance(key, str) and _META_KEY.fullmatch(key)):
+            problems.append(f"meta key {str(key)[:70]!r} is not lowercase snake_case")
+        elif isinstance(value, str):
+            if len(value) > MAX_META_STRING:
+                problems.append(f"meta {key} is {len(value)} characters; at most {MAX_META_STRING}")
+        elif isinstance(value, float):
+            if not math.isfinite(value):
+                problems.append(f"meta {key} is {value!r}; expected a finite number")
+        elif isinstance(value, bool) or value is None:
+            pass
+        elif isinstance(value, int):
+            if not -_INT_LIMIT <= value < _INT_LIMIT:
+                problems.append(f"meta {key} is out of the 64-bit integer range")
+        else:
+            problems.append(f"meta {key} is a {type(value).__name__}; expected a JSON scalar")
+    return problems
+
+
+def _header_from_obj(obj: dict[str, Any]) -> Header:
+    return Header(**{**obj, "kind": Kind(obj["kind"])})
+
+
+def encode(
+    kind: Kind | str,
+    *,
+    session: str,
+    round: int,  # noqa: A002 - the protocol's field name
+    sender: str,
+    signing_key: Ed25519PrivateKey,
+    payload: bytes = b"",
+    meta: Mapping[str, Any] | None = None,
+) -> list[bytes]:
+    """Build the three frames of a signed message with a fresh nonce and the current time."""
+    payload = bytes(payload)
+    obj = {
+        "version": PROTOCOL_VERSION,
+        "kind": Kind(kind).value,
+        "session": session,
+        "round": round,
+        "sender": sender,
+        "nonce": secrets.token_hex(16),
+        "timestamp": float(time.time()),
+        "payload_len": len(payload),
+        "payload_sha256": hashlib.sha256(payload).hexdigest(),
+        "meta": dict(meta or {}),
+    }
+    problems = _header_problems(obj)
+    if problems:
+        raise ValueError("cannot encode message: " + "; ".join(problems))
+    raw = canonical_json(obj)
+    if len(raw) > MAX_HEADER_BYTES:
+        raise ValueError(f"header is {len(raw)} bytes; at most {MAX_HEADER_BYTES} (shrink meta)")
+    return [raw, signing_key.sign(raw), payload]
+
+
+def _frame_bytes(frame: Any) -> bytes:
+    data = getattr(frame, "bytes", None)  # zmq.Frame from recv_multipart(copy=False)
+    return data if isinstance(data, bytes) else bytes(frame)
+
+
+def parse_header(raw: bytes) -> Header:
+    """Parse header bytes strictly (ProtocolError 'malformed'); checks no signature."""
+    obj = strict_json(raw, what="message header", max_bytes=MAX_HEADER_BYTES)
+    problems = _header_problems(obj)
+    if problems:
+        raise ProtocolError("malformed", "message header is malformed: " + "; ".join(problems))
+    if canonical_json(obj) != raw:
+        raise ProtocolError(
+            "malformed", "message header is not canonical JSON (sorted keys, no spaces)"
+        )
+    return _header_from_obj(obj)
+
+
+def peek_header(frames: Sequence[Any]) -> Header | None:
+    """The header of a message that may be refused, for journal lines; None if unparsable.
+
+    Unverified: use it to describe a refusal, never to act on.
+    """
+    if not frames or len(frames[0]) > MAX_HEADER_BYTES:
+        return None
+    try:
+        return parse_header(_frame_bytes(frames[0]))
+    except ProtocolError:
+        return None
+
+
+KeyLookup = Callable[[str], Ed25519PublicKey | None]
+
+
+def _decode(
+    frames: Sequence[Any],
+    *,
+    user_id: str | None,
+    lookup: KeyLookup,
+    session: str | None,
+    expected_round: int | None,
+    replay: ReplayGuard,
+    max_bytes: int,
+    clock_skew_s: float,
+    now: float | None,
+) -> Message:
+    if replay.window_s < clock_skew_s:
+        raise ValueError(
+            f"replay guard window {replay.window_s}s is shorter than the clock skew "
+            f"{clock_skew_s}s; replays of forgotten nonces would pass"
+        )
+    if len(frames) != 3:
+        raise ProtocolError("frames", f"message has {len(frames)} frames; expected 3")
+    sizes = [len(f) for f in frames]
+    if sum(sizes) > max_bytes:
+        raise ProtocolError("too-large", f"message is {sum(sizes)} bytes; at most {max_bytes}")
+    if sizes[0] > MAX_HEADER_BYTES:
+        raise ProtocolError("too-large", f"header is {sizes[0]} bytes; at most {MAX_HEADER_BYTES}")
+    if sizes[1] != SIGNATURE_BYTES:
+        raise ProtocolError("frames", f"signature frame is {sizes[1]} bytes; expected 64")
+    raw, signature, payload = (_frame_bytes(f) for f in frames)
+    header = parse_header(raw)
+    if header.sender != user_id:
+        raise ProtocolError(
+            "sender-mismatch",
+            f"header sender {header.sender!r} differs from the authenticated peer {user_id!r}",
+        )
+    verify_key = lookup(header.sender)
+    if verify_key is None:
+        raise ProtocolError(
+            "unknown-sender", f"sender {header.sender!r} is not enrolled, or is revoked"
+        )
+    if not verify(verify_key, signature, raw):
+        raise ProtocolError("bad-signature", f"signature from {header.sender!r} does not verify")
+    if header.version != PROTOCOL_VERSION:
+        raise ProtocolError(
+            "version", f"protocol version is {header.version}; expected {PROTOCOL_VERSION}"
+        )
+    if session is not None and header.session != session:
+        raise ProtocolError(
+            "wrong-session", f"session is {header.session!r}; expected {session!r}"
+        )
+    if expected_round is not None and header.round != expected_round:
+        raise ProtocolError(
+            "wrong-round", f"round is {header.round}; expected {expected_round}"
+        )
+    if replay.seen_or_add(header.sender, header.nonce, header.timestamp):
+        raise ProtocolError(
+            "replay", f"nonce {header.nonce} from {header.sender!r} was already used"
+        )
+    now = time.time() if now is None else now
+    if abs(now - header.timestamp) > clock_skew_s:
+        raise ProtocolError(
+            "stale",
+            f"timestamp is {header.timestamp - now:+.1f}s from this host's clock; expected "
+            f"within {clock_skew_s:g}s (check both hosts' clocks)",
+        )
+    digest = hashlib.sha256(payload).hexdigest()
+    if len(payload) != header.payload_len or digest != header.payload_sha256:
+        raise ProtocolError(
+            "bad-hash",
+            f"payload of {len(payload)} bytes does not match the signed length "
+            f"{header.payload_len} and SHA-256",
+        )
+    return Message(header, payload, raw, signature)
+
+
+def decode(
+    frames: Sequence[Any],
+    *,
+    user_id: str | None,
+    verify_key: Ed25519PublicKey,
+    session: str | None,
+    expected_round: int | None,
+    replay: ReplayGuard,
+    max_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+    clock_skew_s: float = DEFAULT_CLOCK_SKEW_S,
+    now: float | None = None,
+) -> Message:
+    """Verify a message from one known peer; ProtocolError(reason, sentence) when refused.
+
+    ``user_id`` is the authenticated peer: the ZAP User-Id on the coordinator, ``"coordinator"``
+    on a participant (whose CURVE client pins the server key). ``session=None`` or
+    ``expected_round=None`` skip that check. ``now`` overrides the clock (tests).
+    """
+    return _decode(
+        frames,
+        user_id=user_id,
+        lookup=lambda _sender: verify_key,
+        session=session,
+        expected_round=expected_round,
+        replay=replay,
+        max_bytes=max_bytes,
+        clock_skew_s=clock_skew_s,
+        now=now,
+    )
+
+
+class Verifier:
+    """``decode`` bound to a set of peers' signing keys, a session, a replay guard and limits."""
+
+    def __init__(
+        self,
+        verify_keys: Mapping[str, Ed25519PublicKey],
+        *,
+        session: str | None,
+        replay: ReplayGuard,
+        max_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+        clock_skew_s: float = DEFAULT_CLOCK_SKEW_S,
+    ) -> None:
+        self._keys = dict(verify_keys)
+        self.session = session
+        self.replay = replay
+        self.max_bytes = max_bytes
+        self.clock_skew_s = clock_skew_s
+
+    @classmethod
+    def of_participants(cls, roster: Any, **options: Any) -> Verifier:
+        """For the coordinator: accepts messages signed by the roster's active participants."""
+        return cls(roster.verify_keys(), **options)
+
+    @classmethod
+    def of_coordinator(cls, roster: Any, **options: Any) -> Verifier:
+        """For a participant: accepts messages signed by the roster's coordinator."""
+        return cls({COORDINATOR_ID: roster.coordinator_sign_public}, **options)
+
+    def update_keys(self, verify_keys: Mapping[str, Ed25519PublicKey]) -> None:
+        """Replace the accepted signers (after a roster reload): revoked ids stop verifying."""
+        self._keys = dict(verify_keys)
+
+    def verify(
+        self,
+        frames: Sequence[Any],
+        *,
+        user_id: str | None,
+        expected_round: int | None = None,
+        now: float | None = None,
+    ) -> Message:
+        """Check ``frames`` from ``user_id``; ProtocolError(reason, sentence) when refused."""
+        return _decode(
+            frames,
+            user_id=user_id,
+            lookup=self._keys.get,
+            session=self.session,
+            expected_round=expected_round,
+            replay=self.replay,
+            max_bytes=self.max_bytes,
+            clock_skew_s=self.clock_skew_s,
+            now=now,
+        )
+
+
+__all__ = [
+    "DEFAULT_CLOCK_SKEW_S",
+    "DEFAULT_MAX_MESSAGE_BYTES",
+    "MAX_HEADER_BYTES",
+    "PROTOCOL_VERSION",
+    "Header",
+    "Kind",
+    "Message",
+    "Verifier",
+    "decode",
+    "encode",
+    "parse_header",
+    "peek_header",
+]

@@ -1,0 +1,98 @@
+"""Privacy building blocks: DP-SGD, the participant's ledger and policy, weight noise, CKKS.
+
+Only this package imports Opacus and TenSEAL, and only inside the functions that need them, so
+importing ``latentfl.privacy`` is cheap. See docs/privacy.md for what each mechanism protects.
+
+- :mod:`~latentfl.privacy.accounting`  pure math: noise for a target epsilon, epsilon after k steps
+- :mod:`~latentfl.privacy.ledger`      the participant's persistent spending (PrivacyLedger)
+- :mod:`~latentfl.privacy.policy`      a site's rules (SitePolicy) and check_task
+- :mod:`~latentfl.privacy.dp_sgd`      make_private: the Opacus wrap for latentfl.training.train
+- :mod:`~latentfl.privacy.weight_noise` clip + Gaussian noise on the uploaded update
+- :mod:`~latentfl.privacy.ckks`        encrypted aggregation (coordinator sums, never decrypts)
+- :mod:`~latentfl.privacy.key_sealing` the secret context sealed to each participant's CURVE key
+"""
+
+from latentfl.privacy.accounting import (
+    DPPlan,
+    epsilon_for,
+    epsilon_of_history,
+    noise_multiplier_for,
+    plan_dp_sgd,
+    poisson_sample_rate,
+    steps_per_round,
+)
+from latentfl.privacy.ckks import (
+    check_ciphertexts,
+    check_min_cohort,
+    ciphertext_count,
+    cohort_weight,
+    create_context,
+    decrypt_aggregate,
+    encrypt_update,
+    load_context,
+    public_context_bytes,
+    secret_context_bytes,
+    slot_count,
+    sum_ciphertexts,
+)
+from latentfl.privacy.dp_sgd import (
+    DPSGDConfig,
+    DPWrap,
+    dp_compatible,
+    make_private,
+    resolve_noise_multiplier,
+)
+from latentfl.privacy.key_sealing import (
+    load_coordinator_context,
+    load_participant_context,
+    open_secret_context,
+    seal_secret_context,
+    write_ckks_keys,
+)
+from latentfl.privacy.ledger import LedgerRow, PrivacyLedger
+from latentfl.privacy.policy import PlannedTask, SitePolicy, check_task
+from latentfl.privacy.weight_noise import (
+    clip_and_noise,
+    weight_noise_epsilon,
+    weight_noise_multiplier_for,
+)
+
+__all__ = [
+    "DPPlan",
+    "DPSGDConfig",
+    "DPWrap",
+    "LedgerRow",
+    "PlannedTask",
+    "PrivacyLedger",
+    "SitePolicy",
+    "check_ciphertexts",
+    "check_min_cohort",
+    "check_task",
+    "ciphertext_count",
+    "clip_and_noise",
+    "cohort_weight",
+    "create_context",
+    "decrypt_aggregate",
+    "dp_compatible",
+    "encrypt_update",
+    "epsilon_for",
+    "epsilon_of_history",
+    "load_context",
+    "load_coordinator_context",
+    "load_participant_context",
+    "make_private",
+    "noise_multiplier_for",
+    "open_secret_context",
+    "plan_dp_sgd",
+    "poisson_sample_rate",
+    "public_context_bytes",
+    "resolve_noise_multiplier",
+    "seal_secret_context",
+    "secret_context_bytes",
+    "slot_count",
+    "steps_per_round",
+    "sum_ciphertexts",
+    "weight_noise_epsilon",
+    "weight_noise_multiplier_for",
+    "write_ckks_keys",
+]

@@ -1,0 +1,263 @@
+"""CKKS secure aggregation with TenSEAL: the coordinator sums ciphertexts it cannot read.
+
+Roles. Every participant holds the *secret* context (all share one key pair, handed out
+encrypted to each participant's enrolled key by :mod:`latentfl.privacy.key_sealing`). The
+coordinator holds only the *public* context: it checks and sums ciphertexts and never decrypts;
+:func:`sum_ciphertexts` refuses a context with a secret key. Because every participant could
+decrypt any ciphertext, the coordinator must never forward an individual update, only sums of at
+least ``min_cohort`` of them.
+
+Wire format. A participant encrypts ``weight * flat`` (``weight`` is its example count, so the
+sum is the numerator of the weighted mean) in chunks of ``slots = poly_modulus_degree / 2``
+values; each chunk is one serialised ``CKKSVector``. The decrypting participant divides the sum
+by the total weight of the participants the sum covers (dropouts are renormalised away).
+No multiplication happens under encryption, so one level ([60, 40, 60] bits) is plenty and no
+Galois keys are made.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Collection, Mapping, Sequence
+from typing import Any
+
+import torch
+
+from latentfl.errors import ConfigError, PrivacyError, ProtocolError, SecurityError
+
+DEFAULT_POLY_MODULUS_DEGREE = 8192
+DEFAULT_COEFF_MOD_BIT_SIZES: tuple[int, ...] = (60, 40, 60)
+DEFAULT_SCALE = 2.0**40
+
+
+def create_context(
+    poly_modulus_degree: int = DEFAULT_POLY_MODULUS_DEGREE,
+    coeff_mod_bit_sizes: Sequence[int] = DEFAULT_COEFF_MOD_BIT_SIZES,
+    scale: float = DEFAULT_SCALE,
+) -> Any:
+    """A fresh secret CKKS context (``tenseal.Context``) with public and relinearisation keys."""
+    import tenseal as ts
+
+    if poly_modulus_degree & (poly_modulus_degree - 1) or poly_modulus_degree < 1024:
+        raise ConfigError(
+            f"poly_modulus_degree = {poly_modulus_degree}; expected a power of two >= 1024."
+        )
+    try:
+        ctx = ts.context(
+            ts.SCHEME_TYPE.CKKS,
+            poly_modulus_degree=poly_modulus_degree,
+            coeff_mod_bit_sizes=list(coeff_mod_bit_sizes),
+        )
+    except (ValueError, RuntimeError) as exc:
+        raise ConfigError(
+            f"CKKS parameters N = {poly_modulus_degree}, modulus bits "
+            f"{list(coeff_mod_bit_sizes)} are refused by SEAL ({exc}); the default is "
+            "N = 8192 with [60, 40, 60]."
+        ) from None
+    ctx.global_scale = float(scale)
+    return ctx
+
+
+def secret_context_bytes(ctx: Any) -> bytes:
+    """The secret context serialised with its secret key (for participants only)."""
+    require_private(ctx, "serialising the secret context")
+    return ctx.serialize(save_secret_key=True)
+
+
+def public_context_bytes(ctx: Any) -> bytes:
+    """The context without its secret key: what the coordinator gets."""
+    public = ctx.copy()
+    public.make_context_public()
+    return public.serialize()
+
+
+def load_context(data: bytes, *, private: bool) -> Any:
+    """Parse a serialised context; SecurityError unless it is secret (or public) as expected."""
+    import tenseal as ts
+
+    try:
+        ctx = ts.context_from(bytes(data))
+    except Exception as exc:  # noqa: BLE001 - TenSEAL raises several types on bad bytes
+        raise SecurityError(f"CKKS context cannot be parsed ({exc}); expected TenSEAL bytes.") \
+            from None
+    if private:
+        require_private(ctx, "loading a participant's context")
+    else:
+        require_public(ctx, "loading the coordinator's context")
+    return ctx
+
+
+def require_public(ctx: Any, where: str) -> None:
+    """Fail closed if ``ctx`` holds a secret key where only the public context may be."""
+    if ctx.is_private() or ctx.has_secret_key():
+        raise SecurityError(
+            f"{where}: the CKKS context holds a secret key; the coordinator must have only the "
+            "public context (DIR/coordinator/ckks_public.bin from `latentfl privacy ckks-keys`)."
+        )
+
+
+def require_private(ctx: Any, where: str) -> None:
+    if not ctx.is_private():
+        raise SecurityError(
+            f"{where}: the CKKS context has no secret key; expected a participant's secret "
+            "context."
+        )
+
+
+def slot_count(ctx: Any) -> int:
+    """Values one ciphertext carries: poly_modulus_degree / 2."""
+    parms = ctx.seal_context().data.key_context_data().parms()
+    return int(parms.poly_modulus_degree()) // 2
+
+
+def ciphertext_count(length: int, ctx: Any) -> int:
+    """Ciphertexts an update of ``length`` values takes."""
+    return math.ceil(length / slot_count(ctx))
+
+
+def encrypt_update(ctx: Any, flat: torch.Tensor, weight: float) -> list[bytes]:
+    """``weight * flat`` encrypted in slot-sized chunks, each a serialised CKKSVector."""
+    import tenseal as ts
+
+    if flat.dim() != 1 or flat.numel() == 0:
+        raise ConfigError(f"update has shape {tuple(flat.shape)}; expected a non-empty 1-D tensor.")
+    if not (weight > 0 and math.isfinite(weight)):
+        raise ConfigError(f"aggregation weight = {weight}; expected a finite value > 0.")
+    values = flat.detach().to("cpu", torch.float64) * float(weight)
+    if not torch.isfinite(values).all():
+        raise ConfigError("update has non-finite values; expected finite weights to encrypt.")
+    slots = slot_count(ctx)
+    return [
+        ts.ckks_vector(ctx, values[i:i + slots].tolist()).serialize()
+        for i in range(0, values.numel(), slots)
+    ]
+
+
+def check_ciphertexts(
+    public_ctx: Any, blobs: Sequence[bytes], expected_count: int, max_bytes: int
+) -> None:
+    """Refuse a peer's ciphertexts (ProtocolError 'bad_ciphertext') unless well-formed.
+
+    Checks the count, each blob's size, that it parses under ``public_ctx``, and that it is one
+    fresh, non-transparent ciphertext at the context's first level and global scale holding a
+    full chunk (the last may be shorter). Never decrypts.
+    """
+    if len(blobs) != expected_count:
+        raise _bad(f"{len(blobs)} ciphertexts arrived; expected {expected_count}")
+    slots = slot_count(public_ctx)
+    first_parms = list(public_ctx.seal_context().data.first_parms_id())
+    for i, blob in enumerate(blobs):
+        if len(blob) > max_bytes:
+            raise _bad(f"ciphertext {i} has {len(blob)} bytes; expected at most {max_bytes}")
+        vec = _parse(public_ctx, blob, i)
+        cts = vec.ciphertext()
+        size = vec.size()
+        ok_size = size == slots if i < expected_count - 1 else 0 < size <= slots
+        if not ok_size:
+            raise _bad(f"ciphertext {i} holds {size} values; expected {slots} per full chunk")
+        if len(cts) != 1 or cts[0].size() != 2 or cts[0].is_transparent():
+            raise _bad(f"ciphertext {i} is not one fresh two-part ciphertext")
+        if list(cts[0].parms_id()) != first_parms or cts[0].scale != public_ctx.global_scale:
+            raise _bad(f"ciphertext {i} is at another level or scale than the context's")
+
+
+def sum_ciphertexts(
+    public_ctx: Any, updates: Sequence[Sequence[bytes]], *, min_cohort: int = 2
+) -> list[bytes]:
+    """Chunk-wise sum of the participants' ciphertexts (coordinator side; never decrypts).
+
+    Refuses a secret context (SecurityError) and a cohort smaller than ``min_cohort``
+    (PrivacyError 'min_cohort'), since a "sum" of one update is that participant's update.
+    """
+    require_public(public_ctx, "summing ciphertexts")
+    check_min_cohort(len(updates), min_cohort)
+    counts = {len(u) for u in updates}
+    if len(counts) != 1:
+        raise _bad(f"updates have different ciphertext counts {sorted(counts)}; expected one")
+    total = []
+    for chunk in range(counts.pop()):
+        acc = _parse(public_ctx, updates[0][chunk], chunk)
+        for update in updates[1:]:
+            try:
+                acc += _parse(public_ctx, update[chunk], chunk)
+            except ValueError as exc:
+                raise _bad(f"ciphertext {chunk} cannot be added ({exc})") from None
+        total.append(acc.serialize())
+    return total
+
+
+def decrypt_aggregate(
+    secret_ctx: Any, blobs: Sequence[bytes], length: int, *, total_weight: float = 1.0
+) -> torch.Tensor:
+    """Decrypt a summed update and divide by ``total_weight``: the weighted mean, float32."""
+    require_private(secret_ctx, "decrypting the aggregate")
+    if not total_weight > 0:
+        raise ConfigError(f"total weight = {total_weight}; expected a value > 0.")
+    expected = ciphertext_count(length, secret_ctx)
+    if len(blobs) != expected:
+        raise _bad(f"aggregate has {len(blobs)} ciphertexts; expected {expected} for {length}")
+    values: list[float] = []
+    for i, blob in enumerate(blobs):
+        values.extend(_parse(secret_ctx, blob, i).decrypt())
+    out = torch.tensor(values[:length], dtype=torch.float64) / float(total_weight)
+    return out.to(torch.float32)
+
+
+def check_min_cohort(answered: int, min_cohort: int) -> None:
+    """PrivacyError 'min_cohort' unless at least ``min_cohort`` (>= 2) updates are summed."""
+    if min_cohort < 2:
+        raise ConfigError(
+            f"min_cohort = {min_cohort}; expected >= 2, since a sum of one ciphertext is an "
+            "individual update."
+        )
+    if answered < min_cohort:
+        raise PrivacyError(
+            "min_cohort",
+            f"only {answered} participants answered; encrypted aggregation needs at least "
+            f"{min_cohort} so no individual update can be recovered.",
+        )
+
+
+def cohort_weight(
+    weights: Mapping[str, float], answered: Collection[str], *, min_cohort: int = 2
+) -> float:
+    """Total weight of the participants that answered: divides the sum (dropout renormalising)."""
+    missing = sorted(set(answered) - set(weights))
+    if missing:
+        raise ConfigError(f"participants {missing} answered but have no weight; expected one each.")
+    check_min_cohort(len(set(answered)), min_cohort)
+    return float(sum(weights[pid] for pid in set(answered)))
+
+
+def _parse(ctx: Any, blob: bytes, index: int) -> Any:
+    import tenseal as ts
+
+    try:
+        return ts.ckks_vector_from(ctx, bytes(blob))
+    except Exception as exc:  # noqa: BLE001 - TenSEAL raises several types on bad bytes
+        raise _bad(f"ciphertext {index} cannot be parsed under the context ({exc})") from None
+
+
+def _bad(sentence: str) -> ProtocolError:
+    return ProtocolError("bad_ciphertext", sentence + ".")
+
+
+__all__ = [
+    "DEFAULT_COEFF_MOD_BIT_SIZES",
+    "DEFAULT_POLY_MODULUS_DEGREE",
+    "DEFAULT_SCALE",
+    "check_ciphertexts",
+    "check_min_cohort",
+    "ciphertext_count",
+    "cohort_weight",
+    "create_context",
+    "decrypt_aggregate",
+    "encrypt_update",
+    "load_context",
+    "public_context_bytes",
+    "require_private",
+    "require_public",
+    "secret_context_bytes",
+    "slot_count",
+    "sum_ciphertexts",
+]

@@ -1,0 +1,145 @@
+"""``latentfl privacy``: plan a private run, read a site's ledger, make CKKS keys.
+
+    latentfl privacy plan --examples 5000 --batch 64 --epochs 1 --rounds 20 --epsilon 8 \\
+        --delta 1e-5 [--model convnet]
+    latentfl privacy ledger --state-dir STATE
+    latentfl privacy ckks-keys KEYDIR
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from pathlib import Path
+
+from latentfl.errors import ConfigError
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser("privacy", help="DP budgets, privacy ledgers and CKKS keys.")
+    sub = parser.add_subparsers(title="privacy commands", metavar="ACTION")
+
+    plan = sub.add_parser("plan", help="Noise multiplier and epsilon per round before a run.")
+    plan.add_argument("--examples", type=int, required=True, help="Local training examples.")
+    plan.add_argument("--batch", type=int, required=True, help="Expected batch size.")
+    plan.add_argument("--epochs", type=int, default=1, help="Local epochs per round.")
+    plan.add_argument("--rounds", type=int, required=True, help="Planned rounds.")
+    noise = plan.add_mutually_exclusive_group(required=True)
+    noise.add_argument("--epsilon", type=float, help="Target epsilon after all rounds.")
+    noise.add_argument("--noise-multiplier", type=float, help="A given noise multiplier.")
+    plan.add_argument("--delta", type=float, default=1e-5, help="Target delta (default 1e-5).")
+    plan.add_argument("--max-steps", type=int, default=None, help="Cap on steps per round.")
+    plan.add_argument("--accountant", choices=["rdp", "prv"], default="rdp")
+    plan.add_argument("--model", default=None, help="Also print the CKKS cost of one update.")
+    plan.add_argument("--num-classes", type=int, default=10)
+    plan.add_argument("--in-shape", default="3,32,32", help="C,H,W of the model input.")
+    plan.set_defaults(handler=run_plan)
+
+    ledger = sub.add_parser("ledger", help="Print a participant's privacy ledger.")
+    ledger.add_argument("--state-dir", type=Path, required=True,
+                        help="The participant's state directory.")
+    ledger.set_defaults(handler=run_ledger)
+
+    keys = sub.add_parser("ckks-keys", help="CKKS context: public for the coordinator, "
+                          "secret sealed to each enrolled participant.")
+    keys.add_argument("key_dir", type=Path, help="Key folder made by `latentfl keys`.")
+    keys.add_argument("--poly-modulus-degree", type=int, default=8192)
+    keys.add_argument("--coeff-mod-bit-sizes", default="60,40,60")
+    keys.add_argument("--scale-bits", type=int, default=40)
+    keys.add_argument("--force", action="store_true", help="Replace existing CKKS key files.")
+    keys.set_defaults(handler=run_ckks_keys)
+
+
+def run_plan(args: argparse.Namespace) -> int:
+    from latentfl.privacy.accounting import plan_dp_sgd
+
+    p = plan_dp_sgd(
+        num_examples=args.examples, batch_size=args.batch, epochs=args.epochs,
+        rounds=args.rounds, delta=args.delta, target_epsilon=args.epsilon,
+        noise_multiplier=args.noise_multiplier, max_steps=args.max_steps,
+        accountant=args.accountant,
+    )
+    how = (f"derived from target epsilon {args.epsilon} over all {p.rounds} rounds"
+           if args.epsilon is not None else "given")
+    print(f"DP-SGD plan: {p.num_examples} examples, batch {p.batch_size}: sample rate "
+          f"{p.sample_rate:.5g}, {p.steps_per_round} steps per round, {p.rounds} rounds "
+          f"({p.total_steps} steps), delta {p.delta:g}, accountant {p.accountant}")
+    print(f"noise multiplier: {p.noise_multiplier:.4f} ({how})")
+    print(f"{'round':>5}  {'steps':>7}  {'epsilon':>9}")
+    for r, eps in enumerate(p.epsilons, start=1):
+        print(f"{r:>5}  {r * p.steps_per_round:>7}  {eps:>9.3f}")
+    if args.model:
+        _print_ckks_cost(args)
+    return 0
+
+
+def _print_ckks_cost(args: argparse.Namespace) -> None:
+    import torch
+
+    from latentfl.models import build_model
+    from latentfl.privacy.ckks import ciphertext_count, create_context, encrypt_update, slot_count
+
+    in_shape = _parse_ints(args.in_shape, "--in-shape")
+    if len(in_shape) != 3:
+        raise ConfigError(f"--in-shape = {args.in_shape!r}; expected C,H,W such as 3,32,32.")
+    model = build_model(args.model, args.num_classes, tuple(in_shape))
+    length = sum(p.numel() for p in model.parameters())
+    ctx = create_context()
+    chunk = torch.randn(slot_count(ctx), generator=torch.Generator().manual_seed(0))
+    times, size = [], 0
+    for _ in range(5):
+        start = time.perf_counter()
+        blob = encrypt_update(ctx, chunk, 1.0)[0]
+        times.append(time.perf_counter() - start)
+        size = len(blob)
+    count = ciphertext_count(length, ctx)
+    per_chunk = statistics.median(times)
+    print(f"CKKS cost of one {args.model} update ({length:,} parameters; N=8192, "
+          f"{slot_count(ctx)} slots per ciphertext):")
+    print(f"  ciphertexts: {count}")
+    print(f"  bytes: {count * size:,} ({count} x {size:,}; {count * size / 2**20:.1f} MiB)")
+    print(f"  encryption time: {count * per_chunk:.2f} s ({count} x {per_chunk * 1e3:.1f} ms "
+          "measured on this machine)")
+
+
+def run_ledger(args: argparse.Namespace) -> int:
+    from latentfl.privacy.ledger import PrivacyLedger
+
+    ledger = PrivacyLedger.load(args.state_dir)
+    print(f"privacy ledger {ledger.path} (accountant {ledger.accountant}, delta {ledger.delta:g})")
+    print(f"{'round':>5}  {'mechanism':<12}  {'steps':>6}  {'sample_rate':>11}  "
+          f"{'noise':>7}  {'clip':>6}  {'epsilon_after':>13}")
+    for row in ledger.rows:
+        print(f"{row.round:>5}  {row.mechanism:<12}  {row.steps:>6}  {row.sample_rate:>11.5g}  "
+              f"{row.noise_multiplier:>7.4g}  {row.max_grad_norm:>6.3g}  "
+              f"{row.epsilon_after:>13.4f}")
+    print(f"spent: epsilon {ledger.epsilon():.4f} at delta {ledger.delta:g} over "
+          f"{ledger.total_steps} DP-SGD steps and {len(ledger.rows)} rows")
+    return 0
+
+
+def run_ckks_keys(args: argparse.Namespace) -> int:
+    from latentfl.privacy.key_sealing import write_ckks_keys
+
+    bits = _parse_ints(args.coeff_mod_bit_sizes, "--coeff-mod-bit-sizes")
+    written = write_ckks_keys(
+        args.key_dir, poly_modulus_degree=args.poly_modulus_degree, coeff_mod_bit_sizes=bits,
+        scale=2.0**args.scale_bits, overwrite=args.force,
+    )
+    for party, path in written.items():
+        print(f"{party}: {path}")
+    print(f"CKKS context N={args.poly_modulus_degree}, modulus bits {bits}, scale "
+          f"2^{args.scale_bits}: public context for the coordinator, secret context sealed to "
+          f"{len(written) - 1} participants.")
+    return 0
+
+
+def _parse_ints(text: str, flag: str) -> list[int]:
+    try:
+        return [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise ConfigError(f"{flag} = {text!r}; expected integers separated by commas.") from None
+
+
+__all__ = ["register", "run_ckks_keys", "run_ledger", "run_plan"]

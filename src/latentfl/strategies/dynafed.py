@@ -1,0 +1,270 @@
+"""DynaFed (Pi et al., CVPR 2023): FedAvg whose aggregates are fine-tuned on a pseudo dataset.
+
+The server keeps the first ``trajectory_length`` global models (the random initialisation
+counted) as a trajectory of flat parameter vectors. When it is complete, the server synthesises
+once a small pseudo dataset (``ipc`` images per class, learnable soft labels) by trajectory
+matching over it (:func:`latentfl.distill.matching.match_trajectory`): a few SGD steps on the
+pseudo set from snapshot ``s`` should land on the average of 2 or 3 of the next
+``target_span`` snapshots. From then on every round's aggregate is fine-tuned on the pseudo set
+before it is sent out.
+
+The method needs only the aggregate: :meth:`DynaFed.post_aggregate` takes the averaged weights
+and nothing else, so the same code runs when the average comes from encrypted aggregation.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from latentfl.config import option
+from latentfl.strategies.base import ModelSpec, Tensors, Update
+from latentfl.strategies.fedavg import FedAvg
+from latentfl.training import TrainConfig
+
+
+@dataclass(frozen=True)
+class DynaFedConfig:
+    """DynaFed's server-side settings (the paper's defaults)."""
+
+    trajectory_length: int = option(
+        25, help="Global snapshots (random init counted) taken before synthesis.", min=2)
+    ipc: int = option(15, help="Pseudo images per class.", min=1)
+    target_span: int = option(
+        3, help="M: the target averages 2 or 3 snapshots drawn from the next M after the start.",
+        min=1)
+    syn_steps: int = option(20, help="N: unrolled SGD steps per matching iteration.", min=1)
+    iterations: int = option(3000, help="Trajectory-matching iterations (done once).", min=1)
+    batch_size: int = option(
+        0, help="Pseudo images per unrolled step (0 = all of them).", min=0)
+    unroll: Literal["full", "two_pass"] = option("full", help="Unroll mode of the matching.")
+    lr_images: float = option(0.05, help="Adam learning rate of the pseudo images.", min=0.0)
+    lr_labels: float = option(0.01, help="Adam learning rate of the soft-label logits.", min=0.0)
+    lr_step_size: float = option(1e-5, help="Adam learning rate of the learnt step size.", min=0.0)
+    initial_step_size: float = option(0.04, help="Initial inner SGD step size.", min=0.0,
+                                      min_exclusive=True)
+    augment: bool = option(True, help="Differentiable augmentation (DSA) during synthesis.")
+    finetune_steps: int = option(20, help="Server fine-tuning steps per round on the pseudo set.",
+                                 min=0)
+    finetune_lr: float = option(1e-4, help="Adam learning rate of server fine-tuning.", min=0.0)
+    finetune_batch_size: int = option(
+        0, help="Pseudo images per fine-tuning step (0 = all of them).", min=0)
+    finetune_augment: bool = option(True, help="Augment pseudo images during fine-tuning.")
+    device: str = option("auto", help="Device of synthesis and fine-tuning: auto, cpu, cuda[:N].")
+
+
+@dataclass
+class PseudoSet:
+    """The synthesised data: images ``(K*ipc, C, H, W)`` (normalised), soft-label logits
+    ``(K*ipc, K)`` and the learnt step size (a 0-d tensor)."""
+
+    images: torch.Tensor
+    label_logits: torch.Tensor
+    step_size: torch.Tensor
+
+    @property
+    def soft_labels(self) -> torch.Tensor:
+        return torch.softmax(self.label_logits, dim=-1)
+
+
+def flat_from_tensors(tensors: Tensors, model: nn.Module) -> torch.Tensor:
+    """The parameters among ``tensors`` as one new 1-D vector in the model registry's order."""
+    from latentfl.models import param_shapes
+
+    pieces = [tensors[name].detach().reshape(-1) for name, _ in param_shapes(model)]
+    return torch.cat(pieces).clone()
+
+
+def sample_pair(trajectory: torch.Tensor, span: int, generator: torch.Generator
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+    """A start snapshot ``s`` and the mean of 2 or 3 snapshots drawn from ``s+1 .. s+span``.
+
+    ``trajectory`` is ``(L, D)``; the span shrinks to ``L - 1`` for very short trajectories.
+    """
+    span = min(span, trajectory.shape[0] - 1)
+    s = int(torch.randint(0, trajectory.shape[0] - span, (1,), generator=generator))
+    k = min(span, int(torch.randint(2, 4, (1,), generator=generator)))
+    chosen = s + 1 + torch.randperm(span, generator=generator)[:k]
+    return trajectory[s], trajectory[chosen].mean(0)
+
+
+def synthesize_pseudo_set(
+    trajectory: torch.Tensor,
+    model: nn.Module,
+    config: DynaFedConfig,
+    *,
+    num_classes: int,
+    image_shape: tuple[int, ...],
+    seed: int,
+    device: torch.device,
+) -> tuple[PseudoSet, torch.Tensor]:
+    """Learn the pseudo set whose training mimics ``trajectory (L, D)``; also return the
+    per-iteration matching losses ``(iterations,)``."""
+    from latentfl.distill.functional import FunctionalStudent
+    from latentfl.distill.matching import match_trajectory
+
+    gen = torch.Generator().manual_seed(seed)
+    n = num_classes * config.ipc
+    # the server has no data: images start as noise in normalised space, labels as uniform
+    images = torch.randn((n, *image_shape), generator=gen).to(device)
+    labels = torch.arange(num_classes, device=device).repeat_interleave(config.ipc)
+    logits = torch.zeros(n, num_classes, device=device)
+    step = torch.tensor(config.initial_step_size, device=device)
+    opt_images = torch.optim.Adam([images], lr=config.lr_images)
+    opt_labels = torch.optim.Adam([logits], lr=config.lr_labels)
+    opt_step = torch.optim.Adam([step], lr=config.lr_step_size)
+    student = FunctionalStudent(model.to(device))
+    trajectory = trajectory.to(device)
+    losses = torch.empty(config.iterations, device=device)
+    for it in range(config.iterations):
+        start, target = sample_pair(trajectory, config.target_span, gen)
+        res = match_trajectory(
+            student, start, target, images, labels, step, steps=config.syn_steps,
+            batch_size=config.batch_size or None, unroll=config.unroll, seed=seed + it,
+            augment="one" if config.augment else None, label_logits=logits)
+        images.grad, logits.grad, step.grad = res.image_grad, res.label_grad, res.alpha_grad
+        opt_images.step()
+        opt_labels.step()
+        opt_step.step()
+        losses[it] = res.loss.detach()
+    pseudo = PseudoSet(images.detach(), logits.detach(), step.detach())
+    return pseudo, losses.cpu()
+
+
+def finetune(model: nn.Module, pseudo: PseudoSet, config: DynaFedConfig, *, seed: int) -> float:
+    """Train ``model`` in place on the pseudo set with its soft labels; return the last loss."""
+    from latentfl.distill.augment import augment
+
+    device = pseudo.images.device
+    model.to(device).train()
+    opt = torch.optim.Adam(model.parameters(), lr=config.finetune_lr)
+    gen = torch.Generator(device="cpu").manual_seed(seed)
+    soft = pseudo.soft_labels
+    n = pseudo.images.shape[0]
+    batch = config.finetune_batch_size or n
+    loss = torch.zeros((), device=device)
+    for i in range(config.finetune_steps):
+        idx = torch.randperm(n, generator=gen)[:batch].to(device)
+        x = pseudo.images[idx]
+        if config.finetune_augment:
+            x = augment(x, seed * 1_000 + i)
+        out = model(x)
+        loss = -(soft[idx] * F.log_softmax(out, dim=-1)).sum(-1).mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+    return float(loss.detach())
+
+
+class DynaFed(FedAvg):
+    """FedAvg rounds; the aggregate goes through :meth:`post_aggregate` before it is sent out."""
+
+    name = "dynafed"
+
+    def __init__(self, model: ModelSpec, local: TrainConfig, *, config: DynaFedConfig,
+                 weighted: bool = True) -> None:
+        super().__init__(model, local, weighted=weighted)
+        self.config = config
+        self.trajectory: list[torch.Tensor] = []
+        self.pseudo: PseudoSet | None = None
+        self._seed = 0
+        self._tuner: nn.Module | None = None
+
+    def initialize(self, seed: int) -> None:
+        super().initialize(seed)
+        self._seed = seed
+        self.trajectory = [flat_from_tensors(self._global, self._reference_model())]
+        self.pseudo = None
+
+    def aggregate_round(self, round: int, updates: Sequence[Update]) -> dict[str, float]:
+        metrics = super().aggregate_round(round, updates)
+        weights, extra = self.post_aggregate(round, self.global_weights())
+        self.set_global_weights(weights)
+        return {**metrics, **extra}
+
+    def post_aggregate(self, round: int, aggregate: Tensors) -> tuple[Tensors, dict[str, float]]:
+        """Snapshot (until the trajectory is complete), synthesise once, fine-tune the aggregate.
+
+        ``aggregate`` is only read; the returned tensors are new.
+        """
+        metrics: dict[str, float] = {}
+        if self.pseudo is None:
+            self.trajectory.append(flat_from_tensors(aggregate, self._reference_model()))
+            if len(self.trajectory) >= self.config.trajectory_length:
+                metrics.update(self._synthesize())
+        if self.pseudo is None or self.config.finetune_steps == 0:
+            return {k: v.detach().clone() for k, v in aggregate.items()}, metrics
+        from latentfl.models import load_tensors_, state_to_tensors
+
+        model = self._tuning_model()
+        load_tensors_(model, aggregate)
+        metrics["finetune_loss"] = finetune(model, self.pseudo, self.config,
+                                            seed=self._seed * 100_003 + round)
+        return state_to_tensors(model), metrics
+
+    def _synthesize(self) -> dict[str, float]:
+        from latentfl.device import resolve_device
+        from latentfl.log import get_logger
+
+        started = time.perf_counter()
+        device = resolve_device(self.config.device)
+        spec = self.model_spec
+        self.pseudo, losses = synthesize_pseudo_set(
+            torch.stack(self.trajectory), spec.build(), self.config,
+            num_classes=spec.num_classes, image_shape=tuple(spec.in_shape),
+            seed=self._seed, device=device)
+        tenth = max(1, len(losses) // 10)
+        metrics = {
+            "distill_loss_first": float(losses[:tenth].mean()),
+            "distill_loss_last": float(losses[-tenth:].mean()),
+            "distill_seconds": time.perf_counter() - started,
+        }
+        get_logger("dynafed").info("pseudo_set_synthesised", snapshots=len(self.trajectory),
+                                   images=int(self.pseudo.images.shape[0]), **metrics)
+        return metrics
+
+    def _reference_model(self) -> nn.Module:
+        if self._model is None:
+            self._model = self.model_spec.build()
+        return self._model
+
+    def _tuning_model(self) -> nn.Module:
+        if self._tuner is None:
+            self._tuner = self.model_spec.build()
+        return self._tuner
+
+    def state_dict(self) -> tuple[Tensors, dict[str, Any]]:
+        tensors, meta = super().state_dict()
+        if self.trajectory:
+            tensors["trajectory"] = torch.stack(self.trajectory)
+        if self.pseudo is not None:
+            tensors["pseudo.images"] = self.pseudo.images.cpu()
+            tensors["pseudo.label_logits"] = self.pseudo.label_logits.cpu()
+            tensors["pseudo.step_size"] = self.pseudo.step_size.cpu().reshape(1)
+        meta.update(seed=self._seed, snapshots=len(self.trajectory),
+                    synthesised=self.pseudo is not None)
+        return tensors, meta
+
+    def load_state_dict(self, tensors: Tensors, meta: dict[str, Any]) -> None:
+        super().load_state_dict(tensors, meta)
+        self._seed = int(meta.get("seed", 0))
+        trajectory = tensors.get("trajectory")
+        self.trajectory = [] if trajectory is None else [t.clone() for t in trajectory]
+        self.pseudo = None
+        if "pseudo.images" in tensors:
+            from latentfl.device import resolve_device
+
+            device = resolve_device(self.config.device)
+            self.pseudo = PseudoSet(tensors["pseudo.images"].to(device),
+                                    tensors["pseudo.label_logits"].to(device),
+                                    tensors["pseudo.step_size"].reshape(()).to(device))
+
+
+__all__ = ["DynaFed", "DynaFedConfig", "PseudoSet", "finetune", "flat_from_tensors",
+           "sample_pair", "synthesize_pseudo_set"]

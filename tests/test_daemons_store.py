@@ -1,0 +1,86 @@
+"""The coordinator's journal and durable store, without sockets."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from latentfl.errors import StateError
+from latentfl.platform.coordinator.journal import Journal, read_journal, verify_journal
+from latentfl.platform.coordinator.store import StateStore
+
+
+def test_journal_chain_verifies_and_survives_reopen(tmp_path):
+    """Entries appended across two opens form one chain that verifies."""
+    path = tmp_path / "journal.jsonl"
+    j = Journal(path)
+    j.append("accepted", peer="p00", round=1)
+    j.append("refused", peer="p01", reason="bad-signature")
+    j.close()
+    j = Journal(path)
+    j.append("accepted", peer="p02", round=1)
+    j.close()
+    assert verify_journal(path) == 3
+    assert [e["seq"] for e in read_journal(path)] == [0, 1, 2]
+
+
+@pytest.mark.parametrize("tamper", ["edit", "delete", "swap"])
+def test_journal_detects_tampering(tmp_path, tamper):
+    """Editing, deleting or reordering a line breaks the hash chain."""
+    path = tmp_path / "journal.jsonl"
+    j = Journal(path)
+    for i in range(4):
+        j.append("accepted", peer=f"p{i:02d}", round=1)
+    j.close()
+    lines = path.read_text().splitlines()
+    if tamper == "edit":
+        entry = json.loads(lines[1])
+        entry["peer"] = "mallory"
+        lines[1] = json.dumps(entry, sort_keys=True, separators=(",", ":"))
+    elif tamper == "delete":
+        del lines[2]
+    else:
+        lines[1], lines[2] = lines[2], lines[1]
+    path.write_text("\n".join(lines) + "\n")
+    with pytest.raises(StateError):
+        verify_journal(path)
+
+
+def test_journal_drops_a_torn_last_line(tmp_path):
+    """A half-written last line (crash mid-append) is dropped on reopen; the chain continues."""
+    path = tmp_path / "journal.jsonl"
+    j = Journal(path)
+    j.append("accepted", peer="p00")
+    j.close()
+    with path.open("ab") as fh:
+        fh.write(b'{"seq":1,"prev":"ab')
+    j = Journal(path)
+    j.append("accepted", peer="p01")
+    j.close()
+    assert verify_journal(path) == 2
+
+
+def test_store_checkpoint_plan_and_updates_round_trip(tmp_path):
+    """Checkpoints, plans and update payloads read back exactly as written."""
+    store = StateStore(tmp_path / "state")
+    assert store.latest_round() is None
+    store.save_checkpoint(0, {"w": torch.arange(4.0)}, {"round": 0})
+    store.save_checkpoint(1, {"w": torch.ones(4)}, {"round": 1, "x": [1, 2]})
+    assert store.latest_round() == 1
+    ckpt = store.load_checkpoint(1)
+    assert torch.equal(ckpt.tensors["w"], torch.ones(4)) and ckpt.meta["x"] == [1, 2]
+    store.save_plan(2, ["p00", "p01"])
+    assert store.load_plan(2) == ["p00", "p01"]
+    digest = store.save_update(2, "p01", b"payload")
+    assert store.update_digest(2, "p01") == digest
+    assert store.load_updates(2) == {"p01": b"payload"}
+    assert not list((tmp_path / "state").rglob("*.tmp"))
+
+
+def test_store_refuses_ids_that_are_not_file_names(tmp_path):
+    """A participant id that could escape the folder is refused."""
+    store = StateStore(tmp_path)
+    with pytest.raises(StateError):
+        store.save_update(1, "../evil", b"x")

@@ -1,0 +1,132 @@
+"""The FedAvg family's server-side arithmetic and the strategy port's boundaries."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from latentfl.strategies import (
+    FedAvg,
+    FedNova,
+    FedProx,
+    ModelSpec,
+    StrategyConfig,
+    Update,
+    build_strategy,
+    select_participants,
+    weighted_mean,
+)
+from latentfl.training import TrainConfig
+
+SPEC = ModelSpec(name="convnet", num_classes=3, in_shape=(3, 8, 8), options={"width": 4, "depth": 1})
+
+
+def shifted(global_weights, delta: float):
+    return {k: v + delta for k, v in global_weights.items()}
+
+
+def test_fedavg_is_the_example_weighted_mean():
+    """FedAvg's new global is sum n_k w_k / sum n_k over the returned weights."""
+    s = FedAvg(SPEC, TrainConfig())
+    s.initialize(seed=0)
+    g = s.global_weights()
+    updates = [Update("a", 1, shifted(g, 1.0), 30, 5), Update("b", 1, shifted(g, -2.0), 10, 5)]
+    s.aggregate_round(1, updates)
+    for name, value in s.global_weights().items():
+        torch.testing.assert_close(value, g[name] + (30 * 1.0 + 10 * -2.0) / 40)
+
+
+def test_unweighted_fedavg_and_weighted_mean_helper():
+    """weighted=False averages participants equally."""
+    s = FedAvg(SPEC, TrainConfig(), weighted=False)
+    s.initialize(seed=0)
+    g = s.global_weights()
+    s.aggregate_round(1, [Update("a", 1, shifted(g, 1.0), 30, 5), Update("b", 1, shifted(g, 3.0), 10, 5)])
+    name = next(iter(g))
+    torch.testing.assert_close(s.global_weights()[name], g[name] + 2.0)
+    out = weighted_mean([{"x": torch.ones(2)}, {"x": torch.zeros(2)}], [3, 1])
+    torch.testing.assert_close(out["x"], torch.full((2,), 0.75))
+
+
+def test_fedprox_puts_mu_in_the_task_only():
+    """FedProx differs from FedAvg by the proximal coefficient carried in each task."""
+    s = FedProx(SPEC, TrainConfig(), mu=0.3)
+    s.initialize(seed=0)
+    tasks = s.configure_round(1, ["a", "b"])
+    assert {t.train.prox_mu for t in tasks.values()} == {0.3}
+    plain = FedAvg(SPEC, TrainConfig())
+    plain.initialize(seed=0)
+    assert plain.configure_round(1, ["a"])["a"].train.prox_mu == 0.0
+
+
+def test_fednova_normalises_by_local_steps():
+    """FedNova: w - tau_eff * sum p_i (w - w_i)/tau_i; equal steps reduce to FedAvg."""
+    s = FedNova(SPEC, TrainConfig(optimizer="sgd", momentum=0.0))
+    s.initialize(seed=0)
+    g = s.global_weights()
+    # a moved by 1.0 in 2 steps, b by 3.0 in 6 steps; equal data weight.
+    s.aggregate_round(1, [Update("a", 1, shifted(g, -1.0), 10, 2), Update("b", 1, shifted(g, -3.0), 10, 6)])
+    tau_eff = 0.5 * 2 + 0.5 * 6
+    expected_shift = -tau_eff * (0.5 * 1.0 / 2 + 0.5 * 3.0 / 6)
+    name = next(iter(g))
+    torch.testing.assert_close(s.global_weights()[name], g[name] + expected_shift)
+    same = FedNova(SPEC, TrainConfig())
+    same.initialize(seed=0)
+    same.aggregate_round(1, [Update("a", 1, shifted(g, -1.0), 10, 4), Update("b", 1, shifted(g, -3.0), 10, 4)])
+    torch.testing.assert_close(same.global_weights()[name], g[name] - 2.0)
+
+
+def test_fednova_momentum_normaliser():
+    """With momentum rho the normaliser is (tau - rho(1-rho^tau)/(1-rho))/(1-rho)."""
+    rho, tau = 0.9, 5
+    expected = (tau - rho * (1 - rho**tau) / (1 - rho)) / (1 - rho)
+    assert FedNova._normaliser(tau, rho) == pytest.approx(expected)
+    assert FedNova._normaliser(tau, 0.0) == tau
+
+
+def test_aggregate_refuses_wrong_round_and_empty():
+    """A strategy never averages an empty set or an update of another round."""
+    from latentfl.errors import ConfigError
+
+    s = build_strategy(StrategyConfig(model=SPEC))
+    s.initialize(seed=0)
+    with pytest.raises(ConfigError, match="no accepted updates"):
+        s.aggregate_round(1, [])
+    with pytest.raises(ConfigError, match="round 2"):
+        s.aggregate_round(1, [Update("a", 2, s.global_weights(), 1, 1)])
+
+
+def test_checkpoint_round_trip():
+    """state_dict / load_state_dict restore the global weights exactly."""
+    s = build_strategy(StrategyConfig(model=SPEC))
+    s.initialize(seed=1)
+    tensors, meta = s.state_dict()
+    t = build_strategy(StrategyConfig(model=SPEC))
+    t.initialize(seed=2)
+    t.load_state_dict(tensors, meta)
+    for name, value in s.global_weights().items():
+        assert torch.equal(value, t.global_weights()[name])
+
+
+def test_selection_is_deterministic_and_sized():
+    """The same seed and round pick the same participants; fraction sets how many."""
+    ids = [f"p{i}" for i in range(10)]
+    a = select_participants(ids, 0.4, seed=3, round=7)
+    assert a == select_participants(ids, 0.4, seed=3, round=7)
+    assert len(a) == 4 and a == sorted(a)
+    assert select_participants(ids, 1.0, seed=3, round=7) == ids
+    assert any(select_participants(ids, 0.4, seed=3, round=r) != a for r in range(8, 12))
+
+
+def test_strategies_import_no_networking():
+    """latentfl.strategies and latentfl.simulate never import zmq or the platform."""
+    code = (
+        "import sys, latentfl.strategies, latentfl.simulate; "
+        "bad = [m for m in sys.modules if m == 'zmq' or m.startswith('latentfl.platform')]; "
+        "print(bad); sys.exit(1 if bad else 0)"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
