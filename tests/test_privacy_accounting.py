@@ -43,6 +43,7 @@ def _spend(ledger: PrivacyLedger, round_: int, steps: int, sigma=1.1, q=0.02, cl
     ledger.start_round(round_, noise_multiplier=sigma, sample_rate=q, max_grad_norm=clip)
     for _ in range(steps):
         ledger.record_step()
+    ledger.save()
 
 
 def test_poisson_sample_rate_follows_opacus_loader_rule():

@@ -33,8 +33,7 @@ class Neighbours:
     indices: np.ndarray
 
 
-def pixel_neighbours(query: torch.Tensor, reference: torch.Tensor, k: int,
-                     chunk: int = 512) -> Neighbours:
+def pixel_neighbours(query: torch.Tensor, reference: torch.Tensor, k: int) -> Neighbours:
     """k nearest references under RMS pixel distance sqrt(mean((q - r)^2)).
 
     A float32 matrix product shortlists candidates (fast); the shortlist is then re-measured
@@ -45,6 +44,8 @@ def pixel_neighbours(query: torch.Tensor, reference: torch.Tensor, k: int,
     r = reference.reshape(reference.shape[0], -1)
     r_sq = (r * r).sum(1)
     shortlist = min(reference.shape[0], k + 16)
+    # bound the (chunk, shortlist, dim) float64 block of the exact re-measure to ~160 MB
+    chunk = max(1, min(1024, 20_000_000 // (shortlist * q.shape[1])))
     out_d = np.empty((q.shape[0], k))
     out_i = np.empty((q.shape[0], k), dtype=np.int64)
     r64 = r.double()

@@ -9,8 +9,9 @@ accepts. Used as a context manager it also removes Opacus's hooks from the model
 
 The wrap turns the loader into Opacus's Poisson-sampling loader (the sampling the accountant
 assumes), the model into a per-sample-gradient module and the optimizer into a DPOptimizer, and
-attaches a step hook that records every noised step in the ledger (saved to disk at once), so no
-caller can train privately without the spending being written down.
+attaches a step hook that records every noised step in the ledger, so no caller can train
+privately without the spending being counted. The ledger is on disk within a second of any
+step and in full when the wrap is closed (the ``with`` block ends), before anything is uploaded.
 """
 
 from __future__ import annotations
@@ -209,8 +210,11 @@ class DPWrap:
         self.ledger.record_step()
 
     def close(self) -> None:
-        """Remove Opacus's hooks and per-sample gradients from the model."""
-        if self._module is not None and hasattr(self._module, "_close"):
+        """Save the ledger and remove Opacus's hooks and per-sample gradients from the model."""
+        if self._module is None:
+            return
+        self.ledger.save()
+        if hasattr(self._module, "_close"):
             self._module._close()
 
     def __enter__(self) -> DPWrap:

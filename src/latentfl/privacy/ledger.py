@@ -2,8 +2,11 @@
 
 The ledger holds the accountant's state (Opacus's history of ``(noise_multiplier, sample_rate,
 steps)``) and one row per round of training or weight noising. It is saved atomically (temp
-file, fsync, rename, fsync of the folder) after every recorded step, so a participant that
-crashes or restarts reloads exactly what it had spent, and epsilons keep growing from there.
+file, fsync, rename, fsync of the folder) when a round starts, at most ``save_interval_s``
+after any recorded step, and whenever :meth:`PrivacyLedger.save` is called (the DP-SGD wrap
+calls it when training ends, before anything is uploaded). A participant that restarts reloads
+what it had spent, and epsilons keep growing from there. (Saving after every step would cost
+an fsync and an RDP evaluation, about 45 ms on a 2-core box, per step.)
 
 Mechanisms compose in one Rényi accountant: a DP-SGD step at noise ``sigma`` and sample rate
 ``q`` is the entry ``(sigma, q, 1)``; a noised weight upload at noise multiplier ``sigma``
@@ -17,6 +20,7 @@ import json
 import math
 import os
 import tempfile
+import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Literal
@@ -50,7 +54,14 @@ class LedgerRow:
 class PrivacyLedger:
     """The spending of one participant at one delta, persisted in its state directory."""
 
-    def __init__(self, path: Path, *, delta: float, accountant: AccountantName = "rdp") -> None:
+    def __init__(
+        self,
+        path: Path,
+        *,
+        delta: float,
+        accountant: AccountantName = "rdp",
+        save_interval_s: float = 1.0,
+    ) -> None:
         if accountant not in ACCOUNTANTS:
             raise ConfigError(f"accountant = {accountant!r}; expected one of {ACCOUNTANTS}.")
         if not 0.0 < delta < 1.0:
@@ -61,6 +72,8 @@ class PrivacyLedger:
         self._history: list[list] = []  # [noise, sample_rate, steps], merged like Opacus's
         self._rows: list[dict] = []
         self._open: dict | None = None  # the row steps are being recorded into
+        self.save_interval_s = float(save_interval_s)
+        self._saved_at = -math.inf
 
     # -- opening -------------------------------------------------------------------------
     @classmethod
@@ -158,14 +171,16 @@ class PrivacyLedger:
             )
         self._open = _row(round_, "dp-sgd", 0, sample_rate, noise_multiplier, max_grad_norm)
         self._rows.append(self._open)
+        self.save()
 
     def record_step(self) -> None:
-        """Account one DP-SGD step in the open round and save the ledger at once."""
+        """Account one DP-SGD step in the open round (saved within ``save_interval_s``)."""
         if self._open is None:
             raise StateError("a DP-SGD step was taken with no open round; call start_round first.")
         self._open["steps"] += 1
         self._append_history(self._open["noise_multiplier"], self._open["sample_rate"])
-        self.save()
+        if time.monotonic() - self._saved_at >= self.save_interval_s:
+            self.save()
 
     def record_weight_noise(
         self, round_: int, *, noise_multiplier: float, clip_norm: float
@@ -198,6 +213,7 @@ class PrivacyLedger:
             "rows": self._rows,
         }
         write_atomic(self.path, json.dumps(payload, indent=1).encode("utf-8"))
+        self._saved_at = time.monotonic()
 
     def _append_history(self, noise: float, sample_rate: float) -> None:
         # Merge consecutive identical entries, as Opacus's RDPAccountant.step does.

@@ -30,6 +30,9 @@ from latentfl.training import TrainConfig
 
 Tensors = dict[str, torch.Tensor]
 
+#: Update metrics named ``class_count.<k>`` report how many local examples have label k.
+CLASS_COUNT_PREFIX = "class_count."
+
 
 @dataclass(frozen=True)
 class ModelSpec:
@@ -148,6 +151,7 @@ def check_updates(round: int, updates: Sequence[Update], reference: Tensors) -> 
 
 
 __all__ = [
+    "CLASS_COUNT_PREFIX",
     "ModelSpec",
     "Strategy",
     "Task",

@@ -10,7 +10,7 @@ from collections.abc import Callable
 
 import torch
 
-from latentfl.strategies.base import ModelSpec, Task, Update
+from latentfl.strategies.base import CLASS_COUNT_PREFIX, ModelSpec, Task, Update
 
 
 def run_task(
@@ -22,21 +22,30 @@ def run_task(
     participant: str,
     device: torch.device | str = "cpu",
     wrap: Callable | None = None,
+    share_class_counts: bool = True,
 ) -> Update:
-    """Train a fresh copy of the task's model on ``(x, y)`` and package the result."""
+    """Train a fresh copy of the task's model on ``(x, y)`` and package the result.
+
+    With ``share_class_counts`` the update's metrics say how many examples of each class the
+    participant holds (FedDGM's ``classes = "present"`` uses them); a site may withhold them.
+    """
     from latentfl.models import load_tensors_, state_to_tensors
     from latentfl.training import train
 
     model = model_spec.build()
     load_tensors_(model, task.weights)
     result = train(model, x, y, task.train, device=device, wrap=wrap)
+    metrics = {"train_loss": float(result.loss)}
+    if share_class_counts:
+        counts = torch.bincount(y, minlength=model_spec.num_classes).tolist()
+        metrics.update({f"{CLASS_COUNT_PREFIX}{k}": float(c) for k, c in enumerate(counts)})
     return Update(
         participant=participant,
         round=task.round,
         weights=state_to_tensors(model),
         num_examples=len(y),
         num_steps=result.steps,
-        metrics={"train_loss": float(result.loss)},
+        metrics=metrics,
     )
 
 

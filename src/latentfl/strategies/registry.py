@@ -8,21 +8,24 @@ from typing import Literal
 from latentfl.config import option
 from latentfl.strategies.base import ModelSpec, Strategy
 from latentfl.strategies.dynafed import DynaFedConfig
+from latentfl.strategies.feddgm import FedDGMConfig
 from latentfl.training import TrainConfig
 
-Method = Literal["fedavg", "fedprox", "fednova", "dynafed"]
+Method = Literal["fedavg", "fedprox", "fednova", "feddgm", "dynafed"]
 
 
 @dataclass(frozen=True)
 class StrategyConfig:
     """Which federated method runs, on which surrogate model, with which local training."""
 
-    method: Method = option("fedavg", help="Federated method: fedavg, fedprox or fednova.")
+    method: Method = option(
+        "fedavg", help="Federated method: fedavg, fedprox, fednova, feddgm or dynafed.")
     weighted: bool = option(True, help="Weight participants by their number of examples.")
     mu: float = option(0.01, help="FedProx proximal coefficient mu (fedprox only).", min=0.0)
     model: ModelSpec = option(ModelSpec(), help="The surrogate model participants train.")
     local: TrainConfig = option(TrainConfig(), help="Local training settings sent in every task.")
     dynafed: DynaFedConfig = option(DynaFedConfig(), help="DynaFed server settings (dynafed only).")
+    feddgm: FedDGMConfig = option(FedDGMConfig(), help="FedDGM server settings (feddgm only).")
 
 
 def build_strategy(config: StrategyConfig) -> Strategy:
@@ -33,6 +36,10 @@ def build_strategy(config: StrategyConfig) -> Strategy:
         return FedProx(config.model, config.local, mu=config.mu, weighted=config.weighted)
     if config.method == "fednova":
         return FedNova(config.model, config.local, weighted=config.weighted)
+    if config.method == "feddgm":
+        from latentfl.strategies.feddgm import FedDGM
+
+        return FedDGM(config.model, config.local, config.feddgm)
     if config.method == "dynafed":
         from latentfl.strategies.dynafed import DynaFed
 
