@@ -11,14 +11,30 @@ from pathlib import Path
 
 # (title, "module:Schema", command that reads it, example file)
 SCHEMAS = [
-    ("Simulation", "latentfl.simulate:SimulationConfig", "latentfl simulate --config FILE",
-     "examples/simulate.toml"),
-    ("Coordinator", "latentfl.platform.coordinator.config:CoordinatorConfig",
-     "latentfl coordinator --config FILE", "examples/coordinator.toml"),
-    ("Participant", "latentfl.platform.participant.config:ParticipantConfig",
-     "latentfl participant --config FILE", "examples/participant.toml"),
-    ("Experiment", "latentfl.experiment.config:ExperimentConfig",
-     "latentfl experiment --config FILE", "experiments/dynafed_cifar10-smoke.toml"),
+    (
+        "Simulation",
+        "latentfl.simulate:SimulationConfig",
+        "latentfl simulate --config FILE",
+        "examples/simulate.toml",
+    ),
+    (
+        "Coordinator",
+        "latentfl.platform.coordinator.config:CoordinatorConfig",
+        "latentfl coordinator --config FILE",
+        "examples/coordinator.toml",
+    ),
+    (
+        "Participant",
+        "latentfl.platform.participant.config:ParticipantConfig",
+        "latentfl participant --config FILE",
+        "examples/participant.toml",
+    ),
+    (
+        "Experiment",
+        "latentfl.experiment.config:ExperimentConfig",
+        "latentfl experiment --config FILE",
+        "experiments/dynafed_cifar10-smoke.toml",
+    ),
 ]
 
 HEADER = """# Configuration reference

@@ -12,9 +12,13 @@ from latentfl.exitcodes import HELP, ExitCode
 
 def test_version_and_help_via_python_m():
     """`python -m latentfl --version` and `--help` work and list the commands."""
-    out = subprocess.run([sys.executable, "-m", "latentfl", "--version"], capture_output=True, text=True)
+    out = subprocess.run(
+        [sys.executable, "-m", "latentfl", "--version"], capture_output=True, text=True
+    )
     assert out.returncode == 0 and __version__ in out.stdout
-    out = subprocess.run([sys.executable, "-m", "latentfl", "--help"], capture_output=True, text=True)
+    out = subprocess.run(
+        [sys.executable, "-m", "latentfl", "--help"], capture_output=True, text=True
+    )
     assert out.returncode == 0 and "simulate" in out.stdout
 
 

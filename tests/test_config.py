@@ -40,7 +40,9 @@ def write(tmp_path: Path, text: str) -> Path:
 
 def test_defaults_and_values_are_converted(tmp_path):
     """Given values are typed, defaults fill the rest, relative paths resolve next to the file."""
-    cfg = load_config(write(tmp_path, 'rounds = 5\nstate_dir = "st"\nsizes = [3]\n[inner]\nlr = 1\n'), Outer)
+    cfg = load_config(
+        write(tmp_path, 'rounds = 5\nstate_dir = "st"\nsizes = [3]\n[inner]\nlr = 1\n'), Outer
+    )
     assert cfg.rounds == 5 and cfg.name == "x" and cfg.sizes == (3,)
     assert cfg.state_dir == tmp_path / "st"
     assert cfg.inner == Inner(lr=1.0, kind="a")
@@ -55,8 +57,14 @@ def test_all_problems_reported_together_with_file_and_key(tmp_path):
         load_config(path, Outer)
     text = str(info.value)
     assert str(path) in text
-    for fragment in ("'rounds' = 0", "expected a value >= 1", "'name' = 3; expected a string",
-                     "unknown key 'colour'", "'inner.lr' = -1.0", "'inner.kind' = 'c'"):
+    for fragment in (
+        "'rounds' = 0",
+        "expected a value >= 1",
+        "'name' = 3; expected a string",
+        "unknown key 'colour'",
+        "'inner.lr' = -1.0",
+        "'inner.kind' = 'c'",
+    ):
         assert fragment in text
 
 

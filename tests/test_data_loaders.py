@@ -147,6 +147,7 @@ def test_to_tensors_normalises_nchw(tmp_path: Path) -> None:
     )
     x, y = to_tensors(images, (0.1, 0.2, 0.3), (0.5, 0.25, 2.0))
     assert x.shape == (2, 3, 2, 3) and x.dtype == torch.float32 and y.dtype == torch.int64
+    assert x.is_contiguous() and images.x[1, 0, 2, 1] == 25  # the uint8 source is untouched
     expected = (images.x[1, 0, 2, 1] / 255.0 - 0.2) / 0.25
     assert x[1, 1, 0, 2].item() == pytest.approx(expected, rel=1e-6)
     with pytest.raises(DataError, match="one per channel"):

@@ -43,6 +43,8 @@ def test_ledger_command_prints_rows_and_total(tmp_path, capsys):
     for _ in range(5):
         ledger.record_step()
     ledger.record_weight_noise(1, noise_multiplier=10.0, clip_norm=2.0)
+    assert PrivacyLedger.load(tmp_path).rows[0].epsilon_after == pytest.approx(
+        epsilon_for(1.0, 0.1, 5, 1e-5))
     assert main(["privacy", "ledger", "--state-dir", str(tmp_path)]) == 0
     out = capsys.readouterr().out
     assert re.search(r"^\s+1\s+dp-sgd\s+5\s", out, flags=re.M)

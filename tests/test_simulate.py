@@ -15,7 +15,9 @@ from latentfl.strategies import ModelSpec, StrategyConfig
 from latentfl.strategies.feddgm import FedDGMConfig
 from latentfl.training import TrainConfig
 
-SPEC = ModelSpec(name="convnet", num_classes=3, in_shape=(3, 8, 8), options={"width": 4, "depth": 1})
+SPEC = ModelSpec(
+    name="convnet", num_classes=3, in_shape=(3, 8, 8), options={"width": 4, "depth": 1}
+)
 
 
 def tiny_dataset(n_per_class: int = 40, seed: int = 0) -> Dataset:
@@ -26,18 +28,25 @@ def tiny_dataset(n_per_class: int = 40, seed: int = 0) -> Dataset:
         y = np.repeat(np.arange(3), n)
         x = rng.integers(0, 90, size=(len(y), 8, 8, 3))
         x[np.arange(len(y)), :, :, y] += 150
-        return ImageSet(x=x.clip(0, 255).astype(np.uint8), y=y.astype(np.int64),
-                        classes=("r", "g", "b"))
+        return ImageSet(
+            x=x.clip(0, 255).astype(np.uint8), y=y.astype(np.int64), classes=("r", "g", "b")
+        )
 
     return Dataset("tiny", split(n_per_class), split(10), (0.3, 0.3, 0.3), (0.3, 0.3, 0.3))
 
 
 def config(method: str, **strategy) -> SimulationConfig:
     return SimulationConfig(
-        participants=3, rounds=2, device="cpu",
+        participants=3,
+        rounds=2,
+        device="cpu",
         partition=PartitionConfig(scheme="dirichlet", alpha=1.0, min_size=5, seed=1),
-        strategy=StrategyConfig(method=method, model=SPEC,
-                                local=TrainConfig(epochs=1, batch_size=16, lr=0.05), **strategy),
+        strategy=StrategyConfig(
+            method=method,
+            model=SPEC,
+            local=TrainConfig(epochs=1, batch_size=16, lr=0.05),
+            **strategy,
+        ),
     )
 
 
@@ -70,9 +79,13 @@ def test_fedavg_learns_the_tiny_task():
 def test_feddgm_two_rounds_in_the_simulator():
     """FedDGM distils per participant, trains global and surrogate, keeps each synthetic set."""
     feddgm = FedDGMConfig(
-        global_model=ModelSpec(name="convnet", num_classes=3, in_shape=(3, 8, 8),
-                               options={"width": 8, "depth": 1}),
-        ipc=2, mean=(0.3, 0.3, 0.3), std=(0.3, 0.3, 0.3), device="cpu",
+        global_model=ModelSpec(
+            name="convnet", num_classes=3, in_shape=(3, 8, 8), options={"width": 8, "depth": 1}
+        ),
+        ipc=2,
+        mean=(0.3, 0.3, 0.3),
+        std=(0.3, 0.3, 0.3),
+        device="cpu",
         distill=DistillConfig(iterations=3, steps=2, log_every=0),
         global_train=TrainConfig(epochs=2, batch_size=8, lr=0.05),
         surrogate_train=TrainConfig(epochs=2, batch_size=8, lr=0.05),
@@ -96,7 +109,8 @@ def test_feddgm_present_classes_restrict_distillation():
     strategy = FedDGM(SPEC, TrainConfig(), cfg)
     from latentfl.strategies import Update
 
-    update = Update("a", 1, {}, 5, 1, {"class_count.0": 3.0, "class_count.1": 0.0,
-                                         "class_count.2": 2.0})
+    update = Update(
+        "a", 1, {}, 5, 1, {"class_count.0": 3.0, "class_count.1": 0.0, "class_count.2": 2.0}
+    )
     assert strategy._classes_of(update) == (0, 2)
     assert strategy._classes_of(Update("b", 1, {}, 5, 1, {})) == (0, 1, 2)

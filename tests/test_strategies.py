@@ -21,7 +21,9 @@ from latentfl.strategies import (
 )
 from latentfl.training import TrainConfig
 
-SPEC = ModelSpec(name="convnet", num_classes=3, in_shape=(3, 8, 8), options={"width": 4, "depth": 1})
+SPEC = ModelSpec(
+    name="convnet", num_classes=3, in_shape=(3, 8, 8), options={"width": 4, "depth": 1}
+)
 
 
 def shifted(global_weights, delta: float):
@@ -44,7 +46,9 @@ def test_unweighted_fedavg_and_weighted_mean_helper():
     s = FedAvg(SPEC, TrainConfig(), weighted=False)
     s.initialize(seed=0)
     g = s.global_weights()
-    s.aggregate_round(1, [Update("a", 1, shifted(g, 1.0), 30, 5), Update("b", 1, shifted(g, 3.0), 10, 5)])
+    s.aggregate_round(
+        1, [Update("a", 1, shifted(g, 1.0), 30, 5), Update("b", 1, shifted(g, 3.0), 10, 5)]
+    )
     name = next(iter(g))
     torch.testing.assert_close(s.global_weights()[name], g[name] + 2.0)
     out = weighted_mean([{"x": torch.ones(2)}, {"x": torch.zeros(2)}], [3, 1])
@@ -68,14 +72,18 @@ def test_fednova_normalises_by_local_steps():
     s.initialize(seed=0)
     g = s.global_weights()
     # a moved by 1.0 in 2 steps, b by 3.0 in 6 steps; equal data weight.
-    s.aggregate_round(1, [Update("a", 1, shifted(g, -1.0), 10, 2), Update("b", 1, shifted(g, -3.0), 10, 6)])
+    s.aggregate_round(
+        1, [Update("a", 1, shifted(g, -1.0), 10, 2), Update("b", 1, shifted(g, -3.0), 10, 6)]
+    )
     tau_eff = 0.5 * 2 + 0.5 * 6
     expected_shift = -tau_eff * (0.5 * 1.0 / 2 + 0.5 * 3.0 / 6)
     name = next(iter(g))
     torch.testing.assert_close(s.global_weights()[name], g[name] + expected_shift)
     same = FedNova(SPEC, TrainConfig())
     same.initialize(seed=0)
-    same.aggregate_round(1, [Update("a", 1, shifted(g, -1.0), 10, 4), Update("b", 1, shifted(g, -3.0), 10, 4)])
+    same.aggregate_round(
+        1, [Update("a", 1, shifted(g, -1.0), 10, 4), Update("b", 1, shifted(g, -3.0), 10, 4)]
+    )
     torch.testing.assert_close(same.global_weights()[name], g[name] - 2.0)
 
 

@@ -35,7 +35,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="Privacy-first federated learning with latent-space dataset distillation.",
     )
     parser.add_argument("--version", action="version", version=f"latentfl {__version__}")
-    parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    parser.add_argument(
+        "--log-level", default="info", choices=["debug", "info", "warning", "error"]
+    )
     subparsers = parser.add_subparsers(title="commands", metavar="COMMAND")
     for name in COMMAND_MODULES:
         importlib.import_module(name).register(subparsers)

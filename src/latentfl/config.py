@@ -68,8 +68,11 @@ def from_dict(
 def to_dict(obj: Any) -> Any:
     """The TOML-shaped dict of a config object (paths as strings, tuples as lists)."""
     if dataclasses.is_dataclass(obj):
-        return {f.name: to_dict(getattr(obj, f.name)) for f in dataclasses.fields(obj)
-                if getattr(obj, f.name) is not None}
+        return {
+            f.name: to_dict(getattr(obj, f.name))
+            for f in dataclasses.fields(obj)
+            if getattr(obj, f.name) is not None
+        }
     if isinstance(obj, (tuple, list)):
         return [to_dict(v) for v in obj]
     if isinstance(obj, dict):
@@ -142,7 +145,9 @@ def _convert(tp, value, key, problems, base_dir):
             problems.append(f"'{key}' = {value!r}; expected a list.")
             return None
         item_tp = args[0] if args else Any
-        items = [_convert(item_tp, v, f"{key}[{i}]", problems, base_dir) for i, v in enumerate(value)]
+        items = [
+            _convert(item_tp, v, f"{key}[{i}]", problems, base_dir) for i, v in enumerate(value)
+        ]
         return tuple(items)
     if origin is dict:
         _, val_tp = get_args(tp)

@@ -14,9 +14,13 @@ def resolve_device(name: str = "auto") -> torch.device:
     try:
         device = torch.device(name)
     except RuntimeError:
-        raise ConfigError(f"device {name!r} is not a torch device; expected auto, cpu or cuda[:N].") from None
+        raise ConfigError(
+            f"device {name!r} is not a torch device; expected auto, cpu or cuda[:N]."
+        ) from None
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"device {name!r} was asked for but CUDA is not available; use auto or cpu.")
+        raise ConfigError(
+            f"device {name!r} was asked for but CUDA is not available; use auto or cpu."
+        )
     return device
 
 

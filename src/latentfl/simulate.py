@@ -34,8 +34,9 @@ class PartitionConfig:
     """How the training split is divided among participants."""
 
     scheme: Literal["iid", "dirichlet", "shards"] = option("dirichlet", help="Partition scheme.")
-    alpha: float = option(0.5, help="Dirichlet concentration (smaller = more skewed).", min=0.0,
-                          min_exclusive=True)
+    alpha: float = option(
+        0.5, help="Dirichlet concentration (smaller = more skewed).", min=0.0, min_exclusive=True
+    )
     min_size: int = option(10, help="Minimum examples per participant (dirichlet).", min=1)
     classes_per_client: int = option(2, help="Classes per participant (shards).", min=1)
     seed: int = option(0, help="Seed of the partition.")
@@ -47,8 +48,9 @@ class SimulationConfig:
 
     data: str = option("builtin:cifar10-mini", help="Dataset spec (train split is partitioned).")
     participants: int = option(4, help="Number of participants.", min=1)
-    fraction: float = option(1.0, help="Share of participants sampled each round.", min=0.0,
-                             max=1.0, min_exclusive=True)
+    fraction: float = option(
+        1.0, help="Share of participants sampled each round.", min=0.0, max=1.0, min_exclusive=True
+    )
     rounds: int = option(3, help="Number of rounds.", min=1)
     seed: int = option(0, help="Seed of model initialisation and participant sampling.")
     device: str = option("auto", help="auto, cpu or cuda[:N].")
@@ -95,8 +97,15 @@ def run_simulation(
     device = resolve_device(config.device)
     ds = dataset if dataset is not None else load_dataset(config.data)
     p = config.partition
-    parts = partition(ds.train.y, config.participants, p.scheme, seed=p.seed, alpha=p.alpha,
-                      min_size=p.min_size, classes_per_client=p.classes_per_client)
+    parts = partition(
+        ds.train.y,
+        config.participants,
+        p.scheme,
+        seed=p.seed,
+        alpha=p.alpha,
+        min_size=p.min_size,
+        classes_per_client=p.classes_per_client,
+    )
     x_train, y_train = to_tensors(ds.train, ds.mean, ds.std)
     test = None
     if ds.test is not None:
@@ -120,8 +129,13 @@ def run_simulation(
             selected = select_participants(ids, config.fraction, seed=config.seed, round=r)
             tasks = strategy.configure_round(r, selected)
             updates = [
-                run_task(tasks[pid], strategy.model_spec, *local_data[pid], participant=pid,
-                         device=device)
+                run_task(
+                    tasks[pid],
+                    strategy.model_spec,
+                    *local_data[pid],
+                    participant=pid,
+                    device=device,
+                )
                 for pid in selected
             ]
             metrics = strategy.aggregate_round(r, updates)
@@ -129,10 +143,17 @@ def run_simulation(
             if test is not None:
                 result = evaluate(strategy.evaluation_model(), *test, device=device)
                 accuracy, loss = result.accuracy, result.loss
-            record = RoundRecord(r, selected, accuracy, loss, time.perf_counter() - started, metrics)
+            record = RoundRecord(
+                r, selected, accuracy, loss, time.perf_counter() - started, metrics
+            )
             history.append(record)
-            log.info("round_done", round=r, participants=len(selected), accuracy=accuracy,
-                     seconds=round(record.seconds, 2))
+            log.info(
+                "round_done",
+                round=r,
+                participants=len(selected),
+                accuracy=accuracy,
+                seconds=round(record.seconds, 2),
+            )
             if rounds_file is not None:
                 rounds_file.write(json.dumps(asdict(record)) + "\n")
                 rounds_file.flush()

@@ -37,7 +37,7 @@ BUILTIN_DATASETS = {"cifar10-mini": "cifar10-mini.tar.gz"}
 _REQUIRED = ("classes", "train_x", "train_y", "skipped", "mean", "std")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class ImageSet:
     """Images ``x`` uint8 (N,H,W,C) with labels ``y`` int64 (N,) indexing ``classes``."""
 
@@ -60,7 +60,7 @@ class ImageSet:
         return ImageSet(x=self.x[idx], y=self.y[idx], classes=self.classes)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class Dataset:
     """A named dataset: a train split, an optional test split, train-split channel statistics."""
 
@@ -109,10 +109,13 @@ def to_tensors(
         raise DataError(
             f"mean/std have {len(mean)}/{len(std)} entries; expected one per channel ({channels})"
         )
-    x = torch.from_numpy(images.x).permute(0, 3, 1, 2).to(torch.float32).div_(255.0)
+    # torch.from_numpy warns on read-only arrays (e.g. from np.frombuffer): copy those first.
+    pixels = images.x if images.x.flags.writeable else images.x.copy()
+    x = torch.from_numpy(pixels).permute(0, 3, 1, 2)
+    x = x.to(torch.float32, memory_format=torch.contiguous_format)
     m = torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1)
     s = torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1)
-    x = ((x - m) / s).contiguous()
+    x.div_(255.0).sub_(m).div_(s)
     return x, torch.from_numpy(np.asarray(images.y, dtype=np.int64).copy())
 
 

@@ -169,6 +169,7 @@ class PrivacyLedger:
                 f"{sample_rate}, max_grad_norm = {max_grad_norm}; expected noise > 0, "
                 "0 < sample_rate <= 1 and max_grad_norm > 0.",
             )
+        self._close_open_row()
         self._open = _row(round_, "dp-sgd", 0, sample_rate, noise_multiplier, max_grad_norm)
         self._rows.append(self._open)
         self.save()
@@ -192,7 +193,7 @@ class PrivacyLedger:
                 f"weight noise noise_multiplier = {noise_multiplier}, clip_norm = {clip_norm}; "
                 "expected both > 0.",
             )
-        self._open = None
+        self._close_open_row()
         row = _row(round_, "weight-noise", 1, 1.0, noise_multiplier, clip_norm)
         self._rows.append(row)
         self._append_history(noise_multiplier / 2.0, 1.0)
@@ -214,6 +215,12 @@ class PrivacyLedger:
         }
         write_atomic(self.path, json.dumps(payload, indent=1).encode("utf-8"))
         self._saved_at = time.monotonic()
+
+    def _close_open_row(self) -> None:
+        # A closed row keeps the epsilon reached when it closed.
+        if self._open is not None:
+            self._open["epsilon_after"] = self.epsilon()
+            self._open = None
 
     def _append_history(self, noise: float, sample_rate: float) -> None:
         # Merge consecutive identical entries, as Opacus's RDPAccountant.step does.

@@ -38,9 +38,13 @@ CLASS_COUNT_PREFIX = "class_count."
 class ModelSpec:
     """An architecture from the model registry, with its input and output sizes."""
 
-    name: str = option("convnet", help="Registry name of the architecture (convnet, resnet18, ...).")
+    name: str = option(
+        "convnet", help="Registry name of the architecture (convnet, resnet18, ...)."
+    )
     num_classes: int = option(10, help="Number of classes the model predicts.", min=2)
-    in_shape: tuple[int, ...] = option((3, 32, 32), help="Input shape as [channels, height, width].")
+    in_shape: tuple[int, ...] = option(
+        (3, 32, 32), help="Input shape as [channels, height, width]."
+    )
     options: dict[str, Any] = option(
         {}, help="Architecture options passed to build_model (e.g. width, depth, norm)."
     )
@@ -147,7 +151,9 @@ def check_updates(round: int, updates: Sequence[Update], reference: Tensors) -> 
         if u.round != round:
             raise ConfigError(f"update from {u.participant} is for round {u.round}, not {round}.")
         if set(u.weights) != set(reference):
-            raise ConfigError(f"update from {u.participant} does not have the global model's tensors.")
+            raise ConfigError(
+                f"update from {u.participant} does not have the global model's tensors."
+            )
 
 
 __all__ = [

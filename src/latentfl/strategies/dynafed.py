@@ -34,27 +34,32 @@ class DynaFedConfig:
     """DynaFed's server-side settings (the paper's defaults)."""
 
     trajectory_length: int = option(
-        25, help="Global snapshots (random init counted) taken before synthesis.", min=2)
+        25, help="Global snapshots (random init counted) taken before synthesis.", min=2
+    )
     ipc: int = option(15, help="Pseudo images per class.", min=1)
     target_span: int = option(
-        3, help="M: the target averages 2 or 3 snapshots drawn from the next M after the start.",
-        min=1)
+        3,
+        help="M: the target averages 2 or 3 snapshots drawn from the next M after the start.",
+        min=1,
+    )
     syn_steps: int = option(20, help="N: unrolled SGD steps per matching iteration.", min=1)
     iterations: int = option(3000, help="Trajectory-matching iterations (done once).", min=1)
-    batch_size: int = option(
-        0, help="Pseudo images per unrolled step (0 = all of them).", min=0)
+    batch_size: int = option(0, help="Pseudo images per unrolled step (0 = all of them).", min=0)
     unroll: Literal["full", "two_pass"] = option("full", help="Unroll mode of the matching.")
     lr_images: float = option(0.05, help="Adam learning rate of the pseudo images.", min=0.0)
     lr_labels: float = option(0.01, help="Adam learning rate of the soft-label logits.", min=0.0)
     lr_step_size: float = option(1e-5, help="Adam learning rate of the learnt step size.", min=0.0)
-    initial_step_size: float = option(0.04, help="Initial inner SGD step size.", min=0.0,
-                                      min_exclusive=True)
+    initial_step_size: float = option(
+        0.04, help="Initial inner SGD step size.", min=0.0, min_exclusive=True
+    )
     augment: bool = option(True, help="Differentiable augmentation (DSA) during synthesis.")
-    finetune_steps: int = option(20, help="Server fine-tuning steps per round on the pseudo set.",
-                                 min=0)
+    finetune_steps: int = option(
+        20, help="Server fine-tuning steps per round on the pseudo set.", min=0
+    )
     finetune_lr: float = option(1e-4, help="Adam learning rate of server fine-tuning.", min=0.0)
     finetune_batch_size: int = option(
-        0, help="Pseudo images per fine-tuning step (0 = all of them).", min=0)
+        0, help="Pseudo images per fine-tuning step (0 = all of them).", min=0
+    )
     finetune_augment: bool = option(True, help="Augment pseudo images during fine-tuning.")
     device: str = option("auto", help="Device of synthesis and fine-tuning: auto, cpu, cuda[:N].")
 
@@ -81,8 +86,9 @@ def flat_from_tensors(tensors: Tensors, model: nn.Module) -> torch.Tensor:
     return torch.cat(pieces).clone()
 
 
-def sample_pair(trajectory: torch.Tensor, span: int, generator: torch.Generator
-                ) -> tuple[torch.Tensor, torch.Tensor]:
+def sample_pair(
+    trajectory: torch.Tensor, span: int, generator: torch.Generator
+) -> tuple[torch.Tensor, torch.Tensor]:
     """A start snapshot ``s`` and the mean of 2 or 3 snapshots drawn from ``s+1 .. s+span``.
 
     ``trajectory`` is ``(L, D)``; the span shrinks to ``L - 1`` for very short trajectories.
@@ -125,9 +131,19 @@ def synthesize_pseudo_set(
     for it in range(config.iterations):
         start, target = sample_pair(trajectory, config.target_span, gen)
         res = match_trajectory(
-            student, start, target, images, labels, step, steps=config.syn_steps,
-            batch_size=config.batch_size or None, unroll=config.unroll, seed=seed + it,
-            augment="one" if config.augment else None, label_logits=logits)
+            student,
+            start,
+            target,
+            images,
+            labels,
+            step,
+            steps=config.syn_steps,
+            batch_size=config.batch_size or None,
+            unroll=config.unroll,
+            seed=seed + it,
+            augment="one" if config.augment else None,
+            label_logits=logits,
+        )
         images.grad, logits.grad, step.grad = res.image_grad, res.label_grad, res.alpha_grad
         opt_images.step()
         opt_labels.step()
@@ -167,8 +183,9 @@ class DynaFed(FedAvg):
 
     name = "dynafed"
 
-    def __init__(self, model: ModelSpec, local: TrainConfig, *, config: DynaFedConfig,
-                 weighted: bool = True) -> None:
+    def __init__(
+        self, model: ModelSpec, local: TrainConfig, *, config: DynaFedConfig, weighted: bool = True
+    ) -> None:
         super().__init__(model, local, weighted=weighted)
         self.config = config
         self.trajectory: list[torch.Tensor] = []
@@ -204,8 +221,9 @@ class DynaFed(FedAvg):
 
         model = self._tuning_model()
         load_tensors_(model, aggregate)
-        metrics["finetune_loss"] = finetune(model, self.pseudo, self.config,
-                                            seed=self._seed * 100_003 + round)
+        metrics["finetune_loss"] = finetune(
+            model, self.pseudo, self.config, seed=self._seed * 100_003 + round
+        )
         return state_to_tensors(model), metrics
 
     def _synthesize(self) -> dict[str, float]:
@@ -216,17 +234,26 @@ class DynaFed(FedAvg):
         device = resolve_device(self.config.device)
         spec = self.model_spec
         self.pseudo, losses = synthesize_pseudo_set(
-            torch.stack(self.trajectory), spec.build(), self.config,
-            num_classes=spec.num_classes, image_shape=tuple(spec.in_shape),
-            seed=self._seed, device=device)
+            torch.stack(self.trajectory),
+            spec.build(),
+            self.config,
+            num_classes=spec.num_classes,
+            image_shape=tuple(spec.in_shape),
+            seed=self._seed,
+            device=device,
+        )
         tenth = max(1, len(losses) // 10)
         metrics = {
             "distill_loss_first": float(losses[:tenth].mean()),
             "distill_loss_last": float(losses[-tenth:].mean()),
             "distill_seconds": time.perf_counter() - started,
         }
-        get_logger("dynafed").info("pseudo_set_synthesised", snapshots=len(self.trajectory),
-                                   images=int(self.pseudo.images.shape[0]), **metrics)
+        get_logger("dynafed").info(
+            "pseudo_set_synthesised",
+            snapshots=len(self.trajectory),
+            images=int(self.pseudo.images.shape[0]),
+            **metrics,
+        )
         return metrics
 
     def _reference_model(self) -> nn.Module:
@@ -247,8 +274,9 @@ class DynaFed(FedAvg):
             tensors["pseudo.images"] = self.pseudo.images.cpu()
             tensors["pseudo.label_logits"] = self.pseudo.label_logits.cpu()
             tensors["pseudo.step_size"] = self.pseudo.step_size.cpu().reshape(1)
-        meta.update(seed=self._seed, snapshots=len(self.trajectory),
-                    synthesised=self.pseudo is not None)
+        meta.update(
+            seed=self._seed, snapshots=len(self.trajectory), synthesised=self.pseudo is not None
+        )
         return tensors, meta
 
     def load_state_dict(self, tensors: Tensors, meta: dict[str, Any]) -> None:
@@ -261,10 +289,19 @@ class DynaFed(FedAvg):
             from latentfl.device import resolve_device
 
             device = resolve_device(self.config.device)
-            self.pseudo = PseudoSet(tensors["pseudo.images"].to(device),
-                                    tensors["pseudo.label_logits"].to(device),
-                                    tensors["pseudo.step_size"].reshape(()).to(device))
+            self.pseudo = PseudoSet(
+                tensors["pseudo.images"].to(device),
+                tensors["pseudo.label_logits"].to(device),
+                tensors["pseudo.step_size"].reshape(()).to(device),
+            )
 
 
-__all__ = ["DynaFed", "DynaFedConfig", "PseudoSet", "finetune", "flat_from_tensors",
-           "sample_pair", "synthesize_pseudo_set"]
+__all__ = [
+    "DynaFed",
+    "DynaFedConfig",
+    "PseudoSet",
+    "finetune",
+    "flat_from_tensors",
+    "sample_pair",
+    "synthesize_pseudo_set",
+]

@@ -56,8 +56,11 @@ class FedAvg(Strategy):
         train = self.local_config(round)
         # each participant and round draws its own shuffles
         return {
-            pid: Task(round=round, weights=self._global,
-                      train=replace(train, seed=train.seed + 10_000 * round + i))
+            pid: Task(
+                round=round,
+                weights=self._global,
+                train=replace(train, seed=train.seed + 10_000 * round + i),
+            )
             for i, pid in enumerate(sorted(participants))
         }
 
@@ -65,7 +68,10 @@ class FedAvg(Strategy):
         check_updates(round, updates, self._global)
         weights = [u.num_examples if self.weighted else 1.0 for u in updates]
         self._global = self.combine(updates, weights)
-        return {"participants": float(len(updates)), "examples": float(sum(u.num_examples for u in updates))}
+        return {
+            "participants": float(len(updates)),
+            "examples": float(sum(u.num_examples for u in updates)),
+        }
 
     def combine(self, updates: Sequence[Update], weights: Sequence[float]) -> Tensors:
         return weighted_mean([u.weights for u in updates], weights)
@@ -89,7 +95,9 @@ class FedAvg(Strategy):
         return {f"global.{k}": v for k, v in self._global.items()}, {"method": self.name}
 
     def load_state_dict(self, tensors: Tensors, meta: dict[str, Any]) -> None:
-        self._global = {k.removeprefix("global."): v for k, v in tensors.items() if k.startswith("global.")}
+        self._global = {
+            k.removeprefix("global."): v for k, v in tensors.items() if k.startswith("global.")
+        }
 
 
 class FedProx(FedAvg):
@@ -97,7 +105,9 @@ class FedProx(FedAvg):
 
     name = "fedprox"
 
-    def __init__(self, model: ModelSpec, local: TrainConfig, *, mu: float, weighted: bool = True) -> None:
+    def __init__(
+        self, model: ModelSpec, local: TrainConfig, *, mu: float, weighted: bool = True
+    ) -> None:
         super().__init__(model, local, weighted=weighted)
         self.mu = mu
 

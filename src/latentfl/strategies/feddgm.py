@@ -45,21 +45,27 @@ class FedDGMConfig:
     global_model: ModelSpec = option(ModelSpec(), help="Architecture of the global model.")
     ipc: int = option(10, help="Synthetic images per class per participant.", min=1)
     classes: Literal["all", "present"] = option(
-        "all", help="Distil all classes, or only those a participant reported holding.")
+        "all", help="Distil all classes, or only those a participant reported holding."
+    )
     participants_per_batch: int = option(
-        10, help="Participants distilled together in one batched graph.", min=1)
+        10, help="Participants distilled together in one batched graph.", min=1
+    )
     mean: tuple[float, ...] = option(
-        (0.4914, 0.4822, 0.4465), help="Channel means the generator renders to (public stats).")
+        (0.4914, 0.4822, 0.4465), help="Channel means the generator renders to (public stats)."
+    )
     std: tuple[float, ...] = option(
-        (0.2470, 0.2435, 0.2616), help="Channel stds the generator renders to (public stats).")
+        (0.2470, 0.2435, 0.2616), help="Channel stds the generator renders to (public stats)."
+    )
     device: str = option("auto", help="Device of distillation and server training.")
     distill: DistillConfig = option(DistillConfig(), help="Trajectory-matching settings.")
     global_train: TrainConfig = option(
         TrainConfig(epochs=30, batch_size=256, lr=0.01, momentum=0.9, augment=True),
-        help="Training of the global model on the union of synthetic sets, each round.")
+        help="Training of the global model on the union of synthetic sets, each round.",
+    )
     surrogate_train: TrainConfig = option(
         TrainConfig(epochs=30, batch_size=256, lr=0.01, momentum=0.9, augment=True),
-        help="Training of the next global surrogate on the union, each round.")
+        help="Training of the next global surrogate on the union, each round.",
+    )
 
 
 class FedDGM(Strategy):
@@ -90,8 +96,11 @@ class FedDGM(Strategy):
     def configure_round(self, round: int, participants: Sequence[str]) -> dict[str, Task]:
         weights = self.global_weights()
         return {
-            pid: Task(round=round, weights=weights,
-                      train=replace(self.local, seed=self.local.seed + 10_000 * round + i))
+            pid: Task(
+                round=round,
+                weights=weights,
+                train=replace(self.local, seed=self.local.seed + 10_000 * round + i),
+            )
             for i, pid in enumerate(sorted(participants))
         }
 
@@ -111,17 +120,31 @@ class FedDGM(Strategy):
         y = torch.cat([s.labels for s in sets])
         metrics = self._train_on_union(round, x, y)
         final_losses = [s.losses[-1] for s in sets if s.losses]
-        metrics.update(participants=float(len(updates)), synthetic_images=float(len(y)),
-                       match_loss=float(sum(final_losses) / max(len(final_losses), 1)))
+        metrics.update(
+            participants=float(len(updates)),
+            synthetic_images=float(len(y)),
+            match_loss=float(sum(final_losses) / max(len(final_losses), 1)),
+        )
         log.info("feddgm_round", round=round, **metrics)
         return metrics
 
-    def _distill(self, round: int, start: torch.Tensor, targets: list[torch.Tensor],
-                 updates: Sequence[Update]) -> list[SyntheticSet]:
+    def _distill(
+        self,
+        round: int,
+        start: torch.Tensor,
+        targets: list[torch.Tensor],
+        updates: Sequence[Update],
+    ) -> list[SyntheticSet]:
         cfg, spec = self.config, self.model_spec
-        space = build_space(cfg.distill, image_shape=tuple(spec.in_shape),
-                            num_classes=spec.num_classes, mean=cfg.mean, std=cfg.std,
-                            seed=self._seed, device=self.device)
+        space = build_space(
+            cfg.distill,
+            image_shape=tuple(spec.in_shape),
+            num_classes=spec.num_classes,
+            mean=cfg.mean,
+            std=cfg.std,
+            seed=self._seed,
+            device=self.device,
+        )
         # participants that distil the same classes share one batched graph
         groups: dict[tuple[int, ...], list[int]] = {}
         for i, u in enumerate(updates):
@@ -129,13 +152,20 @@ class FedDGM(Strategy):
         out: list[SyntheticSet | None] = [None] * len(updates)
         for classes, members in groups.items():
             for lo in range(0, len(members), cfg.participants_per_batch):
-                chunk = members[lo: lo + cfg.participants_per_batch]
+                chunk = members[lo : lo + cfg.participants_per_batch]
                 stacked = torch.stack([targets[i] for i in chunk])
                 sets = distill_many(
-                    start.expand_as(stacked).clone(), stacked, self._surrogate,
-                    num_classes=spec.num_classes, ipc=cfg.ipc, space=space, config=cfg.distill,
-                    device=self.device, seed=self._seed * 1_000_003 + round * 1_009 + chunk[0],
-                    classes=list(classes))
+                    start.expand_as(stacked).clone(),
+                    stacked,
+                    self._surrogate,
+                    num_classes=spec.num_classes,
+                    ipc=cfg.ipc,
+                    space=space,
+                    config=cfg.distill,
+                    device=self.device,
+                    seed=self._seed * 1_000_003 + round * 1_009 + chunk[0],
+                    classes=list(classes),
+                )
                 for i, s in zip(chunk, sets, strict=True):
                     out[i] = s
         return [s for s in out if s is not None]
@@ -144,9 +174,13 @@ class FedDGM(Strategy):
         everything = tuple(range(self.model_spec.num_classes))
         if self.config.classes == "all":
             return everything
-        present = tuple(sorted(
-            int(k.removeprefix(CLASS_COUNT_PREFIX)) for k, v in update.metrics.items()
-            if k.startswith(CLASS_COUNT_PREFIX) and v > 0))
+        present = tuple(
+            sorted(
+                int(k.removeprefix(CLASS_COUNT_PREFIX))
+                for k, v in update.metrics.items()
+                if k.startswith(CLASS_COUNT_PREFIX) and v > 0
+            )
+        )
         return present or everything  # a participant that withholds its counts gets all classes
 
     def _train_on_union(self, round: int, x: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
@@ -158,7 +192,10 @@ class FedDGM(Strategy):
         surrogate_result = train(self._surrogate, x, y, s, device=self.device)
         self._global.cpu()
         self._surrogate.cpu()
-        return {"global_train_loss": global_result.loss, "surrogate_train_loss": surrogate_result.loss}
+        return {
+            "global_train_loss": global_result.loss,
+            "surrogate_train_loss": surrogate_result.loss,
+        }
 
     def global_weights(self) -> Tensors:
         from latentfl.models import state_to_tensors
@@ -176,8 +213,11 @@ class FedDGM(Strategy):
         for pid, s in self.synthetic.items():
             tensors[f"synthetic.{pid}.images"] = s.images.contiguous()
             tensors[f"synthetic.{pid}.labels"] = s.labels.contiguous()
-        return tensors, {"method": self.name, "seed": self._seed,
-                         "synthetic": sorted(self.synthetic)}
+        return tensors, {
+            "method": self.name,
+            "seed": self._seed,
+            "synthetic": sorted(self.synthetic),
+        }
 
     def load_state_dict(self, tensors: Tensors, meta: dict[str, Any]) -> None:
         from latentfl.models import load_tensors_
@@ -186,8 +226,13 @@ class FedDGM(Strategy):
         load_tensors_(self._surrogate, _section(tensors, "surrogate."))
         load_tensors_(self._global, _section(tensors, "global."))
         self.synthetic = {
-            pid: SyntheticSet(tensors[f"synthetic.{pid}.images"], tensors[f"synthetic.{pid}.labels"],
-                              None, 0.0, ())
+            pid: SyntheticSet(
+                tensors[f"synthetic.{pid}.images"],
+                tensors[f"synthetic.{pid}.labels"],
+                None,
+                0.0,
+                (),
+            )
             for pid in meta.get("synthetic", [])
         }
 

@@ -19,7 +19,8 @@ class StrategyConfig:
     """Which federated method runs, on which surrogate model, with which local training."""
 
     method: Method = option(
-        "fedavg", help="Federated method: fedavg, fedprox, fednova, feddgm or dynafed.")
+        "fedavg", help="Federated method: fedavg, fedprox, fednova, feddgm or dynafed."
+    )
     weighted: bool = option(True, help="Weight participants by their number of examples.")
     mu: float = option(0.01, help="FedProx proximal coefficient mu (fedprox only).", min=0.0)
     model: ModelSpec = option(ModelSpec(), help="The surrogate model participants train.")

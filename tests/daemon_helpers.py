@@ -1,0 +1,173 @@
+"""Shared set-up for the daemon tests: a real consortium, tiny data, configs, a raw client."""
+
+from __future__ import annotations
+
+import dataclasses
+import threading
+import time
+from pathlib import Path
+
+import torch
+import zmq
+
+from latentfl.config import from_dict
+from latentfl.data import load_dataset, partition, to_tensors
+from latentfl.platform.coordinator import Coordinator, CoordinatorConfig
+from latentfl.platform.crypto import Identity, init_consortium, load_identity, load_roster
+from latentfl.platform.crypto import make_curve_client
+from latentfl.platform.participant import Agent, LocalData, ParticipantConfig
+from latentfl.platform.protocol import Kind, Message, ReplayGuard, Verifier, encode
+from latentfl.simulate import PartitionConfig, SimulationConfig, run_simulation
+
+SESSION = "test-session"
+STRATEGY = {
+    "method": "fedavg",
+    "model": {"name": "convnet", "options": {"width": 8, "depth": 1}},
+    "local": {"epochs": 1, "batch_size": 32, "lr": 0.05, "max_steps": 4},
+}
+PARTITION = PartitionConfig(scheme="dirichlet", alpha=0.5, seed=0, min_size=10)
+
+
+def tiny_dataset(n_train: int = 400, n_test: int = 100):
+    """The first images of the built-in set (both splits), with the full set's statistics."""
+    ds = load_dataset("builtin:cifar10-mini")
+    g = torch.Generator().manual_seed(0)
+    train_idx = torch.randperm(len(ds.train), generator=g)[:n_train].numpy()
+    return dataclasses.replace(ds, train=ds.train.subset(train_idx),
+                               test=ds.test.subset(range(n_test)))
+
+
+def local_parts(ds, count: int) -> list[LocalData]:
+    """Each participant's part of the partition, computed as the simulator computes it."""
+    parts = partition(ds.train.y, count, PARTITION.scheme, seed=PARTITION.seed,
+                      alpha=PARTITION.alpha, min_size=PARTITION.min_size)
+    x, y = to_tensors(ds.train, ds.mean, ds.std)
+    return [LocalData(x[idx], y[idx], ds.num_classes) for idx in parts]
+
+
+def simulate(ds, count: int, rounds: int):
+    """The in-process reference run for the same strategy, data and seeds."""
+    cfg = from_dict(SimulationConfig, {
+        "participants": count, "rounds": rounds, "seed": 0, "device": "cpu",
+        "partition": dataclasses.asdict(PARTITION), "strategy": STRATEGY})
+    return run_simulation(cfg, dataset=ds)
+
+
+class Consortium:
+    """Keys and roster in a temp folder, plus config builders for both daemons."""
+
+    def __init__(self, root: Path, ids: list[str], port: int) -> None:
+        self.root = root
+        self.keys = root / "keys"
+        init_consortium(self.keys, ids)
+        self.roster = self.keys / "roster.toml"
+        self.endpoint = f"tcp://127.0.0.1:{port}"
+
+    def coordinator_config(self, **overrides) -> CoordinatorConfig:
+        data = {
+            "session": SESSION, "bind": self.endpoint, "key_dir": str(self.keys / "coordinator"),
+            "roster": str(self.roster), "state_dir": str(self.root / "state"),
+            "rounds": 2, "min_participants": 3, "round_deadline": 60.0,
+            "heartbeat_timeout": 10.0, "roster_poll": 0.2, "device": "cpu",
+            "strategy": STRATEGY, **overrides,
+        }
+        return from_dict(CoordinatorConfig, data)
+
+    def participant_config(self, pid: str, **overrides) -> ParticipantConfig:
+        data = {
+            "session": SESSION, "coordinator": self.endpoint, "roster": str(self.roster),
+            "key_dir": str(self.keys / "participants" / pid), "data": "builtin:cifar10-mini",
+            "heartbeat_interval": 0.5, "ack_timeout": 3.0, "coordinator_timeout": 5.0,
+            "max_backoff": 1.0, **overrides,
+        }
+        return from_dict(ParticipantConfig, data)
+
+    def identity(self, pid: str) -> Identity:
+        return load_identity(self.keys / "participants" / pid)
+
+
+class Running:
+    """A daemon (Coordinator or Agent) running in a thread."""
+
+    def __init__(self, daemon) -> None:
+        self.daemon = daemon
+        self.code: int | None = None
+        self.error: BaseException | None = None
+        ready = threading.Event()
+        kwargs = {"ready": ready} if isinstance(daemon, Coordinator) else {}
+
+        def target():
+            try:
+                self.code = daemon.run(handle_signals=False, **kwargs)
+            except BaseException as exc:  # surfaced by join()
+                self.error = exc
+                ready.set()
+
+        self.thread = threading.Thread(target=target, daemon=True)
+        self.thread.start()
+        if kwargs:
+            assert ready.wait(30), "coordinator did not start"
+
+    def join(self, timeout: float) -> int | None:
+        self.thread.join(timeout)
+        if self.error is not None:
+            raise self.error
+        return self.code
+
+    def stop(self) -> None:
+        self.daemon.stop()
+        self.thread.join(15)
+
+
+def start_agents(consortium: Consortium, parts: list[LocalData], ids: list[str]) -> list[Running]:
+    return [Running(Agent(consortium.participant_config(pid), data=parts[i]))
+            for i, pid in enumerate(ids)]
+
+
+class RawClient:
+    """A hand-driven participant: real CURVE keys and protocol encode, any field tampered."""
+
+    def __init__(self, consortium: Consortium, identity: Identity, *, session: str = SESSION):
+        self.identity = identity
+        self.session = session
+        roster = load_roster(consortium.roster)
+        self.ctx = zmq.Context()
+        self.sock = self.ctx.socket(zmq.DEALER)
+        self.sock.linger = 0
+        make_curve_client(self.sock, identity, roster.coordinator_curve_public)
+        self.sock.connect(consortium.endpoint)
+        self.verifier = Verifier.of_coordinator(roster, session=SESSION,
+                                                replay=ReplayGuard(window_s=300.0))
+
+    def frames(self, kind: Kind, round: int, payload: bytes = b"", meta=None,
+               signing_key=None) -> list[bytes]:
+        return encode(kind, session=self.session, round=round, sender=self.identity.id,
+                      signing_key=signing_key or self.identity.signing_key, payload=payload,
+                      meta=meta)
+
+    def send(self, frames: list[bytes]) -> None:
+        self.sock.send_multipart(frames)
+
+    def recv(self, timeout: float = 5.0, kind: Kind | None = None) -> Message | None:
+        """The next verified message (of ``kind`` if given), or None after ``timeout``."""
+        deadline = time.monotonic() + timeout
+        while (left := deadline - time.monotonic()) > 0:
+            if not self.sock.poll(int(left * 1000)):
+                return None
+            msg = self.verifier.verify(self.sock.recv_multipart(), user_id="coordinator")
+            if kind is None or msg.header.kind is kind:
+                return msg
+        return None
+
+    def close(self) -> None:
+        self.sock.close(0)
+        self.ctx.term()
+
+
+def wait_for(predicate, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
