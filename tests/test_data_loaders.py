@@ -155,12 +155,17 @@ def test_to_tensors_normalises_nchw(tmp_path: Path) -> None:
 
 
 def test_subset_keeps_classes() -> None:
-    """ImageSet.subset picks images and labels by index and keeps the class names."""
+    """subset picks by index and keeps class names; labels become int64, non-integers fail."""
     images = ImageSet(
         x=np.zeros((4, 2, 2, 1), np.uint8), y=np.array([0, 1, 2, 3]), classes=tuple("abcd")
     )
     part = images.subset([3, 1])
     assert part.y.tolist() == [3, 1] and len(part) == 2 and part.classes == tuple("abcd")
+    assert (
+        ImageSet(x=images.x, y=np.array([0, 1, 2, 3], np.int32), classes=("a",)).y.dtype == np.int64
+    )
+    with pytest.raises(DataError, match="expected integers"):
+        ImageSet(x=images.x, y=np.zeros(4), classes=("a",))
 
 
 def test_corrupt_image_is_skipped_with_warning(tmp_path: Path) -> None:

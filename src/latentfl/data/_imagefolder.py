@@ -113,8 +113,9 @@ def _decode_split(
     labels: list[int] = []
     kept: list[str] = []
     skipped: list[str] = []
+    prefix = f"{source}:" if is_archive(source) else f"{source}/"
     for rel, read in tqdm(members, desc=f"decode {split}", unit="img", disable=None, leave=False):
-        where = f"{source}:{rel}" if is_archive(source) else str(source / rel)
+        where = prefix + rel
         try:
             images.append(_decode(read()))
         except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:

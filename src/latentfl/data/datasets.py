@@ -48,8 +48,11 @@ class ImageSet:
     def __post_init__(self) -> None:
         if self.x.dtype != np.uint8 or self.x.ndim != 4:
             raise DataError(f"images are {self.x.dtype} {self.x.shape}; expected uint8 (N,H,W,C)")
-        if self.y.shape != (len(self.x),):
-            raise DataError(f"labels have shape {self.y.shape}; expected ({len(self.x)},)")
+        y = np.asarray(self.y)
+        if y.shape != (len(self.x),) or y.dtype.kind not in "iu":
+            raise DataError(f"labels are {y.dtype} {y.shape}; expected integers ({len(self.x)},)")
+        object.__setattr__(self, "y", y.astype(np.int64, copy=False))
+        object.__setattr__(self, "classes", tuple(str(c) for c in self.classes))
 
     def __len__(self) -> int:
         return len(self.y)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+from dataclasses import replace
 from pathlib import Path
 
 
@@ -9,8 +11,13 @@ def _run(args) -> int:
     from latentfl.config import load_config
     from latentfl.experiment.config import ExperimentConfig, grid
     from latentfl.experiment.runner import run_experiment
+    from latentfl.log import configure_logging
 
     config = load_config(args.config, ExperimentConfig)
+    config = replace(config, output=Path(os.path.normpath(config.output)))
+    if not args.no_progress and args.log_level == "info":
+        # the progress bar shows each round; per-round log lines would only break it up
+        configure_logging("console", level="warning")
     cells = grid(config)
     print(f"experiment: {len(cells)} cells ({len(config.methods)} methods x "
           f"{len(config.alphas)} alphas x {max(1, len(config.architectures))} architectures x "

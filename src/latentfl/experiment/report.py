@@ -82,6 +82,7 @@ def write_plot(path: Path, cells: Sequence[Cell], rows: dict[str, dict[str, Any]
     (mean over seeds, shaded +/- one std when there are several)."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
+    from matplotlib.ticker import MaxNLocator
 
     curves: dict[tuple, dict[str, list[list[float]]]] = defaultdict(lambda: defaultdict(list))
     for cell in cells:
@@ -111,6 +112,7 @@ def write_plot(path: Path, cells: Sequence[Cell], rows: dict[str, dict[str, Any]
                                     color=line.get_color(), alpha=0.2, linewidth=0)
             ax.set_title(f"{arch}, alpha = {alpha:g}", fontsize=10)
             ax.set_xlabel("round")
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
             ax.grid(alpha=0.3)
             if j == 0:
                 ax.set_ylabel("test accuracy (%)")

@@ -52,6 +52,7 @@ from latentfl.platform.protocol import (
 from latentfl.strategies import Strategy, build_strategy
 
 POLL_MS = 100
+ZMQ_SIZE_SLACK = 2**20
 
 
 @dataclass
@@ -146,7 +147,9 @@ class Coordinator:
         sock = ctx.socket(zmq.ROUTER)
         try:
             make_curve_server(sock, self.identity)
-            sock.maxmsgsize = self.config.max_message_bytes
+            # libzmq drops (without telling us) a connection sending a frame over MAXMSGSIZE;
+            # the slack lets moderately oversized messages through to a journaled REJECT.
+            sock.maxmsgsize = self.config.max_message_bytes + ZMQ_SIZE_SLACK
             sock.bind(self.config.bind)
             self.endpoint = sock.getsockopt_string(zmq.LAST_ENDPOINT)
             self.socket = sock

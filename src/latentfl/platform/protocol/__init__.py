@@ -26,6 +26,7 @@ from latentfl.platform.protocol._envelope import (
     parse_header,
     peek_header,
 )
+from latentfl.platform.protocol._json import canonical_json
 from latentfl.platform.protocol._replay import ReplayGuard
 
 REASONS: dict[str, str] = {
@@ -58,6 +59,7 @@ __all__ = [
     "Message",
     "ReplayGuard",
     "Verifier",
+    "canonical_json",
     "decode",
     "encode",
     "pack_json",

@@ -105,7 +105,9 @@ class ReplayGuard:
         fsync_dir(self.path.parent)
         self._file_lines = len(self._seen)
 
-    def __len__(self) -> int:
+    @property
+    def remembered(self) -> int:
+        """How many (sender, nonce) pairs are currently remembered."""
         return len(self._seen)
 
     def close(self) -> None:
