@@ -5,7 +5,9 @@ trained with ``latentfl.training.train`` at batch 64 and 256, plain and with DP-
 (``latentfl.privacy.make_private``, noise 1.0, clip 1.0, Poisson sampling). Each case runs in a
 fresh process so its peak memory is its own: CUDA peak allocated bytes on a GPU, the process's
 peak RSS on a CPU (which includes the ~0.3-0.5 GB of Python, torch and Opacus themselves). The
-time per step is the median over the measured steps after one warm-up step.
+time per step is the median over the measured steps after one warm-up step, as wall time and
+as the process's CPU time (steadier on a shared machine; equal to wall time on an idle one when
+run with OMP_NUM_THREADS=1).
 
 CKKS part: one update of 320,010 values (ConvNet-3), N=8192, [60, 40, 60] bits, scale 2^40:
 encryption at a participant, the coordinator's check + sum over 10 participants, decryption of
@@ -38,14 +40,16 @@ def _dp_case(args: tuple[str, int, bool, int]) -> dict:
     x = torch.randn(n, 3, 32, 32)
     y = torch.randint(0, 10, (n,))
     times: list[float] = []
-    last = [time.perf_counter()]
+    cpu_times: list[float] = []
+    last = [time.perf_counter(), time.process_time()]
 
     # Forward-to-forward intervals: interval k is step k (forward, backward, clip, noise, update).
     # The first interval holds the setup and the second the warm-up step; both are dropped.
     def stamp(module, inputs, output) -> None:
-        now = time.perf_counter()
+        now, cpu = time.perf_counter(), time.process_time()
         times.append(now - last[0])
-        last[0] = now
+        cpu_times.append(cpu - last[1])
+        last[0], last[1] = now, cpu
 
     model.register_forward_hook(stamp)
     if device == "cuda":
@@ -54,8 +58,9 @@ def _dp_case(args: tuple[str, int, bool, int]) -> dict:
     with tempfile.TemporaryDirectory() as state:
         if private:
             ledger = PrivacyLedger.open(state, delta=1e-5)
-            with make_private(ledger=ledger, round_=1, noise_multiplier=1.0,
-                              max_grad_norm=1.0) as wrap:
+            with make_private(
+                ledger=ledger, round_=1, noise_multiplier=1.0, max_grad_norm=1.0
+            ) as wrap:
                 result = train(model, x, y, config, device=device, wrap=wrap)
         else:
             result = train(model, x, y, config, device=device)
@@ -64,9 +69,14 @@ def _dp_case(args: tuple[str, int, bool, int]) -> dict:
         peak = torch.cuda.max_memory_allocated()
     else:
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    return {"batch": batch, "dp": private, "steps": result.steps,
-            "step_s": statistics.median(times[2:]),
-            "peak": peak}
+    return {
+        "batch": batch,
+        "dp": private,
+        "steps": result.steps,
+        "step_s": statistics.median(times[2:]),
+        "cpu_s": statistics.median(cpu_times[2:]),
+        "peak": peak,
+    }
 
 
 def bench_dp(device: str, batches: list[int], steps: int) -> list[dict]:
@@ -108,9 +118,16 @@ def bench_ckks(length: int, participants: int) -> dict:
     mean = decrypt_aggregate(secret, total, length, total_weight=100.0 * participants)
     decrypt_s = time.perf_counter() - start
     err = (mean - torch.stack(flats).mean(0)).abs().max().item()
-    return {"length": length, "participants": participants, "ciphertexts": count,
-            "bytes": sum(len(b) for b in uploads[0]), "encrypt_s": encrypt_s,
-            "aggregate_s": aggregate_s, "decrypt_s": decrypt_s, "max_err": err}
+    return {
+        "length": length,
+        "participants": participants,
+        "ciphertexts": count,
+        "bytes": sum(len(b) for b in uploads[0]),
+        "encrypt_s": encrypt_s,
+        "aggregate_s": aggregate_s,
+        "decrypt_s": decrypt_s,
+        "max_err": err,
+    }
 
 
 def main() -> None:
@@ -123,26 +140,36 @@ def main() -> None:
     args = parser.parse_args()
 
     rows = bench_dp(args.device, [int(b) for b in args.batches.split(",")], args.steps)
-    print(f"DP-SGD, ConvNet-3 (320,010 params), device {args.device}, median of "
-          f"{args.steps} steps after warm-up")
-    print("| batch | DP-SGD | s / step | slowdown | peak memory (MiB) |")
-    print("| ---: | :---: | ---: | ---: | ---: |")
-    plain = {r["batch"]: r["step_s"] for r in rows if not r["dp"]}
+    print(
+        f"DP-SGD, ConvNet-3 (320,010 params), device {args.device}, median of "
+        f"{args.steps} steps after warm-up"
+    )
+    print("| batch | DP-SGD | wall s / step | CPU s / step | slowdown (CPU) | peak memory (MiB) |")
+    print("| ---: | :---: | ---: | ---: | ---: | ---: |")
+    plain = {r["batch"]: r["cpu_s"] for r in rows if not r["dp"]}
     for r in rows:
-        slow = r["step_s"] / plain[r["batch"]]
-        print(f"| {r['batch']} | {'on' if r['dp'] else 'off'} | {r['step_s']:.3f} | "
-              f"{slow:.1f}x | {r['peak'] / 2**20:,.0f} |")
+        slow = r["cpu_s"] / plain[r["batch"]]
+        print(
+            f"| {r['batch']} | {'on' if r['dp'] else 'off'} | {r['step_s']:.3f} | "
+            f"{r['cpu_s']:.3f} | {slow:.1f}x | {r['peak'] / 2**20:,.0f} |"
+        )
     c = bench_ckks(args.length, args.participants)
     print()
-    print(f"CKKS (N=8192, [60,40,60], scale 2^40), one update of {c['length']:,} values, "
-          f"{c['participants']} participants")
-    print("| ciphertexts / update | bytes / update | encrypt (s, one participant) | "
-          f"check + sum of {c['participants']} (s, coordinator) | decrypt sum (s) | "
-          "max error of mean |")
+    print(
+        f"CKKS (N=8192, [60,40,60], scale 2^40), one update of {c['length']:,} values, "
+        f"{c['participants']} participants"
+    )
+    print(
+        "| ciphertexts / update | bytes / update | encrypt (s, one participant) | "
+        f"check + sum of {c['participants']} (s, coordinator) | decrypt sum (s) | "
+        "max error of mean |"
+    )
     print("| ---: | ---: | ---: | ---: | ---: | ---: |")
-    print(f"| {c['ciphertexts']} | {c['bytes']:,} ({c['bytes'] / 2**20:.1f} MiB) | "
-          f"{c['encrypt_s']:.2f} | {c['aggregate_s']:.2f} | {c['decrypt_s']:.2f} | "
-          f"{c['max_err']:.1e} |")
+    print(
+        f"| {c['ciphertexts']} | {c['bytes']:,} ({c['bytes'] / 2**20:.1f} MiB) | "
+        f"{c['encrypt_s']:.2f} | {c['aggregate_s']:.2f} | {c['decrypt_s']:.2f} | "
+        f"{c['max_err']:.1e} |"
+    )
 
 
 if __name__ == "__main__":

@@ -13,8 +13,13 @@ import zmq
 from latentfl.config import from_dict
 from latentfl.data import load_dataset, partition, to_tensors
 from latentfl.platform.coordinator import Coordinator, CoordinatorConfig
-from latentfl.platform.crypto import Identity, init_consortium, load_identity, load_roster
-from latentfl.platform.crypto import make_curve_client
+from latentfl.platform.crypto import (
+    Identity,
+    init_consortium,
+    load_identity,
+    load_roster,
+    make_curve_client,
+)
 from latentfl.platform.participant import Agent, LocalData, ParticipantConfig
 from latentfl.platform.protocol import Kind, Message, ReplayGuard, Verifier, encode
 from latentfl.simulate import PartitionConfig, SimulationConfig, run_simulation

@@ -16,6 +16,7 @@ from latentfl.platform.crypto import (
     Identity,
     Roster,
     add_participant,
+    curve_fingerprint,
     init_consortium,
     load_identity,
     load_roster,
@@ -299,7 +300,8 @@ def test_unenrolled_key_gets_nothing_through(tmp_path, consortium, context, serv
     client.send(b"let me in")
     assert receive(sock) is None
     assert "site-a" in auth.allowed_ids()
-    assert ident.curve_public.decode() in caplog.text
+    assert curve_fingerprint(ident.curve_public) in caplog.text
+    assert ident.curve_public.decode() not in caplog.text
     client.close()
 
 
@@ -371,3 +373,84 @@ def test_files_are_not_world_accessible_even_with_loose_umask(tmp_path):
     assert mode(folder) == 0o700
     assert all(mode(folder / name) == 0o600 for name in SECRET_FILES)
     assert mode(tmp_path / "k" / ROSTER_FILE) == 0o644
+
+
+def test_established_connection_of_revoked_participant_is_refused_by_verifier(
+    consortium, context, server
+):
+    """A connection opened before revocation still delivers frames, but they are refused."""
+    from latentfl.errors import ProtocolError
+    from latentfl.platform.protocol import Verifier
+
+    directory, roster = consortium
+    sock, endpoint, auth = server
+    verifier = Verifier.of_participants(roster, session="s", replay=ReplayGuard(None))
+    ident = load_identity(directory / "participants" / "site-c")
+    client = dealer(context, ident, roster.coordinator_curve_public, endpoint)
+
+    def send_and_verify():
+        client.send_multipart(
+            encode(Kind.HEARTBEAT, session="s", round=0, sender="site-c",
+                   signing_key=ident.signing_key)
+        )
+        frames = receive(sock)
+        assert frames is not None
+        return verifier.verify(frames[1:], user_id=peer_user_id(frames[1]))
+
+    assert send_and_verify().header.sender == "site-c"
+    revoked = revoke_participant(directory, "site-c")
+    auth.update_roster(revoked)
+    verifier.update_keys(revoked.verify_keys())
+    with pytest.raises(ProtocolError) as info:
+        send_and_verify()
+    assert info.value.reason == "unknown-sender"
+    client.close()
+
+
+def test_participant_verifies_coordinator_messages_from_roster(consortium):
+    """A participant's Verifier accepts the coordinator's signature and nobody else's."""
+    from latentfl.errors import ProtocolError
+    from latentfl.platform.crypto import COORDINATOR_ID
+    from latentfl.platform.protocol import Verifier
+
+    directory, roster = consortium
+    coordinator = load_identity(directory / "coordinator")
+    site_a = load_identity(directory / "participants" / "site-a")
+    verifier = Verifier.of_coordinator(roster, session="s", replay=ReplayGuard(None))
+    task = encode(Kind.TASK, session="s", round=1, sender=COORDINATOR_ID,
+                  signing_key=coordinator.signing_key, payload=b"w")
+    assert verifier.verify(task, user_id=COORDINATOR_ID, expected_round=1).payload == b"w"
+    forged = encode(Kind.TASK, session="s", round=1, sender=COORDINATOR_ID,
+                    signing_key=site_a.signing_key, payload=b"w")
+    with pytest.raises(ProtocolError) as info:
+        verifier.verify(forged, user_id=COORDINATOR_ID)
+    assert info.value.reason == "bad-signature"
+
+
+def test_enrol_keys_an_institution_made_itself(consortium, tmp_path, capsys):
+    """`keys create` at the institution + `keys add --public-from` enrols without secrets."""
+    directory, _ = consortium
+    own = tmp_path / "clinic-keys"
+    assert main(["keys", "create", "--dir", str(own), "--id", "clinic-d"]) == 0
+    assert mode(own) == 0o700 and mode(own / "sign.key_secret") == 0o600
+    public = tmp_path / "received"
+    public.mkdir()
+    for name in PUBLIC_FILES:
+        (public / name).write_bytes((own / name).read_bytes())
+    assert main(["keys", "add", str(directory), "clinic-d", "--public-from", str(public)]) == 0
+    roster = load_roster(directory / ROSTER_FILE)
+    ident = load_identity(own)
+    assert roster.participants["clinic-d"].curve_public == ident.curve_public
+    assert roster.by_curve_key(ident.curve_public).id == "clinic-d"
+    assert not (directory / "participants" / "clinic-d").exists()
+    # keys made for another id, or already enrolled for someone else, are refused
+    with pytest.raises(SecurityError, match="made for 'clinic-d'"):
+        add_participant(directory, "clinic-e", public_from=public)
+    site_a = directory / "participants" / "site-a"
+    revoke_participant(directory, "site-b")
+    (public / "curve.key").write_bytes((site_a / "curve.key").read_bytes().replace(
+        b"id = site-a", b"id = site-b"))
+    with pytest.raises(SecurityError, match="same CURVE key"):
+        add_participant(directory, "site-b", public_from=public)
+    assert load_roster(directory / ROSTER_FILE).participants["site-b"].status == "revoked"
+    capsys.readouterr()

@@ -8,6 +8,7 @@ from contextlib import redirect_stdout
 
 import pytest
 import torch
+
 from daemon_helpers import (
     Consortium,
     RawClient,
@@ -18,7 +19,6 @@ from daemon_helpers import (
     tiny_dataset,
     wait_for,
 )
-
 from latentfl.cli import main
 from latentfl.demo import free_port
 from latentfl.platform.coordinator import Coordinator, read_journal, verify_journal
@@ -134,7 +134,7 @@ def test_hostile_messages_are_refused_with_reasons_and_service_continues(consort
         client.send(good)  # the very same frames again
         reject = client.recv(kind=Kind.REJECT)
         assert reject is not None and reject.header.meta["reason"] == "replay"
-        assert coord.daemon.rounds.round == 2  # the one good update closed round 1
+        wait_for(lambda: coord.daemon.rounds.round == 2, 10, "the good update to close round 1")
     finally:
         client.close()
         coord.stop()
@@ -175,7 +175,7 @@ def test_round_closes_at_quorum_when_a_participant_dies(consortium, dataset):
 
 def test_revoked_participant_is_dropped(consortium, dataset):
     """Revoking a participant mid-round removes it from the round and refuses its messages."""
-    config = consortium.coordinator_config(rounds=1)
+    config = consortium.coordinator_config(rounds=2)  # round 2 cannot start without p02
     coord = Running(Coordinator(config))
     agents = start_agents(consortium, local_parts(dataset, 3), IDS[:2])
     revoked = RawClient(consortium, consortium.identity("p02"))
@@ -187,7 +187,7 @@ def test_revoked_participant_is_dropped(consortium, dataset):
         revoked.send(revoked.frames(Kind.HEARTBEAT, 1))
         reject = revoked.recv(kind=Kind.REJECT)
         assert reject is not None and reject.header.meta["reason"] == "unknown-sender"
-        assert coord.join(60) == 0
+        wait_for(lambda: coord.daemon.rounds.round == 2, 30, "round 1 to close")
     finally:
         revoked.close()
         for agent in agents:
@@ -207,3 +207,53 @@ def test_coordinator_refuses_to_start_with_foreign_keys(consortium, tmp_path):
     with pytest.raises(SecurityError):
         Coordinator(consortium.coordinator_config(key_dir=str(tmp_path / "other" /
                                                               "coordinator")))
+
+
+def test_declined_task_does_not_hold_the_round(consortium, dataset):
+    """A participant that refuses its TASK (REJECT) leaves the round; the others' quorum closes it."""
+    config = consortium.coordinator_config(rounds=1, min_participants=2)
+    coord = Running(Coordinator(config))
+    agents = start_agents(consortium, local_parts(dataset, 3), IDS[:1])
+    refuser = RawClient(consortium, consortium.identity("p01"))
+    try:
+        refuser.send(refuser.frames(Kind.HELLO, 0, pack_json({"num_examples": 10})))
+        task = refuser.recv(kind=Kind.TASK)
+        assert task is not None
+        refuser.send(refuser.frames(Kind.REJECT, 1, meta={
+            "reason": "policy", "detail": "budget spent", "refused_kind": "TASK",
+            "refused_round": 1}))
+        assert coord.join(60) == 0
+    finally:
+        refuser.close()
+        for agent in agents:
+            agent.stop()
+    entries = read_journal(config.state_dir / "journal.jsonl")
+    assert any(e["event"] == "declined" and e["reason"] == "policy" for e in entries)
+    assert [e["accepted"] for e in entries if e["event"] == "round_closed"] == [["p00"]]
+
+
+def test_silent_participant_is_marked_offline(consortium):
+    """A participant that stops sending heartbeats is marked offline after heartbeat_timeout."""
+    config = consortium.coordinator_config(heartbeat_timeout=0.5)
+    coord = Running(Coordinator(config))
+    client = RawClient(consortium, consortium.identity("p00"))
+    try:
+        client.send(client.frames(Kind.HELLO, 0, pack_json({"num_examples": 10})))
+        wait_for(lambda: "p00" in coord.daemon.online(), 5, "p00 online")
+        wait_for(lambda: "p00" not in coord.daemon.online(), 5, "p00 offline")
+        client.send(client.frames(Kind.HEARTBEAT, 0))
+        assert client.recv(kind=Kind.HEARTBEAT) is not None
+        assert "p00" in coord.daemon.online()
+    finally:
+        client.close()
+        coord.stop()
+
+
+def test_second_coordinator_on_the_same_state_dir_is_refused(consortium):
+    """Two daemons never share a state folder (the journal chain would fork)."""
+    from latentfl.errors import StateError
+
+    first = Coordinator(consortium.coordinator_config())
+    with pytest.raises(StateError):
+        Coordinator(consortium.coordinator_config())
+    first.store.unlock()

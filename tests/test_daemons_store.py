@@ -10,6 +10,7 @@ import torch
 from latentfl.errors import StateError
 from latentfl.platform.coordinator.journal import Journal, read_journal, verify_journal
 from latentfl.platform.coordinator.store import StateStore
+from latentfl.strategies import Update
 
 
 def test_journal_chain_verifies_and_survives_reopen(tmp_path):
@@ -73,9 +74,13 @@ def test_store_checkpoint_plan_and_updates_round_trip(tmp_path):
     assert torch.equal(ckpt.tensors["w"], torch.ones(4)) and ckpt.meta["x"] == [1, 2]
     store.save_plan(2, ["p00", "p01"])
     assert store.load_plan(2) == ["p00", "p01"]
-    digest = store.save_update(2, "p01", b"payload")
-    assert store.update_digest(2, "p01") == digest
-    assert store.load_updates(2) == {"p01": b"payload"}
+    update = Update("p01", 2, {"w": torch.full((3,), 0.5)}, num_examples=7, num_steps=3,
+                    metrics={"train_loss": 1.25})
+    store.save_update(update, "ab" * 32)
+    [(back, digest)] = store.load_updates(2)
+    assert digest == "ab" * 32 and back.participant == "p01" and back.num_examples == 7
+    assert back.num_steps == 3 and back.metrics == {"train_loss": 1.25}
+    assert torch.equal(back.weights["w"], update.weights["w"])
     assert not list((tmp_path / "state").rglob("*.tmp"))
 
 
@@ -83,4 +88,4 @@ def test_store_refuses_ids_that_are_not_file_names(tmp_path):
     """A participant id that could escape the folder is refused."""
     store = StateStore(tmp_path)
     with pytest.raises(StateError):
-        store.save_update(1, "../evil", b"x")
+        store.save_update(Update("../evil", 1, {}, num_examples=1, num_steps=1), "00")

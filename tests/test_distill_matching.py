@@ -125,3 +125,28 @@ def test_any_module_works_as_student():
     res = match_trajectory(student, start, start + 0.1, torch.randn(6, 3, 2, 2),
                            torch.arange(6) % 3, torch.tensor(0.1), steps=2, augment=None)
     assert res.image_grad.shape == (6, 3, 2, 2) and torch.isfinite(res.loss)
+
+
+def test_batchnorm_students_are_refused():
+    """A student with BatchNorm is refused with a hint to use instance norm."""
+    model = build_model("convnet", 4, (3, 8, 8), width=8, depth=1, norm="batch")
+    with pytest.raises(DistillError, match="instance"):
+        FunctionalStudent(model)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("unroll", ["full", "two_pass"])
+def test_cuda_matches_cpu(unroll):
+    """On CUDA (float64) the loss and gradients equal the CPU ones, augmentation off."""
+    student, start, target, images, labels, alpha = _tiny_problem()
+    kw = dict(steps=3, batch_size=4, augment=None, seed=1, unroll=unroll)
+    cpu = match_trajectory(student, start, target, images, labels, alpha, **kw)
+    student_gpu = FunctionalStudent(student.model.cuda())
+    gpu = match_trajectory(student_gpu, start.cuda(), target.cuda(), images.cuda(), labels.cuda(),
+                           alpha.cuda(), **{**kw, "batch_size": None})
+    ref = match_trajectory(student, start, target, images, labels, alpha,
+                           **{**kw, "batch_size": None})
+    torch.testing.assert_close(gpu.loss.cpu(), ref.loss, rtol=1e-9, atol=1e-12)
+    torch.testing.assert_close(gpu.image_grad.cpu(), ref.image_grad, rtol=1e-7, atol=1e-10)
+    assert torch.isfinite(cpu.loss)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import torch
 
 from latentfl.config import from_dict
@@ -97,7 +99,7 @@ def test_synthesis_reduces_matching_loss() -> None:
     cfg = DynaFedConfig(trajectory_length=5, ipc=2, syn_steps=4, iterations=40, augment=False,
                         lr_images=0.05, device="cpu")
     kwargs = dict(num_classes=4, image_shape=(3, 8, 8), seed=3, device=torch.device("cpu"))
-    early, _ = synthesize_pseudo_set(traj, SPEC.build(), replace_iters(cfg, 1), **kwargs)
+    early, _ = synthesize_pseudo_set(traj, SPEC.build(), replace(cfg, iterations=1), **kwargs)
     late, losses = synthesize_pseudo_set(traj, SPEC.build(), cfg, **kwargs)
     assert losses.shape == (40,) and torch.isfinite(losses).all()
     assert late.images.shape == (8, 3, 8, 8) and late.label_logits.shape == (8, 4)
@@ -110,14 +112,8 @@ def test_synthesis_reduces_matching_loss() -> None:
                                       pseudo.step_size, steps=4, augment=None,
                                       label_logits=pseudo.label_logits).loss)
 
-    assert loss(late) < 0.9 * loss(early)
+    assert loss(late) < 0.8 * loss(early)  # measured: 1.00 -> 0.62
     assert float(late.label_logits.abs().sum()) > 0  # soft labels were learnt from zero
-
-
-def replace_iters(cfg: DynaFedConfig, iterations: int) -> DynaFedConfig:
-    from dataclasses import replace
-
-    return replace(cfg, iterations=iterations)
 
 
 def test_pseudo_set_made_once_then_every_aggregate_finetuned() -> None:

@@ -54,14 +54,16 @@ def test_poisson_sample_rate_follows_opacus_loader_rule():
 
 def test_noise_for_target_epsilon_stays_within_target_over_whole_run():
     """The derived noise keeps the whole planned run at or under the target epsilon."""
-    plan = plan_dp_sgd(num_examples=2000, batch_size=50, epochs=2, rounds=5, delta=DELTA,
-                       target_epsilon=4.0)
+    plan = plan_dp_sgd(
+        num_examples=2000, batch_size=50, epochs=2, rounds=5, delta=DELTA, target_epsilon=4.0
+    )
     assert plan.total_steps == 5 * 2 * 40
     assert plan.epsilons[-1] <= 4.0
     assert plan.epsilons[-1] > 3.9  # not wastefully noisy
     assert list(plan.epsilons) == sorted(plan.epsilons)
     assert plan.epsilons[-1] == pytest.approx(
-        _opacus_epsilon([(plan.noise_multiplier, plan.sample_rate, plan.total_steps)]))
+        _opacus_epsilon([(plan.noise_multiplier, plan.sample_rate, plan.total_steps)])
+    )
     one_round = noise_multiplier_for(4.0, DELTA, plan.sample_rate, plan.steps_per_round)
     assert one_round < plan.noise_multiplier  # planning per round would under-noise the run
 
@@ -147,8 +149,11 @@ def test_check_task_rules_for_modes_and_noise(tmp_path):
         with pytest.raises(PrivacyError) as err:
             check_task(policy, ledger, task)
         assert err.value.rule == rule
-    check_task(SitePolicy(require_encrypted_aggregation=True), ledger,
-               PlannedTask(mode="ckks", noise_multiplier=None, sample_rate=0.1, steps=5))
+    check_task(
+        SitePolicy(require_encrypted_aggregation=True),
+        ledger,
+        PlannedTask(mode="ckks", noise_multiplier=None, sample_rate=0.1, steps=5),
+    )
 
 
 def test_site_policy_schema_rejects_contradictions():
@@ -168,8 +173,9 @@ def test_clip_and_noise_clips_and_adds_the_stated_noise():
     assert torch.linalg.vector_norm(clipped.double()).item() == pytest.approx(2.0, rel=1e-6)
     small = torch.full((4,), 0.1)
     assert torch.allclose(clip_and_noise(small, clip_norm=2.0, noise_multiplier=0.0), small)
-    noised = clip_and_noise(update, clip_norm=2.0, noise_multiplier=0.5,
-                            generator=torch.Generator().manual_seed(0))
+    noised = clip_and_noise(
+        update, clip_norm=2.0, noise_multiplier=0.5, generator=torch.Generator().manual_seed(0)
+    )
     assert (noised - clipped).std().item() == pytest.approx(1.0, rel=0.01)
 
 
@@ -189,3 +195,26 @@ def test_weight_noise_accounting_is_gaussian_rdp_with_sensitivity_two_clip(tmp_p
     both = _opacus_epsilon([(1.1, 0.02, 40), (sigma / 2, 1.0, rounds)])
     assert PrivacyLedger.load(tmp_path).epsilon() == pytest.approx(both)
     assert both > epsilon_for(1.1, 0.02, 40, DELTA)
+
+
+def test_ledger_report_carries_spending_and_latest_dp_setting(tmp_path):
+    """report() gives the header fields: epsilon, delta, steps and the latest DP parameters."""
+    ledger = PrivacyLedger.open(tmp_path, delta=DELTA)
+    assert ledger.report() == {"epsilon": 0.0, "delta": DELTA, "accountant": "rdp", "dp_steps": 0}
+    _spend(ledger, 1, 4, sigma=1.3, q=0.05, clip=0.7)
+    report = ledger.report()
+    assert report["epsilon"] == pytest.approx(_opacus_epsilon([(1.3, 0.05, 4)]))
+    assert (
+        report["dp_steps"],
+        report["noise_multiplier"],
+        report["sample_rate"],
+        report["max_grad_norm"],
+    ) == (4, 1.3, 0.05, 0.7)
+
+
+def test_check_task_refuses_a_ledger_at_another_delta(tmp_path):
+    """The policy's delta and the ledger's must agree, or epsilons are not comparable."""
+    ledger = PrivacyLedger.open(tmp_path, delta=1e-6)
+    task = PlannedTask(mode="plain", noise_multiplier=1.0, sample_rate=0.1, steps=1)
+    with pytest.raises(ConfigError, match="delta"):
+        check_task(SitePolicy(delta=1e-5, max_epsilon=5.0), ledger, task)

@@ -83,11 +83,14 @@ def test_dropped_participant_renormalises_over_those_who_answered(contexts):
     flats, weights = _updates(3)
     planned = {"a": weights[0], "b": weights[1], "c": weights[2]}
     answered = ["a", "c"]  # "b" dropped out
-    uploads = [encrypt_update(secret, flats[0], planned["a"]),
-               encrypt_update(secret, flats[2], planned["c"])]
+    uploads = [
+        encrypt_update(secret, flats[0], planned["a"]),
+        encrypt_update(secret, flats[2], planned["c"]),
+    ]
     total = sum_ciphertexts(public, uploads, min_cohort=2)
-    mean = decrypt_aggregate(secret, total, LENGTH,
-                             total_weight=cohort_weight(planned, answered, min_cohort=2))
+    mean = decrypt_aggregate(
+        secret, total, LENGTH, total_weight=cohort_weight(planned, answered, min_cohort=2)
+    )
     expected = (planned["a"] * flats[0] + planned["c"] * flats[2]) / (planned["a"] + planned["c"])
     assert torch.allclose(mean, expected, atol=1e-5, rtol=0)
 
@@ -128,10 +131,13 @@ def test_secret_context_opens_only_for_its_participant(tmp_path):
     init_consortium(tmp_path, ["alice", "bob"])
     alice = load_identity(tmp_path / "participants" / "alice")
     bob = load_identity(tmp_path / "participants" / "bob")
-    sealed = seal_secret_context(b"secret ctx", participant_id="alice",
-                                 curve_public=alice.curve_public)
-    assert open_secret_context(sealed, participant_id="alice",
-                               curve_secret=alice.curve_secret) == b"secret ctx"
+    sealed = seal_secret_context(
+        b"secret ctx", participant_id="alice", curve_public=alice.curve_public
+    )
+    assert (
+        open_secret_context(sealed, participant_id="alice", curve_secret=alice.curve_secret)
+        == b"secret ctx"
+    )
     with pytest.raises(SecurityError, match="does not open"):
         open_secret_context(sealed, participant_id="bob", curve_secret=bob.curve_secret)
     with pytest.raises(SecurityError, match="does not open"):
@@ -163,3 +169,28 @@ def test_ckks_key_files_give_coordinator_public_and_participants_secret(tmp_path
     assert torch.allclose(mean, (flats[0] + 3 * flats[1]) / 4, atol=1e-5, rtol=0)
     with pytest.raises(ConfigError, match="--force"):
         write_ckks_keys(tmp_path)
+
+
+def test_secure_aggregation_config_refuses_cohort_of_one():
+    """min_cohort below 2 is refused by the [aggregation] schema."""
+    from latentfl.config import from_dict
+    from latentfl.privacy import SecureAggregationConfig
+
+    assert from_dict(SecureAggregationConfig, {"mode": "ckks"}).min_cohort == 2
+    with pytest.raises(ConfigError, match="min_cohort"):
+        from_dict(SecureAggregationConfig, {"mode": "ckks", "min_cohort": 1})
+
+
+def test_ciphertexts_travel_in_safetensors_payload(contexts):
+    """Ciphertexts survive a safetensors round trip; misnamed tensors are refused."""
+    from safetensors.torch import load, save
+
+    from latentfl.privacy import ciphertexts_from_tensors, ciphertexts_to_tensors
+
+    secret, public = contexts
+    blobs = encrypt_update(secret, torch.ones(LENGTH), 1.0)
+    back = ciphertexts_from_tensors(load(save(ciphertexts_to_tensors(blobs))))
+    assert back == blobs
+    check_ciphertexts(public, back, 2, MAX_BYTES)
+    with pytest.raises(ProtocolError, match="named"):
+        ciphertexts_from_tensors({"ckks/00001": torch.zeros(3, dtype=torch.uint8)})

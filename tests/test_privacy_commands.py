@@ -12,8 +12,24 @@ from latentfl.privacy import PrivacyLedger, epsilon_for
 
 def test_plan_prints_noise_and_epsilon_per_round_within_target(capsys):
     """The plan prints one row per round, growing, the last at or under the target."""
-    code = main(["privacy", "plan", "--examples", "1000", "--batch", "50", "--epochs", "1",
-                 "--rounds", "4", "--epsilon", "3", "--delta", "1e-5"])
+    code = main(
+        [
+            "privacy",
+            "plan",
+            "--examples",
+            "1000",
+            "--batch",
+            "50",
+            "--epochs",
+            "1",
+            "--rounds",
+            "4",
+            "--epsilon",
+            "3",
+            "--delta",
+            "1e-5",
+        ]
+    )
     out = capsys.readouterr().out
     assert code == 0
     sigma = float(re.search(r"noise multiplier: ([0-9.]+)", out).group(1))
@@ -27,8 +43,22 @@ def test_plan_prints_noise_and_epsilon_per_round_within_target(capsys):
 
 def test_plan_with_model_prints_ckks_cost(capsys):
     """With --model the plan adds the ciphertext count and bytes of one encrypted update."""
-    code = main(["privacy", "plan", "--examples", "500", "--batch", "50", "--rounds", "1",
-                 "--noise-multiplier", "1.0", "--model", "convnet"])
+    code = main(
+        [
+            "privacy",
+            "plan",
+            "--examples",
+            "500",
+            "--batch",
+            "50",
+            "--rounds",
+            "1",
+            "--noise-multiplier",
+            "1.0",
+            "--model",
+            "convnet",
+        ]
+    )
     out = capsys.readouterr().out
     assert code == 0
     assert "320,010 parameters" in out
@@ -44,7 +74,8 @@ def test_ledger_command_prints_rows_and_total(tmp_path, capsys):
         ledger.record_step()
     ledger.record_weight_noise(1, noise_multiplier=10.0, clip_norm=2.0)
     assert PrivacyLedger.load(tmp_path).rows[0].epsilon_after == pytest.approx(
-        epsilon_for(1.0, 0.1, 5, 1e-5))
+        epsilon_for(1.0, 0.1, 5, 1e-5)
+    )
     assert main(["privacy", "ledger", "--state-dir", str(tmp_path)]) == 0
     out = capsys.readouterr().out
     assert re.search(r"^\s+1\s+dp-sgd\s+5\s", out, flags=re.M)

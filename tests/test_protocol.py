@@ -393,3 +393,37 @@ def test_peek_header_never_raises(tmp_path: Path):
     assert peek_header([]) is None
     assert peek_header([b"junk", b"", b""]) is None
     assert peek_header(message(signing_key=OTHER)).sender == "site-a"
+
+
+def test_replay_guard_compacts_expired_lines_while_running(tmp_path, monkeypatch):
+    """Once most lines have expired, the file is rewritten with only the live ones."""
+    from latentfl.platform.protocol import _replay
+
+    monkeypatch.setattr(_replay, "_COMPACT_EVERY", 8)
+    path = tmp_path / "nonces.log"
+    guard = ReplayGuard(path, window_s=300, fsync=False)
+    now = time.time()
+    for i in range(7):
+        assert not guard.seen_or_add("site-a", f"{i:032x}", now - 1000)
+    assert len(path.read_text().splitlines()) == 7
+    assert not guard.seen_or_add("site-b", "f" * 32, now)  # 8th add: prune and compact
+    assert path.read_text().splitlines() == [f"{now!r} site-b {'f' * 32}"]
+    assert guard.seen_or_add("site-b", "f" * 32, now)
+    assert not guard.seen_or_add("site-c", "e" * 32, now)
+    guard.close()
+    assert ReplayGuard(path).remembered == 2
+
+
+def test_tensor_count_is_bounded_before_decoding(monkeypatch):
+    """Payloads declaring too many tensors are refused from the header, before allocation."""
+    from latentfl.platform.protocol import _codec
+
+    monkeypatch.setattr(_codec, "MAX_TENSORS", 3)
+    many = {f"t{i}": torch.zeros(1) for i in range(4)}
+    with pytest.raises(ProtocolError) as info:
+        unpack_tensors(pack_tensors(many))
+    assert info.value.reason == "too-large"
+    lying = (10**6).to_bytes(8, "little") + b"{}"
+    with pytest.raises(ProtocolError) as info:
+        unpack_tensors(lying)
+    assert info.value.reason == "malformed"

@@ -12,6 +12,7 @@ terminates (then kills) that group, so nothing is left behind on Ctrl-C, SIGTERM
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -134,20 +135,14 @@ class ProcessGroup:
 
     def stop(self, grace_s: float = 10.0) -> None:
         if self.pgid is not None:
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.killpg(self.pgid, signal.SIGTERM)
-            except ProcessLookupError:
-                pass
             deadline = time.monotonic() + grace_s
             for proc in self.procs.values():
-                try:
+                with contextlib.suppress(subprocess.TimeoutExpired):
                     proc.wait(timeout=max(0.1, deadline - time.monotonic()))
-                except subprocess.TimeoutExpired:
-                    pass
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.killpg(self.pgid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
         for proc in self.procs.values():
             proc.wait()
         for fh in self._logs:
@@ -204,10 +199,8 @@ def run_demo(*, rounds: int = 3, participants: int = 4, workdir: Path | None = N
             time.sleep(0.5)
         for name, proc in group.procs.items():
             if name != "coordinator":
-                try:
+                with contextlib.suppress(subprocess.TimeoutExpired):
                     proc.wait(timeout=20)
-                except subprocess.TimeoutExpired:
-                    pass
         ok = coord.returncode == 0 and shown >= rounds
         out(f"{'finished' if ok else 'FAILED'} in {time.monotonic() - started:.1f}s "
             f"(coordinator exit {coord.returncode})")

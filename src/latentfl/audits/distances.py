@@ -44,8 +44,8 @@ def pixel_neighbours(query: torch.Tensor, reference: torch.Tensor, k: int) -> Ne
     r = reference.reshape(reference.shape[0], -1)
     r_sq = (r * r).sum(1)
     shortlist = min(reference.shape[0], k + 16)
-    # bound the (chunk, shortlist, dim) float64 block of the exact re-measure to ~160 MB
-    chunk = max(1, min(1024, 20_000_000 // (shortlist * q.shape[1])))
+    # bound the (chunk, shortlist, dim) float64 block of the exact re-measure to ~32 MB
+    chunk = max(1, min(1024, 4_000_000 // (shortlist * q.shape[1])))
     out_d = np.empty((q.shape[0], k))
     out_i = np.empty((q.shape[0], k), dtype=np.int64)
     r64 = r.double()
@@ -180,7 +180,7 @@ def random_encoder(in_shape: tuple[int, int, int], mean: tuple[float, ...],
     try:
         torch.manual_seed(seed)
         depth = 3 if min(in_shape[1:]) >= 8 else 1
-        model = build_model("convnet", num_classes, in_shape, width=64, depth=depth)
+        model = build_model("convnet", num_classes, in_shape, width=32, depth=depth)
     finally:
         torch.random.set_rng_state(state)
     return FeatureEncoder(model, mean, std, f"randomly initialised ConvNet (seed {seed})")

@@ -36,10 +36,10 @@ class DPCheck:
 
 
 def _one_sided(k: np.ndarray, n: int, alpha: float) -> tuple[np.ndarray, np.ndarray]:
-    """Lower and upper one-sided (1 - alpha) bounds, looked up per distinct count."""
-    values = np.arange(n + 1)
+    """Lower and upper one-sided (1 - alpha) bounds, computed once per distinct count."""
+    values, where = np.unique(k, return_inverse=True)
     lo, hi = clopper_pearson(values, n, alpha=2 * alpha)
-    return lo[k], hi[k]
+    return lo[where], hi[where]
 
 
 def dp_bound_check(curve: RocCurve, epsilon: float, delta: float,

@@ -11,7 +11,6 @@ grouped ones, so P participants cost one launch per layer instead of P.
 
 from __future__ import annotations
 
-import torch
 from torch import Tensor, nn
 from torch.func import vmap
 
@@ -25,6 +24,11 @@ class FunctionalStudent:
     """Evaluate ``model`` with its parameters taken from a flat vector (differentiable)."""
 
     def __init__(self, model: nn.Module) -> None:
+        if any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules()):
+            raise DistillError(
+                f"student {type(model).__name__} has BatchNorm layers, whose running statistics "
+                "change in place while unrolling; expected GroupNorm/instance norm (for the "
+                "convnet: norm='instance').")
         self.model = model
         self.numel = num_params(param_shapes(model))
         self._many = vmap(self._forward_one, in_dims=(0, 0))

@@ -31,8 +31,15 @@ def format_cell(values: Sequence[float], seeds: int) -> str:
     return text if len(values) == seeds else f"{text} (n={len(values)})"
 
 
-def render_table(config: ExperimentConfig, rows: Sequence[dict[str, Any]]) -> str:
-    """The Markdown report: final-round and best-round accuracy tables, then time per round."""
+def render_table(config: ExperimentConfig, rows: Sequence[dict[str, Any]],
+                 infeasible: dict[str, str] | None = None) -> str:
+    """The Markdown report: final-round and best-round accuracy tables, then time per round.
+
+    Cells in ``infeasible`` (key -> reason) show as "no partition", with the reasons below.
+    """
+    from latentfl.experiment.config import cell_key
+
+    infeasible = infeasible or {}
     sim = config.simulation
     archs = list(dict.fromkeys(r["architecture"] for r in rows)) or ["-"]
     by_key: dict[tuple, list[dict[str, Any]]] = defaultdict(list)
@@ -58,7 +65,15 @@ def render_table(config: ExperimentConfig, rows: Sequence[dict[str, Any]]) -> st
             for method in config.methods:
                 cells = [format_cell([r[field] for r in by_key[(method, a, arch)]], seeds)
                          for a in config.alphas]
+                cells = [
+                    "no partition" if text == "-" and any(
+                        cell_key(method, a, arch, s) in infeasible for s in config.seeds)
+                    else text for text, a in zip(cells, config.alphas, strict=True)]
                 lines.append(f"| {method} | " + " | ".join(cells) + " |")
+    reasons = sorted(set(infeasible.values()))
+    if reasons:
+        lines += ["", "No partition: the partitioner could not draw these cells' data split:", ""]
+        lines += [f"- {r}" for r in reasons]
     lines += ["", "## Time", "", "Wall-clock seconds per round (local training of every sampled "
               "participant, server work and evaluation), mean over the method's finished cells.",
               "", "| method | global model | s / round | rounds / min |",
@@ -73,8 +88,9 @@ def render_table(config: ExperimentConfig, rows: Sequence[dict[str, Any]]) -> st
     return "\n".join(lines) + "\n"
 
 
-def write_table(path: Path, config: ExperimentConfig, rows: Sequence[dict[str, Any]]) -> None:
-    atomic_write(path, render_table(config, rows))
+def write_table(path: Path, config: ExperimentConfig, rows: Sequence[dict[str, Any]],
+                infeasible: dict[str, str] | None = None) -> None:
+    atomic_write(path, render_table(config, rows, infeasible))
 
 
 def write_plot(path: Path, cells: Sequence[Cell], rows: dict[str, dict[str, Any]]) -> None:

@@ -46,6 +46,7 @@ class ExperimentResult:
     ran: list[str]
     skipped: list[str]
     output: Path
+    infeasible: dict[str, str]
 
 
 def cell_digest(cell: Cell) -> str:
@@ -95,8 +96,11 @@ def run_experiment(
     rows = {c.key: old[c.key] for c in cells if is_finished(c, old.get(c.key))}
     todo = [c for c in cells if c.key not in rows]
     ran: list[str] = []
+    infeasible: dict[str, str] = {}
     if todo:
         dataset = _load_dataset(config.simulation.data)
+        infeasible = partition_problems(todo, dataset)
+        todo = [c for c in todo if c.key not in infeasible]
         total = sum(c.simulation.rounds for c in todo)
         with tqdm(total=total, unit="round", disable=not progress, dynamic_ncols=True) as bar:
             for cell in todo:
@@ -106,17 +110,42 @@ def run_experiment(
                 ran.append(cell.key)
                 ordered = [rows[c.key] for c in cells if c.key in rows]
                 write_results(out / "results.csv", ordered)
-                write_table(out / "table.md", config, ordered)
+                write_table(out / "table.md", config, ordered, infeasible)
                 if on_cell is not None:
                     on_cell(cell, row)
     ordered = [rows[c.key] for c in cells if c.key in rows]
     write_results(out / "results.csv", ordered)
-    write_table(out / "table.md", config, ordered)
+    write_table(out / "table.md", config, ordered, infeasible)
     write_plot(out / "convergence.png", cells, rows)
-    skipped = [c.key for c in cells if c.key not in ran]
+    skipped = [c.key for c in cells if c.key not in ran and c.key not in infeasible]
     log.info("experiment_done", cells=len(cells), ran=len(ran), skipped=len(skipped),
-             output=str(out))
-    return ExperimentResult(ordered, ran, skipped, out)
+             infeasible=len(infeasible), output=str(out))
+    return ExperimentResult(ordered, ran, skipped, out, infeasible)
+
+
+def partition_problems(cells: list[Cell], dataset) -> dict[str, str]:
+    """Cells whose partition cannot be drawn (e.g. a tiny alpha over many participants), with
+    the partitioner's reason; each distinct partition is tried once."""
+    from latentfl.data import partition
+
+    tried: dict[tuple, str | None] = {}
+    out = {}
+    for cell in cells:
+        sim = cell.simulation
+        p = sim.partition
+        key = (sim.participants, p.scheme, p.seed, p.alpha, p.min_size, p.classes_per_client)
+        if key not in tried:
+            try:
+                partition(dataset.train.y, sim.participants, p.scheme, seed=p.seed,
+                          alpha=p.alpha, min_size=p.min_size,
+                          classes_per_client=p.classes_per_client)
+                tried[key] = None
+            except DataError as exc:
+                tried[key] = str(exc)
+                log.warning("partition_infeasible", alpha=p.alpha, seed=p.seed, reason=str(exc))
+        if tried[key] is not None:
+            out[cell.key] = tried[key]
+    return out
 
 
 def run_cell(cell: Cell, dataset, *, on_round: Callable[[RoundRecord], None] | None = None

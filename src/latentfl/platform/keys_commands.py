@@ -31,13 +31,30 @@ def _init(args: argparse.Namespace) -> int:
     return 0
 
 
+def _create(args: argparse.Namespace) -> int:
+    from latentfl.platform.crypto import create_identity
+
+    folder = Path(args.dir)
+    create_identity(folder, args.id)
+    print(f"created keys for {args.id!r} in {folder}/")
+    print(
+        f"send {folder}/curve.key and {folder}/sign.key (public) to the consortium operator; "
+        "never send the *.key_secret files"
+    )
+    return 0
+
+
 def _add(args: argparse.Namespace) -> int:
     from latentfl.platform.crypto import add_participant
 
     directory = Path(args.dir)
-    add_participant(directory, args.id)
-    print(f"enrolled {args.id!r} with new keys in {directory}/participants/{args.id}/")
-    print("a running coordinator picks this up on SIGHUP")
+    public_from = Path(args.public_from) if args.public_from else None
+    add_participant(directory, args.id, public_from=public_from)
+    if public_from is None:
+        print(f"enrolled {args.id!r} with new keys in {directory}/participants/{args.id}/")
+    else:
+        print(f"enrolled {args.id!r} with the public keys from {public_from}/")
+    print("copy the roster to the coordinator; a running coordinator picks it up on SIGHUP")
     return 0
 
 
@@ -57,7 +74,7 @@ def _list(args: argparse.Namespace) -> int:
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    """Add ``latentfl keys {init,add,revoke,list}``."""
+    """Add ``latentfl keys {init,add,revoke,list,create}``."""
     keys = subparsers.add_parser(
         "keys",
         help="create and manage a consortium's keys and roster",
@@ -79,7 +96,19 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     add.add_argument("dir", metavar="DIR", help="folder made by `latentfl keys init`")
     add.add_argument("id", metavar="ID", help="participant id")
+    add.add_argument(
+        "--public-from",
+        metavar="FOLDER",
+        help="enrol the public keys (curve.key, sign.key) an institution made with `keys create`",
+    )
     add.set_defaults(handler=_add)
+
+    create = actions.add_parser(
+        "create", help="make one participant's own key folder (run at the institution)"
+    )
+    create.add_argument("--dir", required=True, help="new folder for this participant's keys")
+    create.add_argument("--id", required=True, help="the participant id agreed with the operator")
+    create.set_defaults(handler=_create)
 
     revoke = actions.add_parser("revoke", help="revoke a participant's keys")
     revoke.add_argument("dir", metavar="DIR", help="folder made by `latentfl keys init`")

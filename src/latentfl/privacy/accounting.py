@@ -58,8 +58,10 @@ def epsilon_of_history(
     acc = _new_accountant(accountant)
     acc.history = entries
     with warnings.catch_warnings():
-        # "Optimal order is the largest alpha": the bound is valid, only not the tightest.
+        # RDP: "Optimal order is the largest alpha" (the bound is valid, only not the tightest);
+        # PRV: numpy's divide-by-zero in a branch of np.where that is not taken.
         warnings.simplefilter("ignore", UserWarning)
+        warnings.simplefilter("ignore", RuntimeWarning)
         return float(acc.get_epsilon(delta=delta))
 
 

@@ -19,15 +19,35 @@ from __future__ import annotations
 
 import math
 from collections.abc import Collection, Mapping, Sequence
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Literal
 
 import torch
 
+from latentfl.config import option
 from latentfl.errors import ConfigError, PrivacyError, ProtocolError, SecurityError
 
 DEFAULT_POLY_MODULUS_DEGREE = 8192
 DEFAULT_COEFF_MOD_BIT_SIZES: tuple[int, ...] = (60, 40, 60)
 DEFAULT_SCALE = 2.0**40
+#: A serialised N=8192 ciphertext is about 235 kB; this bound leaves room and refuses junk.
+DEFAULT_MAX_CIPHERTEXT_BYTES = 400_000
+CIPHERTEXT_PREFIX = "ckks/"
+
+
+@dataclass(frozen=True)
+class SecureAggregationConfig:
+    """How updates are aggregated (``[aggregation]``): in the clear or under CKKS."""
+
+    mode: Literal["plain", "ckks"] = option(
+        "plain", help="'ckks': the coordinator sums encrypted updates and never sees one alone."
+    )
+    min_cohort: int = option(
+        2, help="Fewest updates a CKKS sum may cover (>= 2; below it the round fails).", min=2
+    )
+    max_ciphertext_bytes: int = option(
+        DEFAULT_MAX_CIPHERTEXT_BYTES, help="Largest serialised ciphertext accepted.", min=1
+    )
 
 
 def create_context(
@@ -78,8 +98,9 @@ def load_context(data: bytes, *, private: bool) -> Any:
     try:
         ctx = ts.context_from(bytes(data))
     except Exception as exc:  # noqa: BLE001 - TenSEAL raises several types on bad bytes
-        raise SecurityError(f"CKKS context cannot be parsed ({exc}); expected TenSEAL bytes.") \
-            from None
+        raise SecurityError(
+            f"CKKS context cannot be parsed ({exc}); expected TenSEAL bytes."
+        ) from None
     if private:
         require_private(ctx, "loading a participant's context")
     else:
@@ -99,8 +120,7 @@ def require_public(ctx: Any, where: str) -> None:
 def require_private(ctx: Any, where: str) -> None:
     if not ctx.is_private():
         raise SecurityError(
-            f"{where}: the CKKS context has no secret key; expected a participant's secret "
-            "context."
+            f"{where}: the CKKS context has no secret key; expected a participant's secret context."
         )
 
 
@@ -128,7 +148,7 @@ def encrypt_update(ctx: Any, flat: torch.Tensor, weight: float) -> list[bytes]:
         raise ConfigError("update has non-finite values; expected finite weights to encrypt.")
     slots = slot_count(ctx)
     return [
-        ts.ckks_vector(ctx, values[i:i + slots].tolist()).serialize()
+        ts.ckks_vector(ctx, values[i : i + slots].tolist()).serialize()
         for i in range(0, values.numel(), slots)
     ]
 
@@ -229,6 +249,32 @@ def cohort_weight(
     return float(sum(weights[pid] for pid in set(answered)))
 
 
+def ciphertexts_to_tensors(blobs: Sequence[bytes]) -> dict[str, torch.Tensor]:
+    """Ciphertexts as uint8 tensors named ``ckks/00000``, ... for a safetensors payload."""
+    return {
+        f"{CIPHERTEXT_PREFIX}{i:05d}": torch.frombuffer(bytearray(b), dtype=torch.uint8)
+        for i, b in enumerate(blobs)
+    }
+
+
+def ciphertexts_from_tensors(tensors: Mapping[str, torch.Tensor]) -> list[bytes]:
+    """The ciphertexts of a payload made by :func:`ciphertexts_to_tensors`, in order."""
+    names = sorted(tensors)
+    expected = [f"{CIPHERTEXT_PREFIX}{i:05d}" for i in range(len(names))]
+    if names != expected:
+        shown = ", ".join(names[:3])
+        raise _bad(f"payload tensors are named {shown}...; expected {CIPHERTEXT_PREFIX}00000 on")
+    out = []
+    for name in names:
+        t = tensors[name]
+        if t.dtype != torch.uint8 or t.dim() != 1:
+            raise _bad(
+                f"payload tensor {name} is {t.dtype} of shape {tuple(t.shape)}; expected 1-D uint8"
+            )
+        out.append(t.numpy().tobytes())
+    return out
+
+
 def _parse(ctx: Any, blob: bytes, index: int) -> Any:
     import tenseal as ts
 
@@ -243,12 +289,17 @@ def _bad(sentence: str) -> ProtocolError:
 
 
 __all__ = [
+    "CIPHERTEXT_PREFIX",
     "DEFAULT_COEFF_MOD_BIT_SIZES",
+    "DEFAULT_MAX_CIPHERTEXT_BYTES",
     "DEFAULT_POLY_MODULUS_DEGREE",
     "DEFAULT_SCALE",
+    "SecureAggregationConfig",
     "check_ciphertexts",
     "check_min_cohort",
     "ciphertext_count",
+    "ciphertexts_from_tensors",
+    "ciphertexts_to_tensors",
     "cohort_weight",
     "create_context",
     "decrypt_aggregate",

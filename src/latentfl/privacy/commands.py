@@ -20,6 +20,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser("privacy", help="DP budgets, privacy ledgers and CKKS keys.")
     sub = parser.add_subparsers(title="privacy commands", metavar="ACTION")
 
+    def show_help(args: argparse.Namespace) -> int:
+        parser.print_help()
+        return 2
+
+    parser.set_defaults(handler=show_help)
+
     plan = sub.add_parser("plan", help="Noise multiplier and epsilon per round before a run.")
     plan.add_argument("--examples", type=int, required=True, help="Local training examples.")
     plan.add_argument("--batch", type=int, required=True, help="Expected batch size.")
@@ -37,12 +43,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     plan.set_defaults(handler=run_plan)
 
     ledger = sub.add_parser("ledger", help="Print a participant's privacy ledger.")
-    ledger.add_argument("--state-dir", type=Path, required=True,
-                        help="The participant's state directory.")
+    ledger.add_argument(
+        "--state-dir", type=Path, required=True, help="The participant's state directory."
+    )
     ledger.set_defaults(handler=run_ledger)
 
-    keys = sub.add_parser("ckks-keys", help="CKKS context: public for the coordinator, "
-                          "secret sealed to each enrolled participant.")
+    keys = sub.add_parser(
+        "ckks-keys",
+        help="CKKS context: public for the coordinator, "
+        "secret sealed to each enrolled participant.",
+    )
     keys.add_argument("key_dir", type=Path, help="Key folder made by `latentfl keys`.")
     keys.add_argument("--poly-modulus-degree", type=int, default=8192)
     keys.add_argument("--coeff-mod-bit-sizes", default="60,40,60")
@@ -55,16 +65,26 @@ def run_plan(args: argparse.Namespace) -> int:
     from latentfl.privacy.accounting import plan_dp_sgd
 
     p = plan_dp_sgd(
-        num_examples=args.examples, batch_size=args.batch, epochs=args.epochs,
-        rounds=args.rounds, delta=args.delta, target_epsilon=args.epsilon,
-        noise_multiplier=args.noise_multiplier, max_steps=args.max_steps,
+        num_examples=args.examples,
+        batch_size=args.batch,
+        epochs=args.epochs,
+        rounds=args.rounds,
+        delta=args.delta,
+        target_epsilon=args.epsilon,
+        noise_multiplier=args.noise_multiplier,
+        max_steps=args.max_steps,
         accountant=args.accountant,
     )
-    how = (f"derived from target epsilon {args.epsilon} over all {p.rounds} rounds"
-           if args.epsilon is not None else "given")
-    print(f"DP-SGD plan: {p.num_examples} examples, batch {p.batch_size}: sample rate "
-          f"{p.sample_rate:.5g}, {p.steps_per_round} steps per round, {p.rounds} rounds "
-          f"({p.total_steps} steps), delta {p.delta:g}, accountant {p.accountant}")
+    how = (
+        f"derived from target epsilon {args.epsilon} over all {p.rounds} rounds"
+        if args.epsilon is not None
+        else "given"
+    )
+    print(
+        f"DP-SGD plan: {p.num_examples} examples, batch {p.batch_size}: sample rate "
+        f"{p.sample_rate:.5g}, {p.steps_per_round} steps per round, {p.rounds} rounds "
+        f"({p.total_steps} steps), delta {p.delta:g}, accountant {p.accountant}"
+    )
     print(f"noise multiplier: {p.noise_multiplier:.4f} ({how})")
     print(f"{'round':>5}  {'steps':>7}  {'epsilon':>9}")
     for r, eps in enumerate(p.epsilons, start=1):
@@ -95,12 +115,16 @@ def _print_ckks_cost(args: argparse.Namespace) -> None:
         size = len(blob)
     count = ciphertext_count(length, ctx)
     per_chunk = statistics.median(times)
-    print(f"CKKS cost of one {args.model} update ({length:,} parameters; N=8192, "
-          f"{slot_count(ctx)} slots per ciphertext):")
+    print(
+        f"CKKS cost of one {args.model} update ({length:,} parameters; N=8192, "
+        f"{slot_count(ctx)} slots per ciphertext):"
+    )
     print(f"  ciphertexts: {count}")
     print(f"  bytes: {count * size:,} ({count} x {size:,}; {count * size / 2**20:.1f} MiB)")
-    print(f"  encryption time: {count * per_chunk:.2f} s ({count} x {per_chunk * 1e3:.1f} ms "
-          "measured on this machine)")
+    print(
+        f"  encryption time: {count * per_chunk:.2f} s ({count} x {per_chunk * 1e3:.1f} ms "
+        "measured on this machine)"
+    )
 
 
 def run_ledger(args: argparse.Namespace) -> int:
@@ -108,14 +132,20 @@ def run_ledger(args: argparse.Namespace) -> int:
 
     ledger = PrivacyLedger.load(args.state_dir)
     print(f"privacy ledger {ledger.path} (accountant {ledger.accountant}, delta {ledger.delta:g})")
-    print(f"{'round':>5}  {'mechanism':<12}  {'steps':>6}  {'sample_rate':>11}  "
-          f"{'noise':>7}  {'clip':>6}  {'epsilon_after':>13}")
+    print(
+        f"{'round':>5}  {'mechanism':<12}  {'steps':>6}  {'sample_rate':>11}  "
+        f"{'noise':>7}  {'clip':>6}  {'epsilon_after':>13}"
+    )
     for row in ledger.rows:
-        print(f"{row.round:>5}  {row.mechanism:<12}  {row.steps:>6}  {row.sample_rate:>11.5g}  "
-              f"{row.noise_multiplier:>7.4g}  {row.max_grad_norm:>6.3g}  "
-              f"{row.epsilon_after:>13.4f}")
-    print(f"spent: epsilon {ledger.epsilon():.4f} at delta {ledger.delta:g} over "
-          f"{ledger.total_steps} DP-SGD steps and {len(ledger.rows)} rows")
+        print(
+            f"{row.round:>5}  {row.mechanism:<12}  {row.steps:>6}  {row.sample_rate:>11.5g}  "
+            f"{row.noise_multiplier:>7.4g}  {row.max_grad_norm:>6.3g}  "
+            f"{row.epsilon_after:>13.4f}"
+        )
+    print(
+        f"spent: epsilon {ledger.epsilon():.4f} at delta {ledger.delta:g} over "
+        f"{ledger.total_steps} DP-SGD steps and {len(ledger.rows)} rows"
+    )
     return 0
 
 
@@ -124,14 +154,19 @@ def run_ckks_keys(args: argparse.Namespace) -> int:
 
     bits = _parse_ints(args.coeff_mod_bit_sizes, "--coeff-mod-bit-sizes")
     written = write_ckks_keys(
-        args.key_dir, poly_modulus_degree=args.poly_modulus_degree, coeff_mod_bit_sizes=bits,
-        scale=2.0**args.scale_bits, overwrite=args.force,
+        args.key_dir,
+        poly_modulus_degree=args.poly_modulus_degree,
+        coeff_mod_bit_sizes=bits,
+        scale=2.0**args.scale_bits,
+        overwrite=args.force,
     )
     for party, path in written.items():
         print(f"{party}: {path}")
-    print(f"CKKS context N={args.poly_modulus_degree}, modulus bits {bits}, scale "
-          f"2^{args.scale_bits}: public context for the coordinator, secret context sealed to "
-          f"{len(written) - 1} participants.")
+    print(
+        f"CKKS context N={args.poly_modulus_degree}, modulus bits {bits}, scale "
+        f"2^{args.scale_bits}: public context for the coordinator, secret context sealed to "
+        f"{len(written) - 1} participants."
+    )
     return 0
 
 

@@ -10,15 +10,18 @@ accepts. Used as a context manager it also removes Opacus's hooks from the model
 The wrap turns the loader into Opacus's Poisson-sampling loader (the sampling the accountant
 assumes), the model into a per-sample-gradient module and the optimizer into a DPOptimizer, and
 attaches a step hook that records every noised step in the ledger, so no caller can train
-privately without the spending being counted. The ledger is on disk within a second of any
-step and in full when the wrap is closed (the ``with`` block ends), before anything is uploaded.
+privately without the spending being counted. The ledger is saved at least once a second while
+steps come in, and in full when the wrap is closed (the ``with`` block ends), before anything is
+uploaded.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import warnings
 from dataclasses import dataclass
 
+import torch
 from torch import nn
 from torch.optim import Optimizer
 from torch.utils.data import DataLoader
@@ -35,12 +38,16 @@ class DPSGDConfig:
 
     enabled: bool = option(False, help="Train locally with DP-SGD (Opacus).")
     target_epsilon: float | None = option(
-        None, help="Epsilon to reach after all planned rounds; the noise is derived from it.",
-        min=0.0, min_exclusive=True,
+        None,
+        help="Epsilon to reach after all planned rounds; the noise is derived from it.",
+        min=0.0,
+        min_exclusive=True,
     )
     noise_multiplier: float | None = option(
-        None, help="Noise std / max_grad_norm, when given directly instead of target_epsilon.",
-        min=0.0, min_exclusive=True,
+        None,
+        help="Noise std / max_grad_norm, when given directly instead of target_epsilon.",
+        min=0.0,
+        min_exclusive=True,
     )
     max_grad_norm: float = option(
         1.0, help="Per-example gradient clip (L2).", min=0.0, min_exclusive=True
@@ -49,7 +56,8 @@ class DPSGDConfig:
         1, help="Rounds this site plans to train in; the whole run shares the budget.", min=1
     )
     max_physical_batch_size: int | None = option(
-        None, help="Split large Poisson batches into chunks of at most this size (memory).",
+        None,
+        help="Split large Poisson batches into chunks of at most this size (memory).",
         min=1,
     )
     secure_mode: bool = option(
@@ -67,6 +75,11 @@ class DPSGDConfig:
             )
         if self.accountant not in ("rdp", "prv"):
             out.append(f"'accountant' = {self.accountant!r}; expected 'rdp' or 'prv'.")
+        if self.secure_mode and importlib.util.find_spec("torchcsprng") is None:
+            out.append(
+                "'secure_mode' = true needs the torchcsprng package (Opacus's secure noise and "
+                "sampling), which is not installed; install it, or set secure_mode = false."
+            )
         return out
 
 
@@ -83,9 +96,14 @@ def resolve_noise_multiplier(
     if config.noise_multiplier is not None:
         return float(config.noise_multiplier)
     plan = plan_dp_sgd(
-        num_examples=num_examples, batch_size=batch_size, epochs=epochs,
-        rounds=config.planned_rounds, delta=delta, target_epsilon=config.target_epsilon,
-        max_steps=max_steps, accountant=config.accountant,  # type: ignore[arg-type]
+        num_examples=num_examples,
+        batch_size=batch_size,
+        epochs=epochs,
+        rounds=config.planned_rounds,
+        delta=delta,
+        target_epsilon=config.target_epsilon,
+        max_steps=max_steps,
+        accountant=config.accountant,  # type: ignore[arg-type]
     )
     return plan.noise_multiplier
 
@@ -153,13 +171,12 @@ class DPWrap:
             )
         # Opacus's backward hooks on the first layer make torch warn on every step that the
         # input needs no gradient; that is expected here and says nothing to the user.
-        warnings.filterwarnings("ignore", message="Full backward hook is firing",
-                                category=UserWarning)
+        warnings.filterwarnings(
+            "ignore", message="Full backward hook is firing", category=UserWarning
+        )
         engine = self._engine(PrivacyEngine)
         generator = None
         if not self.secure_mode and self.noise_seed is not None:
-            import torch
-
             generator = torch.Generator().manual_seed(self.noise_seed)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")

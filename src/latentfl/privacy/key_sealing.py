@@ -72,8 +72,9 @@ def open_secret_context(sealed: bytes, *, participant_id: str, curve_secret: byt
     eph_public, nonce, body = sealed[8:40], sealed[40:52], sealed[52:]
     own = X25519PrivateKey.from_private_bytes(_raw_key(curve_secret, "CURVE secret key"))
     own_public = _public_bytes(own.public_key())
-    key = _derive(own.exchange(X25519PublicKey.from_public_bytes(eph_public)), eph_public,
-                  own_public)
+    key = _derive(
+        own.exchange(X25519PublicKey.from_public_bytes(eph_public)), eph_public, own_public
+    )
     try:
         return AESGCM(key).decrypt(nonce, body, _aad(participant_id, eph_public, own_public))
     except InvalidTag:

@@ -149,6 +149,28 @@ class PrivacyLedger:
         """Epsilon the ledger would report after spending ``extra`` entries more."""
         return epsilon_of_history(self.history + list(extra), self.delta, self.accountant)
 
+    def report(self) -> dict[str, float | int | str]:
+        """What an UPDATE's signed header carries: the spending so far and the last DP setting.
+
+        Keys: epsilon, delta, accountant, dp_steps, and (when any DP-SGD row exists)
+        noise_multiplier, sample_rate, max_grad_norm of the latest one.
+        """
+        out: dict[str, float | int | str] = {
+            "epsilon": self.epsilon(),
+            "delta": self.delta,
+            "accountant": self.accountant,
+            "dp_steps": self.total_steps,
+        }
+        dp_rows = [r for r in self._rows if r["mechanism"] == "dp-sgd"]
+        if dp_rows:
+            last = dp_rows[-1]
+            out.update(
+                noise_multiplier=last["noise_multiplier"],
+                sample_rate=last["sample_rate"],
+                max_grad_norm=last["max_grad_norm"],
+            )
+        return out
+
     # -- spending ------------------------------------------------------------------------
     def start_round(
         self,

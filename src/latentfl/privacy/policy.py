@@ -32,15 +32,21 @@ class SitePolicy:
     """What a site agrees to spend and how its updates may leave (``[privacy.policy]``)."""
 
     max_epsilon: float | None = option(
-        None, help="Largest total epsilon (at delta) this site will ever spend; none = no cap.",
-        min=0.0, min_exclusive=True,
+        None,
+        help="Largest total epsilon (at delta) this site will ever spend; none = no cap.",
+        min=0.0,
+        min_exclusive=True,
     )
     delta: float = option(
-        1e-5, help="The site's delta: its ledger reports epsilon at this delta.",
-        min=0.0, max=1.0, min_exclusive=True,
+        1e-5,
+        help="The site's delta: its ledger reports epsilon at this delta.",
+        min=0.0,
+        max=1.0,
+        min_exclusive=True,
     )
     min_noise_multiplier: float = option(
-        0.0, help="Refuse DP-SGD tasks with less noise than this (0 = DP-SGD not required).",
+        0.0,
+        help="Refuse DP-SGD tasks with less noise than this (0 = DP-SGD not required).",
         min=0.0,
     )
     allowed_modes: tuple[str, ...] = option(
@@ -53,7 +59,8 @@ class SitePolicy:
     def problems(self) -> list[str]:
         out = [
             f"'allowed_modes' has {m!r}; expected only {', '.join(AGGREGATION_MODES)}."
-            for m in self.allowed_modes if m not in AGGREGATION_MODES
+            for m in self.allowed_modes
+            if m not in AGGREGATION_MODES
         ]
         if not self.allowed_modes:
             out.append("'allowed_modes' is empty; expected at least one mode.")
@@ -121,8 +128,11 @@ def check_task(policy: SitePolicy, ledger: PrivacyLedger, planned: PlannedTask) 
         before = ledger.epsilon()
         after = ledger.epsilon_if(planned.history())
         if after > policy.max_epsilon:
-            why = ("without DP noise the epsilon is unbounded" if math.isinf(after)
-                   else f"would reach epsilon {after:.3f}")
+            why = (
+                "without DP noise the epsilon is unbounded"
+                if math.isinf(after)
+                else f"would reach epsilon {after:.3f}"
+            )
             raise PrivacyError(
                 "budget_exceeded",
                 f"task {why} (spent so far {before:.3f} at delta {ledger.delta:g}); this "

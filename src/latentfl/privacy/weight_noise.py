@@ -39,8 +39,7 @@ def clip_and_noise(
     flat = update.detach().to(torch.float64)
     norm = float(torch.linalg.vector_norm(flat))
     scale = min(1.0, clip_norm / norm) if norm > 0 else 1.0
-    noise = torch.randn(flat.shape, generator=generator, dtype=torch.float64,
-                        device=flat.device)
+    noise = torch.randn(flat.shape, generator=generator, dtype=torch.float64, device=flat.device)
     return (flat * scale + noise * (noise_multiplier * clip_norm)).to(update.dtype)
 
 

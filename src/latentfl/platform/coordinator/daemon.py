@@ -23,12 +23,13 @@ from typing import Any
 
 import zmq
 
-from latentfl.errors import ProtocolError, SecurityError
+from latentfl.errors import LatentFLError, ProtocolError, SecurityError
 from latentfl.exitcodes import ExitCode
 from latentfl.log import get_logger
 from latentfl.platform.coordinator.config import CoordinatorConfig
 from latentfl.platform.coordinator.journal import Journal
-from latentfl.platform.coordinator.rounds import Rounds
+from latentfl.platform.coordinator.rounds import Rounds, make_evaluator
+from latentfl.platform.coordinator.status import status_snapshot
 from latentfl.platform.coordinator.store import StateStore, write_json_atomic
 from latentfl.platform.crypto import (
     COORDINATOR_ID,
@@ -49,7 +50,7 @@ from latentfl.platform.protocol import (
     peek_header,
     unpack_json,
 )
-from latentfl.strategies import Strategy, build_strategy
+from latentfl.strategies import build_strategy
 
 POLL_MS = 100
 ZMQ_SIZE_SLACK = 2**20
@@ -65,33 +66,6 @@ class Peer:
     summary: dict[str, Any] = field(default_factory=dict)
     accepted: int = 0
     refused: int = 0
-
-
-def make_evaluator(config: CoordinatorConfig):
-    """A function strategy -> {accuracy, loss} on the configured test split, or None."""
-    if config.test_data is None:
-        return None
-    from latentfl.data import load_dataset, to_tensors
-    from latentfl.device import resolve_device
-    from latentfl.training import evaluate
-
-    ds = load_dataset(config.test_data)
-    if ds.test is None:
-        from latentfl.errors import ConfigError
-
-        raise ConfigError(f"test_data = {config.test_data!r} has no test split; expected a "
-                          "dataset with one.")
-    test = ds.test
-    if config.max_test and len(test) > config.max_test:
-        test = test.subset(range(config.max_test))
-    x, y = to_tensors(test, ds.mean, ds.std)
-    device = resolve_device(config.device)
-
-    def run(strategy: Strategy) -> dict[str, float]:
-        result = evaluate(strategy.evaluation_model(), x, y, device=device)
-        return {"accuracy": float(result.accuracy), "loss": float(result.loss)}
-
-    return run
 
 
 class Coordinator:
@@ -112,6 +86,7 @@ class Coordinator:
                                 f"than the one in {config.key_dir}; expected the same consortium.")
         self._roster_stamp = self._stamp()
         self.store = StateStore(config.state_dir)
+        self.store.lock()
         self.journal = Journal(self.store.journal_path)
         self.replay = ReplayGuard(self.store.root / "replay.log", window_s=DEFAULT_CLOCK_SKEW_S)
         self.verifier = Verifier.of_participants(self.roster, session=config.session,
@@ -120,7 +95,7 @@ class Coordinator:
         self.strategy = build_strategy(config.strategy)
         self.manifest = model_manifest(config.strategy.model.build())
         self.rounds = Rounds(config, self.strategy, self.store,
-                             evaluate=make_evaluator(config), log=self.log)
+                             evaluate=make_evaluator(config))
         self.peers: dict[str, Peer] = {}
         self._stop = threading.Event()
         self._reload = False
@@ -177,6 +152,7 @@ class Coordinator:
             self.journal.close()
             self.replay.close()
             self.store.pid_path.unlink(missing_ok=True)
+            self.store.unlock()
 
     def _loop(self, sock: zmq.Socket) -> None:
         poller = zmq.Poller()
@@ -271,6 +247,13 @@ class Coordinator:
             self._dispatch(sock, pid, message)
         except ProtocolError as exc:
             self._refuse(sock, routing_id, user_id, body, exc, header=message.header)
+        except (LatentFLError, ValueError, TypeError, KeyError) as exc:
+            # A verified peer's message that our own code could not handle: refuse it and keep
+            # serving (the traceback goes to the log, the reason to the peer and the journal).
+            self.log.exception("message_failed", peer=pid, kind=message.header.kind.value)
+            failure = ProtocolError("internal", f"the coordinator could not process this "
+                                                f"message ({type(exc).__name__}).")
+            self._refuse(sock, routing_id, user_id, body, failure, header=message.header)
 
     def _dispatch(self, sock: zmq.Socket, pid: str, message: Message) -> None:
         kind = message.header.kind
@@ -282,6 +265,8 @@ class Coordinator:
             self._on_hello(sock, pid, message)
         elif kind is Kind.UPDATE:
             self._on_update(sock, pid, message)
+        elif kind is Kind.REJECT:
+            self._on_decline(pid, message)
         elif kind is Kind.BYE:
             self.journal.append("accepted", kind="BYE", peer=pid)
             self.peers[pid].online = False
@@ -300,6 +285,18 @@ class Coordinator:
             self._send(sock, pid, Kind.STATUS, round=self.rounds.round, meta={"phase": "finished"})
         elif self.rounds.phase == "collecting" and pid in self.rounds.pending():
             self._send_task(sock, pid)
+
+    def _on_decline(self, pid: str, message: Message) -> None:
+        """A participant refused its task (site policy, failed training): stop waiting for it."""
+        meta = message.header.meta
+        reason = str(meta.get("reason"))[:64]
+        self.journal.append("declined", peer=pid, reason=reason,
+                            detail=str(meta.get("detail"))[:500],
+                            round=meta.get("refused_round"))
+        self.log.warning("task_declined", peer=pid, reason=reason, round=meta.get("refused_round"))
+        if (meta.get("refused_kind") == "TASK" and meta.get("refused_round") == self.rounds.round
+                and pid in self.rounds.pending()):
+            self.rounds.drop([pid])
 
     def _on_update(self, sock: zmq.Socket, pid: str, message: Message) -> None:
         header = message.header
@@ -378,19 +375,9 @@ class Coordinator:
         if not force and now < self._status_due:
             return
         self._status_due = now + 0.5
-        last = self.rounds.history[-1] if self.rounds.history else None
-        write_json_atomic(self.store.status_path, {
-            "session": self.config.session, "round": self.rounds.round,
-            "rounds": self.config.rounds,
-            "phase": "stopped" if stopped and self.rounds.phase != "finished" else self.rounds.phase,
-            "updated": now, "endpoint": self.endpoint,
-            "planned": self.rounds.plan, "received": sorted(self.rounds.updates),
-            "participants": {pid: {"online": p.online, "last_seen": p.last_seen,
-                                   "accepted": p.accepted, "refused": p.refused}
-                             for pid, p in self.peers.items()},
-            "last_round": vars(last) if last else None,
-            "history": [vars(h) for h in self.rounds.history],
-        })
+        write_json_atomic(self.store.status_path, status_snapshot(
+            self.config, self.rounds, self.peers, endpoint=self.endpoint, now=now,
+            stopped=stopped))
 
     def _broadcast_finished(self, sock: zmq.Socket) -> None:
         for pid, peer in self.peers.items():

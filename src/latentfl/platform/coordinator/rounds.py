@@ -19,9 +19,9 @@ import math
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Literal
 
-from latentfl.errors import ProtocolError
+from latentfl.errors import ConfigError, ProtocolError
 from latentfl.platform.coordinator.config import CoordinatorConfig
 from latentfl.platform.coordinator.store import StateStore
 from latentfl.strategies import Strategy, Task, Update, select_participants
@@ -45,12 +45,11 @@ class Rounds:
     """Round bookkeeping for one session; see the module docstring for the phases."""
 
     def __init__(self, config: CoordinatorConfig, strategy: Strategy, store: StateStore, *,
-                 evaluate: Evaluator | None = None, log: Any = None) -> None:
+                 evaluate: Evaluator | None = None) -> None:
         self.config = config
         self.strategy = strategy
         self.store = store
         self.evaluate = evaluate
-        self.log = log
         self.round = 1
         self.phase: Phase = "waiting"
         self.plan: list[str] = []
@@ -137,7 +136,8 @@ class Rounds:
         self.digests[update.participant] = digest
 
     def drop(self, pids: Iterable[str]) -> None:
-        """Forget revoked participants: they leave the plan and their updates are not used."""
+        """Take participants out of the round (revoked, or declined their task): they leave
+        the plan, the quorum is counted without them and their updates are not used."""
         gone = set(pids) & set(self.plan)
         if not gone:
             return
@@ -194,4 +194,29 @@ class Rounds:
         return record
 
 
-__all__ = ["Phase", "RoundRecord", "Rounds"]
+def make_evaluator(config: CoordinatorConfig) -> Evaluator | None:
+    """A function strategy -> {accuracy, loss} on the configured test split, or None."""
+    if config.test_data is None:
+        return None
+    from latentfl.data import load_dataset, to_tensors
+    from latentfl.device import resolve_device
+    from latentfl.training import evaluate
+
+    ds = load_dataset(config.test_data)
+    if ds.test is None:
+        raise ConfigError(f"test_data = {config.test_data!r} has no test split; expected a "
+                          "dataset with one.")
+    test = ds.test
+    if config.max_test and len(test) > config.max_test:
+        test = test.subset(range(config.max_test))
+    x, y = to_tensors(test, ds.mean, ds.std)
+    device = resolve_device(config.device)
+
+    def run(strategy: Strategy) -> dict[str, float]:
+        result = evaluate(strategy.evaluation_model(), x, y, device=device)
+        return {"accuracy": float(result.accuracy), "loss": float(result.loss)}
+
+    return run
+
+
+__all__ = ["Phase", "RoundRecord", "Rounds", "make_evaluator"]

@@ -42,6 +42,23 @@ def read_status(state_dir: Path) -> dict[str, Any]:
     return data
 
 
+def status_snapshot(config: Any, rounds: Any, peers: dict[str, Any], *, endpoint: str,
+                    now: float, stopped: bool = False) -> dict[str, Any]:
+    """The JSON the daemon writes to status.json (``rounds`` a Rounds, ``peers`` by id)."""
+    last = rounds.history[-1] if rounds.history else None
+    phase = "stopped" if stopped and rounds.phase != "finished" else rounds.phase
+    return {
+        "session": config.session, "round": rounds.round, "rounds": config.rounds,
+        "phase": phase, "updated": now, "endpoint": endpoint,
+        "planned": rounds.plan, "received": sorted(rounds.updates),
+        "participants": {pid: {"online": p.online, "last_seen": p.last_seen,
+                               "accepted": p.accepted, "refused": p.refused}
+                         for pid, p in peers.items()},
+        "last_round": vars(last) if last else None,
+        "history": [vars(h) for h in rounds.history],
+    }
+
+
 def _ago(t: float | None, now: float) -> str:
     if not t:
         return "never"
@@ -52,15 +69,18 @@ def render_status(status: dict[str, Any], *, running: int | None, now: float | N
     """Human-readable lines for a status dict."""
     now = time.time() if now is None else now
     daemon = f"running (pid {running})" if running else "not running"
+    total = status.get("rounds") or 0
+    shown_round = min(status.get("round") or 0, total)
     lines = [
         f"session   {status.get('session')}   coordinator {daemon}",
-        f"round     {status.get('round')} of {status.get('rounds')}   phase {status.get('phase')}",
+        f"round     {shown_round} of {total}   phase {status.get('phase')}",
         f"updated   {_ago(status.get('updated'), now)}",
         "",
         f"{'participant':<20} {'online':<7} {'last seen':<12} {'accepted':>8} {'refused':>8}",
     ]
     for pid, p in sorted(status.get("participants", {}).items()):
-        lines.append(f"{pid:<20} {'yes' if p.get('online') else 'no':<7} "
+        online = "yes" if p.get("online") and running else "no"
+        lines.append(f"{pid:<20} {online:<7} "
                      f"{_ago(p.get('last_seen'), now):<12} {p.get('accepted', 0):>8} "
                      f"{p.get('refused', 0):>8}")
     last = status.get("last_round")
@@ -71,4 +91,4 @@ def render_status(status: dict[str, Any], *, running: int | None, now: float | N
     return "\n".join(lines)
 
 
-__all__ = ["daemon_running", "read_status", "render_status"]
+__all__ = ["daemon_running", "read_status", "render_status", "status_snapshot"]

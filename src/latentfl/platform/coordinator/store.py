@@ -5,6 +5,7 @@ Layout (all files written temp -> fsync -> rename, then the folder fsynced)::
     STATE/journal.jsonl                      hash-chained journal (journal.py)
     STATE/status.json                        what ``latentfl status`` shows
     STATE/coordinator.pid                    pid of the running daemon
+    STATE/coordinator.lock                   flock held by the running daemon (one per folder)
     STATE/latest.json                        {"round": r}: the last completed round
     STATE/checkpoints/round-000r.safetensors strategy.state_dict() tensors after round r
     STATE/checkpoints/round-000r.json        its JSON meta, round metrics and participants
@@ -18,6 +19,7 @@ round r with every update it acknowledged, and counts each once (one file per pa
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import re
@@ -85,6 +87,23 @@ class StateStore:
         self.root = Path(root)
         for sub in ("checkpoints", "rounds"):
             (self.root / sub).mkdir(parents=True, exist_ok=True)
+        self._lock_fd: int | None = None
+
+    def lock(self) -> None:
+        """Hold the folder for this process; StateError if another coordinator holds it."""
+        fd = os.open(self.root / "coordinator.lock", os.O_WRONLY | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise StateError(f"state_dir {self.root} is in use by another coordinator; stop it "
+                             "first or choose another state_dir.") from None
+        self._lock_fd = fd
+
+    def unlock(self) -> None:
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
 
     @property
     def journal_path(self) -> Path:

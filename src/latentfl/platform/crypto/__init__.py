@@ -1,24 +1,31 @@
 """Keys, roster and ZAP authentication: who may connect and whose signatures count.
 
-See ``keys`` for the key-folder layout, ``roster`` for ``roster.toml`` and ``zap`` for the
-authenticator the coordinator runs on its CURVE server socket.
+See ``keys`` for the key-folder layout, ``roster`` for ``roster.toml``, ``consortium`` for the
+operations behind ``latentfl keys``, and ``zap`` for the authenticator the coordinator runs on
+its CURVE server socket.
 """
 
+from latentfl.platform.crypto.consortium import (
+    add_participant,
+    create_identity,
+    init_consortium,
+    revoke_participant,
+)
 from latentfl.platform.crypto.keys import (
     COORDINATOR_ID,
     Identity,
     check_participant_id,
+    curve_fingerprint,
     curve_key_from_text,
     load_identity,
+    load_public_keys,
 )
 from latentfl.platform.crypto.roster import (
     ROSTER_FILE,
     Roster,
     RosterEntry,
-    add_participant,
-    init_consortium,
     load_roster,
-    revoke_participant,
+    save_roster,
 )
 from latentfl.platform.crypto.signing import (
     SIGNATURE_BYTES,
@@ -45,14 +52,18 @@ __all__ = [
     "RosterEntry",
     "add_participant",
     "check_participant_id",
+    "create_identity",
+    "curve_fingerprint",
     "curve_key_from_text",
     "init_consortium",
     "load_identity",
+    "load_public_keys",
     "load_roster",
     "make_curve_client",
     "make_curve_server",
     "peer_user_id",
     "revoke_participant",
+    "save_roster",
     "sign",
     "start_authenticator",
     "verify",

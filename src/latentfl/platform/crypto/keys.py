@@ -13,6 +13,7 @@ pyzmq's certificate functions, its ZAP callback and the ``curve_*key`` socket op
 
 from __future__ import annotations
 
+import hashlib
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -70,10 +71,15 @@ def curve_key_from_text(text: str | bytes, *, where: str = "CURVE public key") -
         try:
             if len(z85.decode(data)) == 32:
                 return data
-        except Exception:  # noqa: BLE001 - z85.decode raises several types on bad text
+        except Exception:  # z85.decode raises several types on bad text
             pass
     shown = data[:60].decode("ascii", "replace")
     raise SecurityError(f"{where} is {shown!r}; expected 40 Z85 characters (a CURVE key)")
+
+
+def curve_fingerprint(key: bytes) -> str:
+    """A short, log-safe name for a CURVE public key: 16 hex digits of the SHA-256 of its Z85."""
+    return hashlib.sha256(curve_key_from_text(key)).hexdigest()[:16]
 
 
 @dataclass(frozen=True)
@@ -99,6 +105,13 @@ def write_key_folder(folder: Path, party_id: str) -> Identity:
         folder, CURVE_NAME, metadata={"id": party_id}
     )
     Path(secret_file).chmod(SECRET_FILE_MODE)
+    # pyzmq writes metadata into the secret certificate only; the public one names its owner too,
+    # so an operator enrolling keys an institution sent can check whose they are.
+    public_text = Path(public_file).read_text(encoding="utf-8")
+    Path(public_file).write_text(
+        public_text.replace("\nmetadata\n", f"\nmetadata\n    id = {party_id}\n", 1),
+        encoding="utf-8",
+    )
     Path(public_file).chmod(PUBLIC_FILE_MODE)
     write_signing_keys(folder)
     return load_identity(folder)
@@ -148,9 +161,12 @@ def load_identity(directory: Path) -> Identity:
             f"CURVE certificates in {directory} disagree: {CURVE_PUBLIC_FILE} and "
             f"{CURVE_SECRET_FILE} hold different public keys"
         )
-    party_id = public_cert.get("id") or secret_cert.get("id")
-    if not party_id:
-        raise SecurityError(f"CURVE certificate {directory / CURVE_PUBLIC_FILE} has no id metadata")
+    party_id = secret_cert.get("id")
+    if not party_id or public_cert.get("id", party_id) != party_id:
+        raise SecurityError(
+            f"CURVE certificates in {directory} name owners {secret_cert.get('id')!r} and "
+            f"{public_cert.get('id')!r}; expected one id in both"
+        )
     if party_id != COORDINATOR_ID:
         check_participant_id(party_id)
     signing_key = load_signing_key(directory / SIGN_SECRET_FILE)
@@ -169,13 +185,30 @@ def load_identity(directory: Path) -> Identity:
     )
 
 
+def load_public_keys(directory: Path) -> tuple[str, bytes, Ed25519PublicKey]:
+    """(id, CURVE public key, signing public key) from a folder's public files only.
+
+    This is what an institution that made its own keys sends the operator: ``curve.key`` and
+    ``sign.key``, never the secret files.
+    """
+    directory = Path(directory)
+    cert = _read_certificate(directory / CURVE_PUBLIC_FILE, secret=False)
+    where = directory / CURVE_PUBLIC_FILE
+    if "public-key" not in cert or "id" not in cert:
+        raise SecurityError(f"CURVE certificate {where} lacks its public-key or id line")
+    curve_public = curve_key_from_text(cert["public-key"], where=f"public-key in {where}")
+    return cert["id"], curve_public, load_verify_key(directory / SIGN_PUBLIC_FILE)
+
+
 __all__ = [
     "COORDINATOR_ID",
     "CURVE_PUBLIC_FILE",
     "CURVE_SECRET_FILE",
     "Identity",
     "check_participant_id",
+    "curve_fingerprint",
     "curve_key_from_text",
     "load_identity",
+    "load_public_keys",
     "write_key_folder",
 ]

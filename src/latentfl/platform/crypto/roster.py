@@ -1,33 +1,23 @@
 """The consortium roster: which CURVE and signing keys are enrolled, and which are revoked.
 
 ``DIR/roster.toml`` is public data (only public keys) and the coordinator's allow-list, so it is
-refused when group or others may write it. Every change is a locked read-modify-write that
-replaces the file atomically (temp file, fsync, rename).
+refused when group or others may write it, and written only atomically (temp file, fsync,
+rename). ``consortium`` holds the operations that change it.
 """
 
 from __future__ import annotations
 
-import fcntl
-import os
-import shutil
 import stat
 import tomllib
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from latentfl.errors import ConfigError, SecurityError
-from latentfl.platform.crypto._files import PRIVATE_DIR_MODE, PUBLIC_FILE_MODE, write_atomic
-from latentfl.platform.crypto.keys import (
-    COORDINATOR_ID,
-    check_participant_id,
-    curve_key_from_text,
-    write_key_folder,
-)
+from latentfl.platform.crypto._files import PUBLIC_FILE_MODE, write_atomic
+from latentfl.platform.crypto.keys import COORDINATOR_ID, check_participant_id, curve_key_from_text
 from latentfl.platform.crypto.signing import verify_key_from_hex, verify_key_to_hex
 
 ROSTER_FILE = "roster.toml"
@@ -195,105 +185,23 @@ def load_roster(path: Path) -> Roster:
     return _parse_roster(data, path)
 
 
+def check_roster(roster: Roster, path: Path) -> Roster:
+    """Run every load-time check on an in-memory roster (duplicate ids or keys, bad values)."""
+    return _parse_roster(tomllib.loads(roster_to_toml(roster)), path)
+
+
 def save_roster(path: Path, roster: Roster) -> None:
-    """Write ``roster`` to ``path`` atomically (temp file, fsync, rename), mode 0644."""
+    """Check ``roster``, then write it to ``path`` atomically (temp, fsync, rename), mode 0644."""
+    check_roster(roster, Path(path))
     write_atomic(Path(path), roster_to_toml(roster).encode("ascii"), PUBLIC_FILE_MODE)
-
-
-@contextmanager
-def _locked(directory: Path) -> Iterator[None]:
-    """Hold an exclusive lock on the consortium folder so two `keys` commands cannot interleave."""
-    fd = os.open(directory / ".roster.lock", os.O_WRONLY | os.O_CREAT, 0o600)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
-    finally:
-        os.close(fd)
-
-
-def init_consortium(directory: Path, participant_ids: Sequence[str]) -> Roster:
-    """Create keys for the coordinator and each participant, and ``DIR/roster.toml``."""
-    directory = Path(directory)
-    ids = [check_participant_id(pid) for pid in participant_ids]
-    duplicates = sorted({pid for pid in ids if ids.count(pid) > 1})
-    if duplicates:
-        raise ConfigError(
-            f"participant ids {duplicates} are given more than once; expected unique ids"
-        )
-    if directory.exists() and any(directory.iterdir()):
-        raise ConfigError(
-            f"key directory {directory} is not empty; `keys init` never overwrites keys: "
-            "choose a new directory, or use `latentfl keys add` to enrol more participants"
-        )
-    directory.mkdir(mode=PRIVATE_DIR_MODE, parents=True, exist_ok=True)
-    os.chmod(directory, PRIVATE_DIR_MODE)
-    with _locked(directory):
-        coordinator = write_key_folder(directory / COORDINATOR_ID, COORDINATOR_ID)
-        (directory / "participants").mkdir(mode=PRIVATE_DIR_MODE)
-        os.chmod(directory / "participants", PRIVATE_DIR_MODE)
-        participants = {}
-        for pid in ids:
-            ident = write_key_folder(directory / "participants" / pid, pid)
-            participants[pid] = RosterEntry(pid, ident.curve_public, ident.verify_key, "active")
-        roster = Roster(coordinator.curve_public, coordinator.verify_key, participants)
-        save_roster(directory / ROSTER_FILE, roster)
-    return roster
-
-
-def add_participant(directory: Path, pid: str) -> Roster:
-    """Enrol ``pid`` with fresh keys in ``DIR/participants/<pid>/``.
-
-    A revoked id may be enrolled again: it gets new keys (its old folder is replaced), which is
-    how a participant's keys are rotated. An active id is refused.
-    """
-    directory = Path(directory)
-    check_participant_id(pid)
-    with _locked(directory):
-        roster = load_roster(directory / ROSTER_FILE)
-        old = roster.participants.get(pid)
-        if old is not None and old.active:
-            raise ConfigError(
-                f"participant {pid!r} is already enrolled and active; revoke it first to give it "
-                "new keys"
-            )
-        folder = directory / "participants" / pid
-        if folder.exists():
-            shutil.rmtree(folder)
-        ident = write_key_folder(folder, pid)
-        participants = dict(roster.participants)
-        participants[pid] = RosterEntry(pid, ident.curve_public, ident.verify_key, "active")
-        roster = replace(roster, participants=participants)
-        save_roster(directory / ROSTER_FILE, roster)
-    return roster
-
-
-def revoke_participant(directory: Path, pid: str) -> Roster:
-    """Mark ``pid`` revoked in the roster (its keys stop being accepted); idempotent."""
-    directory = Path(directory)
-    with _locked(directory):
-        roster = load_roster(directory / ROSTER_FILE)
-        entry = roster.participants.get(pid)
-        if entry is None:
-            raise ConfigError(
-                f"participant {pid!r} is not in roster {directory / ROSTER_FILE}; enrolled ids: "
-                f"{sorted(roster.participants)}"
-            )
-        if entry.active:
-            participants = dict(roster.participants)
-            participants[pid] = replace(entry, status="revoked")
-            roster = replace(roster, participants=participants)
-            save_roster(directory / ROSTER_FILE, roster)
-    return roster
 
 
 __all__ = [
     "ROSTER_FILE",
     "Roster",
     "RosterEntry",
-    "add_participant",
-    "init_consortium",
+    "check_roster",
     "load_roster",
-    "revoke_participant",
     "roster_to_toml",
     "save_roster",
 ]

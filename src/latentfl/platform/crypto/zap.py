@@ -16,7 +16,7 @@ from zmq.auth.thread import ThreadAuthenticator
 from zmq.utils import z85
 
 from latentfl.errors import SecurityError
-from latentfl.platform.crypto.keys import Identity
+from latentfl.platform.crypto.keys import Identity, curve_fingerprint
 from latentfl.platform.crypto.roster import Roster
 
 # A User-Id no participant can have (ids start with a letter or digit): fails every sender check.
@@ -48,7 +48,9 @@ class RosterAuthenticator(ThreadAuthenticator):
         """pyzmq's credentials-provider hook: ``key`` is the client's Z85 public key."""
         pid = self._ids_by_key.get(bytes(key))
         if pid is None:
-            self.log.warning("ZAP refused an unenrolled CURVE key %s", bytes(key).decode("ascii"))
+            self.log.warning(
+                "ZAP refused an unenrolled CURVE key (fingerprint %s)", curve_fingerprint(key)
+            )
             return False
         # curve_user_id runs next, in this thread, for this same request: hand it the id that
         # was granted here, so a roster swap in between cannot change the answer.

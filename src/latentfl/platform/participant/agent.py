@@ -11,6 +11,7 @@ training settings, all checked before use.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import random
 import signal
@@ -119,7 +120,7 @@ class Agent:
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="train")
         self._training: tuple[int, Future] | None = None
         self.pending: Pending | None = None
-        self.delivered_round = 0
+        self.done_round = 0  # the last round this agent delivered (acked) or declined
         self._boot: str | None = None
 
     def stop(self) -> None:
@@ -148,7 +149,7 @@ class Agent:
                 finally:
                     sock.close(linger=0 if self._stop.is_set() else 500)
                 if outcome == "finished":
-                    self.log.info("session_finished", delivered_round=self.delivered_round)
+                    self.log.info("session_finished", done_round=self.done_round)
                     return int(ExitCode.OK)
                 if outcome == "stopped":
                     break
@@ -200,14 +201,12 @@ class Agent:
             if self.pending and now - self.pending.sent_at > self.config.ack_timeout:
                 self._send_update(sock)
             if now >= next_heartbeat:
-                self._send(sock, Kind.HEARTBEAT, round=self.delivered_round)
+                self._send(sock, Kind.HEARTBEAT, round=self.done_round)
                 next_heartbeat = now + self.config.heartbeat_interval
             if now - last_heard > self.config.coordinator_timeout:
                 return "silent", heard
-        try:
-            self._send(sock, Kind.BYE, round=self.delivered_round)
-        except zmq.ZMQError:
-            pass
+        with contextlib.suppress(zmq.ZMQError):
+            self._send(sock, Kind.BYE, round=self.done_round)
         return "stopped", heard
 
     def _on_message(self, sock: zmq.Socket, message: Message) -> str:
@@ -225,7 +224,7 @@ class Agent:
             p = self.pending
             if p and header.round == p.round and header.meta.get("sha256") == p.digest:
                 self.log.info("update_acknowledged", round=p.round, attempts=p.attempts)
-                self.delivered_round = max(self.delivered_round, p.round)
+                self.done_round = max(self.done_round, p.round)
                 self.pending = None
         elif kind is Kind.REJECT:
             reason = header.meta.get("reason")
@@ -235,9 +234,9 @@ class Agent:
             if (p and header.meta.get("refused_kind") == "UPDATE"
                     and header.meta.get("refused_round") == p.round and reason in _FINAL_REASONS):
                 self.pending = None
-        elif kind is Kind.STATUS and header.meta.get("phase") == "finished":
-            if self.config.exit_when_finished:
-                return "finished"
+        elif (kind is Kind.STATUS and header.meta.get("phase") == "finished"
+              and self.config.exit_when_finished):
+            return "finished"
         return ""
 
     # -- tasks ----------------------------------------------------------------------------
@@ -246,12 +245,13 @@ class Agent:
         if self.pending and self.pending.round == r:
             self._send_update(sock)  # the coordinator lost our update: send it again
             return
-        if r <= self.delivered_round or (self._training and self._training[0] == r):
+        if r <= self.done_round or (self._training and self._training[0] == r):
             return
         try:
             task, spec = decode_task(message, max_bytes=self.config.max_message_bytes)
         except ProtocolError as exc:
             self.log.warning("task_refused", round=r, reason=exc.reason, detail=str(exc))
+            self._decline(sock, r, exc.reason, str(exc))
             return
         self.log.info("task_received", round=r, bytes=len(message.payload),
                       epochs=task.train.epochs, lr=task.train.lr)
@@ -277,10 +277,18 @@ class Agent:
             update = future.result()
         except Exception as exc:  # noqa: BLE001 - a failed task must not stop the agent
             self.log.error("training_failed", round=r, error=f"{type(exc).__name__}: {exc}")
+            self._decline(sock, r, "training-failed", f"{type(exc).__name__}: {exc}")
             return
         payload, meta = encode_update(update)
         self.pending = Pending(r, payload, meta, hashlib.sha256(payload).hexdigest())
         self._send_update(sock)
+
+    def _decline(self, sock: zmq.Socket, round: int, reason: str, detail: str) -> None:
+        """Tell the coordinator this site will not deliver round ``round`` (a REJECT of the TASK)."""
+        self._send(sock, Kind.REJECT, round=round,
+                   meta={"reason": reason, "detail": detail[:900], "refused_kind": "TASK",
+                         "refused_round": round})
+        self.done_round = max(self.done_round, round)
 
     def _send_update(self, sock: zmq.Socket) -> None:
         p = self.pending

@@ -12,7 +12,7 @@ from latentfl.platform.protocol._codec import (
     unpack_json,
     unpack_tensors,
 )
-from latentfl.platform.protocol._envelope import (
+from latentfl.platform.protocol._header import (
     DEFAULT_CLOCK_SKEW_S,
     DEFAULT_MAX_MESSAGE_BYTES,
     MAX_HEADER_BYTES,
@@ -20,14 +20,13 @@ from latentfl.platform.protocol._envelope import (
     Header,
     Kind,
     Message,
-    Verifier,
-    decode,
     encode,
     parse_header,
     peek_header,
 )
 from latentfl.platform.protocol._json import canonical_json
 from latentfl.platform.protocol._replay import ReplayGuard
+from latentfl.platform.protocol._verify import Verifier, decode
 
 REASONS: dict[str, str] = {
     "frames": "wrong number of frames, or a signature frame of the wrong size",

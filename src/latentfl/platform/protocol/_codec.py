@@ -14,13 +14,32 @@ from safetensors.torch import load as _st_load
 from safetensors.torch import save as _st_save
 
 from latentfl.errors import ModelError, ProtocolError
-from latentfl.platform.protocol._envelope import DEFAULT_MAX_MESSAGE_BYTES
+from latentfl.platform.protocol._header import DEFAULT_MAX_MESSAGE_BYTES
 from latentfl.platform.protocol._json import canonical_json, strict_json
 
 if TYPE_CHECKING:
     from latentfl.models import ModelManifest
 
 DEFAULT_MAX_JSON_BYTES = 1024 * 1024
+MAX_TENSORS = 4096
+_MAX_SAFETENSORS_HEADER = 1024 * 1024
+
+
+def _count_tensors(data: bytes) -> int:
+    """Tensors declared in a safetensors header, read before anything is allocated for them."""
+    if len(data) < 8:
+        raise ProtocolError("malformed", f"tensor payload is {len(data)} bytes; too short")
+    size = int.from_bytes(data[:8], "little")
+    if size > min(len(data) - 8, _MAX_SAFETENSORS_HEADER):
+        raise ProtocolError(
+            "malformed",
+            f"tensor payload declares a {size}-byte header; expected at most "
+            f"{min(len(data) - 8, _MAX_SAFETENSORS_HEADER)}",
+        )
+    header = strict_json(data[8 : 8 + size], what="safetensors header", max_bytes=size)
+    if not isinstance(header, dict):
+        raise ProtocolError("malformed", "safetensors header is not a JSON object")
+    return len(header) - ("__metadata__" in header)
 
 
 def pack_tensors(tensors: dict[str, torch.Tensor]) -> bytes:
@@ -40,9 +59,20 @@ def unpack_tensors(
         raise ProtocolError(
             "too-large", f"tensor payload is {len(data)} bytes; expected at most {max_bytes}"
         )
+    data = bytes(data)
+    count = _count_tensors(data)
+    if manifest is not None and count != len(manifest.entries):
+        raise ProtocolError(
+            "manifest",
+            f"tensor payload holds {count} tensors; the model manifest has {len(manifest.entries)}",
+        )
+    if count > MAX_TENSORS:
+        raise ProtocolError(
+            "too-large", f"tensor payload holds {count} tensors; expected at most {MAX_TENSORS}"
+        )
     try:
-        tensors = _st_load(bytes(data))
-    except Exception as exc:  # noqa: BLE001 - safetensors raises its own and builtin errors
+        tensors = _st_load(data)
+    except Exception as exc:  # safetensors raises its own and builtin error types
         raise ProtocolError(
             "malformed", f"tensor payload is not valid safetensors data ({exc})"
         ) from None

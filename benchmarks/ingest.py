@@ -1,0 +1,149 @@
+"""Coordinator acceptance throughput: how fast a round's UPDATEs are verified, persisted, acked.
+
+For each participant count, a fresh consortium (real CURVE and Ed25519 keys) and a real
+coordinator process (``python -m latentfl coordinator``) on 127.0.0.1; the participants are
+DEALER sockets in this process that say HELLO, take their TASK and answer with a prepared
+UPDATE of the surrogate's size (ConvNet-3 width 128: 1.3 MB). The clock runs from the first
+UPDATE sent to the last ACK received, so it covers the coordinator's whole acceptance path:
+CURVE decryption, envelope checks, signature, replay guard (fsynced), payload hash, manifest and
+finiteness checks, the update file (fsynced), the journal line (fsynced), the ACK. Signing on
+the client side is done before the clock starts.
+
+    python benchmarks/ingest.py --participants 10 50 200
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import zmq
+
+from latentfl.demo import free_port
+from latentfl.platform.crypto import init_consortium, load_identity, load_roster, make_curve_client
+from latentfl.platform.payloads import encode_update
+from latentfl.platform.protocol import (
+    Kind,
+    ReplayGuard,
+    Verifier,
+    encode,
+    pack_json,
+    unpack_tensors,
+)
+from latentfl.strategies import Update
+
+SESSION = "ingest-bench"
+CONFIG = """session = "{session}"
+bind = "tcp://127.0.0.1:{port}"
+key_dir = "{keys}/coordinator"
+roster = "{keys}/roster.toml"
+state_dir = "{state}"
+rounds = 1
+min_participants = {n}
+heartbeat_timeout = 600.0
+round_deadline = 3600.0
+device = "cpu"
+
+[strategy.model]
+name = "convnet"
+options = {{ width = 128, depth = 3 }}
+"""
+
+
+def run_one(n: int, root: Path) -> dict[str, float]:
+    ids = [f"p{i:03d}" for i in range(n)]
+    keys = root / "keys"
+    init_consortium(keys, ids)
+    port = free_port()
+    config = root / "coordinator.toml"
+    config.write_text(CONFIG.format(session=SESSION, port=port, keys=keys, state=root / "state",
+                                    n=n))
+    log = (root / "coordinator.log").open("wb")
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "latentfl", "coordinator", "--config",
+                             str(config)], stdout=log, stderr=subprocess.STDOUT, env=env)
+    ctx = zmq.Context()
+    roster = load_roster(keys / "roster.toml")
+    verifier = Verifier.of_coordinator(roster, session=SESSION, replay=ReplayGuard())
+    socks, idents = [], []
+    try:
+        for pid in ids:
+            ident = load_identity(keys / "participants" / pid)
+            s = ctx.socket(zmq.DEALER)
+            s.linger = 0
+            make_curve_client(s, ident, roster.coordinator_curve_public)
+            s.connect(f"tcp://127.0.0.1:{port}")
+            socks.append(s)
+            idents.append(ident)
+        poller = zmq.Poller()
+        for s in socks:
+            poller.register(s, zmq.POLLIN)
+        hello = pack_json({"num_examples": 100})
+        tasks: dict[int, object] = {}
+        deadline = time.monotonic() + 120
+        while len(tasks) < n and time.monotonic() < deadline:
+            # HELLO until the coordinator is up and has sent every task.
+            for i, s in enumerate(socks):
+                if i not in tasks:
+                    s.send_multipart(encode(Kind.HELLO, session=SESSION, round=0, sender=ids[i],
+                                            signing_key=idents[i].signing_key, payload=hello))
+            end = time.monotonic() + 3
+            while len(tasks) < n and time.monotonic() < end:
+                for s, _ in poller.poll(200):
+                    msg = verifier.verify(s.recv_multipart(), user_id="coordinator")
+                    if msg.header.kind is Kind.TASK:
+                        tasks[socks.index(s)] = msg
+        if len(tasks) < n:
+            raise RuntimeError(f"only {len(tasks)} of {n} participants got a task")
+        weights = unpack_tensors(tasks[0].payload)
+        frames = []
+        for i in range(n):
+            payload, meta = encode_update(Update(ids[i], 1, weights, 100, 10))
+            frames.append(encode(Kind.UPDATE, session=SESSION, round=1, sender=ids[i],
+                                 signing_key=idents[i].signing_key, payload=payload, meta=meta))
+        size = len(frames[0][2])
+        acks = 0
+        started = time.perf_counter()
+        for s, f in zip(socks, frames, strict=True):
+            s.send_multipart(f, copy=False)
+        while acks < n:
+            events = poller.poll(60_000)
+            if not events:
+                raise RuntimeError(f"only {acks} of {n} ACKs arrived")
+            for s, _ in events:
+                msg = verifier.verify(s.recv_multipart(), user_id="coordinator")
+                if msg.header.kind is Kind.ACK:
+                    acks += 1
+                elif msg.header.kind is Kind.REJECT:
+                    raise RuntimeError(f"update refused: {msg.header.meta}")
+        elapsed = time.perf_counter() - started
+        return {"participants": n, "update_mb": size / 1e6, "seconds": elapsed,
+                "updates_per_s": n / elapsed, "mb_per_s": n * size / 1e6 / elapsed}
+    finally:
+        for s in socks:
+            s.close(0)
+        ctx.term()
+        proc.terminate()
+        proc.wait(30)
+        log.close()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--participants", type=int, nargs="+", default=[10, 50, 200])
+    args = parser.parse_args()
+    print(f"{'participants':>12} {'update MB':>9} {'seconds':>8} {'updates/s':>9} {'MB/s':>7}")
+    for n in args.participants:
+        with tempfile.TemporaryDirectory(prefix="latentfl-ingest-") as tmp:
+            r = run_one(n, Path(tmp))
+        print(f"{r['participants']:>12} {r['update_mb']:>9.2f} {r['seconds']:>8.2f} "
+              f"{r['updates_per_s']:>9.1f} {r['mb_per_s']:>7.1f}", flush=True)
+
+
+if __name__ == "__main__":
+    main()

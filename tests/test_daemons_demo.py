@@ -1,0 +1,63 @@
+"""``latentfl demo``: separate processes, a table of rounds, nothing left behind."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from latentfl.demo import run_demo
+
+
+def _processes_mentioning(text: str) -> list[int]:
+    pids = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit() or int(proc.name) == os.getpid():
+            continue
+        try:
+            cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except OSError:
+            continue
+        if text in cmdline:
+            pids.append(int(proc.name))
+    return pids
+
+
+@pytest.mark.slow
+def test_demo_runs_rounds_and_leaves_no_processes(tmp_path):
+    """Two participants finish a round; the table, state and journal are reported."""
+    lines: list[str] = []
+    workdir = tmp_path / "demo"
+    assert run_demo(rounds=1, participants=2, workdir=workdir, out=lines.append) == 0
+    text = "\n".join(lines)
+    assert "round  participants" in text and "journal:" in text
+    row = next(line for line in lines if line.strip().startswith("1 "))
+    assert row.split()[1] == "2"
+    assert (workdir / "state" / "journal.jsonl").exists()
+    assert _processes_mentioning(str(workdir)) == []
+
+
+@pytest.mark.slow
+def test_demo_interrupted_leaves_no_processes(tmp_path):
+    """Ctrl-C (SIGINT) during the demo stops every child process."""
+    workdir = tmp_path / "demo"
+    proc = subprocess.Popen([sys.executable, "-m", "latentfl", "demo", "--workdir", str(workdir),
+                             "--rounds", "5"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and len(_processes_mentioning(str(workdir))) < 4:
+            time.sleep(0.2)
+        assert len(_processes_mentioning(str(workdir))) >= 4
+        proc.send_signal(signal.SIGINT)
+        proc.wait(30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130
+    assert _processes_mentioning(str(workdir)) == []

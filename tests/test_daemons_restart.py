@@ -1,0 +1,189 @@
+"""Durability: a coordinator killed with SIGKILL mid-round resumes with what it acknowledged."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+from collections import Counter
+
+import pytest
+import torch
+
+from daemon_helpers import (
+    SESSION,
+    STRATEGY,
+    Consortium,
+    RawClient,
+    Running,
+    local_parts,
+    simulate,
+    start_agents,
+    tiny_dataset,
+    wait_for,
+)
+from latentfl.demo import free_port
+from latentfl.platform.coordinator import Coordinator, StateStore, read_journal, verify_journal
+from latentfl.platform.participant import Agent
+from latentfl.platform.protocol import Kind, pack_json
+
+IDS = ["p00", "p01", "p02"]
+
+
+def _toml(value) -> str:
+    return json.dumps(value) if not isinstance(value, dict) else (
+        "{ " + ", ".join(f"{k} = {_toml(v)}" for k, v in value.items()) + " }")
+
+
+def _write_config(consortium: Consortium, path) -> None:
+    s = STRATEGY
+    path.write_text(
+        f'session = "{SESSION}"\nbind = "{consortium.endpoint}"\n'
+        f'key_dir = "{consortium.keys / "coordinator"}"\nroster = "{consortium.roster}"\n'
+        f'state_dir = "{consortium.root / "state"}"\nrounds = 2\nmin_participants = 3\n'
+        'heartbeat_timeout = 60.0\nround_deadline = 120.0\ndevice = "cpu"\n\n'
+        f'[strategy]\nmethod = "{s["method"]}"\n\n[strategy.model]\nname = '
+        f'"{s["model"]["name"]}"\noptions = {_toml(s["model"]["options"])}\n\n[strategy.local]\n'
+        + "".join(f"{k} = {_toml(v)}\n" for k, v in s["local"].items()))
+
+
+def _start(config_path, log_path) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "latentfl", "coordinator", "--config",
+                             str(config_path)], stdout=log_path.open("ab"),
+                            stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+
+
+def _accepted_updates(journal):
+    return [e for e in read_journal(journal)
+            if e["event"] == "accepted" and e.get("kind") == "UPDATE"]
+
+
+@pytest.mark.slow
+def test_sigkilled_coordinator_resumes_without_losing_or_double_counting(tmp_path):
+    """kill -9 after two ACKs of round 1; the restart finishes with the simulator's weights."""
+    dataset = tiny_dataset()
+    parts = local_parts(dataset, 3)
+    consortium = Consortium(tmp_path, IDS, free_port())
+    config_path, log_path = tmp_path / "coordinator.toml", tmp_path / "coordinator.log"
+    _write_config(consortium, config_path)
+    journal = tmp_path / "state" / "journal.jsonl"
+    proc = _start(config_path, log_path)
+    agents, late = [], None
+    try:
+        wait_for(lambda: (tmp_path / "state" / "status.json").exists(), 60, "coordinator start")
+        agents = start_agents(consortium, parts, IDS[:2])
+        silent = RawClient(consortium, consortium.identity("p02"))
+        silent.send(silent.frames(Kind.HELLO, 0, pack_json({"num_examples": 10})))
+        assert silent.recv(timeout=30, kind=Kind.TASK) is not None
+        wait_for(lambda: len(_accepted_updates(journal)) == 2, 60, "two acknowledged updates")
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(10)
+        silent.close()
+
+        proc = _start(config_path, log_path)
+        late = Running(Agent(consortium.participant_config("p02"), data=parts[2]))
+        assert proc.wait(120) == 0, log_path.read_text()[-3000:]
+        for agent in [*agents, late]:
+            assert agent.join(30) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        for agent in [*agents, *([late] if late else [])]:
+            agent.stop()
+
+    assert verify_journal(journal) > 0
+    entries = read_journal(journal)
+    assert [e["round"] for e in entries if e["event"] == "started"] == [1, 1]
+    closed = [e for e in entries if e["event"] == "round_closed"]
+    assert [e["accepted"] for e in closed] == [IDS, IDS]
+    fresh = Counter((e["peer"], e["round"]) for e in _accepted_updates(journal)
+                    if not e.get("resent"))
+    assert all(n == 1 for n in fresh.values()) and len(fresh) == 6
+
+    reference = simulate(dataset, 3, 2).strategy.global_weights()
+    ckpt = StateStore(tmp_path / "state").load_checkpoint(2)
+    for name, value in reference.items():
+        assert torch.allclose(ckpt.tensors[f"global.{name}"], value, atol=1e-6, rtol=0), name
+
+
+def test_sigterm_stops_the_coordinator_cleanly(tmp_path):
+    """SIGTERM makes the daemon record its state, remove its pid file and exit with 130."""
+    consortium = Consortium(tmp_path, IDS, free_port())
+    config_path, log_path = tmp_path / "coordinator.toml", tmp_path / "coordinator.log"
+    _write_config(consortium, config_path)
+    proc = _start(config_path, log_path)
+    try:
+        wait_for(lambda: (tmp_path / "state" / "status.json").exists(), 60, "coordinator start")
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(20) == 130
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    status = json.loads((tmp_path / "state" / "status.json").read_text())
+    assert status["phase"] == "stopped"
+    assert not (tmp_path / "state" / "coordinator.pid").exists()
+    assert read_journal(tmp_path / "state" / "journal.jsonl")[-1]["event"] == "stopped"
+    lines = [json.loads(line) for line in log_path.read_text().splitlines() if line.startswith("{")]
+    assert {"coordinator_started", "coordinator_stopped"} <= {e["event"] for e in lines}
+
+
+@pytest.mark.slow
+def test_killed_participant_process_does_not_stop_a_round_at_quorum(tmp_path):
+    """A participant process SIGKILLed while training; the others' quorum closes the round."""
+    dataset = tiny_dataset()
+    consortium = Consortium(tmp_path, IDS, free_port())
+    local = {k: v for k, v in STRATEGY["local"].items() if k != "max_steps"}
+    config = consortium.coordinator_config(rounds=1, quorum=0.6, heartbeat_timeout=60.0,
+                                           strategy={**STRATEGY, "local": local})
+    coord = Running(Coordinator(config))
+    part = tmp_path / "p02.toml"
+    part.write_text(
+        f'session = "{SESSION}"\ncoordinator = "{consortium.endpoint}"\n'
+        f'key_dir = "{consortium.keys / "participants" / "p02"}"\nroster = "{consortium.roster}"\n'
+        'data = "builtin:cifar10-mini"\n')  # all 5000 images: it trains for a while
+    proc = subprocess.Popen([sys.executable, "-m", "latentfl", "participant", "--config",
+                             str(part)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    agents = []
+    try:
+        wait_for(lambda: "p02" in coord.daemon.online(), 60, "p02 online")
+        agents = start_agents(consortium, local_parts(dataset, 3), IDS[:2])
+        wait_for(lambda: "p02" in coord.daemon.rounds.plan, 30, "round 1 planned with p02")
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(10)
+        assert coord.join(60) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        for agent in agents:
+            agent.stop()
+        coord.stop()
+    closed = [e for e in read_journal(config.state_dir / "journal.jsonl")
+              if e["event"] == "round_closed"]
+    assert closed[0]["accepted"] == ["p00", "p01"]
+
+
+def test_sigterm_stops_a_participant_cleanly(tmp_path):
+    """A participant waiting for an absent coordinator exits with 130 on SIGTERM."""
+    consortium = Consortium(tmp_path, IDS, free_port())
+    part, log = tmp_path / "p00.toml", tmp_path / "p00.log"
+    part.write_text(
+        f'session = "{SESSION}"\ncoordinator = "{consortium.endpoint}"\n'
+        f'key_dir = "{consortium.keys / "participants" / "p00"}"\nroster = "{consortium.roster}"\n'
+        'data = "builtin:cifar10-mini"\n')
+    proc = subprocess.Popen([sys.executable, "-m", "latentfl", "participant", "--config",
+                             str(part)], stdout=log.open("wb"), stderr=subprocess.STDOUT)
+    try:
+        wait_for(lambda: "participant_started" in log.read_text(), 60, "agent start")
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(20) == 130
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    events = [json.loads(line)["event"] for line in log.read_text().splitlines()
+              if line.startswith("{")]
+    assert events[0] == "participant_started" and events[-1] == "participant_stopped"

@@ -1,0 +1,87 @@
+"""The coordinator's round state machine, driven directly (no sockets)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from daemon_helpers import STRATEGY
+from latentfl.config import from_dict
+from latentfl.errors import ProtocolError
+from latentfl.platform.coordinator import CoordinatorConfig, Rounds, StateStore
+from latentfl.strategies import Update, build_strategy
+
+
+def _rounds(tmp_path, **overrides) -> Rounds:
+    config = from_dict(CoordinatorConfig, {
+        "session": "s", "key_dir": "k", "roster": "r", "state_dir": str(tmp_path / "state"),
+        "rounds": 2, "min_participants": 2, "round_deadline": 100.0, "strategy": STRATEGY,
+        **overrides})
+    rounds = Rounds(config, build_strategy(config.strategy), StateStore(config.state_dir))
+    rounds.resume()
+    return rounds
+
+
+def _update(rounds: Rounds, pid: str, shift: float) -> Update:
+    weights = {k: v + shift for k, v in rounds.strategy.global_weights().items()}
+    return Update(pid, rounds.round, weights, num_examples=10, num_steps=1)
+
+
+def test_round_waits_plans_and_closes_at_quorum(tmp_path):
+    """A round opens at min_participants and closes once quorum of its plan delivered."""
+    rounds = _rounds(tmp_path, quorum=0.5)
+    assert rounds.maybe_start(["a"], now=0.0) == {}
+    tasks = rounds.maybe_start(["a", "b", "c"], now=0.0)
+    assert sorted(tasks) == ["a", "b", "c"] and rounds.phase == "collecting"
+    assert rounds.due(["a", "b", "c"], now=1.0) == ""
+    rounds.accept(_update(rounds, "a", 1.0), "d1")
+    assert rounds.due(["a", "b", "c"], now=1.0) == ""
+    rounds.accept(_update(rounds, "b", 3.0), "d2")
+    assert rounds.due(["a", "b", "c"], now=1.0) == "close"
+    before = {k: v.clone() for k, v in rounds.strategy.global_weights().items()}
+    record = rounds.close(now=2.0)
+    assert record.accepted == ["a", "b"] and rounds.round == 2 and rounds.phase == "waiting"
+    for name, value in rounds.strategy.global_weights().items():
+        assert torch.allclose(value, before[name] + 2.0, atol=1e-5)
+
+
+def test_update_checks_name_the_reason(tmp_path):
+    """Re-sends are acked once; duplicates, late, wrong-round and unplanned updates are refused."""
+    rounds = _rounds(tmp_path)
+    rounds.maybe_start(["a", "b"], now=0.0)
+    assert rounds.check_update("a", 1, "d1") is False
+    rounds.accept(_update(rounds, "a", 1.0), "d1")
+    assert rounds.check_update("a", 1, "d1") is True
+    for pid, rnd, digest, reason in [("a", 1, "other", "duplicate"), ("b", 2, "x", "wrong-round"),
+                                     ("b", 0, "x", "late"), ("z", 1, "x", "not-in-round")]:
+        with pytest.raises(ProtocolError) as info:
+            rounds.check_update(pid, rnd, digest)
+        assert info.value.reason == reason
+
+
+def test_offline_stragglers_and_deadline(tmp_path):
+    """Offline stragglers close the round early; too few updates at the deadline replan it."""
+    rounds = _rounds(tmp_path, min_updates=1)
+    rounds.maybe_start(["a", "b"], now=0.0)
+    assert rounds.due(["a", "b"], now=10.0) == ""
+    assert rounds.due(["a"], now=10.0) == ""  # a is online and may still deliver
+    rounds.accept(_update(rounds, "a", 1.0), "d1")
+    assert rounds.due(["a"], now=10.0) == "close"  # b went offline
+    rounds.close(now=11.0)
+    rounds.maybe_start(["a", "b"], now=20.0)
+    assert rounds.due(["a", "b"], now=200.0) == "replan"
+    rounds.replan()
+    assert rounds.phase == "waiting" and rounds.round == 2
+
+
+def test_resume_restores_the_round_in_progress(tmp_path):
+    """A new Rounds on the same folder resumes the plan and the accepted updates, once each."""
+    rounds = _rounds(tmp_path)
+    rounds.maybe_start(["a", "b"], now=0.0)
+    rounds.accept(_update(rounds, "a", 1.0), "d1")
+    again = _rounds(tmp_path)
+    assert again.round == 1 and again.phase == "collecting" and again.plan == ["a", "b"]
+    assert list(again.updates) == ["a"] and again.digests == {"a": "d1"}
+    assert again.check_update("a", 1, "d1") is True
+    again.drop(["a"])
+    assert _rounds(tmp_path).plan == ["b"] and not _rounds(tmp_path).updates
