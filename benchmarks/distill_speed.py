@@ -8,7 +8,8 @@ participant at a time, a flat parameter vector, ``autograd.grad(create_graph=Tru
 one backward through the whole unroll and the generator.
 
 Each case runs in a fresh process, so the peak memory is the case's own: CUDA peak allocated
-bytes on a GPU, the process's peak RSS on a CPU. ``--quick`` shrinks the workload (width 32,
+bytes on a GPU, the process's peak RSS on a CPU. The CPU-seconds column (process time of all
+threads) is the steadier figure on a shared CPU, where wall time depends on the other load. ``--quick`` shrinks the workload (width 32,
 IPC 2, N=5, 1 and 4 participants) for a CPU smoke run.
 
     python benchmarks/distill_speed.py --device cuda
@@ -104,26 +105,28 @@ def _baseline(case: Case, model, starts, targets, cfg, space, iterations: int) -
             opt_alpha.step()
 
 
-def run_case(case: Case) -> tuple[float, float]:
-    """Participant-iterations per second and peak memory in MiB for one case."""
+def run_case(case: Case) -> tuple[float, float, float]:
+    """Participant-iterations per second (wall), CPU seconds per participant-iteration, and peak
+    memory in MiB for one case."""
     torch.set_num_threads(torch.get_num_threads())
     args = _setup(case)
     fn = _engine if case.method == "engine" else _baseline
     cuda = case.device.startswith("cuda")
-    fn(case, *args, iterations=1)  # warm-up: kernels, autotuning, allocator
+    fn(case, *args, iterations=2)  # warm-up: kernels, autotuning, allocator, primitive caches
     if cuda:
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     fn(case, *args, iterations=case.iterations)
     if cuda:
         torch.cuda.synchronize()
-    elapsed = time.perf_counter() - t0
+    elapsed, cpu = time.perf_counter() - t0, time.process_time() - c0
     if cuda:
         peak = torch.cuda.max_memory_allocated() / 2**20
     else:
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    return case.participants * case.iterations / elapsed, peak
+    work = case.participants * case.iterations
+    return work / elapsed, cpu / work, peak
 
 
 def main() -> None:
@@ -152,14 +155,15 @@ def main() -> None:
     print(f"# distill_speed: ConvNet-3 width {width} instance norm, 32x32, 10 classes, IPC {ipc}, "
           f"N={steps}, batch {batch}, DSA on, {iters} timed iterations, device {name}, "
           f"torch {torch.__version__}, {torch.get_num_threads()} threads")
-    print(f"| space | method | unroll | participants | participant-it/s | s/participant-it | {mem} |")
-    print("| --- | --- | --- | --- | --- | --- | --- |")
+    print(f"| space | method | unroll | participants | participant-it/s | s/participant-it | "
+          f"CPU s/participant-it | {mem} |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
     ctx = mp.get_context("spawn")
     for case in cases:
         with ctx.Pool(1) as pool:
-            rate, peak = pool.apply(run_case, (case,))
+            rate, cpu, peak = pool.apply(run_case, (case,))
         print(f"| {case.space} | {case.method} | {case.unroll} | {case.participants} | "
-              f"{rate:.3f} | {1 / rate:.3f} | {peak:.0f} |", flush=True)
+              f"{rate:.3f} | {1 / rate:.3f} | {cpu:.3f} | {peak:.0f} |", flush=True)
 
 
 if __name__ == "__main__":

@@ -33,7 +33,8 @@ def test_demo_runs_rounds_and_leaves_no_processes(tmp_path):
     """Two participants finish a round; the table, state and journal are reported."""
     lines: list[str] = []
     workdir = tmp_path / "demo"
-    assert run_demo(rounds=1, participants=2, workdir=workdir, out=lines.append) == 0
+    assert run_demo(rounds=1, participants=2, method="fedavg", workdir=workdir,
+                    out=lines.append) == 0
     text = "\n".join(lines)
     assert "round  participants" in text and "journal:" in text
     row = next(line for line in lines if line.strip().startswith("1 "))
@@ -43,11 +44,27 @@ def test_demo_runs_rounds_and_leaves_no_processes(tmp_path):
 
 
 @pytest.mark.slow
+def test_feddgm_demo_through_the_daemons(tmp_path):
+    """FedDGM's demo runs 2 rounds over the daemons, compares with FedAvg, saves a grid."""
+    from PIL import Image
+
+    lines: list[str] = []
+    workdir = tmp_path / "demo"
+    assert run_demo(rounds=2, participants=2, method="feddgm", workdir=workdir,
+                    out=lines.append) == 0
+    text = "\n".join(lines)
+    assert "FedAvg (convnet-16)" in text and "synthetic images of the last round" in text
+    grid = Image.open(workdir / "synthetic.png")
+    assert grid.size[0] == 10 * 34 + 2  # ten classes of 32-pixel images with 2-pixel padding
+    assert _processes_mentioning(str(workdir)) == []
+
+
+@pytest.mark.slow
 def test_demo_interrupted_leaves_no_processes(tmp_path):
     """Ctrl-C (SIGINT) during the demo stops every child process."""
     workdir = tmp_path / "demo"
     proc = subprocess.Popen([sys.executable, "-m", "latentfl", "demo", "--workdir", str(workdir),
-                             "--rounds", "5"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                             "--method", "fedavg", "--rounds", "5"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             text=True)
     try:
         deadline = time.monotonic() + 60

@@ -39,7 +39,10 @@ def test_round_waits_plans_and_closes_at_quorum(tmp_path):
     rounds.accept(_update(rounds, "b", 3.0), "d2")
     assert rounds.due(["a", "b", "c"], now=1.0) == "close"
     before = {k: v.clone() for k, v in rounds.strategy.global_weights().items()}
-    record = rounds.close(now=2.0)
+    rounds.begin_close()  # the daemon aggregates in a thread from here
+    with pytest.raises(ProtocolError, match="closed"):
+        rounds.check_update("c", 1, "d3")
+    record = rounds.finish_close(rounds.aggregate())
     assert record.accepted == ["a", "b"] and rounds.round == 2 and rounds.phase == "waiting"
     for name, value in rounds.strategy.global_weights().items():
         assert torch.allclose(value, before[name] + 2.0, atol=1e-5)
@@ -67,7 +70,7 @@ def test_offline_stragglers_and_deadline(tmp_path):
     assert rounds.due(["a"], now=10.0) == ""  # a is online and may still deliver
     rounds.accept(_update(rounds, "a", 1.0), "d1")
     assert rounds.due(["a"], now=10.0) == "close"  # b went offline
-    rounds.close(now=11.0)
+    rounds.close()
     rounds.maybe_start(["a", "b"], now=20.0)
     assert rounds.due(["a", "b"], now=200.0) == "replan"
     rounds.replan()

@@ -124,3 +124,13 @@ def test_identical_start_and_target_is_refused():
     cfg = dataclasses.replace(DistillConfig(), iterations=1, prior="pixel")
     with pytest.raises(DistillError, match="equals its target"):
         distill(start, start.clone(), model, num_classes=4, ipc=1, space=_space(cfg), config=cfg)
+
+
+def test_to_uint8_inverts_the_normalisation():
+    """to_uint8 maps normalised images back to the uint8 NHWC pixels they came from."""
+    from latentfl.distill import to_uint8
+
+    pixels = torch.randint(0, 256, (2, 8, 8, 3), dtype=torch.uint8)
+    mean, std = torch.tensor(MEAN).view(1, 3, 1, 1), torch.tensor(STD).view(1, 3, 1, 1)
+    images = (pixels.permute(0, 3, 1, 2).float() / 255.0 - mean) / std
+    assert (to_uint8(images, MEAN, STD) == pixels.numpy()).all()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
+import pytest
 import torch
 
 from latentfl.config import from_dict
@@ -163,3 +164,46 @@ def test_dynafed_section_parses_from_toml_table() -> None:
     assert isinstance(strategy, DynaFed) and not strategy.weighted
     assert strategy.config.trajectory_length == 7 and strategy.config.ipc == 3
     assert strategy.config.iterations == 3000 and strategy.config.syn_steps == 20
+
+
+def test_batchnorm_model_is_refused_at_initialize() -> None:
+    """A surrogate with BatchNorm cannot be a matching student: refused before round 1."""
+    from latentfl.errors import DistillError
+
+    spec = replace(SPEC, options={"width": 8, "depth": 1, "norm": "batch"})
+    with pytest.raises(DistillError, match="instance"):
+        DynaFed(spec, TrainConfig(), config=TINY).initialize(0)
+
+
+def test_aggregate_alone_gives_same_state_as_updates() -> None:
+    """Fed only the weighted mean (the encrypted-aggregation path), DynaFed ends where it would
+    with the individual updates: same trajectory, pseudo set and fine-tuned global weights."""
+    from latentfl.strategies import weighted_mean
+
+    plain = DynaFed(SPEC, TrainConfig(), config=TINY)
+    alone = DynaFed(SPEC, TrainConfig(), config=TINY)
+    plain.initialize(0)
+    alone.initialize(0)
+    for r in (1, 2, 3):
+        updates = [fake_update(plain, r, 0.01 * r, "a"), fake_update(plain, r, -0.02, "b")]
+        plain.aggregate_round(r, updates)
+        mean = weighted_mean([u.weights for u in updates], [u.num_examples for u in updates])
+        alone.accept_aggregate(r, mean, sum(u.num_examples for u in updates))
+    assert torch.equal(torch.stack(plain.trajectory), torch.stack(alone.trajectory))
+    assert torch.equal(plain.pseudo.images, alone.pseudo.images)
+    for k, v in plain.global_weights().items():
+        torch.testing.assert_close(alone.global_weights()[k], v, rtol=0, atol=1e-6)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_synthesis_and_finetuning_on_cuda_return_cpu_weights() -> None:
+    """With device cuda the pseudo set lives on the GPU; the weights sent out stay CPU tensors."""
+    strategy = DynaFed(SPEC, TrainConfig(), config=replace(TINY, device="cuda"))
+    strategy.initialize(0)
+    for r in (1, 2, 3):
+        strategy.aggregate_round(r, [fake_update(strategy, r, 0.01, "a")])
+    assert strategy.pseudo is not None and strategy.pseudo.images.is_cuda
+    assert all(t.device.type == "cpu" for t in strategy.global_weights().values())
+    tensors, meta = strategy.state_dict()
+    assert all(t.device.type == "cpu" for t in tensors.values())

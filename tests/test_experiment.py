@@ -193,3 +193,40 @@ def test_smoke_config_runs_end_to_end(tmp_path: Path, name: str) -> None:
     assert len(result.rows) == len(grid(cfg)) and not result.infeasible
     for file in ("results.csv", "table.md", "convergence.png"):
         assert (cfg.output / file).stat().st_size > 0
+
+
+def test_cli_runs_and_resumes_a_grid(tmp_path: Path, capsys) -> None:
+    """`latentfl experiment --config FILE` writes the outputs, prints the table, then resumes."""
+    from latentfl.cli import main
+
+    spec = write_npz(tmp_path / "toy.npz")
+    (tmp_path / "exp.toml").write_text(f"""
+output = "out"
+methods = ["fedavg", "dynafed"]
+alphas = [1.0]
+[simulation]
+data = "{spec}"
+participants = 2
+rounds = 2
+device = "cpu"
+[simulation.partition]
+min_size = 5
+[simulation.strategy.model]
+num_classes = 4
+in_shape = [3, 8, 8]
+options = {{ width = 4, depth = 1 }}
+[simulation.strategy.dynafed]
+trajectory_length = 2
+ipc = 1
+syn_steps = 2
+iterations = 2
+finetune_steps = 2
+""")
+    args = ["experiment", "--config", str(tmp_path / "exp.toml"), "--no-progress"]
+    assert main(args) == 0
+    printed = capsys.readouterr().out
+    assert "ran 2 cells, 0 already finished" in printed and "| dynafed |" in printed
+    assert {p.name for p in (tmp_path / "out").iterdir()} >= {
+        "results.csv", "table.md", "convergence.png", "runs"}
+    assert main(args) == 0
+    assert "ran 0 cells, 2 already finished" in capsys.readouterr().out

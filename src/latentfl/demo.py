@@ -3,8 +3,10 @@
 It makes a temporary consortium (keys, roster, TOML configs in a work folder), starts the
 coordinator and N participants as separate ``python -m latentfl`` processes on 127.0.0.1,
 over CurveZMQ with signed messages, exactly as institutions would run them. The built-in
-CIFAR-10 mini set is split among the participants (Dirichlet alpha 0.5) and a few FedAvg rounds
-run. A per-round table follows the coordinator's status file.
+CIFAR-10 mini set is split among the participants (Dirichlet alpha 0.5) and a few rounds of
+FedDGM (default) or FedAvg run. A per-round table follows the coordinator's status file. After a
+FedDGM run, FedAvg on the same split runs in-process for comparison, and the last round's
+synthetic images are saved as a PNG grid (one row per participant, one column per class).
 
 All children share one process group that this process owns, and a ``finally`` block
 terminates (then kills) that group, so nothing is left behind on Ctrl-C, SIGTERM or an error.
@@ -27,6 +29,8 @@ from pathlib import Path
 from latentfl.errors import ConfigError, StateError
 
 DEMO_TIMEOUT_S = 600.0
+DEMO_DATA = "builtin:cifar10-mini"
+METHODS = ("feddgm", "fedavg")
 
 
 def free_port() -> int:
@@ -36,8 +40,73 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+FEDAVG_STRATEGY = """
+[strategy]
+method = "fedavg"
+"""
+
+#: Sized for a 2-core CPU: few distillation iterations, a random-init generator prior.
+FEDDGM_STRATEGY = """
+[strategy]
+method = "feddgm"
+
+[strategy.feddgm]
+ipc = 10
+mean = {mean}
+std = {std}
+device = "cpu"
+
+[strategy.feddgm.global_model]
+name = "convnet"
+options = {{ width = 32, depth = 2 }}
+
+[strategy.feddgm.distill]
+iterations = 10
+steps = 5
+batch_size = 50
+prior = "random"
+log_every = 0
+
+[strategy.feddgm.global_train]
+epochs = 30
+batch_size = 64
+lr = 0.01
+momentum = 0.9
+augment = true
+
+[strategy.feddgm.surrogate_train]
+epochs = 30
+batch_size = 64
+lr = 0.01
+momentum = 0.9
+augment = true
+"""
+
+SURROGATE = """
+[strategy.model]
+name = "convnet"
+options = { width = 16, depth = 2 }
+
+[strategy.local]
+epochs = 1
+batch_size = 32
+lr = 0.05
+momentum = 0.9
+"""
+
+
+def strategy_toml(method: str, *, mean: tuple[float, ...], std: tuple[float, ...]) -> str:
+    """The ``[strategy]`` sections of the demo's coordinator for ``method``."""
+    if method == "fedavg":
+        head = FEDAVG_STRATEGY
+    else:
+        head = FEDDGM_STRATEGY.format(mean=[round(m, 4) for m in mean],
+                                      std=[round(s, 4) for s in std])
+    return head + SURROGATE
+
+
 def coordinator_toml(*, keys: Path, state: Path, port: int, rounds: int, participants: int,
-                     session: str = "demo", model_width: int = 16) -> str:
+                     strategy: str, session: str = "demo") -> str:
     return f"""# latentfl coordinator --config {state.parent / 'coordinator.toml'}
 session = "{session}"
 bind = "tcp://127.0.0.1:{port}"
@@ -52,20 +121,7 @@ round_deadline = 240.0
 heartbeat_timeout = 20.0
 test_data = "builtin:cifar10-mini"
 device = "cpu"
-
-[strategy]
-method = "fedavg"
-
-[strategy.model]
-name = "convnet"
-options = {{ width = {model_width}, depth = 2 }}
-
-[strategy.local]
-epochs = 1
-batch_size = 32
-lr = 0.05
-momentum = 0.9
-"""
+{strategy}"""
 
 
 def participant_toml(*, keys: Path, pid: str, index: int, participants: int, port: int,
@@ -90,10 +146,15 @@ index = {index}
 """
 
 
-def write_consortium(root: Path, *, rounds: int, participants: int) -> dict[str, Path]:
+def write_consortium(root: Path, *, rounds: int, participants: int,
+                     method: str = "fedavg") -> dict[str, Path]:
     """Keys, roster and configs for a local consortium under ``root``; config paths by party."""
+    from latentfl.data import load_dataset
     from latentfl.platform.crypto import init_consortium
     from latentfl.simulate import participant_ids
+
+    stats = load_dataset(DEMO_DATA)  # public statistics the generator renders to
+    strategy = strategy_toml(method, mean=stats.mean, std=stats.std)
 
     keys = root / "keys"
     ids = participant_ids(participants)
@@ -102,7 +163,8 @@ def write_consortium(root: Path, *, rounds: int, participants: int) -> dict[str,
     (root / "logs").mkdir(parents=True, exist_ok=True)
     configs = {"coordinator": root / "coordinator.toml"}
     configs["coordinator"].write_text(coordinator_toml(
-        keys=keys, state=root / "state", port=port, rounds=rounds, participants=participants))
+        keys=keys, state=root / "state", port=port, rounds=rounds, participants=participants,
+        strategy=strategy))
     for i, pid in enumerate(ids):
         configs[pid] = root / f"{pid}.toml"
         configs[pid].write_text(participant_toml(
@@ -156,9 +218,12 @@ def _read_history(status_path: Path) -> list[dict]:
         return []
 
 
-def run_demo(*, rounds: int = 3, participants: int = 4, workdir: Path | None = None,
-             keep: bool = False, timeout_s: float = DEMO_TIMEOUT_S, out=print) -> int:
+def run_demo(*, rounds: int = 3, participants: int = 4, method: str = "feddgm",
+             workdir: Path | None = None, keep: bool = False,
+             timeout_s: float = DEMO_TIMEOUT_S, out=print) -> int:
     """Run the demo; return 0 when every round finished."""
+    if method not in METHODS:
+        raise ConfigError(f"--method is {method!r}; expected one of {', '.join(METHODS)}.")
     if participants < 2:
         raise ConfigError(f"--participants is {participants}; expected at least 2.")
     if rounds < 1:
@@ -167,9 +232,10 @@ def run_demo(*, rounds: int = 3, participants: int = 4, workdir: Path | None = N
         raise ConfigError(f"--workdir {workdir} is not empty; expected a new or empty folder.")
     root = Path(workdir) if workdir else Path(tempfile.mkdtemp(prefix="latentfl-demo-"))
     keep = keep or workdir is not None
-    configs = write_consortium(root, rounds=rounds, participants=participants)
+    configs = write_consortium(root, rounds=rounds, participants=participants, method=method)
     group = ProcessGroup()
     previous = {s: signal.signal(s, _raise_interrupt) for s in (signal.SIGTERM, signal.SIGHUP)}
+    previous[signal.SIGINT] = signal.getsignal(signal.SIGINT)
     started = time.monotonic()
     status_path = root / "state" / "status.json"
     try:
@@ -179,7 +245,7 @@ def run_demo(*, rounds: int = 3, participants: int = 4, workdir: Path | None = N
             if name != "coordinator":
                 group.start(name, ["participant", "--config", str(path)],
                             root / "logs" / f"{name}.log")
-        out(f"consortium of {participants} participants in {root}; FedAvg, {rounds} rounds, "
+        out(f"consortium of {participants} participants in {root}; {method}, {rounds} rounds, "
             "one process per party, CurveZMQ on 127.0.0.1")
         out(f"{'round':>5}  {'participants':>12}  {'test acc':>8}  {'round time':>10}")
         shown = 0
@@ -204,11 +270,18 @@ def run_demo(*, rounds: int = 3, participants: int = 4, workdir: Path | None = N
         ok = coord.returncode == 0 and shown >= rounds
         out(f"{'finished' if ok else 'FAILED'} in {time.monotonic() - started:.1f}s "
             f"(coordinator exit {coord.returncode})")
+        if ok and method == "feddgm":
+            grid = save_synthetic_grid(root / "state", root / "synthetic.png")
+            out(f"synthetic images of the last round: {grid}")
+            keep = True  # the grid is worth looking at
+            _print_fedavg_comparison(configs["coordinator"], _read_history(status_path), out)
         out(f"state:   {root / 'state'}  (checkpoints, accepted updates, status.json)")
         out(f"journal: {root / 'state' / 'journal.jsonl'}")
         out(f"logs:    {root / 'logs'}")
         return 0 if ok else 1
     finally:
+        for sig in previous:  # a second Ctrl-C must not cut the clean-up short
+            signal.signal(sig, signal.SIG_IGN)
         group.stop()
         for sig, handler in previous.items():
             signal.signal(sig, handler)
@@ -217,19 +290,69 @@ def run_demo(*, rounds: int = 3, participants: int = 4, workdir: Path | None = N
             out(f"(removed {root}; use --keep or --workdir to keep it)")
 
 
+def save_synthetic_grid(state_dir: Path, path: Path) -> Path:
+    """PNG of the last checkpoint's synthetic images: a row per participant, a column per class."""
+    import torch
+    from torchvision.utils import save_image
+
+    from latentfl.platform.coordinator.store import StateStore
+
+    store = StateStore(state_dir)
+    checkpoint = store.load_checkpoint(store.latest_round())
+    meta = checkpoint.meta.get("strategy", {})
+    mean = torch.tensor(meta.get("mean", (0.5, 0.5, 0.5))).view(1, -1, 1, 1)
+    std = torch.tensor(meta.get("std", (0.25, 0.25, 0.25))).view(1, -1, 1, 1)
+    rows = []
+    for pid in meta.get("synthetic", []):
+        images = checkpoint.tensors[f"synthetic.{pid}.images"]
+        labels = checkpoint.tensors[f"synthetic.{pid}.labels"]
+        first = [images[labels == c][0] for c in labels.unique(sorted=True)]
+        rows.append(torch.stack(first))
+    if not rows:
+        raise StateError(f"checkpoint in {state_dir} holds no synthetic images.")
+    images = torch.cat(rows) * std + mean
+    save_image(images.clamp(0, 1), path, nrow=len(rows[0]), padding=2)
+    return path
+
+
+def _print_fedavg_comparison(coordinator_config: Path, history: list[dict], out) -> None:
+    """FedAvg on the demo's split, with the demo's surrogate and local training, in-process."""
+    from dataclasses import replace
+
+    from latentfl.config import load_config
+    from latentfl.platform.coordinator.config import CoordinatorConfig
+    from latentfl.simulate import PartitionConfig, SimulationConfig, run_simulation
+
+    cfg = load_config(coordinator_config, CoordinatorConfig)
+    sim = SimulationConfig(
+        data=DEMO_DATA, participants=cfg.min_participants, rounds=cfg.rounds, seed=cfg.seed,
+        device="cpu", partition=PartitionConfig(scheme="dirichlet", alpha=0.5, seed=0),
+        strategy=replace(cfg.strategy, method="fedavg"))
+    fedavg = run_simulation(sim).history
+    out(f"{'round':>5}  {'FedDGM (global convnet-32)':>26}  {'FedAvg (convnet-16)':>20}")
+    for rec, base in zip(history, fedavg, strict=False):
+        acc = rec["metrics"].get("accuracy")
+        out(f"{rec['round']:>5}  {'-' if acc is None else f'{100 * acc:.2f}%':>26}  "
+            f"{100 * base.accuracy:>19.2f}%")
+
+
 def _raise_interrupt(*_args) -> None:
     raise KeyboardInterrupt
 
 
 def _run(args) -> int:
-    return run_demo(rounds=args.rounds, participants=args.participants, workdir=args.workdir,
-                    keep=args.keep)
+    rounds = args.rounds or (2 if args.method == "feddgm" else 3)
+    return run_demo(rounds=rounds, participants=args.participants, method=args.method,
+                    workdir=args.workdir, keep=args.keep)
 
 
 def register(subparsers) -> None:
     p = subparsers.add_parser("demo", help="Run a local consortium: coordinator and participants "
-                                           "as separate processes, FedAvg on CIFAR-10 mini.")
-    p.add_argument("--rounds", type=int, default=3, help="FedAvg rounds (default 3).")
+                                           "as separate processes, FedDGM on CIFAR-10 mini.")
+    p.add_argument("--method", choices=METHODS, default="feddgm",
+                   help="FedDGM (default; FedAvg runs beside it for comparison) or FedAvg.")
+    p.add_argument("--rounds", type=int, default=None,
+                   help="Rounds (default 2 for FedDGM, 3 for FedAvg).")
     p.add_argument("--participants", type=int, default=4, help="Participants (default 4).")
     p.add_argument("--workdir", type=Path, default=None,
                    help="Folder for keys, configs, state and logs (kept); default a temp folder.")

@@ -33,8 +33,12 @@ def configure_logging(
 
 
 def get_logger(name: str, **bound: object) -> structlog.typing.FilteringBoundLogger:
-    """A logger with ``component=name`` and any other context bound once."""
-    return structlog.get_logger().bind(component=name, **bound)
+    """A logger with ``component=name`` and any other context bound once.
+
+    It stays lazy: the configuration in force when it first logs applies, so module-level
+    loggers follow a later :func:`configure_logging`.
+    """
+    return structlog.get_logger(component=name, **bound)
 
 
 __all__ = ["configure_logging", "get_logger"]

@@ -89,7 +89,11 @@ def rmia_offline_scores(target: Outputs, references: list[Outputs], population: 
     if ratio_z.size == 0:
         raise ValueError("RMIA needs population points with at least one OUT reference, got none")
     # score(x) = fraction of z with ratio_x / ratio_z > gamma  <=>  ratio_z < ratio_x / gamma
-    return np.searchsorted(ratio_z, ratio_x / gamma, side="left") / ratio_z.size
+    share = np.searchsorted(ratio_z, ratio_x / gamma, side="left") / ratio_z.size
+    # Ties (e.g. many x beating every z) would flatten the ROC at low FPR; break them by the
+    # likelihood ratio itself, squashed below the 1/Z step so the ranking between steps stays.
+    tie_break = np.arctan(np.log(np.maximum(ratio_x, 1e-300))) / np.pi / (2 * ratio_z.size + 2)
+    return share + tie_break
 
 
 __all__ = ["Outputs", "lira_offline_scores", "loss_scores", "model_outputs",

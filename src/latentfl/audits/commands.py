@@ -89,6 +89,8 @@ def run_synthetic(args: argparse.Namespace) -> int:
     if not 0 < args.alpha < 1:
         raise ConfigError(f"--alpha {args.alpha} must lie strictly between 0 and 1")
     synthetic = load_synthetic(args.synthetic)
+    if len(synthetic) == 0:
+        raise DataError(f"synthetic set {args.synthetic} holds no images; expected at least one")
     private_ds = load_dataset(args.private)
     private = private_ds.train
     if args.holdout_fraction is not None:

@@ -90,16 +90,17 @@ def render_consortium_report(entries: list[ConsortiumEntry],
         head = f"No flags: all {len(entries)} participants train with DP and shared clean audits."
     flag_list = "".join(f"<li><b>{escape(p)}</b>: {escape('; '.join(f))}</li>"
                         for p, f in flags.items() if f)
+    ordered = sorted(entries, key=lambda e: not flags[e.participant])  # flagged first, stable
     rows = "".join(
         f"<tr><td><b>{escape(e.participant)}</b></td><td>{escape(e.aggregation_mode)}</td>"
         f"<td>{escape(_ledger_cell(e.ledger))}</td><td>{_audit_cell(e.audits)}</td>"
         f"<td class='status {'flag' if flags[e.participant] else 'pass'}'>"
-        f"{'FLAG' if flags[e.participant] else 'OK'}</td></tr>" for e in entries)
+        f"{'FLAG' if flags[e.participant] else 'OK'}</td></tr>" for e in ordered)
     body = (
         "<h1>Consortium privacy report</h1>"
         "<div class='sub'>Per participant: the privacy budget spent (DP ledger), what the "
         "coordinator sees of its updates, and the audit results it chose to share.</div>"
-        + banner(bool(flagged), head, "Participants with flags are listed first below.")
+        + banner(bool(flagged), head, "Participants with flags are listed first, with the reasons.")
         + (f"<ul>{flag_list}</ul>" if flag_list else "")
         + "<table class='v'><tr><th>Participant</th><th>Aggregation</th><th>DP ledger</th>"
           "<th>Shared audit results</th><th>Status</th></tr>" + rows + "</table>"

@@ -5,11 +5,11 @@ from __future__ import annotations
 import base64
 import html
 import io
-from collections.abc import Iterable
+from collections.abc import Sequence
 
 import numpy as np
 
-from latentfl.audits.verdict import Verdict
+from latentfl.audits.verdict import Verdict, format_p
 
 STYLE = """
 body{font-family:system-ui,-apple-system,"Segoe UI",Roboto,Arial,sans-serif;margin:24px;
@@ -31,6 +31,7 @@ table.grid td{text-align:center;font-size:11px;padding:4px 10px;color:#333}
 table.grid img{width:96px;height:96px;image-rendering:pixelated;border:1px solid #999}
 table.grid th{font-size:12px}
 img.plot{max-width:100%;margin:6px 0}
+.copy{color:#c0392b;font-weight:700}.okc{color:#1e8449}
 """
 
 
@@ -62,8 +63,11 @@ def banner(flagged: bool, headline: str, detail: str) -> str:
     return f'<div class="banner {kind}"><b>{escape(headline)}</b><br>{escape(detail)}</div>'
 
 
-def verdict_table(verdicts: Iterable[Verdict], baseline_label: str | None) -> str:
-    head = ["Check", "Result", "Threshold", "Calibrated against"]
+def verdict_table(verdicts: Sequence[Verdict], baseline_label: str | None) -> str:
+    with_p = any(v.p_value is not None for v in verdicts)
+    head = ["Check", "Result", "Flag when", "Calibrated against"]
+    if with_p:
+        head.append("Chance of this on a clean set")
     if baseline_label:
         head.append(baseline_label)
     head.append("Verdict")
@@ -72,6 +76,8 @@ def verdict_table(verdicts: Iterable[Verdict], baseline_label: str | None) -> st
         label = {"flag": "FLAG", "pass": "PASS", "info": "INFO"}[v.status]
         cells = [f"<b>{escape(v.title)}</b><div class='expl'>{escape(v.explanation)}</div>",
                  escape(v.value), escape(v.threshold), escape(v.calibration)]
+        if with_p:
+            cells.append(escape(format_p(v.p_value)))
         if baseline_label:
             cells.append(escape(v.baseline))
         row = "".join(f"<td>{c}</td>" for c in cells)

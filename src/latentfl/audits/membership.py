@@ -97,9 +97,10 @@ def attack_verdicts(attacks: list[AttackResult]) -> list[Verdict]:
             d = at.dp
             out.append(Verdict(
                 metric=f"dp_bound_{at.name.lower().replace(' ', '_')}",
-                title=f"DP guarantee holds against {at.name}",
-                value=(f"{d.violations} of {d.points_checked} operating points above the bound; "
-                       f"measured epsilon >= {d.epsilon_lower_bound:.2f}"),
+                title=f"DP claim checked against {at.name}",
+                value=((f"VIOLATED at {d.violations} of {d.points_checked} operating points"
+                        if d.violated else f"holds at all {d.points_checked} operating points")
+                       + f"; the attack proves epsilon >= {d.epsilon_lower_bound:.2f}"),
                 threshold=f"TPR <= e^{d.epsilon:g} x FPR + {d.delta:g} at every point",
                 calibration="one-sided 95% Clopper-Pearson bounds, Bonferroni over all points",
                 status="flag" if d.violated else "pass",

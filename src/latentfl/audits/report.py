@@ -86,6 +86,8 @@ def _closest_grid(audit: SyntheticAudit, synthetic: np.ndarray, private: np.ndar
     s = audit.synthetic
     closeness = relative_closeness(s.pixel_t, s.pixel_h)
     order = np.argsort(closeness, kind="stable")[:GRID_ROWS]
+    pixel = next(v for v in audit.verdicts if v.metric == "pixel_nn")
+    limit = pixel.numbers["threshold_ratio"]
     rows = ["<tr><th>synthetic image</th><th>nearest training image</th>"
             "<th>nearest holdout image</th><th></th></tr>"]
     for i in order:
@@ -95,7 +97,9 @@ def _closest_grid(audit: SyntheticAudit, synthetic: np.ndarray, private: np.ndar
             + f"<br>RMS {s.pixel_t[i]:.3f}, r = {s.ratio[i]:.2f}",
             img_tag(image_png(holdout[s.index_h[i]]), "nearest holdout image")
             + f"<br>RMS {s.pixel_h[i]:.3f}",
-            f"training/holdout distance<br><b>{closeness[i]:.2f}</b>",
+            f"training/holdout distance<br><b>{closeness[i]:.2f}</b><br>"
+            + ("<span class='copy'>NEAR-COPY of a training image</span>"
+               if closeness[i] < limit else "<span class='okc'>no closer than chance</span>"),
         ]
         rows.append("<tr>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
     return '<table class="grid">' + "".join(rows) + "</table>"
@@ -116,6 +120,9 @@ def render_synthetic_html(audit: SyntheticAudit, synthetic: np.ndarray, private:
               f"images and {sz['holdout']} holdout images that never trained anything. On a "
               f"clean synthetic set this table raises any flag with probability at most "
               f"{100 * audit.alpha:.0f}%.")
+    if flags:
+        detail += (" Look at the image pairs below: a synthetic image that shows the same "
+                   "picture as its nearest training image discloses that image.")
     s, cal = audit.synthetic, audit.calibration
     hist = plots.distance_histogram(
         s.pixel_t, s.pixel_h, cal.pixel_t, xlabel="RMS pixel distance (0 = identical)",

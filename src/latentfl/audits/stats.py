@@ -86,14 +86,30 @@ def _binomial_sf_many(k: np.ndarray, n: np.ndarray, p: np.ndarray, lf: np.ndarra
     return np.clip(total, 0.0, 1.0)
 
 
+def _lower_ends(k: np.ndarray, n: np.ndarray, tail: float) -> np.ndarray:
+    """The p with P(Bin(n, p) >= k) = tail (0 where k = 0), by 50 bisection steps."""
+    lf = _LogFactorials(int(n.max())).table
+    out = np.zeros(k.size)
+    chunk = max(1, 4_000_000 // (int(n.max()) + 1))
+    for start in range(0, k.size, chunk):
+        kc, nc = k[start:start + chunk], n[start:start + chunk]
+        lo, hi = np.zeros(kc.size), np.ones(kc.size)
+        for _ in range(50):
+            mid = (lo + hi) / 2
+            too_low = _binomial_sf_many(kc, nc, mid, lf) < tail
+            lo, hi = np.where(too_low, mid, lo), np.where(too_low, hi, mid)
+        out[start:start + chunk] = np.where(kc == 0, 0.0, (lo + hi) / 2)
+    return out
+
+
 def clopper_pearson(
     successes: np.ndarray | int, trials: np.ndarray | int, alpha: float = 0.05
 ) -> tuple[np.ndarray, np.ndarray]:
     """Exact two-sided (1 - alpha) interval for a binomial proportion, vectorised.
 
     The lower end p_L solves P(Bin(n, p_L) >= k) = alpha/2 (0 when k = 0); the upper end p_U
-    solves P(Bin(n, p_U) <= k) = alpha/2 (1 when k = n). Both tails are monotone in p, so 64
-    bisection steps pin each end to machine precision.
+    solves P(Bin(n, p_U) <= k) = alpha/2 (1 when k = n), which is 1 - p_L(n - k, n). The tail
+    is monotone in p, so 50 bisection steps pin each end to about 1e-15.
     """
     k = np.atleast_1d(np.asarray(successes, dtype=np.int64))
     n = np.atleast_1d(np.asarray(trials, dtype=np.int64))
@@ -103,28 +119,13 @@ def clopper_pearson(
         raise ValueError("Clopper-Pearson needs 0 <= successes <= trials and trials >= 1")
     if not 0.0 < alpha < 1.0:
         raise ValueError(f"alpha={alpha} must lie strictly between 0 and 1")
-    lf = _LogFactorials(int(n.max())).table
-    lower = np.zeros(k.size)
-    upper = np.ones(k.size)
-    chunk = max(1, 4_000_000 // (int(n.max()) + 1))
-    for start in range(0, k.size, chunk):
-        sl = slice(start, start + chunk)
-        kk, nc = k[sl], n[sl]
-        # lower end: the smallest p with P(X >= k) >= alpha/2
-        lo, hi = np.zeros(kk.size), np.ones(kk.size)
-        for _ in range(64):
-            mid = (lo + hi) / 2
-            too_low = _binomial_sf_many(kk, nc, mid, lf) < alpha / 2
-            lo, hi = np.where(too_low, mid, lo), np.where(too_low, hi, mid)
-        lower[sl] = np.where(kk == 0, 0.0, hi)
-        # upper end: the largest p with P(X <= k) = 1 - P(X >= k+1) >= alpha/2
-        lo, hi = np.zeros(kk.size), np.ones(kk.size)
-        for _ in range(64):
-            mid = (lo + hi) / 2
-            cdf = 1.0 - _binomial_sf_many(kk + 1, nc, mid, lf)
-            too_high = cdf < alpha / 2
-            lo, hi = np.where(too_high, lo, mid), np.where(too_high, mid, hi)
-        upper[sl] = np.where(kk == nc, 1.0, lo)
+    # upper(k, n) = 1 - lower(n - k, n), so one bisection for the lower end serves both ends
+    kk = np.concatenate([k, n - k])
+    nn = np.concatenate([n, n])
+    pairs, where = np.unique(np.stack([kk, nn], axis=1), axis=0, return_inverse=True)
+    lows = _lower_ends(pairs[:, 0], pairs[:, 1], alpha / 2)[where.reshape(-1)]
+    lower = lows[: k.size]
+    upper = 1.0 - lows[k.size:]
     return lower, upper
 
 

@@ -18,7 +18,7 @@ import torch
 from latentfl.audits import distances as dist
 from latentfl.audits.roc import RocCurve, auc, roc_curve, tpr_at_fpr
 from latentfl.audits.stats import binomial_sf, rank_tail
-from latentfl.audits.verdict import Verdict, decide, format_p
+from latentfl.audits.verdict import Verdict, decide
 
 RATIO_NEIGHBOURS = 50
 SSIM_CANDIDATES = 16
@@ -172,9 +172,8 @@ def _quantile_test(title: str, metric: str, unit: str, syn: tuple[np.ndarray, np
     p = binomial_sf(k, values.size, p0)
     return Verdict(
         metric=metric, title=title,
-        value=f"{k} of {values.size} synthetic images (expected by chance: {p0 * values.size:.1f})",
-        threshold=f"{unit} to nearest training image < {q:.3f} x that to nearest holdout image; "
-                  f"{format_p(p)}",
+        value=f"{k} of {values.size} synthetic images (expected by chance: {p0 * values.size:.2g})",
+        threshold=f"{unit} to nearest training image < {q:.3f} x that to nearest holdout image",
         calibration=f"{r - 1} of {n_h} holdout images are this much closer to a training image",
         status=decide(p, alpha), baseline=f"{kb} of {base_values.size}", p_value=p, alpha=alpha,
         explanation=explanation,
@@ -219,8 +218,8 @@ def _verdicts(syn: Measurements, base: Measurements, cal: Calibration, alpha: fl
     out.append(Verdict(
         metric="extraction_ratio", title="Extracted images (distance ratio r < 1)",
         value=f"{k} of {syn.ratio.size} synthetic images (expected by chance: "
-              f"{p0 * syn.ratio.size:.1f})",
-        threshold=f"r < 1 and a pixel near-copy; {format_p(p)}",
+              f"{p0 * syn.ratio.size:.2g})",
+        threshold="r < 1 and a pixel near-copy",
         calibration=f"{c_h} of {n_h} holdout images meet both (and {int((cal.ratio < 1).sum())} "
                     "have r < 1)",
         status=decide(p, a), baseline=f"{int(extracted(base).sum())} of {base.ratio.size}",
@@ -236,7 +235,7 @@ def _verdicts(syn: Measurements, base: Measurements, cal: Calibration, alpha: fl
     out.append(Verdict(
         metric="nn_share", title="Nearest image is a training image",
         value=f"{k} of {n} ({100 * k / n:.0f}%)",
-        threshold=f"above 50%, with {format_p(p)}",
+        threshold="significantly above 50%",
         calibration="equal numbers of training and holdout images, so 50% is chance",
         status=decide(p, a),
         baseline=f"{int(base.nearest_in_t.sum())} of {base.nearest_in_t.size}",
@@ -256,7 +255,8 @@ def _verdicts(syn: Measurements, base: Measurements, cal: Calibration, alpha: fl
         metric="proximity_mia", title="Membership inference from the synthetic set",
         value=f"AUC {syn_auc:.3f}, TPR {100 * op.tpr:.1f}% at FPR {100 * op.fpr:.1f}%; "
               f"{k} training images closer than every holdout image (chance: {expected:.1f})",
-        threshold=f"{k} exposed training images, with {format_p(p)}",
+        threshold="more training images closer to a synthetic image than every holdout image "
+                  "than chance gives",
         calibration=f"closest of {syn.proximity_h.size} holdout images to any synthetic image",
         status=decide(p, a),
         baseline=f"AUC {auc(-base.proximity_t, -base.proximity_h):.3f}, "
@@ -282,6 +282,8 @@ def audit_synthetic(synthetic: np.ndarray, private: np.ndarray, holdout: np.ndar
     if len(shapes) != 1:
         raise ValueError(f"synthetic, private and holdout images differ in shape: "
                          f"{sorted(shapes)}; expected one (H, W, C)")
+    if len(synthetic) < 1:
+        raise ValueError("the synthetic set is empty; expected at least one image")
     if len(holdout) < 2 or len(private) < 2:
         raise ValueError(f"need at least 2 private and 2 holdout images, got {len(private)} and "
                          f"{len(holdout)}")

@@ -45,8 +45,8 @@ def format_p(p: float | None) -> str:
     if p is None:
         return ""
     if p < 1e-4:
-        return f"p < 0.0001 ({p:.1e})"
-    return f"p = {p:.4f}"
+        return f"< 0.0001 ({p:.0e})"
+    return f"{p:.4f}"
 
 
 __all__ = ["Verdict", "decide", "format_p"]

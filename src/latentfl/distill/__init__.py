@@ -23,6 +23,7 @@ from latentfl.distill.synthesize import (
     build_space,
     distill,
     distill_many,
+    to_uint8,
 )
 
 __all__ = [
@@ -50,4 +51,5 @@ __all__ = [
     "random_generator",
     "save_generator",
     "step_seed",
+    "to_uint8",
 ]

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -31,7 +32,7 @@ from latentfl.distill.matching import match_trajectory
 from latentfl.errors import DistillError
 from latentfl.log import get_logger
 
-__all__ = ["DistillConfig", "SyntheticSet", "build_space", "distill", "distill_many"]
+__all__ = ["DistillConfig", "SyntheticSet", "build_space", "distill", "distill_many", "to_uint8"]
 
 SamplePair = Callable[[int, torch.Generator], tuple[Tensor, Tensor]]
 Space = PixelSpace | GeneratorSpace
@@ -88,6 +89,14 @@ class SyntheticSet:
     soft_labels: Tensor | None
     alpha: float
     losses: tuple[float, ...]
+
+
+def to_uint8(images: Tensor, mean: Sequence[float], std: Sequence[float]) -> np.ndarray:
+    """Normalised images ``(N, C, H, W)`` as uint8 pixels ``(N, H, W, C)`` (an ImageSet's ``x``)."""
+    m = torch.tensor(tuple(mean), dtype=images.dtype, device=images.device).view(1, -1, 1, 1)
+    s = torch.tensor(tuple(std), dtype=images.dtype, device=images.device).view(1, -1, 1, 1)
+    pixels = ((images * s + m).clamp(0, 1) * 255.0).round().to(torch.uint8)
+    return pixels.permute(0, 2, 3, 1).contiguous().cpu().numpy()
 
 
 def build_space(config: DistillConfig, *, image_shape: tuple[int, int, int], num_classes: int,

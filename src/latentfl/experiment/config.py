@@ -13,6 +13,7 @@ files are meant to be run from the repository root.
 
 from __future__ import annotations
 
+import re
 import typing
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -67,7 +68,13 @@ class ExperimentConfig:
             out.append("methods, alphas and seeds must each list at least one value.")
         if any(a <= 0 for a in self.alphas):
             out.append(f"alphas {list(self.alphas)} must all be > 0.")
+        if any(s < 0 for s in self.seeds):
+            out.append(f"seeds {list(self.seeds)} must all be >= 0.")
         tags = [a.tag for a in self.architectures]
+        bad = [t for t in tags if not re.fullmatch(r"[A-Za-z0-9_.-]+", t)]
+        if bad:
+            out.append(f"architecture labels {bad} are not usable in file names; expected "
+                       "letters, digits, '_', '.' or '-'.")
         if len(set(tags)) != len(tags):
             out.append(f"architecture labels {tags} repeat; give each a distinct label.")
         if self.simulation.partition.scheme != "dirichlet":

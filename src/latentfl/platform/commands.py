@@ -41,15 +41,13 @@ def _status(args) -> int:
         render_status,
         verify_journal,
     )
-    from latentfl.platform.coordinator.store import StateStore
 
     config = load_config(args.config, CoordinatorConfig)
-    store = StateStore(config.state_dir)
-    status = read_status(config.state_dir)
-    print(render_status(status, running=daemon_running(store.pid_path)))
-    if store.journal_path.exists():
-        entries = verify_journal(store.journal_path)
-        print(f"\njournal   {store.journal_path}: {entries} entries, hash chain verified")
+    status = read_status(config.state_dir)  # reads only: never creates the folder
+    print(render_status(status, running=daemon_running(config.state_dir / "coordinator.pid")))
+    journal = config.state_dir / "journal.jsonl"
+    if journal.exists():
+        print(f"\njournal   {journal}: {verify_journal(journal)} entries, hash chain verified")
     return 0
 
 

@@ -9,7 +9,17 @@ header's ``meta`` as scalars, JSON-encoded where it is a structure:
             meta.extra    JSON of Task.extra (at most 1024 characters: large state goes in tensors)
             meta.manifest digest of the model manifest both sides check the tensors against
     UPDATE  meta.num_examples, meta.num_steps (integers), meta.metrics (JSON of floats),
-            meta.epsilon (the participant's spent DP epsilon, or null)
+            meta.epsilon (the participant's spent DP epsilon, or null without DP-SGD) and, with
+            DP-SGD, the ledger's delta, noise_multiplier, sample_rate, max_grad_norm, dp_steps
+
+CKKS secure aggregation adds two shapes (see :mod:`latentfl.privacy.ckks`):
+
+    UPDATE  meta.encrypted = true: the payload is ciphertexts (``ckks/00000``, ... uint8) of
+            ``num_examples * flat(weights)``, flat as :func:`flatten_state` defines it
+    TASK    meta.decrypt = true: the payload is the coordinator's encrypted *sum*, with
+            meta.total_weight, meta.length, meta.cohort; the designated participant answers
+            with an UPDATE whose meta.aggregate = true and whose payload is the plaintext
+            weighted mean (checked against the manifest like any update)
 
 Everything read from a peer is parsed strictly and refused with ProtocolError: the JSON parts
 through the config schemas (unknown keys, wrong types, bounds), the tensors against the manifest.
@@ -18,10 +28,15 @@ through the config schemas (unknown keys, wrong types, bounds), the tensors agai
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
+
+import torch
 
 from latentfl.config import from_dict, to_dict
 from latentfl.errors import ConfigError, ModelError, ProtocolError
+from latentfl.models import ModelManifest
 from latentfl.platform.protocol import Message, pack_tensors, unpack_json, unpack_tensors
 from latentfl.platform.protocol._json import canonical_json
 from latentfl.strategies import ModelSpec, Task, Update
@@ -64,7 +79,7 @@ def decode_task(message: Message, *, max_bytes: int) -> tuple[Task, ModelSpec]:
         train = from_dict(TrainConfig, _json_meta(meta, "train"), source="TASK train")
         spec = from_dict(ModelSpec, _json_meta(meta, "model"), source="TASK model")
         model = spec.build()
-    except (ConfigError, ModelError) as exc:
+    except (ConfigError, ModelError, TypeError, ValueError) as exc:
         raise ProtocolError("malformed", f"TASK settings are refused: {exc}") from None
     manifest = model_manifest(model)
     if meta.get("manifest") != manifest.digest:
@@ -75,16 +90,120 @@ def decode_task(message: Message, *, max_bytes: int) -> tuple[Task, ModelSpec]:
     return Task(round=message.header.round, weights=weights, train=train, extra=extra), spec
 
 
-def encode_update(update: Update, epsilon: float | None = None) -> tuple[bytes, dict]:
-    """(payload, header meta) of an UPDATE."""
+PRIVACY_META = ("epsilon", "delta", "noise_multiplier", "sample_rate", "max_grad_norm", "dp_steps")
+"""The ledger report fields an UPDATE's signed header carries (PrivacyLedger.report())."""
+
+
+def _update_meta(update: Update, privacy: Mapping[str, Any] | None) -> dict:
     metrics = {k: float(v) for k, v in update.metrics.items() if math.isfinite(float(v))}
-    meta = {
+    meta: dict[str, Any] = {
         "num_examples": int(update.num_examples),
         "num_steps": int(update.num_steps),
         "metrics": canonical_json(metrics).decode("ascii"),
-        "epsilon": None if epsilon is None else float(epsilon),
+        "epsilon": None,
     }
-    return pack_tensors(update.weights), meta
+    for key in PRIVACY_META:
+        value = (privacy or {}).get(key)
+        if isinstance(value, (int, float)) and math.isfinite(value):
+            meta[key] = value
+    return meta
+
+
+def encode_update(update: Update, privacy: Mapping[str, Any] | None = None) -> tuple[bytes, dict]:
+    """(payload, header meta) of an UPDATE; ``privacy`` is the ledger's report, if any."""
+    return pack_tensors(update.weights), _update_meta(update, privacy)
+
+
+def encode_encrypted_update(update: Update, ciphertexts: Sequence[bytes],
+                            privacy: Mapping[str, Any] | None = None) -> tuple[bytes, dict]:
+    """(payload, meta) of a CKKS UPDATE: ``ciphertexts`` replace the weights in the payload."""
+    from latentfl.privacy.ckks import ciphertexts_to_tensors
+
+    meta = _update_meta(update, privacy)
+    meta["encrypted"] = True
+    return pack_tensors(ciphertexts_to_tensors(ciphertexts)), meta
+
+
+def decode_encrypted_update(message: Message, *, max_bytes: int) -> tuple[Update, list[bytes]]:
+    """The Update (its weights are the ciphertext tensors, for the store) and the ciphertexts
+    of a verified CKKS UPDATE; the caller checks the ciphertexts against its public context."""
+    from latentfl.privacy.ckks import ciphertexts_from_tensors
+
+    meta = message.header.meta
+    num_examples, num_steps = _int_meta(meta, "num_examples"), _int_meta(meta, "num_steps")
+    if num_examples < 1:
+        raise ProtocolError("malformed", "UPDATE num_examples is 0; expected at least 1.")
+    tensors = unpack_tensors(message.payload, None, max_bytes)
+    blobs = ciphertexts_from_tensors(tensors)
+    return Update(participant=message.header.sender, round=message.header.round,
+                  weights=tensors, num_examples=num_examples, num_steps=num_steps), blobs
+
+
+def flatten_state(tensors: Mapping[str, torch.Tensor], manifest: ModelManifest) -> torch.Tensor:
+    """The one flattening CKKS uses: every manifest tensor, in manifest order, as float64."""
+    return torch.cat([tensors[name].detach().reshape(-1).to("cpu", torch.float64)
+                      for name, _, _ in manifest.entries])
+
+
+def unflatten_state(flat: torch.Tensor, manifest: ModelManifest) -> dict[str, torch.Tensor]:
+    """Inverse of :func:`flatten_state` (new tensors, each in its manifest dtype)."""
+    out, at = {}, 0
+    for name, shape, dtype in manifest.entries:
+        n = math.prod(shape)
+        out[name] = flat[at:at + n].reshape(shape).to(getattr(torch, dtype)).clone()
+        at += n
+    if at != flat.numel():
+        raise ModelError(f"flat state has {flat.numel()} values; the manifest needs {at}.")
+    return out
+
+
+def state_length(manifest: ModelManifest) -> int:
+    """Values :func:`flatten_state` gives for ``manifest``."""
+    return sum(math.prod(shape) for _, shape, _ in manifest.entries)
+
+
+@dataclass(frozen=True)
+class DecryptTask:
+    """The coordinator's request to decrypt a CKKS sum (never an individual update)."""
+
+    round: int
+    ciphertexts: list[bytes]
+    total_weight: int
+    length: int
+    cohort: int
+    model: ModelSpec
+
+
+def encode_decrypt_task(ciphertexts: Sequence[bytes], *, total_weight: int, length: int,
+                        cohort: int, model: ModelSpec,
+                        manifest_digest: str) -> tuple[bytes, dict]:
+    """(payload, meta) of a decrypt TASK carrying the encrypted sum of ``cohort`` updates."""
+    from latentfl.privacy.ckks import ciphertexts_to_tensors
+
+    meta = {"decrypt": True, "total_weight": int(total_weight), "length": int(length),
+            "cohort": int(cohort), "manifest": manifest_digest,
+            "model": canonical_json(to_dict(model)).decode("ascii")}
+    return pack_tensors(ciphertexts_to_tensors(ciphertexts)), meta
+
+
+def decode_decrypt_task(message: Message, *, max_bytes: int) -> DecryptTask:
+    """The DecryptTask of a verified TASK whose meta.decrypt is true; ProtocolError if refused."""
+    from latentfl.privacy.ckks import ciphertexts_from_tensors
+
+    meta = message.header.meta
+    total, length, cohort = (_int_meta(meta, k) for k in ("total_weight", "length", "cohort"))
+    if total < 1 or length < 1:
+        raise ProtocolError("malformed", f"decrypt TASK total_weight = {total}, length = "
+                                         f"{length}; expected both >= 1.")
+    if cohort < 2:
+        raise ProtocolError("min_cohort", f"decrypt TASK covers {cohort} update(s); a sum of "
+                                          "fewer than 2 is an individual update, refused.")
+    try:
+        spec = from_dict(ModelSpec, _json_meta(meta, "model"), source="TASK model")
+    except ConfigError as exc:
+        raise ProtocolError("malformed", f"decrypt TASK model is refused: {exc}") from None
+    blobs = ciphertexts_from_tensors(unpack_tensors(message.payload, None, max_bytes))
+    return DecryptTask(message.header.round, blobs, total, length, cohort, spec)
 
 
 def decode_update(message: Message, manifest: Any, *, max_bytes: int) -> Update:
@@ -104,4 +223,18 @@ def decode_update(message: Message, manifest: Any, *, max_bytes: int) -> Update:
                   metrics={k: float(v) for k, v in metrics.items()})
 
 
-__all__ = ["decode_task", "decode_update", "encode_task", "encode_update"]
+__all__ = [
+    "PRIVACY_META",
+    "DecryptTask",
+    "decode_decrypt_task",
+    "decode_encrypted_update",
+    "decode_task",
+    "decode_update",
+    "encode_decrypt_task",
+    "encode_encrypted_update",
+    "encode_task",
+    "encode_update",
+    "flatten_state",
+    "state_length",
+    "unflatten_state",
+]

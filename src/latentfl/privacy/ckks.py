@@ -48,6 +48,13 @@ class SecureAggregationConfig:
     max_ciphertext_bytes: int = option(
         DEFAULT_MAX_CIPHERTEXT_BYTES, help="Largest serialised ciphertext accepted.", min=1
     )
+    decrypt_deadline: float = option(
+        60.0,
+        help="Seconds the designated participant has to return the decrypted aggregate "
+        "before the next one is asked.",
+        min=0.0,
+        min_exclusive=True,
+    )
 
 
 def create_context(

@@ -2,7 +2,7 @@
 
     latentfl privacy plan --examples 5000 --batch 64 --epochs 1 --rounds 20 --epsilon 8 \\
         --delta 1e-5 [--model convnet]
-    latentfl privacy ledger --state-dir STATE
+    latentfl privacy ledger --state-dir STATE | --config participant.toml
     latentfl privacy ckks-keys KEYDIR
 """
 
@@ -43,8 +43,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     plan.set_defaults(handler=run_plan)
 
     ledger = sub.add_parser("ledger", help="Print a participant's privacy ledger.")
-    ledger.add_argument(
-        "--state-dir", type=Path, required=True, help="The participant's state directory."
+    where = ledger.add_mutually_exclusive_group(required=True)
+    where.add_argument("--state-dir", type=Path, help="The participant's state directory.")
+    where.add_argument(
+        "--config", type=Path, help="The participant's config (its state_dir holds the ledger)."
     )
     ledger.set_defaults(handler=run_ledger)
 
@@ -130,7 +132,19 @@ def _print_ckks_cost(args: argparse.Namespace) -> None:
 def run_ledger(args: argparse.Namespace) -> int:
     from latentfl.privacy.ledger import PrivacyLedger
 
-    ledger = PrivacyLedger.load(args.state_dir)
+    state_dir = args.state_dir
+    if args.config is not None:
+        from latentfl.config import load_config
+        from latentfl.platform.participant.config import ParticipantConfig
+
+        config = load_config(args.config, ParticipantConfig)
+        if config.state_dir is None:
+            raise ConfigError(
+                f"{args.config} sets no state_dir, so this participant keeps no privacy ledger; "
+                "set state_dir (DP-SGD and max_epsilon require it)."
+            )
+        state_dir = config.state_dir
+    ledger = PrivacyLedger.load(state_dir)
     print(f"privacy ledger {ledger.path} (accountant {ledger.accountant}, delta {ledger.delta:g})")
     print(
         f"{'round':>5}  {'mechanism':<12}  {'steps':>6}  {'sample_rate':>11}  "

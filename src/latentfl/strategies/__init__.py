@@ -9,12 +9,18 @@ from latentfl.strategies.base import (
     select_participants,
     tensors_digest,
 )
+from latentfl.strategies.dynafed import DynaFed, DynaFedConfig
+from latentfl.strategies.feddgm import FedDGM, FedDGMConfig
 from latentfl.strategies.fedavg import FedAvg, FedNova, FedProx, weighted_mean
 from latentfl.strategies.local import run_task
 from latentfl.strategies.registry import StrategyConfig, build_strategy
 
 __all__ = [
+    "DynaFed",
+    "DynaFedConfig",
     "FedAvg",
+    "FedDGM",
+    "FedDGMConfig",
     "FedNova",
     "FedProx",
     "ModelSpec",

@@ -103,6 +103,16 @@ class Strategy(abc.ABC):
     def aggregate_round(self, round: int, updates: Sequence[Update]) -> dict[str, float]:
         """Turn the round's accepted updates into the next state; return metrics to log."""
 
+    def accept_aggregate(self, round: int, weights: Tensors, num_examples: int) -> dict[str, float]:
+        """Take the round's weighted mean computed elsewhere (decrypted from a CKKS sum) as if
+        ``aggregate_round`` had computed it; ``num_examples`` is the total it covers.
+
+        Only methods that need nothing but the aggregate implement it (FedAvg, FedProx,
+        DynaFed); the others refuse, since they need each participant's own update.
+        """
+        raise ConfigError(f"method {self.name!r} cannot run on an aggregate alone (it needs each "
+                          "participant's update); expected fedavg, fedprox or dynafed.")
+
     @abc.abstractmethod
     def global_weights(self) -> Tensors:
         """The surrogate weights the next round's tasks start from."""

@@ -194,7 +194,11 @@ class DynaFed(FedAvg):
         self._tuner: nn.Module | None = None
 
     def initialize(self, seed: int) -> None:
+        from latentfl.distill.functional import FunctionalStudent
+
         super().initialize(seed)
+        # synthesis needs a pure-function student (no BatchNorm): refuse now, not at round 24
+        FunctionalStudent(self._reference_model())
         self._seed = seed
         self.trajectory = [flat_from_tensors(self._global, self._reference_model())]
         self.pseudo = None
@@ -203,6 +207,12 @@ class DynaFed(FedAvg):
         metrics = super().aggregate_round(round, updates)
         weights, extra = self.post_aggregate(round, self.global_weights())
         self.set_global_weights(weights)
+        return {**metrics, **extra}
+
+    def accept_aggregate(self, round: int, weights: Tensors, num_examples: int) -> dict[str, float]:
+        metrics = super().accept_aggregate(round, weights, num_examples)
+        tuned, extra = self.post_aggregate(round, self.global_weights())
+        self.set_global_weights(tuned)
         return {**metrics, **extra}
 
     def post_aggregate(self, round: int, aggregate: Tensors) -> tuple[Tensors, dict[str, float]]:

@@ -14,6 +14,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from latentfl.errors import ConfigError
 from latentfl.strategies.base import ModelSpec, Strategy, Task, Tensors, Update, check_updates
 from latentfl.training import TrainConfig
 
@@ -76,6 +77,13 @@ class FedAvg(Strategy):
     def combine(self, updates: Sequence[Update], weights: Sequence[float]) -> Tensors:
         return weighted_mean([u.weights for u in updates], weights)
 
+    def accept_aggregate(self, round: int, weights: Tensors, num_examples: int) -> dict[str, float]:
+        if set(weights) != set(self._global):
+            raise ConfigError(f"aggregate for round {round} does not have the global model's "
+                              "tensors.")
+        self.set_global_weights(weights)
+        return {"examples": float(num_examples)}
+
     def global_weights(self) -> Tensors:
         return self._global
 
@@ -124,6 +132,8 @@ class FedNova(FedAvg):
     """
 
     name = "fednova"
+    # normalises each update by its own step count: a plain weighted mean is not FedNova
+    accept_aggregate = Strategy.accept_aggregate
 
     def combine(self, updates: Sequence[Update], weights: Sequence[float]) -> Tensors:
         rho = self.local.momentum if self.local.optimizer == "sgd" else 0.0

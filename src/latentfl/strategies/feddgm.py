@@ -150,9 +150,10 @@ class FedDGM(Strategy):
         for i, u in enumerate(updates):
             groups.setdefault(self._classes_of(u), []).append(i)
         out: list[SyntheticSet | None] = [None] * len(updates)
+        per_batch = cfg.participants_per_batch or (10 if self.device.type == "cuda" else 1)
         for classes, members in groups.items():
-            for lo in range(0, len(members), cfg.participants_per_batch):
-                chunk = members[lo : lo + cfg.participants_per_batch]
+            for lo in range(0, len(members), per_batch):
+                chunk = members[lo : lo + per_batch]
                 stacked = torch.stack([targets[i] for i in chunk])
                 sets = distill_many(
                     start.expand_as(stacked).clone(),
@@ -211,13 +212,11 @@ class FedDGM(Strategy):
         tensors = {f"surrogate.{k}": v for k, v in state_to_tensors(self._surrogate).items()}
         tensors.update({f"global.{k}": v for k, v in state_to_tensors(self._global).items()})
         for pid, s in self.synthetic.items():
-            tensors[f"synthetic.{pid}.images"] = s.images.contiguous()
-            tensors[f"synthetic.{pid}.labels"] = s.labels.contiguous()
-        return tensors, {
-            "method": self.name,
-            "seed": self._seed,
-            "synthetic": sorted(self.synthetic),
-        }
+            tensors[f"synthetic.{pid}.images"] = s.images.clone()
+            tensors[f"synthetic.{pid}.labels"] = s.labels.clone()  # sets may share one label tensor
+        meta = {"method": self.name, "seed": self._seed, "synthetic": sorted(self.synthetic),
+                "mean": list(self.config.mean), "std": list(self.config.std)}
+        return tensors, meta
 
     def load_state_dict(self, tensors: Tensors, meta: dict[str, Any]) -> None:
         from latentfl.models import load_tensors_

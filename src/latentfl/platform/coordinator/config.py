@@ -6,7 +6,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from latentfl.config import option
+from latentfl.privacy.ckks import SecureAggregationConfig
 from latentfl.strategies import StrategyConfig
+
+#: Methods that need only the aggregate, so they can run under CKKS secure aggregation.
+#: (FedDGM distils each participant's own weights; FedNova weights updates by local steps.)
+CKKS_METHODS = ("fedavg", "fedprox", "dynafed")
 
 
 @dataclass(frozen=True)
@@ -50,6 +55,11 @@ class CoordinatorConfig:
                                           "changes (SIGHUP reloads at once).", min=0.0,
                                 min_exclusive=True)
     strategy: StrategyConfig = option(StrategyConfig(), help="The federated method.")
+    aggregation: SecureAggregationConfig = option(
+        SecureAggregationConfig(), help="Plain or CKKS (encrypted) aggregation of updates.")
+    ckks_context: Path | None = option(None, help="The CKKS *public* context file (default: "
+                                                  "KEY_DIR/ckks_public.bin, written by "
+                                                  "`latentfl privacy ckks-keys`); ckks only.")
 
     def problems(self) -> list[str]:
         out = []
@@ -57,7 +67,16 @@ class CoordinatorConfig:
             out.append(f"bind = {self.bind!r}; expected tcp://HOST:PORT or ipc://PATH.")
         if not self.session or len(self.session) > 128:
             out.append(f"session = {self.session!r}; expected 1 to 128 characters.")
+        if self.aggregation.mode == "ckks":
+            if self.strategy.method not in CKKS_METHODS:
+                out.append(f"aggregation.mode = 'ckks' with strategy.method = "
+                           f"{self.strategy.method!r}: that method needs each participant's own "
+                           f"weights, which encryption hides; use one of {', '.join(CKKS_METHODS)}"
+                           " or mode = 'plain' (with DP-SGD at the participants).")
+            if not self.strategy.weighted:
+                out.append("aggregation.mode = 'ckks' needs strategy.weighted = true (each "
+                           "participant encrypts its update times its example count).")
         return out
 
 
-__all__ = ["CoordinatorConfig"]
+__all__ = ["CKKS_METHODS", "CoordinatorConfig"]

@@ -29,6 +29,7 @@ from latentfl.log import get_logger
 from latentfl.platform.coordinator.config import CoordinatorConfig
 from latentfl.platform.coordinator.journal import Journal
 from latentfl.platform.coordinator.rounds import Rounds, make_evaluator
+from latentfl.platform.coordinator.secure import SecureAggregation
 from latentfl.platform.coordinator.status import status_snapshot
 from latentfl.platform.coordinator.store import StateStore, write_json_atomic
 from latentfl.platform.crypto import (
@@ -39,7 +40,13 @@ from latentfl.platform.crypto import (
     peer_user_id,
     start_authenticator,
 )
-from latentfl.platform.payloads import decode_update, encode_task
+from latentfl.platform.payloads import (
+    PRIVACY_META,
+    decode_encrypted_update,
+    decode_update,
+    encode_decrypt_task,
+    encode_task,
+)
 from latentfl.platform.protocol import (
     DEFAULT_CLOCK_SKEW_S,
     Kind,
@@ -50,10 +57,11 @@ from latentfl.platform.protocol import (
     peek_header,
     unpack_json,
 )
-from latentfl.strategies import build_strategy
+from latentfl.strategies import Update, build_strategy
 
 POLL_MS = 100
 ZMQ_SIZE_SLACK = 2**20
+STOP_WAIT_S = 120.0  # on SIGTERM, how long a running aggregation may take to checkpoint
 
 
 @dataclass
@@ -94,6 +102,11 @@ class Coordinator:
                                                  max_bytes=config.max_message_bytes)
         self.strategy = build_strategy(config.strategy)
         self.manifest = model_manifest(config.strategy.model.build())
+        # CKKS: the public context only (a secret one is refused here, before anything runs)
+        self.secure = (SecureAggregation(config, self.manifest)
+                       if config.aggregation.mode == "ckks" else None)
+        #: Observers of every message the daemon sends: ``fn(pid, frames)`` (audit, tests).
+        self.send_observers: list[Any] = []
         self.rounds = Rounds(config, self.strategy, self.store,
                              evaluate=make_evaluator(config))
         self.peers: dict[str, Peer] = {}
@@ -101,6 +114,7 @@ class Coordinator:
         self._reload = False
         self._status_due = 0.0
         self._task_cache: dict[tuple[int, int], tuple[bytes, dict]] = {}
+        self._aggregation: tuple[threading.Thread, list, float] | None = None
         self.socket: zmq.Socket | None = None
         self._auth: Any = None
         self.boot_id = os.urandom(8).hex()
@@ -138,6 +152,9 @@ class Coordinator:
             if ready is not None:
                 ready.set()
             self._loop(sock)
+            if self._aggregation is not None:  # stopped mid-aggregation: let it checkpoint
+                self.log.info("waiting_for_aggregation", round=self.rounds.round)
+                self._finish_aggregation(wait=STOP_WAIT_S)
             finished = self.rounds.phase == "finished"
             if finished:
                 self._broadcast_finished(sock)
@@ -189,6 +206,12 @@ class Coordinator:
             self.log.info("round_opened", round=self.rounds.round, participants=sorted(tasks))
             for pid in tasks:
                 self._send_task(sock, pid)
+        if self._aggregation is not None:
+            self._finish_aggregation()
+            return
+        if self.secure is not None and self.secure.waiting:
+            self._ask_decryptor(sock, now)
+            return
         verdict = self.rounds.due(self.online(), now)
         if verdict == "replan":
             self.journal.append("round_abandoned", round=self.rounds.round,
@@ -196,16 +219,67 @@ class Coordinator:
             self.log.warning("round_abandoned", round=self.rounds.round,
                              accepted=len(self.rounds.updates))
             self.rounds.replan()
+            if self.secure is not None:
+                self.secure.reset()
+        elif verdict == "close" and self.secure is not None:
+            self.rounds.begin_close()
+            self.secure.start(self.rounds.round, self.rounds.updates)
+            self.journal.append("encrypted_sum", round=self.rounds.round,
+                                covers=self.secure.cohort, total_weight=self.secure.total_weight)
+            self.log.info("encrypted_sum", round=self.rounds.round,
+                          covers=len(self.secure.cohort), ciphertexts=len(self.secure.sum))
+            self._ask_decryptor(sock, now)
         elif verdict == "close":
-            started = time.perf_counter()
-            record = self.rounds.close(now)
-            self._task_cache.clear()
-            self.journal.append("round_closed", round=record.round, accepted=record.accepted,
-                                metrics=record.metrics)
-            self.log.info("round_closed", round=record.round, accepted=len(record.accepted),
-                          planned=len(record.participants), seconds=round(record.seconds, 3),
-                          aggregate_s=round(time.perf_counter() - started, 3), **record.metrics)
-            self._write_status(force=True)
+            self.rounds.begin_close()
+            self._start_aggregation()
+
+    def _ask_decryptor(self, sock: zmq.Socket, now: float) -> None:
+        """Send the encrypted sum (never an individual upload) to the participant due to decrypt."""
+        pid = self.secure.next_decryptor(self.online(), now)
+        if pid is None:
+            return
+        payload, meta = encode_decrypt_task(self.secure.sum, total_weight=self.secure.total_weight,
+                                            length=self.secure.length,
+                                            cohort=len(self.secure.cohort),
+                                            model=self.config.strategy.model,
+                                            manifest_digest=self.manifest.digest)
+        self._send(sock, pid, Kind.TASK, round=self.rounds.round, payload=payload, meta=meta)
+        self.journal.append("decrypt_requested", round=self.rounds.round, peer=pid,
+                            covers=self.secure.cohort, attempt=len(self.secure.asked))
+        self.log.info("decrypt_requested", round=self.rounds.round, peer=pid, bytes=len(payload))
+
+    def _start_aggregation(self, aggregate: Update | None = None) -> None:
+        """Aggregate in a worker thread, so heartbeats and late messages are still answered."""
+        self.log.info("round_aggregating", round=self.rounds.round,
+                      accepted=len(self.rounds.updates), planned=len(self.rounds.plan))
+        outcome: list = []
+
+        def work() -> None:
+            try:
+                outcome.append(self.rounds.aggregate(aggregate))
+            except BaseException as exc:  # re-raised in the loop's thread
+                outcome.append(exc)
+
+        thread = threading.Thread(target=work, name="aggregate", daemon=True)
+        self._aggregation = (thread, outcome, time.perf_counter())
+        thread.start()
+
+    def _finish_aggregation(self, wait: float = 0.0) -> None:
+        thread, outcome, started = self._aggregation
+        thread.join(wait)
+        if thread.is_alive():
+            return
+        self._aggregation = None
+        if isinstance(outcome[0], BaseException):
+            raise outcome[0]
+        record = self.rounds.finish_close(outcome[0])
+        self._task_cache.clear()
+        self.journal.append("round_closed", round=record.round, accepted=record.accepted,
+                            metrics=record.metrics)
+        self.log.info("round_closed", round=record.round, accepted=len(record.accepted),
+                      planned=len(record.participants), seconds=round(record.seconds, 3),
+                      aggregate_s=round(time.perf_counter() - started, 3), **record.metrics)
+        self._write_status(force=True)
 
     # -- messages -------------------------------------------------------------------------
     def _send(self, sock: zmq.Socket, pid: str, kind: Kind, *, round: int,
@@ -215,6 +289,8 @@ class Coordinator:
             return
         frames = encode(kind, session=self.config.session, round=round, sender=COORDINATOR_ID,
                         signing_key=self.identity.signing_key, payload=payload, meta=meta)
+        for observe in self.send_observers:
+            observe(pid, frames)
         sock.send_multipart([peer.routing_id, *frames])
 
     def _send_task(self, sock: zmq.Socket, pid: str) -> None:
@@ -276,11 +352,11 @@ class Coordinator:
 
     def _on_hello(self, sock: zmq.Socket, pid: str, message: Message) -> None:
         summary = unpack_json(message.payload) if message.payload else {}
-        peer = self.peers[pid]
-        peer.summary = summary
-        self.journal.append("accepted", kind="HELLO", peer=pid,
-                            examples=summary.get("num_examples"))
-        self.log.info("hello", peer=pid, examples=summary.get("num_examples"))
+        examples = summary.get("num_examples")
+        examples = examples if type(examples) is int else None
+        self.peers[pid].summary = summary
+        self.journal.append("accepted", kind="HELLO", peer=pid, examples=examples)
+        self.log.info("hello", peer=pid, examples=examples)
         if self.rounds.phase == "finished":
             self._send(sock, pid, Kind.STATUS, round=self.rounds.round, meta={"phase": "finished"})
         elif self.rounds.phase == "collecting" and pid in self.rounds.pending():
@@ -302,23 +378,60 @@ class Coordinator:
         header = message.header
         digest = header.payload_sha256
         started = time.perf_counter()
+        if header.meta.get("aggregate") is True:
+            self._on_aggregate(sock, pid, message)
+            return
+        encrypted = header.meta.get("encrypted") is True
+        if encrypted != (self.secure is not None):
+            raise ProtocolError("wrong-mode", f"UPDATE from {pid} is "
+                                              f"{'encrypted' if encrypted else 'in the clear'}; "
+                                              f"this session aggregates in "
+                                              f"{self.config.aggregation.mode!r} mode.")
         if self.rounds.check_update(pid, header.round, digest):
             self.journal.append("accepted", kind="UPDATE", peer=pid, round=header.round,
                                 sha256=digest, resent=True)
             self._send(sock, pid, Kind.ACK, round=header.round, meta={"sha256": digest})
             self.log.info("update_resent", round=header.round, peer=pid)
             return
-        update = decode_update(message, self.manifest, max_bytes=self.config.max_message_bytes)
+        if self.secure is not None:
+            update, ciphertexts = decode_encrypted_update(
+                message, max_bytes=self.config.max_message_bytes)
+            self.secure.check_upload(ciphertexts)  # 'bad_ciphertext' -> REJECT; never decrypted
+        else:
+            update = decode_update(message, self.manifest,
+                                   max_bytes=self.config.max_message_bytes)
         self.rounds.accept(update, digest)  # fsynced before the ACK
+        privacy = {k: header.meta[k] for k in PRIVACY_META if header.meta.get(k) is not None}
         self.journal.append("accepted", kind="UPDATE", peer=pid, round=header.round,
                             sha256=digest, bytes=len(message.payload),
-                            examples=update.num_examples)
+                            examples=update.num_examples, encrypted=encrypted, privacy=privacy)
         self.peers[pid].accepted += 1
         self._send(sock, pid, Kind.ACK, round=header.round, meta={"sha256": digest})
         self.log.info("update_accepted", round=header.round, peer=pid, bytes=len(message.payload),
                       examples=update.num_examples,
                       ms=round(1000 * (time.perf_counter() - started), 1),
                       have=len(self.rounds.updates), planned=len(self.rounds.plan))
+
+    def _on_aggregate(self, sock: zmq.Socket, pid: str, message: Message) -> None:
+        """The designated participant's decrypted aggregate: hand it to the strategy."""
+        header = message.header
+        digest = header.payload_sha256
+        if self.secure is None:
+            raise ProtocolError("wrong-mode", "an aggregate was sent but this session does not "
+                                              "use encrypted aggregation.")
+        if self.secure.check_answer(pid, header.round, digest):
+            self._send(sock, pid, Kind.ACK, round=header.round, meta={"sha256": digest})
+            return
+        aggregate = decode_update(message, self.manifest, max_bytes=self.config.max_message_bytes)
+        if aggregate.num_examples != self.secure.total_weight:
+            raise ProtocolError("malformed", f"aggregate covers {aggregate.num_examples} examples;"
+                                             f" the sum sent covers {self.secure.total_weight}.")
+        self.secure.finish(digest)
+        self.journal.append("accepted", kind="AGGREGATE", peer=pid, round=header.round,
+                            sha256=digest, covers=self.secure.cohort)
+        self._send(sock, pid, Kind.ACK, round=header.round, meta={"sha256": digest})
+        self.log.info("aggregate_decrypted", round=header.round, peer=pid)
+        self._start_aggregation(aggregate)
 
     def _refuse(self, sock: zmq.Socket, routing_id: bytes, user_id: str | None,
                 body: list, exc: ProtocolError, header: Any = None) -> None:

@@ -5,8 +5,9 @@ updates and the time, and sends the tasks it returns. Phases of round ``r``::
 
     waiting     fewer than min_participants online; nothing sent
     collecting  plan written (STATE/rounds/r/plan.json), tasks sent, updates arriving
-    (close)     quorum reached, deadline passed or every missing participant offline:
-                aggregate -> evaluate -> checkpoint r -> round r+1 starts waiting
+    aggregating quorum reached, deadline passed or every missing participant offline:
+                aggregate -> evaluate -> checkpoint r (later updates are 'late'), then
+                round r+1 starts waiting
     finished    all configured rounds done
 
 Everything needed to resume is on disk before it is acted on: the plan before any TASK, each
@@ -18,7 +19,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Literal
 
 from latentfl.errors import ConfigError, ProtocolError
@@ -26,7 +27,7 @@ from latentfl.platform.coordinator.config import CoordinatorConfig
 from latentfl.platform.coordinator.store import StateStore
 from latentfl.strategies import Strategy, Task, Update, select_participants
 
-Phase = Literal["waiting", "collecting", "finished"]
+Phase = Literal["waiting", "collecting", "aggregating", "finished"]
 Evaluator = Callable[[Strategy], dict[str, float]]
 
 
@@ -97,7 +98,11 @@ class Rounds:
 
     def _open(self, plan: list[str], now: float) -> dict[str, Task]:
         self.plan = list(plan)
-        self.tasks = self.strategy.configure_round(self.round, self.plan)
+        mode = self.config.aggregation.mode
+        # The site's agent checks the mode against its own policy (e.g. "encrypted only").
+        self.tasks = {pid: replace(task, extra={**task.extra, "aggregation": mode})
+                      for pid, task in self.strategy.configure_round(self.round,
+                                                                     self.plan).items()}
         self.updates, self.digests = {}, {}
         self.phase = "collecting"
         self.started_at = now
@@ -139,7 +144,7 @@ class Rounds:
         """Take participants out of the round (revoked, or declined their task): they leave
         the plan, the quorum is counted without them and their updates are not used."""
         gone = set(pids) & set(self.plan)
-        if not gone:
+        if not gone or self.phase != "collecting":  # a closed round keeps what it accepted
             return
         self.plan = [p for p in self.plan if p not in gone]
         for pid in gone:
@@ -157,12 +162,15 @@ class Rounds:
         if self.phase != "collecting":
             return ""
         got = len(self.updates)
-        if self.plan and got >= self.quorum():
+        # an encrypted sum must cover min_cohort updates, or it would be one participant's
+        fewest = (self.config.aggregation.min_cohort if self.config.aggregation.mode == "ckks"
+                  else 1)
+        if self.plan and got >= self.quorum() and got >= fewest:
             return "close"
         online_set = set(online)
         stalled = not any(p in online_set for p in self.pending())
         if now - self.started_at >= self.config.round_deadline or stalled:
-            if got >= self.config.min_updates:
+            if got >= max(self.config.min_updates, fewest):
                 return "close"
             if now - self.started_at >= self.config.round_deadline or not self.plan:
                 return "replan"
@@ -173,21 +181,46 @@ class Rounds:
         self.phase = "waiting"
         self.plan, self.tasks, self.updates, self.digests = [], {}, {}, {}
 
-    def close(self, now: float) -> RoundRecord:
-        """Aggregate the accepted updates (in participant order), evaluate, checkpoint."""
+    def close(self) -> RoundRecord:
+        """Close the round in one go (the daemon runs :meth:`aggregate` in a thread instead)."""
+        self.begin_close()
+        return self.finish_close(self.aggregate())
+
+    def begin_close(self) -> None:
+        """Stop accepting updates for this round: from now on they are 'late'."""
+        self.phase = "aggregating"
+
+    def aggregate(self, aggregate: Update | None = None) -> RoundRecord:
+        """Aggregate the accepted updates (in participant order), evaluate, checkpoint.
+
+        With ``aggregate`` (CKKS mode: the decrypted weighted mean of the accepted updates,
+        ``num_examples`` their total) the strategy gets that alone, via ``accept_aggregate``.
+        Touches only the strategy and the checkpoint files, so it may run in a worker thread
+        while the daemon keeps answering heartbeats; :meth:`finish_close` then moves on.
+        """
         accepted = sorted(self.updates)
-        metrics = dict(self.strategy.aggregate_round(self.round,
-                                                     [self.updates[p] for p in accepted]))
+        if aggregate is None:
+            metrics = dict(self.strategy.aggregate_round(self.round,
+                                                         [self.updates[p] for p in accepted]))
+        else:
+            metrics = {"participants": float(len(accepted)),
+                       **self.strategy.accept_aggregate(self.round, aggregate.weights,
+                                                        aggregate.num_examples)}
         if self.evaluate is not None:
             metrics.update(self.evaluate(self.strategy))
-        record = RoundRecord(self.round, list(self.plan), accepted, now - self.started_at,
+        record = RoundRecord(self.round, list(self.plan), accepted,
+                             time.time() - self.started_at,
                              {k: float(v) for k, v in metrics.items()})
-        self.history.append(record)
         tensors, meta = self.strategy.state_dict()
         self.store.save_checkpoint(self.round, tensors, {
             "round": self.round, "strategy": meta,
-            "history": [vars(h) for h in self.history],
+            "history": [vars(h) for h in [*self.history, record]],
         })
+        return record
+
+    def finish_close(self, record: RoundRecord) -> RoundRecord:
+        """Record the closed round and move to the next one (or to finished)."""
+        self.history.append(record)
         self.round += 1
         self.plan, self.tasks, self.updates, self.digests = [], {}, {}, {}
         self.phase = "finished" if self.round > self.config.rounds else "waiting"

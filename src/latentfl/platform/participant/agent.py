@@ -25,12 +25,20 @@ import numpy as np
 import torch
 import zmq
 
-from latentfl.errors import ProtocolError, SecurityError
+from latentfl.errors import LatentFLError, PrivacyError, ProtocolError, SecurityError
 from latentfl.exitcodes import ExitCode
 from latentfl.log import get_logger
 from latentfl.platform.crypto import COORDINATOR_ID, load_identity, load_roster, make_curve_client
 from latentfl.platform.participant.config import ParticipantConfig
-from latentfl.platform.payloads import decode_task, encode_update
+from latentfl.platform.participant.privacy import SitePrivacy
+from latentfl.platform.payloads import (
+    decode_decrypt_task,
+    decode_task,
+    encode_encrypted_update,
+    encode_update,
+    flatten_state,
+    unflatten_state,
+)
 from latentfl.platform.protocol import (
     DEFAULT_CLOCK_SKEW_S,
     Kind,
@@ -45,7 +53,8 @@ from latentfl.strategies import ModelSpec, Task, Update, run_task
 POLL_MS = 100
 # Refusals after which re-sending the same update cannot succeed.
 _FINAL_REASONS = {"late", "wrong-round", "not-in-round", "duplicate", "manifest", "non-finite",
-                  "malformed", "too-large"}
+                  "malformed", "too-large", "wrong-mode", "bad_ciphertext", "not-asked",
+                  "internal"}
 
 
 @dataclass
@@ -116,6 +125,8 @@ class Agent:
                                                 max_bytes=config.max_message_bytes)
         self.log = get_logger("participant", peer=self.pid, session=config.session)
         self.data = data if data is not None else load_local_data(config)
+        self.privacy = SitePrivacy(config.privacy, state_dir=config.state_dir,
+                                   key_dir=config.key_dir)
         self._stop = threading.Event()
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="train")
         self._training: tuple[int, Future] | None = None
@@ -147,7 +158,7 @@ class Agent:
                 try:
                     outcome, heard = self._session(sock)
                 finally:
-                    sock.close(linger=0 if self._stop.is_set() else 500)
+                    sock.close(linger=500)  # lets a last BYE out, bounded
                 if outcome == "finished":
                     self.log.info("session_finished", done_round=self.done_round)
                     return int(ExitCode.OK)
@@ -242,6 +253,9 @@ class Agent:
     # -- tasks ----------------------------------------------------------------------------
     def _on_task(self, sock: zmq.Socket, message: Message) -> None:
         r = message.header.round
+        if message.header.meta.get("decrypt") is True:
+            self._on_decrypt(sock, message)
+            return
         if self.pending and self.pending.round == r:
             self._send_update(sock)  # the coordinator lost our update: send it again
             return
@@ -254,19 +268,72 @@ class Agent:
             self._decline(sock, r, exc.reason, str(exc))
             return
         self.log.info("task_received", round=r, bytes=len(message.payload),
-                      epochs=task.train.epochs, lr=task.train.lr)
-        self._training = (r, self._pool.submit(self._train, task, spec))
+                      epochs=task.train.epochs, lr=task.train.lr,
+                      aggregation=task.extra.get("aggregation", "plain"))
+        try:  # the site's own policy, before any data is touched
+            sigma = self.privacy.check(task, len(self.data.y))
+        except PrivacyError as exc:
+            self.log.warning("task_refused_by_policy", round=r, rule=exc.rule, detail=str(exc))
+            self._decline(sock, r, exc.rule, str(exc))
+            return
+        except LatentFLError as exc:  # ledger or plan unreadable, bad DP settings
+            self.log.error("privacy_check_failed", round=r, error=str(exc))
+            self._decline(sock, r, "privacy-check-failed", str(exc))
+            return
+        self._training = (r, self._pool.submit(self._train, task, spec, sigma))
 
-    def _train(self, task: Task, spec: ModelSpec) -> Update:
+    def _train(self, task: Task, spec: ModelSpec, sigma: float | None) -> tuple[bytes, dict]:
+        """Train (DP-SGD when configured), then encode the UPDATE (encrypted in ckks mode)."""
         from latentfl.device import resolve_device
+        from latentfl.models import model_manifest
 
         started = time.perf_counter()
-        update = run_task(task, spec, self.data.x, self.data.y, participant=self.pid,
-                          device=resolve_device(self.config.device))
+        with self.privacy.training_wrap(task.round, sigma) as wrap:
+            update = run_task(task, spec, self.data.x, self.data.y, participant=self.pid,
+                              device=resolve_device(self.config.device), wrap=wrap,
+                              share_class_counts=self.config.share_class_counts)
+        report = self.privacy.report()  # the ledger is saved when the wrap closes
         self.log.info("trained", round=task.round, steps=update.num_steps,
                       examples=update.num_examples, seconds=round(time.perf_counter() - started, 2),
-                      **update.metrics)
-        return update
+                      epsilon=None if report is None else report["epsilon"],
+                      train_loss=update.metrics.get("train_loss"))
+        if task.extra.get("aggregation", "plain") != "ckks":
+            return encode_update(update, report)
+        from latentfl.privacy import encrypt_update
+
+        flat = flatten_state(update.weights, model_manifest(spec.build()))
+        ciphertexts = encrypt_update(self.privacy.ckks, flat, weight=update.num_examples)
+        return encode_encrypted_update(update, ciphertexts, report)
+
+    def _on_decrypt(self, sock: zmq.Socket, message: Message) -> None:
+        """Decrypt the coordinator's encrypted *sum* and return the weighted mean, signed."""
+        from latentfl.models import model_manifest
+        from latentfl.privacy import decrypt_aggregate
+
+        r = message.header.round
+        try:
+            job = decode_decrypt_task(message, max_bytes=self.config.max_message_bytes)
+            manifest = model_manifest(job.model.build())
+            if message.header.meta.get("manifest") != manifest.digest:
+                raise ProtocolError("manifest", "decrypt TASK manifest digest differs from the "
+                                                "model built from its spec.")
+            flat = decrypt_aggregate(self.privacy.ckks, job.ciphertexts, job.length,
+                                     total_weight=job.total_weight)
+            weights = unflatten_state(flat, manifest)
+            manifest.check(weights)
+        except (LatentFLError, ValueError) as exc:
+            reason = exc.reason if isinstance(exc, ProtocolError) else "decrypt-failed"
+            self.log.warning("decrypt_refused", round=r, reason=reason, detail=str(exc))
+            self._send(sock, Kind.REJECT, round=r,
+                       meta={"reason": reason, "detail": str(exc)[:900],
+                             "refused_kind": "TASK", "refused_round": r})
+            return
+        aggregate = Update(self.pid, r, weights, num_examples=job.total_weight, num_steps=0)
+        payload, meta = encode_update(aggregate)
+        meta["aggregate"] = True
+        self.log.info("aggregate_decrypted", round=r, covers=job.cohort)
+        self.pending = Pending(r, payload, meta, hashlib.sha256(payload).hexdigest())
+        self._send_update(sock)
 
     def _after_training(self, sock: zmq.Socket, now: float) -> None:
         if self._training is None or not self._training[1].done():
@@ -274,12 +341,11 @@ class Agent:
         r, future = self._training
         self._training = None
         try:
-            update = future.result()
+            payload, meta = future.result()
         except Exception as exc:  # noqa: BLE001 - a failed task must not stop the agent
             self.log.error("training_failed", round=r, error=f"{type(exc).__name__}: {exc}")
             self._decline(sock, r, "training-failed", f"{type(exc).__name__}: {exc}")
             return
-        payload, meta = encode_update(update)
         self.pending = Pending(r, payload, meta, hashlib.sha256(payload).hexdigest())
         self._send_update(sock)
 

@@ -6,6 +6,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from latentfl.config import option
+from latentfl.privacy.dp_sgd import DPSGDConfig
+from latentfl.privacy.policy import SitePolicy
 from latentfl.simulate import PartitionConfig
 
 
@@ -24,6 +26,22 @@ class PartitionShare(PartitionConfig):
         if self.index >= self.clients:
             return [f"partition.index = {self.index}; expected a value below partition.clients "
                     f"= {self.clients}."]
+        return []
+
+
+@dataclass(frozen=True)
+class PrivacyConfig:
+    """This site's privacy: its own policy, enforced by its agent, and DP-SGD (docs/privacy.md)."""
+
+    policy: SitePolicy = option(SitePolicy(), help="Rules a task must meet or it is refused.")
+    dp_sgd: DPSGDConfig = option(DPSGDConfig(), help="Local training with DP-SGD (Opacus).")
+    noise_seed: int | None = option(None, help="Seed of the DP noise, for reproducible "
+                                               "experiments only (refused with secure_mode).")
+
+    def problems(self) -> list[str]:
+        if self.noise_seed is not None and self.dp_sgd.secure_mode:
+            return ["privacy.noise_seed is set with privacy.dp_sgd.secure_mode = true; secure "
+                    "noise is unseeded: remove noise_seed."]
         return []
 
 
@@ -58,11 +76,17 @@ class ParticipantConfig:
                                     min=1024)
     exit_when_finished: bool = option(True, help="Exit when the coordinator says the session "
                                                  "is finished.")
+    privacy: PrivacyConfig = option(PrivacyConfig(), help="Site policy and DP-SGD.")
 
     def problems(self) -> list[str]:
+        out = []
         if not self.coordinator.startswith(("tcp://", "ipc://")):
-            return [f"coordinator = {self.coordinator!r}; expected tcp://HOST:PORT."]
-        return []
+            out.append(f"coordinator = {self.coordinator!r}; expected tcp://HOST:PORT.")
+        spends = self.privacy.dp_sgd.enabled or self.privacy.policy.max_epsilon is not None
+        if spends and self.state_dir is None:
+            out.append("privacy.dp_sgd or privacy.policy.max_epsilon is set but state_dir is "
+                       "not: the privacy ledger must live on disk; set state_dir.")
+        return out
 
 
-__all__ = ["ParticipantConfig", "PartitionShare"]
+__all__ = ["ParticipantConfig", "PartitionShare", "PrivacyConfig"]

@@ -1,0 +1,243 @@
+"""CKKS secure aggregation through the daemons: real sockets, CURVE keys and TenSEAL contexts."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import pytest
+import torch
+
+from daemon_helpers import (
+    PARTITION,
+    STRATEGY,
+    Consortium,
+    RawClient,
+    Running,
+    local_parts,
+    simulate,
+    start_agents,
+    tiny_dataset,
+)
+from latentfl.config import from_dict
+from latentfl.demo import free_port
+from latentfl.errors import ConfigError, SecurityError
+from latentfl.models import model_manifest
+from latentfl.platform.coordinator import Coordinator, StateStore, read_journal
+from latentfl.platform.participant import Agent
+from latentfl.platform.payloads import (
+    decode_task,
+    encode_encrypted_update,
+    flatten_state,
+    state_length,
+)
+from latentfl.platform.protocol import Kind, pack_json, unpack_tensors
+from latentfl.privacy import (
+    ciphertexts_from_tensors,
+    create_context,
+    decrypt_aggregate,
+    encrypt_update,
+    load_participant_context,
+    secret_context_bytes,
+    write_ckks_keys,
+)
+from latentfl.simulate import SimulationConfig, run_simulation
+from latentfl.strategies import ModelSpec, Update
+
+IDS = ["p00", "p01", "p02", "p03"]
+CKKS = {"mode": "ckks", "min_cohort": 2, "decrypt_deadline": 1.0}
+
+
+@pytest.fixture(scope="module")
+def dataset():
+    return tiny_dataset()
+
+
+@pytest.fixture
+def consortium(tmp_path):
+    c = Consortium(tmp_path, IDS, free_port())
+    write_ckks_keys(c.keys)
+    return c
+
+
+def _manifest():
+    return model_manifest(from_dict(ModelSpec, STRATEGY["model"]).build())
+
+
+def _global(state_dir, round) -> dict[str, torch.Tensor]:
+    ckpt = StateStore(state_dir).load_checkpoint(round)
+    return {k.removeprefix("global."): v for k, v in ckpt.tensors.items()
+            if k.startswith("global.")}
+
+
+def _uploads(state_dir, round) -> dict[str, tuple[list[bytes], int]]:
+    """Each accepted encrypted upload of ``round``: its ciphertexts and example count."""
+    return {u.participant: (ciphertexts_from_tensors(u.weights), u.num_examples)
+            for u, _ in StateStore(state_dir).load_updates(round)}
+
+
+def _observe(coordinator: Coordinator) -> list[tuple[str, list[bytes]]]:
+    sent: list[tuple[str, list[bytes]]] = []
+    coordinator.send_observers.append(lambda pid, frames: sent.append((pid, list(frames))))
+    return sent
+
+
+def _ciphertext_tasks(sent) -> list[tuple[str, dict, list[bytes]]]:
+    """(recipient, meta, ciphertexts) of every message the coordinator sent with ciphertexts."""
+    out = []
+    for pid, frames in sent:
+        header = json.loads(frames[0])
+        tensors = unpack_tensors(frames[2]) if frames[2] else {}
+        if any(name.startswith("ckks/") for name in tensors):
+            out.append((pid, {"kind": header["kind"], **header["meta"]},
+                        ciphertexts_from_tensors(tensors)))
+    return out
+
+
+def test_coordinator_holds_only_a_public_context_and_refuses_bad_configs(consortium, tmp_path):
+    """The coordinator's context cannot decrypt; a secret context, feddgm or fednova with CKKS,
+    and a missing context are refused before it starts."""
+    coord = Coordinator(consortium.coordinator_config(aggregation=CKKS))
+    ctx = coord.secure.context
+    assert not ctx.is_private()
+    secret = load_participant_context(consortium.keys / "participants" / "p00")
+    blobs = encrypt_update(secret, torch.ones(5), weight=1.0)
+    with pytest.raises(SecurityError):
+        decrypt_aggregate(ctx, blobs, 5)
+    coord.store.unlock()
+
+    secret_file = tmp_path / "secret.bin"
+    secret_file.write_bytes(secret_context_bytes(create_context()))
+    with pytest.raises(SecurityError, match="secret key"):
+        Coordinator(consortium.coordinator_config(aggregation=CKKS, ckks_context=str(secret_file),
+                                                  state_dir=str(tmp_path / "s2")))
+    with pytest.raises(SecurityError, match="cannot be read"):
+        Coordinator(consortium.coordinator_config(aggregation=CKKS,
+                                                  ckks_context=str(tmp_path / "none.bin"),
+                                                  state_dir=str(tmp_path / "s3")))
+    for method in ("feddgm", "fednova"):
+        with pytest.raises(ConfigError, match=f"{method}.*needs each participant"):
+            consortium.coordinator_config(aggregation=CKKS, strategy={**STRATEGY,
+                                                                     "method": method})
+
+
+def test_encrypted_fedavg_equals_the_plaintext_simulator(consortium, dataset):
+    """3 agents, 2 CKKS rounds: the result equals the plaintext simulator within 1e-5, and the
+    only ciphertexts the coordinator ever sent are sums, to one participant per round."""
+    ids = IDS[:3]
+    config = consortium.coordinator_config(aggregation=CKKS)
+    coordinator = Coordinator(config)
+    sent = _observe(coordinator)
+    coord = Running(coordinator)
+    agents = start_agents(consortium, local_parts(dataset, 3), ids)
+    assert coord.join(120) == 0
+    assert [a.join(20) for a in agents] == [0, 0, 0]
+
+    reference = simulate(dataset, 3, 2).strategy.global_weights()
+    final = _global(config.state_dir, 2)
+    for name, value in reference.items():
+        assert torch.allclose(final[name], value, atol=1e-5, rtol=0), name
+
+    individual = {b for r in (1, 2) for blobs, _ in _uploads(config.state_dir, r).values()
+                  for b in blobs}
+    carried = _ciphertext_tasks(sent)
+    assert [(pid, meta["kind"], meta["decrypt"], meta["cohort"]) for pid, meta, _ in carried] == [
+        ("p00", "TASK", True, 3), ("p00", "TASK", True, 3)]
+    assert not any(b in individual for _, _, blobs in carried for b in blobs)
+    journal = read_journal(config.state_dir / "journal.jsonl")
+    assert [e["encrypted"] for e in journal if e.get("kind") == "UPDATE"] == [True] * 6
+
+
+def _raw_upload(client: RawClient, ctx, examples: int) -> tuple[Update, list[bytes]]:
+    """A hand-driven participant: take the TASK, upload its weights (untrained) encrypted."""
+    task_msg = client.recv(timeout=10.0, kind=Kind.TASK)
+    assert task_msg is not None and task_msg.header.meta.get("decrypt") is None
+    task, _ = decode_task(task_msg, max_bytes=2**28)
+    assert task.extra["aggregation"] == "ckks"
+    flat = flatten_state(task.weights, _manifest())
+    blobs = encrypt_update(ctx, flat, weight=examples)
+    return Update(client.identity.id, task.round, {}, examples, 1), blobs
+
+
+def test_dropout_bad_ciphertexts_and_a_silent_decryptor(consortium, dataset):
+    """p03 uploads malformed ciphertexts (REJECT) and drops out; p00 uploads but never decrypts:
+    the sum covers p00-p02, p01 decrypts it, and it equals their weighted mean within 1e-5."""
+    config = consortium.coordinator_config(aggregation=CKKS, rounds=1, min_participants=4,
+                                           round_deadline=4.0)
+    coordinator = Coordinator(config)
+    sent = _observe(coordinator)
+    coord = Running(coordinator)
+    ctx = load_participant_context(consortium.keys / "participants" / "p00")
+    silent, dropper = (RawClient(consortium, consortium.identity(p)) for p in ("p00", "p03"))
+    try:
+        for client in (silent, dropper):
+            client.send(client.frames(Kind.HELLO, 0, pack_json({"num_examples": 50})))
+        parts = local_parts(dataset, 3)
+        agents = [Running(Agent(consortium.participant_config(p), data=parts[i]))
+                  for i, p in ((1, "p01"), (2, "p02"))]
+        update, blobs = _raw_upload(silent, ctx, 50)
+        payload, meta = encode_encrypted_update(update, blobs)
+        silent.send(silent.frames(Kind.UPDATE, 1, payload, meta))
+        assert silent.recv(timeout=5.0, kind=Kind.ACK) is not None
+        bad_update, bad_blobs = _raw_upload(dropper, ctx, 50)
+        payload, meta = encode_encrypted_update(bad_update, bad_blobs + bad_blobs[:1])
+        dropper.send(dropper.frames(Kind.UPDATE, 1, payload, meta))
+        reject = dropper.recv(timeout=5.0, kind=Kind.REJECT)
+        assert reject is not None and reject.header.meta["reason"] == "bad_ciphertext"
+        ask = silent.recv(timeout=15.0, kind=Kind.TASK)  # the sum comes to p00 first: ignored
+        assert ask is not None and ask.header.meta["decrypt"] is True
+        assert coord.join(60) == 0
+        assert [a.join(20) for a in agents] == [0, 0]
+    finally:
+        silent.close()
+        dropper.close()
+
+    journal = read_journal(config.state_dir / "journal.jsonl")
+    asked = [e["peer"] for e in journal if e["event"] == "decrypt_requested"]
+    assert asked[:2] == ["p00", "p01"]
+    assert [e["peer"] for e in journal if e.get("kind") == "AGGREGATE"] == ["p01"]
+    closed = [e for e in journal if e["event"] == "round_closed"]
+    assert closed[0]["accepted"] == ["p00", "p01", "p02"]
+
+    uploads = _uploads(config.state_dir, 1)
+    assert sorted(uploads) == ["p00", "p01", "p02"]
+    length = state_length(_manifest())
+    numerator = sum(decrypt_aggregate(ctx, b, length, total_weight=1.0).double()
+                    for b, _ in uploads.values())
+    expected = numerator / sum(n for _, n in uploads.values())
+    got = flatten_state(_global(config.state_dir, 1), _manifest())
+    assert torch.allclose(got, expected, atol=1e-5, rtol=0)
+    individual = {b for blobs, _ in uploads.values() for b in blobs} | set(bad_blobs)
+    carried = _ciphertext_tasks(sent)
+    assert {pid for pid, _, _ in carried} <= {"p00", "p01"}
+    assert all(meta["decrypt"] is True and meta["cohort"] == 3 for _, meta, _ in carried)
+    assert not any(b in individual for _, _, blobs in carried for b in blobs)
+
+
+def test_encrypted_dynafed_equals_the_plaintext_simulator(consortium, dataset):
+    """DynaFed under CKKS: its trajectory (the decrypted aggregates) equals the plaintext
+    simulator's within 1e-5, and synthesis and fine-tuning run on it alone."""
+    strategy = {**STRATEGY, "method": "dynafed",
+                "dynafed": {"trajectory_length": 2, "ipc": 1, "syn_steps": 2, "iterations": 2,
+                            "augment": False, "finetune_steps": 2, "finetune_augment": False,
+                            "device": "cpu"}}
+    config = consortium.coordinator_config(aggregation=CKKS, strategy=strategy)
+    coord = Running(Coordinator(config))
+    agents = start_agents(consortium, local_parts(dataset, 3), IDS[:3])
+    assert coord.join(120) == 0
+    assert [a.join(20) for a in agents] == [0, 0, 0]
+    sim = run_simulation(from_dict(SimulationConfig, {
+        "participants": 3, "rounds": 2, "seed": 0, "device": "cpu",
+        "partition": dataclasses.asdict(PARTITION), "strategy": strategy}), dataset=dataset)
+    ckpt = StateStore(config.state_dir).load_checkpoint(2)
+    reference = torch.stack(sim.strategy.trajectory)
+    assert torch.allclose(ckpt.tensors["trajectory"], reference, atol=1e-5, rtol=0)
+    assert ckpt.meta["strategy"]["synthesised"] is True
+    # fine-tuning is Adam (steps of about lr each, whatever the gradient's size), so the final
+    # models agree to 2 steps x lr 1e-4 x 2, not to CKKS precision
+    final = _global(config.state_dir, 2)
+    for name, value in sim.strategy.global_weights().items():
+        assert torch.allclose(final[name], value, atol=5e-4, rtol=0), name
+    closed = [e for e in read_journal(config.state_dir / "journal.jsonl")
+              if e["event"] == "round_closed"]
+    assert "finetune_loss" in closed[1]["metrics"]
