@@ -89,7 +89,7 @@ def _baseline(case: Case, model, starts, targets, cfg, space, iterations: int) -
             if case.space == "pixel":
                 images = params[0]
             else:
-                images = space.generator.render(space._latent(params))
+                images = space.generator.render(space.latent(params))
             theta = start.clone().requires_grad_(True)
             for step in range(case.steps):
                 idx = torch.randperm(labels.shape[0], device=device)[: case.batch]

@@ -134,3 +134,41 @@ def test_to_uint8_inverts_the_normalisation():
     mean, std = torch.tensor(MEAN).view(1, 3, 1, 1), torch.tensor(STD).view(1, 3, 1, 1)
     images = (pixels.permute(0, 3, 1, 2).float() / 255.0 - mean) / std
     assert (to_uint8(images, MEAN, STD) == pixels.numpy()).all()
+
+
+def test_participant_classes_batch_equal_class_sets():
+    """Per-participant classes: each set has its own labels and equals a one-by-one run."""
+    model, start, target = _model_and_target()
+    cfg = DistillConfig(iterations=2, steps=2, prior="pixel", augment=False, log_every=0)
+    starts = torch.stack([start, start, start])
+    targets = torch.stack([target, 0.5 * (start + target), 0.2 * start + 0.8 * target])
+    per = [[0, 2], [1, 3], [0, 2]]
+    many = distill_many(starts, targets, model, num_classes=4, ipc=1, space=_space(cfg),
+                        config=cfg, seed=3, participant_classes=per)
+    for p in range(3):
+        assert many[p].labels.tolist() == per[p]
+        one = distill(starts[p], targets[p], model, num_classes=4, ipc=1, space=_space(cfg),
+                      config=cfg, seed=3 + p, classes=per[p])
+        torch.testing.assert_close(many[p].images, one.images, rtol=1e-4, atol=1e-4)
+    with pytest.raises(DistillError, match="one class list per participant"):
+        distill_many(starts, targets, model, num_classes=4, ipc=1, space=_space(cfg), config=cfg,
+                     participant_classes=per[:2])
+    with pytest.raises(DistillError, match="not valid"):
+        distill(start, target, model, num_classes=4, ipc=1, space=_space(cfg), config=cfg,
+                classes=[4])
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("unroll", ["full", "two_pass"])
+def test_distill_many_runs_on_cuda(unroll):
+    """Batched distillation in the generator's F-space runs on CUDA with finite losses."""
+    model, start, target = _model_and_target()
+    cfg = DistillConfig(iterations=3, steps=3, batch_size=4, prior="random", unroll=unroll,
+                        log_every=0)
+    space = build_space(cfg, image_shape=SHAPE, num_classes=4, mean=MEAN, std=STD, seed=0,
+                        device="cuda")
+    sets = distill_many(torch.stack([start, start]), torch.stack([target, 0.5 * (start + target)]),
+                        model, num_classes=4, ipc=2, space=space, config=cfg, device="cuda")
+    assert len(sets) == 2 and all(torch.isfinite(torch.tensor(s.losses)).all() for s in sets)
+    assert sets[0].images.device.type == "cpu"

@@ -51,18 +51,20 @@ def _updates(journal) -> dict[str, list[dict]]:
 
 
 def test_reported_epsilon_matches_opacus_and_survives_a_restart(tmp_path, parts, capsys):
-    """Each UPDATE reports Opacus's RDP epsilon; a restarted agent continues its ledger and
-    noise; `privacy ledger --config` prints it."""
+    """Each UPDATE reports Opacus's RDP epsilon (DP-SGD and weight noise); a restarted agent
+    continues its ledger and noise; `privacy ledger --config` prints it."""
     consortium = Consortium(tmp_path, IDS, free_port())
     dp_target = {"dp_sgd": {"enabled": True, "target_epsilon": 8.0, "planned_rounds": 2},
                  "policy": {"delta": DELTA}, "noise_seed": 1}
     dp_fixed = {"dp_sgd": {"enabled": True, "noise_multiplier": 1.0}, "noise_seed": 2}
+    weight_noise = {"weight_noise": {"enabled": True, "clip_norm": 5.0, "noise_multiplier": 2.0},
+                    "noise_seed": 3}
     states = [tmp_path / f"site{i}" for i in range(3)]
 
     def configs():
         return [_private(consortium, "p00", states[0], dp_target),
                 _private(consortium, "p01", states[1], dp_fixed),
-                consortium.participant_config("p02")]
+                _private(consortium, "p02", states[2], weight_noise)]
 
     strategy = {"method": "fedavg", "model": {"name": "convnet",
                                               "options": {"width": 8, "depth": 1}},
@@ -89,7 +91,14 @@ def test_reported_epsilon_matches_opacus_and_survives_a_restart(tmp_path, parts,
         assert [r.round for r in ledger.rows] == [1, 1] and ledger.total_steps == 2 * steps
     # the target epsilon was planned over both rounds, so two rounds spend (about) all of it
     assert _updates(second)["p00"][0]["privacy"]["epsilon"] == pytest.approx(8.0, abs=0.05)
-    assert "privacy" not in _updates(first)["p02"][0] or not _updates(first)["p02"][0]["privacy"]
+    # weight noise: one Gaussian mechanism per upload, noise 2.0 on sensitivity 2 x clip
+    for k, journal in enumerate((first, second), start=1):
+        report = _updates(journal)["p02"][0]["privacy"]
+        accountant = RDPAccountant()
+        accountant.history = [(1.0, 1.0, k)]
+        assert report["epsilon"] == pytest.approx(accountant.get_epsilon(DELTA), rel=1e-9)
+        assert report["dp_steps"] == 0
+    assert [r.mechanism for r in PrivacyLedger.load(states[2]).rows] == ["weight-noise"] * 2
 
     toml = tmp_path / "p00.toml"
     toml.write_text("\n".join([

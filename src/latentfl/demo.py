@@ -100,18 +100,27 @@ def strategy_toml(method: str, *, mean: tuple[float, ...], std: tuple[float, ...
     if method == "fedavg":
         head = FEDAVG_STRATEGY
     else:
-        head = FEDDGM_STRATEGY.format(mean=[round(m, 4) for m in mean],
-                                      std=[round(s, 4) for s in std])
+        head = FEDDGM_STRATEGY.format(
+            mean=[round(m, 4) for m in mean], std=[round(s, 4) for s in std]
+        )
     return head + SURROGATE
 
 
-def coordinator_toml(*, keys: Path, state: Path, port: int, rounds: int, participants: int,
-                     strategy: str, session: str = "demo") -> str:
-    return f"""# latentfl coordinator --config {state.parent / 'coordinator.toml'}
+def coordinator_toml(
+    *,
+    keys: Path,
+    state: Path,
+    port: int,
+    rounds: int,
+    participants: int,
+    strategy: str,
+    session: str = "demo",
+) -> str:
+    return f"""# latentfl coordinator --config {state.parent / "coordinator.toml"}
 session = "{session}"
 bind = "tcp://127.0.0.1:{port}"
-key_dir = "{keys / 'coordinator'}"
-roster = "{keys / 'roster.toml'}"
+key_dir = "{keys / "coordinator"}"
+roster = "{keys / "roster.toml"}"
 state_dir = "{state}"
 rounds = {rounds}
 seed = 0
@@ -124,13 +133,21 @@ device = "cpu"
 {strategy}"""
 
 
-def participant_toml(*, keys: Path, pid: str, index: int, participants: int, port: int,
-                     state: Path, session: str = "demo") -> str:
-    return f"""# latentfl participant --config {state.parent / (pid + '.toml')}
+def participant_toml(
+    *,
+    keys: Path,
+    pid: str,
+    index: int,
+    participants: int,
+    port: int,
+    state: Path,
+    session: str = "demo",
+) -> str:
+    return f"""# latentfl participant --config {state.parent / (pid + ".toml")}
 session = "{session}"
 coordinator = "tcp://127.0.0.1:{port}"
-key_dir = "{keys / 'participants' / pid}"
-roster = "{keys / 'roster.toml'}"
+key_dir = "{keys / "participants" / pid}"
+roster = "{keys / "roster.toml"}"
 state_dir = "{state}"
 data = "builtin:cifar10-mini"
 device = "cpu"
@@ -146,8 +163,9 @@ index = {index}
 """
 
 
-def write_consortium(root: Path, *, rounds: int, participants: int,
-                     method: str = "fedavg") -> dict[str, Path]:
+def write_consortium(
+    root: Path, *, rounds: int, participants: int, method: str = "fedavg"
+) -> dict[str, Path]:
     """Keys, roster and configs for a local consortium under ``root``; config paths by party."""
     from latentfl.data import load_dataset
     from latentfl.platform.crypto import init_consortium
@@ -162,14 +180,28 @@ def write_consortium(root: Path, *, rounds: int, participants: int,
     port = free_port()
     (root / "logs").mkdir(parents=True, exist_ok=True)
     configs = {"coordinator": root / "coordinator.toml"}
-    configs["coordinator"].write_text(coordinator_toml(
-        keys=keys, state=root / "state", port=port, rounds=rounds, participants=participants,
-        strategy=strategy))
+    configs["coordinator"].write_text(
+        coordinator_toml(
+            keys=keys,
+            state=root / "state",
+            port=port,
+            rounds=rounds,
+            participants=participants,
+            strategy=strategy,
+        )
+    )
     for i, pid in enumerate(ids):
         configs[pid] = root / f"{pid}.toml"
-        configs[pid].write_text(participant_toml(
-            keys=keys, pid=pid, index=i, participants=participants, port=port,
-            state=root / "participants" / pid))
+        configs[pid].write_text(
+            participant_toml(
+                keys=keys,
+                pid=pid,
+                index=i,
+                participants=participants,
+                port=port,
+                state=root / "participants" / pid,
+            )
+        )
     return configs
 
 
@@ -187,9 +219,14 @@ class ProcessGroup:
         env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
         # The first child leads a new group (not the terminal's), the others join it.
         group = {"process_group": 0} if self.pgid is None else {"process_group": self.pgid}
-        proc = subprocess.Popen([sys.executable, "-m", "latentfl", *args], stdout=fh,
-                                stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
-                                **group)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "latentfl", *args],
+            stdout=fh,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env=env,
+            **group,
+        )
         if self.pgid is None:
             self.pgid = proc.pid
         self.procs[name] = proc
@@ -218,9 +255,16 @@ def _read_history(status_path: Path) -> list[dict]:
         return []
 
 
-def run_demo(*, rounds: int = 3, participants: int = 4, method: str = "feddgm",
-             workdir: Path | None = None, keep: bool = False,
-             timeout_s: float = DEMO_TIMEOUT_S, out=print) -> int:
+def run_demo(
+    *,
+    rounds: int = 3,
+    participants: int = 4,
+    method: str = "feddgm",
+    workdir: Path | None = None,
+    keep: bool = False,
+    timeout_s: float = DEMO_TIMEOUT_S,
+    out=print,
+) -> int:
     """Run the demo; return 0 when every round finished."""
     if method not in METHODS:
         raise ConfigError(f"--method is {method!r}; expected one of {', '.join(METHODS)}.")
@@ -239,14 +283,20 @@ def run_demo(*, rounds: int = 3, participants: int = 4, method: str = "feddgm",
     started = time.monotonic()
     status_path = root / "state" / "status.json"
     try:
-        coord = group.start("coordinator", ["coordinator", "--config", str(configs["coordinator"])],
-                            root / "logs" / "coordinator.log")
+        coord = group.start(
+            "coordinator",
+            ["coordinator", "--config", str(configs["coordinator"])],
+            root / "logs" / "coordinator.log",
+        )
         for name, path in configs.items():
             if name != "coordinator":
-                group.start(name, ["participant", "--config", str(path)],
-                            root / "logs" / f"{name}.log")
-        out(f"consortium of {participants} participants in {root}; {method}, {rounds} rounds, "
-            "one process per party, CurveZMQ on 127.0.0.1")
+                group.start(
+                    name, ["participant", "--config", str(path)], root / "logs" / f"{name}.log"
+                )
+        out(
+            f"consortium of {participants} participants in {root}; {method}, {rounds} rounds, "
+            "one process per party, CurveZMQ on 127.0.0.1"
+        )
         out(f"{'round':>5}  {'participants':>12}  {'test acc':>8}  {'round time':>10}")
         shown = 0
         while True:
@@ -254,22 +304,28 @@ def run_demo(*, rounds: int = 3, participants: int = 4, method: str = "feddgm",
             for rec in history[shown:]:
                 acc = rec["metrics"].get("accuracy")
                 acc_s = "-" if acc is None else f"{100 * acc:7.2f}%"
-                out(f"{rec['round']:>5}  {len(rec['accepted']):>12}  {acc_s:>8}  "
-                    f"{rec['seconds']:>9.1f}s")
+                out(
+                    f"{rec['round']:>5}  {len(rec['accepted']):>12}  {acc_s:>8}  "
+                    f"{rec['seconds']:>9.1f}s"
+                )
             shown = max(shown, len(history))
             if coord.poll() is not None:
                 break
             if time.monotonic() - started > timeout_s:
-                raise StateError(f"the demo did not finish within {timeout_s:.0f}s; see the "
-                                 f"logs in {root / 'logs'}.")
+                raise StateError(
+                    f"the demo did not finish within {timeout_s:.0f}s; see the "
+                    f"logs in {root / 'logs'}."
+                )
             time.sleep(0.5)
         for name, proc in group.procs.items():
             if name != "coordinator":
                 with contextlib.suppress(subprocess.TimeoutExpired):
                     proc.wait(timeout=20)
         ok = coord.returncode == 0 and shown >= rounds
-        out(f"{'finished' if ok else 'FAILED'} in {time.monotonic() - started:.1f}s "
-            f"(coordinator exit {coord.returncode})")
+        out(
+            f"{'finished' if ok else 'FAILED'} in {time.monotonic() - started:.1f}s "
+            f"(coordinator exit {coord.returncode})"
+        )
         if ok and method == "feddgm":
             grid = save_synthetic_grid(root / "state", root / "synthetic.png")
             out(f"synthetic images of the last round: {grid}")
@@ -325,15 +381,22 @@ def _print_fedavg_comparison(coordinator_config: Path, history: list[dict], out)
 
     cfg = load_config(coordinator_config, CoordinatorConfig)
     sim = SimulationConfig(
-        data=DEMO_DATA, participants=cfg.min_participants, rounds=cfg.rounds, seed=cfg.seed,
-        device="cpu", partition=PartitionConfig(scheme="dirichlet", alpha=0.5, seed=0),
-        strategy=replace(cfg.strategy, method="fedavg"))
+        data=DEMO_DATA,
+        participants=cfg.min_participants,
+        rounds=cfg.rounds,
+        seed=cfg.seed,
+        device="cpu",
+        partition=PartitionConfig(scheme="dirichlet", alpha=0.5, seed=0),
+        strategy=replace(cfg.strategy, method="fedavg"),
+    )
     fedavg = run_simulation(sim).history
     out(f"{'round':>5}  {'FedDGM (global convnet-32)':>26}  {'FedAvg (convnet-16)':>20}")
     for rec, base in zip(history, fedavg, strict=False):
         acc = rec["metrics"].get("accuracy")
-        out(f"{rec['round']:>5}  {'-' if acc is None else f'{100 * acc:.2f}%':>26}  "
-            f"{100 * base.accuracy:>19.2f}%")
+        out(
+            f"{rec['round']:>5}  {'-' if acc is None else f'{100 * acc:.2f}%':>26}  "
+            f"{100 * base.accuracy:>19.2f}%"
+        )
 
 
 def _raise_interrupt(*_args) -> None:
@@ -342,20 +405,37 @@ def _raise_interrupt(*_args) -> None:
 
 def _run(args) -> int:
     rounds = args.rounds or (2 if args.method == "feddgm" else 3)
-    return run_demo(rounds=rounds, participants=args.participants, method=args.method,
-                    workdir=args.workdir, keep=args.keep)
+    return run_demo(
+        rounds=rounds,
+        participants=args.participants,
+        method=args.method,
+        workdir=args.workdir,
+        keep=args.keep,
+    )
 
 
 def register(subparsers) -> None:
-    p = subparsers.add_parser("demo", help="Run a local consortium: coordinator and participants "
-                                           "as separate processes, FedDGM on CIFAR-10 mini.")
-    p.add_argument("--method", choices=METHODS, default="feddgm",
-                   help="FedDGM (default; FedAvg runs beside it for comparison) or FedAvg.")
-    p.add_argument("--rounds", type=int, default=None,
-                   help="Rounds (default 2 for FedDGM, 3 for FedAvg).")
+    p = subparsers.add_parser(
+        "demo",
+        help="Run a local consortium: coordinator and participants "
+        "as separate processes, FedDGM on CIFAR-10 mini.",
+    )
+    p.add_argument(
+        "--method",
+        choices=METHODS,
+        default="feddgm",
+        help="FedDGM (default; FedAvg runs beside it for comparison) or FedAvg.",
+    )
+    p.add_argument(
+        "--rounds", type=int, default=None, help="Rounds (default 2 for FedDGM, 3 for FedAvg)."
+    )
     p.add_argument("--participants", type=int, default=4, help="Participants (default 4).")
-    p.add_argument("--workdir", type=Path, default=None,
-                   help="Folder for keys, configs, state and logs (kept); default a temp folder.")
+    p.add_argument(
+        "--workdir",
+        type=Path,
+        default=None,
+        help="Folder for keys, configs, state and logs (kept); default a temp folder.",
+    )
     p.add_argument("--keep", action="store_true", help="Keep the temporary folder afterwards.")
     p.set_defaults(handler=_run)
 

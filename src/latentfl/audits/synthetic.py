@@ -4,8 +4,8 @@ Run at the participant, on its own data: T (images that trained the weights the 
 was distilled from) and a holdout H of the same distribution that never trained anything.
 Every threshold is calibrated on H, so a set that is merely "realistic" does not raise a flag:
 a flag needs synthetic images that are closer to T than H-images are, more often than chance
-allows. Six tests run; each is done at level ``alpha / 6`` (Bonferroni), so a clean set raises
-any flag with probability at most ``alpha``.
+allows. Six tests run; each is done at level ``alpha / 6`` (Bonferroni), so a clean set of
+images that behave like unseen real ones raises any flag with probability at most about ``alpha``.
 """
 
 from __future__ import annotations
@@ -90,7 +90,8 @@ class _Reference:
         self.t_eq = torch.from_numpy(np.sort(rng.choice(len(self.t), size, replace=False)))
         self.h_eq = torch.from_numpy(np.sort(rng.choice(len(self.h), size, replace=False)))
 
-    def near_t(self, x: torch.Tensor, fx: torch.Tensor):
+    def near_t(self, x: torch.Tensor, fx: torch.Tensor
+               ) -> tuple[dist.Neighbours, dist.Neighbours, dist.Neighbours, np.ndarray]:
         """Pixel top-k, SSIM and feature neighbours of ``x`` in T, and the ratio r."""
         px = dist.pixel_neighbours(x, self.t, max(RATIO_NEIGHBOURS, SSIM_CANDIDATES))
         ss = dist.ssim_neighbours(x, self.t, px.indices[:, :SSIM_CANDIDATES])
@@ -112,7 +113,7 @@ def _drop_self(nb: dist.Neighbours) -> dist.Neighbours:
     return dist.Neighbours(nb.distances[keep].reshape(-1, k), nb.indices[keep].reshape(-1, k))
 
 
-def calibrate(ref: _Reference) -> Calibration:
+def _calibrate(ref: _Reference) -> Calibration:
     px, ss, ft, ratio = ref.near_t(ref.h, ref.fh)
     px_h = _drop_self(dist.pixel_neighbours(ref.h, ref.h, SSIM_CANDIDATES + 1))
     ss_h = dist.ssim_neighbours(ref.h, ref.h, px_h.indices)
@@ -121,7 +122,7 @@ def calibrate(ref: _Reference) -> Calibration:
                        ss_h.distances[:, 0], ft.distances[:, 0], ft_h.distances[:, 0], ratio)
 
 
-def measure(ref: _Reference, candidates: np.ndarray) -> Measurements:
+def _measure(ref: _Reference, candidates: np.ndarray) -> Measurements:
     """Nearest-neighbour results of uint8 NHWC ``candidates`` against T and H."""
     x = dist.to_unit_float(candidates)
     fx = ref.encoder.features(x)
@@ -288,11 +289,11 @@ def audit_synthetic(synthetic: np.ndarray, private: np.ndarray, holdout: np.ndar
         raise ValueError(f"need at least 2 private and 2 holdout images, got {len(private)} and "
                          f"{len(holdout)}")
     ref = _Reference(private, holdout, encoder, seed)
-    cal = calibrate(ref)
-    syn = measure(ref, synthetic)
+    cal = _calibrate(ref)
+    syn = _measure(ref, synthetic)
     rng = np.random.default_rng(seed + 1)
     n_base = min(len(synthetic), len(private))
-    base = measure(ref, private[np.sort(rng.choice(len(private), n_base, replace=False))])
+    base = _measure(ref, private[np.sort(rng.choice(len(private), n_base, replace=False))])
     syn_roc = roc_curve(-syn.proximity_t, -syn.proximity_h)
     base_roc = roc_curve(-base.proximity_t, -base.proximity_h)
     return SyntheticAudit(
@@ -305,5 +306,5 @@ def audit_synthetic(synthetic: np.ndarray, private: np.ndarray, holdout: np.ndar
     )
 
 
-__all__ = ["Calibration", "Measurements", "SyntheticAudit", "audit_synthetic", "calibrate",
-           "measure", "relative_closeness"]
+__all__ = ["Calibration", "Measurements", "SyntheticAudit", "audit_synthetic",
+           "relative_closeness"]

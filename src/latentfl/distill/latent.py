@@ -48,9 +48,11 @@ class PixelSpace:
 
     def lr_groups(self, params: list[Tensor], *, pixel: float, feature: float, style: float
                   ) -> list[dict]:
+        """Optimiser parameter groups: the images at the pixel learning rate."""
         return [{"params": params, "lr": pixel}]
 
     def render(self, params: list[Tensor]) -> Tensor:
+        """The images (detached)."""
         return params[0].detach()
 
     def backward(self, params: list[Tensor], image_grad: Tensor) -> None:
@@ -66,7 +68,7 @@ class GeneratorSpace:
     def __init__(self, generator: Generator, *, layer: int | None = None,
                  chunk_size: int = 256) -> None:
         cfg = generator.config
-        self.generator = generator.eval()
+        self.generator = generator
         self.layer = default_split_layer(cfg.image_size) if layer is None else layer
         self.generator._check_layer(self.layer)
         self.chunk_size = chunk_size
@@ -79,22 +81,24 @@ class GeneratorSpace:
 
     def lr_groups(self, params: list[Tensor], *, pixel: float, feature: float, style: float
                   ) -> list[dict]:
+        """Optimiser parameter groups: feature maps and style codes at their own rates."""
         return [{"params": params[:1], "lr": feature}, {"params": params[1:], "lr": style}]
 
-    def _latent(self, params: list[Tensor]) -> FLatent:
+    def latent(self, params: list[Tensor]) -> FLatent:
+        """The F-space latent made of the trainable tensors (differentiable)."""
         return FLatent(params[0], list(params[1:]), self.layer)
 
     def render(self, params: list[Tensor]) -> Tensor:
         """Images from the latents, without an autograd graph."""
         with torch.no_grad():
-            lat = self._latent([p.detach() for p in params])
+            lat = self.latent([p.detach() for p in params])
             n = params[0].shape[0]
             return torch.cat([self.generator.render(lat.slice(a, a + self.chunk_size))
                               for a in range(0, n, self.chunk_size)])
 
     def backward(self, params: list[Tensor], image_grad: Tensor) -> None:
         """Accumulate latent gradients by replaying the generator ``chunk_size`` images at a time."""
-        lat = self._latent(params)
+        lat = self.latent(params)
         for a in range(0, image_grad.shape[0], self.chunk_size):
             images = self.generator.render(lat.slice(a, a + self.chunk_size))
             torch.autograd.backward(images, image_grad[a:a + self.chunk_size], inputs=params)

@@ -133,14 +133,17 @@ def _initial_label_logits(labels: Tensor, num_classes: int) -> Tensor:
 def distill_many(
     starts: Tensor | None, targets: Tensor | None, model: nn.Module, *, num_classes: int,
     ipc: int, space: Space, config: DistillConfig, device: torch.device | str = "cpu",
-    seed: int = 0, classes: Sequence[int] | None = None, participants: int | None = None,
+    seed: int = 0, classes: Sequence[int] | None = None,
+    participant_classes: Sequence[Sequence[int]] | None = None, participants: int | None = None,
     sample_pair: SamplePair | None = None,
 ) -> list[SyntheticSet]:
     """Distil one synthetic set per participant in one batched loop.
 
     ``starts``/``targets``: flat weights ``(P, D)`` in the model registry's order. Or pass
     ``sample_pair`` (returning ``(P, D)`` pairs) and ``participants=P`` instead. Participant ``p``
-    initialises its latents from ``seed + p``; ``classes`` restricts the labels (default all).
+    initialises its latents from ``seed + p``. ``classes`` restricts every participant's labels
+    (default all); ``participant_classes`` gives each participant its own classes (e.g. the ones
+    present in its data): participants with the same classes are batched together.
     """
     device = torch.device(device)
     if sample_pair is None:
@@ -157,11 +160,43 @@ def distill_many(
         raise DistillError("distill_many with sample_pair needs participants=P; got None.")
     else:
         num = participants
-    cls = list(range(num_classes)) if classes is None else list(classes)
+    common = dict(model=model, num_classes=num_classes, ipc=ipc, space=space, config=config,
+                  device=device, seed=seed)
+    if participant_classes is None:
+        cls = tuple(range(num_classes)) if classes is None else tuple(int(c) for c in classes)
+        return _distill_batch(starts, targets, cls=cls, seeds=[seed + p for p in range(num)],
+                              sample_pair=sample_pair, **common)
+    if sample_pair is not None or classes is not None or len(participant_classes) != num:
+        raise DistillError(
+            f"participant_classes needs fixed starts/targets, no classes, and one class list per "
+            f"participant; got {len(participant_classes)} lists for {num} participants.")
+    batches: dict[tuple[int, ...], list[int]] = {}
+    for p, cls in enumerate(participant_classes):
+        batches.setdefault(tuple(int(c) for c in cls), []).append(p)
+    results: list[SyntheticSet | None] = [None] * num
+    for cls, members in batches.items():
+        idx = torch.tensor(members, device=device)
+        sets = _distill_batch(starts[idx], targets[idx], cls=cls,
+                              seeds=[seed + p for p in members], sample_pair=None, **common)
+        for p, synthetic in zip(members, sets, strict=True):
+            results[p] = synthetic
+    return results
+
+
+def _distill_batch(
+    starts: Tensor | None, targets: Tensor | None, *, model: nn.Module, num_classes: int,
+    ipc: int, space: Space, config: DistillConfig, device: torch.device, seed: int,
+    cls: tuple[int, ...], seeds: list[int], sample_pair: SamplePair | None,
+) -> list[SyntheticSet]:
+    """The loop for participants sharing one class list; ``seeds[p]`` seeds p's latents."""
+    if not cls or min(cls) < 0 or max(cls) >= num_classes:
+        raise DistillError(f"classes {list(cls)} are not valid; expected a non-empty list of "
+                           f"labels in 0..{num_classes - 1}.")
+    num = len(seeds)
     labels = torch.tensor(cls, device=device).repeat_interleave(ipc)  # (M,)
     m = labels.shape[0]
     labels_all = labels.expand(num, m)
-    inits = [space.init(labels, seed + p) for p in range(num)]
+    inits = [space.init(labels, s) for s in seeds]
     params = [torch.cat([init[t].detach() for init in inits]).requires_grad_(True)
               for t in range(len(inits[0]))]
     groups = space.lr_groups(params, pixel=config.lr_pixel, feature=config.lr_feature,

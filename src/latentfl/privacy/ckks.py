@@ -43,7 +43,7 @@ class SecureAggregationConfig:
         "plain", help="'ckks': the coordinator sums encrypted updates and never sees one alone."
     )
     min_cohort: int = option(
-        2, help="Fewest updates a CKKS sum may cover (>= 2; below it the round fails).", min=2
+        2, help="Fewest updates a CKKS sum may cover (>= 2; with fewer the round is planned again).", min=2
     )
     max_ciphertext_bytes: int = option(
         DEFAULT_MAX_CIPHERTEXT_BYTES, help="Largest serialised ciphertext accepted.", min=1

@@ -145,31 +145,25 @@ class FedDGM(Strategy):
             seed=self._seed,
             device=self.device,
         )
-        # participants that distil the same classes share one batched graph
-        groups: dict[tuple[int, ...], list[int]] = {}
-        for i, u in enumerate(updates):
-            groups.setdefault(self._classes_of(u), []).append(i)
-        out: list[SyntheticSet | None] = [None] * len(updates)
+        # on CUDA participants share one batched graph; on CPU a loop is faster
         per_batch = cfg.participants_per_batch or (10 if self.device.type == "cuda" else 1)
-        for classes, members in groups.items():
-            for lo in range(0, len(members), per_batch):
-                chunk = members[lo : lo + per_batch]
-                stacked = torch.stack([targets[i] for i in chunk])
-                sets = distill_many(
-                    start.expand_as(stacked).clone(),
-                    stacked,
-                    self._surrogate,
-                    num_classes=spec.num_classes,
-                    ipc=cfg.ipc,
-                    space=space,
-                    config=cfg.distill,
-                    device=self.device,
-                    seed=self._seed * 1_000_003 + round * 1_009 + chunk[0],
-                    classes=list(classes),
-                )
-                for i, s in zip(chunk, sets, strict=True):
-                    out[i] = s
-        return [s for s in out if s is not None]
+        classes = [self._classes_of(u) for u in updates]
+        sets: list[SyntheticSet] = []
+        for lo in range(0, len(updates), per_batch):
+            stacked = torch.stack(targets[lo : lo + per_batch])
+            sets += distill_many(
+                start.expand_as(stacked).clone(),
+                stacked,
+                self._surrogate,
+                num_classes=spec.num_classes,
+                ipc=cfg.ipc,
+                space=space,
+                config=cfg.distill,
+                device=self.device,
+                seed=self._seed * 1_000_003 + round * 1_009 + lo,
+                participant_classes=classes[lo : lo + per_batch],
+            )
+        return sets
 
     def _classes_of(self, update: Update) -> tuple[int, ...]:
         everything = tuple(range(self.model_spec.num_classes))
@@ -214,8 +208,13 @@ class FedDGM(Strategy):
         for pid, s in self.synthetic.items():
             tensors[f"synthetic.{pid}.images"] = s.images.clone()
             tensors[f"synthetic.{pid}.labels"] = s.labels.clone()  # sets may share one label tensor
-        meta = {"method": self.name, "seed": self._seed, "synthetic": sorted(self.synthetic),
-                "mean": list(self.config.mean), "std": list(self.config.std)}
+        meta = {
+            "method": self.name,
+            "seed": self._seed,
+            "synthetic": sorted(self.synthetic),
+            "mean": list(self.config.mean),
+            "std": list(self.config.std),
+        }
         return tensors, meta
 
     def load_state_dict(self, tensors: Tensors, meta: dict[str, Any]) -> None:

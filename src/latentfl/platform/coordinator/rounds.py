@@ -58,6 +58,8 @@ class Rounds:
         self.updates: dict[str, Update] = {}
         self.digests: dict[str, str] = {}
         self.started_at = 0.0
+        # after a restart, participants need a moment to reconnect before counting as stalled
+        self.grace_until = 0.0
         self.history: list[RoundRecord] = []
 
     # -- start-up -------------------------------------------------------------------------
@@ -80,6 +82,7 @@ class Rounds:
         plan = self.store.load_plan(self.round)
         if plan is not None:
             self._open(plan, time.time())
+            self.grace_until = time.time() + self.config.heartbeat_timeout
             for update, digest in self.store.load_updates(self.round):
                 if update.participant not in self.tasks:  # dropped (revoked) after it was saved
                     continue
@@ -168,7 +171,8 @@ class Rounds:
         if self.plan and got >= self.quorum() and got >= fewest:
             return "close"
         online_set = set(online)
-        stalled = not any(p in online_set for p in self.pending())
+        stalled = (not any(p in online_set for p in self.pending())
+                   and now >= self.grace_until)
         if now - self.started_at >= self.config.round_deadline or stalled:
             if got >= max(self.config.min_updates, fewest):
                 return "close"

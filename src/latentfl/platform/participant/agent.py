@@ -12,6 +12,7 @@ training settings, all checked before use.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import random
 import signal
@@ -280,6 +281,13 @@ class Agent:
             self.log.error("privacy_check_failed", round=r, error=str(exc))
             self._decline(sock, r, "privacy-check-failed", str(exc))
             return
+        if task.extra.get("aggregation") == "ckks":
+            try:  # before training: nothing is spent on an update that could not be sent
+                self.privacy.ckks  # noqa: B018 - unseals the secret context once
+            except LatentFLError as exc:
+                self.log.error("ckks_unavailable", round=r, error=str(exc))
+                self._decline(sock, r, "ckks-unavailable", str(exc))
+                return
         self._training = (r, self._pool.submit(self._train, task, spec, sigma))
 
     def _train(self, task: Task, spec: ModelSpec, sigma: float | None) -> tuple[bytes, dict]:
@@ -292,6 +300,9 @@ class Agent:
             update = run_task(task, spec, self.data.x, self.data.y, participant=self.pid,
                               device=resolve_device(self.config.device), wrap=wrap,
                               share_class_counts=self.config.share_class_counts)
+        manifest = model_manifest(spec.build())
+        update = dataclasses.replace(update, weights=self.privacy.noise_weights(
+            task.round, task.weights, update.weights, manifest))
         report = self.privacy.report()  # the ledger is saved when the wrap closes
         self.log.info("trained", round=task.round, steps=update.num_steps,
                       examples=update.num_examples, seconds=round(time.perf_counter() - started, 2),
@@ -301,7 +312,7 @@ class Agent:
             return encode_update(update, report)
         from latentfl.privacy import encrypt_update
 
-        flat = flatten_state(update.weights, model_manifest(spec.build()))
+        flat = flatten_state(update.weights, manifest)
         ciphertexts = encrypt_update(self.privacy.ckks, flat, weight=update.num_examples)
         return encode_encrypted_update(update, ciphertexts, report)
 

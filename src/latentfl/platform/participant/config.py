@@ -30,11 +30,24 @@ class PartitionShare(PartitionConfig):
 
 
 @dataclass(frozen=True)
+class WeightNoiseConfig:
+    """Clip the uploaded update to a norm and add Gaussian noise (``[privacy.weight_noise]``)."""
+
+    enabled: bool = option(False, help="Noise the update itself before upload.")
+    clip_norm: float = option(1.0, help="L2 norm the update (trained minus received weights) "
+                                        "is clipped to.", min=0.0, min_exclusive=True)
+    noise_multiplier: float = option(1.0, help="Noise std / clip_norm.", min=0.0,
+                                     min_exclusive=True)
+
+
+@dataclass(frozen=True)
 class PrivacyConfig:
     """This site's privacy: its own policy, enforced by its agent, and DP-SGD (docs/privacy.md)."""
 
     policy: SitePolicy = option(SitePolicy(), help="Rules a task must meet or it is refused.")
     dp_sgd: DPSGDConfig = option(DPSGDConfig(), help="Local training with DP-SGD (Opacus).")
+    weight_noise: WeightNoiseConfig = option(WeightNoiseConfig(), help="Noise on the uploaded "
+                                                                       "update (whole-dataset DP).")
     noise_seed: int | None = option(None, help="Seed of the DP noise, for reproducible "
                                                "experiments only (refused with secure_mode).")
 
@@ -82,11 +95,13 @@ class ParticipantConfig:
         out = []
         if not self.coordinator.startswith(("tcp://", "ipc://")):
             out.append(f"coordinator = {self.coordinator!r}; expected tcp://HOST:PORT.")
-        spends = self.privacy.dp_sgd.enabled or self.privacy.policy.max_epsilon is not None
+        p = self.privacy
+        spends = p.dp_sgd.enabled or p.weight_noise.enabled or p.policy.max_epsilon is not None
         if spends and self.state_dir is None:
-            out.append("privacy.dp_sgd or privacy.policy.max_epsilon is set but state_dir is "
-                       "not: the privacy ledger must live on disk; set state_dir.")
+            out.append("privacy.dp_sgd, privacy.weight_noise or privacy.policy.max_epsilon is "
+                       "set but state_dir is not: the privacy ledger must live on disk; set "
+                       "state_dir.")
         return out
 
 
-__all__ = ["ParticipantConfig", "PartitionShare", "PrivacyConfig"]
+__all__ = ["ParticipantConfig", "PartitionShare", "PrivacyConfig", "WeightNoiseConfig"]

@@ -15,9 +15,12 @@ import json
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from latentfl.errors import StateError
+from latentfl.models import ModelManifest
 from latentfl.platform.participant.config import PrivacyConfig
-from latentfl.strategies import Task
+from latentfl.strategies import Task, Tensors
 
 PLAN_FILE = "privacy_plan.json"
 
@@ -88,6 +91,8 @@ class SitePrivacy:
             sample_rate=poisson_sample_rate(num_examples, cfg.batch_size),
             steps=steps_per_round(num_examples, cfg.batch_size, cfg.epochs, cfg.max_steps),
             max_grad_norm=self.config.dp_sgd.max_grad_norm if self.dp else None,
+            weight_noise_multiplier=(self.config.weight_noise.noise_multiplier
+                                     if self.config.weight_noise.enabled else None),
         )
         check_task(self.config.policy, self.ledger, planned)
         return sigma
@@ -106,9 +111,30 @@ class SitePrivacy:
                             noise_seed=None if self.config.noise_seed is None
                             else self.config.noise_seed + round)
 
+    def noise_weights(self, round: int, start: Tensors, trained: Tensors,
+                      manifest: ModelManifest) -> Tensors:
+        """``trained`` with its update (trained - start) clipped and noised, accounted first;
+        unchanged when weight noise is off."""
+        from latentfl.platform.payloads import flatten_state, unflatten_state
+        from latentfl.privacy import clip_and_noise
+
+        wn = self.config.weight_noise
+        if not wn.enabled:
+            return trained
+        base = flatten_state(start, manifest)
+        generator = None
+        if self.config.noise_seed is not None:
+            generator = torch.Generator().manual_seed(self.config.noise_seed + 7919 * round)
+        noised = clip_and_noise(flatten_state(trained, manifest) - base, clip_norm=wn.clip_norm,
+                                noise_multiplier=wn.noise_multiplier, generator=generator)
+        self.ledger.record_weight_noise(round, noise_multiplier=wn.noise_multiplier,
+                                        clip_norm=wn.clip_norm)  # saved before any upload
+        return unflatten_state(base + noised, manifest)
+
     def report(self) -> dict[str, Any] | None:
-        """The ledger fields an UPDATE header carries; None without DP-SGD (epsilon unbounded)."""
-        return self.ledger.report() if self.dp else None
+        """The ledger fields an UPDATE header carries; None without any DP noise (then the
+        epsilon is unbounded, not zero)."""
+        return self.ledger.report() if self.dp or self.config.weight_noise.enabled else None
 
     @property
     def ckks(self) -> Any:
