@@ -23,7 +23,8 @@ from latentfl.config import from_dict
 from latentfl.demo import free_port
 from latentfl.errors import ConfigError, SecurityError
 from latentfl.models import model_manifest
-from latentfl.platform.coordinator import Coordinator, StateStore, read_journal
+from latentfl.platform.coordinator import Coordinator, Rounds, StateStore, read_journal
+from latentfl.platform.coordinator.secure import SecureAggregation
 from latentfl.platform.participant import Agent
 from latentfl.platform.payloads import (
     decode_task,
@@ -34,6 +35,7 @@ from latentfl.platform.payloads import (
 from latentfl.platform.protocol import Kind, pack_json, unpack_tensors
 from latentfl.privacy import (
     ciphertexts_from_tensors,
+    ciphertexts_to_tensors,
     create_context,
     decrypt_aggregate,
     encrypt_update,
@@ -42,7 +44,7 @@ from latentfl.privacy import (
     write_ckks_keys,
 )
 from latentfl.simulate import SimulationConfig, run_simulation
-from latentfl.strategies import ModelSpec, Update
+from latentfl.strategies import ModelSpec, Update, build_strategy
 
 IDS = ["p00", "p01", "p02", "p03"]
 CKKS = {"mode": "ckks", "min_cohort": 2, "decrypt_deadline": 1.0}
@@ -241,3 +243,44 @@ def test_encrypted_dynafed_equals_the_plaintext_simulator(consortium, dataset):
     closed = [e for e in read_journal(config.state_dir / "journal.jsonl")
               if e["event"] == "round_closed"]
     assert "finetune_loss" in closed[1]["metrics"]
+
+
+def test_site_without_its_secret_context_declines_before_training(consortium, dataset):
+    """A site whose sealed CKKS context is missing declines the ckks task (ckks-unavailable)
+    without spending anything; the round goes on with the others."""
+    (consortium.keys / "participants" / "p02" / "ckks_secret.enc").unlink()
+    config = consortium.coordinator_config(aggregation=CKKS, rounds=1)
+    coord = Running(Coordinator(config))
+    agents = start_agents(consortium, local_parts(dataset, 3), IDS[:3])
+    assert coord.join(60) == 0
+    assert [a.join(20) for a in agents] == [0, 0, 0]
+    journal = read_journal(config.state_dir / "journal.jsonl")
+    assert [(e["peer"], e["reason"]) for e in journal if e["event"] == "declined"] == [
+        ("p02", "ckks-unavailable")]
+    closed = [e for e in journal if e["event"] == "round_closed"]
+    assert closed[0]["accepted"] == ["p00", "p01"]
+
+
+def test_encrypted_updates_survive_a_coordinator_restart(consortium):
+    """Acked encrypted uploads are on disk; a restarted coordinator sums them to the same mean."""
+    config = consortium.coordinator_config(aggregation=CKKS, min_participants=2)
+    ctx = load_participant_context(consortium.keys / "participants" / "p00")
+    manifest = _manifest()
+    rounds = Rounds(config, build_strategy(config.strategy), StateStore(config.state_dir))
+    rounds.resume()
+    tasks = rounds.maybe_start(["p00", "p01"], now=0.0)
+    start = flatten_state(tasks["p00"].weights, manifest)
+    for i, pid in enumerate(["p00", "p01"]):
+        blobs = encrypt_update(ctx, start + i, weight=10 * (i + 1))
+        rounds.accept(Update(pid, 1, ciphertexts_to_tensors(blobs), 10 * (i + 1), 1), f"d{i}")
+    restarted = Rounds(config, build_strategy(config.strategy), StateStore(config.state_dir))
+    restarted.resume()
+    assert sorted(restarted.updates) == ["p00", "p01"]
+    secure = SecureAggregation(config, manifest)
+    secure.start(1, restarted.updates)
+    assert secure.cohort == ["p00", "p01"] and secure.total_weight == 30
+    assert secure.next_decryptor(["p01", "p00"], now=0.0) == "p00"
+    assert secure.next_decryptor(["p01", "p00"], now=0.5) is None  # within the deadline
+    assert secure.next_decryptor(["p01", "p00"], now=2.0) == "p01"  # fallback
+    mean = decrypt_aggregate(ctx, secure.sum, secure.length, total_weight=secure.total_weight)
+    assert torch.allclose(mean.double(), start + 20 / 30, atol=1e-5, rtol=0)

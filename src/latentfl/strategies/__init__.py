@@ -10,8 +10,8 @@ from latentfl.strategies.base import (
     tensors_digest,
 )
 from latentfl.strategies.dynafed import DynaFed, DynaFedConfig
-from latentfl.strategies.feddgm import FedDGM, FedDGMConfig
 from latentfl.strategies.fedavg import FedAvg, FedNova, FedProx, weighted_mean
+from latentfl.strategies.feddgm import FedDGM, FedDGMConfig
 from latentfl.strategies.local import run_task
 from latentfl.strategies.registry import StrategyConfig, build_strategy
 

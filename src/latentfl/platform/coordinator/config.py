@@ -54,6 +54,9 @@ class CoordinatorConfig:
     roster_poll: float = option(1.0, help="Seconds between checks of the roster file for "
                                           "changes (SIGHUP reloads at once).", min=0.0,
                                 min_exclusive=True)
+    linger_s: float = option(0.0, help="Seconds the daemon keeps serving after the last round "
+                                       "(participants fetch their synthetic sets for audits, "
+                                       "docs/audits.md); 0 = exit at once.", min=0.0)
     strategy: StrategyConfig = option(StrategyConfig(), help="The federated method.")
     aggregation: SecureAggregationConfig = option(
         SecureAggregationConfig(), help="Plain or CKKS (encrypted) aggregation of updates.")

@@ -26,6 +26,7 @@ import zmq
 from latentfl.errors import LatentFLError, ProtocolError, SecurityError
 from latentfl.exitcodes import ExitCode
 from latentfl.log import get_logger
+from latentfl.platform.coordinator.audit_service import AUDIT_KINDS, AuditService
 from latentfl.platform.coordinator.config import CoordinatorConfig
 from latentfl.platform.coordinator.journal import Journal
 from latentfl.platform.coordinator.rounds import Rounds, make_evaluator
@@ -97,6 +98,8 @@ class Coordinator:
         self.store.lock()
         self.journal = Journal(self.store.journal_path)
         self.replay = ReplayGuard(self.store.root / "replay.log", window_s=DEFAULT_CLOCK_SKEW_S)
+        self.audits = AuditService(self.store, self.journal, session=config.session,
+                                   signing_key=self.identity.signing_key)
         self.verifier = Verifier.of_participants(self.roster, session=config.session,
                                                  replay=self.replay,
                                                  max_bytes=config.max_message_bytes)
@@ -175,7 +178,15 @@ class Coordinator:
         poller = zmq.Poller()
         poller.register(sock, zmq.POLLIN)
         next_roster_check = 0.0
-        while not self._stop.is_set() and self.rounds.phase != "finished":
+        linger_until = None  # after the last round, serve audit fetches for config.linger_s
+        while not self._stop.is_set():
+            if self.rounds.phase == "finished":
+                if linger_until is None:
+                    linger_until = time.time() + self.config.linger_s
+                    if self.config.linger_s > 0:
+                        self.log.info("lingering", seconds=self.config.linger_s)
+                if time.time() >= linger_until:
+                    break
             if poller.poll(POLL_MS):
                 for _ in range(256):  # drain what is queued, then look after time
                     try:
@@ -314,6 +325,13 @@ class Coordinator:
             self._refuse(sock, routing_id, user_id, body, exc)
             return
         pid = message.header.sender
+        if message.header.kind in AUDIT_KINDS:  # a one-shot audit client beside the agent:
+            try:                                 # answer its connection, keep the agent's
+                sock.send_multipart([routing_id, *self.audits.answer(message, self.rounds.round)])
+                self.log.info("audit_answered", peer=pid, kind=message.header.kind.value)
+            except ProtocolError as exc:
+                self._refuse(sock, routing_id, user_id, body, exc, header=message.header)
+            return
         peer = self.peers.setdefault(pid, Peer())
         peer.routing_id, peer.last_seen = routing_id, time.time()
         if not peer.online:

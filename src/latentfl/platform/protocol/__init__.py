@@ -43,6 +43,7 @@ REASONS: dict[str, str] = {
     "bad-hash": "payload length or SHA-256 differs from the signed header",
     "non-finite": "a tensor holds NaN or infinite values",
     "manifest": "tensor names, shapes or dtypes do not fit the model manifest",
+    "no-synthetic": "the latest checkpoint holds no synthetic set derived from the sender",
 }
 """Every refusal code ``decode`` and the payload codec raise, with its meaning."""
 

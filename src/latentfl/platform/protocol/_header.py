@@ -52,6 +52,10 @@ class Kind(StrEnum):
     HEARTBEAT = "HEARTBEAT"
     STATUS = "STATUS"
     BYE = "BYE"
+    # audits (docs/audits.md): a participant fetches its own synthetic set, shares aggregates
+    FETCH_SYNTHETIC = "FETCH_SYNTHETIC"
+    SYNTHETIC = "SYNTHETIC"
+    AUDIT_REPORT = "AUDIT_REPORT"
 
 
 @dataclass(frozen=True)

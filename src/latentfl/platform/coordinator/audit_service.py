@@ -1,0 +1,203 @@
+"""The coordinator's side of the audits: hand a participant its own synthetic set, keep the
+aggregate numbers it chooses to share.
+
+``FETCH_SYNTHETIC`` carries no parameter: the set returned is the one distilled from the
+*sender's* weights, and the sender is the verified (ZAP User-Id = signed sender) peer, so a
+participant cannot ask for anyone else's images. The answer is a ``SYNTHETIC`` message whose
+payload holds ``images`` (uint8 N, H, W, C) and ``labels`` (int64 N) of the latest checkpoint.
+
+``AUDIT_REPORT`` carries the aggregates of a synthetic audit (``audits.shareable_aggregates``)
+as strict JSON: known keys only, numbers for every measurement, a few short labels, bounded in
+size. Anything else is refused ('malformed' / 'too-large'); accepted reports are written to
+``STATE/audits/PID.json`` (atomically) and journaled, then ACKed with the payload's SHA-256.
+
+Both are answered on the connection they came in on: the one-shot ``latentfl participant
+audit`` client shares the agent's keys but not its connection, and the agent keeps its own.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from latentfl.errors import ProtocolError, StateError
+from latentfl.platform.coordinator.journal import Journal
+from latentfl.platform.coordinator.store import StateStore, read_json, write_json_atomic
+from latentfl.platform.crypto import COORDINATOR_ID
+from latentfl.platform.protocol import Kind, Message, encode, pack_tensors, unpack_json
+
+AUDIT_KINDS = frozenset({Kind.FETCH_SYNTHETIC, Kind.AUDIT_REPORT})
+MAX_AGGREGATE_BYTES = 16 * 1024
+MAX_VERDICTS = 16
+MAX_NUMBERS = 24
+MAX_LABEL = 200
+AUDIT_TYPES = ("synthetic-audit",)
+STATUSES = ("flag", "pass", "info")
+_TOP_KEYS = {"kind", "flagged", "sizes", "verdicts"}
+_VERDICT_KEYS = {"metric", "title", "value", "status", "p_value", "alpha", "numbers"}
+_NAME = re.compile(r"[a-z][a-z0-9_]{0,47}")
+_LABEL = re.compile(r"[ -~]*")  # printable ASCII: rendered (escaped) in the operator's report
+
+
+def _number(value: Any, where: str, *, optional: bool = True) -> None:
+    if value is None and optional:
+        return
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ProtocolError("malformed", f"audit aggregate {where} is {str(value)[:40]!r}; "
+                                         "expected a number")
+    if not math.isfinite(value):
+        raise ProtocolError("malformed", f"audit aggregate {where} is {value}; expected a "
+                                         "finite number")
+
+
+def _keys(obj: Any, allowed: set[str], where: str) -> dict[str, Any]:
+    if not isinstance(obj, dict):
+        raise ProtocolError("malformed", f"audit aggregate {where} is a {type(obj).__name__}; "
+                                         "expected an object")
+    extra = sorted(set(obj) - allowed)
+    if extra:
+        raise ProtocolError("malformed", f"audit aggregate {where} has unknown key(s) "
+                                         f"{[k[:40] for k in extra[:5]]}; expected only "
+                                         f"{sorted(allowed)}")
+    return obj
+
+
+def validate_aggregates(data: bytes) -> dict[str, Any]:
+    """Parse and check a shared audit; ProtocolError ('too-large' / 'malformed') if refused."""
+    if len(data) > MAX_AGGREGATE_BYTES:
+        raise ProtocolError("too-large", f"audit aggregates are {len(data)} bytes; expected at "
+                                         f"most {MAX_AGGREGATE_BYTES}")
+    report = _keys(unpack_json(data, max_bytes=MAX_AGGREGATE_BYTES), _TOP_KEYS, "report")
+    if report.get("kind") not in AUDIT_TYPES:
+        raise ProtocolError("malformed", f"audit aggregate kind is {str(report.get('kind'))[:40]!r};"
+                                         f" expected one of {list(AUDIT_TYPES)}")
+    if not isinstance(report.get("flagged"), bool):
+        raise ProtocolError("malformed", "audit aggregate 'flagged' is missing or not a boolean")
+    sizes = report.get("sizes", {})
+    if not isinstance(sizes, dict) or len(sizes) > MAX_NUMBERS:
+        raise ProtocolError("malformed", f"audit aggregate sizes must be an object of at most "
+                                         f"{MAX_NUMBERS} counts")
+    for key, value in sizes.items():
+        if not _NAME.fullmatch(key):
+            raise ProtocolError("malformed", f"audit aggregate size name {key[:40]!r} is not "
+                                             "lowercase snake_case")
+        _number(value, f"sizes.{key}", optional=False)
+    verdicts = report.get("verdicts")
+    if not isinstance(verdicts, list) or not 1 <= len(verdicts) <= MAX_VERDICTS:
+        raise ProtocolError("malformed", f"audit aggregate verdicts must be a list of 1 to "
+                                         f"{MAX_VERDICTS} objects")
+    for i, verdict in enumerate(verdicts):
+        _keys(verdict, _VERDICT_KEYS, f"verdicts[{i}]")
+        if not (isinstance(verdict.get("metric"), str) and _NAME.fullmatch(verdict["metric"])):
+            raise ProtocolError("malformed", f"audit aggregate verdicts[{i}].metric is not a "
+                                             "metric name")
+        if verdict.get("status") not in STATUSES:
+            raise ProtocolError("malformed", f"audit aggregate verdicts[{i}].status is "
+                                             f"{str(verdict.get('status'))[:20]!r}; expected "
+                                             f"one of {list(STATUSES)}")
+        for label in ("title", "value"):
+            text = verdict.get(label, "")
+            if not (isinstance(text, str) and len(text) <= MAX_LABEL
+                    and _LABEL.fullmatch(text)):
+                raise ProtocolError("malformed", f"audit aggregate verdicts[{i}].{label} must "
+                                                 f"be printable text of at most {MAX_LABEL} "
+                                                 "characters")
+        _number(verdict.get("p_value"), f"verdicts[{i}].p_value")
+        _number(verdict.get("alpha"), f"verdicts[{i}].alpha")
+        numbers = verdict.get("numbers", {})
+        if not isinstance(numbers, dict) or len(numbers) > MAX_NUMBERS:
+            raise ProtocolError("malformed", f"audit aggregate verdicts[{i}].numbers must be an "
+                                             f"object of at most {MAX_NUMBERS} numbers")
+        for key, value in numbers.items():
+            if not _NAME.fullmatch(key):
+                raise ProtocolError("malformed", f"audit aggregate number name {key[:40]!r} is "
+                                                 "not lowercase snake_case")
+            _number(value, f"verdicts[{i}].numbers.{key}")
+    return report
+
+
+def shared_audits_dir(state_dir: Path) -> Path:
+    return Path(state_dir) / "audits"
+
+
+def load_shared_audits(state_dir: Path) -> dict[str, dict[str, Any]]:
+    """Every participant's stored audit record (``STATE/audits/PID.json``), by participant."""
+    folder = shared_audits_dir(state_dir)
+    out: dict[str, dict[str, Any]] = {}
+    for path in sorted(folder.glob("*.json")) if folder.is_dir() else []:
+        record = read_json(path)
+        if isinstance(record, dict) and isinstance(record.get("aggregates"), dict):
+            out[path.stem] = record
+    return out
+
+
+class AuditService:
+    """Answers FETCH_SYNTHETIC and AUDIT_REPORT for the coordinator daemon (owns no socket)."""
+
+    def __init__(self, store: StateStore, journal: Journal, *, session: str,
+                 signing_key: Any) -> None:
+        self.store = store
+        self.journal = journal
+        self.session = session
+        self.signing_key = signing_key
+
+    def answer(self, message: Message, round: int) -> list[bytes]:
+        """The signed reply frames to a verified audit message; ProtocolError to refuse it."""
+        pid = message.header.sender
+        if message.header.kind is Kind.FETCH_SYNTHETIC:
+            payload, meta = self.synthetic_for(pid)
+            self.journal.append("accepted", kind="FETCH_SYNTHETIC", peer=pid,
+                                synthetic_round=meta["synthetic_round"], images=meta["count"])
+            kind = Kind.SYNTHETIC
+        else:
+            payload, meta = b"", self.store_aggregates(pid, message)
+            kind = Kind.ACK
+        return encode(kind, session=self.session, round=round, sender=COORDINATOR_ID,
+                      signing_key=self.signing_key, payload=payload, meta=meta)
+
+    def synthetic_for(self, pid: str) -> tuple[bytes, dict[str, Any]]:
+        """The latest checkpoint's synthetic images of ``pid`` as uint8 NHWC, and their meta."""
+        latest = self.store.latest_round()
+        checkpoint = None
+        if latest is not None and latest > 0:
+            try:
+                checkpoint = self.store.load_checkpoint(latest)
+            except StateError as exc:
+                raise ProtocolError("no-synthetic", f"the latest checkpoint cannot be read "
+                                                    f"({exc})") from None
+        strategy = {} if checkpoint is None else checkpoint.meta.get("strategy", {})
+        if checkpoint is None or pid not in strategy.get("synthetic", ()):
+            method = strategy.get("method", "no round finished yet")
+            raise ProtocolError("no-synthetic", f"the latest checkpoint ({method}) holds no "
+                                                f"synthetic set distilled from {pid}'s weights")
+        images = checkpoint.tensors[f"synthetic.{pid}.images"].float()
+        labels = checkpoint.tensors[f"synthetic.{pid}.labels"].to(torch.int64).reshape(-1)
+        channels = images.shape[1]
+        mean = torch.tensor(strategy.get("mean", [0.0] * channels)).view(1, -1, 1, 1)
+        std = torch.tensor(strategy.get("std", [1.0] * channels)).view(1, -1, 1, 1)
+        pixels = ((images * std + mean).clamp(0, 1) * 255).round().to(torch.uint8)
+        payload = pack_tensors({"images": pixels.permute(0, 2, 3, 1).contiguous(),
+                                "labels": labels})
+        return payload, {"synthetic_round": checkpoint.round, "count": int(labels.numel()),
+                         "method": str(strategy.get("method", ""))[:32]}
+
+    def store_aggregates(self, pid: str, message: Message) -> dict[str, Any]:
+        """Validate, store (atomic) and journal a shared audit; the ACK's meta."""
+        report = validate_aggregates(message.payload)
+        digest = message.header.payload_sha256
+        record = {"participant": pid, "received": time.time(), "sha256": digest,
+                  "aggregates": report}
+        write_json_atomic(shared_audits_dir(self.store.root) / f"{pid}.json", record)
+        self.journal.append("accepted", kind="AUDIT_REPORT", peer=pid, sha256=digest,
+                            audit=report["kind"], flagged=report["flagged"],
+                            verdicts={v["metric"]: v["status"] for v in report["verdicts"]})
+        return {"sha256": digest}
+
+
+__all__ = ["AUDIT_KINDS", "AuditService", "load_shared_audits", "shared_audits_dir",
+           "validate_aggregates"]
