@@ -26,6 +26,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "latentfl.experiment.commands",
     "latentfl.privacy.commands",
     "latentfl.audits.commands",
+    "latentfl.platform.report_command",
 )
 
 

@@ -136,15 +136,8 @@ class Coordinator:
             signal.signal(signal.SIGHUP, lambda *_: setattr(self, "_reload", True))
         ctx = zmq.Context()
         auth = self._auth = start_authenticator(ctx, self.roster)
-        sock = ctx.socket(zmq.ROUTER)
         try:
-            make_curve_server(sock, self.identity)
-            # libzmq drops (without telling us) a connection sending a frame over MAXMSGSIZE;
-            # the slack lets moderately oversized messages through to a journaled REJECT.
-            sock.maxmsgsize = self.config.max_message_bytes + ZMQ_SIZE_SLACK
-            sock.bind(self.config.bind)
-            self.endpoint = sock.getsockopt_string(zmq.LAST_ENDPOINT)
-            self.socket = sock
+            sock = self._open_socket(ctx, self.config.bind)
             self.store.pid_path.write_text(f"{os.getpid()}\n")
             self.rounds.resume()
             self.journal.append("started", round=self.rounds.round, phase=self.rounds.phase,
@@ -160,19 +153,56 @@ class Coordinator:
                 self._finish_aggregation(wait=STOP_WAIT_S)
             finished = self.rounds.phase == "finished"
             if finished:
-                self._broadcast_finished(sock)
+                self._broadcast_finished(self.socket)
             self.journal.append("stopped", round=self.rounds.round, phase=self.rounds.phase)
             self.log.info("coordinator_stopped", round=self.rounds.round, phase=self.rounds.phase)
             self._write_status(force=True, stopped=True)
             return int(ExitCode.OK if finished else ExitCode.INTERRUPTED)
         finally:
-            sock.close(linger=2000)
+            if self.socket is not None:
+                self.socket.close(linger=2000)
             auth.stop()
             ctx.term()
             self.journal.close()
             self.replay.close()
             self.store.pid_path.unlink(missing_ok=True)
             self.store.unlock()
+
+    def _open_socket(self, ctx: zmq.Context, endpoint: str) -> zmq.Socket:
+        """A CURVE-server ROUTER bound to ``endpoint`` (retrying while the old one lets go)."""
+        sock = ctx.socket(zmq.ROUTER)
+        make_curve_server(sock, self.identity)
+        # libzmq drops (without telling us) a connection sending a frame over MAXMSGSIZE;
+        # the slack lets moderately oversized messages through to a journaled REJECT.
+        sock.maxmsgsize = self.config.max_message_bytes + ZMQ_SIZE_SLACK
+        for attempt in range(50):
+            try:
+                sock.bind(endpoint)
+                break
+            except zmq.ZMQError as exc:
+                if exc.errno != zmq.EADDRINUSE or attempt == 49:
+                    sock.close(linger=0)
+                    raise
+                time.sleep(0.1)
+        self.endpoint = sock.getsockopt_string(zmq.LAST_ENDPOINT)
+        self.socket = sock
+        return sock
+
+    def _rebind(self, poller: zmq.Poller, sock: zmq.Socket) -> zmq.Socket:
+        """Drop every connection by rebinding: peers reconnect through ZAP, revoked ones cannot.
+
+        A ROUTER cannot close one peer's connection, so after a revocation the socket is
+        replaced; participants' DEALERs reconnect on their own and re-run the CURVE handshake
+        against the updated allow-list.
+        """
+        poller.unregister(sock)
+        endpoint = self.endpoint
+        sock.close(linger=0)
+        sock = self._open_socket(sock.context, endpoint)
+        poller.register(sock, zmq.POLLIN)
+        self.journal.append("connections_dropped", endpoint=endpoint)
+        self.log.info("connections_dropped", endpoint=endpoint)
+        return sock
 
     def _loop(self, sock: zmq.Socket) -> None:
         poller = zmq.Poller()
@@ -196,7 +226,8 @@ class Coordinator:
                     self._handle(sock, frames)
             now = time.time()
             if self._reload or now >= next_roster_check:
-                self._check_roster(force=self._reload)
+                if self._check_roster(force=self._reload):
+                    sock = self._rebind(poller, sock)
                 self._reload = False
                 next_roster_check = now + self.config.roster_poll
             self._step(sock, now)
@@ -476,20 +507,21 @@ class Coordinator:
         st = os.stat(self.config.roster)
         return (st.st_ino, st.st_mtime_ns, st.st_size)
 
-    def _check_roster(self, force: bool = False) -> None:
+    def _check_roster(self, force: bool = False) -> bool:
+        """Reload the roster if it changed; True when someone was revoked."""
         try:
             stamp = self._stamp()
         except OSError:
             stamp = None
         if not force and stamp == self._roster_stamp:
-            return
+            return False
         self._roster_stamp = stamp
         try:
             roster = load_roster(self.config.roster)
         except Exception as exc:  # noqa: BLE001 - keep serving with the last good roster
             self.journal.append("roster_reload_failed", detail=str(exc)[:500])
             self.log.error("roster_reload_failed", detail=str(exc))
-            return
+            return False
         revoked = sorted(set(self.roster.active_ids()) - set(roster.active_ids()))
         self.roster = roster
         self._auth.update_roster(roster)
@@ -500,6 +532,7 @@ class Coordinator:
         self.journal.append("roster_reloaded", active=roster.active_ids(), revoked=revoked)
         self.log.info("roster_reloaded", active=len(roster.active_ids()), revoked=revoked)
         self._write_status(force=True)
+        return bool(revoked)
 
     def _write_status(self, *, force: bool = False, stopped: bool = False) -> None:
         now = time.time()

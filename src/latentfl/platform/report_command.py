@@ -1,0 +1,207 @@
+"""The consortium's privacy commands.
+
+- ``latentfl report --config coordinator.toml --out DIR``: the operator's consortium privacy
+  report (``audits.render_consortium_report``): per participant the DP ledger its last accepted
+  UPDATE reported in its signed header (as journaled), the aggregation mode, and the audit
+  aggregates it chose to share (``STATE/audits/PID.json``). Reads the state folder only.
+- ``latentfl export-model --config coordinator.toml --out FILE``: the global model of the
+  latest checkpoint as an audits model file, for ``latentfl audit model``.
+- ``latentfl participant audit --config participant.toml [--share] [--out DIR]``: see
+  ``platform/participant/audit_client.py``.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+from latentfl.errors import ConfigError, StateError
+
+#: UPDATE header fields (payloads.PRIVACY_META) -> the consortium report's ledger keys.
+LEDGER_FIELDS = {"epsilon": "epsilon", "delta": "delta", "noise_multiplier": "noise_multiplier",
+                 "max_grad_norm": "max_grad_norm", "sample_rate": "sample_rate",
+                 "dp_steps": "steps"}
+
+
+def ledgers_from_journal(journal: Path) -> dict[str, dict[str, Any] | None]:
+    """Per participant, the privacy fields of its last accepted UPDATE (None: none reported)."""
+    from latentfl.platform.coordinator.journal import read_journal, verify_journal
+
+    verify_journal(journal)  # a damaged or edited journal is not reported from
+    out: dict[str, dict[str, Any] | None] = {}
+    for entry in read_journal(journal):
+        if entry.get("event") != "accepted" or entry.get("kind") != "UPDATE":
+            continue
+        privacy = entry.get("privacy") or {}
+        ledger = {LEDGER_FIELDS[k]: v for k, v in privacy.items() if k in LEDGER_FIELDS}
+        if ledger:
+            ledger["round"] = entry.get("round")
+        out[str(entry.get("peer"))] = ledger or None
+    return out
+
+
+def consortium_entries(config: Any) -> list[Any]:
+    """One ConsortiumEntry per participant known to the roster, journal or shared audits."""
+    from latentfl.audits import ConsortiumEntry
+    from latentfl.platform.coordinator.audit_service import load_shared_audits
+    from latentfl.platform.crypto import load_roster
+
+    journal = config.state_dir / "journal.jsonl"
+    if not journal.exists():
+        raise StateError(f"no journal in state_dir {config.state_dir}; expected the folder of a "
+                         "coordinator that has run.")
+    ledgers = ledgers_from_journal(journal)
+    shared = load_shared_audits(config.state_dir)
+    ids = set(ledgers) | set(shared)
+    try:
+        ids |= set(load_roster(config.roster).active_ids())
+    except Exception:  # noqa: BLE001 - the report still covers whoever took part
+        pass
+    mode = config.aggregation.mode
+    entries = []
+    for pid in sorted(ids):
+        record = shared.get(pid)
+        audits = {}
+        if record is not None:
+            agg = record["aggregates"]
+            audits[str(agg.get("kind"))] = agg
+        entries.append(ConsortiumEntry(participant=pid, aggregation_mode=mode,
+                                       ledger=ledgers.get(pid), audits=audits))
+    return entries
+
+
+def _report(args: argparse.Namespace) -> int:
+    from latentfl.audits import render_consortium_report
+    from latentfl.config import load_config
+    from latentfl.platform.coordinator import CoordinatorConfig
+
+    config = load_config(args.config, CoordinatorConfig)
+    entries = consortium_entries(config)
+    html_path, json_path = render_consortium_report(entries, args.out)
+    for e in entries:
+        eps = None if e.ledger is None else e.ledger.get("epsilon")
+        shared = ", ".join(f"{k} {'FLAG' if a.get('flagged') else 'clean'}"
+                           for k, a in e.audits.items()) or "no audit shared"
+        print(f"{e.participant}: {e.aggregation_mode}, epsilon "
+              f"{'not reported' if eps is None else f'{eps:.2f}'}, {shared}")
+    print(f"report: {html_path}\njson:   {json_path}")
+    return 0
+
+
+def export_global_model(config: Any, out: Path, round: int | None = None) -> Path:
+    """Write the latest (or ``round``'s) global model as an audits model file; its path."""
+    from latentfl.audits import ModelSpec, save_model_file
+    from latentfl.platform.coordinator.store import StateStore
+    from latentfl.strategies import build_strategy
+
+    if not (config.state_dir / "latest.json").exists():
+        raise StateError(f"state_dir {config.state_dir} holds no checkpoint; run the "
+                         "coordinator first.")
+    store = StateStore(config.state_dir)
+    round = store.latest_round() if round is None else round
+    checkpoint = store.load_checkpoint(round)
+    strategy = build_strategy(config.strategy)
+    strategy.initialize(config.seed)
+    meta = checkpoint.meta.get("strategy", {})
+    strategy.load_state_dict(checkpoint.tensors, meta)
+    s = config.strategy
+    arch = s.feddgm.global_model if s.method == "feddgm" else s.model
+    mean, std = meta.get("mean", ()), meta.get("std", ())
+    if not mean and config.test_data is not None:
+        from latentfl.data import load_dataset
+
+        stats = load_dataset(config.test_data)
+        mean, std = stats.mean, stats.std
+    spec = ModelSpec(model=arch.name, num_classes=arch.num_classes,
+                     in_shape=tuple(arch.in_shape), options=dict(arch.options),
+                     mean=tuple(mean), std=tuple(std))
+    save_model_file(out, strategy.evaluation_model(), spec,
+                    meta={"session": config.session, "round": round, "method": s.method})
+    return Path(out)
+
+
+def _export(args: argparse.Namespace) -> int:
+    from latentfl.config import load_config
+    from latentfl.platform.coordinator import CoordinatorConfig
+
+    config = load_config(args.config, CoordinatorConfig)
+    path = export_global_model(config, args.out, args.round)
+    print(f"model: {path} (sidecar {path}.json)")
+    return 0
+
+
+def _participant_audit(args: argparse.Namespace) -> int:
+    from latentfl.config import load_config
+    from latentfl.log import configure_logging
+    from latentfl.platform.participant import ParticipantConfig
+    from latentfl.platform.participant.audit_client import run_participant_audit
+
+    configure_logging("console", level="warning")
+    config = load_config(args.config, ParticipantConfig)
+    out = args.out
+    if out is None:
+        if config.state_dir is None:
+            raise ConfigError(f"{args.config} has no state_dir; pass --out DIR for the reports.")
+        out = config.state_dir / "audits"
+    outcome = run_participant_audit(config, out_dir=out, share=args.share, holdout=args.holdout,
+                                    max_images=args.max_images, seed=args.seed,
+                                    timeout_s=args.timeout)
+    print(f"synthetic set of round {outcome.synthetic_round}: {outcome.images} images")
+    report = outcome.json.read_text()
+    import json
+
+    for v in json.loads(report)["verdicts"]:
+        print(f"{v['status'].upper():5} {v['title']}: {v['value']}")
+    print(f"report: {outcome.html}\njson:   {outcome.json}")
+    print("shared the aggregate numbers with the coordinator" if outcome.shared is not None
+          else "nothing shared (pass --share to send the aggregate numbers)")
+    return 0
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser("report", help="Render the consortium privacy report (DP ledgers, "
+                              "aggregation mode, shared audits) from a coordinator's state.")
+    p.add_argument("--config", required=True, type=Path, help="The coordinator's TOML file.")
+    p.add_argument("--out", required=True, type=Path, help="Directory for the HTML and JSON.")
+    p.set_defaults(handler=_report)
+
+    p = subparsers.add_parser("export-model", help="Write the global model of a coordinator's "
+                              "latest checkpoint as a model file for `latentfl audit model`.")
+    p.add_argument("--config", required=True, type=Path, help="The coordinator's TOML file.")
+    p.add_argument("--out", required=True, type=Path, help="Model file (.safetensors).")
+    p.add_argument("--round", type=int, help="Checkpoint round (default: the latest).")
+    p.set_defaults(handler=_export)
+
+    # `latentfl participant audit ...` beside `latentfl participant --config FILE` (the agent)
+    agent = subparsers.choices["participant"]
+    for action in agent._actions:
+        if action.dest == "config":
+            action.required = False  # `participant audit` takes its own --config
+    agent_handler = agent.get_default("handler")
+
+    def run_agent(args: argparse.Namespace) -> int:
+        if args.config is None:
+            raise ConfigError("latentfl participant needs --config FILE (the participant TOML).")
+        return agent_handler(args)
+
+    agent.set_defaults(handler=run_agent)
+    sub = agent.add_subparsers(title="one-shot commands", metavar="COMMAND")
+    a = sub.add_parser("audit", help="Fetch this site's synthetic set from the coordinator, "
+                       "audit it on the local private data, optionally share the numbers.")
+    a.add_argument("--config", required=True, type=Path, help="Participant TOML file.")
+    a.add_argument("--out", type=Path, help="Directory for the reports (default: "
+                   "STATE_DIR/audits).")
+    a.add_argument("--share", action="store_true", help="Send the aggregate numbers (verdicts, "
+                   "counts; never images) to the coordinator, signed.")
+    a.add_argument("--holdout", metavar="SPEC", help="Private images never used in training "
+                   "(default: the test split of the configured data).")
+    a.add_argument("--max-images", type=int, default=5000, help="Seeded subsample of at most "
+                   "this many training and holdout images.")
+    a.add_argument("--seed", type=int, default=0, help="Seed of subsamples and the encoder.")
+    a.add_argument("--timeout", type=float, default=60.0, help="Seconds to wait for the "
+                   "coordinator's answer.")
+    a.set_defaults(handler=_participant_audit)
+
+
+__all__ = ["consortium_entries", "export_global_model", "ledgers_from_journal", "register"]
