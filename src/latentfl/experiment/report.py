@@ -9,7 +9,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from latentfl.experiment._files import atomic_write, read_rounds
+from latentfl.durable import write_atomic
+from latentfl.experiment._files import read_rounds
 from latentfl.experiment.config import Cell, ExperimentConfig
 
 
@@ -90,7 +91,7 @@ def render_table(config: ExperimentConfig, rows: Sequence[dict[str, Any]],
 
 def write_table(path: Path, config: ExperimentConfig, rows: Sequence[dict[str, Any]],
                 infeasible: dict[str, str] | None = None) -> None:
-    atomic_write(path, render_table(config, rows, infeasible))
+    write_atomic(path, render_table(config, rows, infeasible))
 
 
 def write_plot(path: Path, cells: Sequence[Cell], rows: dict[str, dict[str, Any]]) -> None:
@@ -136,7 +137,7 @@ def write_plot(path: Path, cells: Sequence[Cell], rows: dict[str, dict[str, Any]
                 ax.legend(fontsize=8)
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=110)
-    atomic_write(path, buffer.getvalue())
+    write_atomic(path, buffer.getvalue())
 
 
 __all__ = ["format_cell", "mean_std", "render_table", "write_plot", "write_table"]

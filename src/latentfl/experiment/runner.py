@@ -26,8 +26,9 @@ from pathlib import Path
 from typing import Any
 
 from latentfl.config import to_dict
+from latentfl.durable import write_atomic
 from latentfl.errors import DataError
-from latentfl.experiment._files import atomic_write, read_rounds
+from latentfl.experiment._files import read_rounds
 from latentfl.experiment.config import Cell, ExperimentConfig, grid
 from latentfl.log import get_logger
 from latentfl.simulate import RoundRecord, run_simulation
@@ -153,7 +154,7 @@ def run_cell(cell: Cell, dataset, *, on_round: Callable[[RoundRecord], None] | N
     """Run one cell's federation and return its results row."""
     sim = cell.simulation
     cell.run_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write(cell.run_dir / "cell.json", json.dumps(to_dict(sim), indent=2, sort_keys=True))
+    write_atomic(cell.run_dir / "cell.json", json.dumps(to_dict(sim), indent=2, sort_keys=True))
     result = run_simulation(sim, dataset=dataset, on_round=on_round)
     accuracies = [r.accuracy for r in result.history]
     best = max(range(len(accuracies)), key=lambda i: accuracies[i])
@@ -181,7 +182,7 @@ def write_results(path: Path, rows: list[dict[str, Any]]) -> None:
     writer.writerow(RESULT_FIELDS)
     for row in rows:
         writer.writerow([_csv_value(row[k]) for k in RESULT_FIELDS])
-    atomic_write(path, buffer.getvalue())
+    write_atomic(path, buffer.getvalue())
 
 
 def _csv_value(value: Any) -> str:

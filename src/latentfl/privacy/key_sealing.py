@@ -23,6 +23,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from latentfl.durable import write_atomic
 from latentfl.errors import ConfigError, SecurityError
 from latentfl.privacy.ckks import (
     DEFAULT_COEFF_MOD_BIT_SIZES,
@@ -33,7 +34,6 @@ from latentfl.privacy.ckks import (
     public_context_bytes,
     secret_context_bytes,
 )
-from latentfl.privacy.ledger import write_atomic
 
 MAGIC = b"LFLCKKS1"
 PUBLIC_CONTEXT_FILE = "ckks_public.bin"
@@ -120,7 +120,7 @@ def write_ckks_keys(
         sealed = seal_secret_context(
             secret, participant_id=pid, curve_public=roster.participants[pid].curve_public
         )
-        write_atomic(targets[pid], sealed)  # mkstemp files are 0600
+        write_atomic(targets[pid], sealed, mode=0o600)
     return targets
 
 

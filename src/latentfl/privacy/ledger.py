@@ -18,13 +18,12 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Literal
 
+from latentfl.durable import write_atomic
 from latentfl.errors import ConfigError, PrivacyError, StateError
 from latentfl.privacy.accounting import (
     ACCOUNTANTS,
@@ -235,7 +234,7 @@ class PrivacyLedger:
             "history": self._history,
             "rows": self._rows,
         }
-        write_atomic(self.path, json.dumps(payload, indent=1).encode("utf-8"))
+        write_atomic(self.path, json.dumps(payload, indent=1), mode=0o600)  # site-private
         self._saved_at = time.monotonic()
 
     def _close_open_row(self) -> None:
@@ -264,24 +263,4 @@ def _row(round_, mechanism, steps, sample_rate, noise, clip) -> dict:
     }
 
 
-def write_atomic(path: Path, data: bytes) -> None:
-    """Replace ``path`` with ``data`` so a reader sees the old or the new file, never half."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
-
-
-__all__ = ["LEDGER_FILE", "LedgerRow", "Mechanism", "PrivacyLedger", "write_atomic"]
+__all__ = ["LEDGER_FILE", "LedgerRow", "Mechanism", "PrivacyLedger"]

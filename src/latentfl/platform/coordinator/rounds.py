@@ -73,6 +73,7 @@ class Rounds:
             latest = 0
         else:
             ckpt = self.store.load_checkpoint(latest)
+            self.strategy.initialize(self.config.seed)  # builds the models (FedDGM) to load into
             self.strategy.load_state_dict(ckpt.tensors, ckpt.meta.get("strategy", {}))
             self.history = [RoundRecord(**h) for h in ckpt.meta.get("history", [])]
         self.round = latest + 1

@@ -6,6 +6,7 @@ import os
 import stat
 from pathlib import Path
 
+from latentfl.durable import fsync_dir, write_atomic
 from latentfl.errors import SecurityError
 
 SECRET_FILE_MODE = 0o600
@@ -65,33 +66,10 @@ def write_new_file(path: Path, data: bytes, mode: int) -> None:
         os.close(fd)
 
 
-def write_atomic(path: Path, data: bytes, mode: int) -> None:
-    """Replace ``path`` with ``data``: temp file in the same folder, fsync, rename, fsync folder."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
-    try:
-        os.fchmod(fd, mode)
-        _write_all(fd, data)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
-    fsync_dir(path.parent)
-
-
 def _write_all(fd: int, data: bytes) -> None:
     view = memoryview(data)
     while view:
         view = view[os.write(fd, view) :]
-
-
-def fsync_dir(path: Path) -> None:
-    """Make a rename or a new file inside ``path`` durable."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 __all__ = [

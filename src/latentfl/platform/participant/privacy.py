@@ -59,7 +59,7 @@ class SitePrivacy:
     def noise_multiplier(self, task: Task, num_examples: int) -> float:
         """The run's noise multiplier: from the plan file, or resolved now and written there."""
         from latentfl.privacy import resolve_noise_multiplier
-        from latentfl.privacy.ledger import write_atomic
+        from latentfl.durable import write_atomic
 
         path = self.state_dir / PLAN_FILE  # DP-SGD implies a state dir (config check)
         if path.exists():
@@ -75,7 +75,7 @@ class SitePrivacy:
                 "planned_rounds": dp.planned_rounds, "num_examples": num_examples,
                 "batch_size": cfg.batch_size, "epochs": cfg.epochs, "max_steps": cfg.max_steps,
                 "delta": self.config.policy.delta}
-        write_atomic(path, json.dumps(plan, indent=1).encode("utf-8"))
+        write_atomic(path, json.dumps(plan, indent=1), mode=0o600)
         return sigma
 
     def check(self, task: Task, num_examples: int) -> float | None:

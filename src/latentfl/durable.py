@@ -1,0 +1,50 @@
+"""Crash-safe file writes: a reader sees the old file or the new one, never half of either.
+
+Every state file in latentfl (checkpoints, accepted updates, the privacy ledger, rosters, audit
+results, experiment tables) is written through :func:`write_atomic`: a temp file in the same
+folder, fsynced, renamed over the target, then the folder fsynced so the rename survives a crash.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+
+def fsync_dir(path: Path) -> None:
+    """Make a rename or a new file inside ``path`` durable."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_atomic(path: Path | str, data: bytes | str, mode: int = 0o644) -> None:
+    """Replace ``path`` with ``data`` (text is UTF-8), created with permission bits ``mode``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    payload = data.encode("utf-8") if isinstance(data, str) else data
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        os.fchmod(fd, mode)
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(payload)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    fsync_dir(path.parent)
+
+
+def write_json_atomic(path: Path | str, obj: Any, *, mode: int = 0o644) -> None:
+    """:func:`write_atomic` of ``obj`` as sorted, indented JSON."""
+    write_atomic(path, json.dumps(obj, sort_keys=True, indent=1) + "\n", mode=mode)
+
+
+__all__ = ["fsync_dir", "write_atomic", "write_json_atomic"]
