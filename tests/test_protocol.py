@@ -383,7 +383,8 @@ def test_json_payloads_are_strict():
 
 def test_kinds_cover_the_protocol():
     """The message kinds the daemons need all exist, valued by their wire names."""
-    names = {"HELLO", "TASK", "UPDATE", "ACK", "REJECT", "HEARTBEAT", "STATUS", "BYE"}
+    names = {"HELLO", "TASK", "UPDATE", "ACK", "REJECT", "HEARTBEAT", "STATUS", "BYE",
+             "FETCH_SYNTHETIC", "SYNTHETIC", "AUDIT_REPORT"}
     assert {k.value for k in Kind} == names
     assert Kind("TASK") is Kind.TASK and Kind.TASK == "TASK"
 

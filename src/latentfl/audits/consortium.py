@@ -53,7 +53,7 @@ def entry_flags(entry: ConsortiumEntry) -> list[str]:
 
 def _ledger_cell(ledger: dict[str, Any] | None) -> str:
     if ledger is None:
-        return "no DP"
+        return "not reported (no DP ledger in its updates)"
     parts = [f"epsilon {float(ledger['epsilon']):.2f}" if ledger.get("epsilon") is not None
              else "epsilon unknown"]
     if ledger.get("delta") is not None:

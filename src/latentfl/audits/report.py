@@ -120,7 +120,11 @@ def render_synthetic_html(audit: SyntheticAudit, synthetic: np.ndarray, private:
               f"images and {sz['holdout']} holdout images that never trained anything. On a "
               f"clean synthetic set this table raises any flag with probability at most "
               f"{100 * audit.alpha:.0f}%.")
-    if flags:
+    if flags and {v.metric for v in flags} <= {"nn_share", "proximity_mia"}:
+        detail += (" No near-copies were found: the flag says the synthetic set resembles your "
+                   "training images more than your holdout images. Check first that the holdout "
+                   "is drawn like your training data (same classes, same sources).")
+    elif flags:
         detail += (" Look at the image pairs below: a synthetic image that shows the same "
                    "picture as its nearest training image discloses that image.")
     s, cal = audit.synthetic, audit.calibration

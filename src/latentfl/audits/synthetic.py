@@ -242,7 +242,8 @@ def _verdicts(syn: Measurements, base: Measurements, cal: Calibration, alpha: fl
         baseline=f"{int(base.nearest_in_t.sum())} of {base.nearest_in_t.size}",
         p_value=p, alpha=a,
         explanation="If the synthetic set were unrelated to your training images, its nearest "
-                    "neighbours would split evenly between training and holdout images.",
+                    "neighbours would split evenly between training and holdout images (when "
+                    "the holdout is drawn like the training data).",
         numbers={"count": k, "n": n, "share": k / n,
                  "baseline_share": float(base.nearest_in_t.mean())}))
     # members closer to some synthetic image than the closest holdout image is

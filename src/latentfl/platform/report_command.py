@@ -53,11 +53,7 @@ def consortium_entries(config: Any) -> list[Any]:
                          "coordinator that has run.")
     ledgers = ledgers_from_journal(journal)
     shared = load_shared_audits(config.state_dir)
-    ids = set(ledgers) | set(shared)
-    try:
-        ids |= set(load_roster(config.roster).active_ids())
-    except Exception:  # noqa: BLE001 - the report still covers whoever took part
-        pass
+    ids = set(ledgers) | set(shared) | set(load_roster(config.roster).active_ids())
     mode = config.aggregation.mode
     entries = []
     for pid in sorted(ids):

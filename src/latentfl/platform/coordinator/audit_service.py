@@ -175,14 +175,14 @@ class AuditService:
             method = strategy.get("method", "no round finished yet")
             raise ProtocolError("no-synthetic", f"the latest checkpoint ({method}) holds no "
                                                 f"synthetic set distilled from {pid}'s weights")
+        from latentfl.distill import to_uint8
+
         images = checkpoint.tensors[f"synthetic.{pid}.images"].float()
         labels = checkpoint.tensors[f"synthetic.{pid}.labels"].to(torch.int64).reshape(-1)
         channels = images.shape[1]
-        mean = torch.tensor(strategy.get("mean", [0.0] * channels)).view(1, -1, 1, 1)
-        std = torch.tensor(strategy.get("std", [1.0] * channels)).view(1, -1, 1, 1)
-        pixels = ((images * std + mean).clamp(0, 1) * 255).round().to(torch.uint8)
-        payload = pack_tensors({"images": pixels.permute(0, 2, 3, 1).contiguous(),
-                                "labels": labels})
+        pixels = to_uint8(images, strategy.get("mean", [0.0] * channels),
+                          strategy.get("std", [1.0] * channels))
+        payload = pack_tensors({"images": torch.from_numpy(pixels), "labels": labels})
         return payload, {"synthetic_round": checkpoint.round, "count": int(labels.numel()),
                          "method": str(strategy.get("method", ""))[:32]}
 
