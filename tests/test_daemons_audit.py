@@ -239,3 +239,22 @@ def test_report_shows_each_participants_dp_ledger_from_its_updates(consortium, t
     assert "p00: plain, epsilon 0.90" in out.getvalue()
     html = (tmp_path / "rep" / "consortium_report.html").read_text()
     assert "epsilon 0.90" in html and "not reported" in html
+
+
+def test_holdout_is_class_matched_to_the_training_part():
+    """A skewed site's holdout keeps its class mix, so the share check compares like with like."""
+    import numpy as np
+
+    from latentfl.data import ImageSet
+    from latentfl.platform.participant.audit_client import class_matched
+
+    def images(labels):
+        y = np.asarray(labels, dtype=np.int64)
+        return ImageSet(x=np.zeros((len(y), 4, 4, 3), np.uint8), y=y, classes=("a", "b", "c"))
+
+    train = images([0] * 30 + [1] * 10)
+    holdout = images([0] * 20 + [1] * 20 + [2] * 20)
+    matched = class_matched(holdout, train, seed=0)
+    counts = np.bincount(matched.y, minlength=3)
+    assert counts[0] == 20 and counts[2] == 0  # as many as class 0 allows; no class the site lacks
+    assert abs(counts[0] / counts[1] - 3.0) < 0.5  # 3:1 like the training part

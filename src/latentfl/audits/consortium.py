@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from latentfl.audits.html import banner, escape, page
-from latentfl.audits.synthetic_file import write_atomic
+from latentfl.durable import write_atomic
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,7 @@ from typing import Any
 
 from torch import nn
 
-from latentfl.audits.synthetic_file import write_atomic
+from latentfl.durable import write_atomic
 from latentfl.errors import ModelError
 
 

@@ -17,7 +17,7 @@ from latentfl.audits import plots
 from latentfl.audits.html import banner, escape, image_png, img_tag, page, verdict_table
 from latentfl.audits.membership import ModelAudit
 from latentfl.audits.synthetic import SyntheticAudit, relative_closeness
-from latentfl.audits.synthetic_file import write_atomic
+from latentfl.durable import write_atomic
 
 GRID_ROWS = 8
 

@@ -13,8 +13,6 @@ A safetensors file with
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,6 +20,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from latentfl.durable import write_atomic
 from latentfl.errors import DataError
 
 META_KEY = "latentfl"
@@ -41,22 +40,6 @@ class SyntheticSet:
 
 def _as_numpy(a: np.ndarray | torch.Tensor) -> np.ndarray:
     return a.detach().cpu().numpy() if isinstance(a, torch.Tensor) else np.asarray(a)
-
-
-def write_atomic(path: Path, data: bytes) -> None:
-    """Write to a temp file beside ``path``, fsync, then rename over it."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def save_synthetic(path: Path | str, images_uint8_nhwc: np.ndarray | torch.Tensor,
@@ -139,4 +122,4 @@ def _denormalise(images: torch.Tensor, tensors: dict[str, torch.Tensor], path: P
     return pixels.permute(0, 2, 3, 1).contiguous().numpy()
 
 
-__all__ = ["SyntheticSet", "load_synthetic", "save_synthetic", "write_atomic"]
+__all__ = ["SyntheticSet", "load_synthetic", "save_synthetic"]

@@ -174,7 +174,27 @@ def local_images(config: ParticipantConfig, holdout: str | None = None) -> tuple
     else:
         raise ConfigError(f"data {config.data} has no test split to serve as the holdout; pass "
                           "--holdout SPEC with private images never used in training.")
-    return train, held, ds
+    return train, class_matched(held, train, seed=0), ds
+
+
+def class_matched(holdout: Any, train: Any, *, seed: int) -> Any:
+    """The largest seeded subset of ``holdout`` whose class mix equals ``train``'s.
+
+    A site's training part is often skewed (a Dirichlet share holds a few classes); compared
+    with an all-class holdout, its synthetic images would sit nearer its training images for
+    that reason alone, and the share and membership checks would cry wolf.
+    """
+    k = int(max(train.y.max(), holdout.y.max())) + 1
+    share = np.bincount(train.y, minlength=k) / len(train)
+    available = np.bincount(holdout.y, minlength=k)
+    present = share > 0
+    if (available[present] == 0).any():
+        return holdout  # cannot match; the audit report warns about the mix instead
+    total = int(np.min(available[present] / share[present]))
+    rng = np.random.default_rng(seed)
+    picks = [rng.choice(np.flatnonzero(holdout.y == c), min(available[c], int(round(total * share[c]))),
+                        replace=False) for c in np.flatnonzero(present)]
+    return holdout.subset(np.sort(np.concatenate(picks)))
 
 
 def _subsample(images: Any, limit: int, seed: int) -> Any:

@@ -58,8 +58,8 @@ class SitePrivacy:
 
     def noise_multiplier(self, task: Task, num_examples: int) -> float:
         """The run's noise multiplier: from the plan file, or resolved now and written there."""
-        from latentfl.privacy import resolve_noise_multiplier
         from latentfl.durable import write_atomic
+        from latentfl.privacy import resolve_noise_multiplier
 
         path = self.state_dir / PLAN_FILE  # DP-SGD implies a state dir (config check)
         if path.exists():
