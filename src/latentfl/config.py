@@ -217,7 +217,8 @@ def describe(schema: type, prefix: str = "") -> list[tuple[str, str, str, str]]:
             default = repr(to_dict(f.default_factory()))
         else:
             default = "(required)"
-        tname = str(tp).replace("typing.", "").replace("pathlib.", "")
+        tname = tp.__name__ if isinstance(tp, type) else str(tp)
+        tname = tname.replace("typing.", "").replace("pathlib.", "").replace("NoneType", "None")
         rows.append((key, tname, default, f.metadata.get("help", "")))
     return rows
 
