@@ -114,3 +114,24 @@ def test_feddgm_present_classes_restrict_distillation():
     )
     assert strategy._classes_of(update) == (0, 2)
     assert strategy._classes_of(Update("b", 1, {}, 5, 1, {})) == (0, 1, 2)
+
+
+def test_feddgm_accumulate_keeps_every_rounds_synthetic_sets():
+    """accumulate = true trains on all rounds' synthetic sets and checkpoints them."""
+    feddgm = FedDGMConfig(
+        global_model=SPEC, ipc=1, mean=(0.3, 0.3, 0.3), std=(0.3, 0.3, 0.3), device="cpu",
+        accumulate=True, distill=DistillConfig(iterations=2, steps=2, log_every=0),
+        global_train=TrainConfig(epochs=1, batch_size=8, lr=0.05),
+        surrogate_train=TrainConfig(epochs=1, batch_size=8, lr=0.05),
+    )
+    result = run_simulation(config("feddgm", feddgm=feddgm), dataset=tiny_dataset())
+    assert [r.metrics["synthetic_images"] for r in result.history] == [9, 18]
+    tensors, meta = result.strategy.state_dict()
+    assert tensors["earlier.images"].shape[0] == 18
+    from latentfl.strategies.feddgm import FedDGM
+    from latentfl.training import TrainConfig as TC
+
+    resumed = FedDGM(SPEC, TC(), feddgm)
+    resumed.initialize(0)
+    resumed.load_state_dict(tensors, meta)
+    assert torch.equal(resumed._earlier[0], tensors["earlier.images"])

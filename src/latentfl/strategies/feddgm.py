@@ -47,6 +47,9 @@ class FedDGMConfig:
     classes: Literal["all", "present"] = option(
         "all", help="Distil all classes, or only those a participant reported holding."
     )
+    accumulate: bool = option(
+        False, help="Train on the synthetic sets of every round so far, not only this round's "
+        "(the paper uses the round's union; keeping all of them steadies the global model).")
     participants_per_batch: int = option(
         10, help="Participants distilled together in one batched graph.", min=1
     )
@@ -80,6 +83,7 @@ class FedDGM(Strategy):
         self._surrogate: nn.Module | None = None
         self._global: nn.Module | None = None
         self.synthetic: dict[str, SyntheticSet] = {}
+        self._earlier: tuple[torch.Tensor, torch.Tensor] | None = None  # accumulate = true
 
     @property
     def device(self) -> torch.device:
@@ -118,6 +122,10 @@ class FedDGM(Strategy):
         self.synthetic = {u.participant: s for u, s in zip(updates, sets, strict=True)}
         x = torch.cat([s.images for s in sets])
         y = torch.cat([s.labels for s in sets])
+        if self.config.accumulate:
+            if self._earlier is not None:
+                x, y = torch.cat([self._earlier[0], x]), torch.cat([self._earlier[1], y])
+            self._earlier = (x, y)
         metrics = self._train_on_union(round, x, y)
         final_losses = [s.losses[-1] for s in sets if s.losses]
         metrics.update(
@@ -205,6 +213,8 @@ class FedDGM(Strategy):
 
         tensors = {f"surrogate.{k}": v for k, v in state_to_tensors(self._surrogate).items()}
         tensors.update({f"global.{k}": v for k, v in state_to_tensors(self._global).items()})
+        if self._earlier is not None:
+            tensors["earlier.images"], tensors["earlier.labels"] = self._earlier
         for pid, s in self.synthetic.items():
             tensors[f"synthetic.{pid}.images"] = s.images.clone()
             tensors[f"synthetic.{pid}.labels"] = s.labels.clone()  # sets may share one label tensor
@@ -223,6 +233,8 @@ class FedDGM(Strategy):
         self._seed = int(meta.get("seed", self._seed))
         load_tensors_(self._surrogate, _section(tensors, "surrogate."))
         load_tensors_(self._global, _section(tensors, "global."))
+        if "earlier.images" in tensors:
+            self._earlier = (tensors["earlier.images"], tensors["earlier.labels"])
         self.synthetic = {
             pid: SyntheticSet(
                 tensors[f"synthetic.{pid}.images"],
