@@ -62,7 +62,7 @@ class RosterAuthenticator(ThreadAuthenticator):
         return self._granted.pop(z85.encode(client_public_key), _NO_USER)
 
     def configure_curve(self, domain: str = "*", location: Any = ".") -> None:
-        """Refused: the roster is the only source of allowed keys (never CURVE_ALLOW_ANY)."""
+        """Refused: the roster is the only source of allowed keys (never "allow any key")."""
         raise SecurityError(
             f"configure_curve({location!r}) is refused; the allow-list comes from the roster only"
         )
