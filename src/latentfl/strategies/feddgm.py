@@ -51,7 +51,10 @@ class FedDGMConfig:
         False, help="Train on the synthetic sets of every round so far, not only this round's "
         "(the paper uses the round's union; keeping all of them steadies the global model).")
     participants_per_batch: int = option(
-        10, help="Participants distilled together in one batched graph.", min=1
+        0,
+        help="Participants distilled together in one batched graph; 0 = auto (10 on CUDA, 1 on "
+        "CPU, where batched grouped convolutions are slower than a loop).",
+        min=0,
     )
     mean: tuple[float, ...] = option(
         (0.4914, 0.4822, 0.4465), help="Channel means the generator renders to (public stats)."
