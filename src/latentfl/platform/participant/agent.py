@@ -26,11 +26,12 @@ import numpy as np
 import torch
 import zmq
 
-from latentfl.errors import LatentFLError, PrivacyError, ProtocolError, SecurityError
+from latentfl.errors import LatentFLError, PrivacyError, ProtocolError
 from latentfl.exitcodes import ExitCode
 from latentfl.log import get_logger
-from latentfl.platform.crypto import COORDINATOR_ID, load_identity, load_roster, make_curve_client
+from latentfl.platform.crypto import COORDINATOR_ID
 from latentfl.platform.participant.config import ParticipantConfig
+from latentfl.platform.participant.connection import connect, load_enrolment
 from latentfl.platform.participant.privacy import SitePrivacy
 from latentfl.platform.payloads import (
     decode_decrypt_task,
@@ -105,17 +106,10 @@ class Agent:
 
     def __init__(self, config: ParticipantConfig, *, data: LocalData | None = None) -> None:
         self.config = config
-        self.identity = load_identity(config.key_dir)
-        self.pid = self.identity.id
-        if self.pid == COORDINATOR_ID:
-            raise SecurityError(f"key folder {config.key_dir} holds the coordinator's keys; "
-                                "expected a participant's key folder.")
-        roster = load_roster(config.roster)
-        entry = roster.participants.get(self.pid)
-        if entry is None or entry.curve_public != self.identity.curve_public:
-            raise SecurityError(f"participant {self.pid!r} with the keys in {config.key_dir} is "
-                                f"not enrolled in roster {config.roster}.")
-        self.coordinator_key = roster.coordinator_curve_public
+        self.enrolment = load_enrolment(config)
+        self.identity = self.enrolment.identity
+        self.pid = self.enrolment.pid
+        roster = self.enrolment.roster
         replay_path = None
         if config.state_dir is not None:
             config.state_dir.mkdir(parents=True, exist_ok=True)
@@ -151,11 +145,7 @@ class Agent:
                       examples=len(self.data.y))
         try:
             while not self._stop.is_set():
-                sock = ctx.socket(zmq.DEALER)
-                make_curve_client(sock, self.identity, self.coordinator_key)
-                sock.maxmsgsize = self.config.max_message_bytes
-                sock.linger = 0
-                sock.connect(self.config.coordinator)
+                sock = connect(ctx, self.config, self.enrolment)
                 try:
                     outcome, heard = self._session(sock)
                 finally:

@@ -26,9 +26,10 @@ import numpy as np
 import torch
 import zmq
 
-from latentfl.errors import ConfigError, DataError, ProtocolError, SecurityError
-from latentfl.platform.crypto import COORDINATOR_ID, load_identity, load_roster, make_curve_client
+from latentfl.errors import ConfigError, DataError, ProtocolError
+from latentfl.platform.crypto import COORDINATOR_ID
 from latentfl.platform.participant.config import ParticipantConfig
+from latentfl.platform.participant.connection import connect, load_enrolment
 from latentfl.platform.protocol import (
     DEFAULT_CLOCK_SKEW_S,
     Kind,
@@ -62,21 +63,13 @@ class AuditClient:
     def __init__(self, config: ParticipantConfig, *, timeout_s: float = DEFAULT_TIMEOUT_S):
         self.config = config
         self.timeout_s = timeout_s
-        self.identity = load_identity(config.key_dir)
-        roster = load_roster(config.roster)
-        entry = roster.participants.get(self.identity.id)
-        if entry is None or entry.curve_public != self.identity.curve_public:
-            raise SecurityError(f"participant {self.identity.id!r} with the keys in "
-                                f"{config.key_dir} is not enrolled in roster {config.roster}.")
-        self.verifier = Verifier.of_coordinator(roster, session=config.session,
+        enrolment = load_enrolment(config)
+        self.identity = enrolment.identity
+        self.verifier = Verifier.of_coordinator(enrolment.roster, session=config.session,
                                                 replay=ReplayGuard(window_s=DEFAULT_CLOCK_SKEW_S),
                                                 max_bytes=config.max_message_bytes)
         self.ctx = zmq.Context()
-        self.sock = self.ctx.socket(zmq.DEALER)
-        make_curve_client(self.sock, self.identity, roster.coordinator_curve_public)
-        self.sock.maxmsgsize = config.max_message_bytes
-        self.sock.linger = 0
-        self.sock.connect(config.coordinator)
+        self.sock = connect(self.ctx, config, enrolment)
 
     def __enter__(self) -> AuditClient:
         return self
