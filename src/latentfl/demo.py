@@ -376,10 +376,9 @@ def _print_fedavg_comparison(coordinator_config: Path, history: list[dict], out)
     from dataclasses import replace
 
     from latentfl.config import load_config
+    from latentfl.log import configure_logging
     from latentfl.platform.coordinator.config import CoordinatorConfig
     from latentfl.simulate import PartitionConfig, SimulationConfig, run_simulation
-
-    from latentfl.log import configure_logging
 
     configure_logging("console", level="warning")  # the table below says what happened
     cfg = load_config(coordinator_config, CoordinatorConfig)
