@@ -6,6 +6,7 @@ parameter order (``named_parameters()`` order) is defined in :mod:`latentfl.mode
 
 from latentfl.models.flat import (
     ParamShapes,
+    flatten_named,
     flatten_params,
     functional_forward,
     load_flat_,
@@ -26,6 +27,7 @@ __all__ = [
     "ModelManifest",
     "ParamShapes",
     "build_model",
+    "flatten_named",
     "flatten_params",
     "functional_forward",
     "load_flat_",

@@ -31,6 +31,12 @@ def flatten_params(model: nn.Module) -> torch.Tensor:
     return torch.cat([p.detach().reshape(-1) for p in model.parameters()]).clone()
 
 
+def flatten_named(tensors: dict[str, torch.Tensor], shapes: ParamShapes) -> torch.Tensor:
+    """The parameters among ``tensors`` (e.g. a state dict) as one new 1-D vector, in the
+    flat-vector order ``shapes`` gives; other entries (buffers) are ignored."""
+    return torch.cat([tensors[name].detach().reshape(-1) for name, _ in shapes]).clone()
+
+
 def unflatten_params(flat: torch.Tensor, shapes: ParamShapes) -> dict[str, torch.Tensor]:
     """Name -> tensor views into ``flat`` (differentiable: gradients flow back to ``flat``)."""
     expected = num_params(shapes)

@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from latentfl.config import option
+from latentfl.models import flatten_named, param_shapes
 from latentfl.strategies.base import ModelSpec, Tensors, Update
 from latentfl.strategies.fedavg import FedAvg
 from latentfl.training import TrainConfig
@@ -76,14 +77,6 @@ class PseudoSet:
     @property
     def soft_labels(self) -> torch.Tensor:
         return torch.softmax(self.label_logits, dim=-1)
-
-
-def flat_from_tensors(tensors: Tensors, model: nn.Module) -> torch.Tensor:
-    """The parameters among ``tensors`` as one new 1-D vector in the model registry's order."""
-    from latentfl.models import param_shapes
-
-    pieces = [tensors[name].detach().reshape(-1) for name, _ in param_shapes(model)]
-    return torch.cat(pieces).clone()
 
 
 def sample_pair(
@@ -200,7 +193,7 @@ class DynaFed(FedAvg):
         # synthesis needs a pure-function student (no BatchNorm): refuse now, not at round 24
         FunctionalStudent(self._reference_model())
         self._seed = seed
-        self.trajectory = [flat_from_tensors(self._global, self._reference_model())]
+        self.trajectory = [flatten_named(self._global, param_shapes(self._reference_model()))]
         self.pseudo = None
 
     def aggregate_round(self, round: int, updates: Sequence[Update]) -> dict[str, float]:
@@ -222,7 +215,7 @@ class DynaFed(FedAvg):
         """
         metrics: dict[str, float] = {}
         if self.pseudo is None:
-            self.trajectory.append(flat_from_tensors(aggregate, self._reference_model()))
+            self.trajectory.append(flatten_named(aggregate, param_shapes(self._reference_model())))
             if len(self.trajectory) >= self.config.trajectory_length:
                 metrics.update(self._synthesize())
         if self.pseudo is None or self.config.finetune_steps == 0:
@@ -311,7 +304,6 @@ __all__ = [
     "DynaFedConfig",
     "PseudoSet",
     "finetune",
-    "flat_from_tensors",
     "sample_pair",
     "synthesize_pseudo_set",
 ]

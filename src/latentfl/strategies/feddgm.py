@@ -48,8 +48,10 @@ class FedDGMConfig:
         "all", help="Distil all classes, or only those a participant reported holding."
     )
     accumulate: bool = option(
-        False, help="Train on the synthetic sets of every round so far, not only this round's "
-        "(the paper uses the round's union; keeping all of them steadies the global model).")
+        False,
+        help="Train on the synthetic sets of every round so far, not only this round's "
+        "(the paper uses the round's union; keeping all of them steadies the global model).",
+    )
     participants_per_batch: int = option(
         0,
         help="Participants distilled together in one batched graph; 0 = auto (10 on CUDA, 1 on "
@@ -112,15 +114,12 @@ class FedDGM(Strategy):
         }
 
     def aggregate_round(self, round: int, updates: Sequence[Update]) -> dict[str, float]:
-        from latentfl.models import flatten_params, load_tensors_
+        from latentfl.models import flatten_named, flatten_params, param_shapes
 
         check_updates(round, updates, self.global_weights())
         start = flatten_params(self._surrogate)
-        probe = self.model_spec.build()
-        targets = []
-        for u in updates:
-            load_tensors_(probe, u.weights)
-            targets.append(flatten_params(probe))
+        shapes = param_shapes(self._surrogate)
+        targets = [flatten_named(u.weights, shapes) for u in updates]
         sets = self._distill(round, start, targets, updates)
         self.synthetic = {u.participant: s for u, s in zip(updates, sets, strict=True)}
         x = torch.cat([s.images for s in sets])
