@@ -41,6 +41,13 @@ class PartitionConfig:
     classes_per_client: int = option(2, help="Classes per participant (shards).", min=1)
     seed: int = option(0, help="Seed of the partition.")
 
+    def split(self, labels, clients: int) -> list:
+        """Index arrays, one per client, of this partition of ``labels`` (deterministic)."""
+        from latentfl.data import partition
+
+        return partition(labels, clients, self.scheme, seed=self.seed, alpha=self.alpha,
+                         min_size=self.min_size, classes_per_client=self.classes_per_client)
+
 
 @dataclass(frozen=True)
 class SimulationConfig:
@@ -90,22 +97,13 @@ def run_simulation(
     on_round: Callable[[RoundRecord], None] | None = None,
 ) -> SimulationResult:
     """Run ``config.rounds`` rounds of ``config.strategy`` over partitioned data."""
-    from latentfl.data import load_dataset, partition, to_tensors
+    from latentfl.data import load_dataset, to_tensors
     from latentfl.device import resolve_device
     from latentfl.training import evaluate
 
     device = resolve_device(config.device)
     ds = dataset if dataset is not None else load_dataset(config.data)
-    p = config.partition
-    parts = partition(
-        ds.train.y,
-        config.participants,
-        p.scheme,
-        seed=p.seed,
-        alpha=p.alpha,
-        min_size=p.min_size,
-        classes_per_client=p.classes_per_client,
-    )
+    parts = config.partition.split(ds.train.y, config.participants)
     x_train, y_train = to_tensors(ds.train, ds.mean, ds.std)
     test = None
     if ds.test is not None:

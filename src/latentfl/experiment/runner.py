@@ -127,7 +127,6 @@ def run_experiment(
 def partition_problems(cells: list[Cell], dataset) -> dict[str, str]:
     """Cells whose partition cannot be drawn (e.g. a tiny alpha over many participants), with
     the partitioner's reason; each distinct partition is tried once."""
-    from latentfl.data import partition
 
     tried: dict[tuple, str | None] = {}
     out = {}
@@ -137,9 +136,7 @@ def partition_problems(cells: list[Cell], dataset) -> dict[str, str]:
         key = (sim.participants, p.scheme, p.seed, p.alpha, p.min_size, p.classes_per_client)
         if key not in tried:
             try:
-                partition(dataset.train.y, sim.participants, p.scheme, seed=p.seed,
-                          alpha=p.alpha, min_size=p.min_size,
-                          classes_per_client=p.classes_per_client)
+                p.split(dataset.train.y, sim.participants)
                 tried[key] = None
             except DataError as exc:
                 tried[key] = str(exc)

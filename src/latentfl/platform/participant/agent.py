@@ -76,15 +76,10 @@ class LocalData:
 
 def load_local_data(config: ParticipantConfig) -> LocalData:
     """The site's training split, or its part of a deterministic partition (demos, tests)."""
-    from latentfl.data import load_dataset, partition, to_tensors
+    from latentfl.data import load_dataset, to_tensors
 
     ds = load_dataset(config.data)
-    train = ds.train
-    if config.partition is not None:
-        p = config.partition
-        parts = partition(train.y, p.clients, p.scheme, seed=p.seed, alpha=p.alpha,
-                          min_size=p.min_size, classes_per_client=p.classes_per_client)
-        train = train.subset(parts[p.index])
+    train = ds.train if config.partition is None else config.partition.take(ds.train)
     x, y = to_tensors(train, ds.mean, ds.std)
     return LocalData(x, y, ds.num_classes)
 

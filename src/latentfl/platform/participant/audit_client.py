@@ -150,15 +150,10 @@ def numbers_only(aggregates: dict[str, Any]) -> dict[str, Any]:
 
 def local_images(config: ParticipantConfig, holdout: str | None = None) -> tuple[Any, Any, Any]:
     """(T, H, dataset): this site's training part, its holdout, and the dataset it came from."""
-    from latentfl.data import load_dataset, partition
+    from latentfl.data import load_dataset
 
     ds = load_dataset(config.data)
-    train = ds.train
-    if config.partition is not None:
-        p = config.partition
-        parts = partition(train.y, p.clients, p.scheme, seed=p.seed, alpha=p.alpha,
-                          min_size=p.min_size, classes_per_client=p.classes_per_client)
-        train = train.subset(parts[p.index])
+    train = ds.train if config.partition is None else config.partition.take(ds.train)
     if holdout is not None:
         other = load_dataset(holdout)
         held = other.test if other.test is not None and len(other.test) else other.train

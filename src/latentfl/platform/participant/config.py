@@ -22,6 +22,10 @@ class PartitionShare(PartitionConfig):
     clients: int = option(1, help="Number of parts the training split is divided into.", min=1)
     index: int = option(0, help="Which part this participant trains on (0-based).", min=0)
 
+    def take(self, images):
+        """This participant's part of ``images`` (an ImageSet)."""
+        return images.subset(self.split(images.y, self.clients)[self.index])
+
     def problems(self) -> list[str]:
         if self.index >= self.clients:
             return [f"partition.index = {self.index}; expected a value below partition.clients "
