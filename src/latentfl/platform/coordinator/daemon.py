@@ -97,7 +97,7 @@ class Coordinator:
         self.store = StateStore(config.state_dir)
         self.store.lock()
         self.journal = Journal(self.store.journal_path)
-        self.replay = ReplayGuard(self.store.root / "replay.log", window_s=DEFAULT_CLOCK_SKEW_S)
+        self.replay = ReplayGuard(self.store.replay_path, window_s=DEFAULT_CLOCK_SKEW_S)
         self.audits = AuditService(self.store, self.journal, session=config.session,
                                    signing_key=self.identity.signing_key)
         self.verifier = Verifier.of_participants(self.roster, session=config.session,

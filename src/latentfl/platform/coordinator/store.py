@@ -6,6 +6,8 @@ Layout (all files written temp -> fsync -> rename, then the folder fsynced)::
     STATE/status.json                        what ``latentfl status`` shows
     STATE/coordinator.pid                    pid of the running daemon
     STATE/coordinator.lock                   flock held by the running daemon (one per folder)
+    STATE/replay.log                         (sender, nonce) pairs seen, for replay refusal
+    STATE/audits/PID.json                    audit numbers a participant chose to share
     STATE/latest.json                        {"round": r}: the last completed round
     STATE/checkpoints/round-000r.safetensors strategy.state_dict() tensors after round r
     STATE/checkpoints/round-000r.json        its JSON meta, round metrics and participants
@@ -93,8 +95,9 @@ class StateStore:
     def pid_path(self) -> Path:
         return self.root / "coordinator.pid"
 
-    def replay_dir(self) -> Path:
-        return self.root / "replay"
+    @property
+    def replay_path(self) -> Path:
+        return self.root / "replay.log"
 
     # -- checkpoints --------------------------------------------------------------------
     def latest_round(self) -> int | None:
