@@ -37,8 +37,13 @@ import torch
 from latentfl.config import from_dict, to_dict
 from latentfl.errors import ConfigError, ModelError, ProtocolError
 from latentfl.models import ModelManifest
-from latentfl.platform.protocol import Message, pack_tensors, unpack_json, unpack_tensors
-from latentfl.platform.protocol._json import canonical_json
+from latentfl.platform.protocol import (
+    Message,
+    canonical_json,
+    pack_tensors,
+    unpack_json,
+    unpack_tensors,
+)
 from latentfl.strategies import ModelSpec, Task, Update
 from latentfl.training import TrainConfig
 
