@@ -97,7 +97,7 @@ def run_simulation(
     on_round: Callable[[RoundRecord], None] | None = None,
 ) -> SimulationResult:
     """Run ``config.rounds`` rounds of ``config.strategy`` over partitioned data."""
-    from latentfl.data import load_dataset, to_tensors
+    from latentfl.data import evaluation_tensors, load_dataset, to_tensors
     from latentfl.device import resolve_device
     from latentfl.training import evaluate
 
@@ -105,12 +105,7 @@ def run_simulation(
     ds = dataset if dataset is not None else load_dataset(config.data)
     parts = config.partition.split(ds.train.y, config.participants)
     x_train, y_train = to_tensors(ds.train, ds.mean, ds.std)
-    test = None
-    if ds.test is not None:
-        test_set = ds.test
-        if config.max_test and len(test_set) > config.max_test:
-            test_set = test_set.subset(range(config.max_test))
-        test = to_tensors(test_set, ds.mean, ds.std)
+    test = evaluation_tensors(ds, config.max_test)
 
     ids = participant_ids(config.participants)
     local_data = {pid: (x_train[idx], y_train[idx]) for pid, idx in zip(ids, parts, strict=True)}

@@ -11,6 +11,7 @@ from latentfl.data.datasets import (
     Dataset,
     ImageSet,
     channel_stats,
+    evaluation_tensors,
     load_dataset,
     to_tensors,
 )
@@ -26,5 +27,6 @@ __all__ = [
     "class_counts",
     "load_dataset",
     "partition",
+    "evaluation_tensors",
     "to_tensors",
 ]

@@ -122,6 +122,16 @@ def to_tensors(
     return x, torch.from_numpy(np.asarray(images.y, dtype=np.int64).copy())
 
 
+def evaluation_tensors(dataset: Dataset, limit: int = 0) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """The test split as normalised tensors (its first ``limit`` images if > 0); None if absent."""
+    if dataset.test is None or not len(dataset.test):
+        return None
+    test = dataset.test
+    if limit and len(test) > limit:
+        test = test.subset(range(limit))
+    return to_tensors(test, dataset.mean, dataset.std)
+
+
 def _name_of(path: Path) -> str:
     name = path.name
     for suffix in (".tar.gz", ".tgz", ".tar", ".npz"):

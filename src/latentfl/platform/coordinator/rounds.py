@@ -236,18 +236,15 @@ def make_evaluator(config: CoordinatorConfig) -> Evaluator | None:
     """A function strategy -> {accuracy, loss} on the configured test split, or None."""
     if config.test_data is None:
         return None
-    from latentfl.data import load_dataset, to_tensors
+    from latentfl.data import evaluation_tensors, load_dataset
     from latentfl.device import resolve_device
     from latentfl.training import evaluate
 
-    ds = load_dataset(config.test_data)
-    if ds.test is None:
+    test = evaluation_tensors(load_dataset(config.test_data), config.max_test)
+    if test is None:
         raise ConfigError(f"test_data = {config.test_data!r} has no test split; expected a "
                           "dataset with one.")
-    test = ds.test
-    if config.max_test and len(test) > config.max_test:
-        test = test.subset(range(config.max_test))
-    x, y = to_tensors(test, ds.mean, ds.std)
+    x, y = test
     device = resolve_device(config.device)
 
     def run(strategy: Strategy) -> dict[str, float]:
