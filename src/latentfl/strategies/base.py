@@ -17,7 +17,7 @@ from __future__ import annotations
 import abc
 import hashlib
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -110,8 +110,10 @@ class Strategy(abc.ABC):
         Only methods that need nothing but the aggregate implement it (FedAvg, FedProx,
         DynaFed); the others refuse, since they need each participant's own update.
         """
-        raise ConfigError(f"method {self.name!r} cannot run on an aggregate alone (it needs each "
-                          "participant's update); expected fedavg, fedprox or dynafed.")
+        raise ConfigError(
+            f"method {self.name!r} cannot run on an aggregate alone (it needs each "
+            "participant's update); expected fedavg, fedprox or dynafed."
+        )
 
     @abc.abstractmethod
     def global_weights(self) -> Tensors:
@@ -128,6 +130,19 @@ class Strategy(abc.ABC):
     @abc.abstractmethod
     def load_state_dict(self, tensors: Tensors, meta: dict[str, Any]) -> None:
         """Restore what ``state_dict`` returned."""
+
+
+def broadcast_tasks(
+    round: int, participants: Sequence[str], weights: Tensors, train: TrainConfig
+) -> dict[str, Task]:
+    """The same weights and settings for everyone; each participant and round gets its own seed
+    (its own data order and augmentation draws)."""
+    return {
+        pid: Task(
+            round=round, weights=weights, train=replace(train, seed=train.seed + 10_000 * round + i)
+        )
+        for i, pid in enumerate(sorted(participants))
+    }
 
 
 def select_participants(
@@ -173,6 +188,7 @@ __all__ = [
     "Task",
     "Tensors",
     "Update",
+    "broadcast_tasks",
     "check_updates",
     "select_participants",
     "tensors_digest",

@@ -15,7 +15,15 @@ import torch
 from torch import nn
 
 from latentfl.errors import ConfigError
-from latentfl.strategies.base import ModelSpec, Strategy, Task, Tensors, Update, check_updates
+from latentfl.strategies.base import (
+    ModelSpec,
+    Strategy,
+    Task,
+    Tensors,
+    Update,
+    broadcast_tasks,
+    check_updates,
+)
 from latentfl.training import TrainConfig
 
 
@@ -54,16 +62,7 @@ class FedAvg(Strategy):
         return self.local
 
     def configure_round(self, round: int, participants: Sequence[str]) -> dict[str, Task]:
-        train = self.local_config(round)
-        # each participant and round draws its own shuffles
-        return {
-            pid: Task(
-                round=round,
-                weights=self._global,
-                train=replace(train, seed=train.seed + 10_000 * round + i),
-            )
-            for i, pid in enumerate(sorted(participants))
-        }
+        return broadcast_tasks(round, participants, self._global, self.local_config(round))
 
     def aggregate_round(self, round: int, updates: Sequence[Update]) -> dict[str, float]:
         check_updates(round, updates, self._global)
@@ -79,8 +78,9 @@ class FedAvg(Strategy):
 
     def accept_aggregate(self, round: int, weights: Tensors, num_examples: int) -> dict[str, float]:
         if set(weights) != set(self._global):
-            raise ConfigError(f"aggregate for round {round} does not have the global model's "
-                              "tensors.")
+            raise ConfigError(
+                f"aggregate for round {round} does not have the global model's tensors."
+            )
         self.set_global_weights(weights)
         return {"examples": float(num_examples)}
 

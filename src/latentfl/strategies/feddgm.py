@@ -28,6 +28,7 @@ from latentfl.strategies.base import (
     Task,
     Tensors,
     Update,
+    broadcast_tasks,
     check_updates,
 )
 from latentfl.training import TrainConfig
@@ -103,15 +104,7 @@ class FedDGM(Strategy):
         self._global = self.config.global_model.build()
 
     def configure_round(self, round: int, participants: Sequence[str]) -> dict[str, Task]:
-        weights = self.global_weights()
-        return {
-            pid: Task(
-                round=round,
-                weights=weights,
-                train=replace(self.local, seed=self.local.seed + 10_000 * round + i),
-            )
-            for i, pid in enumerate(sorted(participants))
-        }
+        return broadcast_tasks(round, participants, self.global_weights(), self.local)
 
     def aggregate_round(self, round: int, updates: Sequence[Update]) -> dict[str, float]:
         from latentfl.models import flatten_named, flatten_params, param_shapes
