@@ -1,4 +1,4 @@
-"""Client partitioners: iid, Dirichlet label skew and class shards."""
+"""Client partitioners: iid, Dirichlet label skew (per class, per client) and class shards."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ def _assert_disjoint_cover(parts: list[np.ndarray], n: int) -> None:
     assert all(np.array_equal(p, np.sort(p)) for p in parts)
 
 
-@pytest.mark.parametrize("scheme", ["iid", "dirichlet", "shards"])
+@pytest.mark.parametrize("scheme", ["iid", "dirichlet", "dirichlet_per_client", "shards"])
 def test_same_seed_same_partition(scheme: str) -> None:
     """Every scheme is a function of the seed: equal seeds agree, different seeds differ."""
     a = partition(LABELS, 7, scheme, seed=3, alpha=0.3)
@@ -59,6 +59,26 @@ def test_dirichlet_zero_share_for_full_clients() -> None:
         assert max(len(p) for p in parts) < 200 + 20
 
 
+def test_dirichlet_per_client_splits_tiny_alpha_over_many_clients() -> None:
+    """Per-client Dirichlet gives 80 clients equal shares at alpha 0.01, most from one class."""
+    labels = np.repeat(np.arange(10), 500)
+    parts = partition(labels, 80, "dirichlet_per_client", seed=0, alpha=0.01)
+    _assert_disjoint_cover(parts, len(labels))
+    assert sorted({len(p) for p in parts}) == [62, 63]
+    counts = class_counts(labels, parts, 10)
+    dominant = counts.max(axis=1) / counts.sum(axis=1)
+    assert np.median(dominant) == 1.0  # the typical client holds a single class
+    flat = partition(labels, 10, "dirichlet_per_client", seed=0, alpha=1e6)
+    # with a huge alpha each client's mix is near uniform: ~50 of each class (multinomial noise)
+    assert (class_counts(labels, flat, 10)[:5] > 25).all()
+
+
+def test_dirichlet_per_client_refuses_impossible_min_size() -> None:
+    """min_size above N/K is refused before any drawing, naming the sample count."""
+    with pytest.raises(DataError, match="needs 2000 samples"):
+        partition(LABELS, 10, "dirichlet_per_client", seed=0, alpha=0.1, min_size=200)
+
+
 def test_dirichlet_gives_up_with_clear_error() -> None:
     """An infeasible min_size fails at once; an unlucky one fails after the bounded tries."""
     with pytest.raises(DataError, match="needs 1100 samples"):
@@ -80,7 +100,7 @@ def test_shards_give_each_client_its_classes() -> None:
 @pytest.mark.parametrize(
     ("kwargs", "error", "message"),
     [
-        ({"scheme": "zipf"}, ConfigError, "expected one of iid, dirichlet, shards"),
+        ({"scheme": "zipf"}, ConfigError, "expected one of iid, dirichlet, dirichlet_per_client, shards"),
         ({"num_clients": 0}, ConfigError, "at least 1"),
         ({"num_clients": 2000}, DataError, "cannot be split among 2000 clients"),
         ({"scheme": "dirichlet", "alpha": 0.0}, ConfigError, "alpha is 0.0"),

@@ -17,6 +17,7 @@ from typing import Literal
 import torch
 
 from latentfl.config import option
+from latentfl.data.partition import Scheme
 from latentfl.log import get_logger
 from latentfl.strategies import (
     Strategy,
@@ -33,11 +34,16 @@ log = get_logger("simulate")
 class PartitionConfig:
     """How the training split is divided among participants."""
 
-    scheme: Literal["iid", "dirichlet", "shards"] = option("dirichlet", help="Partition scheme.")
+    scheme: Scheme = option(
+        "dirichlet", help="Partition scheme: iid, dirichlet (each class split over participants), "
+        "dirichlet_per_client (each participant's class mix drawn) or shards."
+    )
     alpha: float = option(
         0.5, help="Dirichlet concentration (smaller = more skewed).", min=0.0, min_exclusive=True
     )
-    min_size: int = option(10, help="Minimum examples per participant (dirichlet).", min=1)
+    min_size: int = option(
+        10, help="Minimum examples per participant (dirichlet; redrawn until met).", min=1
+    )
     classes_per_client: int = option(2, help="Classes per participant (shards).", min=1)
     seed: int = option(0, help="Seed of the partition.")
 

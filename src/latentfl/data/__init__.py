@@ -15,10 +15,16 @@ from latentfl.data.datasets import (
     load_dataset,
     to_tensors,
 )
-from latentfl.data.partition import PARTITION_SCHEMES, class_counts, partition
+from latentfl.data.partition import (
+    DIRICHLET_SCHEMES,
+    PARTITION_SCHEMES,
+    class_counts,
+    partition,
+)
 
 __all__ = [
     "BUILTIN_DATASETS",
+    "DIRICHLET_SCHEMES",
     "PARTITION_SCHEMES",
     "SPEC_SCHEMES",
     "Dataset",

@@ -7,6 +7,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+from latentfl.data.partition import PARTITION_SCHEMES
+
 _SPEC_HELP = "dataset spec: imagefolder:PATH, cifar10:PATH, npz:PATH or builtin:cifar10-mini"
 
 
@@ -24,7 +26,7 @@ def register(subparsers: Any) -> None:
     part = commands.add_parser("partition", help="per-client class counts of a partition")
     part.add_argument("spec", help=_SPEC_HELP)
     part.add_argument("--clients", type=int, required=True, help="number of clients")
-    part.add_argument("--scheme", choices=["iid", "dirichlet", "shards"], default="dirichlet")
+    part.add_argument("--scheme", choices=PARTITION_SCHEMES, default="dirichlet")
     part.add_argument("--alpha", type=float, default=0.5, help="Dirichlet concentration")
     part.add_argument("--seed", type=int, default=0, help="seed of the random split")
     part.add_argument("--min-size", type=int, default=10, help="Dirichlet: samples per client")
@@ -112,8 +114,9 @@ def run_partition(args: argparse.Namespace) -> int:
         classes_per_client=args.classes_per_client,
     )
     counts = class_counts(labels, parts, dataset.num_classes)
-    options = {"iid": {}, "dirichlet": {"alpha": args.alpha, "min_size": args.min_size}}
-    options["shards"] = {"classes_per_client": args.classes_per_client}
+    options = {"iid": {}, "dirichlet": {"alpha": args.alpha, "min_size": args.min_size},
+               "dirichlet_per_client": {"alpha": args.alpha},
+               "shards": {"classes_per_client": args.classes_per_client}}
     if args.json:
         out = {
             "spec": args.spec,

@@ -1,4 +1,4 @@
-"""Split a dataset's samples among clients: iid, Dirichlet label skew, or class shards.
+"""Split a dataset's samples among clients: iid, Dirichlet label skew (two ways), or class shards.
 
 Every scheme is a pure function of (labels, num_clients, options, seed): the same inputs give the
 same index arrays. Each returned array is sorted and the arrays are disjoint.
@@ -6,15 +6,16 @@ same index arrays. Each returned array is sorted and the arrays are disjoint.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Literal, get_args
 
 import numpy as np
 
 from latentfl.errors import ConfigError, DataError
 
-PARTITION_SCHEMES = ("iid", "dirichlet", "shards")
+Scheme = Literal["iid", "dirichlet", "dirichlet_per_client", "shards"]
+PARTITION_SCHEMES: tuple[str, ...] = get_args(Scheme)
+DIRICHLET_SCHEMES = ("dirichlet", "dirichlet_per_client")
 DIRICHLET_MAX_TRIES = 1000
-Scheme = Literal["iid", "dirichlet", "shards"]
 
 
 def _iid(labels: np.ndarray, num_clients: int, rng: np.random.Generator) -> list[np.ndarray]:
@@ -45,11 +46,6 @@ def _dirichlet_draw(
 def _dirichlet(
     labels: np.ndarray, num_clients: int, alpha: float, min_size: int, rng: np.random.Generator
 ) -> list[np.ndarray]:
-    if num_clients * min_size > len(labels):
-        raise DataError(
-            f"{num_clients} clients x min_size {min_size} needs {num_clients * min_size} samples; "
-            f"the dataset has {len(labels)}, so lower --min-size or use fewer clients"
-        )
     for _ in range(DIRICHLET_MAX_TRIES):
         parts = _dirichlet_draw(labels, num_clients, alpha, rng)
         if min(len(p) for p in parts) >= min_size:
@@ -59,6 +55,37 @@ def _dirichlet(
         f"{min_size} samples in {DIRICHLET_MAX_TRIES} tries; expected a larger alpha, "
         "a smaller min_size or fewer clients"
     )
+
+
+def _dirichlet_per_client(
+    labels: np.ndarray, num_clients: int, alpha: float, rng: np.random.Generator
+) -> list[np.ndarray]:
+    """Each client draws its class mix q ~ Dir(alpha * 1_n) and takes N/K samples by it.
+
+    Clients fill in turn: a client draws its remaining count from q restricted to the classes that
+    still have samples (all remaining classes by size when q puts no mass on any of them), so
+    every client gets its full share and the last clients take what is left.
+    """
+    classes = np.unique(labels)
+    pools = [rng.permutation(np.flatnonzero(labels == c)) for c in classes]
+    left = np.array([len(pool) for pool in pools])
+    used = np.zeros(len(classes), dtype=np.int64)
+    sizes = [len(chunk) for chunk in np.array_split(np.arange(len(labels)), num_clients)]
+    parts = []
+    for size in sizes:
+        mix = np.nan_to_num(rng.dirichlet(np.full(len(classes), alpha)))
+        take = np.zeros(len(classes), dtype=np.int64)
+        while take.sum() < size:
+            open_ = left - take
+            weights = np.where(open_ > 0, mix, 0.0)
+            weights = weights if weights.sum() > 0 else open_.astype(float)
+            draw = rng.multinomial(size - take.sum(), weights / weights.sum())
+            take += np.minimum(draw, open_)
+        parts.append(np.concatenate(
+            [pools[c][used[c]:used[c] + take[c]] for c in range(len(classes))]))
+        used += take
+        left -= take
+    return parts
 
 
 def _shards(
@@ -98,9 +125,11 @@ def partition(
 ) -> list[np.ndarray]:
     """Index arrays into ``labels``, one per client, deterministic for ``seed``.
 
-    ``iid``: a random permutation cut into near-equal parts. ``dirichlet``: label skew with
-    concentration ``alpha``, redrawn until every client holds ``min_size`` samples (DataError after
-    DIRICHLET_MAX_TRIES draws). ``shards``: each client holds ``classes_per_client`` classes.
+    ``iid``: a random permutation cut into near-equal parts. ``dirichlet``: each class split over
+    clients by shares ~ Dir(alpha), redrawn until every client holds ``min_size`` samples
+    (DataError after DIRICHLET_MAX_TRIES draws). ``dirichlet_per_client``: each client's class mix
+    ~ Dir(alpha), equal sizes, so it works for any alpha and many clients. ``shards``: each client
+    holds ``classes_per_client`` classes.
     Invalid options raise ConfigError; labels that cannot be split so raise DataError.
     """
     labels = np.asarray(labels)
@@ -117,12 +146,20 @@ def partition(
     rng = np.random.default_rng(seed)
     if scheme == "iid":
         parts = _iid(labels, num_clients, rng)
-    elif scheme == "dirichlet":
+    elif scheme in DIRICHLET_SCHEMES:
         if not alpha > 0:
             raise ConfigError(f"alpha is {alpha}; expected a positive concentration")
         if min_size < 0:
             raise ConfigError(f"min_size is {min_size}; expected 0 or more")
-        parts = _dirichlet(labels, num_clients, alpha, min_size, rng)
+        if num_clients * min_size > len(labels):
+            raise DataError(
+                f"{num_clients} clients x min_size {min_size} needs {num_clients * min_size} "
+                f"samples; the dataset has {len(labels)}, so lower --min-size or use fewer clients"
+            )
+        if scheme == "dirichlet":
+            parts = _dirichlet(labels, num_clients, alpha, min_size, rng)
+        else:
+            parts = _dirichlet_per_client(labels, num_clients, alpha, rng)
     else:
         if classes_per_client < 1:
             raise ConfigError(f"classes_per_client is {classes_per_client}; expected at least 1")
@@ -135,4 +172,11 @@ def class_counts(labels: np.ndarray, parts: list[np.ndarray], num_classes: int) 
     return np.stack([np.bincount(labels[p], minlength=num_classes) for p in parts])
 
 
-__all__ = ["DIRICHLET_MAX_TRIES", "PARTITION_SCHEMES", "class_counts", "partition"]
+__all__ = [
+    "DIRICHLET_MAX_TRIES",
+    "DIRICHLET_SCHEMES",
+    "PARTITION_SCHEMES",
+    "Scheme",
+    "class_counts",
+    "partition",
+]

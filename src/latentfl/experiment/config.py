@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from latentfl.config import option
+from latentfl.data.partition import DIRICHLET_SCHEMES
 from latentfl.simulate import SimulationConfig
 from latentfl.strategies.base import ModelSpec
 
@@ -77,9 +78,9 @@ class ExperimentConfig:
                        "letters, digits, '_', '.' or '-'.")
         if len(set(tags)) != len(tags):
             out.append(f"architecture labels {tags} repeat; give each a distinct label.")
-        if self.simulation.partition.scheme != "dirichlet":
+        if self.simulation.partition.scheme not in DIRICHLET_SCHEMES:
             out.append(f"simulation.partition.scheme = {self.simulation.partition.scheme!r}; the "
-                       "grid varies the Dirichlet alpha, so expected 'dirichlet'.")
+                       f"grid varies the Dirichlet alpha, so expected one of {DIRICHLET_SCHEMES}.")
         return out
 
 
