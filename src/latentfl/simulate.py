@@ -12,7 +12,6 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Literal
 
 import torch
 
@@ -20,10 +19,11 @@ from latentfl.config import option
 from latentfl.data.partition import Scheme
 from latentfl.log import get_logger
 from latentfl.strategies import (
+    LocalTraining,
     Strategy,
     StrategyConfig,
     build_strategy,
-    run_task,
+    run_tasks,
     select_participants,
 )
 
@@ -69,6 +69,15 @@ class SimulationConfig:
     device: str = option("auto", help="auto, cpu or cuda[:N].")
     max_test: int = option(0, help="Evaluate on at most this many test images (0 = all).", min=0)
     output: Path | None = option(None, help="Folder for rounds.jsonl (none = no file).")
+    local_training: LocalTraining = option(
+        "auto", help="How a round's local training runs: batched (participants sharing an "
+        "architecture and settings train together in one vmapped step; same results), sequential "
+        "(one at a time), or auto (batched on CUDA, sequential on a CPU, where it is not faster)."
+    )
+    max_batched_participants: int = option(
+        0, help="Most participants trained together when batched, to bound memory (0 = all).",
+        min=0,
+    )
     partition: PartitionConfig = option(PartitionConfig(), help="Partition of the training split.")
     strategy: StrategyConfig = option(StrategyConfig(), help="The federated method.")
 
@@ -127,16 +136,14 @@ def run_simulation(
             started = time.perf_counter()
             selected = select_participants(ids, config.fraction, seed=config.seed, round=r)
             tasks = strategy.configure_round(r, selected)
-            updates = [
-                run_task(
-                    tasks[pid],
-                    strategy.model_spec,
-                    *local_data[pid],
-                    participant=pid,
-                    device=device,
-                )
-                for pid in selected
-            ]
+            updates = run_tasks(
+                {pid: tasks[pid] for pid in selected},
+                strategy.model_spec,
+                local_data,
+                device=device,
+                mode=config.local_training,
+                group_size=config.max_batched_participants,
+            )
             metrics = strategy.aggregate_round(r, updates)
             accuracy = loss = None
             if test is not None:

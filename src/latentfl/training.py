@@ -90,7 +90,7 @@ def train(
     The model is moved to ``device`` and stays there. Deterministic for ``config.seed`` on CPU.
     Raises ModelError naming the step if the loss becomes non-finite.
     """
-    _check_data(x, y)
+    check_data(x, y)
     device = torch.device(device)
     was_training = model.training
     model.to(device).train()
@@ -184,7 +184,7 @@ def evaluate(
     device: str | torch.device = "cpu",
 ) -> EvalResult:
     """Accuracy and mean cross-entropy of ``model`` on ``x``, ``y``, in eval mode."""
-    _check_data(x, y)
+    check_data(x, y)
     device = torch.device(device)
     was_training = model.training
     model.to(device).eval()
@@ -221,7 +221,8 @@ def augment_batch(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     return padded[index_n, index_c, rows[:, None, :, None], cols[:, None, None, :]]
 
 
-def _check_data(x: torch.Tensor, y: torch.Tensor) -> None:
+def check_data(x: torch.Tensor, y: torch.Tensor) -> None:
+    """Raise DataError unless ``x`` is float (N, C, H, W) and ``y`` int64 (N,) with N >= 1."""
     if x.dim() != 4 or not x.is_floating_point():
         raise DataError(
             f"images have shape {tuple(x.shape)} and dtype {x.dtype}; expected float (N, C, H, W)."
@@ -234,4 +235,13 @@ def _check_data(x: torch.Tensor, y: torch.Tensor) -> None:
         raise DataError("the dataset is empty; expected at least one example.")
 
 
-__all__ = ["EvalResult", "TrainConfig", "TrainResult", "Wrap", "augment_batch", "evaluate", "train"]
+__all__ = [
+    "EvalResult",
+    "TrainConfig",
+    "TrainResult",
+    "Wrap",
+    "augment_batch",
+    "check_data",
+    "evaluate",
+    "train",
+]

@@ -12,7 +12,7 @@ from latentfl.strategies.base import (
 from latentfl.strategies.dynafed import DynaFed, DynaFedConfig
 from latentfl.strategies.fedavg import FedAvg, FedNova, FedProx, weighted_mean
 from latentfl.strategies.feddgm import FedDGM, FedDGMConfig
-from latentfl.strategies.local import run_task
+from latentfl.strategies.local import LocalTraining, run_task, run_tasks
 from latentfl.strategies.registry import StrategyConfig, build_strategy
 
 __all__ = [
@@ -23,6 +23,7 @@ __all__ = [
     "FedDGMConfig",
     "FedNova",
     "FedProx",
+    "LocalTraining",
     "ModelSpec",
     "Strategy",
     "StrategyConfig",
@@ -31,6 +32,7 @@ __all__ = [
     "Update",
     "build_strategy",
     "run_task",
+    "run_tasks",
     "select_participants",
     "tensors_digest",
     "weighted_mean",
