@@ -12,6 +12,7 @@ from latentfl.distill import FunctionalStudent, match_trajectory
 from latentfl.models import flatten_params, state_to_tensors
 from latentfl.strategies import ModelSpec, StrategyConfig, Update, build_strategy
 from latentfl.strategies.dynafed import (
+    MIN_STEP_SIZE,
     DynaFed,
     DynaFedConfig,
     sample_pair,
@@ -115,6 +116,16 @@ def test_synthesis_reduces_matching_loss() -> None:
 
     assert loss(late) < 0.8 * loss(early)  # measured: 1.00 -> 0.62
     assert float(late.label_logits.abs().sum()) > 0  # soft labels were learnt from zero
+
+
+def test_learnt_step_size_stays_positive() -> None:
+    """A step-size learning rate large enough to drive it negative is stopped at the floor."""
+    cfg = DynaFedConfig(trajectory_length=5, ipc=1, syn_steps=2, iterations=5, augment=False,
+                        initial_step_size=1e-3, lr_step_size=1.0, device="cpu")
+    pseudo, losses = synthesize_pseudo_set(
+        trained_trajectory(), SPEC.build(), cfg, num_classes=4, image_shape=(3, 8, 8), seed=0,
+        device=torch.device("cpu"))
+    assert pseudo.step_size >= torch.tensor(MIN_STEP_SIZE) and torch.isfinite(losses).all()
 
 
 def test_pseudo_set_made_once_then_every_aggregate_finetuned() -> None:

@@ -29,6 +29,9 @@ from latentfl.strategies.base import ModelSpec, Tensors, Update
 from latentfl.strategies.fedavg import FedAvg
 from latentfl.training import TrainConfig
 
+#: Floor of the learnt inner step size.
+MIN_STEP_SIZE = 1e-6
+
 
 @dataclass(frozen=True)
 class DynaFedConfig:
@@ -141,6 +144,8 @@ def synthesize_pseudo_set(
         opt_images.step()
         opt_labels.step()
         opt_step.step()
+        with torch.no_grad():
+            step.clamp_(min=MIN_STEP_SIZE)  # a negative step would train away from the data
         losses[it] = res.loss.detach()
     pseudo = PseudoSet(images.detach(), logits.detach(), step.detach())
     return pseudo, losses.cpu()
@@ -250,6 +255,7 @@ class DynaFed(FedAvg):
             "distill_loss_first": float(losses[:tenth].mean()),
             "distill_loss_last": float(losses[-tenth:].mean()),
             "distill_seconds": time.perf_counter() - started,
+            "distill_step_size": float(self.pseudo.step_size),
         }
         get_logger("dynafed").info(
             "pseudo_set_synthesised",
