@@ -7,9 +7,9 @@ that peer naming the reason, a journal entry and one log line; the loop keeps se
 
 Signals: SIGTERM / SIGINT stop the loop after the current step (the state on disk is already
 complete: plan, acknowledged updates, checkpoints), SIGHUP reloads the roster at once (the file
-is also watched). A revoked participant leaves the round, its messages are refused
-('unknown-sender') and its new connections fail ZAP; libzmq cannot close one peer of a bound
-ROUTER, so the established connection stays open but is ignored.
+is also watched). A revoked participant leaves the round and its messages are refused
+('unknown-sender'); libzmq cannot close one peer of a bound ROUTER, so the socket is rebound:
+every peer reconnects through ZAP, and the revoked one's handshake fails.
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ from latentfl.log import get_logger
 from latentfl.platform.coordinator.audit_service import AUDIT_KINDS, AuditService
 from latentfl.platform.coordinator.config import CoordinatorConfig
 from latentfl.platform.coordinator.journal import Journal
+from latentfl.platform.coordinator.roster_watch import RosterWatcher
 from latentfl.platform.coordinator.rounds import Rounds, make_evaluator
 from latentfl.platform.coordinator.secure import SecureAggregation
 from latentfl.platform.coordinator.status import status_snapshot
@@ -89,18 +90,18 @@ class Coordinator:
         if self.identity.id != COORDINATOR_ID:
             raise SecurityError(f"key folder {config.key_dir} holds the keys of "
                                 f"{self.identity.id!r}; expected the coordinator's keys.")
-        self.roster = load_roster(config.roster)
-        if self.roster.coordinator_curve_public != self.identity.curve_public:
+        roster = load_roster(config.roster)
+        if roster.coordinator_curve_public != self.identity.curve_public:
             raise SecurityError(f"roster {config.roster} enrols another coordinator CURVE key "
                                 f"than the one in {config.key_dir}; expected the same consortium.")
-        self._roster_stamp = self._stamp()
+        self.roster_watch = RosterWatcher(config.roster, roster)
         self.store = StateStore(config.state_dir)
         self.store.lock()
         self.journal = Journal(self.store.journal_path)
         self.replay = ReplayGuard(self.store.replay_path, window_s=DEFAULT_CLOCK_SKEW_S)
         self.audits = AuditService(self.store, self.journal, session=config.session,
                                    signing_key=self.identity.signing_key)
-        self.verifier = Verifier.of_participants(self.roster, session=config.session,
+        self.verifier = Verifier.of_participants(roster, session=config.session,
                                                  replay=self.replay,
                                                  max_bytes=config.max_message_bytes)
         self.strategy = build_strategy(config.strategy)
@@ -135,7 +136,7 @@ class Coordinator:
             signal.signal(signal.SIGINT, lambda *_: self.stop())
             signal.signal(signal.SIGHUP, lambda *_: setattr(self, "_reload", True))
         ctx = zmq.Context()
-        auth = self._auth = start_authenticator(ctx, self.roster)
+        auth = self._auth = start_authenticator(ctx, self.roster_watch.roster)
         try:
             sock = self._open_socket(ctx, self.config.bind)
             self.store.pid_path.write_text(f"{os.getpid()}\n")
@@ -503,36 +504,26 @@ class Coordinator:
         sock.send_multipart([routing_id, *frames])
 
     # -- roster, status -------------------------------------------------------------------
-    def _stamp(self) -> tuple[int, int, int]:
-        st = os.stat(self.config.roster)
-        return (st.st_ino, st.st_mtime_ns, st.st_size)
-
     def _check_roster(self, force: bool = False) -> bool:
-        """Reload the roster if it changed; True when someone was revoked."""
+        """Apply a changed roster (keys, allow-list, round plan); True when someone was revoked."""
         try:
-            stamp = self._stamp()
-        except OSError:
-            stamp = None
-        if not force and stamp == self._roster_stamp:
-            return False
-        self._roster_stamp = stamp
-        try:
-            roster = load_roster(self.config.roster)
-        except Exception as exc:  # noqa: BLE001 - keep serving with the last good roster
+            change = self.roster_watch.poll(force=force)
+        except LatentFLError as exc:  # keep serving with the last good roster
             self.journal.append("roster_reload_failed", detail=str(exc)[:500])
             self.log.error("roster_reload_failed", detail=str(exc))
             return False
-        revoked = sorted(set(self.roster.active_ids()) - set(roster.active_ids()))
-        self.roster = roster
-        self._auth.update_roster(roster)
-        self.verifier.update_keys(roster.verify_keys())
-        for pid in revoked:
+        if change is None:
+            return False
+        self._auth.update_roster(change.roster)
+        self.verifier.update_keys(change.roster.verify_keys())
+        for pid in change.revoked:
             self.peers.pop(pid, None)
-        self.rounds.drop(revoked)
-        self.journal.append("roster_reloaded", active=roster.active_ids(), revoked=revoked)
-        self.log.info("roster_reloaded", active=len(roster.active_ids()), revoked=revoked)
+        self.rounds.drop(change.revoked)
+        active = change.roster.active_ids()
+        self.journal.append("roster_reloaded", active=active, revoked=change.revoked)
+        self.log.info("roster_reloaded", active=len(active), revoked=change.revoked)
         self._write_status(force=True)
-        return bool(revoked)
+        return bool(change.revoked)
 
     def _write_status(self, *, force: bool = False, stopped: bool = False) -> None:
         now = time.time()
