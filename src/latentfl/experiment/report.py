@@ -51,7 +51,8 @@ def render_table(config: ExperimentConfig, rows: Sequence[dict[str, Any]],
         f"# Experiment: {config.output.name}",
         "",
         f"Data `{sim.data}`; {sim.participants} participants, {100 * sim.fraction:g}% sampled per "
-        f"round, {sim.rounds} rounds; Dirichlet partition, alpha per column. Test accuracy in %, "
+        f"round, {sim.rounds} rounds; partition `{sim.partition.scheme}` (seed "
+        f"{sim.partition.seed}), Dirichlet alpha per column. Test accuracy in %, "
         f"mean ± sample std over seeds {list(config.seeds)} (n shown when seeds are missing).",
     ]
     header = "| method | " + " | ".join(f"alpha = {a:g}" for a in config.alphas) + " |"
