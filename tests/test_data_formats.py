@@ -9,23 +9,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from data_fixtures import _log_to_current_stderr, _private_cache  # noqa: F401 (autouse)
 from latentfl.data import load_dataset
 from latentfl.data._cifar_pickle import parse_plain_pickle
 from latentfl.errors import DataError
-from latentfl.log import configure_logging
-
-
-@pytest.fixture(autouse=True)
-def _private_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Never touch the user's ~/.cache: the default cache dir points into tmp_path."""
-    monkeypatch.setenv("LATENTFL_CACHE_DIR", str(tmp_path / "env-cache"))
-
-
-@pytest.fixture(autouse=True)
-def _log_to_current_stderr() -> None:
-    """A CLI test run earlier may have left structlog writing to a closed capture stream."""
-    configure_logging("console")
-
 
 # --- .npz -------------------------------------------------------------------------------------
 

@@ -12,21 +12,9 @@ import torch
 from PIL import Image
 from structlog.testing import capture_logs
 
+from data_fixtures import _log_to_current_stderr, _private_cache  # noqa: F401 (autouse)
 from latentfl.data import Dataset, ImageSet, channel_stats, load_dataset, to_tensors
 from latentfl.errors import DataError
-from latentfl.log import configure_logging
-
-
-@pytest.fixture(autouse=True)
-def _private_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Never touch the user's ~/.cache: the default cache dir points into tmp_path."""
-    monkeypatch.setenv("LATENTFL_CACHE_DIR", str(tmp_path / "env-cache"))
-
-
-@pytest.fixture(autouse=True)
-def _log_to_current_stderr() -> None:
-    """A CLI test run earlier may have left structlog writing to a closed capture stream."""
-    configure_logging("console")
 
 
 @pytest.fixture(scope="session")

@@ -67,6 +67,18 @@ def _keys(obj: Any, allowed: set[str], where: str) -> dict[str, Any]:
     return obj
 
 
+def _named_numbers(obj: Any, where: str, *, optional: bool) -> None:
+    """An object of at most MAX_NUMBERS snake_case names to finite numbers (or None if optional)."""
+    if not isinstance(obj, dict) or len(obj) > MAX_NUMBERS:
+        raise ProtocolError("malformed", f"audit aggregate {where} must be an object of at most "
+                                         f"{MAX_NUMBERS} numbers")
+    for key, value in obj.items():
+        if not _NAME.fullmatch(key):
+            raise ProtocolError("malformed", f"audit aggregate {where} name {key[:40]!r} is not "
+                                             "lowercase snake_case")
+        _number(value, f"{where}.{key}", optional=optional)
+
+
 def validate_aggregates(data: bytes) -> dict[str, Any]:
     """Parse and check a shared audit; ProtocolError ('too-large' / 'malformed') if refused."""
     if len(data) > MAX_AGGREGATE_BYTES:
@@ -78,15 +90,7 @@ def validate_aggregates(data: bytes) -> dict[str, Any]:
                                          f" expected one of {list(AUDIT_TYPES)}")
     if not isinstance(report.get("flagged"), bool):
         raise ProtocolError("malformed", "audit aggregate 'flagged' is missing or not a boolean")
-    sizes = report.get("sizes", {})
-    if not isinstance(sizes, dict) or len(sizes) > MAX_NUMBERS:
-        raise ProtocolError("malformed", f"audit aggregate sizes must be an object of at most "
-                                         f"{MAX_NUMBERS} counts")
-    for key, value in sizes.items():
-        if not _NAME.fullmatch(key):
-            raise ProtocolError("malformed", f"audit aggregate size name {key[:40]!r} is not "
-                                             "lowercase snake_case")
-        _number(value, f"sizes.{key}", optional=False)
+    _named_numbers(report.get("sizes", {}), "sizes", optional=False)
     verdicts = report.get("verdicts")
     if not isinstance(verdicts, list) or not 1 <= len(verdicts) <= MAX_VERDICTS:
         raise ProtocolError("malformed", f"audit aggregate verdicts must be a list of 1 to "
@@ -109,15 +113,7 @@ def validate_aggregates(data: bytes) -> dict[str, Any]:
                                                  "characters")
         _number(verdict.get("p_value"), f"verdicts[{i}].p_value")
         _number(verdict.get("alpha"), f"verdicts[{i}].alpha")
-        numbers = verdict.get("numbers", {})
-        if not isinstance(numbers, dict) or len(numbers) > MAX_NUMBERS:
-            raise ProtocolError("malformed", f"audit aggregate verdicts[{i}].numbers must be an "
-                                             f"object of at most {MAX_NUMBERS} numbers")
-        for key, value in numbers.items():
-            if not _NAME.fullmatch(key):
-                raise ProtocolError("malformed", f"audit aggregate number name {key[:40]!r} is "
-                                                 "not lowercase snake_case")
-            _number(value, f"verdicts[{i}].numbers.{key}")
+        _named_numbers(verdict.get("numbers", {}), f"verdicts[{i}].numbers", optional=True)
     return report
 
 
