@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
+import signal
+import subprocess
 import threading
 import time
 from pathlib import Path
@@ -176,3 +178,16 @@ def wait_for(predicate, timeout: float, what: str) -> None:
             return
         time.sleep(0.05)
     raise AssertionError(f"timed out waiting for {what}")
+
+
+def exit_code_after_sigterm(proc: subprocess.Popen, ready, what: str) -> int:
+    """Wait until ``ready()``, send SIGTERM and return the exit code; the process never
+    outlives the call (it is killed if it did not exit)."""
+    try:
+        wait_for(ready, 60, what)
+        proc.send_signal(signal.SIGTERM)
+        return proc.wait(20)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()

@@ -17,6 +17,7 @@ from daemon_helpers import (
     Consortium,
     RawClient,
     Running,
+    exit_code_after_sigterm,
     local_parts,
     simulate,
     start_agents,
@@ -114,14 +115,8 @@ def test_sigterm_stops_the_coordinator_cleanly(tmp_path):
     config_path, log_path = tmp_path / "coordinator.toml", tmp_path / "coordinator.log"
     _write_config(consortium, config_path)
     proc = _start(config_path, log_path)
-    try:
-        wait_for(lambda: (tmp_path / "state" / "status.json").exists(), 60, "coordinator start")
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(20) == 130
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+    assert exit_code_after_sigterm(
+        proc, lambda: (tmp_path / "state" / "status.json").exists(), "coordinator start") == 130
     status = json.loads((tmp_path / "state" / "status.json").read_text())
     assert status["phase"] == "stopped"
     assert not (tmp_path / "state" / "coordinator.pid").exists()
@@ -176,14 +171,8 @@ def test_sigterm_stops_a_participant_cleanly(tmp_path):
         'data = "builtin:cifar10-mini"\n')
     proc = subprocess.Popen([sys.executable, "-m", "latentfl", "participant", "--config",
                              str(part)], stdout=log.open("wb"), stderr=subprocess.STDOUT)
-    try:
-        wait_for(lambda: "participant_started" in log.read_text(), 60, "agent start")
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(20) == 130
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+    assert exit_code_after_sigterm(
+        proc, lambda: "participant_started" in log.read_text(), "agent start") == 130
     events = [json.loads(line)["event"] for line in log.read_text().splitlines()
               if line.startswith("{")]
     assert events[0] == "participant_started" and events[-1] == "participant_stopped"

@@ -65,7 +65,7 @@ def run_tasks(
 
     ``batched`` trains participants whose settings agree up to the seed together, at most
     ``group_size`` at a time (0 = no limit); ``auto`` does so on CUDA only (on a CPU a plain loop
-    is as fast); ``sequential`` never does. Participants that cannot be batched (see
+    is faster); ``sequential`` never does. Participants that cannot be batched (see
     :func:`latentfl.training_batched.can_batch`) are trained one at a time.
     """
     device = torch.device(device)
