@@ -7,6 +7,13 @@ import torch
 
 from latentfl.errors import ConfigError, PrivacyError, ProtocolError, SecurityError
 from latentfl.platform.crypto import init_consortium, load_identity
+from latentfl.platform.crypto.ckks_keys import (
+    PUBLIC_CONTEXT_FILE,
+    SEALED_CONTEXT_FILE,
+    load_coordinator_context,
+    load_participant_context,
+    write_ckks_keys,
+)
 from latentfl.privacy import (
     check_ciphertexts,
     ciphertext_count,
@@ -15,16 +22,12 @@ from latentfl.privacy import (
     decrypt_aggregate,
     encrypt_update,
     load_context,
-    load_coordinator_context,
-    load_participant_context,
     open_secret_context,
     public_context_bytes,
     seal_secret_context,
     secret_context_bytes,
     sum_ciphertexts,
-    write_ckks_keys,
 )
-from latentfl.privacy.key_sealing import PUBLIC_CONTEXT_FILE, SEALED_CONTEXT_FILE
 
 LENGTH = 5000  # two chunks of 4096 slots, the last one partial
 MAX_BYTES = 400_000

@@ -25,6 +25,7 @@ from latentfl.errors import ConfigError, SecurityError
 from latentfl.models import model_manifest
 from latentfl.platform.coordinator import Coordinator, Rounds, StateStore, read_journal
 from latentfl.platform.coordinator.secure import SecureAggregation
+from latentfl.platform.crypto.ckks_keys import load_participant_context, write_ckks_keys
 from latentfl.platform.participant import Agent
 from latentfl.platform.payloads import (
     decode_task,
@@ -39,9 +40,7 @@ from latentfl.privacy import (
     create_context,
     decrypt_aggregate,
     encrypt_update,
-    load_participant_context,
     secret_context_bytes,
-    write_ckks_keys,
 )
 from latentfl.simulate import SimulationConfig, run_simulation
 from latentfl.strategies import ModelSpec, Update, build_strategy

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import ast
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
 
+import latentfl.privacy
 from latentfl.strategies import (
     FedAvg,
     FedNova,
@@ -129,12 +132,32 @@ def test_selection_is_deterministic_and_sized():
     assert any(select_participants(ids, 0.4, seed=3, round=r) != a for r in range(8, 12))
 
 
-def test_strategies_import_no_networking():
-    """latentfl.strategies and latentfl.simulate never import zmq or the platform."""
+@pytest.mark.parametrize(
+    ("modules", "forbidden"),
+    [
+        ("latentfl.strategies, latentfl.simulate", ("zmq", "latentfl.platform")),
+        ("latentfl.privacy", ("latentfl.platform",)),
+    ],
+)
+def test_lower_layers_import_nothing_from_above(modules, forbidden):
+    """strategies and simulate never import zmq or the platform; privacy never the platform."""
     code = (
-        "import sys, latentfl.strategies, latentfl.simulate; "
-        "bad = [m for m in sys.modules if m == 'zmq' or m.startswith('latentfl.platform')]; "
+        f"import sys, {modules}; "
+        f"bad = [m for m in sys.modules if any(m == f or m.startswith(f + '.') "
+        f"for f in {forbidden!r})]; "
         "print(bad); sys.exit(1 if bad else 0)"
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_privacy_sources_never_import_the_platform():
+    """No module of latentfl.privacy imports latentfl.platform, not even inside a function."""
+    root = Path(latentfl.privacy.__file__).parent
+    offenders = []
+    for path in sorted(root.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            names = ([a.name for a in node.names] if isinstance(node, ast.Import)
+                     else [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+            offenders += [f"{path.name}: {n}" for n in names if n.startswith("latentfl.platform")]
+    assert offenders == []

@@ -24,7 +24,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "latentfl.data.commands",
     "latentfl.simulate",
     "latentfl.experiment.commands",
-    "latentfl.privacy.commands",
+    "latentfl.platform.privacy_commands",
     "latentfl.audits.commands",
     "latentfl.platform.report_command",
 )

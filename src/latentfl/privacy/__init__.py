@@ -9,7 +9,10 @@ importing ``latentfl.privacy`` is cheap. See docs/privacy.md for what each mecha
 - :mod:`~latentfl.privacy.dp_sgd`      make_private: the Opacus wrap for latentfl.training.train
 - :mod:`~latentfl.privacy.weight_noise` clip + Gaussian noise on the uploaded update
 - :mod:`~latentfl.privacy.ckks`        encrypted aggregation (coordinator sums, never decrypts)
-- :mod:`~latentfl.privacy.key_sealing` the secret context sealed to each participant's CURVE key
+- :mod:`~latentfl.privacy.key_sealing` the secret context sealed to a participant's CURVE key
+
+It imports nothing from :mod:`latentfl.platform` (a test checks it): the key-folder side of
+CKKS lives in :mod:`latentfl.platform.crypto.ckks_keys`.
 """
 
 from latentfl.privacy.accounting import (
@@ -45,13 +48,7 @@ from latentfl.privacy.dp_sgd import (
     make_private,
     resolve_noise_multiplier,
 )
-from latentfl.privacy.key_sealing import (
-    load_coordinator_context,
-    load_participant_context,
-    open_secret_context,
-    seal_secret_context,
-    write_ckks_keys,
-)
+from latentfl.privacy.key_sealing import open_secret_context, seal_secret_context
 from latentfl.privacy.ledger import LedgerRow, PrivacyLedger
 from latentfl.privacy.policy import PlannedTask, SitePolicy, check_task
 from latentfl.privacy.weight_noise import (
@@ -84,8 +81,6 @@ __all__ = [
     "epsilon_for",
     "epsilon_of_history",
     "load_context",
-    "load_coordinator_context",
-    "load_participant_context",
     "make_private",
     "noise_multiplier_for",
     "open_secret_context",
@@ -100,5 +95,4 @@ __all__ = [
     "sum_ciphertexts",
     "weight_noise_epsilon",
     "weight_noise_multiplier_for",
-    "write_ckks_keys",
 ]

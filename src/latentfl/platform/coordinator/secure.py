@@ -18,28 +18,20 @@ No individual ciphertext ever leaves the coordinator: the only ciphertexts it se
 from __future__ import annotations
 
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
-from latentfl.errors import ProtocolError, SecurityError
+from latentfl.errors import ProtocolError
 from latentfl.models import ModelManifest
 from latentfl.platform.coordinator.config import CoordinatorConfig
+from latentfl.platform.crypto import ckks_keys
 from latentfl.platform.payloads import state_length
 from latentfl.strategies import Update
 
 
 def load_public_context(config: CoordinatorConfig) -> Any:
     """The coordinator's CKKS context; SecurityError if unreadable or if it holds a secret key."""
-    from latentfl.privacy.ckks import load_context
-    from latentfl.privacy.key_sealing import PUBLIC_CONTEXT_FILE
-
-    path = Path(config.ckks_context or config.key_dir / PUBLIC_CONTEXT_FILE)
-    try:
-        data = path.read_bytes()
-    except OSError as exc:
-        raise SecurityError(f"CKKS public context {path} cannot be read ({exc.strerror}); make "
-                            "it with `latentfl privacy ckks-keys KEYDIR`.") from None
-    return load_context(data, private=False)
+    return ckks_keys.load_public_context(config.ckks_context
+                                         or config.key_dir / ckks_keys.PUBLIC_CONTEXT_FILE)
 
 
 class SecureAggregation:

@@ -140,7 +140,7 @@ class SitePrivacy:
     def ckks(self) -> Any:
         """This participant's secret CKKS context, unsealed with its CURVE key (SecurityError
         if missing or sealed to someone else)."""
-        from latentfl.privacy import load_participant_context
+        from latentfl.platform.crypto.ckks_keys import load_participant_context
 
         if self._ckks is None:
             self._ckks = load_participant_context(self.key_dir)

@@ -164,7 +164,7 @@ def run_ledger(args: argparse.Namespace) -> int:
 
 
 def run_ckks_keys(args: argparse.Namespace) -> int:
-    from latentfl.privacy.key_sealing import write_ckks_keys
+    from latentfl.platform.crypto.ckks_keys import write_ckks_keys
 
     bits = _parse_ints(args.coeff_mod_bit_sizes, "--coeff-mod-bit-sizes")
     written = write_ckks_keys(
