@@ -43,7 +43,7 @@ from latentfl.privacy import (
     secret_context_bytes,
 )
 from latentfl.simulate import SimulationConfig, run_simulation
-from latentfl.strategies import ModelSpec, Update, build_strategy
+from latentfl.strategies import Aggregation, ModelSpec, Update, build_strategy
 
 IDS = ["p00", "p01", "p02", "p03"]
 CKKS = {"mode": "ckks", "min_cohort": 2, "decrypt_deadline": 1.0}
@@ -154,7 +154,7 @@ def _raw_upload(client: RawClient, ctx, examples: int) -> tuple[Update, list[byt
     task_msg = client.recv(timeout=10.0, kind=Kind.TASK)
     assert task_msg is not None and task_msg.header.meta.get("decrypt") is None
     task, _ = decode_task(task_msg, max_bytes=2**28)
-    assert task.extra["aggregation"] == "ckks"
+    assert task.aggregation is Aggregation.CKKS
     flat = flatten_state(task.weights, _manifest())
     blobs = encrypt_update(ctx, flat, weight=examples)
     return Update(client.identity.id, task.round, {}, examples, 1), blobs

@@ -92,13 +92,16 @@ def test_feddgm_two_rounds_in_the_simulator():
     )
     result = run_simulation(config("feddgm", feddgm=feddgm), dataset=tiny_dataset())
     strategy = result.strategy
-    assert sorted(strategy.synthetic) == ["p00", "p01", "p02"]
-    s = strategy.synthetic["p00"]
+    sets = strategy.synthetic_sets()
+    assert sorted(sets) == ["p00", "p01", "p02"]
+    s = sets["p00"]
     assert s.images.shape == (6, 3, 8, 8) and torch.isfinite(s.images).all()
-    assert s.labels.tolist() == [0, 0, 1, 1, 2, 2]
+    assert s.labels.tolist() == [0, 0, 1, 1, 2, 2] and s.mean == s.std == (0.3, 0.3, 0.3)
     assert result.history[-1].metrics["synthetic_images"] == 18
-    tensors, meta = strategy.state_dict()
-    assert "synthetic.p01.images" in tensors and meta["method"] == "feddgm"
+    restored = type(strategy)(strategy.model_spec, strategy.local, feddgm)
+    restored.initialize(0)
+    restored.load_state_dict(*strategy.state_dict())
+    assert torch.equal(restored.synthetic_sets()["p01"].images, sets["p01"].images)
 
 
 def test_feddgm_present_classes_restrict_distillation():
@@ -109,9 +112,7 @@ def test_feddgm_present_classes_restrict_distillation():
     strategy = FedDGM(SPEC, TrainConfig(), cfg)
     from latentfl.strategies import Update
 
-    update = Update(
-        "a", 1, {}, 5, 1, {"class_count.0": 3.0, "class_count.1": 0.0, "class_count.2": 2.0}
-    )
+    update = Update("a", 1, {}, 5, 1, class_counts=(3, 0, 2))
     assert strategy._classes_of(update) == (0, 2)
     assert strategy._classes_of(Update("b", 1, {}, 5, 1, {})) == (0, 1, 2)
 

@@ -338,7 +338,7 @@ def run_demo(
             f"(coordinator exit {coord.returncode})"
         )
         if ok and method == "feddgm":
-            grid = save_synthetic_grid(root / "state", root / "synthetic.png")
+            grid = save_synthetic_grid(configs["coordinator"], root / "synthetic.png")
             out(f"synthetic images of the last round: {grid}")
             keep = True  # the grid is worth looking at
             _print_fedavg_comparison(configs["coordinator"], _read_history(status_path), out)
@@ -357,28 +357,24 @@ def run_demo(
             out(f"(removed {root}; use --keep or --workdir to keep it)")
 
 
-def save_synthetic_grid(state_dir: Path, path: Path) -> Path:
+def save_synthetic_grid(coordinator_config: Path, path: Path) -> Path:
     """PNG of the last checkpoint's synthetic images: a row per participant, a column per class."""
     import torch
     from torchvision.utils import save_image
 
-    from latentfl.platform.coordinator.store import StateStore
+    from latentfl.config import load_config
+    from latentfl.platform.coordinator.config import CoordinatorConfig
+    from latentfl.platform.coordinator.rounds import load_strategy
 
-    store = StateStore(state_dir)
-    checkpoint = store.load_checkpoint(store.latest_round())
-    meta = checkpoint.meta.get("strategy", {})
-    mean = torch.tensor(meta.get("mean", (0.5, 0.5, 0.5))).view(1, -1, 1, 1)
-    std = torch.tensor(meta.get("std", (0.25, 0.25, 0.25))).view(1, -1, 1, 1)
+    config = load_config(coordinator_config, CoordinatorConfig)
     rows = []
-    for pid in meta.get("synthetic", []):
-        images = checkpoint.tensors[f"synthetic.{pid}.images"]
-        labels = checkpoint.tensors[f"synthetic.{pid}.labels"]
-        first = [images[labels == c][0] for c in labels.unique(sorted=True)]
-        rows.append(torch.stack(first))
+    for sets in load_strategy(config)[1].synthetic_sets().values():
+        pixels = sets.pixels()
+        rows.append(torch.stack([pixels[sets.labels == c][0]
+                                 for c in sets.labels.unique(sorted=True)]))
     if not rows:
-        raise StateError(f"checkpoint in {state_dir} holds no synthetic images.")
-    images = torch.cat(rows) * std + mean
-    save_image(images.clamp(0, 1), path, nrow=len(rows[0]), padding=2)
+        raise StateError(f"checkpoint in {config.state_dir} holds no synthetic images.")
+    save_image(torch.cat(rows), path, nrow=len(rows[0]), padding=2)
     return path
 
 

@@ -6,9 +6,10 @@ header's ``meta`` as scalars, JSON-encoded where it is a structure:
 
     TASK    meta.train    JSON of the TrainConfig (the participant's local training settings)
             meta.model    JSON of the ModelSpec (registry name and options, never code)
-            meta.extra    JSON of Task.extra (at most 1024 characters: large state goes in tensors)
+            meta.aggregation  how the update will be aggregated (``Aggregation``: plain, ckks)
             meta.manifest digest of the model manifest both sides check the tensors against
     UPDATE  meta.num_examples, meta.num_steps (integers), meta.metrics (JSON of floats),
+            meta.class_counts (examples per label as "3,0,2", or null when not shared),
             meta.epsilon (the participant's spent DP epsilon, or null without DP-SGD) and, with
             DP-SGD, the ledger's delta, noise_multiplier, sample_rate, max_grad_norm, dp_steps
 
@@ -28,6 +29,7 @@ through the config schemas (unknown keys, wrong types, bounds), the tensors agai
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -44,7 +46,7 @@ from latentfl.platform.protocol import (
     unpack_json,
     unpack_tensors,
 )
-from latentfl.strategies import ModelSpec, Task, Update
+from latentfl.strategies import Aggregation, ModelSpec, Task, Update
 from latentfl.training import TrainConfig
 
 
@@ -69,7 +71,7 @@ def encode_task(task: Task, model: ModelSpec, manifest_digest: str) -> tuple[byt
     meta = {
         "train": canonical_json(to_dict(task.train)).decode("ascii"),
         "model": canonical_json(to_dict(model)).decode("ascii"),
-        "extra": canonical_json(dict(task.extra)).decode("ascii"),
+        "aggregation": task.aggregation.value,
         "manifest": manifest_digest,
     }
     return pack_tensors(task.weights), meta
@@ -91,9 +93,15 @@ def decode_task(message: Message, *, max_bytes: int) -> tuple[Task, ModelSpec]:
         raise ProtocolError("manifest", f"TASK manifest digest {meta.get('manifest')!r} differs "
                                         f"from the model built from its spec ({manifest.digest}).")
     weights = unpack_tensors(message.payload, manifest, max_bytes)
-    extra = _json_meta(meta, "extra")
-    return Task(round=message.header.round, weights=weights, train=train, extra=extra), spec
+    try:
+        aggregation = Aggregation(meta.get("aggregation"))
+    except ValueError:
+        raise ProtocolError("malformed", f"TASK aggregation is {meta.get('aggregation')!r}; "
+                                         f"expected one of {[a.value for a in Aggregation]}.") from None
+    return Task(message.header.round, weights, train, aggregation), spec
 
+
+_COUNTS = re.compile(r"[0-9]{1,15}(,[0-9]{1,15})*")
 
 PRIVACY_META = ("epsilon", "delta", "noise_multiplier", "sample_rate", "max_grad_norm", "dp_steps")
 """The ledger report fields an UPDATE's signed header carries (PrivacyLedger.report())."""
@@ -105,6 +113,8 @@ def _update_meta(update: Update, privacy: Mapping[str, Any] | None) -> dict:
         "num_examples": int(update.num_examples),
         "num_steps": int(update.num_steps),
         "metrics": canonical_json(metrics).decode("ascii"),
+        "class_counts": None if update.class_counts is None
+        else ",".join(str(int(c)) for c in update.class_counts),
         "epsilon": None,
     }
     for key in PRIVACY_META:
@@ -141,7 +151,19 @@ def decode_encrypted_update(message: Message, *, max_bytes: int) -> tuple[Update
     tensors = unpack_tensors(message.payload, None, max_bytes)
     blobs = ciphertexts_from_tensors(tensors)
     return Update(participant=message.header.sender, round=message.header.round,
-                  weights=tensors, num_examples=num_examples, num_steps=num_steps), blobs
+                  weights=tensors, num_examples=num_examples, num_steps=num_steps,
+                  class_counts=_class_counts(meta)), blobs
+
+
+def _class_counts(meta: dict[str, Any]) -> tuple[int, ...] | None:
+    """An UPDATE's class counts (None when not shared); ProtocolError 'malformed' if wrong."""
+    text = meta.get("class_counts")
+    if text is None:
+        return None
+    if not (isinstance(text, str) and _COUNTS.fullmatch(text)):
+        raise ProtocolError("malformed", f"UPDATE class_counts is {str(text)[:60]!r}; expected "
+                                         "integers >= 0 separated by commas.")
+    return tuple(int(c) for c in text.split(","))
 
 
 def flatten_state(tensors: Mapping[str, torch.Tensor], manifest: ModelManifest) -> torch.Tensor:
@@ -225,7 +247,8 @@ def decode_update(message: Message, manifest: Any, *, max_bytes: int) -> Update:
     weights = unpack_tensors(message.payload, manifest, max_bytes)
     return Update(participant=message.header.sender, round=message.header.round,
                   weights=weights, num_examples=num_examples, num_steps=num_steps,
-                  metrics={k: float(v) for k, v in metrics.items()})
+                  metrics={k: float(v) for k, v in metrics.items()},
+                  class_counts=_class_counts(meta))
 
 
 __all__ = [

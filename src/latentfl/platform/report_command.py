@@ -88,19 +88,10 @@ def _report(args: argparse.Namespace) -> int:
 def export_global_model(config: Any, out: Path, round: int | None = None) -> Path:
     """Write the latest (or ``round``'s) global model as an audits model file; its path."""
     from latentfl.audits import ModelSpec, save_model_file
-    from latentfl.platform.coordinator.store import StateStore
-    from latentfl.strategies import build_strategy
+    from latentfl.platform.coordinator.rounds import load_strategy
 
-    if not (config.state_dir / "latest.json").exists():
-        raise StateError(f"state_dir {config.state_dir} holds no checkpoint; run the "
-                         "coordinator first.")
-    store = StateStore(config.state_dir)
-    round = store.latest_round() if round is None else round
-    checkpoint = store.load_checkpoint(round)
-    strategy = build_strategy(config.strategy)
-    strategy.initialize(config.seed)
-    meta = checkpoint.meta.get("strategy", {})
-    strategy.load_state_dict(checkpoint.tensors, meta)
+    checkpoint, strategy = load_strategy(config, round)
+    round, meta = checkpoint.round, checkpoint.meta.get("strategy", {})
     s = config.strategy
     arch = s.feddgm.global_model if s.method == "feddgm" else s.model
     mean, std = meta.get("mean", ()), meta.get("std", ())

@@ -1,8 +1,10 @@
 """Server-side federated methods behind one narrow interface (no networking here)."""
 
 from latentfl.strategies.base import (
+    Aggregation,
     ModelSpec,
     Strategy,
+    SyntheticImages,
     Task,
     Tensors,
     Update,
@@ -13,9 +15,10 @@ from latentfl.strategies.dynafed import DynaFed, DynaFedConfig
 from latentfl.strategies.fedavg import FedAvg, FedNova, FedProx, weighted_mean
 from latentfl.strategies.feddgm import FedDGM, FedDGMConfig
 from latentfl.strategies.local import LocalTraining, run_task, run_tasks
-from latentfl.strategies.registry import StrategyConfig, build_strategy
+from latentfl.strategies.registry import StrategyConfig, build_strategy, strategy_class
 
 __all__ = [
+    "Aggregation",
     "DynaFed",
     "DynaFedConfig",
     "FedAvg",
@@ -27,6 +30,7 @@ __all__ = [
     "ModelSpec",
     "Strategy",
     "StrategyConfig",
+    "SyntheticImages",
     "Task",
     "Tensors",
     "Update",
@@ -34,6 +38,7 @@ __all__ = [
     "run_task",
     "run_tasks",
     "select_participants",
+    "strategy_class",
     "tensors_digest",
     "weighted_mean",
 ]

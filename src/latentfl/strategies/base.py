@@ -9,16 +9,26 @@ in-process simulator both drive it the same way, round after round::
     metrics = strategy.aggregate_round(r, updates)          # updates become the next state
 
 It never sees sockets, files or clocks: the runner owns networking, time and persistence, and
-checkpoints the strategy through ``state_dict`` / ``load_state_dict``.
+checkpoints the strategy through ``state_dict`` / ``load_state_dict`` (whose tensor names are each
+method's private business). What a runner may ask of any method beyond the round loop:
+
+- ``needs_only_aggregates`` (a class attribute): the method can run on the weighted mean alone
+  (``accept_aggregate``), so the runner may aggregate under encryption;
+- ``synthetic_sets()``: the synthetic images the method derived from each participant, with
+  what is needed to render them (empty for methods that make none), for audits and demos.
+
+``Task`` and ``Update`` are typed: a task says how its update will be aggregated
+(:class:`Aggregation`), an update may carry the participant's class counts.
 """
 
 from __future__ import annotations
 
 import abc
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any
+from enum import StrEnum
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -30,8 +40,12 @@ from latentfl.training import TrainConfig
 
 Tensors = dict[str, torch.Tensor]
 
-#: Update metrics named ``class_count.<k>`` report how many local examples have label k.
-CLASS_COUNT_PREFIX = "class_count."
+
+class Aggregation(StrEnum):
+    """How a round's updates are combined; the value is the config and wire spelling."""
+
+    PLAIN = "plain"  # the runner sees each update
+    CKKS = "ckks"  # updates are encrypted; the runner sees only their weighted mean
 
 
 @dataclass(frozen=True)
@@ -67,7 +81,7 @@ class Task:
     round: int
     weights: Tensors
     train: TrainConfig
-    extra: dict[str, Any] = field(default_factory=dict)
+    aggregation: Aggregation = Aggregation.PLAIN
 
 
 @dataclass(frozen=True)
@@ -80,12 +94,34 @@ class Update:
     num_examples: int
     num_steps: int
     metrics: dict[str, float] = field(default_factory=dict)
+    #: examples per label (index = label), or None when the participant keeps them to itself
+    class_counts: tuple[int, ...] | None = None
+
+
+@dataclass(frozen=True)
+class SyntheticImages:
+    """A synthetic set derived from one participant, and what is needed to render it."""
+
+    images: torch.Tensor  # (N, C, H, W), normalised with mean/std below
+    labels: torch.Tensor  # (N,) int64
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    class_names: tuple[str, ...] | None = None
+
+    def pixels(self) -> torch.Tensor:
+        """The images in [0, 1], (N, C, H, W), as a viewer shows them."""
+        m = torch.tensor(self.mean, dtype=self.images.dtype).view(1, -1, 1, 1)
+        s = torch.tensor(self.std, dtype=self.images.dtype).view(1, -1, 1, 1)
+        return (self.images * s + m).clamp(0, 1)
 
 
 class Strategy(abc.ABC):
     """One federated method's server side. Subclasses implement the abstract methods."""
 
     name: str = "strategy"
+    #: True when the method can run on the weighted mean of the updates alone
+    #: (``accept_aggregate``), so that updates may be aggregated under encryption.
+    needs_only_aggregates: ClassVar[bool] = False
 
     def __init__(self, model: ModelSpec, local: TrainConfig) -> None:
         self.model_spec = model
@@ -107,13 +143,18 @@ class Strategy(abc.ABC):
         """Take the round's weighted mean computed elsewhere (decrypted from a CKKS sum) as if
         ``aggregate_round`` had computed it; ``num_examples`` is the total it covers.
 
-        Only methods that need nothing but the aggregate implement it (FedAvg, FedProx,
-        DynaFed); the others refuse, since they need each participant's own update.
+        Only methods with ``needs_only_aggregates`` implement it (FedAvg, FedProx, DynaFed);
+        the others refuse, since they need each participant's own update.
         """
         raise ConfigError(
             f"method {self.name!r} cannot run on an aggregate alone (it needs each "
             "participant's update); expected fedavg, fedprox or dynafed."
         )
+
+    def synthetic_sets(self) -> Mapping[str, SyntheticImages]:
+        """The synthetic set derived from each participant's update in the last aggregated
+        round, by participant id; empty for methods that make none."""
+        return {}
 
     @abc.abstractmethod
     def global_weights(self) -> Tensors:
@@ -182,9 +223,10 @@ def check_updates(round: int, updates: Sequence[Update], reference: Tensors) -> 
 
 
 __all__ = [
-    "CLASS_COUNT_PREFIX",
+    "Aggregation",
     "ModelSpec",
     "Strategy",
+    "SyntheticImages",
     "Task",
     "Tensors",
     "Update",

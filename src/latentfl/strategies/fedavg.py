@@ -43,6 +43,7 @@ class FedAvg(Strategy):
     """McMahan et al. (2017): the mean of returned weights, weighted by examples by default."""
 
     name = "fedavg"
+    needs_only_aggregates = True
 
     def __init__(self, model: ModelSpec, local: TrainConfig, *, weighted: bool = True) -> None:
         super().__init__(model, local)
@@ -133,6 +134,7 @@ class FedNova(FedAvg):
 
     name = "fednova"
     # normalises each update by its own step count: a plain weighted mean is not FedNova
+    needs_only_aggregates = False
     accept_aggregate = Strategy.accept_aggregate
 
     def combine(self, updates: Sequence[Update], weights: Sequence[float]) -> Tensors:

@@ -22,9 +22,9 @@ from latentfl.config import option
 from latentfl.distill import DistillConfig, SyntheticSet, build_space, distill_many
 from latentfl.log import get_logger
 from latentfl.strategies.base import (
-    CLASS_COUNT_PREFIX,
     ModelSpec,
     Strategy,
+    SyntheticImages,
     Task,
     Tensors,
     Update,
@@ -172,13 +172,8 @@ class FedDGM(Strategy):
         everything = tuple(range(self.model_spec.num_classes))
         if self.config.classes == "all":
             return everything
-        present = tuple(
-            sorted(
-                int(k.removeprefix(CLASS_COUNT_PREFIX))
-                for k, v in update.metrics.items()
-                if k.startswith(CLASS_COUNT_PREFIX) and v > 0
-            )
-        )
+        counts = update.class_counts or ()
+        present = tuple(k for k, count in enumerate(counts[: len(everything)]) if count > 0)
         return present or everything  # a participant that withholds its counts gets all classes
 
     def _train_on_union(self, round: int, x: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
@@ -193,6 +188,12 @@ class FedDGM(Strategy):
         return {
             "global_train_loss": global_result.loss,
             "surrogate_train_loss": surrogate_result.loss,
+        }
+
+    def synthetic_sets(self) -> dict[str, SyntheticImages]:
+        return {
+            pid: SyntheticImages(s.images, s.labels, tuple(self.config.mean), tuple(self.config.std))
+            for pid, s in self.synthetic.items()
         }
 
     def global_weights(self) -> Tensors:

@@ -15,7 +15,7 @@ from typing import Literal
 import torch
 
 from latentfl.log import get_logger
-from latentfl.strategies.base import CLASS_COUNT_PREFIX, ModelSpec, Task, Tensors, Update
+from latentfl.strategies.base import ModelSpec, Task, Tensors, Update
 from latentfl.training import TrainResult
 
 #: How a round's local training runs: ``auto`` batches on CUDA when the participants allow it.
@@ -120,17 +120,17 @@ def _run_batched(
 def _update(task: Task, model_spec: ModelSpec, participant: str, weights: Tensors,
             result: TrainResult, y: torch.Tensor, *, share_class_counts: bool) -> Update:
     """The Update a participant returns for ``task`` after training to ``weights``."""
-    metrics = {"train_loss": float(result.loss)}
+    counts = None
     if share_class_counts:
-        counts = torch.bincount(y, minlength=model_spec.num_classes).tolist()
-        metrics.update({f"{CLASS_COUNT_PREFIX}{k}": float(c) for k, c in enumerate(counts)})
+        counts = tuple(torch.bincount(y, minlength=model_spec.num_classes).tolist())
     return Update(
         participant=participant,
         round=task.round,
         weights=weights,
         num_examples=len(y),
         num_steps=result.steps,
-        metrics=metrics,
+        metrics={"train_loss": float(result.loss)},
+        class_counts=counts,
     )
 
 

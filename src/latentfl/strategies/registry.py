@@ -7,8 +7,9 @@ from typing import Literal
 
 from latentfl.config import option
 from latentfl.strategies.base import ModelSpec, Strategy
-from latentfl.strategies.dynafed import DynaFedConfig
-from latentfl.strategies.feddgm import FedDGMConfig
+from latentfl.strategies.dynafed import DynaFed, DynaFedConfig
+from latentfl.strategies.fedavg import FedAvg, FedNova, FedProx
+from latentfl.strategies.feddgm import FedDGM, FedDGMConfig
 from latentfl.training import TrainConfig
 
 Method = Literal["fedavg", "fedprox", "fednova", "feddgm", "dynafed"]
@@ -29,23 +30,27 @@ class StrategyConfig:
     feddgm: FedDGMConfig = option(FedDGMConfig(), help="FedDGM server settings (feddgm only).")
 
 
+_CLASSES: dict[str, type[Strategy]] = {
+    "fedavg": FedAvg, "fedprox": FedProx, "fednova": FedNova, "feddgm": FedDGM, "dynafed": DynaFed
+}
+
+
+def strategy_class(method: Method) -> type[Strategy]:
+    """The Strategy class of ``method``, for what it declares (``needs_only_aggregates``)."""
+    return _CLASSES[method]
+
+
 def build_strategy(config: StrategyConfig) -> Strategy:
     """The Strategy object for ``config`` (not yet initialised)."""
-    from latentfl.strategies.fedavg import FedAvg, FedNova, FedProx
-
     if config.method == "fedprox":
         return FedProx(config.model, config.local, mu=config.mu, weighted=config.weighted)
     if config.method == "fednova":
         return FedNova(config.model, config.local, weighted=config.weighted)
     if config.method == "feddgm":
-        from latentfl.strategies.feddgm import FedDGM
-
         return FedDGM(config.model, config.local, config.feddgm)
     if config.method == "dynafed":
-        from latentfl.strategies.dynafed import DynaFed
-
         return DynaFed(config.model, config.local, config=config.dynafed, weighted=config.weighted)
     return FedAvg(config.model, config.local, weighted=config.weighted)
 
 
-__all__ = ["Method", "StrategyConfig", "build_strategy"]
+__all__ = ["Method", "StrategyConfig", "build_strategy", "strategy_class"]

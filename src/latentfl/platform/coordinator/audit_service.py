@@ -4,7 +4,9 @@ aggregate numbers it chooses to share.
 ``FETCH_SYNTHETIC`` carries no parameter: the set returned is the one distilled from the
 *sender's* weights, and the sender is the verified (ZAP User-Id = signed sender) peer, so a
 participant cannot ask for anyone else's images. The answer is a ``SYNTHETIC`` message whose
-payload holds ``images`` (uint8 N, H, W, C) and ``labels`` (int64 N) of the latest checkpoint.
+payload holds ``images`` (uint8 N, H, W, C) and ``labels`` (int64 N) of the latest checkpoint,
+as the strategy exposes them (``Strategy.synthetic_sets``; the round state machine keeps those
+of the latest checkpoint).
 
 ``AUDIT_REPORT`` carries the aggregates of a synthetic audit (``audits.shareable_aggregates``)
 as strict JSON: known keys only, numbers for every measurement, a few short labels, bounded in
@@ -20,16 +22,22 @@ from __future__ import annotations
 import math
 import re
 import time
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from latentfl.errors import ProtocolError, StateError
+from latentfl.distill import to_uint8
+from latentfl.errors import ProtocolError
 from latentfl.platform.coordinator.journal import Journal
 from latentfl.platform.coordinator.store import StateStore, read_json, write_json_atomic
 from latentfl.platform.crypto import COORDINATOR_ID
 from latentfl.platform.protocol import Kind, Message, encode, pack_tensors, unpack_json
+from latentfl.strategies import SyntheticImages
+
+#: () -> (round of the latest checkpoint, its synthetic sets by participant)
+SyntheticSource = Callable[[], tuple[int, Mapping[str, SyntheticImages]]]
 
 AUDIT_KINDS = frozenset({Kind.FETCH_SYNTHETIC, Kind.AUDIT_REPORT})
 MAX_AGGREGATE_BYTES = 16 * 1024
@@ -135,12 +143,14 @@ def load_shared_audits(state_dir: Path) -> dict[str, dict[str, Any]]:
 class AuditService:
     """Answers FETCH_SYNTHETIC and AUDIT_REPORT for the coordinator daemon (owns no socket)."""
 
-    def __init__(self, store: StateStore, journal: Journal, *, session: str,
-                 signing_key: Any) -> None:
+    def __init__(self, store: StateStore, journal: Journal, *, session: str, signing_key: Any,
+                 method: str, synthetic: SyntheticSource) -> None:
         self.store = store
         self.journal = journal
         self.session = session
         self.signing_key = signing_key
+        self.method = method
+        self.synthetic = synthetic
 
     def answer(self, message: Message, round: int) -> list[bytes]:
         """The signed reply frames to a verified audit message; ProtocolError to refuse it."""
@@ -158,29 +168,18 @@ class AuditService:
 
     def synthetic_for(self, pid: str) -> tuple[bytes, dict[str, Any]]:
         """The latest checkpoint's synthetic images of ``pid`` as uint8 NHWC, and their meta."""
-        latest = self.store.latest_round()
-        checkpoint = None
-        if latest is not None and latest > 0:
-            try:
-                checkpoint = self.store.load_checkpoint(latest)
-            except StateError as exc:
-                raise ProtocolError("no-synthetic", f"the latest checkpoint cannot be read "
-                                                    f"({exc})") from None
-        strategy = {} if checkpoint is None else checkpoint.meta.get("strategy", {})
-        if checkpoint is None or pid not in strategy.get("synthetic", ()):
-            method = strategy.get("method", "no round finished yet")
-            raise ProtocolError("no-synthetic", f"the latest checkpoint ({method}) holds no "
-                                                f"synthetic set distilled from {pid}'s weights")
-        from latentfl.distill import to_uint8
-
-        images = checkpoint.tensors[f"synthetic.{pid}.images"].float()
-        labels = checkpoint.tensors[f"synthetic.{pid}.labels"].to(torch.int64).reshape(-1)
-        channels = images.shape[1]
-        pixels = to_uint8(images, strategy.get("mean", [0.0] * channels),
-                          strategy.get("std", [1.0] * channels))
+        round, sets = self.synthetic()
+        chosen = sets.get(pid)
+        if chosen is None:
+            when = f"round {round}" if round > 0 else "no round finished yet"
+            raise ProtocolError("no-synthetic", f"the latest checkpoint ({self.method}, {when}) "
+                                                f"holds no synthetic set distilled from {pid}'s "
+                                                "weights")
+        labels = chosen.labels.to(torch.int64).reshape(-1)
+        pixels = to_uint8(chosen.images.float(), chosen.mean, chosen.std)
         payload = pack_tensors({"images": torch.from_numpy(pixels), "labels": labels})
-        return payload, {"synthetic_round": checkpoint.round, "count": int(labels.numel()),
-                         "method": str(strategy.get("method", ""))[:32]}
+        return payload, {"synthetic_round": round, "count": int(labels.numel()),
+                         "method": self.method[:32]}
 
     def store_aggregates(self, pid: str, message: Message) -> dict[str, Any]:
         """Validate, store (atomic) and journal a shared audit; the ACK's meta."""

@@ -4,14 +4,17 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import get_args
 
 from latentfl.config import option
 from latentfl.privacy.ckks import SecureAggregationConfig
-from latentfl.strategies import StrategyConfig
+from latentfl.strategies import StrategyConfig, strategy_class
+from latentfl.strategies.registry import Method
 
-#: Methods that need only the aggregate, so they can run under CKKS secure aggregation.
-#: (FedDGM distils each participant's own weights; FedNova weights updates by local steps.)
-CKKS_METHODS = ("fedavg", "fedprox", "dynafed")
+
+def aggregate_only_methods() -> list[str]:
+    """Methods that declare they need only the aggregate, so may run under CKKS."""
+    return [m for m in get_args(Method) if strategy_class(m).needs_only_aggregates]
 
 
 @dataclass(frozen=True)
@@ -71,15 +74,16 @@ class CoordinatorConfig:
         if not self.session or len(self.session) > 128:
             out.append(f"session = {self.session!r}; expected 1 to 128 characters.")
         if self.aggregation.mode == "ckks":
-            if self.strategy.method not in CKKS_METHODS:
+            if not strategy_class(self.strategy.method).needs_only_aggregates:
                 out.append(f"aggregation.mode = 'ckks' with strategy.method = "
                            f"{self.strategy.method!r}: that method needs each participant's own "
-                           f"weights, which encryption hides; use one of {', '.join(CKKS_METHODS)}"
-                           " or mode = 'plain' (with DP-SGD at the participants).")
+                           f"weights, which encryption hides; use one of "
+                           f"{', '.join(aggregate_only_methods())} or mode = 'plain' (with "
+                           "DP-SGD at the participants).")
             if not self.strategy.weighted:
                 out.append("aggregation.mode = 'ckks' needs strategy.weighted = true (each "
                            "participant encrypts its update times its example count).")
         return out
 
 
-__all__ = ["CKKS_METHODS", "CoordinatorConfig"]
+__all__ = ["CoordinatorConfig", "aggregate_only_methods"]

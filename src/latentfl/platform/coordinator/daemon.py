@@ -99,12 +99,14 @@ class Coordinator:
         self.store.lock()
         self.journal = Journal(self.store.journal_path)
         self.replay = ReplayGuard(self.store.replay_path, window_s=DEFAULT_CLOCK_SKEW_S)
-        self.audits = AuditService(self.store, self.journal, session=config.session,
-                                   signing_key=self.identity.signing_key)
         self.verifier = Verifier.of_participants(roster, session=config.session,
                                                  replay=self.replay,
                                                  max_bytes=config.max_message_bytes)
         self.strategy = build_strategy(config.strategy)
+        self.audits = AuditService(self.store, self.journal, session=config.session,
+                                   signing_key=self.identity.signing_key,
+                                   method=self.strategy.name,
+                                   synthetic=lambda: self.rounds.synthetic)
         self.manifest = model_manifest(config.strategy.model.build())
         # CKKS: the public context only (a secret one is refused here, before anything runs)
         self.secure = (SecureAggregation(config, self.manifest)
@@ -340,7 +342,7 @@ class Coordinator:
         task = self.rounds.tasks.get(pid)
         if task is None:
             return
-        key = (id(task.weights), hash(repr(task.train)) ^ hash(repr(sorted(task.extra.items()))))
+        key = (id(task.weights), hash(repr(task.train)) ^ hash(task.aggregation))
         if key not in self._task_cache:
             self._task_cache[key] = encode_task(task, self.config.strategy.model,
                                                 self.manifest.digest)

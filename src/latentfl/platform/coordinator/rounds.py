@@ -18,14 +18,22 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Literal
 
-from latentfl.errors import ConfigError, ProtocolError
+from latentfl.errors import ConfigError, ProtocolError, StateError
 from latentfl.platform.coordinator.config import CoordinatorConfig
-from latentfl.platform.coordinator.store import StateStore
-from latentfl.strategies import Strategy, Task, Update, select_participants
+from latentfl.platform.coordinator.store import Checkpoint, StateStore
+from latentfl.strategies import (
+    Aggregation,
+    Strategy,
+    SyntheticImages,
+    Task,
+    Update,
+    build_strategy,
+    select_participants,
+)
 
 Phase = Literal["waiting", "collecting", "aggregating", "finished"]
 Evaluator = Callable[[Strategy], dict[str, float]]
@@ -61,6 +69,9 @@ class Rounds:
         # after a restart, participants need a moment to reconnect before counting as stalled
         self.grace_until = 0.0
         self.history: list[RoundRecord] = []
+        #: (round, synthetic sets) of the latest checkpoint, for the audit service; replaced
+        #: as a whole (by the aggregation thread), so a reader sees one round's sets
+        self.synthetic: tuple[int, Mapping[str, SyntheticImages]] = (0, {})
 
     # -- start-up -------------------------------------------------------------------------
     def resume(self) -> None:
@@ -73,9 +84,9 @@ class Rounds:
             latest = 0
         else:
             ckpt = self.store.load_checkpoint(latest)
-            self.strategy.initialize(self.config.seed)  # builds the models (FedDGM) to load into
-            self.strategy.load_state_dict(ckpt.tensors, ckpt.meta.get("strategy", {}))
+            restore(self.strategy, ckpt, self.config.seed)
             self.history = [RoundRecord(**h) for h in ckpt.meta.get("history", [])]
+        self.synthetic = (latest, dict(self.strategy.synthetic_sets()))
         self.round = latest + 1
         if self.round > self.config.rounds:
             self.phase = "finished"
@@ -102,9 +113,9 @@ class Rounds:
 
     def _open(self, plan: list[str], now: float) -> dict[str, Task]:
         self.plan = list(plan)
-        mode = self.config.aggregation.mode
+        mode = Aggregation(self.config.aggregation.mode)
         # The site's agent checks the mode against its own policy (e.g. "encrypted only").
-        self.tasks = {pid: replace(task, extra={**task.extra, "aggregation": mode})
+        self.tasks = {pid: replace(task, aggregation=mode)
                       for pid, task in self.strategy.configure_round(self.round,
                                                                      self.plan).items()}
         self.updates, self.digests = {}, {}
@@ -221,6 +232,7 @@ class Rounds:
             "round": self.round, "strategy": meta,
             "history": [vars(h) for h in [*self.history, record]],
         })
+        self.synthetic = (self.round, dict(self.strategy.synthetic_sets()))
         return record
 
     def finish_close(self, record: RoundRecord) -> RoundRecord:
@@ -230,6 +242,26 @@ class Rounds:
         self.plan, self.tasks, self.updates, self.digests = [], {}, {}, {}
         self.phase = "finished" if self.round > self.config.rounds else "waiting"
         return record
+
+
+def restore(strategy: Strategy, checkpoint: Checkpoint, seed: int) -> None:
+    """Put ``strategy`` in the state ``checkpoint`` holds."""
+    strategy.initialize(seed)  # builds the models (FedDGM) to load into
+    strategy.load_state_dict(checkpoint.tensors, checkpoint.meta.get("strategy", {}))
+
+
+def load_strategy(config: CoordinatorConfig,
+                  round: int | None = None) -> tuple[Checkpoint, Strategy]:
+    """The checkpoint of ``round`` (default: the latest) and the session's strategy restored
+    from it."""
+    if not (config.state_dir / "latest.json").exists():
+        raise StateError(f"state_dir {config.state_dir} holds no checkpoint; run the "
+                         "coordinator first.")
+    store = StateStore(config.state_dir)
+    checkpoint = store.load_checkpoint(store.latest_round() if round is None else round)
+    strategy = build_strategy(config.strategy)
+    restore(strategy, checkpoint, config.seed)
+    return checkpoint, strategy
 
 
 def make_evaluator(config: CoordinatorConfig) -> Evaluator | None:
@@ -254,4 +286,4 @@ def make_evaluator(config: CoordinatorConfig) -> Evaluator | None:
     return run
 
 
-__all__ = ["Phase", "RoundRecord", "Rounds", "make_evaluator"]
+__all__ = ["Phase", "RoundRecord", "Rounds", "load_strategy", "make_evaluator", "restore"]

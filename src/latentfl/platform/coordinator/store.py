@@ -42,6 +42,10 @@ _UPDATE_META = "latentfl_update"
 _SAFE_ID = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")
 
 
+def _counts(value: Any) -> tuple[int, ...] | None:
+    return None if value is None else tuple(int(c) for c in value)
+
+
 def read_json(path: Path) -> Any:
     try:
         return json.loads(Path(path).read_text(encoding="utf-8"))
@@ -153,7 +157,8 @@ class StateStore:
     def save_update(self, update: Update, digest: str) -> None:
         """Persist an accepted update (fsynced) with its counts and the payload digest."""
         info = {"num_examples": update.num_examples, "num_steps": update.num_steps,
-                "metrics": update.metrics, "payload_sha256": digest}
+                "metrics": update.metrics, "class_counts": update.class_counts,
+                "payload_sha256": digest}
         tensors = {k: v.detach().cpu().contiguous() for k, v in update.weights.items()}
         data = st_save(tensors, metadata={_UPDATE_META: json.dumps(info, sort_keys=True)})
         write_atomic(self._update_path(update.round, update.participant), data)
@@ -173,7 +178,8 @@ class StateStore:
             update = Update(participant=path.stem, round=round, weights=tensors,
                             num_examples=int(info["num_examples"]),
                             num_steps=int(info["num_steps"]),
-                            metrics={k: float(v) for k, v in info["metrics"].items()})
+                            metrics={k: float(v) for k, v in info["metrics"].items()},
+                            class_counts=_counts(info.get("class_counts")))
             out.append((update, str(info["payload_sha256"])))
         return out
 

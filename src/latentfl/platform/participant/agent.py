@@ -50,7 +50,7 @@ from latentfl.platform.protocol import (
     encode,
     pack_json,
 )
-from latentfl.strategies import ModelSpec, Task, Update, run_task
+from latentfl.strategies import Aggregation, ModelSpec, Task, Update, run_task
 
 POLL_MS = 100
 # Refusals after which re-sending the same update cannot succeed.
@@ -255,7 +255,7 @@ class Agent:
             return
         self.log.info("task_received", round=r, bytes=len(message.payload),
                       epochs=task.train.epochs, lr=task.train.lr,
-                      aggregation=task.extra.get("aggregation", "plain"))
+                      aggregation=task.aggregation.value)
         try:  # the site's own policy, before any data is touched
             sigma = self.privacy.check(task, len(self.data.y))
         except PrivacyError as exc:
@@ -266,7 +266,7 @@ class Agent:
             self.log.error("privacy_check_failed", round=r, error=str(exc))
             self._decline(sock, r, "privacy-check-failed", str(exc))
             return
-        if task.extra.get("aggregation") == "ckks":
+        if task.aggregation is Aggregation.CKKS:
             try:  # before training: nothing is spent on an update that could not be sent
                 self.privacy.ckks  # noqa: B018 - unseals the secret context once
             except LatentFLError as exc:
@@ -293,7 +293,7 @@ class Agent:
                       examples=update.num_examples, seconds=round(time.perf_counter() - started, 2),
                       epsilon=None if report is None else report["epsilon"],
                       train_loss=update.metrics.get("train_loss"))
-        if task.extra.get("aggregation", "plain") != "ckks":
+        if task.aggregation is not Aggregation.CKKS:
             return encode_update(update, report)
         from latentfl.privacy import encrypt_update
 

@@ -1,7 +1,7 @@
 """The agent's privacy duties: its site policy, its ledger, DP-SGD and CKKS, per task.
 
 Before a task touches any data the agent builds a :class:`~latentfl.privacy.PlannedTask` (the
-aggregation mode from the task's ``extra["aggregation"]``, default "plain"; this round's DP-SGD
+aggregation mode the task names (``Task.aggregation``); this round's DP-SGD
 steps and sample rate) and runs :func:`~latentfl.privacy.check_task`; a PrivacyError becomes a
 REJECT naming the rule. The noise multiplier is resolved once for the whole planned run and kept
 in ``STATE/privacy_plan.json``, so a restarted agent keeps the same noise (re-deriving it from a
@@ -86,7 +86,7 @@ class SitePrivacy:
         cfg = task.train
         sigma = self.noise_multiplier(task, num_examples) if self.dp else None
         planned = PlannedTask(
-            mode=str(task.extra.get("aggregation", "plain")),
+            mode=task.aggregation.value,
             noise_multiplier=sigma,
             sample_rate=poisson_sample_rate(num_examples, cfg.batch_size),
             steps=steps_per_round(num_examples, cfg.batch_size, cfg.epochs, cfg.max_steps),
