@@ -94,14 +94,15 @@ def test_unenrolled_key_never_gets_a_task(consortium, tmp_path):
         coord.stop()
 
 
-def _update_frames(client, round, weights, **changes):
+def _update_frames(client, round, weights, kind=Kind.UPDATE, **changes):
     update = Update(client.identity.id, round, weights, num_examples=50, num_steps=2)
     payload, meta = encode_update(update)
-    return client.frames(Kind.UPDATE, round, payload, meta, **changes)
+    return client.frames(kind, round, payload, meta, **changes)
 
 
 def test_hostile_messages_are_refused_with_reasons_and_service_continues(consortium):
-    """Bad signature, wrong round, oversize, NaN, wrong shape and replay are each refused."""
+    """Bad signature, wrong round, oversize, NaN, wrong shape, a kind only the coordinator
+    sends, an encrypted kind in a plain session and replay are each refused."""
     config = consortium.coordinator_config(min_participants=1, rounds=2,
                                            max_message_bytes=2**20)
     coord = Running(Coordinator(config))
@@ -122,6 +123,9 @@ def test_hostile_messages_are_refused_with_reasons_and_service_continues(consort
             ("non-finite", _update_frames(client, 1, nan)),
             ("manifest", _update_frames(client, 1, shape)),
             ("wrong-session", _tamper_session(client)),
+            ("unexpected-kind", client.frames(Kind.TASK, 1, b"")),
+            ("wrong-mode", _update_frames(client, 1, weights, kind=Kind.ENCRYPTED_UPDATE)),
+            ("wrong-mode", _update_frames(client, 1, weights, kind=Kind.AGGREGATE)),
         ]
         for reason, frames in cases:
             client.send(frames)
@@ -211,7 +215,8 @@ def test_coordinator_refuses_to_start_with_foreign_keys(consortium, tmp_path):
 
 
 def test_declined_task_does_not_hold_the_round(consortium, dataset):
-    """A participant that refuses its TASK (REJECT) leaves the round; the others' quorum closes it."""
+    """A participant that declines its TASK (DECLINE) leaves the round; the others' quorum closes
+    it."""
     config = consortium.coordinator_config(rounds=1, min_participants=2)
     coord = Running(Coordinator(config))
     agents = start_agents(consortium, local_parts(dataset, 3), IDS[:1])
@@ -220,9 +225,8 @@ def test_declined_task_does_not_hold_the_round(consortium, dataset):
         refuser.send(refuser.frames(Kind.HELLO, 0, pack_json({"num_examples": 10})))
         task = refuser.recv(kind=Kind.TASK)
         assert task is not None
-        refuser.send(refuser.frames(Kind.REJECT, 1, meta={
-            "reason": "policy", "detail": "budget spent", "refused_kind": "TASK",
-            "refused_round": 1}))
+        refuser.send(refuser.frames(Kind.DECLINE, 1, meta={
+            "reason": "policy", "detail": "budget spent"}))
         assert coord.join(60) == 0
     finally:
         refuser.close()

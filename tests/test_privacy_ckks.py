@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from latentfl.errors import ConfigError, PrivacyError, ProtocolError, SecurityError
+from latentfl.errors import ConfigError, PrivacyError, ProtocolError, Reason, SecurityError
 from latentfl.platform.crypto import init_consortium, load_identity
 from latentfl.platform.crypto.ckks_keys import (
     PUBLIC_CONTEXT_FILE,
@@ -119,7 +119,7 @@ def test_coordinator_refuses_secret_context_and_bad_ciphertexts(contexts):
         sum_ciphertexts(secret, [blobs, blobs])
     with pytest.raises(ProtocolError, match="expected 3") as err:
         check_ciphertexts(public, blobs, 3, MAX_BYTES)
-    assert err.value.reason == "bad_ciphertext"
+    assert err.value.reason is Reason.BAD_CIPHERTEXT
     with pytest.raises(ProtocolError, match="bytes"):
         check_ciphertexts(public, blobs, 2, 1000)
     with pytest.raises(ProtocolError, match="parsed"):

@@ -23,7 +23,13 @@ from latentfl.config import from_dict
 from latentfl.demo import free_port
 from latentfl.errors import ConfigError, SecurityError
 from latentfl.models import model_manifest
-from latentfl.platform.coordinator import Coordinator, Rounds, StateStore, read_journal
+from latentfl.platform.coordinator import (
+    Coordinator,
+    Journal,
+    Rounds,
+    StateStore,
+    read_journal,
+)
 from latentfl.platform.coordinator.secure import SecureAggregation
 from latentfl.platform.crypto.ckks_keys import load_participant_context, write_ckks_keys
 from latentfl.platform.participant import Agent
@@ -142,17 +148,18 @@ def test_encrypted_fedavg_equals_the_plaintext_simulator(consortium, dataset):
     individual = {b for r in (1, 2) for blobs, _ in _uploads(config.state_dir, r).values()
                   for b in blobs}
     carried = _ciphertext_tasks(sent)
-    assert [(pid, meta["kind"], meta["decrypt"], meta["cohort"]) for pid, meta, _ in carried] == [
-        ("p00", "TASK", True, 3), ("p00", "TASK", True, 3)]
+    assert [(pid, meta["kind"], meta["cohort"]) for pid, meta, _ in carried] == [
+        ("p00", "DECRYPT_TASK", 3), ("p00", "DECRYPT_TASK", 3)]
     assert not any(b in individual for _, _, blobs in carried for b in blobs)
     journal = read_journal(config.state_dir / "journal.jsonl")
-    assert [e["encrypted"] for e in journal if e.get("kind") == "UPDATE"] == [True] * 6
+    assert [e["encrypted"] for e in journal if e.get("kind") == "ENCRYPTED_UPDATE"] == [True] * 6
+    assert not any(e.get("kind") == "UPDATE" for e in journal)
 
 
 def _raw_upload(client: RawClient, ctx, examples: int) -> tuple[Update, list[bytes]]:
     """A hand-driven participant: take the TASK, upload its weights (untrained) encrypted."""
     task_msg = client.recv(timeout=10.0, kind=Kind.TASK)
-    assert task_msg is not None and task_msg.header.meta.get("decrypt") is None
+    assert task_msg is not None
     task, _ = decode_task(task_msg, max_bytes=2**28)
     assert task.aggregation is Aggregation.CKKS
     flat = flatten_state(task.weights, _manifest())
@@ -178,15 +185,15 @@ def test_dropout_bad_ciphertexts_and_a_silent_decryptor(consortium, dataset):
                   for i, p in ((1, "p01"), (2, "p02"))]
         update, blobs = _raw_upload(silent, ctx, 50)
         payload, meta = encode_encrypted_update(update, blobs)
-        silent.send(silent.frames(Kind.UPDATE, 1, payload, meta))
+        silent.send(silent.frames(Kind.ENCRYPTED_UPDATE, 1, payload, meta))
         assert silent.recv(timeout=5.0, kind=Kind.ACK) is not None
         bad_update, bad_blobs = _raw_upload(dropper, ctx, 50)
         payload, meta = encode_encrypted_update(bad_update, bad_blobs + bad_blobs[:1])
-        dropper.send(dropper.frames(Kind.UPDATE, 1, payload, meta))
+        dropper.send(dropper.frames(Kind.ENCRYPTED_UPDATE, 1, payload, meta))
         reject = dropper.recv(timeout=5.0, kind=Kind.REJECT)
-        assert reject is not None and reject.header.meta["reason"] == "bad_ciphertext"
-        ask = silent.recv(timeout=15.0, kind=Kind.TASK)  # the sum comes to p00 first: ignored
-        assert ask is not None and ask.header.meta["decrypt"] is True
+        assert reject is not None and reject.header.meta["reason"] == "bad-ciphertext"
+        ask = silent.recv(timeout=15.0, kind=Kind.DECRYPT_TASK)  # to p00 first: ignored
+        assert ask is not None and ask.header.meta["cohort"] == 3
         assert coord.join(60) == 0
         assert [a.join(20) for a in agents] == [0, 0]
     finally:
@@ -211,7 +218,7 @@ def test_dropout_bad_ciphertexts_and_a_silent_decryptor(consortium, dataset):
     individual = {b for blobs, _ in uploads.values() for b in blobs} | set(bad_blobs)
     carried = _ciphertext_tasks(sent)
     assert {pid for pid, _, _ in carried} <= {"p00", "p01"}
-    assert all(meta["decrypt"] is True and meta["cohort"] == 3 for _, meta, _ in carried)
+    assert all(meta["kind"] == "DECRYPT_TASK" and meta["cohort"] == 3 for _, meta, _ in carried)
     assert not any(b in individual for _, _, blobs in carried for b in blobs)
 
 
@@ -275,7 +282,7 @@ def test_encrypted_updates_survive_a_coordinator_restart(consortium):
     restarted = Rounds(config, build_strategy(config.strategy), StateStore(config.state_dir))
     restarted.resume()
     assert sorted(restarted.updates) == ["p00", "p01"]
-    secure = SecureAggregation(config, manifest)
+    secure = SecureAggregation(config, manifest, journal=Journal(config.state_dir / "j.jsonl"))
     secure.start(1, restarted.updates)
     assert secure.cohort == ["p00", "p01"] and secure.total_weight == 30
     assert secure.next_decryptor(["p01", "p00"], now=0.0) == "p00"

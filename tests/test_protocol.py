@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import ast
 import hashlib
 import json
+import re
 import stat
 import time
 from pathlib import Path
@@ -12,12 +14,15 @@ import pytest
 import torch
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+import latentfl
 from latentfl.errors import ProtocolError, StateError
 from latentfl.platform.protocol import (
+    FROM_COORDINATOR,
+    FROM_PARTICIPANT,
     MAX_HEADER_BYTES,
     PROTOCOL_VERSION,
-    REASONS,
     Kind,
+    Reason,
     ReplayGuard,
     Verifier,
     decode,
@@ -55,8 +60,7 @@ def check(frames, guard=None, **overrides):
 def refused(reason, frames, **overrides):
     with pytest.raises(ProtocolError) as info:
         check(frames, **overrides)
-    assert info.value.reason == reason, str(info.value)
-    assert reason in REASONS
+    assert info.value.reason is Reason(reason), str(info.value)
     return info.value
 
 
@@ -382,11 +386,49 @@ def test_json_payloads_are_strict():
 
 
 def test_kinds_cover_the_protocol():
-    """The message kinds the daemons need all exist, valued by their wire names."""
-    names = {"HELLO", "TASK", "UPDATE", "ACK", "REJECT", "HEARTBEAT", "STATUS", "BYE",
-             "FETCH_SYNTHETIC", "SYNTHETIC", "AUDIT_REPORT"}
+    """The message kinds the daemons need all exist, valued by their wire names, each sent by
+    one side (HEARTBEAT by both)."""
+    names = {"HELLO", "TASK", "UPDATE", "ENCRYPTED_UPDATE", "DECRYPT_TASK", "AGGREGATE",
+             "DECLINE", "ACK", "REJECT", "HEARTBEAT", "STATUS", "BYE", "FETCH_SYNTHETIC",
+             "SYNTHETIC", "AUDIT_REPORT"}
     assert {k.value for k in Kind} == names
     assert Kind("TASK") is Kind.TASK and Kind.TASK == "TASK"
+    assert set(Kind) == FROM_PARTICIPANT | FROM_COORDINATOR
+    assert {Kind.HEARTBEAT} == FROM_PARTICIPANT & FROM_COORDINATOR
+
+
+def test_a_kind_from_the_wrong_side_is_refused_last():
+    """A participant's verifier refuses an UPDATE ('unexpected-kind'), after every envelope
+    check: a replayed one is still a replay."""
+    guard = ReplayGuard(None)
+    update = message()
+    refused("unexpected-kind", update, replay=guard, accepts=FROM_COORDINATOR)
+    refused("replay", update, replay=guard, accepts=FROM_COORDINATOR)
+    assert check(message(kind=Kind.DECRYPT_TASK), accepts=FROM_COORDINATOR).header.kind is (
+        Kind.DECRYPT_TASK)
+    refused("unexpected-kind", message(kind=Kind.TASK), accepts=FROM_PARTICIPANT)
+
+
+def test_reasons_are_one_spelling_with_a_meaning_and_finality():
+    """Every refusal reason is lowercase-hyphenated, explained, and says if a re-send can help."""
+    for reason in Reason:
+        assert re.fullmatch(r"[a-z]+(-[a-z]+)*", reason.value) and reason.meaning, reason
+        assert str(reason) == reason.value and Reason.parse(reason.value) is reason
+    assert Reason.LATE.final and Reason.BAD_CIPHERTEXT.final and Reason.INTERNAL.final
+    assert not (Reason.REPLAY.final or Reason.STALE.final or Reason.BAD_SIGNATURE.final)
+    assert Reason.parse("budget_exceeded") is None  # a site-policy rule, not a protocol reason
+
+
+def test_every_refusal_in_the_sources_names_a_reason_member():
+    """No ProtocolError in src/ is raised with a loose string for its reason."""
+    root = Path(latentfl.__file__).parent
+    loose = []
+    for path in sorted(root.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if (isinstance(node, ast.Call) and getattr(node.func, "id", "") == "ProtocolError"
+                    and node.args and isinstance(node.args[0], ast.Constant)):
+                loose.append(f"{path.relative_to(root)}:{node.lineno}")
+    assert loose == []
 
 
 def test_peek_header_never_raises(tmp_path: Path):

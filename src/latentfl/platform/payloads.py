@@ -1,4 +1,4 @@
-"""TASK and UPDATE messages <-> the strategies' Task and Update objects.
+"""TASK, UPDATE and the CKKS kinds' payloads <-> the strategies' Task and Update objects.
 
 Format decision (one payload per message, as DESIGN.md's envelope has it): the payload is the
 weights as safetensors bytes (``pack_tensors``); the small structured part rides in the signed
@@ -13,14 +13,14 @@ header's ``meta`` as scalars, JSON-encoded where it is a structure:
             meta.epsilon (the participant's spent DP epsilon, or null without DP-SGD) and, with
             DP-SGD, the ledger's delta, noise_multiplier, sample_rate, max_grad_norm, dp_steps
 
-CKKS secure aggregation adds two shapes (see :mod:`latentfl.privacy.ckks`):
+CKKS secure aggregation adds three kinds (see :mod:`latentfl.privacy.ckks`):
 
-    UPDATE  meta.encrypted = true: the payload is ciphertexts (``ckks/00000``, ... uint8) of
-            ``num_examples * flat(weights)``, flat as :func:`flatten_state` defines it
-    TASK    meta.decrypt = true: the payload is the coordinator's encrypted *sum*, with
-            meta.total_weight, meta.length, meta.cohort; the designated participant answers
-            with an UPDATE whose meta.aggregate = true and whose payload is the plaintext
-            weighted mean (checked against the manifest like any update)
+    ENCRYPTED_UPDATE  an UPDATE's meta; the payload is ciphertexts (``ckks/00000``, ... uint8)
+            of ``num_examples * flat(weights)``, flat as :func:`flatten_state` defines it
+    DECRYPT_TASK  the payload is the coordinator's encrypted *sum*, with meta.total_weight,
+            meta.length, meta.cohort, meta.model and meta.manifest
+    AGGREGATE  the designated participant's answer: an UPDATE's meta and, as payload, the
+            plaintext weighted mean (checked against the manifest like any update)
 
 Everything read from a peer is parsed strictly and refused with ProtocolError: the JSON parts
 through the config schemas (unknown keys, wrong types, bounds), the tensors against the manifest.
@@ -37,7 +37,7 @@ from typing import Any
 import torch
 
 from latentfl.config import from_dict, to_dict
-from latentfl.errors import ConfigError, ModelError, ProtocolError
+from latentfl.errors import ConfigError, ModelError, ProtocolError, Reason
 from latentfl.models import ModelManifest
 from latentfl.platform.protocol import (
     Message,
@@ -53,7 +53,7 @@ from latentfl.training import TrainConfig
 def _json_meta(meta: dict[str, Any], key: str) -> dict[str, Any]:
     value = meta.get(key)
     if not isinstance(value, str):
-        raise ProtocolError("malformed", f"header meta {key!r} is {value!r}; expected a JSON "
+        raise ProtocolError(Reason.MALFORMED, f"header meta {key!r} is {value!r}; expected a JSON "
                                          "object as a string.")
     return unpack_json(value.encode("utf-8"))
 
@@ -61,7 +61,7 @@ def _json_meta(meta: dict[str, Any], key: str) -> dict[str, Any]:
 def _int_meta(meta: dict[str, Any], key: str) -> int:
     value = meta.get(key)
     if type(value) is not int or value < 0:
-        raise ProtocolError("malformed", f"header meta {key!r} is {value!r}; expected an integer "
+        raise ProtocolError(Reason.MALFORMED, f"header meta {key!r} is {value!r}; expected an integer "
                                          ">= 0.")
     return value
 
@@ -87,16 +87,16 @@ def decode_task(message: Message, *, max_bytes: int) -> tuple[Task, ModelSpec]:
         spec = from_dict(ModelSpec, _json_meta(meta, "model"), source="TASK model")
         model = spec.build()
     except (ConfigError, ModelError, TypeError, ValueError) as exc:
-        raise ProtocolError("malformed", f"TASK settings are refused: {exc}") from None
+        raise ProtocolError(Reason.MALFORMED, f"TASK settings are refused: {exc}") from None
     manifest = model_manifest(model)
     if meta.get("manifest") != manifest.digest:
-        raise ProtocolError("manifest", f"TASK manifest digest {meta.get('manifest')!r} differs "
+        raise ProtocolError(Reason.MANIFEST, f"TASK manifest digest {meta.get('manifest')!r} differs "
                                         f"from the model built from its spec ({manifest.digest}).")
     weights = unpack_tensors(message.payload, manifest, max_bytes)
     try:
         aggregation = Aggregation(meta.get("aggregation"))
     except ValueError:
-        raise ProtocolError("malformed", f"TASK aggregation is {meta.get('aggregation')!r}; "
+        raise ProtocolError(Reason.MALFORMED, f"TASK aggregation is {meta.get('aggregation')!r}; "
                                          f"expected one of {[a.value for a in Aggregation]}.") from None
     return Task(message.header.round, weights, train, aggregation), spec
 
@@ -134,9 +134,7 @@ def encode_encrypted_update(update: Update, ciphertexts: Sequence[bytes],
     """(payload, meta) of a CKKS UPDATE: ``ciphertexts`` replace the weights in the payload."""
     from latentfl.privacy.ckks import ciphertexts_to_tensors
 
-    meta = _update_meta(update, privacy)
-    meta["encrypted"] = True
-    return pack_tensors(ciphertexts_to_tensors(ciphertexts)), meta
+    return pack_tensors(ciphertexts_to_tensors(ciphertexts)), _update_meta(update, privacy)
 
 
 def decode_encrypted_update(message: Message, *, max_bytes: int) -> tuple[Update, list[bytes]]:
@@ -147,7 +145,7 @@ def decode_encrypted_update(message: Message, *, max_bytes: int) -> tuple[Update
     meta = message.header.meta
     num_examples, num_steps = _int_meta(meta, "num_examples"), _int_meta(meta, "num_steps")
     if num_examples < 1:
-        raise ProtocolError("malformed", "UPDATE num_examples is 0; expected at least 1.")
+        raise ProtocolError(Reason.MALFORMED, "UPDATE num_examples is 0; expected at least 1.")
     tensors = unpack_tensors(message.payload, None, max_bytes)
     blobs = ciphertexts_from_tensors(tensors)
     return Update(participant=message.header.sender, round=message.header.round,
@@ -161,7 +159,7 @@ def _class_counts(meta: dict[str, Any]) -> tuple[int, ...] | None:
     if text is None:
         return None
     if not (isinstance(text, str) and _COUNTS.fullmatch(text)):
-        raise ProtocolError("malformed", f"UPDATE class_counts is {str(text)[:60]!r}; expected "
+        raise ProtocolError(Reason.MALFORMED, f"UPDATE class_counts is {str(text)[:60]!r}; expected "
                                          "integers >= 0 separated by commas.")
     return tuple(int(c) for c in text.split(","))
 
@@ -204,31 +202,31 @@ class DecryptTask:
 def encode_decrypt_task(ciphertexts: Sequence[bytes], *, total_weight: int, length: int,
                         cohort: int, model: ModelSpec,
                         manifest_digest: str) -> tuple[bytes, dict]:
-    """(payload, meta) of a decrypt TASK carrying the encrypted sum of ``cohort`` updates."""
+    """(payload, meta) of a DECRYPT_TASK carrying the encrypted sum of ``cohort`` updates."""
     from latentfl.privacy.ckks import ciphertexts_to_tensors
 
-    meta = {"decrypt": True, "total_weight": int(total_weight), "length": int(length),
+    meta = {"total_weight": int(total_weight), "length": int(length),
             "cohort": int(cohort), "manifest": manifest_digest,
             "model": canonical_json(to_dict(model)).decode("ascii")}
     return pack_tensors(ciphertexts_to_tensors(ciphertexts)), meta
 
 
 def decode_decrypt_task(message: Message, *, max_bytes: int) -> DecryptTask:
-    """The DecryptTask of a verified TASK whose meta.decrypt is true; ProtocolError if refused."""
+    """The DecryptTask of a verified DECRYPT_TASK; ProtocolError if refused."""
     from latentfl.privacy.ckks import ciphertexts_from_tensors
 
     meta = message.header.meta
     total, length, cohort = (_int_meta(meta, k) for k in ("total_weight", "length", "cohort"))
     if total < 1 or length < 1:
-        raise ProtocolError("malformed", f"decrypt TASK total_weight = {total}, length = "
+        raise ProtocolError(Reason.MALFORMED, f"DECRYPT_TASK total_weight = {total}, length = "
                                          f"{length}; expected both >= 1.")
     if cohort < 2:
-        raise ProtocolError("min_cohort", f"decrypt TASK covers {cohort} update(s); a sum of "
+        raise ProtocolError(Reason.MIN_COHORT, f"DECRYPT_TASK covers {cohort} update(s); a sum of "
                                           "fewer than 2 is an individual update, refused.")
     try:
         spec = from_dict(ModelSpec, _json_meta(meta, "model"), source="TASK model")
     except ConfigError as exc:
-        raise ProtocolError("malformed", f"decrypt TASK model is refused: {exc}") from None
+        raise ProtocolError(Reason.MALFORMED, f"DECRYPT_TASK model is refused: {exc}") from None
     blobs = ciphertexts_from_tensors(unpack_tensors(message.payload, None, max_bytes))
     return DecryptTask(message.header.round, blobs, total, length, cohort, spec)
 
@@ -240,10 +238,10 @@ def decode_update(message: Message, manifest: Any, *, max_bytes: int) -> Update:
     num_examples = _int_meta(meta, "num_examples")
     num_steps = _int_meta(meta, "num_steps")
     if num_examples < 1:
-        raise ProtocolError("malformed", "UPDATE num_examples is 0; expected at least 1.")
+        raise ProtocolError(Reason.MALFORMED, "UPDATE num_examples is 0; expected at least 1.")
     metrics = _json_meta(meta, "metrics")
     if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in metrics.values()):
-        raise ProtocolError("malformed", "UPDATE metrics must be numbers.")
+        raise ProtocolError(Reason.MALFORMED, "UPDATE metrics must be numbers.")
     weights = unpack_tensors(message.payload, manifest, max_bytes)
     return Update(participant=message.header.sender, round=message.header.round,
                   weights=weights, num_examples=num_examples, num_steps=num_steps,

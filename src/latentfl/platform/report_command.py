@@ -18,6 +18,8 @@ from typing import Any
 
 from latentfl.errors import ConfigError, StateError
 
+#: Journaled kinds whose signed header carries the ledger (plain and encrypted updates).
+UPDATE_KINDS = ("UPDATE", "ENCRYPTED_UPDATE")
 #: UPDATE header fields (payloads.PRIVACY_META) -> the consortium report's ledger keys.
 LEDGER_FIELDS = {"epsilon": "epsilon", "delta": "delta", "noise_multiplier": "noise_multiplier",
                  "max_grad_norm": "max_grad_norm", "sample_rate": "sample_rate",
@@ -31,7 +33,7 @@ def ledgers_from_journal(journal: Path) -> dict[str, dict[str, Any] | None]:
     verify_journal(journal)  # a damaged or edited journal is not reported from
     out: dict[str, dict[str, Any] | None] = {}
     for entry in read_journal(journal):
-        if entry.get("event") != "accepted" or entry.get("kind") != "UPDATE":
+        if entry.get("event") != "accepted" or entry.get("kind") not in UPDATE_KINDS:
             continue
         privacy = entry.get("privacy") or {}
         ledger = {LEDGER_FIELDS[k]: v for k, v in privacy.items() if k in LEDGER_FIELDS}

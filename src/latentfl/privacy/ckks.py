@@ -25,7 +25,7 @@ from typing import Any, Literal
 import torch
 
 from latentfl.config import option
-from latentfl.errors import ConfigError, PrivacyError, ProtocolError, SecurityError
+from latentfl.errors import ConfigError, PrivacyError, ProtocolError, Reason, SecurityError
 
 DEFAULT_POLY_MODULUS_DEGREE = 8192
 DEFAULT_COEFF_MOD_BIT_SIZES: tuple[int, ...] = (60, 40, 60)
@@ -292,7 +292,7 @@ def _parse(ctx: Any, blob: bytes, index: int) -> Any:
 
 
 def _bad(sentence: str) -> ProtocolError:
-    return ProtocolError("bad_ciphertext", sentence + ".")
+    return ProtocolError(Reason.BAD_CIPHERTEXT, sentence + ".")
 
 
 __all__ = [

@@ -22,7 +22,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Literal
 
-from latentfl.errors import ConfigError, ProtocolError, StateError
+from latentfl.errors import ConfigError, ProtocolError, Reason, StateError
 from latentfl.platform.coordinator.config import CoordinatorConfig
 from latentfl.platform.coordinator.store import Checkpoint, StateStore
 from latentfl.strategies import (
@@ -137,16 +137,16 @@ class Rounds:
         if self.phase == "collecting" and round == self.round and pid in self.updates:
             if self.digests.get(pid) == digest:
                 return True
-            raise ProtocolError("duplicate", f"{pid} already delivered a different update for "
+            raise ProtocolError(Reason.DUPLICATE, f"{pid} already delivered a different update for "
                                              f"round {round}.")
         if self.phase != "collecting" or round < self.round:
-            raise ProtocolError("late", f"update from {pid} for round {round} arrived after the "
+            raise ProtocolError(Reason.LATE, f"update from {pid} for round {round} arrived after the "
                                         f"round closed (now round {self.round}, {self.phase}).")
         if round != self.round:
-            raise ProtocolError("wrong-round", f"update from {pid} is for round {round}; the "
+            raise ProtocolError(Reason.WRONG_ROUND, f"update from {pid} is for round {round}; the "
                                                f"round in progress is {self.round}.")
         if pid not in self.tasks:
-            raise ProtocolError("not-in-round", f"{pid} was not given a task in round {round}.")
+            raise ProtocolError(Reason.NOT_IN_ROUND, f"{pid} was not given a task in round {round}.")
         return False
 
     def accept(self, update: Update, digest: str) -> None:

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 import zmq
 
-from latentfl.errors import LatentFLError, PrivacyError, ProtocolError
+from latentfl.errors import LatentFLError, PrivacyError, ProtocolError, Reason
 from latentfl.exitcodes import ExitCode
 from latentfl.log import get_logger
 from latentfl.platform.crypto import COORDINATOR_ID
@@ -53,10 +53,6 @@ from latentfl.platform.protocol import (
 from latentfl.strategies import Aggregation, ModelSpec, Task, Update, run_task
 
 POLL_MS = 100
-# Refusals after which re-sending the same update cannot succeed.
-_FINAL_REASONS = {"late", "wrong-round", "not-in-round", "duplicate", "manifest", "non-finite",
-                  "malformed", "too-large", "wrong-mode", "bad_ciphertext", "not-asked",
-                  "internal"}
 
 
 @dataclass
@@ -86,8 +82,9 @@ def load_local_data(config: ParticipantConfig) -> LocalData:
 
 @dataclass
 class Pending:
-    """An update sent and not yet acknowledged."""
+    """An update (UPDATE, ENCRYPTED_UPDATE or AGGREGATE) sent and not yet acknowledged."""
 
+    kind: Kind
     round: int
     payload: bytes
     meta: dict
@@ -207,41 +204,46 @@ class Agent:
         return "stopped", heard
 
     def _on_message(self, sock: zmq.Socket, message: Message) -> str:
-        header = message.header
-        kind = header.kind
-        if kind is Kind.HEARTBEAT:
-            boot = header.meta.get("boot")
-            if self._boot is not None and boot != self._boot:
-                self.log.info("coordinator_restarted")
-                self._hello(sock)
-            self._boot = boot if isinstance(boot, str) else None
-        elif kind is Kind.TASK:
-            self._on_task(sock, message)
-        elif kind is Kind.ACK:
-            p = self.pending
-            if p and header.round == p.round and header.meta.get("sha256") == p.digest:
-                self.log.info("update_acknowledged", round=p.round, attempts=p.attempts)
-                self.done_round = max(self.done_round, p.round)
-                self.pending = None
-        elif kind is Kind.REJECT:
-            reason = header.meta.get("reason")
-            self.log.warning("refused_by_coordinator", reason=reason,
-                             detail=header.meta.get("detail"))
-            p = self.pending
-            if (p and header.meta.get("refused_kind") == "UPDATE"
-                    and header.meta.get("refused_round") == p.round and reason in _FINAL_REASONS):
-                self.pending = None
-        elif (kind is Kind.STATUS and header.meta.get("phase") == "finished"
-              and self.config.exit_when_finished):
+        """Dispatch a verified message by kind; "finished" when the session is over."""
+        handlers = {Kind.HEARTBEAT: self._on_heartbeat, Kind.TASK: self._on_task,
+                    Kind.DECRYPT_TASK: self._on_decrypt, Kind.ACK: self._on_ack,
+                    Kind.REJECT: self._on_reject, Kind.STATUS: self._on_status}
+        handler = handlers.get(message.header.kind)  # SYNTHETIC goes to the audit client only
+        return (handler(sock, message) or "") if handler is not None else ""
+
+    def _on_heartbeat(self, sock: zmq.Socket, message: Message) -> None:
+        boot = message.header.meta.get("boot")
+        if self._boot is not None and boot != self._boot:
+            self.log.info("coordinator_restarted")
+            self._hello(sock)
+        self._boot = boot if isinstance(boot, str) else None
+
+    def _on_ack(self, sock: zmq.Socket, message: Message) -> None:
+        p, header = self.pending, message.header
+        if p and header.round == p.round and header.meta.get("sha256") == p.digest:
+            self.log.info("update_acknowledged", round=p.round, attempts=p.attempts)
+            self.done_round = max(self.done_round, p.round)
+            self.pending = None
+
+    def _on_reject(self, sock: zmq.Socket, message: Message) -> None:
+        """A refusal of our pending update that re-sending cannot cure drops it."""
+        meta = message.header.meta
+        reason = Reason.parse(meta.get("reason"))
+        self.log.warning("refused_by_coordinator", reason=meta.get("reason"),
+                         detail=meta.get("detail"))
+        p = self.pending
+        if (p and reason is not None and reason.final and meta.get("refused_kind") == p.kind.value
+                and meta.get("refused_round") == p.round):
+            self.pending = None
+
+    def _on_status(self, sock: zmq.Socket, message: Message) -> str | None:
+        if message.header.meta.get("phase") == "finished" and self.config.exit_when_finished:
             return "finished"
-        return ""
+        return None
 
     # -- tasks ----------------------------------------------------------------------------
     def _on_task(self, sock: zmq.Socket, message: Message) -> None:
         r = message.header.round
-        if message.header.meta.get("decrypt") is True:
-            self._on_decrypt(sock, message)
-            return
         if self.pending and self.pending.round == r:
             self._send_update(sock)  # the coordinator lost our update: send it again
             return
@@ -264,18 +266,19 @@ class Agent:
             return
         except LatentFLError as exc:  # ledger or plan unreadable, bad DP settings
             self.log.error("privacy_check_failed", round=r, error=str(exc))
-            self._decline(sock, r, "privacy-check-failed", str(exc))
+            self._decline(sock, r, Reason.PRIVACY_CHECK_FAILED, str(exc))
             return
         if task.aggregation is Aggregation.CKKS:
             try:  # before training: nothing is spent on an update that could not be sent
                 self.privacy.ckks  # noqa: B018 - unseals the secret context once
             except LatentFLError as exc:
                 self.log.error("ckks_unavailable", round=r, error=str(exc))
-                self._decline(sock, r, "ckks-unavailable", str(exc))
+                self._decline(sock, r, Reason.CKKS_UNAVAILABLE, str(exc))
                 return
         self._training = (r, self._pool.submit(self._train, task, spec, sigma))
 
-    def _train(self, task: Task, spec: ModelSpec, sigma: float | None) -> tuple[bytes, dict]:
+    def _train(self, task: Task, spec: ModelSpec,
+               sigma: float | None) -> tuple[Kind, bytes, dict]:
         """Train (DP-SGD when configured), then encode the UPDATE (encrypted in ckks mode)."""
         from latentfl.device import resolve_device
         from latentfl.models import model_manifest
@@ -294,12 +297,12 @@ class Agent:
                       epsilon=None if report is None else report["epsilon"],
                       train_loss=update.metrics.get("train_loss"))
         if task.aggregation is not Aggregation.CKKS:
-            return encode_update(update, report)
+            return (Kind.UPDATE, *encode_update(update, report))
         from latentfl.privacy import encrypt_update
 
         flat = flatten_state(update.weights, manifest)
         ciphertexts = encrypt_update(self.privacy.ckks, flat, weight=update.num_examples)
-        return encode_encrypted_update(update, ciphertexts, report)
+        return (Kind.ENCRYPTED_UPDATE, *encode_encrypted_update(update, ciphertexts, report))
 
     def _on_decrypt(self, sock: zmq.Socket, message: Message) -> None:
         """Decrypt the coordinator's encrypted *sum* and return the weighted mean, signed."""
@@ -311,24 +314,23 @@ class Agent:
             job = decode_decrypt_task(message, max_bytes=self.config.max_message_bytes)
             manifest = model_manifest(job.model.build())
             if message.header.meta.get("manifest") != manifest.digest:
-                raise ProtocolError("manifest", "decrypt TASK manifest digest differs from the "
+                raise ProtocolError(Reason.MANIFEST, "DECRYPT_TASK manifest digest differs from the "
                                                 "model built from its spec.")
             flat = decrypt_aggregate(self.privacy.ckks, job.ciphertexts, job.length,
                                      total_weight=job.total_weight)
             weights = unflatten_state(flat, manifest)
             manifest.check(weights)
         except (LatentFLError, ValueError) as exc:
-            reason = exc.reason if isinstance(exc, ProtocolError) else "decrypt-failed"
+            reason = exc.reason if isinstance(exc, ProtocolError) else Reason.DECRYPT_FAILED
             self.log.warning("decrypt_refused", round=r, reason=reason, detail=str(exc))
-            self._send(sock, Kind.REJECT, round=r,
-                       meta={"reason": reason, "detail": str(exc)[:900],
-                             "refused_kind": "TASK", "refused_round": r})
+            self._send(sock, Kind.DECLINE, round=r,
+                       meta={"reason": reason, "detail": str(exc)[:900]})
             return
         aggregate = Update(self.pid, r, weights, num_examples=job.total_weight, num_steps=0)
         payload, meta = encode_update(aggregate)
-        meta["aggregate"] = True
         self.log.info("aggregate_decrypted", round=r, covers=job.cohort)
-        self.pending = Pending(r, payload, meta, hashlib.sha256(payload).hexdigest())
+        self.pending = Pending(Kind.AGGREGATE, r, payload, meta,
+                               hashlib.sha256(payload).hexdigest())
         self._send_update(sock)
 
     def _after_training(self, sock: zmq.Socket, now: float) -> None:
@@ -337,19 +339,18 @@ class Agent:
         r, future = self._training
         self._training = None
         try:
-            payload, meta = future.result()
+            kind, payload, meta = future.result()
         except Exception as exc:  # noqa: BLE001 - a failed task must not stop the agent
             self.log.error("training_failed", round=r, error=f"{type(exc).__name__}: {exc}")
-            self._decline(sock, r, "training-failed", f"{type(exc).__name__}: {exc}")
+            self._decline(sock, r, Reason.TRAINING_FAILED, f"{type(exc).__name__}: {exc}")
             return
-        self.pending = Pending(r, payload, meta, hashlib.sha256(payload).hexdigest())
+        self.pending = Pending(kind, r, payload, meta, hashlib.sha256(payload).hexdigest())
         self._send_update(sock)
 
     def _decline(self, sock: zmq.Socket, round: int, reason: str, detail: str) -> None:
-        """Tell the coordinator this site will not deliver round ``round`` (a REJECT of the TASK)."""
-        self._send(sock, Kind.REJECT, round=round,
-                   meta={"reason": reason, "detail": detail[:900], "refused_kind": "TASK",
-                         "refused_round": round})
+        """Tell the coordinator this site will not deliver round ``round`` (a DECLINE);
+        ``reason`` is a :class:`Reason` or the name of the site-policy rule that refused."""
+        self._send(sock, Kind.DECLINE, round=round, meta={"reason": reason, "detail": detail[:900]})
         self.done_round = max(self.done_round, round)
 
     def _send_update(self, sock: zmq.Socket) -> None:
@@ -358,7 +359,7 @@ class Agent:
             return
         p.attempts += 1
         p.sent_at = time.time()
-        self._send(sock, Kind.UPDATE, round=p.round, payload=p.payload, meta=p.meta)
+        self._send(sock, p.kind, round=p.round, payload=p.payload, meta=p.meta)
         self.log.info("update_sent", round=p.round, bytes=len(p.payload), attempt=p.attempts)
 
 

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 import zmq
 
-from latentfl.errors import ConfigError, DataError, ProtocolError
+from latentfl.errors import ConfigError, DataError, ProtocolError, Reason
 from latentfl.platform.crypto import COORDINATOR_ID
 from latentfl.platform.participant.config import ParticipantConfig
 from latentfl.platform.participant.connection import connect, load_enrolment
@@ -97,13 +97,15 @@ class AuditClient:
             message = self.verifier.verify(self.sock.recv_multipart(), user_id=COORDINATOR_ID)
             meta = message.header.meta
             if message.header.kind is Kind.REJECT and meta.get("refused_kind") == kind.value:
-                raise ProtocolError(str(meta.get("reason")),
+                reason = meta.get("reason")
+                raise ProtocolError(Reason.parse(reason) or str(reason),
                                     f"the coordinator refused {kind.value}: {meta.get('detail')}")
             if message.header.kind is reply:
                 return message
-        raise ProtocolError("timeout", f"no answer to {kind.value} from {self.config.coordinator}"
-                                       f" within {self.timeout_s:.0f}s; is the coordinator "
-                                       "running (see linger_s in docs/audits.md)?")
+        raise ProtocolError(Reason.TIMEOUT, f"no answer to {kind.value} from "
+                                            f"{self.config.coordinator} within "
+                                            f"{self.timeout_s:.0f}s; is the coordinator running "
+                                            "(see linger_s in docs/audits.md)?")
 
     def fetch_synthetic(self) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
         """This participant's synthetic set: uint8 (N, H, W, C) images, int64 labels, meta."""
@@ -113,7 +115,7 @@ class AuditClient:
         if (set(tensors) != {"images", "labels"} or images.dtype != torch.uint8
                 or images.ndim != 4 or labels.dtype != torch.int64 or labels.ndim != 1 or labels.shape[0] != images.shape[0]
                 or not 0 < images.shape[0] <= MAX_SYNTHETIC_IMAGES):
-            raise ProtocolError("malformed", "SYNTHETIC payload is not uint8 (N, H, W, C) images "
+            raise ProtocolError(Reason.MALFORMED, "SYNTHETIC payload is not uint8 (N, H, W, C) images "
                                              "with N int64 labels")
         return images.numpy(), labels.numpy().astype(np.int64), dict(message.header.meta)
 
@@ -123,7 +125,7 @@ class AuditClient:
         digest = hashlib.sha256(payload).hexdigest()
         ack = self.request(Kind.AUDIT_REPORT, payload=payload, reply=Kind.ACK)
         if ack.header.meta.get("sha256") != digest:
-            raise ProtocolError("bad-hash", "the coordinator acknowledged another audit report")
+            raise ProtocolError(Reason.BAD_HASH, "the coordinator acknowledged another audit report")
         return digest
 
 

@@ -2,9 +2,16 @@
 
 It owns no socket. A message is three frames ``[header JSON, Ed25519 signature, payload]``;
 ``encode`` builds them, ``decode`` / ``Verifier.verify`` check them in the order DESIGN.md gives
-and raise ``ProtocolError(reason, sentence)``; the ``reason`` code goes back in a REJECT.
+and raise ``ProtocolError(reason, sentence)``; the reason goes back in a REJECT.
+
+The vocabulary is closed: :class:`Kind` names every message (an encrypted update, a decrypted
+aggregate, a decrypt task and a declined task are kinds of their own, not flags in ``meta``),
+``FROM_PARTICIPANT`` / ``FROM_COORDINATOR`` say which side may send which (the verifier refuses
+the rest as ``unexpected-kind``), and :class:`Reason` names every refusal, with its meaning and
+whether re-sending can ever succeed (``Reason.final``).
 """
 
+from latentfl.errors import Reason
 from latentfl.platform.protocol._codec import (
     DEFAULT_MAX_JSON_BYTES,
     pack_json,
@@ -15,11 +22,14 @@ from latentfl.platform.protocol._codec import (
 from latentfl.platform.protocol._header import (
     DEFAULT_CLOCK_SKEW_S,
     DEFAULT_MAX_MESSAGE_BYTES,
+    FROM_COORDINATOR,
+    FROM_PARTICIPANT,
     MAX_HEADER_BYTES,
     PROTOCOL_VERSION,
     Header,
     Kind,
     Message,
+    Outgoing,
     encode,
     parse_header,
     peek_header,
@@ -28,35 +38,19 @@ from latentfl.platform.protocol._json import canonical_json
 from latentfl.platform.protocol._replay import ReplayGuard
 from latentfl.platform.protocol._verify import Verifier, decode
 
-REASONS: dict[str, str] = {
-    "frames": "wrong number of frames, or a signature frame of the wrong size",
-    "too-large": "message, header or payload over its size limit",
-    "malformed": "header or payload is not strict, well-formed data",
-    "sender-mismatch": "header sender is not the authenticated (ZAP User-Id) peer",
-    "unknown-sender": "sender is not an active participant of the roster",
-    "bad-signature": "Ed25519 signature of the header does not verify",
-    "version": "unsupported protocol version",
-    "wrong-session": "message belongs to another session",
-    "wrong-round": "message belongs to another round",
-    "replay": "(sender, nonce) was already used",
-    "stale": "timestamp outside the allowed clock-skew window",
-    "bad-hash": "payload length or SHA-256 differs from the signed header",
-    "non-finite": "a tensor holds NaN or infinite values",
-    "manifest": "tensor names, shapes or dtypes do not fit the model manifest",
-    "no-synthetic": "the latest checkpoint holds no synthetic set derived from the sender",
-}
-"""Every refusal code ``decode`` and the payload codec raise, with its meaning."""
-
 __all__ = [
     "DEFAULT_CLOCK_SKEW_S",
     "DEFAULT_MAX_JSON_BYTES",
     "DEFAULT_MAX_MESSAGE_BYTES",
+    "FROM_COORDINATOR",
+    "FROM_PARTICIPANT",
     "MAX_HEADER_BYTES",
     "PROTOCOL_VERSION",
-    "REASONS",
     "Header",
     "Kind",
     "Message",
+    "Outgoing",
+    "Reason",
     "ReplayGuard",
     "Verifier",
     "canonical_json",

@@ -13,7 +13,7 @@ import torch
 from safetensors.torch import load as _st_load
 from safetensors.torch import save as _st_save
 
-from latentfl.errors import ModelError, ProtocolError
+from latentfl.errors import ModelError, ProtocolError, Reason
 from latentfl.platform.protocol._header import DEFAULT_MAX_MESSAGE_BYTES
 from latentfl.platform.protocol._json import canonical_json, strict_json
 
@@ -28,17 +28,17 @@ _MAX_SAFETENSORS_HEADER = 1024 * 1024
 def _count_tensors(data: bytes) -> int:
     """Tensors declared in a safetensors header, read before anything is allocated for them."""
     if len(data) < 8:
-        raise ProtocolError("malformed", f"tensor payload is {len(data)} bytes; too short")
+        raise ProtocolError(Reason.MALFORMED, f"tensor payload is {len(data)} bytes; too short")
     size = int.from_bytes(data[:8], "little")
     if size > min(len(data) - 8, _MAX_SAFETENSORS_HEADER):
         raise ProtocolError(
-            "malformed",
+            Reason.MALFORMED,
             f"tensor payload declares a {size}-byte header; expected at most "
             f"{min(len(data) - 8, _MAX_SAFETENSORS_HEADER)}",
         )
     header = strict_json(data[8 : 8 + size], what="safetensors header", max_bytes=size)
     if not isinstance(header, dict):
-        raise ProtocolError("malformed", "safetensors header is not a JSON object")
+        raise ProtocolError(Reason.MALFORMED, "safetensors header is not a JSON object")
     return len(header) - ("__metadata__" in header)
 
 
@@ -57,24 +57,24 @@ def unpack_tensors(
     'non-finite' or 'manifest' when refused."""
     if len(data) > max_bytes:
         raise ProtocolError(
-            "too-large", f"tensor payload is {len(data)} bytes; expected at most {max_bytes}"
+            Reason.TOO_LARGE, f"tensor payload is {len(data)} bytes; expected at most {max_bytes}"
         )
     data = bytes(data)
     count = _count_tensors(data)
     if manifest is not None and count != len(manifest.entries):
         raise ProtocolError(
-            "manifest",
+            Reason.MANIFEST,
             f"tensor payload holds {count} tensors; the model manifest has {len(manifest.entries)}",
         )
     if count > MAX_TENSORS:
         raise ProtocolError(
-            "too-large", f"tensor payload holds {count} tensors; expected at most {MAX_TENSORS}"
+            Reason.TOO_LARGE, f"tensor payload holds {count} tensors; expected at most {MAX_TENSORS}"
         )
     try:
         tensors = _st_load(data)
     except Exception as exc:  # safetensors raises its own and builtin error types
         raise ProtocolError(
-            "malformed", f"tensor payload is not valid safetensors data ({exc})"
+            Reason.MALFORMED, f"tensor payload is not valid safetensors data ({exc})"
         ) from None
     for name, tensor in tensors.items():
         if (tensor.is_floating_point() or tensor.is_complex()) and not bool(
@@ -82,7 +82,7 @@ def unpack_tensors(
         ):
             bad = int((~torch.isfinite(tensor)).sum())
             raise ProtocolError(
-                "non-finite",
+                Reason.NON_FINITE,
                 f"tensor {name!r} holds {bad} NaN or infinite values; expected finite values",
             )
     if manifest is not None:
@@ -90,7 +90,7 @@ def unpack_tensors(
             manifest.check(tensors)
         except ModelError as exc:
             raise ProtocolError(
-                "manifest", f"tensor payload does not fit the model: {exc}"
+                Reason.MANIFEST, f"tensor payload does not fit the model: {exc}"
             ) from None
     return tensors
 
@@ -107,7 +107,7 @@ def unpack_json(data: bytes, max_bytes: int = DEFAULT_MAX_JSON_BYTES) -> dict[st
     obj = strict_json(bytes(data), what="JSON payload", max_bytes=max_bytes)
     if not isinstance(obj, dict):
         raise ProtocolError(
-            "malformed", f"JSON payload is a {type(obj).__name__}; expected an object"
+            Reason.MALFORMED, f"JSON payload is a {type(obj).__name__}; expected an object"
         )
     return obj
 

@@ -19,7 +19,7 @@ from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from latentfl.errors import ProtocolError
+from latentfl.errors import ProtocolError, Reason
 from latentfl.platform.protocol._json import canonical_json, strict_json
 
 PROTOCOL_VERSION = 1
@@ -42,20 +42,38 @@ _INT_LIMIT = 2**63
 
 
 class Kind(StrEnum):
-    """Message kinds; the value is what goes on the wire."""
+    """Message kinds; the value is what goes on the wire. Each names one thing a message can
+    be, so that no flag in ``meta`` changes what a message means."""
 
-    HELLO = "HELLO"
-    TASK = "TASK"
-    UPDATE = "UPDATE"
-    ACK = "ACK"
-    REJECT = "REJECT"
-    HEARTBEAT = "HEARTBEAT"
-    STATUS = "STATUS"
-    BYE = "BYE"
+    HELLO = "HELLO"  # participant: here I am (payload: a data summary)
+    TASK = "TASK"  # coordinator: train from these weights
+    UPDATE = "UPDATE"  # participant: my trained weights
+    ENCRYPTED_UPDATE = "ENCRYPTED_UPDATE"  # participant: my weighted weights, CKKS-encrypted
+    DECRYPT_TASK = "DECRYPT_TASK"  # coordinator: decrypt this encrypted *sum*
+    AGGREGATE = "AGGREGATE"  # participant: the decrypted weighted mean of that sum
+    DECLINE = "DECLINE"  # participant: I will not deliver this round (meta: reason, detail)
+    ACK = "ACK"  # coordinator: received and stored (meta: sha256)
+    REJECT = "REJECT"  # coordinator: refused (meta: reason, detail, refused_kind/round)
+    HEARTBEAT = "HEARTBEAT"  # both: still here
+    STATUS = "STATUS"  # coordinator: the session's phase
+    BYE = "BYE"  # participant: leaving
     # audits (docs/audits.md): a participant fetches its own synthetic set, shares aggregates
     FETCH_SYNTHETIC = "FETCH_SYNTHETIC"
     SYNTHETIC = "SYNTHETIC"
     AUDIT_REPORT = "AUDIT_REPORT"
+
+
+FROM_PARTICIPANT = frozenset({
+    Kind.HELLO, Kind.UPDATE, Kind.ENCRYPTED_UPDATE, Kind.AGGREGATE, Kind.DECLINE,
+    Kind.HEARTBEAT, Kind.BYE, Kind.FETCH_SYNTHETIC, Kind.AUDIT_REPORT,
+})
+"""The kinds a participant may send (the coordinator's verifier refuses the others)."""
+
+FROM_COORDINATOR = frozenset({
+    Kind.TASK, Kind.DECRYPT_TASK, Kind.ACK, Kind.REJECT, Kind.HEARTBEAT, Kind.STATUS,
+    Kind.SYNTHETIC,
+})
+"""The kinds the coordinator may send (a participant's verifier refuses the others)."""
 
 
 @dataclass(frozen=True)
@@ -99,6 +117,18 @@ class Message:
     payload: bytes
     raw_header: bytes = b""
     signature: bytes = b""
+
+
+@dataclass(frozen=True)
+class Outgoing:
+    """A message to sign and send: what state machines return to the daemon that owns the
+    socket (the daemon adds the envelope: session, sender, nonce, time, signature)."""
+
+    peer: str
+    kind: Kind
+    round: int
+    payload: bytes = b""
+    meta: Mapping[str, Any] = field(default_factory=dict)
 
 
 def _is_int(value: Any, low: int = 0) -> bool:
@@ -208,10 +238,10 @@ def parse_header(raw: bytes) -> Header:
     obj = strict_json(raw, what="message header", max_bytes=MAX_HEADER_BYTES)
     problems = _header_problems(obj)
     if problems:
-        raise ProtocolError("malformed", "message header is malformed: " + "; ".join(problems))
+        raise ProtocolError(Reason.MALFORMED, "message header is malformed: " + "; ".join(problems))
     if canonical_json(obj) != raw:
         raise ProtocolError(
-            "malformed", "message header is not canonical JSON (sorted keys, no spaces)"
+            Reason.MALFORMED, "message header is not canonical JSON (sorted keys, no spaces)"
         )
     return _header_from_obj(obj)
 
@@ -233,11 +263,14 @@ def peek_header(frames: Sequence[Any]) -> Header | None:
 __all__ = [
     "DEFAULT_CLOCK_SKEW_S",
     "DEFAULT_MAX_MESSAGE_BYTES",
+    "FROM_COORDINATOR",
+    "FROM_PARTICIPANT",
     "MAX_HEADER_BYTES",
     "PROTOCOL_VERSION",
     "Header",
     "Kind",
     "Message",
+    "Outgoing",
     "encode",
     "frame_bytes",
     "parse_header",

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from latentfl.errors import ProtocolError
+from latentfl.errors import ProtocolError, Reason
 
 
 def canonical_json(obj: Any) -> bytes:
@@ -32,7 +32,7 @@ def strict_json(data: bytes, *, what: str, max_bytes: int) -> Any:
     """Parse ``data`` as JSON, refusing oversize input, bad UTF-8, duplicate keys and NaN."""
     if len(data) > max_bytes:
         raise ProtocolError(
-            "too-large", f"{what} is {len(data)} bytes; expected at most {max_bytes}"
+            Reason.TOO_LARGE, f"{what} is {len(data)} bytes; expected at most {max_bytes}"
         )
     try:
         return json.loads(
@@ -41,7 +41,7 @@ def strict_json(data: bytes, *, what: str, max_bytes: int) -> Any:
             parse_constant=_no_constants,
         )
     except (UnicodeDecodeError, ValueError, RecursionError) as exc:
-        raise ProtocolError("malformed", f"{what} is not strict JSON ({exc})") from None
+        raise ProtocolError(Reason.MALFORMED, f"{what} is not strict JSON ({exc})") from None
 
 
 __all__ = ["canonical_json", "strict_json"]

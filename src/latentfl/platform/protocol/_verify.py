@@ -2,28 +2,32 @@
 
 ``decode`` checks frame count and sizes, that the ZAP User-Id equals the header's sender, the
 signature, session and round, that the nonce is unseen, the timestamp window, and the payload
-hash. The header is parsed before the signature check (to learn the sender) but strictly and
-size-bounded, and nothing in it is trusted until the signature verifies.
+hash; last, that the kind is one the sender's side may send (``FROM_PARTICIPANT`` /
+``FROM_COORDINATOR``). The header is parsed before the signature check (to learn the sender)
+but strictly and size-bounded, and nothing in it is trusted until the signature verifies.
 """
 
 from __future__ import annotations
 
 import hashlib
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from latentfl.errors import ProtocolError
+from latentfl.errors import ProtocolError, Reason
 from latentfl.platform.crypto.keys import COORDINATOR_ID
 from latentfl.platform.crypto.roster import Roster
 from latentfl.platform.crypto.signing import SIGNATURE_BYTES, verify
 from latentfl.platform.protocol._header import (
     DEFAULT_CLOCK_SKEW_S,
     DEFAULT_MAX_MESSAGE_BYTES,
+    FROM_COORDINATOR,
+    FROM_PARTICIPANT,
     MAX_HEADER_BYTES,
     PROTOCOL_VERSION,
+    Kind,
     Message,
     frame_bytes,
     parse_header,
@@ -44,6 +48,7 @@ def _decode(
     max_bytes: int,
     clock_skew_s: float,
     now: float | None,
+    accepts: Collection[Kind] | None,
 ) -> Message:
     if replay.window_s < clock_skew_s:
         raise ValueError(
@@ -51,57 +56,61 @@ def _decode(
             f"{clock_skew_s}s; replays of forgotten nonces would pass"
         )
     if len(frames) != 3:
-        raise ProtocolError("frames", f"message has {len(frames)} frames; expected 3")
+        raise ProtocolError(Reason.FRAMES, f"message has {len(frames)} frames; expected 3")
     sizes = [len(f) for f in frames]
     if sum(sizes) > max_bytes:
-        raise ProtocolError("too-large", f"message is {sum(sizes)} bytes; at most {max_bytes}")
+        raise ProtocolError(Reason.TOO_LARGE, f"message is {sum(sizes)} bytes; at most {max_bytes}")
     if sizes[0] > MAX_HEADER_BYTES:
-        raise ProtocolError("too-large", f"header is {sizes[0]} bytes; at most {MAX_HEADER_BYTES}")
+        raise ProtocolError(Reason.TOO_LARGE, f"header is {sizes[0]} bytes; at most {MAX_HEADER_BYTES}")
     if sizes[1] != SIGNATURE_BYTES:
-        raise ProtocolError("frames", f"signature frame is {sizes[1]} bytes; expected 64")
+        raise ProtocolError(Reason.FRAMES, f"signature frame is {sizes[1]} bytes; expected 64")
     raw, signature, payload = (frame_bytes(f) for f in frames)
     header = parse_header(raw)
     if header.sender != user_id:
         raise ProtocolError(
-            "sender-mismatch",
+            Reason.SENDER_MISMATCH,
             f"header sender {header.sender!r} differs from the authenticated peer {user_id!r}",
         )
     verify_key = lookup(header.sender)
     if verify_key is None:
         raise ProtocolError(
-            "unknown-sender", f"sender {header.sender!r} is not enrolled, or is revoked"
+            Reason.UNKNOWN_SENDER, f"sender {header.sender!r} is not enrolled, or is revoked"
         )
     if not verify(verify_key, signature, raw):
-        raise ProtocolError("bad-signature", f"signature from {header.sender!r} does not verify")
+        raise ProtocolError(Reason.BAD_SIGNATURE, f"signature from {header.sender!r} does not verify")
     if header.version != PROTOCOL_VERSION:
         raise ProtocolError(
-            "version", f"protocol version is {header.version}; expected {PROTOCOL_VERSION}"
+            Reason.VERSION, f"protocol version is {header.version}; expected {PROTOCOL_VERSION}"
         )
     if session is not None and header.session != session:
         raise ProtocolError(
-            "wrong-session", f"session is {header.session!r}; expected {session!r}"
+            Reason.WRONG_SESSION, f"session is {header.session!r}; expected {session!r}"
         )
     if expected_round is not None and header.round != expected_round:
         raise ProtocolError(
-            "wrong-round", f"round is {header.round}; expected {expected_round}"
+            Reason.WRONG_ROUND, f"round is {header.round}; expected {expected_round}"
         )
     if replay.seen_or_add(header.sender, header.nonce, header.timestamp):
         raise ProtocolError(
-            "replay", f"nonce {header.nonce} from {header.sender!r} was already used"
+            Reason.REPLAY, f"nonce {header.nonce} from {header.sender!r} was already used"
         )
     now = time.time() if now is None else now
     if abs(now - header.timestamp) > clock_skew_s:
         raise ProtocolError(
-            "stale",
+            Reason.STALE,
             f"timestamp is {header.timestamp - now:+.1f}s from this host's clock; expected "
             f"within {clock_skew_s:g}s (check both hosts' clocks)",
         )
     digest = hashlib.sha256(payload).hexdigest()
     if len(payload) != header.payload_len or digest != header.payload_sha256:
         raise ProtocolError(
-            "bad-hash",
+            Reason.BAD_HASH,
             f"payload of {len(payload)} bytes does not match the signed length "
             f"{header.payload_len} and SHA-256",
+        )
+    if accepts is not None and header.kind not in accepts:
+        raise ProtocolError(
+            Reason.UNEXPECTED_KIND, f"{header.sender!r} may not send {header.kind.value}"
         )
     return Message(header, payload, raw, signature)
 
@@ -117,12 +126,14 @@ def decode(
     max_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
     clock_skew_s: float = DEFAULT_CLOCK_SKEW_S,
     now: float | None = None,
+    accepts: Collection[Kind] | None = None,
 ) -> Message:
     """Verify a message from one known peer; ProtocolError(reason, sentence) when refused.
 
     ``user_id`` is the authenticated peer: the ZAP User-Id on the coordinator, ``"coordinator"``
     on a participant (whose CURVE client pins the server key). ``session=None`` or
-    ``expected_round=None`` skip that check. ``now`` overrides the clock (tests).
+    ``expected_round=None`` skip that check; ``accepts`` (the kinds the peer's side may send)
+    is checked last. ``now`` overrides the clock (tests).
     """
     return _decode(
         frames,
@@ -134,11 +145,13 @@ def decode(
         max_bytes=max_bytes,
         clock_skew_s=clock_skew_s,
         now=now,
+        accepts=accepts,
     )
 
 
 class Verifier:
-    """``decode`` bound to a set of peers' signing keys, a session, a replay guard and limits."""
+    """``decode`` bound to a set of peers' signing keys, the kinds they may send, a session, a
+    replay guard and limits."""
 
     def __init__(
         self,
@@ -148,8 +161,10 @@ class Verifier:
         replay: ReplayGuard,
         max_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
         clock_skew_s: float = DEFAULT_CLOCK_SKEW_S,
+        accepts: Collection[Kind] | None = None,
     ) -> None:
         self._keys = dict(verify_keys)
+        self.accepts = None if accepts is None else frozenset(accepts)
         self.session = session
         self.replay = replay
         self.max_bytes = max_bytes
@@ -157,13 +172,14 @@ class Verifier:
 
     @classmethod
     def of_participants(cls, roster: Roster, **options: Any) -> Verifier:
-        """For the coordinator: accepts messages signed by the roster's active participants."""
-        return cls(roster.verify_keys(), **options)
+        """For the coordinator: accepts what the roster's active participants may send."""
+        return cls(roster.verify_keys(), accepts=FROM_PARTICIPANT, **options)
 
     @classmethod
     def of_coordinator(cls, roster: Roster, **options: Any) -> Verifier:
-        """For a participant: accepts messages signed by the roster's coordinator."""
-        return cls({COORDINATOR_ID: roster.coordinator_sign_public}, **options)
+        """For a participant: accepts what the roster's coordinator may send."""
+        return cls({COORDINATOR_ID: roster.coordinator_sign_public}, accepts=FROM_COORDINATOR,
+                   **options)
 
     def update_keys(self, verify_keys: Mapping[str, Ed25519PublicKey]) -> None:
         """Replace the accepted signers (after a roster reload): revoked ids stop verifying."""
@@ -188,6 +204,7 @@ class Verifier:
             max_bytes=self.max_bytes,
             clock_skew_s=self.clock_skew_s,
             now=now,
+            accepts=self.accepts,
         )
 
 
