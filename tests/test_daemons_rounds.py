@@ -7,8 +7,17 @@ import torch
 
 from daemon_helpers import STRATEGY
 from latentfl.config import from_dict
-from latentfl.errors import ProtocolError
-from latentfl.platform.coordinator import CoordinatorConfig, Rounds, StateStore
+from latentfl.errors import ConfigError, ProtocolError
+from latentfl.models import model_manifest
+from latentfl.platform.coordinator import (
+    CoordinatorConfig,
+    Journal,
+    Rounds,
+    StateStore,
+    read_journal,
+)
+from latentfl.platform.coordinator.conductor import RoundConductor
+from latentfl.platform.protocol import Kind
 from latentfl.strategies import Update, build_strategy
 
 
@@ -88,3 +97,42 @@ def test_resume_restores_the_round_in_progress(tmp_path):
     assert again.check_update("a", 1, "d1") is True
     again.drop(["a"])
     assert _rounds(tmp_path).plan == ["b"] and not _rounds(tmp_path).updates
+
+
+def _conductor(tmp_path, **overrides) -> RoundConductor:
+    rounds = _rounds(tmp_path, **overrides)
+    manifest = model_manifest(rounds.config.strategy.model.build())
+    return RoundConductor(rounds.config, rounds, Journal(tmp_path / "journal.jsonl"), manifest,
+                          None)
+
+
+def test_conductor_sends_each_plans_tasks_encoded_once(tmp_path):
+    """A new plan's TASKs go out; a re-send reuses the encoding; a closed round's are dropped."""
+    conductor = _conductor(tmp_path)
+    rounds = conductor.rounds
+    opened = conductor.step(["a", "b"], now=0.0)
+    assert [(o.peer, o.kind, o.round) for o in opened] == [("a", Kind.TASK, 1), ("b", Kind.TASK, 1)]
+    assert conductor.task_for("a")[0].payload is opened[0].payload
+    assert conductor.task_for("z") == []
+    for pid, shift in (("a", 1.0), ("b", 3.0)):
+        rounds.accept(_update(rounds, pid, shift), f"d-{pid}")
+    assert conductor.step(["a", "b"], now=1.0) == [] and conductor.worker.busy
+    record = conductor.finish(wait=60.0)
+    assert record is not None and record.accepted == ["a", "b"] and rounds.round == 2
+    second = conductor.step(["a", "b"], now=2.0)
+    assert [o.round for o in second] == [2, 2] and second[0].payload != opened[0].payload
+    events = [e["event"] for e in read_journal(tmp_path / "journal.jsonl")]
+    assert events == ["round_opened", "round_closed", "round_opened"]
+
+
+def test_aggregation_failure_surfaces_in_the_loops_thread(tmp_path):
+    """An aggregation that raises in the worker thread raises again from finish()."""
+    conductor = _conductor(tmp_path)
+    rounds = conductor.rounds
+    conductor.step(["a", "b"], now=0.0)
+    for pid in ("a", "b"):
+        rounds.accept(Update(pid, 1, {"not.a.tensor.of.the.model": torch.zeros(1)}, 10, 1), pid)
+    conductor.step(["a", "b"], now=1.0)
+    with pytest.raises(ConfigError, match="global model's tensors"):
+        conductor.finish(wait=60.0)
+    assert not conductor.worker.busy

@@ -7,6 +7,7 @@ import json
 
 import pytest
 import torch
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from daemon_helpers import (
     PARTITION,
@@ -21,7 +22,7 @@ from daemon_helpers import (
 )
 from latentfl.config import from_dict
 from latentfl.demo import free_port
-from latentfl.errors import ConfigError, SecurityError
+from latentfl.errors import ConfigError, ProtocolError, Reason, SecurityError
 from latentfl.models import model_manifest
 from latentfl.platform.coordinator import (
     Coordinator,
@@ -36,10 +37,19 @@ from latentfl.platform.participant import Agent
 from latentfl.platform.payloads import (
     decode_task,
     encode_encrypted_update,
+    encode_update,
     flatten_state,
     state_length,
+    unflatten_state,
 )
-from latentfl.platform.protocol import Kind, pack_json, unpack_tensors
+from latentfl.platform.protocol import (
+    Kind,
+    Message,
+    encode,
+    pack_json,
+    parse_header,
+    unpack_tensors,
+)
 from latentfl.privacy import (
     ciphertexts_from_tensors,
     ciphertexts_to_tensors,
@@ -290,3 +300,46 @@ def test_encrypted_updates_survive_a_coordinator_restart(consortium):
     assert secure.next_decryptor(["p01", "p00"], now=2.0) == "p01"  # fallback
     mean = decrypt_aggregate(ctx, secure.sum, secure.length, total_weight=secure.total_weight)
     assert torch.allclose(mean.double(), start + 20 / 30, atol=1e-5, rtol=0)
+
+
+def _signed(kind: Kind, sender: str, round: int, payload: bytes, meta: dict) -> Message:
+    frames = encode(kind, session="s", round=round, sender=sender,
+                    signing_key=Ed25519PrivateKey.generate(), payload=payload, meta=meta)
+    return Message(parse_header(frames[0]), frames[2])
+
+
+def test_secure_aggregation_is_a_state_machine_with_an_outbox(consortium, tmp_path):
+    """close() sums and asks one decryptor, step() the next after the deadline; only an asked
+    participant's AGGREGATE of the right weight is taken, once, and each is acked."""
+    config = consortium.coordinator_config(aggregation=CKKS, min_participants=2)
+    ctx = load_participant_context(consortium.keys / "participants" / "p00")
+    manifest = _manifest()
+    journal = Journal(tmp_path / "journal.jsonl")
+    secure = SecureAggregation(config, manifest, journal=journal)
+    start = torch.zeros(state_length(manifest), dtype=torch.float64)
+    updates = {pid: Update(pid, 1, ciphertexts_to_tensors(encrypt_update(ctx, start, weight=n)),
+                           n, 1) for pid, n in (("p00", 10), ("p01", 20))}
+    [ask] = secure.close(1, updates, ["p01", "p00"], now=0.0)
+    assert (ask.peer, ask.kind, ask.round, ask.meta["total_weight"]) == (
+        "p00", Kind.DECRYPT_TASK, 1, 30)
+    assert secure.step(["p00", "p01"], now=0.5) == []
+    [again] = secure.step(["p00", "p01"], now=2.0)
+    assert again.peer == "p01" and again.payload == ask.payload
+
+    weights = unflatten_state(start, manifest)
+    payload, meta = encode_update(Update("p02", 1, weights, num_examples=30, num_steps=0))
+    with pytest.raises(ProtocolError) as refused:
+        secure.receive_aggregate(_signed(Kind.AGGREGATE, "p02", 1, payload, meta))
+    assert refused.value.reason is Reason.NOT_ASKED
+    light, light_meta = encode_update(Update("p01", 1, weights, num_examples=29, num_steps=0))
+    with pytest.raises(ProtocolError, match="covers 29 examples"):
+        secure.receive_aggregate(_signed(Kind.AGGREGATE, "p01", 1, light, light_meta))
+    answer = _signed(Kind.AGGREGATE, "p01", 1, payload, meta)
+    acks, aggregate = secure.receive_aggregate(answer)
+    assert [(a.peer, a.kind) for a in acks] == [("p01", Kind.ACK)] and aggregate.num_examples == 30
+    assert not secure.waiting and secure.step(["p00", "p01"], now=9.0) == []
+    acks, aggregate = secure.receive_aggregate(answer)  # a re-send: acked, not used twice
+    assert len(acks) == 1 and aggregate is None
+    events = [(e["event"], e.get("peer")) for e in read_journal(tmp_path / "journal.jsonl")]
+    assert events == [("encrypted_sum", None), ("decrypt_requested", "p00"),
+                      ("decrypt_requested", "p01"), ("accepted", "p01")]

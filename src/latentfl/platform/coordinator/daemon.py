@@ -24,7 +24,6 @@ import signal
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any
 
 import zmq
@@ -38,6 +37,7 @@ from latentfl.platform.coordinator.conductor import RoundConductor
 from latentfl.platform.coordinator.config import CoordinatorConfig
 from latentfl.platform.coordinator.intake import UpdateIntake
 from latentfl.platform.coordinator.journal import Journal
+from latentfl.platform.coordinator.peers import PeerTable
 from latentfl.platform.coordinator.roster_watch import RosterWatcher
 from latentfl.platform.coordinator.rounds import Rounds, make_evaluator
 from latentfl.platform.coordinator.router import Router
@@ -68,18 +68,6 @@ POLL_MS = 100
 STOP_WAIT_S = 120.0  # on SIGTERM, how long a running aggregation may take to checkpoint
 
 Outbox = list[Outgoing]
-
-
-@dataclass
-class Peer:
-    """What the coordinator knows about one participant's connection."""
-
-    routing_id: bytes = b""
-    last_seen: float = 0.0
-    online: bool = False
-    summary: dict[str, Any] = field(default_factory=dict)
-    accepted: int = 0
-    refused: int = 0
 
 
 class Coordinator:
@@ -127,7 +115,7 @@ class Coordinator:
         }
         #: Observers of every message the daemon sends a participant: ``fn(pid, frames)``.
         self.send_observers = self.router.observers
-        self.peers: dict[str, Peer] = {}
+        self.peers = PeerTable(heartbeat_timeout=config.heartbeat_timeout, session=config.session)
         self._stop = threading.Event()
         self._reload = False
         self._status_due = 0.0
@@ -217,16 +205,13 @@ class Coordinator:
 
     # -- time-driven steps ----------------------------------------------------------------
     def online(self) -> list[str]:
-        return sorted(pid for pid, p in self.peers.items() if p.online)
+        return self.peers.online()
 
     def _step(self, now: float) -> Outbox:
-        for pid, peer in self.peers.items():
-            if peer.online and now - peer.last_seen > self.config.heartbeat_timeout:
-                peer.online = False
-                self.log.info("participant_offline", peer=pid, silent_s=round(now - peer.last_seen, 1))
+        self.peers.sweep(now)
         if self.conductor.finish() is not None:
             self._write_status(force=True)
-        return self.conductor.step(self.online(), now)
+        return self.conductor.step(self.peers.online(), now)
 
     # -- receive, verify, dispatch, send --------------------------------------------------
     def _receive(self, frames: list[zmq.Frame]) -> None:
@@ -245,11 +230,7 @@ class Coordinator:
             except ProtocolError as exc:
                 self._refuse(routing_id, user_id, body, exc, header=message.header)
             return
-        peer = self.peers.setdefault(pid, Peer())
-        peer.routing_id, peer.last_seen = routing_id, time.time()
-        if not peer.online:
-            peer.online = True
-            self.log.info("participant_online", peer=pid)
+        self.peers.seen(pid, routing_id, time.time())
         try:
             self._send_all(self.handlers[kind](message))
         except ProtocolError as exc:
@@ -278,8 +259,8 @@ class Coordinator:
                             round=header.round if header else None, bytes=size)
         self.log.warning("message_refused", peer=user_id, reason=exc.reason, bytes=size,
                          detail=str(exc)[:200])
-        if user_id in self.peers:
-            self.peers[user_id].refused += 1
+        if (peer := self.peers.get(user_id)) is not None:
+            peer.refused += 1
         if user_id is None:
             return
         meta = {"reason": exc.reason, "detail": str(exc)[:900],
@@ -344,8 +325,7 @@ class Coordinator:
             return False
         self._auth.update_roster(change.roster)
         self.verifier.update_keys(change.roster.verify_keys())
-        for pid in change.revoked:
-            self.peers.pop(pid, None)
+        self.peers.forget(change.revoked)
         self.rounds.drop(change.revoked)
         active = change.roster.active_ids()
         self.journal.append("roster_reloaded", active=active, revoked=change.revoked)
@@ -368,4 +348,4 @@ class Coordinator:
                 for pid, peer in self.peers.items() if peer.online]
 
 
-__all__ = ["Coordinator", "Peer", "make_evaluator"]
+__all__ = ["Coordinator", "make_evaluator"]

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from latentfl.errors import StateError
+from latentfl.platform.coordinator.peers import PeerTable
 from latentfl.platform.coordinator.store import read_json
 
 
@@ -42,9 +43,9 @@ def read_status(state_dir: Path) -> dict[str, Any]:
     return data
 
 
-def status_snapshot(config: Any, rounds: Any, peers: dict[str, Any], *, endpoint: str,
+def status_snapshot(config: Any, rounds: Any, peers: PeerTable, *, endpoint: str,
                     now: float, stopped: bool = False) -> dict[str, Any]:
-    """The JSON the daemon writes to status.json (``rounds`` a Rounds, ``peers`` by id)."""
+    """The JSON the daemon writes to status.json (``rounds`` a Rounds)."""
     last = rounds.history[-1] if rounds.history else None
     phase = "stopped" if stopped and rounds.phase != "finished" else rounds.phase
     return {
