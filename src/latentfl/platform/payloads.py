@@ -54,15 +54,16 @@ def _json_meta(meta: dict[str, Any], key: str) -> dict[str, Any]:
     value = meta.get(key)
     if not isinstance(value, str):
         raise ProtocolError(Reason.MALFORMED, f"header meta {key!r} is {value!r}; expected a JSON "
-                                         "object as a string.")
+                                              "object as a string.")
     return unpack_json(value.encode("utf-8"))
 
 
 def _int_meta(meta: dict[str, Any], key: str) -> int:
     value = meta.get(key)
     if type(value) is not int or value < 0:
-        raise ProtocolError(Reason.MALFORMED, f"header meta {key!r} is {value!r}; expected an integer "
-                                         ">= 0.")
+        raise ProtocolError(
+            Reason.MALFORMED, f"header meta {key!r} is {value!r}; expected an integer >= 0."
+        )
     return value
 
 
@@ -90,14 +91,20 @@ def decode_task(message: Message, *, max_bytes: int) -> tuple[Task, ModelSpec]:
         raise ProtocolError(Reason.MALFORMED, f"TASK settings are refused: {exc}") from None
     manifest = model_manifest(model)
     if meta.get("manifest") != manifest.digest:
-        raise ProtocolError(Reason.MANIFEST, f"TASK manifest digest {meta.get('manifest')!r} differs "
-                                        f"from the model built from its spec ({manifest.digest}).")
+        raise ProtocolError(
+            Reason.MANIFEST,
+            f"TASK manifest digest {meta.get('manifest')!r} differs "
+            f"from the model built from its spec ({manifest.digest}).",
+        )
     weights = unpack_tensors(message.payload, manifest, max_bytes)
     try:
         aggregation = Aggregation(meta.get("aggregation"))
     except ValueError:
-        raise ProtocolError(Reason.MALFORMED, f"TASK aggregation is {meta.get('aggregation')!r}; "
-                                         f"expected one of {[a.value for a in Aggregation]}.") from None
+        raise ProtocolError(
+            Reason.MALFORMED,
+            f"TASK aggregation is {meta.get('aggregation')!r}; "
+            f"expected one of {[a.value for a in Aggregation]}.",
+        ) from None
     return Task(message.header.round, weights, train, aggregation), spec
 
 
@@ -159,8 +166,11 @@ def _class_counts(meta: dict[str, Any]) -> tuple[int, ...] | None:
     if text is None:
         return None
     if not (isinstance(text, str) and _COUNTS.fullmatch(text)):
-        raise ProtocolError(Reason.MALFORMED, f"UPDATE class_counts is {str(text)[:60]!r}; expected "
-                                         "integers >= 0 separated by commas.")
+        raise ProtocolError(
+            Reason.MALFORMED,
+            f"UPDATE class_counts is {str(text)[:60]!r}; expected "
+            "integers >= 0 separated by commas.",
+        )
     return tuple(int(c) for c in text.split(","))
 
 
@@ -219,10 +229,10 @@ def decode_decrypt_task(message: Message, *, max_bytes: int) -> DecryptTask:
     total, length, cohort = (_int_meta(meta, k) for k in ("total_weight", "length", "cohort"))
     if total < 1 or length < 1:
         raise ProtocolError(Reason.MALFORMED, f"DECRYPT_TASK total_weight = {total}, length = "
-                                         f"{length}; expected both >= 1.")
+                                              f"{length}; expected both >= 1.")
     if cohort < 2:
         raise ProtocolError(Reason.MIN_COHORT, f"DECRYPT_TASK covers {cohort} update(s); a sum of "
-                                          "fewer than 2 is an individual update, refused.")
+                                               "fewer than 2 is an individual update, refused.")
     try:
         spec = from_dict(ModelSpec, _json_meta(meta, "model"), source="TASK model")
     except ConfigError as exc:

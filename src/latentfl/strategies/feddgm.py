@@ -192,7 +192,9 @@ class FedDGM(Strategy):
 
     def synthetic_sets(self) -> dict[str, SyntheticImages]:
         return {
-            pid: SyntheticImages(s.images, s.labels, tuple(self.config.mean), tuple(self.config.std))
+            pid: SyntheticImages(
+                s.images, s.labels, tuple(self.config.mean), tuple(self.config.std)
+            )
             for pid, s in self.synthetic.items()
         }
 

@@ -57,68 +57,79 @@ def _number(value: Any, where: str, *, optional: bool = True) -> None:
         return
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise ProtocolError(Reason.MALFORMED, f"audit aggregate {where} is {str(value)[:40]!r}; "
-                                         "expected a number")
+                                              "expected a number")
     if not math.isfinite(value):
         raise ProtocolError(Reason.MALFORMED, f"audit aggregate {where} is {value}; expected a "
-                                         "finite number")
+                                              "finite number")
 
 
 def _keys(obj: Any, allowed: set[str], where: str) -> dict[str, Any]:
     if not isinstance(obj, dict):
         raise ProtocolError(Reason.MALFORMED, f"audit aggregate {where} is a {type(obj).__name__}; "
-                                         "expected an object")
+                                              "expected an object")
     extra = sorted(set(obj) - allowed)
     if extra:
         raise ProtocolError(Reason.MALFORMED, f"audit aggregate {where} has unknown key(s) "
-                                         f"{[k[:40] for k in extra[:5]]}; expected only "
-                                         f"{sorted(allowed)}")
+                                              f"{[k[:40] for k in extra[:5]]}; expected only "
+                                              f"{sorted(allowed)}")
     return obj
 
 
 def _named_numbers(obj: Any, where: str, *, optional: bool) -> None:
     """An object of at most MAX_NUMBERS snake_case names to finite numbers (or None if optional)."""
     if not isinstance(obj, dict) or len(obj) > MAX_NUMBERS:
-        raise ProtocolError(Reason.MALFORMED, f"audit aggregate {where} must be an object of at most "
-                                         f"{MAX_NUMBERS} numbers")
+        raise ProtocolError(
+            Reason.MALFORMED,
+            f"audit aggregate {where} must be an object of at most {MAX_NUMBERS} numbers",
+        )
     for key, value in obj.items():
         if not _NAME.fullmatch(key):
-            raise ProtocolError(Reason.MALFORMED, f"audit aggregate {where} name {key[:40]!r} is not "
-                                             "lowercase snake_case")
+            raise ProtocolError(
+                Reason.MALFORMED,
+                f"audit aggregate {where} name {key[:40]!r} is not lowercase snake_case",
+            )
         _number(value, f"{where}.{key}", optional=optional)
 
 
 def validate_aggregates(data: bytes) -> dict[str, Any]:
     """Parse and check a shared audit; ProtocolError ('too-large' / 'malformed') if refused."""
     if len(data) > MAX_AGGREGATE_BYTES:
-        raise ProtocolError(Reason.TOO_LARGE, f"audit aggregates are {len(data)} bytes; expected at "
-                                         f"most {MAX_AGGREGATE_BYTES}")
+        raise ProtocolError(
+            Reason.TOO_LARGE,
+            f"audit aggregates are {len(data)} bytes; expected at most {MAX_AGGREGATE_BYTES}",
+        )
     report = _keys(unpack_json(data, max_bytes=MAX_AGGREGATE_BYTES), _TOP_KEYS, "report")
     if report.get("kind") not in AUDIT_TYPES:
-        raise ProtocolError(Reason.MALFORMED, f"audit aggregate kind is {str(report.get('kind'))[:40]!r};"
-                                         f" expected one of {list(AUDIT_TYPES)}")
+        raise ProtocolError(
+            Reason.MALFORMED,
+            f"audit aggregate kind is {str(report.get('kind'))[:40]!r};"
+            f" expected one of {list(AUDIT_TYPES)}",
+        )
     if not isinstance(report.get("flagged"), bool):
-        raise ProtocolError(Reason.MALFORMED, "audit aggregate 'flagged' is missing or not a boolean")
+        raise ProtocolError(
+            Reason.MALFORMED, "audit aggregate 'flagged' is missing or not a boolean"
+        )
     _named_numbers(report.get("sizes", {}), "sizes", optional=False)
     verdicts = report.get("verdicts")
     if not isinstance(verdicts, list) or not 1 <= len(verdicts) <= MAX_VERDICTS:
         raise ProtocolError(Reason.MALFORMED, f"audit aggregate verdicts must be a list of 1 to "
-                                         f"{MAX_VERDICTS} objects")
+                                              f"{MAX_VERDICTS} objects")
     for i, verdict in enumerate(verdicts):
         _keys(verdict, _VERDICT_KEYS, f"verdicts[{i}]")
         if not (isinstance(verdict.get("metric"), str) and _NAME.fullmatch(verdict["metric"])):
             raise ProtocolError(Reason.MALFORMED, f"audit aggregate verdicts[{i}].metric is not a "
-                                             "metric name")
+                                                  "metric name")
         if verdict.get("status") not in STATUSES:
             raise ProtocolError(Reason.MALFORMED, f"audit aggregate verdicts[{i}].status is "
-                                             f"{str(verdict.get('status'))[:20]!r}; expected "
-                                             f"one of {list(STATUSES)}")
+                                                  f"{str(verdict.get('status'))[:20]!r}; expected "
+                                                  f"one of {list(STATUSES)}")
         for label in ("title", "value"):
             text = verdict.get(label, "")
             if not (isinstance(text, str) and len(text) <= MAX_LABEL
                     and _LABEL.fullmatch(text)):
                 raise ProtocolError(Reason.MALFORMED, f"audit aggregate verdicts[{i}].{label} must "
-                                                 f"be printable text of at most {MAX_LABEL} "
-                                                 "characters")
+                                                      f"be printable text of at most {MAX_LABEL} "
+                                                      "characters")
         _number(verdict.get("p_value"), f"verdicts[{i}].p_value")
         _number(verdict.get("alpha"), f"verdicts[{i}].alpha")
         _named_numbers(verdict.get("numbers", {}), f"verdicts[{i}].numbers", optional=True)
@@ -172,9 +183,11 @@ class AuditService:
         chosen = sets.get(pid)
         if chosen is None:
             when = f"round {round}" if round > 0 else "no round finished yet"
-            raise ProtocolError(Reason.NO_SYNTHETIC, f"the latest checkpoint ({self.method}, {when}) "
-                                                f"holds no synthetic set distilled from {pid}'s "
-                                                "weights")
+            raise ProtocolError(
+                Reason.NO_SYNTHETIC,
+                f"the latest checkpoint ({self.method}, {when}) holds no synthetic set "
+                f"distilled from {pid}'s weights",
+            )
         labels = chosen.labels.to(torch.int64).reshape(-1)
         pixels = to_uint8(chosen.images.float(), chosen.mean, chosen.std)
         payload = pack_tensors({"images": torch.from_numpy(pixels), "labels": labels})

@@ -60,7 +60,9 @@ class PeerTable:
         for pid, peer in self._peers.items():
             if peer.online and now - peer.last_seen > self.heartbeat_timeout:
                 peer.online = False
-                self.log.info("participant_offline", peer=pid, silent_s=round(now - peer.last_seen, 1))
+                self.log.info(
+                    "participant_offline", peer=pid, silent_s=round(now - peer.last_seen, 1)
+                )
 
     def online(self) -> list[str]:
         """The online participants' ids, sorted."""

@@ -138,15 +138,20 @@ class Rounds:
             if self.digests.get(pid) == digest:
                 return True
             raise ProtocolError(Reason.DUPLICATE, f"{pid} already delivered a different update for "
-                                             f"round {round}.")
+                                                  f"round {round}.")
         if self.phase != "collecting" or round < self.round:
-            raise ProtocolError(Reason.LATE, f"update from {pid} for round {round} arrived after the "
-                                        f"round closed (now round {self.round}, {self.phase}).")
+            raise ProtocolError(
+                Reason.LATE,
+                f"update from {pid} for round {round} arrived after the "
+                f"round closed (now round {self.round}, {self.phase}).",
+            )
         if round != self.round:
             raise ProtocolError(Reason.WRONG_ROUND, f"update from {pid} is for round {round}; the "
-                                               f"round in progress is {self.round}.")
+                                                    f"round in progress is {self.round}.")
         if pid not in self.tasks:
-            raise ProtocolError(Reason.NOT_IN_ROUND, f"{pid} was not given a task in round {round}.")
+            raise ProtocolError(
+                Reason.NOT_IN_ROUND, f"{pid} was not given a task in round {round}."
+            )
         return False
 
     def accept(self, update: Update, digest: str) -> None:

@@ -314,8 +314,10 @@ class Agent:
             job = decode_decrypt_task(message, max_bytes=self.config.max_message_bytes)
             manifest = model_manifest(job.model.build())
             if message.header.meta.get("manifest") != manifest.digest:
-                raise ProtocolError(Reason.MANIFEST, "DECRYPT_TASK manifest digest differs from the "
-                                                "model built from its spec.")
+                raise ProtocolError(
+                    Reason.MANIFEST,
+                    "DECRYPT_TASK manifest digest differs from the model built from its spec.",
+                )
             flat = decrypt_aggregate(self.privacy.ckks, job.ciphertexts, job.length,
                                      total_weight=job.total_weight)
             weights = unflatten_state(flat, manifest)

@@ -115,8 +115,10 @@ class AuditClient:
         if (set(tensors) != {"images", "labels"} or images.dtype != torch.uint8
                 or images.ndim != 4 or labels.dtype != torch.int64 or labels.ndim != 1 or labels.shape[0] != images.shape[0]
                 or not 0 < images.shape[0] <= MAX_SYNTHETIC_IMAGES):
-            raise ProtocolError(Reason.MALFORMED, "SYNTHETIC payload is not uint8 (N, H, W, C) images "
-                                             "with N int64 labels")
+            raise ProtocolError(
+                Reason.MALFORMED,
+                "SYNTHETIC payload is not uint8 (N, H, W, C) images with N int64 labels",
+            )
         return images.numpy(), labels.numpy().astype(np.int64), dict(message.header.meta)
 
     def share(self, aggregates: dict[str, Any]) -> str:
@@ -125,7 +127,9 @@ class AuditClient:
         digest = hashlib.sha256(payload).hexdigest()
         ack = self.request(Kind.AUDIT_REPORT, payload=payload, reply=Kind.ACK)
         if ack.header.meta.get("sha256") != digest:
-            raise ProtocolError(Reason.BAD_HASH, "the coordinator acknowledged another audit report")
+            raise ProtocolError(
+                Reason.BAD_HASH, "the coordinator acknowledged another audit report"
+            )
         return digest
 
 

@@ -68,7 +68,8 @@ def unpack_tensors(
         )
     if count > MAX_TENSORS:
         raise ProtocolError(
-            Reason.TOO_LARGE, f"tensor payload holds {count} tensors; expected at most {MAX_TENSORS}"
+            Reason.TOO_LARGE,
+            f"tensor payload holds {count} tensors; expected at most {MAX_TENSORS}",
         )
     try:
         tensors = _st_load(data)

@@ -61,7 +61,9 @@ def _decode(
     if sum(sizes) > max_bytes:
         raise ProtocolError(Reason.TOO_LARGE, f"message is {sum(sizes)} bytes; at most {max_bytes}")
     if sizes[0] > MAX_HEADER_BYTES:
-        raise ProtocolError(Reason.TOO_LARGE, f"header is {sizes[0]} bytes; at most {MAX_HEADER_BYTES}")
+        raise ProtocolError(
+            Reason.TOO_LARGE, f"header is {sizes[0]} bytes; at most {MAX_HEADER_BYTES}"
+        )
     if sizes[1] != SIGNATURE_BYTES:
         raise ProtocolError(Reason.FRAMES, f"signature frame is {sizes[1]} bytes; expected 64")
     raw, signature, payload = (frame_bytes(f) for f in frames)
@@ -77,7 +79,9 @@ def _decode(
             Reason.UNKNOWN_SENDER, f"sender {header.sender!r} is not enrolled, or is revoked"
         )
     if not verify(verify_key, signature, raw):
-        raise ProtocolError(Reason.BAD_SIGNATURE, f"signature from {header.sender!r} does not verify")
+        raise ProtocolError(
+            Reason.BAD_SIGNATURE, f"signature from {header.sender!r} does not verify"
+        )
     if header.version != PROTOCOL_VERSION:
         raise ProtocolError(
             Reason.VERSION, f"protocol version is {header.version}; expected {PROTOCOL_VERSION}"
