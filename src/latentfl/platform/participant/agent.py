@@ -2,8 +2,11 @@
 
 The main thread owns the socket: HELLO on every (re)connection, heartbeats, ACK bookkeeping.
 Local training runs in one worker thread, so heartbeats continue while it trains. An UPDATE is
-re-sent (same payload, fresh envelope) until its ACK arrives; the coordinator counts a re-send
-once (it keys updates by participant, round and payload hash). When the coordinator is silent
+re-sent (same payload, fresh envelope) until its ACK arrives, or until a REJECT whose reason
+says a re-send cannot succeed (``Reason.final``); the coordinator counts a re-send once (it keys
+updates by participant, round and payload hash). A task the site will not do (its policy, a
+failed check or training) is answered with a DECLINE. Messages are dispatched from a table by
+kind. When the coordinator is silent
 for ``coordinator_timeout`` the agent drops the socket and reconnects with exponential backoff.
 It never executes anything received: a TASK is weights (safetensors), a registry model name and
 training settings, all checked before use.
@@ -120,6 +123,9 @@ class Agent:
         self.pending: Pending | None = None
         self.done_round = 0  # the last round this agent delivered (acked) or declined
         self._boot: str | None = None
+        self._handlers = {Kind.HEARTBEAT: self._on_heartbeat, Kind.TASK: self._on_task,
+                          Kind.DECRYPT_TASK: self._on_decrypt, Kind.ACK: self._on_ack,
+                          Kind.REJECT: self._on_reject, Kind.STATUS: self._on_status}
 
     def stop(self) -> None:
         """Ask the agent to leave (thread-safe)."""
@@ -205,10 +211,7 @@ class Agent:
 
     def _on_message(self, sock: zmq.Socket, message: Message) -> str:
         """Dispatch a verified message by kind; "finished" when the session is over."""
-        handlers = {Kind.HEARTBEAT: self._on_heartbeat, Kind.TASK: self._on_task,
-                    Kind.DECRYPT_TASK: self._on_decrypt, Kind.ACK: self._on_ack,
-                    Kind.REJECT: self._on_reject, Kind.STATUS: self._on_status}
-        handler = handlers.get(message.header.kind)  # SYNTHETIC goes to the audit client only
+        handler = self._handlers.get(message.header.kind)  # SYNTHETIC: the audit client's
         return (handler(sock, message) or "") if handler is not None else ""
 
     def _on_heartbeat(self, sock: zmq.Socket, message: Message) -> None:
