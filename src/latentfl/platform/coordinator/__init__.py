@@ -1,4 +1,10 @@
-"""The coordinator daemon: ROUTER loop, round state machine, durable store, journal, status."""
+"""The coordinator daemon and the socket-free parts it dispatches to.
+
+``daemon`` (receive, verify, dispatch, send) and ``router`` (the socket) own the I/O; ``rounds``
+(the round state machine), ``conductor`` (opening and closing rounds in time), ``intake``
+(accepting updates), ``secure`` (CKKS secure aggregation), ``aggregation`` (the worker thread),
+``audit_service``, ``peers``, ``store``, ``journal`` and ``status`` decide and remember.
+"""
 
 from latentfl.platform.coordinator.config import CoordinatorConfig
 from latentfl.platform.coordinator.daemon import Coordinator
