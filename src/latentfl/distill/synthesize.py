@@ -50,8 +50,7 @@ class DistillConfig:
                                     min=1)
     alpha_init: float = option(0.01, help="Initial learnable student step size.", min=0.0,
                                min_exclusive=True)
-    alpha_lr: float = option(1e-5, help="Learning rate of the step size (SGD, momentum 0.5).",
-                             min=0.0)
+    alpha_lr: float = option(1e-5, help="Learning rate of the step size.", min=0.0)
     alpha_min: float = option(1e-6, help="Floor the step size is clamped to after each update.",
                               min=0.0, min_exclusive=True)
     alpha_optimizer: Literal["sgd", "adam"] = option(
