@@ -24,7 +24,7 @@ from dataclasses import replace
 import torch
 
 from latentfl.data import evaluation_tensors, load_dataset, to_tensors
-from latentfl.distill import DistillConfig, build_space, distill_many
+from latentfl.distill import DistillConfig, FixedTargets, SetSpec, build_space, distill
 from latentfl.models import flatten_params, load_tensors_, state_to_tensors
 from latentfl.simulate import PartitionConfig
 from latentfl.strategies import ModelSpec
@@ -74,8 +74,9 @@ def main() -> None:
         started = time.perf_counter()
         sets = []
         for p in range(PARTICIPANTS):
-            sets += distill_many(start[None].clone(), targets[p:p + 1], surrogate,
-                                 num_classes=10, ipc=10, space=space, config=config, seed=p)
+            sets += distill(FixedTargets(start[None], targets[p:p + 1]), surrogate,
+                            spec=SetSpec(num_classes=10, ipc=10), space=space, config=config,
+                            seed=p)
         seconds = time.perf_counter() - started
         model = GLOBAL.build()
         train(model, torch.cat([s.images for s in sets]), torch.cat([s.labels for s in sets]),

@@ -3,7 +3,7 @@
 Workload (the FedDGM/MTT reference setting): ConvNet-3, width 128, instance norm, 32x32 RGB,
 10 classes, IPC 10, N=30 unrolled steps, batch 100, DSA augmentation on; pixel space and the
 built-in generator's F-space; unroll ``full`` and ``two_pass``; 1 and 10 participants per call
-(``distill_many`` batches them in one graph). The baseline is the straightforward loop: one
+(``distill`` batches them in one graph). The baseline is the straightforward loop: one
 participant at a time, a flat parameter vector, ``autograd.grad(create_graph=True)`` each step,
 one backward through the whole unroll and the generator.
 
@@ -64,15 +64,16 @@ def _setup(case: Case):
 def _engine(case: Case, model, starts, targets, cfg, space, iterations: int) -> None:
     from dataclasses import replace
 
-    from latentfl.distill import distill_many
+    from latentfl.distill import FixedTargets, SetSpec, distill
 
-    distill_many(starts, targets, model, num_classes=10, ipc=case.ipc, space=space,
-                 config=replace(cfg, iterations=iterations), device=case.device, seed=0)
+    distill(FixedTargets(starts, targets), model, spec=SetSpec(num_classes=10, ipc=case.ipc),
+            space=space, config=replace(cfg, iterations=iterations), device=case.device, seed=0)
 
 
 def _baseline(case: Case, model, starts, targets, cfg, space, iterations: int) -> None:
     """The reference-style loop: per participant, full unroll, one backward for everything."""
     from latentfl.distill import FunctionalStudent, augment
+    from latentfl.seeding import derive_seed
 
     device = torch.device(case.device)
     student = FunctionalStudent(model.to(device))
@@ -93,7 +94,7 @@ def _baseline(case: Case, model, starts, targets, cfg, space, iterations: int) -
             theta = start.clone().requires_grad_(True)
             for step in range(case.steps):
                 idx = torch.randperm(labels.shape[0], device=device)[: case.batch]
-                x = augment(images[idx], seed=it * 1000 + step)
+                x = augment(images[idx], seed=derive_seed(p, "step", it, step))
                 loss = F.cross_entropy(student(theta, x), labels[idx])
                 (g,) = torch.autograd.grad(loss, theta, create_graph=True)
                 theta = theta - alpha * g

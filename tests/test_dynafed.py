@@ -114,7 +114,7 @@ def test_synthesis_reduces_matching_loss() -> None:
                                       pseudo.step_size, steps=4, augment=None,
                                       label_logits=pseudo.label_logits).loss)
 
-    assert loss(late) < 0.8 * loss(early)  # measured: 1.00 -> 0.62
+    assert loss(late) < 0.8 * loss(early)  # measured: 1.00 -> 0.65
     assert float(late.label_logits.abs().sum()) > 0  # soft labels were learnt from zero
 
 

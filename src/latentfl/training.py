@@ -19,6 +19,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from latentfl.config import option
 from latentfl.errors import DataError, ModelError
+from latentfl.seeding import derive_seed
 
 #: ``wrap(model, optimizer, loader) -> (model, optimizer, loader)``, e.g. Opacus's make_private.
 Wrap = Callable[[nn.Module, torch.optim.Optimizer, DataLoader], tuple[Any, Any, Any]]
@@ -99,7 +100,7 @@ def train(
     order = torch.Generator().manual_seed(config.seed)
     loader = DataLoader(TensorDataset(x, y), batch_size=config.batch_size, shuffle=True,
                         generator=order)
-    augment_rng = torch.Generator().manual_seed(config.seed + 1)
+    augment_rng = torch.Generator().manual_seed(derive_seed(config.seed, "augment"))
 
     params = [p for p in model.parameters() if p.requires_grad]
     if config.optimizer == "sgd":

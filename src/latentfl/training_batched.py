@@ -30,6 +30,7 @@ from torch.utils.data import DataLoader
 
 from latentfl.errors import ConfigError, ModelError
 from latentfl.models import flatten_named, functional_forward, param_shapes, unflatten_params
+from latentfl.seeding import derive_seed
 from latentfl.training import TrainConfig, TrainResult, Wrap, augment_batch, check_data
 
 #: torch.optim.Adam's defaults, which :func:`latentfl.training.train` uses.
@@ -108,7 +109,7 @@ def train_many(
     index, rows = index.to(device), rows.to(device)
     weight = (torch.arange(padded, device=device) < rows[..., None]).to(x_all.dtype)  # (S, P, B)
     active = (rows > 0)[..., None]  # (S, P, 1)
-    augment_rngs = [torch.Generator().manual_seed(c.seed + 1) for c in configs]
+    augment_rngs = [torch.Generator().manual_seed(derive_seed(c.seed, "augment")) for c in configs]
 
     def batch_loss(flat: torch.Tensor, xb: torch.Tensor, yb: torch.Tensor, wb: torch.Tensor):
         # One participant: flat (D,), xb (B, C, H, W); mean cross-entropy over its real rows.

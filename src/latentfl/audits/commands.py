@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 
 from latentfl.errors import ConfigError, DataError
+from latentfl.seeding import derive_seed
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -108,7 +109,7 @@ def run_synthetic(args: argparse.Namespace) -> int:
         raise ConfigError(f"--private {args.private} has no test split to serve as holdout; "
                           "pass --holdout SPEC or --holdout-fraction F")
     private = _subsample(private, args.max_images, args.seed)
-    holdout = _subsample(holdout, args.max_images, args.seed + 1)
+    holdout = _subsample(holdout, args.max_images, derive_seed(args.seed, "holdout"))
     if synthetic.images.shape[1:] != private.x.shape[1:]:
         raise DataError(f"synthetic images have shape {synthetic.images.shape[1:]} but private "
                         f"images {private.x.shape[1:]}; expected the same (H, W, C)")
@@ -156,7 +157,8 @@ def run_model(args: argparse.Namespace) -> int:
         raise ConfigError(f"--members and --nonmembers are both {args.members}, which has one "
                           "split only; expected a spec with a test split or two different specs")
     members = _subsample(members_ds.train, args.max_examples, args.seed)
-    nonmembers = _subsample(_held_out(nonmembers_ds), 2 * args.max_examples, args.seed + 1)
+    nonmembers = _subsample(_held_out(nonmembers_ds), 2 * args.max_examples,
+                            derive_seed(args.seed, "nonmembers"))
     mean = spec.mean or members_ds.mean
     std = spec.std or members_ds.std
     xm, ym = to_tensors(members, mean, std)

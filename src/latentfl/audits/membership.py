@@ -27,6 +27,7 @@ from latentfl.audits.roc import RocCurve, auc, roc_curve, tpr_at_fpr
 from latentfl.audits.stats import clopper_pearson
 from latentfl.audits.verdict import Verdict
 from latentfl.log import get_logger
+from latentfl.seeding import derive_seed
 
 FPR_TARGETS = (0.01, 0.001)
 
@@ -156,9 +157,9 @@ def audit_model(model: nn.Module, members: tuple[torch.Tensor, torch.Tensor],
         refs_e: list[Outputs] = []
         pop = np.full((references, len(xp)), np.nan)
         for k in range(references):
-            inside, _ = _split(len(xp), np.random.default_rng(seed + 1000 + k))
+            inside, _ = _split(len(xp), np.random.default_rng(derive_seed(seed, "split", k)))
             ref = build_reference()
-            train_reference(ref, xp[inside], yp[inside], seed + k)
+            train_reference(ref, xp[inside], yp[inside], derive_seed(seed, "reference", k))
             refs_m.append(model_outputs(ref, xm, ym, device=device))
             refs_e.append(model_outputs(ref, xe, ye, device=device))
             out_p = model_outputs(ref, xp, yp, device=device).prob

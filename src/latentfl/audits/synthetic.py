@@ -19,6 +19,7 @@ from latentfl.audits import distances as dist
 from latentfl.audits.roc import RocCurve, auc, roc_curve, tpr_at_fpr
 from latentfl.audits.stats import binomial_sf, rank_tail
 from latentfl.audits.verdict import Verdict, decide
+from latentfl.seeding import derive_seed
 
 RATIO_NEIGHBOURS = 50
 SSIM_CANDIDATES = 16
@@ -292,7 +293,7 @@ def audit_synthetic(synthetic: np.ndarray, private: np.ndarray, holdout: np.ndar
     ref = _Reference(private, holdout, encoder, seed)
     cal = _calibrate(ref)
     syn = _measure(ref, synthetic)
-    rng = np.random.default_rng(seed + 1)
+    rng = np.random.default_rng(derive_seed(seed, "baseline"))
     n_base = min(len(synthetic), len(private))
     base = _measure(ref, private[np.sort(rng.choice(len(private), n_base, replace=False))])
     syn_roc = roc_curve(-syn.proximity_t, -syn.proximity_h)

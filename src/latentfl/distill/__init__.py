@@ -1,6 +1,7 @@
 """Dataset distillation by trajectory matching, in pixel space or a generator's latent space.
 
-The engine behind FedDGM and DynaFed: :func:`distill` / :func:`distill_many` run the outer loop,
+The engine behind FedDGM and DynaFed: :func:`distill` runs the outer loop towards fixed pairs
+(:class:`FixedTargets`) or pairs drawn each iteration (:class:`SampledTargets`),
 :func:`match_trajectory` one iteration's loss and gradients (``full`` or ``two_pass`` unroll),
 :mod:`~latentfl.distill.augment` the differentiable augmentation, :class:`Generator` the built-in
 class-conditional generator whose F-space latents :class:`GeneratorSpace` trains.
@@ -16,40 +17,46 @@ from latentfl.distill.latent import (
     random_generator,
     save_generator,
 )
-from latentfl.distill.matching import MatchResult, batch_schedule, match_trajectory, step_seed
+from latentfl.distill.matching import MatchResult, batch_schedule, match_trajectory
 from latentfl.distill.synthesize import (
     DistillConfig,
+    SetSpec,
+    Space,
     SyntheticSet,
     build_space,
     distill,
-    distill_many,
     to_uint8,
 )
+from latentfl.distill.targets import Batch, FixedTargets, SampledTargets, Targets
 
 __all__ = [
     "FAMILIES",
     "AugmentOp",
+    "Batch",
     "DistillConfig",
     "FLatent",
+    "FixedTargets",
     "FunctionalStudent",
     "Generator",
     "GeneratorConfig",
     "GeneratorSpace",
     "MatchResult",
     "PixelSpace",
+    "SampledTargets",
+    "SetSpec",
+    "Space",
     "SyntheticSet",
+    "Targets",
     "apply_augment",
     "augment",
     "batch_schedule",
     "build_space",
     "default_split_layer",
     "distill",
-    "distill_many",
     "draw_augment",
     "load_generator",
     "match_trajectory",
     "random_generator",
     "save_generator",
-    "step_seed",
     "to_uint8",
 ]

@@ -21,6 +21,7 @@ from latentfl.distill.augment import augment
 from latentfl.distill.generator import Generator, GeneratorConfig
 from latentfl.distill.latent import save_generator
 from latentfl.log import get_logger
+from latentfl.seeding import derive_seed
 
 __all__ = ["Discriminator", "GanResult", "train_generator"]
 
@@ -87,7 +88,7 @@ def train_generator(
     data_gen = torch.Generator(device=device).manual_seed(seed)
     rows = min(num_classes, 10)
     grid_labels = torch.arange(rows, device=device).repeat(8)
-    grid_z = gen.noise(grid_labels.shape[0], seed + 1, device)
+    grid_z = gen.noise(grid_labels.shape[0], derive_seed(seed, "grid"), device)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     samples: list[Path] = []
@@ -99,15 +100,15 @@ def train_generator(
         z = torch.randn(batch_size, config.z_dim, generator=data_gen, device=device)
         fake = gen(z, labels)
         # discriminator: hinge loss on augmented real and fake images
-        seed_d = seed * 1_000_003 + 2 * step
-        d_real = disc(augment(real, seed_d), labels)
-        d_fake = disc(augment(fake.detach(), seed_d + 1), labels)
+        seed_real, seed_fake = derive_seed(seed, "real", step), derive_seed(seed, "fake", step)
+        d_real = disc(augment(real, seed_real), labels)
+        d_fake = disc(augment(fake.detach(), seed_fake), labels)
         d_loss = F.relu(1.0 - d_real).mean() + F.relu(1.0 + d_fake).mean()
         opt_d.zero_grad(set_to_none=True)
         d_loss.backward()
         opt_d.step()
         # generator: non-saturating hinge objective
-        g_loss = -disc(augment(fake, seed_d + 1), labels).mean()
+        g_loss = -disc(augment(fake, seed_fake), labels).mean()
         opt_g.zero_grad(set_to_none=True)
         g_loss.backward()
         opt_g.step()

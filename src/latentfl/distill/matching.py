@@ -9,10 +9,11 @@ Two unroll modes, one interface (:func:`match_trajectory`):
 * ``full``: every step's gradient is taken with ``create_graph=True`` and the whole unroll is
   differentiated: the exact gradient, with activation memory growing with ``steps``.
 * ``two_pass``: pass one runs the steps without a higher-order graph and keeps each step's weights
-  (the augmented batch is replayed from its seed). With ``v = dL/dtheta_N``, pass two recomputes
-  each step's gradient ``g_i`` on the same batch and backpropagates ``<g_i, -alpha v>`` to the images
-  and label logits: the dependence of later weights on earlier batches (the
-  ``d theta_{i+1} / d theta_i`` second-order terms) is dropped, so memory is one step's graph.
+  (step ``i``'s augmented batch is replayed from ``derive_seed(seed, "step", i)``). With
+  ``v = dL/dtheta_N``, pass two recomputes each step's gradient ``g_i`` on the same batch and
+  backpropagates ``<g_i, -alpha v>`` to the images and label logits: the dependence of later
+  weights on earlier batches (the ``d theta_{i+1} / d theta_i`` second-order terms) is dropped,
+  so memory is one step's graph.
   ``dL/dalpha = -<v, sum_i g_i>`` in closed form. At ``steps=1`` both modes agree exactly.
 
 Everything carries a leading participant dimension P (1-D inputs are treated as P=1): P
@@ -32,8 +33,9 @@ from torch import Tensor
 from latentfl.distill.augment import apply_augment, draw_augment
 from latentfl.distill.functional import FunctionalStudent
 from latentfl.errors import DistillError
+from latentfl.seeding import derive_seed
 
-__all__ = ["MatchResult", "batch_schedule", "match_trajectory", "step_seed"]
+__all__ = ["MatchResult", "batch_schedule", "match_trajectory"]
 
 Unroll = Literal["full", "two_pass"]
 
@@ -46,11 +48,6 @@ class MatchResult:
     image_grad: Tensor
     alpha_grad: Tensor
     label_grad: Tensor | None
-
-
-def step_seed(seed: int, step: int) -> int:
-    """The augmentation seed of one unrolled step (a pure function, so a replay finds it)."""
-    return (seed * 1_000_003 + step * 7_919 + 17) % (2**62)
 
 
 def batch_schedule(
@@ -147,7 +144,7 @@ def _full(student, start, target, images, labels, alpha, label_logits, idx, step
     theta = start.requires_grad_(True)
     for i in range(steps):
         loss = _step_loss(student, theta, images, labels, label_logits,
-                          None if idx is None else idx[i], step_seed(seed, i), augment)
+                          None if idx is None else idx[i], derive_seed(seed, "step", i), augment)
         (g,) = torch.autograd.grad(loss.sum(), theta, create_graph=True)
         theta = theta - alpha[:, None] * g
     match = _normalised_distance(theta, start, target)
@@ -166,7 +163,7 @@ def _two_pass(student, start, target, images, labels, alpha, label_logits, idx, 
         thetas.append(theta)
         theta_i = theta.detach().requires_grad_(True)
         loss = _step_loss(student, theta_i, images, labels, label_logits,
-                          None if idx is None else idx[i], step_seed(seed, i), augment)
+                          None if idx is None else idx[i], derive_seed(seed, "step", i), augment)
         (g,) = torch.autograd.grad(loss.sum(), theta_i)
         g_sum = g_sum + g
         theta = theta - alpha[:, None] * g
@@ -183,7 +180,7 @@ def _two_pass(student, start, target, images, labels, alpha, label_logits, idx, 
     for i in range(steps):
         theta_i = thetas[i].requires_grad_(True)
         loss = _step_loss(student, theta_i, images, labels, label_logits,
-                          None if idx is None else idx[i], step_seed(seed, i), augment)
+                          None if idx is None else idx[i], derive_seed(seed, "step", i), augment)
         (g,) = torch.autograd.grad(loss.sum(), theta_i, create_graph=True)
         torch.autograd.backward((g * pull).sum(), inputs=leaves)
     return MatchResult(match.detach(), images.grad, alpha_grad,

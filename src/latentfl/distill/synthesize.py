@@ -1,10 +1,10 @@
 """The outer distillation loop: synthetic sets whose training trajectory matches given weights.
 
-:func:`distill_many` distils one synthetic set per participant, all participants in one batched
-graph (a leading participant dimension through the student, the augmentation and the generator);
-:func:`distill` is the one-participant call. The target is either fixed (``start``/``target``) or
-drawn each iteration by ``sample_pair(iteration, generator) -> (start, target)`` (DynaFed: a start
-taken from a trajectory of snapshots, a target that is a later snapshot or a mean of several).
+:func:`distill` distils one synthetic set per participant, the participants of a
+:class:`~latentfl.distill.targets.Batch` in one batched graph (a leading participant dimension
+through the student, the augmentation and the generator). What is matched comes from a targets
+object: fixed pairs (FedDGM) or a pair drawn each iteration (DynaFed), see
+:mod:`latentfl.distill.targets`; what is synthesised is a :class:`SetSpec`.
 
 The loop has no host sync per iteration: losses stay on the device until the end, the step size
 alpha is clamped on the device; only the log line every ``log_every`` iterations reads values.
@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import copy
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -29,12 +29,14 @@ from latentfl.distill.functional import FunctionalStudent
 from latentfl.distill.generator import GeneratorConfig
 from latentfl.distill.latent import GeneratorSpace, PixelSpace, load_generator, random_generator
 from latentfl.distill.matching import match_trajectory
+from latentfl.distill.targets import Batch, Targets
 from latentfl.errors import DistillError
 from latentfl.log import get_logger
+from latentfl.seeding import derive_seed
 
-__all__ = ["DistillConfig", "SyntheticSet", "build_space", "distill", "distill_many", "to_uint8"]
+__all__ = ["DistillConfig", "SetSpec", "Space", "SyntheticSet", "build_space", "distill",
+           "to_uint8"]
 
-SamplePair = Callable[[int, torch.Generator], tuple[Tensor, Tensor]]
 Space = PixelSpace | GeneratorSpace
 
 
@@ -48,10 +50,11 @@ class DistillConfig:
                                     min=1)
     alpha_init: float = option(0.01, help="Initial learnable student step size.", min=0.0,
                                min_exclusive=True)
-    alpha_lr: float = option(1e-5, help="Learning rate of the step size (SGD, momentum 0.5).",
-                             min=0.0)
+    alpha_lr: float = option(1e-5, help="Learning rate of the step size.", min=0.0)
     alpha_min: float = option(1e-6, help="Floor the step size is clamped to after each update.",
                               min=0.0, min_exclusive=True)
+    alpha_optimizer: Literal["sgd", "adam"] = option(
+        "sgd", help="Optimiser of the step size: SGD with momentum 0.5, or Adam.")
     optimizer: Literal["sgd", "adam"] = option("sgd", help="Optimiser of latents/images/labels.")
     momentum: float = option(0.5, help="SGD momentum of the latent optimiser.", min=0.0, max=1.0)
     lr_feature: float = option(1000.0, help="Learning rate of F-space feature maps.", min=0.0)
@@ -64,6 +67,8 @@ class DistillConfig:
     augment_strategy: Literal["one", "all"] = option(
         "one", help="DSA: one random family per step, or all families.")
     soft_labels: bool = option(False, help="Learn soft labels (logits) with the images.")
+    label_init: Literal["hard", "uniform"] = option(
+        "hard", help="Initial soft labels: probability 0.9 on the hard label, or uniform.")
     prior: Literal["random", "trained", "pixel"] = option(
         "random", help="Image prior: random-init generator, trained generator, or pixel space.")
     generator_path: Path | None = option(
@@ -81,14 +86,29 @@ class DistillConfig:
 
 
 @dataclass(frozen=True)
+class SetSpec:
+    """What each participant's set holds: ``ipc`` images of each of its classes, labels in
+    ``0 .. num_classes - 1`` (which classes a participant holds comes with the targets)."""
+
+    num_classes: int
+    ipc: int
+
+
+@dataclass(frozen=True)
 class SyntheticSet:
-    """A distilled set: normalised float images on the CPU, hard labels, optional soft labels."""
+    """A distilled set: normalised float images on the CPU, hard labels, optional soft-label
+    logits, the learnt step size and the matching loss of every iteration."""
 
     images: Tensor
     labels: Tensor
-    soft_labels: Tensor | None
+    label_logits: Tensor | None
     alpha: float
     losses: tuple[float, ...]
+
+    @property
+    def soft_labels(self) -> Tensor | None:
+        """Label distributions ``(M, K)``, or None with hard labels."""
+        return None if self.label_logits is None else torch.softmax(self.label_logits, -1)
 
 
 def to_uint8(images: Tensor, mean: Sequence[float], std: Sequence[float]) -> np.ndarray:
@@ -124,105 +144,74 @@ def build_space(config: DistillConfig, *, image_shape: tuple[int, int, int], num
     return GeneratorSpace(gen.to(device), layer=config.layer, chunk_size=config.chunk_size)
 
 
-def _initial_label_logits(labels: Tensor, num_classes: int) -> Tensor:
-    # logits giving probability 0.9 to the hard label
-    high = math.log(9.0 * max(num_classes - 1, 1))
+def distill(targets: Targets, model: nn.Module, *, spec: SetSpec, space: Space,
+            config: DistillConfig, device: torch.device | str = "cpu",
+            seed: int = 0) -> list[SyntheticSet]:
+    """Distil one synthetic set per participant of ``targets``, in participant order.
+
+    Participant ``p`` initialises its latents from ``derive_seed(seed, "latents", p)``; pairs are
+    drawn from a generator seeded ``derive_seed(seed, "pairs")`` and iteration ``i`` augments and
+    batches from ``derive_seed(seed, "iteration", i)``, so the same seed gives the same numbers.
+    """
+    device = torch.device(device)
+    sets: dict[int, SyntheticSet] = {}
+    for batch in targets.batches(device):
+        results = _distill_batch(batch, model, spec=spec, space=space, config=config,
+                                 device=device, seed=seed)
+        sets.update(zip(batch.members, results, strict=True))
+    return [sets[p] for p in sorted(sets)]
+
+
+def _optimizer(kind: str, groups: list[dict], *, lr: float, momentum: float
+               ) -> torch.optim.Optimizer:
+    if kind == "sgd":
+        return torch.optim.SGD(groups, lr=lr, momentum=momentum)
+    return torch.optim.Adam(groups, lr=lr)
+
+
+def _initial_label_logits(labels: Tensor, num_classes: int, init: str) -> Tensor:
+    if init == "uniform":
+        return torch.zeros(*labels.shape, num_classes, device=labels.device)
+    high = math.log(9.0 * max(num_classes - 1, 1))  # probability 0.9 on the hard label
     return F.one_hot(labels, num_classes).float() * high
 
 
-def distill_many(
-    starts: Tensor | None, targets: Tensor | None, model: nn.Module, *, num_classes: int,
-    ipc: int, space: Space, config: DistillConfig, device: torch.device | str = "cpu",
-    seed: int = 0, classes: Sequence[int] | None = None,
-    participant_classes: Sequence[Sequence[int]] | None = None, participants: int | None = None,
-    sample_pair: SamplePair | None = None,
-) -> list[SyntheticSet]:
-    """Distil one synthetic set per participant in one batched loop.
-
-    ``starts``/``targets``: flat weights ``(P, D)`` in the model registry's order. Or pass
-    ``sample_pair`` (returning ``(P, D)`` pairs) and ``participants=P`` instead. Participant ``p``
-    initialises its latents from ``seed + p``. ``classes`` restricts every participant's labels
-    (default all); ``participant_classes`` gives each participant its own classes (e.g. the ones
-    present in its data): participants with the same classes are batched together.
-    """
-    device = torch.device(device)
-    if sample_pair is None:
-        if starts is None or targets is None or starts.shape != targets.shape or starts.dim() != 2:
-            raise DistillError("distill_many needs starts and targets of one shape (P, D), or "
-                               "sample_pair; got "
-                               f"{None if starts is None else tuple(starts.shape)} and "
-                               f"{None if targets is None else tuple(targets.shape)}.")
-        starts, targets = starts.to(device).float(), targets.to(device).float()
-        if bool(((starts - targets).pow(2).sum(-1) == 0).any()):
-            raise DistillError("a start equals its target: there is no trajectory to match.")
-        num = starts.shape[0]
-    elif participants is None:
-        raise DistillError("distill_many with sample_pair needs participants=P; got None.")
-    else:
-        num = participants
-    common = dict(model=model, num_classes=num_classes, ipc=ipc, space=space, config=config,
-                  device=device, seed=seed)
-    if participant_classes is None:
-        cls = tuple(range(num_classes)) if classes is None else tuple(int(c) for c in classes)
-        return _distill_batch(starts, targets, cls=cls, seeds=[seed + p for p in range(num)],
-                              sample_pair=sample_pair, **common)
-    if sample_pair is not None or classes is not None or len(participant_classes) != num:
-        raise DistillError(
-            f"participant_classes needs fixed starts/targets, no classes, and one class list per "
-            f"participant; got {len(participant_classes)} lists for {num} participants.")
-    batches: dict[tuple[int, ...], list[int]] = {}
-    for p, cls in enumerate(participant_classes):
-        batches.setdefault(tuple(int(c) for c in cls), []).append(p)
-    results: list[SyntheticSet | None] = [None] * num
-    for cls, members in batches.items():
-        idx = torch.tensor(members, device=device)
-        sets = _distill_batch(starts[idx], targets[idx], cls=cls,
-                              seeds=[seed + p for p in members], sample_pair=None, **common)
-        for p, synthetic in zip(members, sets, strict=True):
-            results[p] = synthetic
-    return results
-
-
-def _distill_batch(
-    starts: Tensor | None, targets: Tensor | None, *, model: nn.Module, num_classes: int,
-    ipc: int, space: Space, config: DistillConfig, device: torch.device, seed: int,
-    cls: tuple[int, ...], seeds: list[int], sample_pair: SamplePair | None,
-) -> list[SyntheticSet]:
-    """The loop for participants sharing one class list; ``seeds[p]`` seeds p's latents."""
-    if not cls or min(cls) < 0 or max(cls) >= num_classes:
+def _distill_batch(batch: Batch, model: nn.Module, *, spec: SetSpec, space: Space,
+                   config: DistillConfig, device: torch.device, seed: int) -> list[SyntheticSet]:
+    """The loop for the participants of one batch (they share one class list)."""
+    cls = tuple(range(spec.num_classes)) if batch.classes is None else batch.classes
+    if not cls or min(cls) < 0 or max(cls) >= spec.num_classes:
         raise DistillError(f"classes {list(cls)} are not valid; expected a non-empty list of "
-                           f"labels in 0..{num_classes - 1}.")
-    num = len(seeds)
-    labels = torch.tensor(cls, device=device).repeat_interleave(ipc)  # (M,)
+                           f"labels in 0..{spec.num_classes - 1}.")
+    num = len(batch.members)
+    labels = torch.tensor(cls, device=device).repeat_interleave(spec.ipc)  # (M,)
     m = labels.shape[0]
     labels_all = labels.expand(num, m)
-    inits = [space.init(labels, s) for s in seeds]
+    inits = [space.init(labels, derive_seed(seed, "latents", p)) for p in batch.members]
     params = [torch.cat([init[t].detach() for init in inits]).requires_grad_(True)
               for t in range(len(inits[0]))]
     groups = space.lr_groups(params, pixel=config.lr_pixel, feature=config.lr_feature,
                              style=config.lr_style)
     label_logits = None
     if config.soft_labels:
-        label_logits = _initial_label_logits(labels_all, num_classes).requires_grad_(True)
+        label_logits = _initial_label_logits(labels_all, spec.num_classes, config.label_init)
+        label_logits.requires_grad_(True)
         groups.append({"params": [label_logits], "lr": config.lr_labels})
-    if config.optimizer == "sgd":
-        opt = torch.optim.SGD(groups, lr=config.lr_pixel, momentum=config.momentum)
-    else:
-        opt = torch.optim.Adam(groups, lr=config.lr_pixel)
+    opt = _optimizer(config.optimizer, groups, lr=config.lr_pixel, momentum=config.momentum)
     alpha = torch.full((num,), config.alpha_init, device=device, requires_grad=True)
-    opt_alpha = torch.optim.SGD([alpha], lr=config.alpha_lr, momentum=0.5)
+    opt_alpha = _optimizer(config.alpha_optimizer, [{"params": [alpha]}], lr=config.alpha_lr,
+                           momentum=0.5)
     student = FunctionalStudent(copy.deepcopy(model).to(device).float())
-    pair_gen = torch.Generator().manual_seed(seed)
+    pair_gen = torch.Generator().manual_seed(derive_seed(seed, "pairs"))
     log = get_logger("latentfl.distill", participants=num)
     losses = []
     for it in range(config.iterations):
-        if sample_pair is not None:
-            s, t = sample_pair(it, pair_gen)
-            starts, targets = s.to(device).float(), t.to(device).float()
+        starts, targets = batch.draw(it, pair_gen)  # (P, D) each
         images = space.render(params).view(num, m, *space.image_shape)
         res = match_trajectory(
             student, starts, targets, images, labels_all, alpha, steps=config.steps,
-            batch_size=config.batch_size, unroll=config.unroll, seed=seed * 100_003 + it,
+            batch_size=config.batch_size, unroll=config.unroll,
+            seed=derive_seed(seed, "iteration", it),
             augment=config.augment_strategy if config.augment else None,
             label_logits=label_logits)
         opt.zero_grad(set_to_none=True)
@@ -233,35 +222,14 @@ def _distill_batch(
         opt.step()
         opt_alpha.step()
         with torch.no_grad():
-            alpha.clamp_(min=config.alpha_min)
+            alpha.clamp_(min=config.alpha_min)  # a negative step would train away from the data
         losses.append(res.loss)
         if config.log_every and (it % config.log_every == 0 or it == config.iterations - 1):
             log.info("distill_iteration", iteration=it, loss=res.loss.tolist(),
                      alpha=alpha.detach().tolist())
     images = space.render(params).view(num, m, *space.image_shape).float().cpu()
     loss_table = torch.stack(losses, 1).cpu().tolist() if losses else [[]] * num
-    soft = None if label_logits is None else torch.softmax(label_logits.detach(), -1).cpu()
+    logits = None if label_logits is None else label_logits.detach().cpu()
     alphas = alpha.detach().cpu().tolist()
-    return [SyntheticSet(images[p], labels.cpu(), None if soft is None else soft[p],
+    return [SyntheticSet(images[p], labels.cpu(), None if logits is None else logits[p],
                          float(alphas[p]), tuple(loss_table[p])) for p in range(num)]
-
-
-def distill(
-    start: Tensor | None, target: Tensor | None, model: nn.Module, *, num_classes: int, ipc: int,
-    space: Space, config: DistillConfig, device: torch.device | str = "cpu", seed: int = 0,
-    classes: Sequence[int] | None = None, sample_pair: SamplePair | None = None,
-) -> SyntheticSet:
-    """Distil one synthetic set whose training from ``start`` lands on ``target`` (flat ``(D,)``).
-
-    With ``sample_pair(iteration, generator) -> (start, target)`` (each ``(D,)``) instead, the
-    pair is drawn afresh every iteration.
-    """
-    pair = None
-    if sample_pair is not None:
-        def pair(it: int, gen: torch.Generator) -> tuple[Tensor, Tensor]:
-            s, t = sample_pair(it, gen)
-            return s[None], t[None]
-    return distill_many(
-        None if start is None else start[None], None if target is None else target[None], model,
-        num_classes=num_classes, ipc=ipc, space=space, config=config, device=device, seed=seed,
-        classes=classes, participants=1, sample_pair=pair)[0]

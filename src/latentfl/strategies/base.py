@@ -36,6 +36,7 @@ from torch import nn
 
 from latentfl.config import option
 from latentfl.errors import ConfigError
+from latentfl.seeding import derive_seed
 from latentfl.training import TrainConfig
 
 Tensors = dict[str, torch.Tensor]
@@ -180,9 +181,11 @@ def broadcast_tasks(
     (its own data order and augmentation draws)."""
     return {
         pid: Task(
-            round=round, weights=weights, train=replace(train, seed=train.seed + 10_000 * round + i)
+            round=round,
+            weights=weights,
+            train=replace(train, seed=derive_seed(train.seed, "train", round, pid)),
         )
-        for i, pid in enumerate(sorted(participants))
+        for pid in sorted(participants)
     }
 
 
@@ -194,7 +197,7 @@ def select_participants(
     if fraction >= 1.0:
         return ids
     k = min(len(ids), max(minimum, int(fraction * len(ids) + 0.5)))
-    rng = np.random.default_rng([seed, round])
+    rng = np.random.default_rng(derive_seed(seed, "select", round))
     chosen = rng.choice(len(ids), size=k, replace=False)
     return sorted(ids[i] for i in chosen)
 

@@ -3,9 +3,9 @@
 The server keeps the first ``trajectory_length`` global models (the random initialisation
 counted) as a trajectory of flat parameter vectors. When it is complete, the server synthesises
 once a small pseudo dataset (``ipc`` images per class, learnable soft labels) by trajectory
-matching over it (:func:`latentfl.distill.matching.match_trajectory`): a few SGD steps on the
-pseudo set from snapshot ``s`` should land on the average of 2 or 3 of the next
-``target_span`` snapshots. From then on every round's aggregate is fine-tuned on the pseudo set
+matching over it (:func:`latentfl.distill.distill`, pixel space, a pair drawn each iteration by
+:func:`sample_pair`): a few SGD steps on the pseudo set from snapshot ``s`` should land on the
+average of 2 or 3 of the next ``target_span`` snapshots. From then on every round's aggregate is fine-tuned on the pseudo set
 before it is sent out.
 
 The method needs only the aggregate: :meth:`DynaFed.post_aggregate` takes the averaged weights
@@ -24,7 +24,19 @@ import torch.nn.functional as F
 from torch import nn
 
 from latentfl.config import option
-from latentfl.models import flatten_named, param_shapes
+from latentfl.device import resolve_device
+from latentfl.distill import (
+    DistillConfig,
+    FunctionalStudent,
+    PixelSpace,
+    SampledTargets,
+    SetSpec,
+    augment,
+    distill,
+)
+from latentfl.log import get_logger
+from latentfl.models import flatten_named, load_tensors_, param_shapes, state_to_tensors
+from latentfl.seeding import derive_seed
 from latentfl.strategies.base import ModelSpec, Tensors, Update
 from latentfl.strategies.fedavg import FedAvg
 from latentfl.training import TrainConfig
@@ -108,53 +120,54 @@ def synthesize_pseudo_set(
 ) -> tuple[PseudoSet, torch.Tensor]:
     """Learn the pseudo set whose training mimics ``trajectory (L, D)``; also return the
     per-iteration matching losses ``(iterations,)``."""
-    from latentfl.distill.functional import FunctionalStudent
-    from latentfl.distill.matching import match_trajectory
-
-    gen = torch.Generator().manual_seed(seed)
-    n = num_classes * config.ipc
-    # the server has no data: images start as noise in normalised space, labels as uniform
-    images = torch.randn((n, *image_shape), generator=gen).to(device)
-    labels = torch.arange(num_classes, device=device).repeat_interleave(config.ipc)
-    logits = torch.zeros(n, num_classes, device=device)
-    step = torch.tensor(config.initial_step_size, device=device)
-    opt_images = torch.optim.Adam([images], lr=config.lr_images)
-    opt_labels = torch.optim.Adam([logits], lr=config.lr_labels)
-    opt_step = torch.optim.Adam([step], lr=config.lr_step_size)
-    student = FunctionalStudent(model.to(device))
     trajectory = trajectory.to(device)
-    losses = torch.empty(config.iterations, device=device)
-    for it in range(config.iterations):
-        start, target = sample_pair(trajectory, config.target_span, gen)
-        res = match_trajectory(
-            student,
-            start,
-            target,
-            images,
-            labels,
-            step,
-            steps=config.syn_steps,
-            batch_size=config.batch_size or None,
-            unroll=config.unroll,
-            seed=seed + it,
-            augment="one" if config.augment else None,
-            label_logits=logits,
-        )
-        images.grad, logits.grad, step.grad = res.image_grad, res.label_grad, res.alpha_grad
-        opt_images.step()
-        opt_labels.step()
-        opt_step.step()
-        with torch.no_grad():
-            step.clamp_(min=MIN_STEP_SIZE)  # a negative step would train away from the data
-        losses[it] = res.loss.detach()
-    pseudo = PseudoSet(images.detach(), logits.detach(), step.detach())
-    return pseudo, losses.cpu()
+
+    def draw(iteration: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        start, target = sample_pair(trajectory, config.target_span, generator)
+        return start[None], target[None]
+
+    # the server has no data: images start as noise in normalised space, labels as uniform
+    (synthetic,) = distill(
+        SampledTargets(draw),
+        model,
+        spec=SetSpec(num_classes=num_classes, ipc=config.ipc),
+        space=PixelSpace(tuple(image_shape)),
+        config=_distill_config(config),
+        device=device,
+        seed=seed,
+    )
+    pseudo = PseudoSet(
+        synthetic.images.to(device),
+        synthetic.label_logits.to(device),
+        torch.tensor(synthetic.alpha, device=device),
+    )
+    return pseudo, torch.tensor(synthetic.losses)
+
+
+def _distill_config(config: DynaFedConfig) -> DistillConfig:
+    """The engine's settings for DynaFed: pixels, soft labels from uniform, Adam throughout."""
+    return DistillConfig(
+        iterations=config.iterations,
+        steps=config.syn_steps,
+        batch_size=config.batch_size or None,
+        unroll=config.unroll,
+        augment=config.augment,
+        prior="pixel",
+        optimizer="adam",
+        lr_pixel=config.lr_images,
+        soft_labels=True,
+        label_init="uniform",
+        lr_labels=config.lr_labels,
+        alpha_init=config.initial_step_size,
+        alpha_optimizer="adam",
+        alpha_lr=config.lr_step_size,
+        alpha_min=MIN_STEP_SIZE,
+        log_every=0,
+    )
 
 
 def finetune(model: nn.Module, pseudo: PseudoSet, config: DynaFedConfig, *, seed: int) -> float:
     """Train ``model`` in place on the pseudo set with its soft labels; return the last loss."""
-    from latentfl.distill.augment import augment
-
     device = pseudo.images.device
     model.to(device).train()
     opt = torch.optim.Adam(model.parameters(), lr=config.finetune_lr)
@@ -167,7 +180,7 @@ def finetune(model: nn.Module, pseudo: PseudoSet, config: DynaFedConfig, *, seed
         idx = torch.randperm(n, generator=gen)[:batch].to(device)
         x = pseudo.images[idx]
         if config.finetune_augment:
-            x = augment(x, seed * 1_000 + i)
+            x = augment(x, derive_seed(seed, "finetune", i))
         out = model(x)
         loss = -(soft[idx] * F.log_softmax(out, dim=-1)).sum(-1).mean()
         opt.zero_grad(set_to_none=True)
@@ -192,8 +205,6 @@ class DynaFed(FedAvg):
         self._tuner: nn.Module | None = None
 
     def initialize(self, seed: int) -> None:
-        from latentfl.distill.functional import FunctionalStudent
-
         super().initialize(seed)
         # synthesis needs a pure-function student (no BatchNorm): refuse now, not at round 24
         FunctionalStudent(self._reference_model())
@@ -225,19 +236,14 @@ class DynaFed(FedAvg):
                 metrics.update(self._synthesize())
         if self.pseudo is None or self.config.finetune_steps == 0:
             return {k: v.detach().clone() for k, v in aggregate.items()}, metrics
-        from latentfl.models import load_tensors_, state_to_tensors
-
         model = self._tuning_model()
         load_tensors_(model, aggregate)
         metrics["finetune_loss"] = finetune(
-            model, self.pseudo, self.config, seed=self._seed * 100_003 + round
+            model, self.pseudo, self.config, seed=derive_seed(self._seed, "finetune", round)
         )
         return state_to_tensors(model), metrics
 
     def _synthesize(self) -> dict[str, float]:
-        from latentfl.device import resolve_device
-        from latentfl.log import get_logger
-
         started = time.perf_counter()
         device = resolve_device(self.config.device)
         spec = self.model_spec
@@ -295,8 +301,6 @@ class DynaFed(FedAvg):
         self.trajectory = [] if trajectory is None else [t.clone() for t in trajectory]
         self.pseudo = None
         if "pseudo.images" in tensors:
-            from latentfl.device import resolve_device
-
             device = resolve_device(self.config.device)
             self.pseudo = PseudoSet(
                 tensors["pseudo.images"].to(device),

@@ -19,8 +19,16 @@ import torch
 from torch import nn
 
 from latentfl.config import option
-from latentfl.distill import DistillConfig, SyntheticSet, build_space, distill_many
+from latentfl.distill import (
+    DistillConfig,
+    FixedTargets,
+    SetSpec,
+    SyntheticSet,
+    build_space,
+    distill,
+)
 from latentfl.log import get_logger
+from latentfl.seeding import derive_seed
 from latentfl.strategies.base import (
     ModelSpec,
     Strategy,
@@ -154,17 +162,14 @@ class FedDGM(Strategy):
         sets: list[SyntheticSet] = []
         for lo in range(0, len(updates), per_batch):
             stacked = torch.stack(targets[lo : lo + per_batch])
-            sets += distill_many(
-                start.expand_as(stacked).clone(),
-                stacked,
+            sets += distill(
+                FixedTargets(start.expand_as(stacked), stacked, classes[lo : lo + per_batch]),
                 self._surrogate,
-                num_classes=spec.num_classes,
-                ipc=cfg.ipc,
+                spec=SetSpec(num_classes=spec.num_classes, ipc=cfg.ipc),
                 space=space,
                 config=cfg.distill,
                 device=self.device,
-                seed=self._seed * 1_000_003 + round * 1_009 + lo,
-                participant_classes=classes[lo : lo + per_batch],
+                seed=derive_seed(self._seed, "distill", round, lo),
             )
         return sets
 
@@ -179,8 +184,9 @@ class FedDGM(Strategy):
     def _train_on_union(self, round: int, x: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
         from latentfl.training import train
 
-        g = replace(self.config.global_train, seed=self.config.global_train.seed + round)
-        s = replace(self.config.surrogate_train, seed=self.config.surrogate_train.seed + round)
+        g, s = self.config.global_train, self.config.surrogate_train
+        g = replace(g, seed=derive_seed(g.seed, "union", round))
+        s = replace(s, seed=derive_seed(s.seed, "union", round))
         global_result = train(self._global, x, y, g, device=self.device)
         surrogate_result = train(self._surrogate, x, y, s, device=self.device)
         self._global.cpu()

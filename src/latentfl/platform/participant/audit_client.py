@@ -40,6 +40,7 @@ from latentfl.platform.protocol import (
     pack_json,
     unpack_tensors,
 )
+from latentfl.seeding import derive_seed
 
 DEFAULT_TIMEOUT_S = 30.0
 MAX_SYNTHETIC_IMAGES = 100_000
@@ -212,7 +213,7 @@ def run_participant_audit(config: ParticipantConfig, *, out_dir: Path, share: bo
         images, labels, meta = client.fetch_synthetic()
         private, held, ds = local_images(config, holdout)
         private = _subsample(private, max_images, seed)
-        held = _subsample(held, max_images, seed + 1)
+        held = _subsample(held, max_images, derive_seed(seed, "holdout"))
         if images.shape[1:] != private.x.shape[1:]:
             raise DataError(f"synthetic images have shape {images.shape[1:]} but this site's "
                             f"images {private.x.shape[1:]}; expected the same (H, W, C)")

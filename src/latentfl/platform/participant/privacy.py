@@ -20,6 +20,7 @@ import torch
 from latentfl.errors import StateError
 from latentfl.models import ModelManifest
 from latentfl.platform.participant.config import PrivacyConfig
+from latentfl.seeding import derive_seed
 from latentfl.strategies import Task, Tensors
 
 PLAN_FILE = "privacy_plan.json"
@@ -109,7 +110,7 @@ class SitePrivacy:
                             max_physical_batch_size=dp.max_physical_batch_size,
                             secure_mode=dp.secure_mode,
                             noise_seed=None if self.config.noise_seed is None
-                            else self.config.noise_seed + round)
+                            else derive_seed(self.config.noise_seed, "dp_sgd", round))
 
     def noise_weights(self, round: int, start: Tensors, trained: Tensors,
                       manifest: ModelManifest) -> Tensors:
@@ -124,7 +125,8 @@ class SitePrivacy:
         base = flatten_state(start, manifest)
         generator = None
         if self.config.noise_seed is not None:
-            generator = torch.Generator().manual_seed(self.config.noise_seed + 7919 * round)
+            generator = torch.Generator().manual_seed(
+                derive_seed(self.config.noise_seed, "weight_noise", round))
         noised = clip_and_noise(flatten_state(trained, manifest) - base, clip_norm=wn.clip_norm,
                                 noise_multiplier=wn.noise_multiplier, generator=generator)
         self.ledger.record_weight_noise(round, noise_multiplier=wn.noise_multiplier,
