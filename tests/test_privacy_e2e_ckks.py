@@ -11,16 +11,15 @@ import torch
 from daemon_helpers import (
     PARTITION,
     STRATEGY,
-    Consortium,
     RawClient,
     Running,
     local_parts,
+    make_consortium,
     simulate,
     start_agents,
     tiny_dataset,
 )
 from latentfl.config import from_dict
-from latentfl.demo import free_port
 from latentfl.errors import ConfigError, SecurityError
 from latentfl.models import model_manifest
 from latentfl.platform.coordinator import Coordinator, Rounds, StateStore, read_journal
@@ -57,7 +56,7 @@ def dataset():
 
 @pytest.fixture
 def consortium(tmp_path):
-    c = Consortium(tmp_path, IDS, free_port())
+    c = make_consortium(tmp_path, IDS)
     write_ckks_keys(c.keys)
     return c
 
