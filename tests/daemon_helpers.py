@@ -4,6 +4,7 @@ data, daemons run in threads, and a raw client that can tamper with any field.""
 from __future__ import annotations
 
 import dataclasses
+import os
 import signal
 import subprocess
 import threading
@@ -162,3 +163,18 @@ def exit_code_after_sigterm(proc: subprocess.Popen, ready, what: str) -> int:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+def processes_mentioning(text: str) -> list[int]:
+    """Pids (other than this one) whose command line contains ``text``."""
+    pids = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit() or int(proc.name) == os.getpid():
+            continue
+        try:
+            cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except OSError:
+            continue
+        if text in cmdline:
+            pids.append(int(proc.name))
+    return pids

@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
-
 import pytest
 
+from daemon_helpers import processes_mentioning
 from latentfl.config import load_config
 from latentfl.errors import ConfigError, StateError
 from latentfl.platform.coordinator import CoordinatorConfig, read_journal
@@ -20,21 +18,6 @@ TINY = {"model": {"name": "convnet", "options": {"width": 8, "depth": 1}},
         "local": {"epochs": 1, "batch_size": 32, "lr": 0.05, "max_steps": 4}}
 
 
-def _processes_mentioning(text: str) -> list[int]:
-    """Pids (other than this one) whose command line contains ``text``."""
-    pids = []
-    for proc in Path("/proc").iterdir():
-        if not proc.name.isdigit() or int(proc.name) == os.getpid():
-            continue
-        try:
-            cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode()
-        except OSError:
-            continue
-        if text in cmdline:
-            pids.append(int(proc.name))
-    return pids
-
-
 def test_two_participants_finish_a_round_and_no_process_is_left(tmp_path):
     """Coordinator and 2 participant processes over CURVE finish a round; all exit 0, none left."""
     partition = PartitionConfig(scheme="dirichlet", alpha=0.5, seed=0)
@@ -45,7 +28,7 @@ def test_two_participants_finish_a_round_and_no_process_is_left(tmp_path):
         assert consortium.wait_finished(timeout_s=180) == 0, consortium.supervisor.tail("coordinator")
         codes = consortium.stop(grace_s=30)
     assert codes == {"coordinator": 0, "p00": 0, "p01": 0}
-    assert _processes_mentioning(str(consortium.root)) == []
+    assert processes_mentioning(str(consortium.root)) == []
     closed = [e for e in read_journal(consortium.state_dir / "journal.jsonl")
               if e["event"] == "round_closed"]
     assert [e["accepted"] for e in closed] == [["p00", "p01"]]
@@ -87,7 +70,7 @@ def test_stop_terminates_a_waiting_daemon_and_returns_its_exit_code(tmp_path):
         supervisor.wait("p00", timeout_s=1)
     assert supervisor.exit_codes() == {"p00": None}
     assert supervisor.stop(grace_s=30) == {"p00": 130}
-    assert _processes_mentioning(str(consortium.root)) == []
+    assert processes_mentioning(str(consortium.root)) == []
 
 
 def test_a_name_is_started_once(tmp_path):
