@@ -7,11 +7,14 @@ import subprocess
 import sys
 import time
 
+import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from daemon_helpers import processes_mentioning
 from latentfl.demo import run_demo
+from latentfl.synthetic_grid import save_grid
 
 
 @pytest.mark.slow
@@ -63,3 +66,21 @@ def test_demo_interrupted_leaves_no_processes(tmp_path):
             proc.kill()
     assert proc.returncode == 130
     assert processes_mentioning(str(workdir)) == []
+
+
+def test_grid_places_each_participants_first_image_of_a_class_in_that_class_column(tmp_path):
+    """The grid's tile (row p01, column 'cat') is p01's first cat image, denormalised."""
+    images = torch.rand(4, 3, 8, 8)
+    tensors = {"synthetic.p00.images": torch.zeros(2, 3, 8, 8),
+               "synthetic.p00.labels": torch.tensor([0, 1]),
+               "synthetic.p01.images": (images - 0.5) / 0.25,
+               "synthetic.p01.labels": torch.tensor([1, 3, 3, 0])}
+    meta = {"mean": [0.5] * 3, "std": [0.25] * 3, "synthetic": ["p00", "p01"]}
+    grid = Image.open(save_grid(tensors, meta, ["plane", "car", "bird", "cat"],
+                                tmp_path / "g.png", scale=1))
+    cell, head, side = 8 + 4, 16, 40
+    assert grid.size == (side + 4 * cell, head + 2 * cell)
+    x, y = side + 3 * cell + 2, head + cell + 2
+    tile = torch.from_numpy(np.asarray(grid.crop((x, y, x + 8, y + 8)))).float()
+    expected = (images[1].permute(1, 2, 0) * 255).round()
+    assert torch.equal(tile, expected)

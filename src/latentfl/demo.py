@@ -18,17 +18,15 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-import torch
-from PIL import Image, ImageDraw
-
 from latentfl.config import from_dict
 from latentfl.data import load_dataset
-from latentfl.errors import ConfigError
+from latentfl.errors import ConfigError, StateError
 from latentfl.log import configure_logging
 from latentfl.platform.coordinator.store import StateStore
 from latentfl.platform.local import LocalConsortium
 from latentfl.simulate import PartitionConfig, SimulationConfig, run_simulation
 from latentfl.strategies import StrategyConfig
+from latentfl.synthetic_grid import save_grid
 
 DATA = "builtin:cifar10-mini"
 METHODS = ("feddgm", "fedavg")
@@ -79,7 +77,6 @@ def run_demo(*, rounds: int = 3, participants: int = 5, method: str = "feddgm",
     partition = replace(PARTITION, seed=seed)
     started = time.monotonic()
     results: dict[str, list[float | None]] = {}
-    feddgm_state = None
 
     def show(name: str, r: int, accuracy: float | None) -> None:
         results.setdefault(name, []).append(accuracy)
@@ -94,20 +91,22 @@ def run_demo(*, rounds: int = 3, participants: int = 5, method: str = "feddgm",
                                       "strategy": strategy(method, ds.mean, ds.std)},
                          participant={"heartbeat_interval": 2.0}) as consortium:
         consortium.start()
-        status, shown = consortium.state_dir / "status.json", 0
-        while consortium.supervisor.procs["coordinator"].poll() is None:
-            if time.monotonic() - started > timeout_s:
-                break
-            history = _history(status)
-            for rec in history[shown:]:
+        status = consortium.state_dir / "status.json"
+        while (code := consortium.supervisor.exit_codes()["coordinator"]) is None:
+            for rec in _history(status)[len(results.get(method, [])):]:
                 show(method, rec["round"], rec["metrics"].get("accuracy"))
-            shown = len(history)
+            if time.monotonic() - started > timeout_s:
+                raise StateError(f"the demo did not finish within {timeout_s:.0f}s; see the "
+                                 f"logs in {root / 'logs'}.")
             time.sleep(0.5)
-        codes = consortium.stop(grace_s=20.0)
-    history = _history(status)
-    for rec in history[shown:]:
+        consortium.wait_finished(timeout_s=0)
+    for rec in _history(status)[len(results.get(method, [])):]:
         show(method, rec["round"], rec["metrics"].get("accuracy"))
-    ok = codes["coordinator"] == 0 and len(history) == rounds
+    ok = code == 0 and len(results.get(method, [])) == rounds
+    state = None
+    if ok and method == "feddgm":
+        checkpoint = StateStore(consortium.state_dir).load_checkpoint(rounds)
+        state = checkpoint.tensors, checkpoint.meta["strategy"]
     if ok and compare:
         other = METHODS[1 - METHODS.index(method)]
         configure_logging("console", level="warning")  # the round lines say what happens
@@ -116,21 +115,18 @@ def run_demo(*, rounds: int = 3, participants: int = 5, method: str = "feddgm",
                              device="cpu", partition=partition,
                              strategy=strategy(other, ds.mean, ds.std)),
             dataset=ds, on_round=lambda rec: show(other, rec.round, rec.accuracy))
-        feddgm_state = sim.strategy.state_dict() if other == "feddgm" else None
-    if ok and method == "feddgm":
-        checkpoint = StateStore(consortium.state_dir).load_checkpoint(rounds)
-        feddgm_state = checkpoint.tensors, checkpoint.meta["strategy"]
+        state = sim.strategy.state_dict() if other == "feddgm" else state
     out(f"{'round':>5}  " + "  ".join(f"{name:>8}" for name in results))
-    for r in range(rounds):
+    for r in range(max(len(accs) for accs in results.values()) if results else 0):
         out(f"{r + 1:>5}  " + "  ".join(
-            f"{'-' if accs[r] is None else f'{100 * accs[r]:.2f}%':>8}"
-            for accs in results.values() if r < len(accs)))
-    if feddgm_state is not None:
-        grid = save_grid(*feddgm_state, ds.train.classes, root / "synthetic.png")
+            f"{'-' if r >= len(accs) or accs[r] is None else f'{100 * accs[r]:.2f}%':>8}"
+            for accs in results.values()))
+    if state is not None:
+        grid = save_grid(*state, ds.train.classes, root / "synthetic.png")
         out(f"synthetic images of the last FedDGM round: {grid}")
-    out(f"{'finished' if ok else 'FAILED'} in {time.monotonic() - started:.1f}s; exit codes "
-        f"{codes}")
-    if keep or workdir or feddgm_state is not None:  # the grid is worth looking at
+    out(f"{'finished' if ok else 'FAILED'} in {time.monotonic() - started:.1f}s "
+        f"(coordinator exit {code})")
+    if keep or workdir or state is not None or not ok:  # a grid or a failure is worth a look
         out(f"keys, configs, state, journal and logs: {root}")
     else:
         shutil.rmtree(root, ignore_errors=True)
@@ -143,32 +139,6 @@ def _history(status: Path) -> list[dict]:
         return json.loads(status.read_text()).get("history", [])
     except (OSError, ValueError):
         return []
-
-
-def synthetic_sets(tensors: dict, meta: dict) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
-    """FedDGM's synthetic (images in [0, 1], labels) per participant, from its state."""
-    mean = torch.tensor(meta["mean"]).view(1, -1, 1, 1)
-    std = torch.tensor(meta["std"]).view(1, -1, 1, 1)
-    return {pid: ((tensors[f"synthetic.{pid}.images"] * std + mean).clamp(0, 1),
-                  tensors[f"synthetic.{pid}.labels"]) for pid in meta["synthetic"]}
-
-
-def save_grid(tensors: dict, meta: dict, classes, path: Path, scale: int = 3) -> Path:
-    """PNG of one synthetic image per class (columns, named) for each participant (rows)."""
-    sets = synthetic_sets(tensors, meta)
-    cell, head, side = 32 * scale + 4, 16, 40
-    sheet = Image.new("RGB", (side + cell * len(classes), head + cell * len(sets)), "white")
-    draw = ImageDraw.Draw(sheet)
-    for c, name in enumerate(classes):
-        draw.text((side + c * cell + 2, 2), name, fill="black")
-    for row, (pid, (images, labels)) in enumerate(sets.items()):
-        draw.text((2, head + row * cell + cell // 2), pid, fill="black")
-        for c in labels.unique(sorted=True).tolist():
-            pixels = (images[labels == c][0].permute(1, 2, 0) * 255).round().byte().numpy()
-            tile = Image.fromarray(pixels).resize((32 * scale, 32 * scale), Image.NEAREST)
-            sheet.paste(tile, (side + c * cell + 2, head + row * cell + 2))
-    sheet.save(path)
-    return path
 
 
 def _run(args) -> int:
@@ -193,4 +163,4 @@ def register(subparsers) -> None:
     p.set_defaults(handler=_run)
 
 
-__all__ = ["run_demo", "save_grid", "strategy", "synthetic_sets"]
+__all__ = ["run_demo", "strategy"]
