@@ -81,6 +81,6 @@ def test_grid_places_each_participants_first_image_of_a_class_in_that_class_colu
     cell, head, side = 8 + 4, 16, 40
     assert grid.size == (side + 4 * cell, head + 2 * cell)
     x, y = side + 3 * cell + 2, head + cell + 2
-    tile = torch.from_numpy(np.asarray(grid.crop((x, y, x + 8, y + 8)))).float()
+    tile = torch.tensor(np.array(grid.crop((x, y, x + 8, y + 8))), dtype=torch.float32)
     expected = (images[1].permute(1, 2, 0) * 255).round()
     assert torch.equal(tile, expected)
