@@ -9,6 +9,7 @@ from opacus.accountants import RDPAccountant
 
 from daemon_helpers import Running, local_parts, make_consortium, tiny_dataset
 from latentfl.cli import main
+from latentfl.config import write_config
 from latentfl.platform.coordinator import Coordinator, read_journal
 from latentfl.platform.local import LocalConsortium, free_port
 from latentfl.platform.participant import Agent, ParticipantConfig
@@ -100,11 +101,8 @@ def test_reported_epsilon_matches_opacus_and_survives_a_restart(tmp_path, parts,
         assert report["dp_steps"] == 0
     assert [r.mechanism for r in PrivacyLedger.load(states[2]).rows] == ["weight-noise"] * 2
 
-    toml = tmp_path / "p00.toml"
-    toml.write_text("\n".join([
-        'session = "s"', f'key_dir = "{consortium.keys / "participants" / "p00"}"',
-        f'roster = "{consortium.roster}"', 'coordinator = "tcp://127.0.0.1:1"',
-        'data = "builtin:cifar10-mini"', f'state_dir = "{states[0]}"']))
+    toml = write_config(tmp_path / "p00.toml", consortium.participant_config(
+        "p00", state_dir=states[0]))
     capsys.readouterr()
     assert main(["privacy", "ledger", "--config", str(toml)]) == 0
     out = capsys.readouterr().out
