@@ -104,6 +104,7 @@ class Supervisor:
                     proc.wait(timeout=max(0.1, deadline - time.monotonic()))
             with contextlib.suppress(ProcessLookupError):  # the group outlives its leader
                 os.killpg(self._pgid, signal.SIGKILL)
+            self._pgid = None  # children started later form a new group
         codes = {name: proc.wait() for name, proc in self.procs.items()}
         for log in self._logs:
             log.close()
