@@ -15,6 +15,7 @@ import json
 import shutil
 import tempfile
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
 
@@ -54,7 +55,7 @@ STRATEGY = {
 }
 
 
-def strategy(method: str, mean, std) -> StrategyConfig:
+def strategy(method: str, mean: Sequence[float], std: Sequence[float]) -> StrategyConfig:
     """The demo's ``method``; FedDGM renders to the public statistics ``mean``/``std``."""
     table = {**STRATEGY, "method": method,
              "feddgm": {**STRATEGY["feddgm"], "mean": list(mean), "std": list(std)}}
@@ -63,8 +64,12 @@ def strategy(method: str, mean, std) -> StrategyConfig:
 
 def run_demo(*, rounds: int = 3, participants: int = 5, method: str = "feddgm",
              workdir: Path | None = None, keep: bool = False, seed: int = 0,
-             compare: bool = True, timeout_s: float = 1800.0, out=print) -> int:
-    """Run the demo; 0 when every round of every method finished."""
+             compare: bool = True, timeout_s: float = 1800.0,
+             out: Callable[[str], object] = print) -> int:
+    """Run the demo; 0 when every round of every method finished.
+
+    ``compare`` runs the other method in-process for the table; ``out`` receives each line.
+    """
     if method not in METHODS:
         raise ConfigError(f"--method is {method!r}; expected one of {', '.join(METHODS)}.")
     if participants < 2 or rounds < 1:
