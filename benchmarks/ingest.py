@@ -15,17 +15,14 @@ the client side is done before the clock starts.
 from __future__ import annotations
 
 import argparse
-import os
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import zmq
 
-from latentfl.demo import free_port
-from latentfl.platform.crypto import init_consortium, load_identity, load_roster, make_curve_client
+from latentfl.platform.crypto import load_roster, make_curve_client
+from latentfl.platform.local import LocalConsortium
 from latentfl.platform.payloads import encode_update
 from latentfl.platform.protocol import (
     Kind,
@@ -38,46 +35,33 @@ from latentfl.platform.protocol import (
 from latentfl.strategies import Update
 
 SESSION = "ingest-bench"
-CONFIG = """session = "{session}"
-bind = "tcp://127.0.0.1:{port}"
-key_dir = "{keys}/coordinator"
-roster = "{keys}/roster.toml"
-state_dir = "{state}"
-rounds = 1
-min_participants = {n}
-heartbeat_timeout = 600.0
-round_deadline = 3600.0
-device = "cpu"
-
-[strategy.model]
-name = "convnet"
-options = {{ width = 128, depth = 3 }}
-"""
+COORDINATOR = {
+    "rounds": 1, "heartbeat_timeout": 600.0, "round_deadline": 3600.0, "device": "cpu",
+    "strategy": {"model": {"name": "convnet", "options": {"width": 128, "depth": 3}}},
+}
 
 
 def run_one(n: int, root: Path) -> dict[str, float]:
     ids = [f"p{i:03d}" for i in range(n)]
-    keys = root / "keys"
-    init_consortium(keys, ids)
-    port = free_port()
-    config = root / "coordinator.toml"
-    config.write_text(CONFIG.format(session=SESSION, port=port, keys=keys, state=root / "state",
-                                    n=n))
-    log = (root / "coordinator.log").open("wb")
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen([sys.executable, "-m", "latentfl", "coordinator", "--config",
-                             str(config)], stdout=log, stderr=subprocess.STDOUT, env=env)
+    with LocalConsortium(root, ids, session=SESSION, coordinator=COORDINATOR) as consortium:
+        consortium.start_coordinator()
+        return _measure(consortium)
+
+
+def _measure(consortium: LocalConsortium) -> dict[str, float]:
+    """Participants as DEALER sockets here: HELLO, TASK, then every UPDATE at once, timed."""
+    ids, n = consortium.ids, len(consortium.ids)
     ctx = zmq.Context()
-    roster = load_roster(keys / "roster.toml")
+    roster = load_roster(consortium.roster)
     verifier = Verifier.of_coordinator(roster, session=SESSION, replay=ReplayGuard())
     socks, idents = [], []
     try:
         for pid in ids:
-            ident = load_identity(keys / "participants" / pid)
+            ident = consortium.identity(pid)
             s = ctx.socket(zmq.DEALER)
             s.linger = 0
             make_curve_client(s, ident, roster.coordinator_curve_public)
-            s.connect(f"tcp://127.0.0.1:{port}")
+            s.connect(consortium.endpoint)
             socks.append(s)
             idents.append(ident)
         poller = zmq.Poller()
@@ -128,9 +112,6 @@ def run_one(n: int, root: Path) -> dict[str, float]:
         for s in socks:
             s.close(0)
         ctx.term()
-        proc.terminate()
-        proc.wait(30)
-        log.close()
 
 
 def main() -> None:

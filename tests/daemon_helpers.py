@@ -1,8 +1,10 @@
-"""Shared set-up for the daemon tests: a real consortium, tiny data, configs, a raw client."""
+"""Shared set-up for the daemon tests: the package's LocalConsortium with quick settings, tiny
+data, daemons run in threads, and a raw client that can tamper with any field."""
 
 from __future__ import annotations
 
 import dataclasses
+import os
 import signal
 import subprocess
 import threading
@@ -14,16 +16,12 @@ import zmq
 
 from latentfl.config import from_dict
 from latentfl.data import load_dataset, partition, to_tensors
-from latentfl.platform.coordinator import Coordinator, CoordinatorConfig
-from latentfl.platform.crypto import (
-    Identity,
-    init_consortium,
-    load_identity,
-    load_roster,
-    make_curve_client,
-)
-from latentfl.platform.participant import Agent, LocalData, ParticipantConfig
+from latentfl.platform.coordinator import Coordinator
+from latentfl.platform.crypto import Identity, load_roster, make_curve_client
+from latentfl.platform.local import LocalConsortium
+from latentfl.platform.participant import Agent, LocalData
 from latentfl.platform.protocol import Kind, Message, ReplayGuard, Verifier, encode
+from latentfl.platform.supervisor import wait_until
 from latentfl.simulate import PartitionConfig, SimulationConfig, run_simulation
 
 SESSION = "test-session"
@@ -60,37 +58,20 @@ def simulate(ds, count: int, rounds: int):
     return run_simulation(cfg, dataset=ds)
 
 
-class Consortium:
-    """Keys and roster in a temp folder, plus config builders for both daemons."""
+#: The daemon tests' settings, laid over LocalConsortium's: tiny FedAvg, quick timeouts.
+COORDINATOR = {
+    "rounds": 2, "min_participants": 3, "round_deadline": 60.0, "heartbeat_timeout": 10.0,
+    "roster_poll": 0.2, "device": "cpu", "strategy": STRATEGY,
+}
+PARTICIPANT = {
+    "heartbeat_interval": 0.5, "ack_timeout": 3.0, "coordinator_timeout": 5.0, "max_backoff": 1.0,
+}
 
-    def __init__(self, root: Path, ids: list[str], port: int) -> None:
-        self.root = root
-        self.keys = root / "keys"
-        init_consortium(self.keys, ids)
-        self.roster = self.keys / "roster.toml"
-        self.endpoint = f"tcp://127.0.0.1:{port}"
 
-    def coordinator_config(self, **overrides) -> CoordinatorConfig:
-        data = {
-            "session": SESSION, "bind": self.endpoint, "key_dir": str(self.keys / "coordinator"),
-            "roster": str(self.roster), "state_dir": str(self.root / "state"),
-            "rounds": 2, "min_participants": 3, "round_deadline": 60.0,
-            "heartbeat_timeout": 10.0, "roster_poll": 0.2, "device": "cpu",
-            "strategy": STRATEGY, **overrides,
-        }
-        return from_dict(CoordinatorConfig, data)
-
-    def participant_config(self, pid: str, **overrides) -> ParticipantConfig:
-        data = {
-            "session": SESSION, "coordinator": self.endpoint, "roster": str(self.roster),
-            "key_dir": str(self.keys / "participants" / pid), "data": "builtin:cifar10-mini",
-            "heartbeat_interval": 0.5, "ack_timeout": 3.0, "coordinator_timeout": 5.0,
-            "max_backoff": 1.0, **overrides,
-        }
-        return from_dict(ParticipantConfig, data)
-
-    def identity(self, pid: str) -> Identity:
-        return load_identity(self.keys / "participants" / pid)
+def make_consortium(root: Path, ids: list[str]) -> LocalConsortium:
+    """Real keys and roster under ``root``, configs with the daemon tests' settings."""
+    return LocalConsortium(root, ids, session=SESSION, coordinator=COORDINATOR,
+                           participant=PARTICIPANT)
 
 
 class Running:
@@ -126,7 +107,7 @@ class Running:
         self.thread.join(15)
 
 
-def start_agents(consortium: Consortium, parts: list[LocalData], ids: list[str]) -> list[Running]:
+def start_agents(consortium: LocalConsortium, parts: list[LocalData], ids: list[str]) -> list[Running]:
     return [Running(Agent(consortium.participant_config(pid), data=parts[i]))
             for i, pid in enumerate(ids)]
 
@@ -134,7 +115,7 @@ def start_agents(consortium: Consortium, parts: list[LocalData], ids: list[str])
 class RawClient:
     """A hand-driven participant: real CURVE keys and protocol encode, any field tampered."""
 
-    def __init__(self, consortium: Consortium, identity: Identity, *, session: str = SESSION):
+    def __init__(self, consortium: LocalConsortium, identity: Identity, *, session: str = SESSION):
         self.identity = identity
         self.session = session
         roster = load_roster(consortium.roster)
@@ -171,23 +152,29 @@ class RawClient:
         self.ctx.term()
 
 
-def wait_for(predicate, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
 def exit_code_after_sigterm(proc: subprocess.Popen, ready, what: str) -> int:
     """Wait until ``ready()``, send SIGTERM and return the exit code; the process never
     outlives the call (it is killed if it did not exit)."""
     try:
-        wait_for(ready, 60, what)
+        wait_until(ready, 60, what)
         proc.send_signal(signal.SIGTERM)
         return proc.wait(20)
     finally:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+def processes_mentioning(text: str) -> list[int]:
+    """Pids (other than this one) whose command line contains ``text``."""
+    pids = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit() or int(proc.name) == os.getpid():
+            continue
+        try:
+            cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except OSError:
+            continue
+        if text in cmdline:
+            pids.append(int(proc.name))
+    return pids

@@ -9,7 +9,7 @@ from typing import Literal
 
 import pytest
 
-from latentfl.config import describe, from_dict, load_config, option, to_dict
+from latentfl.config import describe, from_dict, load_config, option, to_dict, to_toml, write_config
 from latentfl.errors import ConfigError
 
 
@@ -90,3 +90,19 @@ def test_mutable_defaults_are_not_shared_and_describe_lists_every_option():
     keys = [row[0] for row in describe(Outer)]
     assert "inner.lr" in keys and "rounds" in keys
     assert to_dict(Outer())["inner"] == {"lr": 0.1, "kind": "a"}
+
+
+def test_written_toml_reads_back_equal(tmp_path):
+    """write_config's TOML (quotes, unicode, odd keys, nested tables) reads back as the object."""
+    obj = Outer(rounds=7, name='a "quoted" \\ näme\n', state_dir=tmp_path / "state dir",
+                sizes=(3, 4), extra={"odd key": 1, "plain": 2}, inner=Inner(lr=2.5e-05, kind="b"))
+    path = write_config(tmp_path / "c.toml", obj, comment="latentfl x --config c.toml")
+    assert path.read_text().startswith("# latentfl x --config c.toml\nrounds = 7\n")
+    assert load_config(path, Outer) == obj
+    assert load_config(write_config(tmp_path / "d.toml", Outer()), Outer) == Outer()
+
+
+def test_a_value_without_a_toml_form_is_refused():
+    """A value TOML cannot hold (here a set) is a TypeError naming it, not a silent repr."""
+    with pytest.raises(TypeError, match="no TOML form"):
+        to_toml({"a": {1, 2}})

@@ -10,21 +10,21 @@ import pytest
 import torch
 
 from daemon_helpers import (
-    Consortium,
     RawClient,
     Running,
     local_parts,
+    make_consortium,
     simulate,
     start_agents,
     tiny_dataset,
-    wait_for,
 )
 from latentfl.cli import main
-from latentfl.demo import free_port
+from latentfl.config import write_config
 from latentfl.platform.coordinator import Coordinator, read_journal, verify_journal
 from latentfl.platform.crypto import init_consortium, load_identity, revoke_participant
 from latentfl.platform.payloads import encode_update
 from latentfl.platform.protocol import Kind, pack_json, unpack_tensors
+from latentfl.platform.supervisor import wait_until
 from latentfl.strategies import Update
 
 IDS = ["p00", "p01", "p02"]
@@ -37,7 +37,7 @@ def dataset():
 
 @pytest.fixture
 def consortium(tmp_path):
-    return Consortium(tmp_path, IDS + ["p03"], free_port())
+    return make_consortium(tmp_path, IDS + ["p03"])
 
 
 def _final_global(state_dir, round):
@@ -67,9 +67,7 @@ def test_three_participants_finish_two_rounds_like_the_simulator(consortium, dat
     for name, value in reference.items():
         assert torch.allclose(final[name], value, atol=1e-6, rtol=0), name
 
-    cfg_file = tmp_path / "coordinator.toml"
-    cfg_file.write_text(f'session = "x"\nkey_dir = "{config.key_dir}"\nroster = '
-                        f'"{config.roster}"\nstate_dir = "{config.state_dir}"\n')
+    cfg_file = write_config(tmp_path / "coordinator.toml", config)
     out = io.StringIO()
     with redirect_stdout(out):
         assert main(["status", "--config", str(cfg_file)]) == 0
@@ -138,7 +136,7 @@ def test_hostile_messages_are_refused_with_reasons_and_service_continues(consort
         client.send(good)  # the very same frames again
         reject = client.recv(kind=Kind.REJECT)
         assert reject is not None and reject.header.meta["reason"] == "replay"
-        wait_for(lambda: coord.daemon.rounds.round == 2, 10, "the good update to close round 1")
+        wait_until(lambda: coord.daemon.rounds.round == 2, 10, "the good update to close round 1")
     finally:
         client.close()
         coord.stop()
@@ -187,11 +185,11 @@ def test_revoked_participant_is_dropped(consortium, dataset):
     try:
         assert revoked.recv(kind=Kind.TASK) is not None
         revoke_participant(consortium.keys, "p02")
-        wait_for(lambda: "p02" not in coord.daemon.rounds.plan, 10, "p02 to leave the plan")
+        wait_until(lambda: "p02" not in coord.daemon.rounds.plan, 10, "p02 to leave the plan")
         # its connection is gone and cannot come back: the CURVE handshake now fails
         revoked.send(revoked.frames(Kind.HEARTBEAT, 1))
         assert revoked.recv(kind=Kind.REJECT, timeout=2.0) is None
-        wait_for(lambda: coord.daemon.rounds.round == 2, 30, "round 1 to close")
+        wait_until(lambda: coord.daemon.rounds.round == 2, 30, "round 1 to close")
     finally:
         revoked.close()
         for agent in agents:
@@ -244,8 +242,8 @@ def test_silent_participant_is_marked_offline(consortium):
     client = RawClient(consortium, consortium.identity("p00"))
     try:
         client.send(client.frames(Kind.HELLO, 0, pack_json({"num_examples": 10})))
-        wait_for(lambda: "p00" in coord.daemon.online(), 5, "p00 online")
-        wait_for(lambda: "p00" not in coord.daemon.online(), 5, "p00 offline")
+        wait_until(lambda: "p00" in coord.daemon.online(), 5, "p00 online")
+        wait_until(lambda: "p00" not in coord.daemon.online(), 5, "p00 offline")
         client.send(client.frames(Kind.HEARTBEAT, 0))
         assert client.recv(kind=Kind.HEARTBEAT) is not None
         assert "p00" in coord.daemon.online()

@@ -9,18 +9,19 @@ from contextlib import redirect_stdout
 import pytest
 import torch
 
-from daemon_helpers import SESSION, Consortium, RawClient, Running, wait_for
+from daemon_helpers import RawClient, Running, make_consortium
 from latentfl.audits import load_model_file
 from latentfl.cli import main
-from latentfl.config import from_dict
-from latentfl.demo import free_port
+from latentfl.config import from_dict, write_config
 from latentfl.distill import SyntheticSet
 from latentfl.errors import ProtocolError
 from latentfl.platform.coordinator import Coordinator, StateStore, read_journal, verify_journal
+from latentfl.platform.local import LocalConsortium
 from latentfl.platform.participant import Agent
 from latentfl.platform.participant.audit_client import AuditClient, run_participant_audit
 from latentfl.platform.protocol import Kind, pack_json
 from latentfl.platform.report_command import export_global_model
+from latentfl.platform.supervisor import wait_until
 from latentfl.strategies import StrategyConfig, build_strategy
 
 IDS = ["p00", "p01", "p02"]
@@ -46,7 +47,7 @@ def _pixels(value: float) -> torch.Tensor:
     return torch.full((10, 3, 32, 32), (value - MEAN[0]) / STD[0])
 
 
-def _finished_session(consortium: Consortium, values: dict[str, float], **overrides):
+def _finished_session(consortium: LocalConsortium, values: dict[str, float], **overrides):
     """A coordinator config whose state holds a finished FedDGM session with these sets."""
     config = consortium.coordinator_config(strategy=TINY_FEDDGM, rounds=1, linger_s=60.0,
                                            **overrides)
@@ -61,7 +62,7 @@ def _finished_session(consortium: Consortium, values: dict[str, float], **overri
 
 @pytest.fixture
 def consortium(tmp_path):
-    return Consortium(tmp_path, IDS, free_port())
+    return make_consortium(tmp_path, IDS)
 
 
 @pytest.fixture
@@ -143,9 +144,7 @@ def test_shared_aggregates_land_in_state_and_report(consortium, lingering, tmp_p
     assert any(e.get("kind") == "AUDIT_REPORT" and e["event"] == "accepted"
                and e["peer"] == "p01" for e in entries)
 
-    cfg_file = tmp_path / "coordinator.toml"
-    cfg_file.write_text(f'session = "{SESSION}"\nkey_dir = "{lingering.key_dir}"\n'
-                        f'roster = "{lingering.roster}"\nstate_dir = "{lingering.state_dir}"\n')
+    cfg_file = write_config(tmp_path / "coordinator.toml", lingering)
     out = io.StringIO()
     with redirect_stdout(out):
         assert main(["report", "--config", str(cfg_file), "--out", str(tmp_path / "rep")]) == 0
@@ -164,7 +163,7 @@ def test_audit_client_leaves_the_agents_connection_alone(consortium, tmp_path):
     second = RawClient(consortium, consortium.identity("p01"))
     try:
         first.send(first.frames(Kind.HELLO, 0, payload=pack_json({"num_examples": 50})))
-        wait_for(lambda: "p00" in coord.daemon.peers, 10, "p00 online")
+        wait_until(lambda: "p00" in coord.daemon.peers, 10, "p00 online")
         with (AuditClient(consortium.participant_config("p00"), timeout_s=10) as client,
               pytest.raises(ProtocolError) as refused):
             client.fetch_synthetic()  # FedAvg, round 0: nothing to fetch
@@ -188,7 +187,7 @@ def test_feddgm_through_daemons_then_audit_and_report(consortium, tmp_path):
         pid, partition={**parts, "index": i}, state_dir=str(tmp_path / pid))
         for i, pid in enumerate(IDS[:2])}
     agents = [Running(Agent(c)) for c in configs.values()]
-    wait_for(lambda: coord.daemon.rounds.phase == "finished", 150, "the FedDGM round")
+    wait_until(lambda: coord.daemon.rounds.phase == "finished", 150, "the FedDGM round")
 
     outcome = run_participant_audit(configs["p00"], out_dir=tmp_path / "audit-p00", share=True,
                                     max_images=300)
@@ -200,9 +199,7 @@ def test_feddgm_through_daemons_then_audit_and_report(consortium, tmp_path):
     for agent in agents:
         agent.stop()
     assert verify_journal(config.state_dir / "journal.jsonl") > 0
-    cfg_file = tmp_path / "coordinator.toml"
-    cfg_file.write_text(f'session = "{SESSION}"\nkey_dir = "{config.key_dir}"\n'
-                        f'roster = "{config.roster}"\nstate_dir = "{config.state_dir}"\n')
+    cfg_file = write_config(tmp_path / "coordinator.toml", config)
     with redirect_stdout(io.StringIO()):
         assert main(["report", "--config", str(cfg_file), "--out", str(tmp_path / "rep")]) == 0
     report = json.loads((tmp_path / "rep" / "consortium_report.json").read_text())
@@ -225,9 +222,7 @@ def test_report_shows_each_participants_dp_ledger_from_its_updates(consortium, t
         "epsilon": 0.9, "delta": 1e-5, "noise_multiplier": 1.1, "dp_steps": 20})
     journal.append("accepted", kind="UPDATE", peer="p01", round=2, privacy={})
     journal.close()
-    cfg_file = tmp_path / "coordinator.toml"
-    cfg_file.write_text(f'session = "{SESSION}"\nkey_dir = "{config.key_dir}"\n'
-                        f'roster = "{config.roster}"\nstate_dir = "{config.state_dir}"\n')
+    cfg_file = write_config(tmp_path / "coordinator.toml", config)
     out = io.StringIO()
     with redirect_stdout(out):
         assert main(["report", "--config", str(cfg_file), "--out", str(tmp_path / "rep")]) == 0

@@ -2,61 +2,50 @@
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
+import numpy as np
 import pytest
+import torch
+from PIL import Image
 
+from daemon_helpers import processes_mentioning
 from latentfl.demo import run_demo
-
-
-def _processes_mentioning(text: str) -> list[int]:
-    pids = []
-    for proc in Path("/proc").iterdir():
-        if not proc.name.isdigit() or int(proc.name) == os.getpid():
-            continue
-        try:
-            cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode()
-        except OSError:
-            continue
-        if text in cmdline:
-            pids.append(int(proc.name))
-    return pids
+from latentfl.strategies.base import SyntheticImages
+from latentfl.synthetic_grid import save_grid
 
 
 @pytest.mark.slow
 def test_demo_runs_rounds_and_leaves_no_processes(tmp_path):
-    """Two participants finish a round; the table, state and journal are reported."""
+    """Two participants finish a FedAvg round over the daemons; a line per round, a table."""
     lines: list[str] = []
     workdir = tmp_path / "demo"
-    assert run_demo(rounds=1, participants=2, method="fedavg", workdir=workdir,
+    assert run_demo(rounds=1, participants=2, method="fedavg", workdir=workdir, compare=False,
                     out=lines.append) == 0
-    text = "\n".join(lines)
-    assert "round  participants" in text and "journal:" in text
-    row = next(line for line in lines if line.strip().startswith("1 "))
-    assert row.split()[1] == "2"
+    assert any(line.startswith("fedavg  round 1  test acc") for line in lines)
+    header = lines.index("round    fedavg")
+    assert lines[header + 1].split()[0] == "1" and lines[header + 1].endswith("%")
     assert (workdir / "state" / "journal.jsonl").exists()
-    assert _processes_mentioning(str(workdir)) == []
+    assert processes_mentioning(str(workdir)) == []
 
 
 @pytest.mark.slow
 def test_feddgm_demo_through_the_daemons(tmp_path):
-    """FedDGM's demo runs 2 rounds over the daemons, compares with FedAvg, saves a grid."""
-    from PIL import Image
-
+    """FedDGM runs 2 rounds over the daemons, FedAvg beside it; a labelled grid is saved."""
     lines: list[str] = []
     workdir = tmp_path / "demo"
     assert run_demo(rounds=2, participants=2, method="feddgm", workdir=workdir,
                     out=lines.append) == 0
-    text = "\n".join(lines)
-    assert "FedAvg (convnet-16)" in text and "synthetic images of the last round" in text
+    assert lines.index("round    feddgm    fedavg") > 0
+    assert any(line.startswith("fedavg  round 2") for line in lines)
     grid = Image.open(workdir / "synthetic.png")
-    assert grid.size[0] == 10 * 34 + 2  # ten classes of 32-pixel images with 2-pixel padding
-    assert _processes_mentioning(str(workdir)) == []
+    # A name column and ten class columns of 3x-scaled 32-pixel images with 4-pixel gutters,
+    # under a row of class names; one row per participant.
+    assert grid.size == (40 + 10 * 100, 16 + 2 * 100)
+    assert processes_mentioning(str(workdir)) == []
 
 
 @pytest.mark.slow
@@ -68,13 +57,29 @@ def test_demo_interrupted_leaves_no_processes(tmp_path):
                             text=True)
     try:
         deadline = time.monotonic() + 60
-        while time.monotonic() < deadline and len(_processes_mentioning(str(workdir))) < 4:
+        while time.monotonic() < deadline and len(processes_mentioning(str(workdir))) < 4:
             time.sleep(0.2)
-        assert len(_processes_mentioning(str(workdir))) >= 4
+        assert len(processes_mentioning(str(workdir))) >= 4
         proc.send_signal(signal.SIGINT)
         proc.wait(30)
     finally:
         if proc.poll() is None:
             proc.kill()
     assert proc.returncode == 130
-    assert _processes_mentioning(str(workdir)) == []
+    assert processes_mentioning(str(workdir)) == []
+
+
+def test_grid_places_each_participants_first_image_of_a_class_in_that_class_column(tmp_path):
+    """The grid's tile (row p01, column 'cat') is p01's first cat image, denormalised."""
+    images = torch.rand(4, 3, 8, 8)
+    stats = dict(mean=(0.5,) * 3, std=(0.25,) * 3)
+    sets = {"p00": SyntheticImages(torch.zeros(2, 3, 8, 8), torch.tensor([0, 1]), **stats),
+            "p01": SyntheticImages((images - 0.5) / 0.25, torch.tensor([1, 3, 3, 0]), **stats)}
+    grid = Image.open(save_grid(sets, ["plane", "car", "bird", "cat"],
+                                tmp_path / "g.png", scale=1))
+    cell, head, side = 8 + 4, 16, 40
+    assert grid.size == (side + 4 * cell, head + 2 * cell)
+    x, y = side + 3 * cell + 2, head + cell + 2
+    tile = torch.tensor(np.array(grid.crop((x, y, x + 8, y + 8))), dtype=torch.float32)
+    expected = (images[1].permute(1, 2, 0) * 255).round()
+    assert torch.equal(tile, expected)

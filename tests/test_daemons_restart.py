@@ -12,41 +12,28 @@ import pytest
 import torch
 
 from daemon_helpers import (
-    SESSION,
     STRATEGY,
-    Consortium,
     RawClient,
     Running,
     exit_code_after_sigterm,
     local_parts,
+    make_consortium,
     simulate,
     start_agents,
     tiny_dataset,
-    wait_for,
 )
-from latentfl.demo import free_port
+from latentfl.config import write_config
 from latentfl.platform.coordinator import Coordinator, StateStore, read_journal, verify_journal
+from latentfl.platform.local import LocalConsortium
 from latentfl.platform.participant import Agent
 from latentfl.platform.protocol import Kind, pack_json
+from latentfl.platform.supervisor import wait_until
 
 IDS = ["p00", "p01", "p02"]
 
 
-def _toml(value) -> str:
-    return json.dumps(value) if not isinstance(value, dict) else (
-        "{ " + ", ".join(f"{k} = {_toml(v)}" for k, v in value.items()) + " }")
-
-
-def _write_config(consortium: Consortium, path) -> None:
-    s = STRATEGY
-    path.write_text(
-        f'session = "{SESSION}"\nbind = "{consortium.endpoint}"\n'
-        f'key_dir = "{consortium.keys / "coordinator"}"\nroster = "{consortium.roster}"\n'
-        f'state_dir = "{consortium.root / "state"}"\nrounds = 2\nmin_participants = 3\n'
-        'heartbeat_timeout = 60.0\nround_deadline = 120.0\ndevice = "cpu"\n\n'
-        f'[strategy]\nmethod = "{s["method"]}"\n\n[strategy.model]\nname = '
-        f'"{s["model"]["name"]}"\noptions = {_toml(s["model"]["options"])}\n\n[strategy.local]\n'
-        + "".join(f"{k} = {_toml(v)}\n" for k, v in s["local"].items()))
+def _write_config(consortium: LocalConsortium, path) -> None:
+    write_config(path, consortium.coordinator_config(heartbeat_timeout=60.0, round_deadline=120.0))
 
 
 def _start(config_path, log_path) -> subprocess.Popen:
@@ -65,19 +52,19 @@ def test_sigkilled_coordinator_resumes_without_losing_or_double_counting(tmp_pat
     """kill -9 after two ACKs of round 1; the restart finishes with the simulator's weights."""
     dataset = tiny_dataset()
     parts = local_parts(dataset, 3)
-    consortium = Consortium(tmp_path, IDS, free_port())
+    consortium = make_consortium(tmp_path, IDS)
     config_path, log_path = tmp_path / "coordinator.toml", tmp_path / "coordinator.log"
     _write_config(consortium, config_path)
     journal = tmp_path / "state" / "journal.jsonl"
     proc = _start(config_path, log_path)
     agents, late = [], None
     try:
-        wait_for(lambda: (tmp_path / "state" / "status.json").exists(), 60, "coordinator start")
+        wait_until(lambda: (tmp_path / "state" / "status.json").exists(), 60, "coordinator start")
         agents = start_agents(consortium, parts, IDS[:2])
         silent = RawClient(consortium, consortium.identity("p02"))
         silent.send(silent.frames(Kind.HELLO, 0, pack_json({"num_examples": 10})))
         assert silent.recv(timeout=30, kind=Kind.TASK) is not None
-        wait_for(lambda: len(_accepted_updates(journal)) == 2, 60, "two acknowledged updates")
+        wait_until(lambda: len(_accepted_updates(journal)) == 2, 60, "two acknowledged updates")
         proc.send_signal(signal.SIGKILL)
         proc.wait(10)
         silent.close()
@@ -111,7 +98,7 @@ def test_sigkilled_coordinator_resumes_without_losing_or_double_counting(tmp_pat
 
 def test_sigterm_stops_the_coordinator_cleanly(tmp_path):
     """SIGTERM makes the daemon record its state, remove its pid file and exit with 130."""
-    consortium = Consortium(tmp_path, IDS, free_port())
+    consortium = make_consortium(tmp_path, IDS)
     config_path, log_path = tmp_path / "coordinator.toml", tmp_path / "coordinator.log"
     _write_config(consortium, config_path)
     proc = _start(config_path, log_path)
@@ -129,23 +116,20 @@ def test_sigterm_stops_the_coordinator_cleanly(tmp_path):
 def test_killed_participant_process_does_not_stop_a_round_at_quorum(tmp_path):
     """A participant process SIGKILLed while training; the others' quorum closes the round."""
     dataset = tiny_dataset()
-    consortium = Consortium(tmp_path, IDS, free_port())
+    consortium = make_consortium(tmp_path, IDS)
     local = {k: v for k, v in STRATEGY["local"].items() if k != "max_steps"}
     config = consortium.coordinator_config(rounds=1, quorum=0.6, heartbeat_timeout=60.0,
                                            strategy={**STRATEGY, "local": local})
     coord = Running(Coordinator(config))
-    part = tmp_path / "p02.toml"
-    part.write_text(
-        f'session = "{SESSION}"\ncoordinator = "{consortium.endpoint}"\n'
-        f'key_dir = "{consortium.keys / "participants" / "p02"}"\nroster = "{consortium.roster}"\n'
-        'data = "builtin:cifar10-mini"\n')  # all 5000 images: it trains for a while
+    part = write_config(tmp_path / "p02.toml", consortium.participant_config(
+        "p02", heartbeat_interval=5.0, coordinator_timeout=30.0))  # all 5000 images: it trains
     proc = subprocess.Popen([sys.executable, "-m", "latentfl", "participant", "--config",
                              str(part)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     agents = []
     try:
-        wait_for(lambda: "p02" in coord.daemon.online(), 60, "p02 online")
+        wait_until(lambda: "p02" in coord.daemon.online(), 60, "p02 online")
         agents = start_agents(consortium, local_parts(dataset, 3), IDS[:2])
-        wait_for(lambda: "p02" in coord.daemon.rounds.plan, 30, "round 1 planned with p02")
+        wait_until(lambda: "p02" in coord.daemon.rounds.plan, 30, "round 1 planned with p02")
         proc.send_signal(signal.SIGKILL)
         proc.wait(10)
         assert coord.join(60) == 0
@@ -163,12 +147,9 @@ def test_killed_participant_process_does_not_stop_a_round_at_quorum(tmp_path):
 
 def test_sigterm_stops_a_participant_cleanly(tmp_path):
     """A participant waiting for an absent coordinator exits with 130 on SIGTERM."""
-    consortium = Consortium(tmp_path, IDS, free_port())
-    part, log = tmp_path / "p00.toml", tmp_path / "p00.log"
-    part.write_text(
-        f'session = "{SESSION}"\ncoordinator = "{consortium.endpoint}"\n'
-        f'key_dir = "{consortium.keys / "participants" / "p00"}"\nroster = "{consortium.roster}"\n'
-        'data = "builtin:cifar10-mini"\n')
+    consortium = make_consortium(tmp_path, IDS)
+    part = write_config(tmp_path / "p00.toml", consortium.participant_config("p00"))
+    log = tmp_path / "p00.log"
     proc = subprocess.Popen([sys.executable, "-m", "latentfl", "participant", "--config",
                              str(part)], stdout=log.open("wb"), stderr=subprocess.STDOUT)
     assert exit_code_after_sigterm(

@@ -7,10 +7,11 @@ import math
 import pytest
 from opacus.accountants import RDPAccountant
 
-from daemon_helpers import Consortium, Running, local_parts, tiny_dataset
+from daemon_helpers import Running, local_parts, make_consortium, tiny_dataset
 from latentfl.cli import main
-from latentfl.demo import free_port
+from latentfl.config import write_config
 from latentfl.platform.coordinator import Coordinator, read_journal
+from latentfl.platform.local import LocalConsortium, free_port
 from latentfl.platform.participant import Agent, ParticipantConfig
 from latentfl.privacy import PrivacyLedger, poisson_sample_rate, steps_per_round
 
@@ -29,7 +30,7 @@ def _opacus_epsilon(noise: float, sample_rate: float, steps: int) -> float:
     return accountant.get_epsilon(DELTA)
 
 
-def _private(consortium: Consortium, pid: str, state, privacy: dict) -> ParticipantConfig:
+def _private(consortium: LocalConsortium, pid: str, state, privacy: dict) -> ParticipantConfig:
     return consortium.participant_config(pid, state_dir=str(state), privacy=privacy)
 
 
@@ -53,7 +54,7 @@ def _updates(journal) -> dict[str, list[dict]]:
 def test_reported_epsilon_matches_opacus_and_survives_a_restart(tmp_path, parts, capsys):
     """Each UPDATE reports Opacus's RDP epsilon (DP-SGD and weight noise); a restarted agent
     continues its ledger and noise; `privacy ledger --config` prints it."""
-    consortium = Consortium(tmp_path, IDS, free_port())
+    consortium = make_consortium(tmp_path, IDS)
     dp_target = {"dp_sgd": {"enabled": True, "target_epsilon": 8.0, "planned_rounds": 2},
                  "policy": {"delta": DELTA}, "noise_seed": 1}
     dp_fixed = {"dp_sgd": {"enabled": True, "noise_multiplier": 1.0}, "noise_seed": 2}
@@ -100,11 +101,8 @@ def test_reported_epsilon_matches_opacus_and_survives_a_restart(tmp_path, parts,
         assert report["dp_steps"] == 0
     assert [r.mechanism for r in PrivacyLedger.load(states[2]).rows] == ["weight-noise"] * 2
 
-    toml = tmp_path / "p00.toml"
-    toml.write_text("\n".join([
-        'session = "s"', f'key_dir = "{consortium.keys / "participants" / "p00"}"',
-        f'roster = "{consortium.roster}"', 'coordinator = "tcp://127.0.0.1:1"',
-        'data = "builtin:cifar10-mini"', f'state_dir = "{states[0]}"']))
+    toml = write_config(tmp_path / "p00.toml", consortium.participant_config(
+        "p00", state_dir=states[0]))
     capsys.readouterr()
     assert main(["privacy", "ledger", "--config", str(toml)]) == 0
     out = capsys.readouterr().out
@@ -114,7 +112,7 @@ def test_reported_epsilon_matches_opacus_and_survives_a_restart(tmp_path, parts,
 def test_task_past_the_budget_is_refused_journaled_and_the_agent_keeps_serving(tmp_path, parts):
     """Round 2 would pass p00's max_epsilon: it REJECTs naming budget_exceeded, the coordinator
     journals it and finishes with the others, and p00 serves to the end without spending."""
-    consortium = Consortium(tmp_path, IDS, free_port())
+    consortium = make_consortium(tmp_path, IDS)
     n = len(parts[0].y)
     q, steps = poisson_sample_rate(n, BATCH), steps_per_round(n, BATCH, 1, MAX_STEPS)
     one, two = _opacus_epsilon(1.0, q, steps), _opacus_epsilon(1.0, q, 2 * steps)
@@ -140,7 +138,7 @@ def test_privacy_without_state_dir_is_refused(tmp_path):
     """DP-SGD or an epsilon cap without a state dir is a config error (the ledger needs disk)."""
     from latentfl.errors import ConfigError
 
-    consortium = Consortium(tmp_path, IDS, free_port())
+    consortium = make_consortium(tmp_path, IDS)
     for privacy in ({"dp_sgd": {"enabled": True, "noise_multiplier": 1.0}},
                     {"policy": {"max_epsilon": 1.0}}):
         with pytest.raises(ConfigError, match="state_dir"):

@@ -12,16 +12,15 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from daemon_helpers import (
     PARTITION,
     STRATEGY,
-    Consortium,
     RawClient,
     Running,
     local_parts,
+    make_consortium,
     simulate,
     start_agents,
     tiny_dataset,
 )
 from latentfl.config import from_dict
-from latentfl.demo import free_port
 from latentfl.errors import ConfigError, ProtocolError, Reason, SecurityError
 from latentfl.models import model_manifest
 from latentfl.platform.coordinator import (
@@ -72,7 +71,7 @@ def dataset():
 
 @pytest.fixture
 def consortium(tmp_path):
-    c = Consortium(tmp_path, IDS, free_port())
+    c = make_consortium(tmp_path, IDS)
     write_ckks_keys(c.keys)
     return c
 

@@ -6,18 +6,23 @@ Each component declares its schema as frozen dataclasses whose fields are made w
 types and out-of-range values are all collected and reported together, one sentence each,
 naming the file, the key and what was expected. A schema may add cross-field checks with a
 ``problems(self) -> list[str]`` method. Relative paths are resolved against the file's folder.
+:func:`to_toml` and :func:`write_config` go the other way, so configs built in code (the demo,
+the tests, the benchmarks) are written as the same TOML a person would write.
 """
 
 from __future__ import annotations
 
 import copy
 import dataclasses
+import json
+import math
 import tomllib
 import types
 import typing
 from pathlib import Path
 from typing import Any, Literal, TypeVar, get_args, get_origin
 
+from latentfl.durable import write_atomic
 from latentfl.errors import ConfigError
 
 T = TypeVar("T")
@@ -80,6 +85,56 @@ def to_dict(obj: Any) -> Any:
     if isinstance(obj, Path):
         return str(obj)
     return obj
+
+
+def to_toml(obj: Any, *, comment: str | None = None) -> str:
+    """TOML text of a config object (or a TOML-shaped dict) that :func:`from_dict` reads back.
+
+    Unset optional fields (None) are left out, so they take their defaults when read.
+    """
+    lines = [f"# {line}" for line in comment.splitlines()] if comment else []
+    _toml_table(to_dict(obj), [], lines)
+    return "\n".join(lines).lstrip("\n") + "\n"
+
+
+def write_config(path: str | Path, obj: Any, *, comment: str | None = None) -> Path:
+    """Write ``obj`` as TOML to ``path`` (atomically); return the path."""
+    path = Path(path)
+    write_atomic(path, to_toml(obj, comment=comment))
+    return path
+
+
+def _toml_table(table: dict[str, Any], where: list[str], lines: list[str]) -> None:
+    subtables = {k: v for k, v in table.items() if isinstance(v, dict)}
+    for key, value in table.items():
+        if key not in subtables:
+            lines.append(f"{_toml_key(key)} = {_toml_value(value)}")
+    for key, value in subtables.items():
+        path = [*where, key]
+        lines += ["", f"[{'.'.join(_toml_key(k) for k in path)}]"]
+        _toml_table(value, path, lines)
+
+
+def _toml_key(key: str) -> str:
+    bare = key.replace("_", "").replace("-", "").isalnum() and key.isascii()
+    return key if bare else json.dumps(key)
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float) and not math.isfinite(value):
+        return "nan" if math.isnan(value) else ("inf" if value > 0 else "-inf")
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, str):  # a JSON string with ASCII escapes is a TOML basic string
+        return json.dumps(value)
+    if isinstance(value, list):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    if isinstance(value, dict):
+        items = ", ".join(f"{_toml_key(k)} = {_toml_value(v)}" for k, v in value.items())
+        return "{ " + items + " }" if items else "{}"
+    raise TypeError(f"config value {value!r} of type {type(value).__name__} has no TOML form")
 
 
 def _convert_dataclass(schema, data, where, problems, base_dir):
@@ -223,4 +278,4 @@ def describe(schema: type, prefix: str = "") -> list[tuple[str, str, str, str]]:
     return rows
 
 
-__all__ = ["describe", "from_dict", "load_config", "option", "to_dict"]
+__all__ = ["describe", "from_dict", "load_config", "option", "to_dict", "to_toml", "write_config"]
