@@ -15,7 +15,7 @@ import torch
 import zmq
 
 from latentfl.config import from_dict
-from latentfl.data import load_dataset, partition, to_tensors
+from latentfl.data import load_dataset, to_tensors
 from latentfl.platform.coordinator import Coordinator
 from latentfl.platform.crypto import Identity, load_roster, make_curve_client
 from latentfl.platform.local import LocalConsortium
@@ -44,8 +44,7 @@ def tiny_dataset(n_train: int = 400, n_test: int = 100):
 
 def local_parts(ds, count: int) -> list[LocalData]:
     """Each participant's part of the partition, computed as the simulator computes it."""
-    parts = partition(ds.train.y, count, PARTITION.scheme, seed=PARTITION.seed,
-                      alpha=PARTITION.alpha, min_size=PARTITION.min_size)
+    parts = PARTITION.split(ds.train.y, count)
     x, y = to_tensors(ds.train, ds.mean, ds.std)
     return [LocalData(x[idx], y[idx], ds.num_classes) for idx in parts]
 
