@@ -130,7 +130,8 @@ for name in modules:
         importlib.import_module(name)
     except Exception as exc:  # an import can fail in other ways than ModuleNotFoundError
         missing.append(f"{name} ({type(exc).__name__}: {exc})")
-print(f"python {platform.python_version()}, missing packages: {', '.join(missing) or 'none'}")
+missing_text = f"missing packages: {', '.join(missing) or 'none'}"
+print(f"python {platform.python_version()}, {missing_text}")
 failed = []
 for module in ("latentfl.cli", "latentfl.distill", "latentfl.training_batched",
                "latentfl.experiment.runner", "latentfl.experiment.report", "latentfl.simulate"):
@@ -143,12 +144,13 @@ import torch
 if sys.argv[1] == "cuda":
     if not torch.cuda.is_available():
         print("device: none: torch.cuda.is_available() is False; expected a CUDA GPU "
-              "(use --dry-run to check the script on a CPU)")
+              f"(use --dry-run to check the script on a CPU); {missing_text}")
         sys.exit(1)
     name = torch.cuda.get_device_name()
-    print(f"device: {name}, torch {torch.__version__}, CUDA {torch.version.cuda}")
+    print(f"device: {name}, torch {torch.__version__}, CUDA {torch.version.cuda}; {missing_text}")
 else:
-    print(f"device: cpu, torch {torch.__version__}, {torch.get_num_threads()} threads")
+    print(f"device: cpu, torch {torch.__version__}, {torch.get_num_threads()} threads; "
+          f"{missing_text}")
 sys.exit(1 if failed else 0)
 EOF
 }
