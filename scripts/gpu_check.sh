@@ -241,7 +241,8 @@ table() {
         echo
         echo "## $name"
         echo
-        cat "$WORK/${name%_cell}/table.md" 2>/dev/null || echo "(no table: see $name.log)"
+        # the cell's table.md, its headings one level down
+        sed 's/^#/##/' "$WORK/${name%_cell}/table.md" 2>/dev/null || echo "(no table: see $name.log)"
     done
 } >"$OUT/summary.md"
 tar -czf "$OUT/experiments.tar.gz" -C "$WORK" --exclude=cache . 2>/dev/null
