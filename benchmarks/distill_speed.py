@@ -14,6 +14,7 @@ IPC 2, N=5, 1 and 4 participants) for a CPU smoke run.
 
     python benchmarks/distill_speed.py --device cuda
     python benchmarks/distill_speed.py --device cpu --quick
+    python benchmarks/distill_speed.py --device cpu --quick --iterations 1 --participants 1 --spaces latent
 """
 
 from __future__ import annotations
@@ -136,15 +137,20 @@ def main() -> None:
     parser.add_argument("--iterations", type=int, default=None,
                         help="timed iterations per case (default 10, --quick 2)")
     parser.add_argument("--quick", action="store_true", help="small workload for a CPU smoke run")
+    parser.add_argument("--participants", type=int, nargs="+", default=None,
+                        help="participants per call (default 1 10, --quick 1 4)")
+    parser.add_argument("--spaces", nargs="+", choices=("pixel", "latent"),
+                        default=("pixel", "latent"), help="image spaces to time (default both)")
     args = parser.parse_args()
     if args.quick:
         width, ipc, steps, participants, iters = 32, 2, 5, (1, 4), 2
     else:
         width, ipc, steps, participants, iters = 128, 10, 30, (1, 10), 10
     iters = args.iterations or iters
+    participants = args.participants or participants
     batch = min(100, 10 * ipc)
     cases = []
-    for space in ("pixel", "latent"):
+    for space in args.spaces:
         for p in participants:
             cases.append(Case("baseline", space, "-", p, width, ipc, steps, batch, iters,
                               args.device))

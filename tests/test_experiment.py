@@ -13,6 +13,7 @@ import pytest
 from latentfl.config import from_dict, load_config
 from latentfl.errors import ConfigError
 from latentfl.experiment import ExperimentConfig, grid, read_results, run_experiment
+from latentfl.experiment.config import restrict
 from latentfl.experiment.report import mean_std
 
 REPO = Path(__file__).resolve().parents[1]
@@ -230,3 +231,76 @@ finetune_steps = 2
         "results.csv", "table.md", "convergence.png", "runs"}
     assert main(args) == 0
     assert "ran 0 cells, 2 already finished" in capsys.readouterr().out
+
+
+def test_restrict_keeps_only_the_named_cells(tmp_path: Path) -> None:
+    """--only keeps the named values of each axis and every value of the axes it does not name."""
+    cfg = restrict(tiny_config(tmp_path), "method=fedprox,alpha=5,seed=1,seed=0")
+    assert [c.key for c in grid(cfg)] == ["fedprox__alpha5__convnet__seed0",
+                                         "fedprox__alpha5__convnet__seed1"]
+    assert [c.key for c in grid(restrict(cfg, "architecture=convnet,seed=1"))] == [
+        "fedprox__alpha5__convnet__seed1"]
+
+
+@pytest.mark.parametrize(("selection", "words"), [
+    ("method=fednova", "method=fednova matches no method"),
+    ("alpha=0.3", "alpha=0.3 matches no alpha"),
+    ("alpha=small", "'small' is not a number"),
+    ("colour=red", "KEY one of method, alpha, architecture, seed"),
+    ("method", "is not KEY=VALUE"),
+])
+def test_restrict_names_a_bad_selection(tmp_path: Path, selection: str, words: str) -> None:
+    """A selection naming an unknown key or a value outside the grid is one clear ConfigError."""
+    with pytest.raises(ConfigError, match=words):
+        restrict(tiny_config(tmp_path), selection)
+
+
+def test_overrides_replace_keys_of_the_file_before_checking(tmp_path: Path) -> None:
+    """--set values are TOML (or bare strings), reach nested tables, and are validated as the file."""
+    path = tmp_path / "exp.toml"
+    path.write_text('output = "out"\n[simulation]\ndata = "builtin:cifar10-mini"\nrounds = 3\n')
+    cfg = load_config(path, ExperimentConfig, overrides=[
+        "simulation.rounds=1", "alphas=[0.1, 0.01]", "simulation.data=npz:x.npz",
+        "simulation.strategy.local.lr=0.5"])
+    assert cfg.simulation.rounds == 1 and cfg.alphas == (0.1, 0.01)
+    assert cfg.simulation.data == "npz:x.npz" and cfg.simulation.strategy.local.lr == 0.5
+    with pytest.raises(ConfigError, match="is not KEY=VALUE"):
+        load_config(path, ExperimentConfig, overrides=["simulation.rounds"])
+    with pytest.raises(ConfigError, match="simulation.rounds is a value, not a table"):
+        load_config(path, ExperimentConfig, overrides=["simulation.rounds.x=1"])
+    with pytest.raises(ConfigError, match="unknown key 'round'"):
+        load_config(path, ExperimentConfig, overrides=["simulation.round=1"])
+
+
+def test_cli_runs_one_cell_and_keeps_the_other_rows(tmp_path: Path, capsys) -> None:
+    """`--only` runs one cell with `--set` overrides; results.csv keeps the cells run before."""
+    from latentfl.cli import main
+
+    spec = write_npz(tmp_path / "toy.npz")
+    (tmp_path / "exp.toml").write_text("""
+output = "out"
+methods = ["fedavg", "fedprox"]
+alphas = [1.0]
+[simulation]
+data = "builtin:absent"
+participants = 2
+rounds = 3
+device = "cpu"
+[simulation.partition]
+min_size = 5
+[simulation.strategy.model]
+num_classes = 4
+in_shape = [3, 8, 8]
+options = { width = 4, depth = 1 }
+""")
+    base = ["experiment", "--config", str(tmp_path / "exp.toml"), "--no-progress",
+            "--set", f"simulation.data={spec}", "--set", "simulation.rounds=1"]
+    assert main([*base, "--only", "method=fedprox"]) == 0
+    assert "ran 1 cells, 0 already finished" in capsys.readouterr().out
+    assert main([*base, "--only", "method=fedavg,alpha=1"]) == 0
+    assert "ran 1 cells, 0 already finished" in capsys.readouterr().out
+    rows = read_results(tmp_path / "out" / "results.csv")
+    assert sorted(r["method"] for r in rows) == ["fedavg", "fedprox"]
+    assert all(r["rounds"] == 1 for r in rows)
+    assert main([*base, "--only", "seed=7"]) == 2
+    assert "seed=7 matches no seed of the grid" in capsys.readouterr().err

@@ -19,6 +19,7 @@ import math
 import tomllib
 import types
 import typing
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal, TypeVar, get_args, get_origin
 
@@ -44,8 +45,14 @@ def option(
     return dataclasses.field(default=default, metadata=meta)
 
 
-def load_config(path: str | Path, schema: type[T]) -> T:
-    """Read the TOML file at ``path`` into ``schema``; raise ConfigError naming every problem."""
+def load_config(path: str | Path, schema: type[T], *, overrides: Sequence[str] = ()) -> T:
+    """Read the TOML file at ``path`` into ``schema``; raise ConfigError naming every problem.
+
+    ``overrides`` are ``dotted.key=VALUE`` assignments applied over the file before it is checked
+    (a command line's ``--set``): VALUE is read as a TOML value (``2``, ``[0.1]``, ``"x"``) and
+    as a plain string when it is not one; relative paths in it are relative to the file's folder,
+    as in the file.
+    """
     path = Path(path)
     try:
         with path.open("rb") as fh:
@@ -56,7 +63,28 @@ def load_config(path: str | Path, schema: type[T]) -> T:
         raise ConfigError(f"config file {path} cannot be read: {exc.strerror}.") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"config file {path} is not valid TOML: {exc}.") from None
+    for assignment in overrides:
+        _apply_override(data, assignment)
     return from_dict(schema, data, source=str(path), base_dir=path.parent)
+
+
+def _apply_override(data: dict[str, Any], assignment: str) -> None:
+    key, sep, text = assignment.partition("=")
+    names = key.strip().split(".")
+    if not sep or not all(names):
+        raise ConfigError(f"override {assignment!r} is not KEY=VALUE; expected a dotted key and "
+                          "a TOML value, e.g. simulation.rounds=2.")
+    try:
+        value = tomllib.loads(f"value = {text}")["value"]
+    except tomllib.TOMLDecodeError:
+        value = text  # a bare string such as imagefolder:data/x.tar.gz
+    table = data
+    for depth, name in enumerate(names[:-1]):
+        table = table.setdefault(name, {})
+        if not isinstance(table, dict):
+            raise ConfigError(f"override {assignment!r}: {'.'.join(names[:depth + 1])} is a "
+                              "value, not a table; expected a key path through tables.")
+    table[names[-1]] = value
 
 
 def from_dict(

@@ -1,6 +1,6 @@
 """Experiment grids: methods x Dirichlet alpha x global architectures x seeds, in the simulator."""
 
-from latentfl.experiment.config import Architecture, Cell, ExperimentConfig, grid
+from latentfl.experiment.config import Architecture, Cell, ExperimentConfig, grid, restrict
 from latentfl.experiment.runner import ExperimentResult, read_results, run_experiment
 
 __all__ = [
@@ -10,5 +10,6 @@ __all__ = [
     "ExperimentResult",
     "grid",
     "read_results",
+    "restrict",
     "run_experiment",
 ]

@@ -1,4 +1,5 @@
-"""``latentfl experiment --config FILE``: run (or resume) an experiment grid."""
+"""``latentfl experiment --config FILE [--set KEY=VALUE ...] [--only CELLS]``: run (or resume) an
+experiment grid, or the part of it ``--only`` names, with ``--set`` overriding keys of the file."""
 
 from __future__ import annotations
 
@@ -9,11 +10,13 @@ from pathlib import Path
 
 def _run(args) -> int:
     from latentfl.config import load_config
-    from latentfl.experiment.config import ExperimentConfig, grid
+    from latentfl.experiment.config import ExperimentConfig, grid, restrict
     from latentfl.experiment.runner import run_experiment
     from latentfl.log import configure_logging
 
-    config = load_config(args.config, ExperimentConfig)
+    config = load_config(args.config, ExperimentConfig, overrides=args.set)
+    if args.only:
+        config = restrict(config, args.only)
     config = replace(config, output=Path(os.path.normpath(config.output)))
     if not args.no_progress and args.log_level == "info":
         # the progress bar shows each round; per-round log lines would only break it up
@@ -35,6 +38,15 @@ def register(subparsers) -> None:
         "experiment",
         help="Run a grid of methods x alpha x architectures x seeds in the simulator (resumable).")
     parser.add_argument("--config", required=True, type=Path, help="Experiment TOML file.")
+    parser.add_argument(
+        "--set", action="append", default=[], metavar="KEY=VALUE",
+        help="Override a key of the file, as a dotted path and a TOML value (repeatable), e.g. "
+             "--set simulation.rounds=2 --set simulation.data=imagefolder:data/cifar10.tar.gz; "
+             "relative paths are relative to the file's folder, as in the file.")
+    parser.add_argument(
+        "--only", metavar="CELLS",
+        help="Run only these cells: key=value pairs over method, alpha, architecture and seed, "
+             "e.g. method=dynafed,alpha=0.01,seed=0. results.csv keeps the other cells' rows.")
     parser.add_argument("--no-progress", action="store_true", help="Hide the progress bar.")
     parser.set_defaults(handler=_run)
 

@@ -21,6 +21,7 @@ from typing import Any
 
 from latentfl.config import option
 from latentfl.data.partition import DIRICHLET_SCHEMES
+from latentfl.errors import ConfigError
 from latentfl.simulate import SimulationConfig
 from latentfl.strategies.base import ModelSpec
 
@@ -133,6 +134,51 @@ def grid(config: ExperimentConfig) -> list[Cell]:
     return cells
 
 
+def restrict(config: ExperimentConfig, selection: str) -> ExperimentConfig:
+    """``config`` with its grid cut to the cells ``selection`` names.
+
+    ``selection`` is ``key=value`` pairs joined by commas, keys among method, alpha, architecture
+    (its label) and seed; a key given twice keeps both values, a key not given keeps all of them:
+    ``"method=dynafed,alpha=0.01,seed=0"`` is one cell of a one-architecture grid.
+    """
+    archs = config.architectures or (Architecture(name=config.simulation.strategy.model.name),)
+    axes: dict[str, list[tuple[str, Any]]] = {
+        "method": [(m, m) for m in config.methods],
+        "alpha": [(f"{a:g}", a) for a in config.alphas],
+        "architecture": [(a.tag, a) for a in archs],
+        "seed": [(str(s), s) for s in config.seeds],
+    }
+    wanted: dict[str, list[str]] = {}
+    for pair in selection.split(","):
+        key, sep, value = (part.strip() for part in pair.partition("="))
+        if not sep or key not in axes or not value:
+            raise ConfigError(f"cell selection {pair!r} in {selection!r} is not KEY=VALUE with "
+                              f"KEY one of {', '.join(axes)}; expected e.g. "
+                              "method=dynafed,alpha=0.01,seed=0.")
+        if key == "alpha":
+            value = _float_text(value, pair)
+        wanted.setdefault(key, []).append(value)
+    kept: dict[str, list[Any]] = {}
+    for key, values in axes.items():
+        names = [name for name, _ in values]
+        missing = [v for v in wanted.get(key, []) if v not in names]
+        if missing:
+            raise ConfigError(f"cell selection {key}={missing[0]} matches no {key} of the grid; "
+                              f"expected one of {', '.join(names)}.")
+        kept[key] = [obj for name, obj in values if key not in wanted or name in wanted[key]]
+    return replace(config, methods=tuple(kept["method"]), alphas=tuple(kept["alpha"]),
+                   architectures=tuple(kept["architecture"]) if config.architectures else (),
+                   seeds=tuple(kept["seed"]))
+
+
+def _float_text(value: str, pair: str) -> str:
+    try:
+        return f"{float(value):g}"
+    except ValueError:
+        raise ConfigError(f"cell selection {pair!r}: {value!r} is not a number; expected an "
+                          "alpha of the grid such as 0.01.") from None
+
+
 def _strategy_for(base: SimulationConfig, method: str, arch: Architecture, seed: int):
     strategy = base.strategy
     model = ModelSpec(name=arch.name, num_classes=strategy.model.num_classes,
@@ -146,4 +192,5 @@ def _strategy_for(base: SimulationConfig, method: str, arch: Architecture, seed:
                    **{method: replace(section, global_model=model)})
 
 
-__all__ = ["AVERAGING_METHODS", "Architecture", "Cell", "ExperimentConfig", "cell_key", "grid"]
+__all__ = ["AVERAGING_METHODS", "Architecture", "Cell", "ExperimentConfig", "cell_key", "grid",
+           "restrict"]

@@ -2,7 +2,9 @@
 
 Layout under the experiment's ``output`` folder::
 
-    results.csv            one row per finished cell (written after every cell, atomically)
+    results.csv            one row per finished cell (written after every cell, atomically);
+                           rows of cells outside the grid being run (a part run with
+                           ``--only``, a method since removed) are kept
     table.md               mean +/- std over seeds of final-round and best-round test accuracy
     convergence.png        test accuracy against round, one line per method, one panel per
                            (architecture, alpha)
@@ -95,6 +97,8 @@ def run_experiment(
     cells = grid(config)
     old = {row["cell"]: row for row in read_results(out / "results.csv")}
     rows = {c.key: old[c.key] for c in cells if is_finished(c, old.get(c.key))}
+    # rows of cells outside this grid (another part run with --only) stay in results.csv
+    outside = [row for key, row in old.items() if key not in {c.key for c in cells}]
     todo = [c for c in cells if c.key not in rows]
     ran: list[str] = []
     infeasible: dict[str, str] = {}
@@ -110,12 +114,12 @@ def run_experiment(
                 rows[cell.key] = row
                 ran.append(cell.key)
                 ordered = [rows[c.key] for c in cells if c.key in rows]
-                write_results(out / "results.csv", ordered)
+                write_results(out / "results.csv", ordered + outside)
                 write_table(out / "table.md", config, ordered, infeasible)
                 if on_cell is not None:
                     on_cell(cell, row)
     ordered = [rows[c.key] for c in cells if c.key in rows]
-    write_results(out / "results.csv", ordered)
+    write_results(out / "results.csv", ordered + outside)
     write_table(out / "table.md", config, ordered, infeasible)
     write_plot(out / "convergence.png", cells, rows)
     skipped = [c.key for c in cells if c.key not in ran and c.key not in infeasible]
