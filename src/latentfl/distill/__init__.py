@@ -3,7 +3,9 @@
 The engine behind FedDGM and DynaFed: :func:`distill` / :func:`distill_many` run the outer loop,
 :func:`match_trajectory` one iteration's loss and gradients (``full`` or ``two_pass`` unroll),
 :mod:`~latentfl.distill.augment` the differentiable augmentation, :class:`Generator` the built-in
-class-conditional generator whose F-space latents :class:`GeneratorSpace` trains.
+class-conditional generator whose F-space latents :class:`GeneratorSpace` trains, and
+:mod:`~latentfl.distill.priors` names the generator priors a config can choose (shipped ones,
+entry points of other packages, trained files) behind the :class:`GeneratorPrior` interface.
 """
 
 from latentfl.distill.augment import FAMILIES, AugmentOp, apply_augment, augment, draw_augment
@@ -17,6 +19,7 @@ from latentfl.distill.latent import (
     save_generator,
 )
 from latentfl.distill.matching import MatchResult, batch_schedule, match_trajectory, step_seed
+from latentfl.distill.priors import ENTRY_POINT_GROUP, GeneratorPrior, builtin_priors, load_prior
 from latentfl.distill.synthesize import (
     DistillConfig,
     SyntheticSet,
@@ -27,6 +30,7 @@ from latentfl.distill.synthesize import (
 )
 
 __all__ = [
+    "ENTRY_POINT_GROUP",
     "FAMILIES",
     "AugmentOp",
     "DistillConfig",
@@ -34,6 +38,7 @@ __all__ = [
     "FunctionalStudent",
     "Generator",
     "GeneratorConfig",
+    "GeneratorPrior",
     "GeneratorSpace",
     "MatchResult",
     "PixelSpace",
@@ -42,11 +47,13 @@ __all__ = [
     "augment",
     "batch_schedule",
     "build_space",
+    "builtin_priors",
     "default_split_layer",
     "distill",
     "distill_many",
     "draw_augment",
     "load_generator",
+    "load_prior",
     "match_trajectory",
     "random_generator",
     "save_generator",
