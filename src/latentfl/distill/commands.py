@@ -5,9 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-__all__ = ["DESIGNS", "register"]
-
-DESIGNS = ("vae", "gan")
+__all__ = ["register"]
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -15,17 +13,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     sub = parser.add_subparsers(title="generator commands", metavar="COMMAND")
     train = sub.add_parser(
         "train", help="Train the built-in class-conditional generator on PUBLIC data.",
-        description="Train the built-in generator on a public dataset (never on participants' "
-                    "data) and save weights (.safetensors) plus a JSON config and PNG samples.")
-    train.add_argument("--design", choices=DESIGNS, default="vae",
-                       help="vae: decoder of a class-conditional VAE (default); gan: hinge GAN")
+        description="Train the built-in generator as the decoder of a class-conditional VAE on a "
+                    "public dataset (never on participants' data) and save weights "
+                    "(.safetensors) plus a JSON config and PNG samples.")
     train.add_argument("--data", required=True, help="dataset spec, e.g. builtin:cifar10-mini")
     train.add_argument("--out", required=True, type=Path, help="output weights file (.safetensors)")
     train.add_argument("--steps", type=int, default=20000, help="training steps (default 20000)")
     train.add_argument("--batch-size", type=int, default=64, help="images per step (default 64)")
-    train.add_argument("--lr", type=float, default=None,
-                       help="Adam learning rate (default 1e-3 for vae, 2e-4 for gan)")
-    train.add_argument("--beta", type=float, default=1.0, help="vae: weight of the KL term (default 1)")
+    train.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate (default 1e-3)")
+    train.add_argument("--beta", type=float, default=1.0,
+                       help="weight of the KL term against reconstruction (default 1)")
     train.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default)")
     train.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     train.add_argument("--sample-every", type=int, default=1000,
@@ -39,7 +36,6 @@ def _train(args: argparse.Namespace) -> int:
     import torch
 
     from latentfl.data import load_dataset, to_tensors
-    from latentfl.distill.gan import GanDesign
     from latentfl.distill.generator import GeneratorConfig
     from latentfl.distill.latent import random_generator
     from latentfl.distill.train_prior import train_prior
@@ -50,6 +46,8 @@ def _train(args: argparse.Namespace) -> int:
         if getattr(args, name) < 1:
             raise ConfigError(f"--{name.replace('_', '-')} is {getattr(args, name)}; "
                               f"expected a positive integer.")
+    if not args.lr > 0 or not args.beta >= 0:
+        raise ConfigError(f"--lr {args.lr} / --beta {args.beta}; expected lr > 0 and beta >= 0.")
     device = args.device
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -62,12 +60,8 @@ def _train(args: argparse.Namespace) -> int:
                              base_channels=args.base_channels)
     torch.manual_seed(args.seed)
     gen = random_generator(config, seed=args.seed, mean=dataset.mean, std=dataset.std).to(device)
-    if args.design == "vae":
-        design = VaeDesign(gen, lr=args.lr or 1e-3, beta=args.beta)
-    else:
-        design = GanDesign(gen, lr=args.lr or 2e-4, seed=args.seed)
     result = train_prior(
-        design, x, y, out=args.out, steps=args.steps, batch_size=args.batch_size, seed=args.seed,
+        VaeDesign(gen, lr=args.lr, beta=args.beta), x, y, out=args.out, steps=args.steps, batch_size=args.batch_size, seed=args.seed,
         sample_every=args.sample_every,
         meta={"data": args.data, "classes": list(dataset.train.classes)})
     print(f"generator weights: {result.weights} (config {result.weights.with_suffix('.json')})")

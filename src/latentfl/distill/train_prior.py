@@ -1,9 +1,8 @@
-"""Train a generator prior on public data: the loop shared by every design.
+"""Train a generator prior on public data: the loop around :class:`~latentfl.distill.vae.VaeDesign`.
 
-A *design* (:mod:`~latentfl.distill.vae` or :mod:`~latentfl.distill.gan`) owns the generator and
-whatever trains it, and makes one optimisation step per call. This module draws the batches from
-one seeded ``torch.Generator``, shows progress, writes sample grids of the generator it will save,
-and saves that generator with :func:`~latentfl.distill.latent.save_generator`. The images are
+The design owns the generator and its encoder and makes one optimisation step per call. This
+module draws the batches from one seeded ``torch.Generator``, shows progress, writes sample grids,
+and saves the generator with :func:`~latentfl.distill.latent.save_generator`. The images are
 normalised like the data (the dataset's mean and std are saved with the weights), so the prior
 renders in the space the distillation works in. Public data only: the server must never train
 its prior on participants' data.
@@ -15,30 +14,16 @@ import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
 
 import torch
 from torch import Tensor
 
 from latentfl.distill.generator import Generator
 from latentfl.distill.latent import save_generator
+from latentfl.distill.vae import VaeDesign
 from latentfl.log import get_logger
 
-__all__ = ["PriorDesign", "PriorResult", "save_grid", "train_prior"]
-
-
-class PriorDesign(Protocol):
-    """One way of training a generator: ``step`` takes a batch, ``generator`` is what is saved."""
-
-    name: str
-
-    def step(self, real: Tensor, labels: Tensor, noise: torch.Generator) -> dict[str, float]:
-        """One optimisation step on normalised ``real`` images; returns the named losses."""
-        ...
-
-    def generator(self) -> Generator:
-        """The generator to sample and save (e.g. an EMA copy)."""
-        ...
+__all__ = ["PriorResult", "save_grid", "train_prior"]
 
 
 @dataclass(frozen=True)
@@ -61,7 +46,7 @@ def save_grid(generator: Generator, z: Tensor, labels: Tensor, path: Path, nrow:
     return path
 
 
-def train_prior(design: PriorDesign, x: Tensor, y: Tensor, *, out: Path, steps: int,
+def train_prior(design: VaeDesign, x: Tensor, y: Tensor, *, out: Path, steps: int,
                 batch_size: int = 64, seed: int = 0, sample_every: int = 1000,
                 meta: dict | None = None, progress: bool = True) -> PriorResult:
     """Train ``design`` for ``steps`` batches of ``x (N, C, H, W)`` (normalised) with labels
