@@ -112,6 +112,9 @@ def test_generator_train_command_runs_three_steps(tmp_path, capsys):
     assert (tmp_path / "gen" / "g-samples-000003.png").exists()
     gen = load_generator(out)
     assert gen.config.num_classes == 3 and gen.config.image_size == 8
-    assert "generator weights" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "generator weights" in printed and "final losses: reconstruction" in printed
     assert main(["generator", "train", "--data", f"npz:{data}", "--out", str(out),
                  "--steps", "0"]) == 2
+    assert main(["generator", "train", "--data", f"npz:{data}", "--out", str(out),
+                 "--lr", "0"]) == 2

@@ -5,9 +5,11 @@ Each component declares its schema as frozen dataclasses whose fields are made w
 :func:`load_config` reads a file and :func:`from_dict` converts a table; unknown keys, wrong
 types and out-of-range values are all collected and reported together, one sentence each,
 naming the file, the key and what was expected. A schema may add cross-field checks with a
-``problems(self) -> list[str]`` method. Relative paths are resolved against the file's folder.
-:func:`to_toml` and :func:`write_config` go the other way, so configs built in code (the demo,
-the tests, the benchmarks) are written as the same TOML a person would write.
+``problems(self) -> list[str]`` method. Relative paths are resolved against the file's folder,
+except a named resource of the form ``scheme:name`` (e.g. ``builtin:cifar10-public``), which is
+kept as written for the component that reads it. :func:`to_toml` and :func:`write_config` go the
+other way, so configs built in code (the demo, the tests, the benchmarks) are written as the same
+TOML a person would write.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import copy
 import dataclasses
 import json
 import math
+import re
 import tomllib
 import types
 import typing
@@ -28,6 +31,7 @@ from latentfl.errors import ConfigError
 
 T = TypeVar("T")
 _MISSING = dataclasses.MISSING
+_NAMED = re.compile(r"[a-z][a-z0-9_-]+:[^/\\]")  # 'builtin:NAME', not 'C:\\' nor 'dir/a:b'
 
 
 def option(
@@ -265,7 +269,7 @@ def _convert(tp, value, key, problems, base_dir):
             problems.append(f"'{key}' = {value!r}; expected a path string.")
             return None
         path = Path(value).expanduser()
-        if base_dir is not None and not path.is_absolute():
+        if base_dir is not None and not path.is_absolute() and not _NAMED.match(value):
             path = base_dir / path
         return path
     raise TypeError(f"config schema type {tp!r} for '{key}' is not supported")

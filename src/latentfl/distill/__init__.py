@@ -4,7 +4,9 @@ The engine behind FedDGM and DynaFed: :func:`distill` runs the outer loop toward
 (:class:`FixedTargets`) or pairs drawn each iteration (:class:`SampledTargets`),
 :func:`match_trajectory` one iteration's loss and gradients (``full`` or ``two_pass`` unroll),
 :mod:`~latentfl.distill.augment` the differentiable augmentation, :class:`Generator` the built-in
-class-conditional generator whose F-space latents :class:`GeneratorSpace` trains.
+class-conditional generator whose F-space latents :class:`GeneratorSpace` trains, and
+:mod:`~latentfl.distill.priors` names the generator priors a config can choose (shipped ones,
+entry points of other packages, trained files) behind the :class:`GeneratorPrior` interface.
 """
 
 from latentfl.distill.augment import FAMILIES, AugmentOp, apply_augment, augment, draw_augment
@@ -18,6 +20,7 @@ from latentfl.distill.latent import (
     save_generator,
 )
 from latentfl.distill.matching import MatchResult, batch_schedule, match_trajectory
+from latentfl.distill.priors import ENTRY_POINT_GROUP, GeneratorPrior, builtin_priors, load_prior
 from latentfl.distill.synthesize import (
     DistillConfig,
     SetSpec,
@@ -30,6 +33,7 @@ from latentfl.distill.synthesize import (
 from latentfl.distill.targets import Batch, FixedTargets, SampledTargets, Targets
 
 __all__ = [
+    "ENTRY_POINT_GROUP",
     "FAMILIES",
     "AugmentOp",
     "Batch",
@@ -39,6 +43,7 @@ __all__ = [
     "FunctionalStudent",
     "Generator",
     "GeneratorConfig",
+    "GeneratorPrior",
     "GeneratorSpace",
     "MatchResult",
     "PixelSpace",
@@ -51,10 +56,12 @@ __all__ = [
     "augment",
     "batch_schedule",
     "build_space",
+    "builtin_priors",
     "default_split_layer",
     "distill",
     "draw_augment",
     "load_generator",
+    "load_prior",
     "match_trajectory",
     "random_generator",
     "save_generator",

@@ -110,6 +110,20 @@ class Generator(nn.Module):
         self.to_rgb = _ModConv(c.w_dim, chans[-1], c.channels, 1, False)
         self.set_normalisation(mean or (0.5,) * c.channels, std or (0.5,) * c.channels)
 
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        """``(C, H, W)`` of the rendered images."""
+        return (self.config.channels, self.config.image_size, self.config.image_size)
+
+    @property
+    def num_classes(self) -> int:
+        return self.config.num_classes
+
+    @property
+    def default_layer(self) -> int:
+        """The split layer used when none is configured (:func:`default_split_layer`)."""
+        return default_split_layer(self.config.image_size)
+
     def set_normalisation(self, mean: tuple[float, ...], std: tuple[float, ...]) -> None:
         """Render images normalised with this per-channel mean and std (in [0, 1] units)."""
         if len(mean) != self.config.channels or len(std) != self.config.channels:

@@ -5,9 +5,11 @@ tensors:
 
 * :class:`PixelSpace`: the images themselves are trained (initialised as Gaussian noise in the
   normalised space; the server has no real images to start from).
-* :class:`GeneratorSpace`: F-space latents of a :class:`~latentfl.distill.generator.Generator`,
-  either randomly initialised from a seed (a deep image prior that needs no data) or trained by
-  ``latentfl generator train`` on public data and loaded from safetensors + JSON.
+* :class:`GeneratorSpace`: F-space latents of a generator prior
+  (:class:`~latentfl.distill.priors.GeneratorPrior`): the built-in
+  :class:`~latentfl.distill.generator.Generator` randomly initialised from a seed (a deep image
+  prior that needs no data) or trained by ``latentfl generator train`` on public data and loaded
+  from safetensors + JSON, a prior shipped in the package, or one from an installed entry point.
 
 Backprop to latents runs in two stages so memory stays bounded: :meth:`GeneratorSpace.render`
 makes the images without a graph, trajectory matching returns the image gradients, and
@@ -20,12 +22,16 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, fields
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor
 
-from latentfl.distill.generator import FLatent, Generator, GeneratorConfig, default_split_layer
+from latentfl.distill.generator import FLatent, Generator, GeneratorConfig
 from latentfl.errors import DistillError
+
+if TYPE_CHECKING:  # priors.py imports this module
+    from latentfl.distill.priors import GeneratorPrior
 
 __all__ = ["GeneratorSpace", "PixelSpace", "load_generator", "random_generator", "save_generator"]
 
@@ -61,18 +67,19 @@ class PixelSpace:
 
 
 class GeneratorSpace:
-    """Train F-space latents of a frozen generator at split layer ``layer``."""
+    """Train F-space latents of a frozen generator prior at split layer ``layer``."""
 
     kind = "generator"
 
-    def __init__(self, generator: Generator, *, layer: int | None = None,
+    def __init__(self, generator: GeneratorPrior, *, layer: int | None = None,
                  chunk_size: int = 256) -> None:
-        cfg = generator.config
         self.generator = generator
-        self.layer = default_split_layer(cfg.image_size) if layer is None else layer
-        self.generator._check_layer(self.layer)
+        self.layer = generator.default_layer if layer is None else layer
+        if not 0 <= self.layer <= generator.num_layers:
+            raise DistillError(f"split layer {self.layer} is out of range; expected "
+                               f"0..{generator.num_layers}.")
         self.chunk_size = chunk_size
-        self.image_shape = (cfg.channels, cfg.image_size, cfg.image_size)
+        self.image_shape = tuple(generator.image_shape)
 
     def init(self, labels: Tensor, seed: int) -> list[Tensor]:
         """Fresh latents for ``labels`` from ``seed``: ``[feature, *styles]``, trainable."""
@@ -139,7 +146,8 @@ def load_generator(path: Path, *, mean: tuple[float, ...] | None = None,
         doc = json.loads(cfg_path.read_text())
         names = {f.name for f in fields(GeneratorConfig)}
         config = GeneratorConfig(**{k: v for k, v in doc["config"].items() if k in names})
-        tensors = load_file(str(path))
+        tensors = {k: v.float() if v.is_floating_point() else v  # fp16 files load as fp32
+                   for k, v in load_file(str(path)).items()}
     except FileNotFoundError as exc:
         raise DistillError(f"generator file {exc.filename} does not exist; expected weights "
                            f"{path} and config {cfg_path} from 'latentfl generator train'.") from None

@@ -27,8 +27,9 @@ from torch import Tensor, nn
 from latentfl.config import option
 from latentfl.distill.functional import FunctionalStudent
 from latentfl.distill.generator import GeneratorConfig
-from latentfl.distill.latent import GeneratorSpace, PixelSpace, load_generator, random_generator
+from latentfl.distill.latent import GeneratorSpace, PixelSpace, random_generator
 from latentfl.distill.matching import match_trajectory
+from latentfl.distill.priors import load_prior, prior_problem
 from latentfl.distill.targets import Batch, Targets
 from latentfl.errors import DistillError
 from latentfl.log import get_logger
@@ -72,7 +73,9 @@ class DistillConfig:
     prior: Literal["random", "trained", "pixel"] = option(
         "random", help="Image prior: random-init generator, trained generator, or pixel space.")
     generator_path: Path | None = option(
-        None, help="Weights (.safetensors) of a generator trained on public data (prior 'trained').")
+        None, help="The trained prior (prior 'trained'): 'builtin:cifar10-public' (shipped, "
+                   "trained on public CIFAR-10 images), 'entrypoint:NAME' (a 'latentfl.generators' "
+                   "entry point), or weights (.safetensors) from 'latentfl generator train'.")
     layer: int | None = option(None, help="F-space split layer; chosen from the image size if unset.",
                                min=0)
     chunk_size: int = option(256, help="Images per chunk when replaying the generator.", min=1)
@@ -81,8 +84,10 @@ class DistillConfig:
 
     def problems(self) -> list[str]:
         if self.prior == "trained" and self.generator_path is None:
-            return ["prior = 'trained' needs generator_path (from 'latentfl generator train')."]
-        return []
+            return ["prior = 'trained' needs generator_path ('builtin:cifar10-public', "
+                    "'entrypoint:NAME' or weights from 'latentfl generator train')."]
+        problem = self.generator_path is not None and prior_problem(self.generator_path)
+        return [problem] if problem else []
 
 
 @dataclass(frozen=True)
@@ -135,12 +140,12 @@ def build_space(config: DistillConfig, *, image_shape: tuple[int, int, int], num
     else:
         if config.generator_path is None:
             raise DistillError("prior 'trained' needs generator_path; got none.")
-        gen = load_generator(config.generator_path, mean=mean, std=std)
-        shape = (gen.config.channels, gen.config.image_size, gen.config.image_size)
-        if shape != tuple(image_shape) or gen.config.num_classes != num_classes:
+        gen = load_prior(config.generator_path, mean=mean, std=std)
+        shape = tuple(gen.image_shape)
+        if shape != tuple(image_shape) or gen.num_classes != num_classes:
             raise DistillError(
                 f"generator {config.generator_path} makes {shape} images of "
-                f"{gen.config.num_classes} classes; expected {tuple(image_shape)} and {num_classes}.")
+                f"{gen.num_classes} classes; expected {tuple(image_shape)} and {num_classes}.")
     return GeneratorSpace(gen.to(device), layer=config.layer, chunk_size=config.chunk_size)
 
 
