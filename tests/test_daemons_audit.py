@@ -13,6 +13,7 @@ from daemon_helpers import RawClient, Running, make_consortium
 from latentfl.audits import load_model_file
 from latentfl.cli import main
 from latentfl.config import from_dict, write_config
+from latentfl.data import load_dataset
 from latentfl.distill import SyntheticSet
 from latentfl.errors import ProtocolError
 from latentfl.platform.coordinator import Coordinator, StateStore, read_journal, verify_journal
@@ -234,6 +235,37 @@ def test_report_shows_each_participants_dp_ledger_from_its_updates(consortium, t
     assert "p00: plain, epsilon 0.90" in out.getvalue()
     html = (tmp_path / "rep" / "consortium_report.html").read_text()
     assert "epsilon 0.90" in html and "not reported" in html
+
+
+def _export(consortium, strategy_table: dict, out, **overrides):
+    """Save an initialised ``strategy_table`` session as round 1, then export its global model."""
+    config = consortium.coordinator_config(strategy=strategy_table, **overrides)
+    strategy = build_strategy(from_dict(StrategyConfig, strategy_table))
+    strategy.initialize(0)
+    tensors, meta = strategy.state_dict()
+    StateStore(config.state_dir).save_checkpoint(1, tensors, {"round": 1, "strategy": meta})
+    return strategy, load_model_file(export_global_model(config, out))
+
+
+def test_export_writes_feddgms_global_model_with_the_stats_it_renders_to(consortium, tmp_path):
+    """FedDGM exports its global model (not the surrogate) normalised with its configured stats."""
+    table = {**TINY_FEDDGM, "feddgm": {**TINY_FEDDGM["feddgm"], "global_model": {
+        "name": "convnet", "num_classes": 10, "options": {"width": 4, "depth": 1}}}}
+    strategy, (model, spec) = _export(consortium, table, tmp_path / "global.safetensors")
+    assert spec.model == "convnet" and spec.options == {"width": 4, "depth": 1}
+    assert tuple(spec.mean) == MEAN and tuple(spec.std) == STD
+    expected = strategy.evaluation_model().state_dict()
+    assert all(torch.equal(v, expected[k]) for k, v in model.state_dict().items())
+
+
+def test_export_of_a_method_without_fixed_stats_takes_the_test_datas(consortium, tmp_path):
+    """FedAvg exports the participants' architecture with the test data's channel statistics."""
+    table = {"method": "fedavg", "model": {"name": "convnet", "options": {"width": 8, "depth": 1}}}
+    _, (_, spec) = _export(consortium, table, tmp_path / "global.safetensors",
+                           test_data="builtin:cifar10-mini")
+    stats = load_dataset("builtin:cifar10-mini")
+    assert spec.model == "convnet" and spec.options == {"width": 8, "depth": 1}
+    assert tuple(spec.mean) == tuple(stats.mean) and tuple(spec.std) == tuple(stats.std)
 
 
 def test_holdout_is_class_matched_to_the_training_part():

@@ -1,8 +1,8 @@
 """The ``latentfl`` command: one entry point, one subcommand per module.
 
 Each module named in ``COMMAND_MODULES`` has ``register(subparsers)``, which adds its parser(s)
-and sets ``handler=`` to a function ``(args) -> int``. Modules import heavy dependencies inside
-their handlers so that ``latentfl --help`` stays fast and works without optional parts.
+and sets ``handler=`` to a function ``(args) -> int``. The optional parts (TenSEAL, Opacus,
+matplotlib) are imported only where they are used, so ``latentfl --help`` works without them.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from latentfl import __version__
 from latentfl.errors import LatentFLError, SecurityError, StateError
 from latentfl.exitcodes import ExitCode
+from latentfl.log import configure_logging
 
 COMMAND_MODULES: tuple[str, ...] = (
     "latentfl.platform.commands",
@@ -52,8 +53,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     if handler is None:
         parser.print_help()
         return int(ExitCode.USER_ERROR)
-    from latentfl.log import configure_logging
-
     configure_logging("console", level=args.log_level)
     try:
         return int(handler(args) or 0)

@@ -15,8 +15,10 @@ from pathlib import Path
 
 import torch
 
-from latentfl.config import option
+from latentfl.config import load_config, option
+from latentfl.data import evaluation_tensors, load_dataset, partition, to_tensors
 from latentfl.data.partition import Scheme
+from latentfl.device import resolve_device
 from latentfl.log import get_logger
 from latentfl.strategies import (
     LocalTraining,
@@ -26,6 +28,7 @@ from latentfl.strategies import (
     run_tasks,
     select_participants,
 )
+from latentfl.training import evaluate
 
 log = get_logger("simulate")
 
@@ -49,8 +52,6 @@ class PartitionConfig:
 
     def split(self, labels, clients: int) -> list:
         """Index arrays, one per client, of this partition of ``labels`` (deterministic)."""
-        from latentfl.data import partition
-
         return partition(labels, clients, self.scheme, seed=self.seed, alpha=self.alpha,
                          min_size=self.min_size, classes_per_client=self.classes_per_client)
 
@@ -112,10 +113,6 @@ def run_simulation(
     on_round: Callable[[RoundRecord], None] | None = None,
 ) -> SimulationResult:
     """Run ``config.rounds`` rounds of ``config.strategy`` over partitioned data."""
-    from latentfl.data import evaluation_tensors, load_dataset, to_tensors
-    from latentfl.device import resolve_device
-    from latentfl.training import evaluate
-
     device = resolve_device(config.device)
     ds = dataset if dataset is not None else load_dataset(config.data)
     parts = config.partition.split(ds.train.y, config.participants)
@@ -180,8 +177,6 @@ ROUND_TABLE_HEADER = f"{'round':>5}  {'participants':>12}  {'accuracy':>8}  {'ti
 
 
 def _run(args) -> int:
-    from latentfl.config import load_config
-
     config = load_config(args.config, SimulationConfig)
     torch.manual_seed(config.seed)
     print(ROUND_TABLE_HEADER)

@@ -7,9 +7,26 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
+from latentfl.audits.distances import FeatureEncoder, random_encoder
+from latentfl.audits.membership import audit_model
+from latentfl.audits.model_file import load_model_file
+from latentfl.audits.report import (
+    model_audit_json,
+    render_model_html,
+    render_synthetic_html,
+    synthetic_audit_json,
+    write_report,
+)
+from latentfl.audits.synthetic import audit_synthetic
+from latentfl.audits.synthetic_file import load_synthetic
+from latentfl.data import load_dataset, to_tensors
+from latentfl.device import resolve_device
 from latentfl.errors import ConfigError, DataError
+from latentfl.models import build_model
 from latentfl.seeding import derive_seed
+from latentfl.training import TrainConfig, train
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -76,17 +93,6 @@ def _held_out(dataset: Any) -> Any:
 
 
 def run_synthetic(args: argparse.Namespace) -> int:
-    from latentfl.audits.distances import FeatureEncoder, random_encoder
-    from latentfl.audits.model_file import load_model_file
-    from latentfl.audits.report import (
-        render_synthetic_html,
-        synthetic_audit_json,
-        write_report,
-    )
-    from latentfl.audits.synthetic import audit_synthetic
-    from latentfl.audits.synthetic_file import load_synthetic
-    from latentfl.data import load_dataset
-
     if not 0 < args.alpha < 1:
         raise ConfigError(f"--alpha {args.alpha} must lie strictly between 0 and 1")
     synthetic = load_synthetic(args.synthetic)
@@ -136,16 +142,6 @@ def run_synthetic(args: argparse.Namespace) -> int:
 
 
 def run_model(args: argparse.Namespace) -> int:
-    import torch
-
-    from latentfl.audits.membership import audit_model
-    from latentfl.audits.model_file import load_model_file
-    from latentfl.audits.report import model_audit_json, render_model_html, write_report
-    from latentfl.data import load_dataset, to_tensors
-    from latentfl.device import resolve_device
-    from latentfl.models import build_model
-    from latentfl.training import TrainConfig, train
-
     if args.references < 0 or args.ref_epochs < 1 or args.max_examples < 2:
         raise ConfigError("--references must be >= 0, --ref-epochs >= 1 and --max-examples >= 2; "
                           f"got {args.references}, {args.ref_epochs}, {args.max_examples}")

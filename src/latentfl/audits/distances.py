@@ -15,6 +15,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from latentfl.models import build_model
+
 
 def to_unit_float(images: np.ndarray) -> torch.Tensor:
     """uint8 (N, H, W, C) -> float32 (N, C, H, W) in [0, 1]."""
@@ -174,8 +176,6 @@ def random_encoder(in_shape: tuple[int, int, int], mean: tuple[float, ...],
                    std: tuple[float, ...], *, seed: int = 0,
                    num_classes: int = 10) -> FeatureEncoder:
     """A seeded, randomly initialised ConvNet: a fixed encoder that never saw any data."""
-    from latentfl.models import build_model
-
     state = torch.random.get_rng_state()
     try:
         torch.manual_seed(seed)

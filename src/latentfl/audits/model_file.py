@@ -18,6 +18,7 @@ from torch import nn
 
 from latentfl.durable import write_atomic
 from latentfl.errors import ModelError
+from latentfl.models import build_model, load_tensors_, state_to_tensors
 
 
 @dataclass(frozen=True)
@@ -51,8 +52,6 @@ def save_model_file(path: Path | str, model: nn.Module, spec: ModelSpec,
                     meta: dict[str, Any] | None = None) -> None:
     """Write ``model``'s weights to ``path`` and ``spec`` (plus ``meta``) to ``path.json``."""
     from safetensors.torch import save
-
-    from latentfl.models import state_to_tensors
 
     sidecar = spec.to_json()
     if meta:
@@ -94,8 +93,6 @@ def load_model_file(path: Path | str) -> tuple[nn.Module, ModelSpec]:
     """Rebuild the model described by ``path.json`` and load the weights in ``path`` into it."""
     from safetensors import SafetensorError
     from safetensors.torch import load_file
-
-    from latentfl.models import build_model, load_tensors_
 
     path = Path(path)
     side = sidecar_path(path)

@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from latentfl.data import class_counts, load_dataset, partition
 from latentfl.data.partition import PARTITION_SCHEMES
 
 _SPEC_HELP = "dataset spec: imagefolder:PATH, cifar10:PATH, npz:PATH or builtin:cifar10-mini"
@@ -50,8 +51,6 @@ def _table(header: list[str], rows: list[list[str]]) -> str:
 
 def _summary(spec: str, cache_dir: Path | None) -> dict[str, Any]:
     import numpy as np
-
-    from latentfl.data import load_dataset
 
     dataset = load_dataset(spec, cache_dir=cache_dir)
     splits = {"train": dataset.train, "test": dataset.test}
@@ -100,8 +99,6 @@ def run_inspect(args: argparse.Namespace) -> int:
 
 def run_partition(args: argparse.Namespace) -> int:
     """Partition the train split among clients and print the per-client class counts."""
-    from latentfl.data import class_counts, load_dataset, partition
-
     dataset = load_dataset(args.spec, cache_dir=args.cache_dir)
     labels = dataset.train.y
     parts = partition(

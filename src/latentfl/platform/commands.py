@@ -7,41 +7,36 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from latentfl.config import load_config
+from latentfl.log import configure_logging
+from latentfl.platform.coordinator import (
+    Coordinator,
+    CoordinatorConfig,
+    daemon_running,
+    read_status,
+    render_status,
+    verify_journal,
+)
+from latentfl.platform.participant import Agent, ParticipantConfig
+
 
 def _daemon_logging(args) -> None:
-    from latentfl.log import configure_logging
-
     configure_logging("json", level=args.log_level)
 
 
 def _coordinator(args) -> int:
-    from latentfl.config import load_config
-    from latentfl.platform.coordinator import Coordinator, CoordinatorConfig
-
     config = load_config(args.config, CoordinatorConfig)
     _daemon_logging(args)
     return Coordinator(config).run()
 
 
 def _participant(args) -> int:
-    from latentfl.config import load_config
-    from latentfl.platform.participant import Agent, ParticipantConfig
-
     config = load_config(args.config, ParticipantConfig)
     _daemon_logging(args)
     return Agent(config).run()
 
 
 def _status(args) -> int:
-    from latentfl.config import load_config
-    from latentfl.platform.coordinator import (
-        CoordinatorConfig,
-        daemon_running,
-        read_status,
-        render_status,
-        verify_journal,
-    )
-
     config = load_config(args.config, CoordinatorConfig)
     status = read_status(config.state_dir)  # reads only: never creates the folder
     print(render_status(status, running=daemon_running(config.state_dir / "coordinator.pid")))

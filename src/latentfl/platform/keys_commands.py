@@ -5,10 +5,17 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from latentfl.platform.crypto import (
+    ROSTER_FILE,
+    add_participant,
+    create_identity,
+    init_consortium,
+    load_roster,
+    revoke_participant,
+)
+
 
 def _print_roster(directory: Path) -> None:
-    from latentfl.platform.crypto import ROSTER_FILE, load_roster
-
     roster = load_roster(directory / ROSTER_FILE)
     print(f"roster {directory / ROSTER_FILE}")
     print(f"  coordinator  curve {roster.coordinator_curve_public.decode('ascii')}")
@@ -17,8 +24,6 @@ def _print_roster(directory: Path) -> None:
 
 
 def _init(args: argparse.Namespace) -> int:
-    from latentfl.platform.crypto import init_consortium
-
     directory = Path(args.dir)
     init_consortium(directory, args.participants)
     print(f"created keys for the coordinator and {len(args.participants)} participant(s)")
@@ -32,8 +37,6 @@ def _init(args: argparse.Namespace) -> int:
 
 
 def _create(args: argparse.Namespace) -> int:
-    from latentfl.platform.crypto import create_identity
-
     folder = Path(args.dir)
     create_identity(folder, args.id)
     print(f"created keys for {args.id!r} in {folder}/")
@@ -45,8 +48,6 @@ def _create(args: argparse.Namespace) -> int:
 
 
 def _add(args: argparse.Namespace) -> int:
-    from latentfl.platform.crypto import add_participant
-
     directory = Path(args.dir)
     public_from = Path(args.public_from) if args.public_from else None
     add_participant(directory, args.id, public_from=public_from)
@@ -59,8 +60,6 @@ def _add(args: argparse.Namespace) -> int:
 
 
 def _revoke(args: argparse.Namespace) -> int:
-    from latentfl.platform.crypto import revoke_participant
-
     directory = Path(args.dir)
     revoke_participant(directory, args.id)
     print(f"revoked {args.id!r}: its keys are refused from now on (send SIGHUP to a running "

@@ -38,7 +38,7 @@ import torch
 
 from latentfl.config import from_dict, to_dict
 from latentfl.errors import ConfigError, ModelError, ProtocolError, Reason
-from latentfl.models import ModelManifest
+from latentfl.models import ModelManifest, model_manifest
 from latentfl.platform.protocol import (
     Message,
     canonical_json,
@@ -46,6 +46,7 @@ from latentfl.platform.protocol import (
     unpack_json,
     unpack_tensors,
 )
+from latentfl.privacy.ckks import ciphertexts_from_tensors, ciphertexts_to_tensors
 from latentfl.strategies import Aggregation, ModelSpec, Task, Update
 from latentfl.training import TrainConfig
 
@@ -80,8 +81,6 @@ def encode_task(task: Task, model: ModelSpec, manifest_digest: str) -> tuple[byt
 
 def decode_task(message: Message, *, max_bytes: int) -> tuple[Task, ModelSpec]:
     """The Task and surrogate ModelSpec of a verified TASK message; ProtocolError if refused."""
-    from latentfl.models import model_manifest
-
     meta = message.header.meta
     try:
         train = from_dict(TrainConfig, _json_meta(meta, "train"), source="TASK train")
@@ -139,16 +138,12 @@ def encode_update(update: Update, privacy: Mapping[str, Any] | None = None) -> t
 def encode_encrypted_update(update: Update, ciphertexts: Sequence[bytes],
                             privacy: Mapping[str, Any] | None = None) -> tuple[bytes, dict]:
     """(payload, meta) of a CKKS UPDATE: ``ciphertexts`` replace the weights in the payload."""
-    from latentfl.privacy.ckks import ciphertexts_to_tensors
-
     return pack_tensors(ciphertexts_to_tensors(ciphertexts)), _update_meta(update, privacy)
 
 
 def decode_encrypted_update(message: Message, *, max_bytes: int) -> tuple[Update, list[bytes]]:
     """The Update (its weights are the ciphertext tensors, for the store) and the ciphertexts
     of a verified CKKS UPDATE; the caller checks the ciphertexts against its public context."""
-    from latentfl.privacy.ckks import ciphertexts_from_tensors
-
     meta = message.header.meta
     num_examples, num_steps = _int_meta(meta, "num_examples"), _int_meta(meta, "num_steps")
     if num_examples < 1:
@@ -213,8 +208,6 @@ def encode_decrypt_task(ciphertexts: Sequence[bytes], *, total_weight: int, leng
                         cohort: int, model: ModelSpec,
                         manifest_digest: str) -> tuple[bytes, dict]:
     """(payload, meta) of a DECRYPT_TASK carrying the encrypted sum of ``cohort`` updates."""
-    from latentfl.privacy.ckks import ciphertexts_to_tensors
-
     meta = {"total_weight": int(total_weight), "length": int(length),
             "cohort": int(cohort), "manifest": manifest_digest,
             "model": canonical_json(to_dict(model)).decode("ascii")}
@@ -223,8 +216,6 @@ def encode_decrypt_task(ciphertexts: Sequence[bytes], *, total_weight: int, leng
 
 def decode_decrypt_task(message: Message, *, max_bytes: int) -> DecryptTask:
     """The DecryptTask of a verified DECRYPT_TASK; ProtocolError if refused."""
-    from latentfl.privacy.ckks import ciphertexts_from_tensors
-
     meta = message.header.meta
     total, length, cohort = (_int_meta(meta, k) for k in ("total_weight", "length", "cohort"))
     if total < 1 or length < 1:

@@ -13,7 +13,16 @@ import statistics
 import time
 from pathlib import Path
 
+import torch
+
+from latentfl.config import load_config
 from latentfl.errors import ConfigError
+from latentfl.models import build_model
+from latentfl.platform.crypto.ckks_keys import write_ckks_keys
+from latentfl.platform.participant.config import ParticipantConfig
+from latentfl.privacy.accounting import plan_dp_sgd
+from latentfl.privacy.ckks import ciphertext_count, create_context, encrypt_update, slot_count
+from latentfl.privacy.ledger import PrivacyLedger
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -64,8 +73,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run_plan(args: argparse.Namespace) -> int:
-    from latentfl.privacy.accounting import plan_dp_sgd
-
     p = plan_dp_sgd(
         num_examples=args.examples,
         batch_size=args.batch,
@@ -97,11 +104,6 @@ def run_plan(args: argparse.Namespace) -> int:
 
 
 def _print_ckks_cost(args: argparse.Namespace) -> None:
-    import torch
-
-    from latentfl.models import build_model
-    from latentfl.privacy.ckks import ciphertext_count, create_context, encrypt_update, slot_count
-
     in_shape = _parse_ints(args.in_shape, "--in-shape")
     if len(in_shape) != 3:
         raise ConfigError(f"--in-shape = {args.in_shape!r}; expected C,H,W such as 3,32,32.")
@@ -130,13 +132,8 @@ def _print_ckks_cost(args: argparse.Namespace) -> None:
 
 
 def run_ledger(args: argparse.Namespace) -> int:
-    from latentfl.privacy.ledger import PrivacyLedger
-
     state_dir = args.state_dir
     if args.config is not None:
-        from latentfl.config import load_config
-        from latentfl.platform.participant.config import ParticipantConfig
-
         config = load_config(args.config, ParticipantConfig)
         if config.state_dir is None:
             raise ConfigError(
@@ -164,8 +161,6 @@ def run_ledger(args: argparse.Namespace) -> int:
 
 
 def run_ckks_keys(args: argparse.Namespace) -> int:
-    from latentfl.platform.crypto.ckks_keys import write_ckks_keys
-
     bits = _parse_ints(args.coeff_mod_bit_sizes, "--coeff-mod-bit-sizes")
     written = write_ckks_keys(
         args.key_dir,

@@ -13,10 +13,22 @@
 from __future__ import annotations
 
 import argparse
+import json
 from pathlib import Path
 from typing import Any
 
+from latentfl.audits import ConsortiumEntry, ModelSpec, render_consortium_report, save_model_file
+from latentfl.config import load_config
+from latentfl.data import load_dataset
 from latentfl.errors import ConfigError, StateError
+from latentfl.log import configure_logging
+from latentfl.platform.coordinator import CoordinatorConfig
+from latentfl.platform.coordinator.audit_service import load_shared_audits
+from latentfl.platform.coordinator.journal import read_journal, verify_journal
+from latentfl.platform.coordinator.rounds import load_strategy
+from latentfl.platform.crypto import load_roster
+from latentfl.platform.participant import ParticipantConfig
+from latentfl.platform.participant.audit_client import run_participant_audit
 
 #: Journaled kinds whose signed header carries the ledger (plain and encrypted updates).
 UPDATE_KINDS = ("UPDATE", "ENCRYPTED_UPDATE")
@@ -28,8 +40,6 @@ LEDGER_FIELDS = {"epsilon": "epsilon", "delta": "delta", "noise_multiplier": "no
 
 def ledgers_from_journal(journal: Path) -> dict[str, dict[str, Any] | None]:
     """Per participant, the privacy fields of its last accepted UPDATE (None: none reported)."""
-    from latentfl.platform.coordinator.journal import read_journal, verify_journal
-
     verify_journal(journal)  # a damaged or edited journal is not reported from
     out: dict[str, dict[str, Any] | None] = {}
     for entry in read_journal(journal):
@@ -45,10 +55,6 @@ def ledgers_from_journal(journal: Path) -> dict[str, dict[str, Any] | None]:
 
 def consortium_entries(config: Any) -> list[Any]:
     """One ConsortiumEntry per participant known to the roster, journal or shared audits."""
-    from latentfl.audits import ConsortiumEntry
-    from latentfl.platform.coordinator.audit_service import load_shared_audits
-    from latentfl.platform.crypto import load_roster
-
     journal = config.state_dir / "journal.jsonl"
     if not journal.exists():
         raise StateError(f"no journal in state_dir {config.state_dir}; expected the folder of a "
@@ -70,10 +76,6 @@ def consortium_entries(config: Any) -> list[Any]:
 
 
 def _report(args: argparse.Namespace) -> int:
-    from latentfl.audits import render_consortium_report
-    from latentfl.config import load_config
-    from latentfl.platform.coordinator import CoordinatorConfig
-
     config = load_config(args.config, CoordinatorConfig)
     entries = consortium_entries(config)
     html_path, json_path = render_consortium_report(entries, args.out)
@@ -89,31 +91,21 @@ def _report(args: argparse.Namespace) -> int:
 
 def export_global_model(config: Any, out: Path, round: int | None = None) -> Path:
     """Write the latest (or ``round``'s) global model as an audits model file; its path."""
-    from latentfl.audits import ModelSpec, save_model_file
-    from latentfl.platform.coordinator.rounds import load_strategy
-
     checkpoint, strategy = load_strategy(config, round)
-    round, meta = checkpoint.round, checkpoint.meta.get("strategy", {})
-    s = config.strategy
-    arch = s.feddgm.global_model if s.method == "feddgm" else s.model
-    mean, std = meta.get("mean", ()), meta.get("std", ())
+    arch = strategy.evaluation_spec()
+    mean, std = strategy.evaluation_input_stats() or ((), ())
     if not mean and config.test_data is not None:
-        from latentfl.data import load_dataset
-
         stats = load_dataset(config.test_data)
         mean, std = stats.mean, stats.std
     spec = ModelSpec(model=arch.name, num_classes=arch.num_classes,
                      in_shape=tuple(arch.in_shape), options=dict(arch.options),
                      mean=tuple(mean), std=tuple(std))
-    save_model_file(out, strategy.evaluation_model(), spec,
-                    meta={"session": config.session, "round": round, "method": s.method})
+    save_model_file(out, strategy.evaluation_model(), spec, meta={
+        "session": config.session, "round": checkpoint.round, "method": config.strategy.method})
     return Path(out)
 
 
 def _export(args: argparse.Namespace) -> int:
-    from latentfl.config import load_config
-    from latentfl.platform.coordinator import CoordinatorConfig
-
     config = load_config(args.config, CoordinatorConfig)
     path = export_global_model(config, args.out, args.round)
     print(f"model: {path} (sidecar {path}.json)")
@@ -121,11 +113,6 @@ def _export(args: argparse.Namespace) -> int:
 
 
 def _participant_audit(args: argparse.Namespace) -> int:
-    from latentfl.config import load_config
-    from latentfl.log import configure_logging
-    from latentfl.platform.participant import ParticipantConfig
-    from latentfl.platform.participant.audit_client import run_participant_audit
-
     configure_logging("console", level="warning")
     config = load_config(args.config, ParticipantConfig)
     out = args.out
@@ -138,8 +125,6 @@ def _participant_audit(args: argparse.Namespace) -> int:
                                     timeout_s=args.timeout)
     print(f"synthetic set of round {outcome.synthetic_round}: {outcome.images} images")
     report = outcome.json.read_text()
-    import json
-
     for v in json.loads(report)["verdicts"]:
         print(f"{v['status'].upper():5} {v['title']}: {v['value']}")
     print(f"report: {outcome.html}\njson:   {outcome.json}")

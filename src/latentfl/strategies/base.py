@@ -15,7 +15,10 @@ method's private business). What a runner may ask of any method beyond the round
 - ``needs_only_aggregates`` (a class attribute): the method can run on the weighted mean alone
   (``accept_aggregate``), so the runner may aggregate under encryption;
 - ``synthetic_sets()``: the synthetic images the method derived from each participant, with
-  what is needed to render them (empty for methods that make none), for audits and demos.
+  what is needed to render them (empty for methods that make none), for audits and demos;
+- ``evaluation_spec()`` and ``evaluation_input_stats()``: the architecture of
+  ``evaluation_model()`` and the channel mean/std its inputs are normalised with when the method
+  fixes them, so that the global model can be exported without knowing the method.
 
 ``Task`` and ``Update`` are typed: a task says how its update will be aggregated
 (:class:`Aggregation`), an update may carry the participant's class counts.
@@ -36,6 +39,7 @@ from torch import nn
 
 from latentfl.config import option
 from latentfl.errors import ConfigError
+from latentfl.models import build_model
 from latentfl.seeding import derive_seed
 from latentfl.training import TrainConfig
 
@@ -65,8 +69,6 @@ class ModelSpec:
     )
 
     def build(self) -> nn.Module:
-        from latentfl.models import build_model
-
         return build_model(self.name, self.num_classes, tuple(self.in_shape), **self.options)
 
     def problems(self) -> list[str]:
@@ -156,6 +158,16 @@ class Strategy(abc.ABC):
         """The synthetic set derived from each participant's update in the last aggregated
         round, by participant id; empty for methods that make none."""
         return {}
+
+    def evaluation_spec(self) -> ModelSpec:
+        """The architecture of ``evaluation_model()``: the participants' model unless the
+        method trains a global model of its own."""
+        return self.model_spec
+
+    def evaluation_input_stats(self) -> tuple[tuple[float, ...], tuple[float, ...]] | None:
+        """The channel (mean, std) the evaluation model's inputs are normalised with, when the
+        method fixes them; None when they are the data's own statistics."""
+        return None
 
     @abc.abstractmethod
     def global_weights(self) -> Tensors:

@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from latentfl.errors import ConfigError
+from latentfl.models import load_tensors_, state_to_tensors
 from latentfl.strategies.base import (
     ModelSpec,
     Strategy,
@@ -52,8 +53,6 @@ class FedAvg(Strategy):
         self._global: Tensors = {}
 
     def initialize(self, seed: int) -> None:
-        from latentfl.models import state_to_tensors
-
         torch.manual_seed(seed)
         self._model = self.model_spec.build()
         self._global = state_to_tensors(self._model)
@@ -93,8 +92,6 @@ class FedAvg(Strategy):
         self._global = {k: v.detach().clone() for k, v in tensors.items()}
 
     def evaluation_model(self) -> nn.Module:
-        from latentfl.models import load_tensors_
-
         if self._model is None:
             self._model = self.model_spec.build()
         load_tensors_(self._model, self._global)

@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from latentfl.config import option
+from latentfl.device import resolve_device
 from latentfl.distill import (
     DistillConfig,
     FixedTargets,
@@ -28,6 +29,13 @@ from latentfl.distill import (
     distill,
 )
 from latentfl.log import get_logger
+from latentfl.models import (
+    flatten_named,
+    flatten_params,
+    load_tensors_,
+    param_shapes,
+    state_to_tensors,
+)
 from latentfl.seeding import derive_seed
 from latentfl.strategies.base import (
     ModelSpec,
@@ -39,7 +47,7 @@ from latentfl.strategies.base import (
     broadcast_tasks,
     check_updates,
 )
-from latentfl.training import TrainConfig
+from latentfl.training import TrainConfig, train
 
 log = get_logger("feddgm")
 
@@ -101,8 +109,6 @@ class FedDGM(Strategy):
 
     @property
     def device(self) -> torch.device:
-        from latentfl.device import resolve_device
-
         return resolve_device(self.config.device)
 
     def initialize(self, seed: int) -> None:
@@ -115,8 +121,6 @@ class FedDGM(Strategy):
         return broadcast_tasks(round, participants, self.global_weights(), self.local)
 
     def aggregate_round(self, round: int, updates: Sequence[Update]) -> dict[str, float]:
-        from latentfl.models import flatten_named, flatten_params, param_shapes
-
         check_updates(round, updates, self.global_weights())
         start = flatten_params(self._surrogate)
         shapes = param_shapes(self._surrogate)
@@ -182,8 +186,6 @@ class FedDGM(Strategy):
         return present or everything  # a participant that withholds its counts gets all classes
 
     def _train_on_union(self, round: int, x: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
-        from latentfl.training import train
-
         g, s = self.config.global_train, self.config.surrogate_train
         g = replace(g, seed=derive_seed(g.seed, "union", round))
         s = replace(s, seed=derive_seed(s.seed, "union", round))
@@ -204,17 +206,21 @@ class FedDGM(Strategy):
             for pid, s in self.synthetic.items()
         }
 
-    def global_weights(self) -> Tensors:
-        from latentfl.models import state_to_tensors
+    def evaluation_spec(self) -> ModelSpec:
+        return self.config.global_model
 
+    def evaluation_input_stats(self) -> tuple[tuple[float, ...], tuple[float, ...]]:
+        """The public statistics the generator renders to: the global model trains only on
+        synthetic images normalised with them."""
+        return tuple(self.config.mean), tuple(self.config.std)
+
+    def global_weights(self) -> Tensors:
         return state_to_tensors(self._surrogate)
 
     def evaluation_model(self) -> nn.Module:
         return self._global
 
     def state_dict(self) -> tuple[Tensors, dict[str, Any]]:
-        from latentfl.models import state_to_tensors
-
         tensors = {f"surrogate.{k}": v for k, v in state_to_tensors(self._surrogate).items()}
         tensors.update({f"global.{k}": v for k, v in state_to_tensors(self._global).items()})
         if self._earlier is not None:
@@ -232,8 +238,6 @@ class FedDGM(Strategy):
         return tensors, meta
 
     def load_state_dict(self, tensors: Tensors, meta: dict[str, Any]) -> None:
-        from latentfl.models import load_tensors_
-
         self._seed = int(meta.get("seed", self._seed))
         load_tensors_(self._surrogate, _section(tensors, "surrogate."))
         load_tensors_(self._global, _section(tensors, "global."))

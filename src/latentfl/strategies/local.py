@@ -15,8 +15,10 @@ from typing import Literal
 import torch
 
 from latentfl.log import get_logger
+from latentfl.models import load_tensors_, model_manifest, state_to_tensors
 from latentfl.strategies.base import ModelSpec, Task, Tensors, Update
-from latentfl.training import TrainResult
+from latentfl.training import TrainResult, train
+from latentfl.training_batched import can_batch, train_many
 
 #: How a round's local training runs: ``auto`` batches on CUDA when the participants allow it.
 LocalTraining = Literal["auto", "sequential", "batched"]
@@ -40,9 +42,6 @@ def run_task(
     With ``share_class_counts`` the update's metrics say how many examples of each class the
     participant holds (FedDGM's ``classes = "present"`` uses them); a site may withhold them.
     """
-    from latentfl.models import load_tensors_, state_to_tensors
-    from latentfl.training import train
-
     model = model_spec.build()
     load_tensors_(model, task.weights)
     result = train(model, x, y, task.train, device=device, wrap=wrap)
@@ -89,9 +88,6 @@ def _run_batched(
     share_class_counts: bool,
 ) -> dict[str, Update]:
     """Updates of the tasks that can be trained together; the others are left out."""
-    from latentfl.models import model_manifest
-    from latentfl.training_batched import can_batch, train_many
-
     model = model_spec.build()
     groups: dict[object, list[str]] = {}
     for pid, task in tasks.items():

@@ -22,6 +22,8 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Literal
 
+from latentfl.data import evaluation_tensors, load_dataset
+from latentfl.device import resolve_device
 from latentfl.errors import ConfigError, ProtocolError, Reason, StateError
 from latentfl.platform.coordinator.config import CoordinatorConfig
 from latentfl.platform.coordinator.store import Checkpoint, StateStore
@@ -34,6 +36,7 @@ from latentfl.strategies import (
     build_strategy,
     select_participants,
 )
+from latentfl.training import evaluate
 
 Phase = Literal["waiting", "collecting", "aggregating", "finished"]
 Evaluator = Callable[[Strategy], dict[str, float]]
@@ -273,10 +276,6 @@ def make_evaluator(config: CoordinatorConfig) -> Evaluator | None:
     """A function strategy -> {accuracy, loss} on the configured test split, or None."""
     if config.test_data is None:
         return None
-    from latentfl.data import evaluation_tensors, load_dataset
-    from latentfl.device import resolve_device
-    from latentfl.training import evaluate
-
     test = evaluation_tensors(load_dataset(config.test_data), config.max_test)
     if test is None:
         raise ConfigError(f"test_data = {config.test_data!r} has no test split; expected a "

@@ -29,9 +29,12 @@ import numpy as np
 import torch
 import zmq
 
+from latentfl.data import load_dataset, to_tensors
+from latentfl.device import resolve_device
 from latentfl.errors import LatentFLError, PrivacyError, ProtocolError, Reason
 from latentfl.exitcodes import ExitCode
 from latentfl.log import get_logger
+from latentfl.models import model_manifest
 from latentfl.platform.crypto import COORDINATOR_ID
 from latentfl.platform.participant.config import ParticipantConfig
 from latentfl.platform.participant.connection import connect, load_enrolment
@@ -53,6 +56,7 @@ from latentfl.platform.protocol import (
     encode,
     pack_json,
 )
+from latentfl.privacy import decrypt_aggregate, encrypt_update
 from latentfl.strategies import Aggregation, ModelSpec, Task, Update, run_task
 
 POLL_MS = 100
@@ -75,8 +79,6 @@ class LocalData:
 
 def load_local_data(config: ParticipantConfig) -> LocalData:
     """The site's training split, or its part of a deterministic partition (demos, tests)."""
-    from latentfl.data import load_dataset, to_tensors
-
     ds = load_dataset(config.data)
     train = ds.train if config.partition is None else config.partition.take(ds.train)
     x, y = to_tensors(train, ds.mean, ds.std)
@@ -283,9 +285,6 @@ class Agent:
     def _train(self, task: Task, spec: ModelSpec,
                sigma: float | None) -> tuple[Kind, bytes, dict]:
         """Train (DP-SGD when configured), then encode the UPDATE (encrypted in ckks mode)."""
-        from latentfl.device import resolve_device
-        from latentfl.models import model_manifest
-
         started = time.perf_counter()
         with self.privacy.training_wrap(task.round, sigma) as wrap:
             update = run_task(task, spec, self.data.x, self.data.y, participant=self.pid,
@@ -301,17 +300,12 @@ class Agent:
                       train_loss=update.metrics.get("train_loss"))
         if task.aggregation is not Aggregation.CKKS:
             return (Kind.UPDATE, *encode_update(update, report))
-        from latentfl.privacy import encrypt_update
-
         flat = flatten_state(update.weights, manifest)
         ciphertexts = encrypt_update(self.privacy.ckks, flat, weight=update.num_examples)
         return (Kind.ENCRYPTED_UPDATE, *encode_encrypted_update(update, ciphertexts, report))
 
     def _on_decrypt(self, sock: zmq.Socket, message: Message) -> None:
         """Decrypt the coordinator's encrypted *sum* and return the weighted mean, signed."""
-        from latentfl.models import model_manifest
-        from latentfl.privacy import decrypt_aggregate
-
         r = message.header.round
         try:
             job = decode_decrypt_task(message, max_bytes=self.config.max_message_bytes)

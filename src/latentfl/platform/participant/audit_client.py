@@ -26,6 +26,11 @@ import numpy as np
 import torch
 import zmq
 
+from latentfl.audits import save_synthetic, shareable_aggregates
+from latentfl.audits.distances import random_encoder
+from latentfl.audits.report import render_synthetic_html, synthetic_audit_json, write_report
+from latentfl.audits.synthetic import audit_synthetic
+from latentfl.data import load_dataset
 from latentfl.errors import ConfigError, DataError, ProtocolError, Reason
 from latentfl.platform.crypto import COORDINATOR_ID
 from latentfl.platform.participant.config import ParticipantConfig
@@ -157,8 +162,6 @@ def numbers_only(aggregates: dict[str, Any]) -> dict[str, Any]:
 
 def local_images(config: ParticipantConfig, holdout: str | None = None) -> tuple[Any, Any, Any]:
     """(T, H, dataset): this site's training part, its holdout, and the dataset it came from."""
-    from latentfl.data import load_dataset
-
     ds = load_dataset(config.data)
     train = ds.train if config.partition is None else config.partition.take(ds.train)
     if holdout is not None:
@@ -204,11 +207,6 @@ def run_participant_audit(config: ParticipantConfig, *, out_dir: Path, share: bo
                           alpha: float = 0.05,
                           timeout_s: float = DEFAULT_TIMEOUT_S) -> AuditOutcome:
     """Fetch this site's synthetic set, audit it locally, write reports, optionally share."""
-    from latentfl.audits import save_synthetic, shareable_aggregates
-    from latentfl.audits.distances import random_encoder
-    from latentfl.audits.report import render_synthetic_html, synthetic_audit_json, write_report
-    from latentfl.audits.synthetic import audit_synthetic
-
     with AuditClient(config, timeout_s=timeout_s) as client:
         images, labels, meta = client.fetch_synthetic()
         private, held, ds = local_images(config, holdout)

@@ -17,9 +17,23 @@ from typing import Any
 
 import torch
 
+from latentfl.durable import write_atomic
 from latentfl.errors import StateError
 from latentfl.models import ModelManifest
+from latentfl.platform.crypto.ckks_keys import load_participant_context
 from latentfl.platform.participant.config import PrivacyConfig
+from latentfl.platform.payloads import flatten_state, unflatten_state
+from latentfl.privacy import (
+    PlannedTask,
+    PrivacyLedger,
+    check_task,
+    clip_and_noise,
+    make_private,
+    poisson_sample_rate,
+    resolve_noise_multiplier,
+    steps_per_round,
+)
+from latentfl.privacy.ledger import LEDGER_FILE
 from latentfl.seeding import derive_seed
 from latentfl.strategies import Task, Tensors
 
@@ -44,9 +58,6 @@ class SitePrivacy:
     def ledger(self) -> Any:
         """The site's PrivacyLedger (in memory when there is no state dir: then nothing is
         ever spent, since DP-SGD and an epsilon cap both require a state dir)."""
-        from latentfl.privacy import PrivacyLedger
-        from latentfl.privacy.ledger import LEDGER_FILE
-
         if self._ledger is None:
             delta, accountant = self.config.policy.delta, self.config.dp_sgd.accountant
             if self.state_dir is None:
@@ -59,9 +70,6 @@ class SitePrivacy:
 
     def noise_multiplier(self, task: Task, num_examples: int) -> float:
         """The run's noise multiplier: from the plan file, or resolved now and written there."""
-        from latentfl.durable import write_atomic
-        from latentfl.privacy import resolve_noise_multiplier
-
         path = self.state_dir / PLAN_FILE  # DP-SGD implies a state dir (config check)
         if path.exists():
             try:
@@ -82,8 +90,6 @@ class SitePrivacy:
     def check(self, task: Task, num_examples: int) -> float | None:
         """Refuse ``task`` (PrivacyError with the rule) if it breaks the site policy; return
         the noise multiplier it will train with (None without DP-SGD)."""
-        from latentfl.privacy import PlannedTask, check_task, poisson_sample_rate, steps_per_round
-
         cfg = task.train
         sigma = self.noise_multiplier(task, num_examples) if self.dp else None
         planned = PlannedTask(
@@ -100,8 +106,6 @@ class SitePrivacy:
 
     def training_wrap(self, round: int, noise_multiplier: float | None) -> Any:
         """A context manager giving the DP-SGD wrap for ``train`` (or None without DP-SGD)."""
-        from latentfl.privacy import make_private
-
         if noise_multiplier is None:
             return contextlib.nullcontext(None)
         dp = self.config.dp_sgd
@@ -116,9 +120,6 @@ class SitePrivacy:
                       manifest: ModelManifest) -> Tensors:
         """``trained`` with its update (trained - start) clipped and noised, accounted first;
         unchanged when weight noise is off."""
-        from latentfl.platform.payloads import flatten_state, unflatten_state
-        from latentfl.privacy import clip_and_noise
-
         wn = self.config.weight_noise
         if not wn.enabled:
             return trained
@@ -142,8 +143,6 @@ class SitePrivacy:
     def ckks(self) -> Any:
         """This participant's secret CKKS context, unsealed with its CURVE key (SecurityError
         if missing or sealed to someone else)."""
-        from latentfl.platform.crypto.ckks_keys import load_participant_context
-
         if self._ckks is None:
             self._ckks = load_participant_context(self.key_dir)
         return self._ckks
