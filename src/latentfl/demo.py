@@ -34,7 +34,7 @@ METHODS = ("feddgm", "fedavg")
 PARTITION = PartitionConfig(scheme="dirichlet", alpha=0.1, seed=0)
 #: FedDGM's image prior. The shipped public prior: {"prior": "trained",
 #: "generator_path": "builtin:cifar10-public"}.
-PRIOR = {"prior": "random"}
+PRIOR = {"prior": "trained", "generator_path": "builtin:cifar10-public"}
 #: Every method's model (FedAvg's only one, FedDGM's surrogate and global model alike).
 MODEL = {"name": "convnet", "options": {"width": 16, "depth": 2}}
 #: Sized for 2 CPU cores; the FedDGM choices are measured in docs/results.md ("FedDGM demo

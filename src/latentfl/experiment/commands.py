@@ -7,13 +7,13 @@ import os
 from dataclasses import replace
 from pathlib import Path
 
+from latentfl.config import load_config
+from latentfl.experiment.config import ExperimentConfig, grid, restrict
+from latentfl.experiment.runner import run_experiment
+from latentfl.log import configure_logging
+
 
 def _run(args) -> int:
-    from latentfl.config import load_config
-    from latentfl.experiment.config import ExperimentConfig, grid, restrict
-    from latentfl.experiment.runner import run_experiment
-    from latentfl.log import configure_logging
-
     config = load_config(args.config, ExperimentConfig, overrides=args.set)
     if args.only:
         config = restrict(config, args.only)

@@ -24,6 +24,7 @@ from latentfl.data.partition import DIRICHLET_SCHEMES
 from latentfl.errors import ConfigError
 from latentfl.simulate import SimulationConfig
 from latentfl.strategies.base import ModelSpec
+from latentfl.strategies.registry import Method
 
 #: Methods whose global model *is* the surrogate (the cell's architecture replaces strategy.model).
 AVERAGING_METHODS = ("fedavg", "fedprox", "fednova", "dynafed")
@@ -56,8 +57,6 @@ class ExperimentConfig:
     simulation: SimulationConfig = option(SimulationConfig(), help="Settings shared by every cell.")
 
     def problems(self) -> list[str]:
-        from latentfl.strategies.registry import Method
-
         known = typing.get_args(Method)
         out = []
         for m in self.methods:

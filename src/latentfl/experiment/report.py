@@ -11,7 +11,7 @@ from typing import Any
 
 from latentfl.durable import write_atomic
 from latentfl.experiment._files import read_rounds
-from latentfl.experiment.config import Cell, ExperimentConfig
+from latentfl.experiment.config import Cell, ExperimentConfig, cell_key
 
 
 def mean_std(values: Sequence[float]) -> tuple[float, float]:
@@ -38,7 +38,6 @@ def render_table(config: ExperimentConfig, rows: Sequence[dict[str, Any]],
 
     Cells in ``infeasible`` (key -> reason) show as "no partition", with the reasons below.
     """
-    from latentfl.experiment.config import cell_key
 
     infeasible = infeasible or {}
     sim = config.simulation

@@ -28,10 +28,12 @@ from pathlib import Path
 from typing import Any
 
 from latentfl.config import to_dict
+from latentfl.data import load_dataset
 from latentfl.durable import write_atomic
 from latentfl.errors import DataError
 from latentfl.experiment._files import read_rounds
 from latentfl.experiment.config import Cell, ExperimentConfig, grid
+from latentfl.experiment.report import write_plot, write_table
 from latentfl.log import get_logger
 from latentfl.simulate import RoundRecord, run_simulation
 
@@ -90,7 +92,6 @@ def run_experiment(
     """Run every unfinished cell of ``config``'s grid; write results.csv, table.md and the plot."""
     from tqdm import tqdm
 
-    from latentfl.experiment.report import write_plot, write_table
 
     out = config.output
     out.mkdir(parents=True, exist_ok=True)
@@ -199,7 +200,6 @@ def _tick(bar, record: RoundRecord) -> None:
 
 
 def _load_dataset(spec: str):
-    from latentfl.data import load_dataset
 
     dataset = load_dataset(spec)
     if dataset.test is None:
