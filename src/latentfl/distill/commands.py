@@ -5,6 +5,15 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+import torch
+
+from latentfl.data import load_dataset, to_tensors
+from latentfl.distill.generator import GeneratorConfig
+from latentfl.distill.latent import random_generator
+from latentfl.distill.train_prior import train_prior
+from latentfl.distill.vae import VaeDesign
+from latentfl.errors import ConfigError
+
 __all__ = ["register"]
 
 
@@ -33,15 +42,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _train(args: argparse.Namespace) -> int:
-    import torch
-
-    from latentfl.data import load_dataset, to_tensors
-    from latentfl.distill.generator import GeneratorConfig
-    from latentfl.distill.latent import random_generator
-    from latentfl.distill.train_prior import train_prior
-    from latentfl.distill.vae import VaeDesign
-    from latentfl.errors import ConfigError
-
     for name in ("steps", "batch_size", "sample_every", "base_channels"):
         if getattr(args, name) < 1:
             raise ConfigError(f"--{name.replace('_', '-')} is {getattr(args, name)}; "

@@ -22,6 +22,7 @@ from latentfl.distill.generator import Generator
 from latentfl.distill.latent import save_generator
 from latentfl.distill.vae import VaeDesign
 from latentfl.log import get_logger
+from latentfl.seeding import derive_seed
 
 __all__ = ["PriorResult", "save_grid", "train_prior"]
 
@@ -59,7 +60,7 @@ def train_prior(design: VaeDesign, x: Tensor, y: Tensor, *, out: Path, steps: in
     noise = torch.Generator(device=device).manual_seed(seed)
     rows = min(gen.config.num_classes, 10)
     grid_labels = torch.arange(rows, device=device).repeat(8)
-    grid_z = gen.noise(grid_labels.shape[0], seed + 1, device)
+    grid_z = gen.noise(grid_labels.shape[0], derive_seed(seed, "sample-grid"), device)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     log = get_logger("latentfl.prior", design=design.name, steps=steps)
