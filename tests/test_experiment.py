@@ -58,6 +58,28 @@ def tiny_config(tmp_path: Path, **top) -> ExperimentConfig:
     return from_dict(ExperimentConfig, data)
 
 
+def write_toy_experiment(path: Path, methods: list[str], data: str, rounds: int,
+                         extra: str = "") -> Path:
+    """A two-participant experiment file on 8x8 toy images, ``extra`` TOML appended."""
+    path.write_text(f"""
+output = "out"
+methods = {json.dumps(methods)}
+alphas = [1.0]
+[simulation]
+data = "{data}"
+participants = 2
+rounds = {rounds}
+device = "cpu"
+[simulation.partition]
+min_size = 5
+[simulation.strategy.model]
+num_classes = 4
+in_shape = [3, 8, 8]
+options = {{ width = 4, depth = 1 }}
+{extra}""")
+    return path
+
+
 def rounds_of(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines()]
 
@@ -201,21 +223,7 @@ def test_cli_runs_and_resumes_a_grid(tmp_path: Path, capsys) -> None:
     from latentfl.cli import main
 
     spec = write_npz(tmp_path / "toy.npz")
-    (tmp_path / "exp.toml").write_text(f"""
-output = "out"
-methods = ["fedavg", "dynafed"]
-alphas = [1.0]
-[simulation]
-data = "{spec}"
-participants = 2
-rounds = 2
-device = "cpu"
-[simulation.partition]
-min_size = 5
-[simulation.strategy.model]
-num_classes = 4
-in_shape = [3, 8, 8]
-options = {{ width = 4, depth = 1 }}
+    write_toy_experiment(tmp_path / "exp.toml", ["fedavg", "dynafed"], spec, 2, extra="""
 [simulation.strategy.dynafed]
 trajectory_length = 2
 ipc = 1
@@ -277,22 +285,7 @@ def test_cli_runs_one_cell_and_keeps_the_other_rows(tmp_path: Path, capsys) -> N
     from latentfl.cli import main
 
     spec = write_npz(tmp_path / "toy.npz")
-    (tmp_path / "exp.toml").write_text("""
-output = "out"
-methods = ["fedavg", "fedprox"]
-alphas = [1.0]
-[simulation]
-data = "builtin:absent"
-participants = 2
-rounds = 3
-device = "cpu"
-[simulation.partition]
-min_size = 5
-[simulation.strategy.model]
-num_classes = 4
-in_shape = [3, 8, 8]
-options = { width = 4, depth = 1 }
-""")
+    write_toy_experiment(tmp_path / "exp.toml", ["fedavg", "fedprox"], "builtin:absent", 3)
     base = ["experiment", "--config", str(tmp_path / "exp.toml"), "--no-progress",
             "--set", f"simulation.data={spec}", "--set", "simulation.rounds=1"]
     assert main([*base, "--only", "method=fedprox"]) == 0
