@@ -7,18 +7,16 @@ manifest is given, against its names, shapes and dtypes.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from safetensors.torch import load as _st_load
 from safetensors.torch import save as _st_save
 
 from latentfl.errors import ModelError, ProtocolError, Reason
+from latentfl.models import ModelManifest
 from latentfl.platform.protocol._header import DEFAULT_MAX_MESSAGE_BYTES
 from latentfl.platform.protocol._json import canonical_json, strict_json
-
-if TYPE_CHECKING:
-    from latentfl.models import ModelManifest
 
 DEFAULT_MAX_JSON_BYTES = 1024 * 1024
 MAX_TENSORS = 4096
