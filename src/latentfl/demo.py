@@ -88,6 +88,10 @@ def run_demo(*, rounds: int = 3, participants: int = 5, method: str = "feddgm",
         acc = "-" if accuracy is None else f"{100 * accuracy:6.2f}%"
         out(f"{name:<7} round {r}  test acc {acc}  elapsed {time.monotonic() - started:6.1f}s")
 
+    def show_new_rounds(status: Path) -> None:
+        for rec in _history(status)[len(results.get(method, [])):]:
+            show(method, rec["round"], rec["metrics"].get("accuracy"))
+
     out(f"{participants} participants, Dirichlet alpha {partition.alpha} on {DATA}; {method} "
         "over the daemons (one process per party, CurveZMQ on 127.0.0.1)")
     with LocalConsortium(root, participants, session="demo", partition=partition,
@@ -98,15 +102,13 @@ def run_demo(*, rounds: int = 3, participants: int = 5, method: str = "feddgm",
         consortium.start()
         status = consortium.state_dir / "status.json"
         while (code := consortium.supervisor.exit_codes()["coordinator"]) is None:
-            for rec in _history(status)[len(results.get(method, [])):]:
-                show(method, rec["round"], rec["metrics"].get("accuracy"))
+            show_new_rounds(status)
             if time.monotonic() - started > timeout_s:
                 raise StateError(f"the demo did not finish within {timeout_s:.0f}s; see the "
                                  f"logs in {root / 'logs'}.")
             time.sleep(0.5)
         consortium.wait_finished(timeout_s=0)
-    for rec in _history(status)[len(results.get(method, [])):]:
-        show(method, rec["round"], rec["metrics"].get("accuracy"))
+    show_new_rounds(status)
     ok = code == 0 and len(results.get(method, [])) == rounds
     sets = None
     if ok and method == "feddgm":

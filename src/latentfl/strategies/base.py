@@ -109,7 +109,6 @@ class SyntheticImages:
     labels: torch.Tensor  # (N,) int64
     mean: tuple[float, ...]
     std: tuple[float, ...]
-    class_names: tuple[str, ...] | None = None
 
     def pixels(self) -> torch.Tensor:
         """The images in [0, 1], (N, C, H, W), as a viewer shows them."""
