@@ -18,9 +18,11 @@ import latentfl
 from latentfl.errors import ProtocolError, StateError
 from latentfl.platform.protocol import (
     FROM_COORDINATOR,
+    FROM_OPERATOR,
     FROM_PARTICIPANT,
     MAX_HEADER_BYTES,
     PROTOCOL_VERSION,
+    TO_OPERATOR,
     Kind,
     Reason,
     ReplayGuard,
@@ -391,10 +393,13 @@ def test_kinds_cover_the_protocol():
     names = {"HELLO", "TASK", "UPDATE", "ENCRYPTED_UPDATE", "DECRYPT_TASK", "AGGREGATE",
              "DECLINE", "ACK", "REJECT", "HEARTBEAT", "STATUS", "BYE", "FETCH_SYNTHETIC",
              "SYNTHETIC", "AUDIT_REPORT"}
-    assert {k.value for k in Kind} == names
+    admin = {"ADMIN_STATUS", "ADMIN_PAUSE", "ADMIN_RESUME", "ADMIN_ABORT_ROUND", "ADMIN_REMOVE",
+             "ADMIN_READMIT", "ADMIN_JOURNAL", "ADMIN_RESULT"}
+    assert {k.value for k in Kind} == names | admin
     assert Kind("TASK") is Kind.TASK and Kind.TASK == "TASK"
-    assert set(Kind) == FROM_PARTICIPANT | FROM_COORDINATOR
+    assert set(Kind) == FROM_PARTICIPANT | FROM_COORDINATOR | FROM_OPERATOR | TO_OPERATOR
     assert {Kind.HEARTBEAT} == FROM_PARTICIPANT & FROM_COORDINATOR
+    assert not FROM_OPERATOR & (FROM_PARTICIPANT | FROM_COORDINATOR | TO_OPERATOR)
 
 
 def test_a_kind_from_the_wrong_side_is_refused_last():
@@ -407,6 +412,8 @@ def test_a_kind_from_the_wrong_side_is_refused_last():
     assert check(message(kind=Kind.DECRYPT_TASK), accepts=FROM_COORDINATOR).header.kind is (
         Kind.DECRYPT_TASK)
     refused("unexpected-kind", message(kind=Kind.TASK), accepts=FROM_PARTICIPANT)
+    refused("unexpected-kind", message(kind=Kind.ADMIN_PAUSE), accepts=FROM_PARTICIPANT)
+    refused("unexpected-kind", message(kind=Kind.UPDATE), accepts=FROM_OPERATOR)
 
 
 def test_reasons_are_one_spelling_with_a_meaning_and_finality():

@@ -82,6 +82,8 @@ class Reason(StrEnum):
     NO_SYNTHETIC = "no-synthetic", False, "the latest checkpoint holds no set from the sender"
     INTERNAL = "internal", True, "the receiver could not process a verified message"
     TIMEOUT = "timeout", False, "no answer arrived in time"
+    # remote admin
+    BAD_COMMAND = "bad-command", True, "an operator's command does not apply to the session now"
     # a participant declining its task (policy rules are declined under their own names)
     PRIVACY_CHECK_FAILED = "privacy-check-failed", True, "the site's ledger or plan is unreadable"
     CKKS_UNAVAILABLE = "ckks-unavailable", True, "the site cannot open its CKKS secret context"

@@ -16,7 +16,8 @@ from latentfl.platform.crypto import Roster, load_roster
 
 @dataclass(frozen=True)
 class RosterChange:
-    """A newly loaded roster and the participants it no longer lists as active."""
+    """A newly loaded roster and the parties (participants or operators) it no longer lists as
+    active."""
 
     roster: Roster
     revoked: list[str]
@@ -41,7 +42,7 @@ class RosterWatcher:
             return None
         self._stamp = stamp
         roster = load_roster(self.path)
-        revoked = sorted(set(self.roster.active_ids()) - set(roster.active_ids()))
+        revoked = sorted(_active(self.roster) - _active(roster))
         self.roster = roster
         return RosterChange(roster, revoked)
 
@@ -51,6 +52,10 @@ class RosterWatcher:
         except OSError:
             return None
         return (st.st_ino, st.st_mtime_ns, st.st_size)
+
+
+def _active(roster: Roster) -> set[str]:
+    return {*roster.active_ids(), *roster.active_operator_ids()}
 
 
 __all__ = ["RosterChange", "RosterWatcher"]

@@ -6,9 +6,11 @@ its CURVE server socket.
 """
 
 from latentfl.platform.crypto.consortium import (
+    add_operator,
     add_participant,
     create_identity,
     init_consortium,
+    revoke_operator,
     revoke_participant,
 )
 from latentfl.platform.crypto.keys import (
@@ -50,6 +52,7 @@ __all__ = [
     "Roster",
     "RosterAuthenticator",
     "RosterEntry",
+    "add_operator",
     "add_participant",
     "check_participant_id",
     "create_identity",
@@ -62,6 +65,7 @@ __all__ = [
     "make_curve_client",
     "make_curve_server",
     "peer_user_id",
+    "revoke_operator",
     "revoke_participant",
     "save_roster",
     "sign",

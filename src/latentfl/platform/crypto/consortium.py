@@ -1,4 +1,5 @@
-"""Operations that change a consortium folder: create it, enrol and revoke participants.
+"""Operations that change a consortium folder: create it, enrol and revoke participants and
+operators (``DIR/participants/<id>/``, ``DIR/operators/<id>/``).
 
 Each is a read-modify-write of ``DIR/roster.toml`` under an exclusive lock on the folder, so two
 ``latentfl keys`` commands cannot interleave, and the roster is replaced atomically.
@@ -24,6 +25,7 @@ from latentfl.platform.crypto.keys import (
 )
 from latentfl.platform.crypto.roster import (
     ROSTER_FILE,
+    Role,
     Roster,
     RosterEntry,
     load_roster,
@@ -31,6 +33,8 @@ from latentfl.platform.crypto.roster import (
 )
 
 PARTICIPANTS_DIR = "participants"
+OPERATORS_DIR = "operators"
+_FOLDERS: dict[Role, str] = {"participant": PARTICIPANTS_DIR, "operator": OPERATORS_DIR}
 
 
 @contextmanager
@@ -44,14 +48,19 @@ def _locked(directory: Path) -> Iterator[None]:
         os.close(fd)
 
 
-def init_consortium(directory: Path, participant_ids: Sequence[str]) -> Roster:
-    """Create keys for the coordinator and each participant, and ``DIR/roster.toml``."""
+def init_consortium(directory: Path, participant_ids: Sequence[str],
+                    operator_ids: Sequence[str] = ()) -> Roster:
+    """Create keys for the coordinator, each participant and each operator, and
+    ``DIR/roster.toml``."""
     directory = Path(directory)
     ids = [check_participant_id(pid) for pid in participant_ids]
-    duplicates = sorted({pid for pid in ids if ids.count(pid) > 1})
+    ops = [check_participant_id(oid, role="operator") for oid in operator_ids]
+    every = ids + ops
+    duplicates = sorted({pid for pid in every if every.count(pid) > 1})
     if duplicates:
         raise ConfigError(
-            f"participant ids {duplicates} are given more than once; expected unique ids"
+            f"ids {duplicates} are given more than once; expected unique ids across participants "
+            "and operators"
         )
     if directory.exists() and any(directory.iterdir()):
         raise ConfigError(
@@ -62,22 +71,28 @@ def init_consortium(directory: Path, participant_ids: Sequence[str]) -> Roster:
     os.chmod(directory, PRIVATE_DIR_MODE)
     with _locked(directory):
         coordinator = write_key_folder(directory / COORDINATOR_ID, COORDINATOR_ID)
-        (directory / PARTICIPANTS_DIR).mkdir(mode=PRIVATE_DIR_MODE)
-        os.chmod(directory / PARTICIPANTS_DIR, PRIVATE_DIR_MODE)
-        participants = {}
-        for pid in ids:
-            ident = write_key_folder(directory / PARTICIPANTS_DIR / pid, pid)
-            participants[pid] = RosterEntry(pid, ident.curve_public, ident.verify_key, "active")
-        roster = Roster(coordinator.curve_public, coordinator.verify_key, participants)
+        enrolled: dict[Role, dict[str, RosterEntry]] = {"participant": {}, "operator": {}}
+        for role, role_ids in (("participant", ids), ("operator", ops)):
+            if not role_ids and role == "operator":
+                continue
+            (directory / _FOLDERS[role]).mkdir(mode=PRIVATE_DIR_MODE)
+            os.chmod(directory / _FOLDERS[role], PRIVATE_DIR_MODE)
+            for pid in role_ids:
+                ident = write_key_folder(directory / _FOLDERS[role] / pid, pid)
+                enrolled[role][pid] = RosterEntry(pid, ident.curve_public, ident.verify_key)
+        roster = Roster(coordinator.curve_public, coordinator.verify_key,
+                        enrolled["participant"], enrolled["operator"])
         save_roster(directory / ROSTER_FILE, roster)
     return roster
 
 
 def create_identity(folder: Path, pid: str) -> None:
-    """Make one participant's key folder on its own host (``latentfl keys create``).
+    """Make one participant's (or operator's) key folder on its own host (``latentfl keys
+    create``).
 
-    The institution keeps the secret files and sends only ``curve.key`` and ``sign.key`` to the
-    operator, who enrols them with ``add_participant(..., public_from=...)``.
+    The institution (or operator) keeps the secret files and sends only ``curve.key`` and
+    ``sign.key`` to whoever holds the consortium folder, who enrols them with
+    ``add_participant`` / ``add_operator(..., public_from=...)``.
     """
     folder = Path(folder)
     if folder.exists():
@@ -94,59 +109,85 @@ def add_participant(directory: Path, pid: str, *, public_from: Path | None = Non
     A revoked id may be enrolled again with new keys (its old folder is removed): that is how a
     participant's keys are rotated. An active id is refused, as are keys enrolled for anyone else.
     """
-    directory = Path(directory)
-    check_participant_id(pid)
+    return _enrol(Path(directory), pid, "participant", public_from)
+
+
+def add_operator(directory: Path, oid: str, *, public_from: Path | None = None) -> Roster:
+    """Enrol operator ``oid`` (``latentfl admin``), as :func:`add_participant` enrols a
+    participant: fresh keys in ``DIR/operators/<oid>/``, or the public keys in ``public_from``."""
+    return _enrol(Path(directory), oid, "operator", public_from)
+
+
+def _table(roster: Roster, role: Role) -> dict[str, RosterEntry]:
+    return roster.participants if role == "participant" else roster.operators
+
+
+def _enrol(directory: Path, pid: str, role: Role, public_from: Path | None) -> Roster:
+    check_participant_id(pid, role=role)
     with _locked(directory):
         roster = load_roster(directory / ROSTER_FILE)
-        old = roster.participants.get(pid)
+        old = _table(roster, role).get(pid)
         if old is not None and old.active:
             raise ConfigError(
-                f"participant {pid!r} is already enrolled and active; revoke it first to give it "
+                f"{role} {pid!r} is already enrolled and active; revoke it first to give it "
                 "new keys"
             )
-        folder = directory / PARTICIPANTS_DIR / pid
+        folder = directory / _FOLDERS[role] / pid
         if public_from is not None:
             key_id, curve_public, verify_key = load_public_keys(public_from)
             if key_id != pid:
                 raise SecurityError(
                     f"public keys in {public_from} were made for {key_id!r}, not {pid!r}; "
-                    "expected the keys of the participant being enrolled"
+                    f"expected the keys of the {role} being enrolled"
                 )
         if folder.exists():
             shutil.rmtree(folder)
         if public_from is None:
+            folder.parent.mkdir(mode=PRIVATE_DIR_MODE, exist_ok=True)
             ident = write_key_folder(folder, pid)
             curve_public, verify_key = ident.curve_public, ident.verify_key
-        participants = dict(roster.participants)
-        participants[pid] = RosterEntry(pid, curve_public, verify_key, "active")
-        roster = replace(roster, participants=participants)
-        save_roster(directory / ROSTER_FILE, roster)  # refuses keys enrolled for another party
+        entries = dict(_table(roster, role))
+        entries[pid] = RosterEntry(pid, curve_public, verify_key, "active")
+        roster = replace(roster, **{_FOLDERS[role]: entries})
+        # refuses an id taken by the other role and keys enrolled for another party
+        save_roster(directory / ROSTER_FILE, roster)
     return roster
 
 
 def revoke_participant(directory: Path, pid: str) -> Roster:
     """Mark ``pid`` revoked in the roster (its keys stop being accepted); idempotent."""
-    directory = Path(directory)
+    return _revoke(Path(directory), pid, "participant")
+
+
+def revoke_operator(directory: Path, oid: str) -> Roster:
+    """Mark operator ``oid`` revoked in the roster (its keys stop being accepted); idempotent."""
+    return _revoke(Path(directory), oid, "operator")
+
+
+def _revoke(directory: Path, pid: str, role: Role) -> Roster:
     with _locked(directory):
         roster = load_roster(directory / ROSTER_FILE)
-        entry = roster.participants.get(pid)
+        entry = _table(roster, role).get(pid)
         if entry is None:
             raise ConfigError(
-                f"participant {pid!r} is not in roster {directory / ROSTER_FILE}; enrolled ids: "
-                f"{sorted(roster.participants)}"
+                f"{role} {pid!r} is not in roster {directory / ROSTER_FILE}; enrolled {role}s: "
+                f"{sorted(_table(roster, role))}"
             )
         if entry.active:
-            participants = dict(roster.participants)
-            participants[pid] = replace(entry, status="revoked")
-            roster = replace(roster, participants=participants)
+            entries = dict(_table(roster, role))
+            entries[pid] = replace(entry, status="revoked")
+            roster = replace(roster, **{_FOLDERS[role]: entries})
             save_roster(directory / ROSTER_FILE, roster)
     return roster
 
 
 __all__ = [
+    "OPERATORS_DIR",
     "PARTICIPANTS_DIR",
+    "add_operator",
     "add_participant",
     "create_identity",
     "init_consortium",
+    "revoke_operator",
     "revoke_participant",
 ]

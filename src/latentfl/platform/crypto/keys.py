@@ -47,16 +47,17 @@ _ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 _CERT_LINE = re.compile(r'^\s+(id|public-key|secret-key)\s*=\s*"?([^"\s]*)"?\s*$')
 
 
-def check_participant_id(pid: str) -> str:
-    """Return ``pid`` if it is a valid participant id, else raise ConfigError."""
+def check_participant_id(pid: str, *, role: str = "participant") -> str:
+    """Return ``pid`` if it is a valid id for a participant (or an operator: ``role``), else
+    raise ConfigError."""
     if not isinstance(pid, str) or not _ID_PATTERN.fullmatch(pid):
         raise ConfigError(
-            f"participant id {pid!r} is invalid; expected 1-64 characters from A-Z a-z 0-9 _ . - "
+            f"{role} id {pid!r} is invalid; expected 1-64 characters from A-Z a-z 0-9 _ . - "
             "starting with a letter or digit"
         )
     if pid == COORDINATOR_ID:
         raise ConfigError(
-            f"participant id {pid!r} is reserved for the coordinator; choose another id"
+            f"{role} id {pid!r} is reserved for the coordinator; choose another id"
         )
     return pid
 

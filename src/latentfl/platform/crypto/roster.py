@@ -1,5 +1,10 @@
 """The consortium roster: which CURVE and signing keys are enrolled, and which are revoked.
 
+Two roles are enrolled: ``[[participants]]`` (institutions that train) and ``[[operators]]``
+(people who steer the coordinator remotely with ``latentfl admin``). Both connect over the same
+CURVE endpoint; ids are unique across both roles, so a ZAP User-Id names one party and its
+role, and the coordinator lets each role send only its own message kinds.
+
 ``DIR/roster.toml`` is public data (only public keys) and the coordinator's allow-list, so it is
 refused when group or others may write it, and written only atomically (temp file, fsync,
 rename). ``consortium`` holds the operations that change it.
@@ -24,12 +29,14 @@ ROSTER_FILE = "roster.toml"
 ROSTER_FORMAT = 1
 Status = Literal["active", "revoked"]
 _STATUSES = ("active", "revoked")
-_PARTICIPANT_KEYS = {"id", "curve_public", "sign_public", "status"}
+_ENTRY_KEYS = {"id", "curve_public", "sign_public", "status"}
+Role = Literal["participant", "operator"]
+_TABLES: dict[Role, str] = {"participant": "participants", "operator": "operators"}
 
 
 @dataclass(frozen=True)
 class RosterEntry:
-    """One enrolled participant: its id, public keys and status."""
+    """One enrolled party (a participant or an operator): its id, public keys and status."""
 
     id: str
     curve_public: bytes
@@ -43,23 +50,34 @@ class RosterEntry:
 
 @dataclass(frozen=True)
 class Roster:
-    """The coordinator's public keys and every participant ever enrolled (active or revoked)."""
+    """The coordinator's public keys and every participant and operator ever enrolled (active
+    or revoked)."""
 
     coordinator_curve_public: bytes
     coordinator_sign_public: Ed25519PublicKey
     participants: dict[str, RosterEntry] = field(default_factory=dict)
+    operators: dict[str, RosterEntry] = field(default_factory=dict)
 
     def active_ids(self) -> list[str]:
         """Ids of the participants currently allowed to connect, in enrolment order."""
         return [pid for pid, entry in self.participants.items() if entry.active]
 
+    def active_operator_ids(self) -> list[str]:
+        """Ids of the operators currently allowed to connect, in enrolment order."""
+        return [oid for oid, entry in self.operators.items() if entry.active]
+
+    def entries(self) -> list[RosterEntry]:
+        """Every participant's and operator's entry (active or revoked)."""
+        return [*self.participants.values(), *self.operators.values()]
+
     def by_curve_key(self, key: bytes) -> RosterEntry | None:
-        """The entry (active or revoked) enrolled with this CURVE key (Z85 or raw), if any."""
+        """The entry (active or revoked, of either role) enrolled with this CURVE key (Z85 or
+        raw), if any."""
         try:
             key = curve_key_from_text(key)
         except SecurityError:
             return None
-        for entry in self.participants.values():
+        for entry in self.entries():
             if entry.curve_public == key:
                 return entry
         return None
@@ -67,6 +85,10 @@ class Roster:
     def verify_keys(self) -> dict[str, Ed25519PublicKey]:
         """Signing keys of the active participants, by id."""
         return {e.id: e.verify_key for e in self.participants.values() if e.active}
+
+    def operator_keys(self) -> dict[str, Ed25519PublicKey]:
+        """Signing keys of the active operators, by id."""
+        return {e.id: e.verify_key for e in self.operators.values() if e.active}
 
 
 def _quote(value: str) -> str:
@@ -86,15 +108,16 @@ def roster_to_toml(roster: Roster) -> str:
         f"curve_public = {_quote(roster.coordinator_curve_public.decode('ascii'))}",
         f"sign_public = {_quote(verify_key_to_hex(roster.coordinator_sign_public))}",
     ]
-    for entry in roster.participants.values():
-        lines += [
-            "",
-            "[[participants]]",
-            f"id = {_quote(entry.id)}",
-            f"curve_public = {_quote(entry.curve_public.decode('ascii'))}",
-            f"sign_public = {_quote(verify_key_to_hex(entry.verify_key))}",
-            f"status = {_quote(entry.status)}",
-        ]
+    for table, entries in (("participants", roster.participants), ("operators", roster.operators)):
+        for entry in entries.values():
+            lines += [
+                "",
+                f"[[{table}]]",
+                f"id = {_quote(entry.id)}",
+                f"curve_public = {_quote(entry.curve_public.decode('ascii'))}",
+                f"sign_public = {_quote(verify_key_to_hex(entry.verify_key))}",
+                f"status = {_quote(entry.status)}",
+            ]
     return "\n".join(lines) + "\n"
 
 
@@ -106,7 +129,7 @@ def _require_str(table: dict, key: str, where: str) -> str:
 
 
 def _parse_roster(data: dict, path: Path) -> Roster:
-    unknown = set(data) - {"format", "coordinator", "participants"}
+    unknown = set(data) - {"format", "coordinator", *_TABLES.values()}
     if unknown:
         raise ConfigError(f"roster {path} has unknown keys {sorted(unknown)}")
     if data.get("format") != ROSTER_FORMAT:
@@ -125,20 +148,33 @@ def _parse_roster(data: dict, path: Path) -> Roster:
     coord_sign = verify_key_from_hex(
         _require_str(coordinator, "sign_public", where), where=f"{where} sign_public"
     )
-    tables = data.get("participants", [])
+    # keys and ids already taken, across the coordinator and both roles
+    seen: dict[str, dict] = {
+        "CURVE": {coord_curve: COORDINATOR_ID},
+        "signing": {verify_key_to_hex(coord_sign): COORDINATOR_ID},
+        "id": {},
+    }
+    participants = _parse_entries(data, "participant", path, seen)
+    operators = _parse_entries(data, "operator", path, seen)
+    return Roster(coord_curve, coord_sign, participants, operators)
+
+
+def _parse_entries(data: dict, role: Role, path: Path,
+                   seen: dict[str, dict]) -> dict[str, RosterEntry]:
+    """The ``[[participants]]`` or ``[[operators]]`` tables, each checked."""
+    name = _TABLES[role]
+    tables = data.get(name, [])
     if not isinstance(tables, list) or not all(isinstance(t, dict) for t in tables):
-        raise ConfigError(f"roster {path}: participants must be [[participants]] tables")
-    participants: dict[str, RosterEntry] = {}
-    seen_curve: dict[bytes, str] = {coord_curve: COORDINATOR_ID}
-    seen_sign: dict[str, str] = {verify_key_to_hex(coord_sign): COORDINATOR_ID}
+        raise ConfigError(f"roster {path}: {name} must be [[{name}]] tables")
+    entries: dict[str, RosterEntry] = {}
     for index, table in enumerate(tables):
-        where = f"roster {path} participant #{index + 1}"
-        if set(table) != _PARTICIPANT_KEYS:
+        where = f"roster {path} {role} #{index + 1}"
+        if set(table) != _ENTRY_KEYS:
             raise ConfigError(
-                f"{where} has keys {sorted(table)}; expected exactly {sorted(_PARTICIPANT_KEYS)}"
+                f"{where} has keys {sorted(table)}; expected exactly {sorted(_ENTRY_KEYS)}"
             )
-        pid = check_participant_id(_require_str(table, "id", where))
-        where = f"roster {path} participant {pid!r}"
+        pid = check_participant_id(_require_str(table, "id", where), role=role)
+        where = f"roster {path} {role} {pid!r}"
         status = _require_str(table, "status", where)
         if status not in _STATUSES:
             raise ConfigError(f"{where}: status is {status!r}; expected 'active' or 'revoked'")
@@ -147,18 +183,19 @@ def _parse_roster(data: dict, path: Path) -> Roster:
         )
         sign_hex = _require_str(table, "sign_public", where)
         verify_key = verify_key_from_hex(sign_hex, where=f"{where} sign_public")
-        if pid in participants:
-            raise SecurityError(f"{where} is enrolled twice; expected each id once")
-        pairs = ((seen_curve, curve, "CURVE"), (seen_sign, sign_hex.lower(), "signing"))
-        for seen, key, kind in pairs:
-            if key in seen:
+        if pid in seen["id"]:
+            raise SecurityError(f"{where} is enrolled twice (also as {seen['id'][pid]}); "
+                                "expected each id once across participants and operators")
+        seen["id"][pid] = role
+        for kind, key in (("CURVE", curve), ("signing", sign_hex.lower())):
+            if key in seen[kind]:
                 raise SecurityError(
-                    f"{where} has the same {kind} key as {seen[key]!r}; "
+                    f"{where} has the same {kind} key as {seen[kind][key]!r}; "
                     "every party needs its own keys"
                 )
-            seen[key] = pid
-        participants[pid] = RosterEntry(pid, curve, verify_key, status)  # type: ignore[arg-type]
-    return Roster(coord_curve, coord_sign, participants)
+            seen[kind][key] = pid
+        entries[pid] = RosterEntry(pid, curve, verify_key, status)  # type: ignore[arg-type]
+    return entries
 
 
 def load_roster(path: Path) -> Roster:
@@ -198,6 +235,7 @@ def save_roster(path: Path, roster: Roster) -> None:
 
 __all__ = [
     "ROSTER_FILE",
+    "Role",
     "Roster",
     "RosterEntry",
     "check_roster",

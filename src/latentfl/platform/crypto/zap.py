@@ -1,5 +1,8 @@
 """ZAP authentication fed by the roster: only enrolled, active CURVE keys may connect.
 
+Participants' and operators' keys are both allowed; the User-Id names the party, and the
+coordinator's verifier decides what each role may send.
+
 A CURVE server socket without a ZAP handler accepts every client key, so the coordinator starts
 this authenticator before binding. It answers each handshake from the current roster snapshot
 and sets the connection's ZAP ``User-Id`` to the participant id, which the daemon reads with
@@ -24,7 +27,7 @@ _NO_USER = "!unauthenticated"
 
 
 class RosterAuthenticator(ThreadAuthenticator):
-    """A ZAP handler in a thread whose CURVE allow-list is the roster's active participants."""
+    """A ZAP handler in a thread whose CURVE allow-list is the roster's active parties."""
 
     def __init__(self, context: zmq.Context, roster: Roster, log: Any = None) -> None:
         super().__init__(context=context, log=log or logging.getLogger("latentfl.zap"))
@@ -37,7 +40,7 @@ class RosterAuthenticator(ThreadAuthenticator):
         """Swap in a new allow-list; later handshakes see it (established connections stay)."""
         # One reference assignment: the ZAP thread sees the old or the new map, never a mix.
         self._ids_by_key = {
-            entry.curve_public: entry.id for entry in roster.participants.values() if entry.active
+            entry.curve_public: entry.id for entry in roster.entries() if entry.active
         }
 
     def allowed_ids(self) -> list[str]:
@@ -58,7 +61,8 @@ class RosterAuthenticator(ThreadAuthenticator):
         return True
 
     def curve_user_id(self, client_public_key: bytes) -> str:
-        """The User-Id libzmq attaches to this peer's messages: its participant id."""
+        """The User-Id libzmq attaches to this peer's messages: its participant or operator
+        id."""
         return self._granted.pop(z85.encode(client_public_key), _NO_USER)
 
     def configure_curve(self, domain: str = "*", location: Any = ".") -> None:

@@ -6,8 +6,8 @@ and raise ``ProtocolError(reason, sentence)``; the reason goes back in a REJECT.
 
 The vocabulary is closed: :class:`Kind` names every message (an encrypted update, a decrypted
 aggregate, a decrypt task and a declined task are kinds of their own, not flags in ``meta``),
-``FROM_PARTICIPANT`` / ``FROM_COORDINATOR`` say which side may send which (the verifier refuses
-the rest as ``unexpected-kind``), and :class:`Reason` names every refusal, with its meaning and
+``FROM_PARTICIPANT`` / ``FROM_COORDINATOR`` / ``FROM_OPERATOR`` say which party may send which
+(the verifier refuses the rest as ``unexpected-kind``), and :class:`Reason` names every refusal, with its meaning and
 whether re-sending can ever succeed (``Reason.final``).
 """
 
@@ -23,9 +23,11 @@ from latentfl.platform.protocol._header import (
     DEFAULT_CLOCK_SKEW_S,
     DEFAULT_MAX_MESSAGE_BYTES,
     FROM_COORDINATOR,
+    FROM_OPERATOR,
     FROM_PARTICIPANT,
     MAX_HEADER_BYTES,
     PROTOCOL_VERSION,
+    TO_OPERATOR,
     Header,
     Kind,
     Message,
@@ -43,9 +45,11 @@ __all__ = [
     "DEFAULT_MAX_JSON_BYTES",
     "DEFAULT_MAX_MESSAGE_BYTES",
     "FROM_COORDINATOR",
+    "FROM_OPERATOR",
     "FROM_PARTICIPANT",
     "MAX_HEADER_BYTES",
     "PROTOCOL_VERSION",
+    "TO_OPERATOR",
     "Header",
     "Kind",
     "Message",

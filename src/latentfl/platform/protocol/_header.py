@@ -61,6 +61,16 @@ class Kind(StrEnum):
     FETCH_SYNTHETIC = "FETCH_SYNTHETIC"
     SYNTHETIC = "SYNTHETIC"
     AUDIT_REPORT = "AUDIT_REPORT"
+    # remote admin (docs/deployment.md, "The admin role"): an operator's signed commands and the
+    # coordinator's answer; the roster's operators send these and nothing else
+    ADMIN_STATUS = "ADMIN_STATUS"  # operator: the coordinator's status
+    ADMIN_PAUSE = "ADMIN_PAUSE"  # operator: open and close no round until resumed
+    ADMIN_RESUME = "ADMIN_RESUME"  # operator: carry on after a pause
+    ADMIN_ABORT_ROUND = "ADMIN_ABORT_ROUND"  # operator: skip the round named by the header round
+    ADMIN_REMOVE = "ADMIN_REMOVE"  # operator: meta participant takes part in no further round
+    ADMIN_READMIT = "ADMIN_READMIT"  # operator: undo ADMIN_REMOVE of meta participant
+    ADMIN_JOURNAL = "ADMIN_JOURNAL"  # operator: the last meta tail journal entries
+    ADMIN_RESULT = "ADMIN_RESULT"  # coordinator: a command's outcome (payload: a JSON object)
 
 
 FROM_PARTICIPANT = frozenset({
@@ -74,6 +84,15 @@ FROM_COORDINATOR = frozenset({
     Kind.SYNTHETIC,
 })
 """The kinds the coordinator may send (a participant's verifier refuses the others)."""
+
+FROM_OPERATOR = frozenset({
+    Kind.ADMIN_STATUS, Kind.ADMIN_PAUSE, Kind.ADMIN_RESUME, Kind.ADMIN_ABORT_ROUND,
+    Kind.ADMIN_REMOVE, Kind.ADMIN_READMIT, Kind.ADMIN_JOURNAL,
+})
+"""The kinds an operator may send: admin commands only (never a participant's kind)."""
+
+TO_OPERATOR = frozenset({Kind.ADMIN_RESULT, Kind.REJECT})
+"""The kinds the coordinator answers an operator with (an admin client refuses the others)."""
 
 
 @dataclass(frozen=True)
@@ -264,9 +283,11 @@ __all__ = [
     "DEFAULT_CLOCK_SKEW_S",
     "DEFAULT_MAX_MESSAGE_BYTES",
     "FROM_COORDINATOR",
+    "FROM_OPERATOR",
     "FROM_PARTICIPANT",
     "MAX_HEADER_BYTES",
     "PROTOCOL_VERSION",
+    "TO_OPERATOR",
     "Header",
     "Kind",
     "Message",

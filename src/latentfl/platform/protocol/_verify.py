@@ -2,8 +2,8 @@
 
 ``decode`` checks frame count and sizes, that the ZAP User-Id equals the header's sender, the
 signature, session and round, that the nonce is unseen, the timestamp window, and the payload
-hash; last, that the kind is one the sender's side may send (``FROM_PARTICIPANT`` /
-``FROM_COORDINATOR``). The header is parsed before the signature check (to learn the sender)
+hash; last, that the kind is one the sender's role may send (``FROM_PARTICIPANT`` /
+``FROM_COORDINATOR`` / ``FROM_OPERATOR``). The header is parsed before the signature check (to learn the sender)
 but strictly and size-bounded, and nothing in it is trusted until the signature verifies.
 """
 
@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import time
 from collections.abc import Callable, Collection, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
@@ -24,6 +25,7 @@ from latentfl.platform.protocol._header import (
     DEFAULT_CLOCK_SKEW_S,
     DEFAULT_MAX_MESSAGE_BYTES,
     FROM_COORDINATOR,
+    FROM_OPERATOR,
     FROM_PARTICIPANT,
     MAX_HEADER_BYTES,
     PROTOCOL_VERSION,
@@ -34,21 +36,30 @@ from latentfl.platform.protocol._header import (
 )
 from latentfl.platform.protocol._replay import ReplayGuard
 
-KeyLookup = Callable[[str], Ed25519PublicKey | None]
+
+
+@dataclass(frozen=True)
+class Signer:
+    """A peer whose signatures count, and the kinds its role may send (None: any kind)."""
+
+    verify_key: Ed25519PublicKey
+    may_send: frozenset[Kind] | None = None
+
+
+SignerLookup = Callable[[str], Signer | None]
 
 
 def _decode(
     frames: Sequence[Any],
     *,
     user_id: str | None,
-    lookup: KeyLookup,
+    lookup: SignerLookup,
     session: str | None,
     expected_round: int | None,
     replay: ReplayGuard,
     max_bytes: int,
     clock_skew_s: float,
     now: float | None,
-    accepts: Collection[Kind] | None,
 ) -> Message:
     if replay.window_s < clock_skew_s:
         raise ValueError(
@@ -73,12 +84,12 @@ def _decode(
             Reason.SENDER_MISMATCH,
             f"header sender {header.sender!r} differs from the authenticated peer {user_id!r}",
         )
-    verify_key = lookup(header.sender)
-    if verify_key is None:
+    signer = lookup(header.sender)
+    if signer is None:
         raise ProtocolError(
             Reason.UNKNOWN_SENDER, f"sender {header.sender!r} is not enrolled, or is revoked"
         )
-    if not verify(verify_key, signature, raw):
+    if not verify(signer.verify_key, signature, raw):
         raise ProtocolError(
             Reason.BAD_SIGNATURE, f"signature from {header.sender!r} does not verify"
         )
@@ -112,7 +123,7 @@ def _decode(
             f"payload of {len(payload)} bytes does not match the signed length "
             f"{header.payload_len} and SHA-256",
         )
-    if accepts is not None and header.kind not in accepts:
+    if signer.may_send is not None and header.kind not in signer.may_send:
         raise ProtocolError(
             Reason.UNEXPECTED_KIND, f"{header.sender!r} may not send {header.kind.value}"
         )
@@ -139,22 +150,22 @@ def decode(
     ``expected_round=None`` skip that check; ``accepts`` (the kinds the peer's side may send)
     is checked last. ``now`` overrides the clock (tests).
     """
+    signer = Signer(verify_key, None if accepts is None else frozenset(accepts))
     return _decode(
         frames,
         user_id=user_id,
-        lookup=lambda _sender: verify_key,
+        lookup=lambda _sender: signer,
         session=session,
         expected_round=expected_round,
         replay=replay,
         max_bytes=max_bytes,
         clock_skew_s=clock_skew_s,
         now=now,
-        accepts=accepts,
     )
 
 
 class Verifier:
-    """``decode`` bound to a set of peers' signing keys, the kinds they may send, a session, a
+    """``decode`` bound to a set of peers' signing keys, the kinds each may send, a session, a
     replay guard and limits."""
 
     def __init__(
@@ -167,8 +178,9 @@ class Verifier:
         clock_skew_s: float = DEFAULT_CLOCK_SKEW_S,
         accepts: Collection[Kind] | None = None,
     ) -> None:
-        self._keys = dict(verify_keys)
         self.accepts = None if accepts is None else frozenset(accepts)
+        self._signers: dict[str, Signer] = {}
+        self.update_keys(verify_keys)
         self.session = session
         self.replay = replay
         self.max_bytes = max_bytes
@@ -176,18 +188,36 @@ class Verifier:
 
     @classmethod
     def of_participants(cls, roster: Roster, **options: Any) -> Verifier:
-        """For the coordinator: accepts what the roster's active participants may send."""
+        """Accepts what the roster's active participants may send (and no operator)."""
         return cls(roster.verify_keys(), accepts=FROM_PARTICIPANT, **options)
 
     @classmethod
-    def of_coordinator(cls, roster: Roster, **options: Any) -> Verifier:
-        """For a participant: accepts what the roster's coordinator may send."""
-        return cls({COORDINATOR_ID: roster.coordinator_sign_public}, accepts=FROM_COORDINATOR,
-                   **options)
+    def of_roster(cls, roster: Roster, **options: Any) -> Verifier:
+        """For the coordinator: each active party of the roster, limited to its role's kinds
+        (participants ``FROM_PARTICIPANT``, operators ``FROM_OPERATOR``)."""
+        verifier = cls({}, **options)
+        verifier.update_roster(roster)
+        return verifier
+
+    @classmethod
+    def of_coordinator(cls, roster: Roster, *, accepts: Collection[Kind] = FROM_COORDINATOR,
+                       **options: Any) -> Verifier:
+        """For a participant (for an operator, ``accepts=TO_OPERATOR``): accepts what the
+        roster's coordinator may send it."""
+        return cls({COORDINATOR_ID: roster.coordinator_sign_public}, accepts=accepts, **options)
 
     def update_keys(self, verify_keys: Mapping[str, Ed25519PublicKey]) -> None:
-        """Replace the accepted signers (after a roster reload): revoked ids stop verifying."""
-        self._keys = dict(verify_keys)
+        """Replace the accepted signers, each limited to ``accepts``: revoked ids stop
+        verifying."""
+        self._signers = {pid: Signer(key, self.accepts) for pid, key in verify_keys.items()}
+
+    def update_roster(self, roster: Roster) -> None:
+        """Replace the accepted signers with the roster's active parties, by role (after a
+        roster reload): revoked ids stop verifying."""
+        signers = {pid: Signer(key, FROM_PARTICIPANT) for pid, key in roster.verify_keys().items()}
+        signers.update({oid: Signer(key, FROM_OPERATOR)
+                        for oid, key in roster.operator_keys().items()})
+        self._signers = signers
 
     def verify(
         self,
@@ -201,15 +231,14 @@ class Verifier:
         return _decode(
             frames,
             user_id=user_id,
-            lookup=self._keys.get,
+            lookup=self._signers.get,
             session=self.session,
             expected_round=expected_round,
             replay=self.replay,
             max_bytes=self.max_bytes,
             clock_skew_s=self.clock_skew_s,
             now=now,
-            accepts=self.accepts,
         )
 
 
-__all__ = ["Verifier", "decode"]
+__all__ = ["Signer", "Verifier", "decode"]
