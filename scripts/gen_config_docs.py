@@ -31,6 +31,12 @@ SCHEMAS = [
         "examples/participant.toml",
     ),
     (
+        "Admin",
+        "latentfl.platform.admin_client:AdminConfig",
+        "latentfl admin --config FILE ACTION",
+        "examples/admin.toml",
+    ),
+    (
         "Experiment",
         "latentfl.experiment.config:ExperimentConfig",
         "latentfl experiment --config FILE",

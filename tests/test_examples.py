@@ -8,17 +8,18 @@ from pathlib import Path
 import pytest
 
 from latentfl.config import load_config
+from latentfl.platform.admin_client import AdminConfig
 from latentfl.platform.coordinator.config import CoordinatorConfig
 from latentfl.platform.participant.config import ParticipantConfig
 from latentfl.simulate import SimulationConfig
 
 EXAMPLES = sorted((Path(__file__).resolve().parents[1] / "examples").glob("*.toml"))
 SCHEMAS = {"simulate": SimulationConfig, "coordinator": CoordinatorConfig,
-           "participant": ParticipantConfig}
+           "participant": ParticipantConfig, "admin": AdminConfig}
 
 
 def test_there_are_examples() -> None:
-    """The examples folder holds configs for the simulator and both daemons."""
+    """The examples folder holds configs for the simulator, both daemons and the admin client."""
     commands = {re.match(r"# latentfl (\w+)", p.read_text()).group(1) for p in EXAMPLES}
     assert commands == set(SCHEMAS)
 

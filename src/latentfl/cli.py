@@ -22,6 +22,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "latentfl.demo",
     "latentfl.distill.commands",
     "latentfl.platform.keys_commands",
+    "latentfl.platform.admin_commands",
     "latentfl.data.commands",
     "latentfl.simulate",
     "latentfl.experiment.commands",

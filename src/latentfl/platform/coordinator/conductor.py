@@ -5,6 +5,11 @@ online participants and the time, and sends the outbox it returns (the TASKs of 
 opened, a DECRYPT_TASK); :meth:`~RoundConductor.finish` collects a round the aggregation
 worker has closed. The TASKs of a plan are encoded once, by participant, and forgotten when the
 plan changes (a new round, a round planned again, a round closed).
+
+While paused (an operator's ``latentfl admin pause``) it opens no round and closes none: TASKs
+already sent stay valid and their UPDATEs are still accepted and kept, an aggregation (or CKKS
+decryption) already begun finishes, and the open round's deadline stands still until
+:meth:`~RoundConductor.resume`.
 """
 
 from __future__ import annotations
@@ -35,11 +40,34 @@ class RoundConductor:
         self.worker = AggregationWorker(rounds)
         self.log = get_logger("coordinator", session=config.session)
         self._encoded: dict[str, tuple[bytes, dict]] = {}  # this plan's TASKs, by participant
+        self.paused_since: float | None = None
+
+    @property
+    def paused(self) -> bool:
+        return self.paused_since is not None
+
+    def pause(self, now: float) -> None:
+        """Open and close no round until :meth:`resume` (see the module docstring)."""
+        if self.paused_since is None:
+            self.paused_since = now
+
+    def resume(self, now: float) -> None:
+        """Carry on; the open round's deadline moves by the time spent paused."""
+        if self.paused_since is not None:
+            self.rounds.hold(now - self.paused_since)
+            self.paused_since = None
+
+    def abort(self) -> RoundRecord:
+        """Skip the collecting round (``Rounds.abort``): its TASKs are void, the next opens."""
+        record = self.rounds.abort()  # collecting: no encrypted sum is out yet
+        self._encoded.clear()
+        self.log.warning("round_aborted", round=record.round, accepted=len(record.accepted))
+        return record
 
     def step(self, online: list[str], now: float) -> list[Outgoing]:
         """Open, close or re-plan the round as the time and the online participants say."""
         rounds, outbox = self.rounds, []
-        tasks = rounds.maybe_start(online, now)
+        tasks = {} if self.paused else rounds.maybe_start(online, now)
         if tasks:
             self._encoded.clear()
             self.journal.append("round_opened", round=rounds.round, participants=sorted(tasks))
@@ -49,6 +77,8 @@ class RoundConductor:
             return outbox
         if self.secure is not None and self.secure.waiting:
             return outbox + self.secure.step(online, now)
+        if self.paused:
+            return outbox
         verdict = rounds.due(online, now)
         if verdict == "replan":
             self.journal.append("round_abandoned", round=rounds.round,

@@ -10,6 +10,10 @@ The decisions live in socket-free parts: the rounds (``rounds.Rounds``), CKKS se
 worker thread (``aggregation.AggregationWorker``). Any ProtocolError becomes a REJECT to that
 peer naming the reason, a journal entry and one log line; the loop keeps serving.
 
+Operators (the roster's ``[[operators]]``) use the same socket: their admin commands, the only
+kinds their role may send, go to ``admin.AdminService`` and are answered on the connection they
+came in on; an operator is never a participant (never planned, never listed as online).
+
 Signals: SIGTERM / SIGINT stop the loop after the current step (the state on disk is already
 complete: plan, acknowledged updates, checkpoints), SIGHUP reloads the roster at once (the file
 is also watched). A revoked participant leaves the round and its messages are refused
@@ -32,6 +36,7 @@ from latentfl.errors import LatentFLError, ProtocolError, Reason, SecurityError
 from latentfl.exitcodes import ExitCode
 from latentfl.log import get_logger
 from latentfl.models import model_manifest
+from latentfl.platform.coordinator.admin import AdminService
 from latentfl.platform.coordinator.audit_service import AUDIT_KINDS, AuditService
 from latentfl.platform.coordinator.conductor import RoundConductor
 from latentfl.platform.coordinator.config import CoordinatorConfig
@@ -53,12 +58,14 @@ from latentfl.platform.crypto import (
 )
 from latentfl.platform.protocol import (
     DEFAULT_CLOCK_SKEW_S,
+    FROM_OPERATOR,
     Header,
     Kind,
     Message,
     Outgoing,
     ReplayGuard,
     Verifier,
+    pack_json,
     peek_header,
     unpack_json,
 )
@@ -89,9 +96,8 @@ class Coordinator:
         self.store.lock()
         self.journal = Journal(self.store.journal_path)
         self.replay = ReplayGuard(self.store.replay_path, window_s=DEFAULT_CLOCK_SKEW_S)
-        self.verifier = Verifier.of_participants(roster, session=config.session,
-                                                 replay=self.replay,
-                                                 max_bytes=config.max_message_bytes)
+        self.verifier = Verifier.of_roster(roster, session=config.session, replay=self.replay,
+                                           max_bytes=config.max_message_bytes)
         self.strategy = build_strategy(config.strategy)
         self.manifest = model_manifest(config.strategy.model.build())
         self.rounds = Rounds(config, self.strategy, self.store, evaluate=make_evaluator(config))
@@ -105,6 +111,9 @@ class Coordinator:
         self.intake = UpdateIntake(config, self.rounds, self.journal, self.manifest, self.secure)
         self.conductor = RoundConductor(config, self.rounds, self.journal, self.manifest,
                                         self.secure)
+        self.admin = AdminService(self.store, self.journal, self.conductor,
+                                  roster=lambda: self.roster_watch.roster,
+                                  status=self.status, session=config.session)
         self.router = Router(self.identity, session=config.session,
                              max_message_bytes=config.max_message_bytes)
         self.handlers: dict[Kind, Callable[[Message], Outbox]] = {
@@ -211,7 +220,7 @@ class Coordinator:
         self.peers.sweep(now)
         if self.conductor.finish() is not None:
             self._write_status(force=True)
-        return self.conductor.step(self.peers.online(), now)
+        return self.conductor.step(self.admin.eligible(self.peers.online()), now)
 
     # -- receive, verify, dispatch, send --------------------------------------------------
     def _receive(self, frames: list[zmq.Frame]) -> None:
@@ -230,6 +239,9 @@ class Coordinator:
             except ProtocolError as exc:
                 self._refuse(routing_id, user_id, body, exc, header=message.header)
             return
+        if kind in FROM_OPERATOR:  # an operator: never a participant, answered where it asked
+            self._on_admin(routing_id, user_id, body, message)
+            return
         self.peers.seen(pid, routing_id, time.time())
         try:
             self._send_all(self.handlers[kind](message))
@@ -242,6 +254,22 @@ class Coordinator:
             failure = ProtocolError(Reason.INTERNAL, f"the coordinator could not process this "
                                                      f"message ({type(exc).__name__}).")
             self._refuse(routing_id, user_id, body, failure, header=message.header)
+
+    def _on_admin(self, routing_id: bytes, user_id: str, body: list, message: Message) -> None:
+        try:
+            result = self.admin.answer(message)
+            self.router.send(routing_id, Kind.ADMIN_RESULT, round=self.rounds.round,
+                             payload=pack_json(result))
+        except ProtocolError as exc:
+            self._refuse(routing_id, user_id, body, exc, header=message.header)
+            return
+        except (LatentFLError, ValueError, TypeError, KeyError) as exc:
+            self.log.exception("message_failed", peer=user_id, kind=message.header.kind.value)
+            failure = ProtocolError(Reason.INTERNAL, f"the coordinator could not process this "
+                                                     f"command ({type(exc).__name__}).")
+            self._refuse(routing_id, user_id, body, failure, header=message.header)
+            return
+        self._write_status(force=True)
 
     def _send_all(self, outbox: Outbox) -> None:
         for out in outbox:
@@ -324,7 +352,7 @@ class Coordinator:
         if change is None:
             return False
         self._auth.update_roster(change.roster)
-        self.verifier.update_keys(change.roster.verify_keys())
+        self.verifier.update_roster(change.roster)
         self.peers.forget(change.revoked)
         self.rounds.drop(change.revoked)
         active = change.roster.active_ids()
@@ -333,14 +361,18 @@ class Coordinator:
         self._write_status(force=True)
         return bool(change.revoked)
 
+    def status(self, *, stopped: bool = False) -> dict[str, Any]:
+        """What status.json holds and ``latentfl admin status`` returns."""
+        return {**status_snapshot(self.config, self.rounds, self.peers, endpoint=self.endpoint,
+                                  now=time.time(), stopped=stopped),
+                "pid": os.getpid(), "admin": self.admin.state()}
+
     def _write_status(self, *, force: bool = False, stopped: bool = False) -> None:
         now = time.time()
         if not force and now < self._status_due:
             return
         self._status_due = now + 0.5
-        write_json_atomic(self.store.status_path, status_snapshot(
-            self.config, self.rounds, self.peers, endpoint=self.endpoint, now=now,
-            stopped=stopped))
+        write_json_atomic(self.store.status_path, self.status(stopped=stopped))
 
     def _finished_notices(self) -> Outbox:
         self.journal.append("finished", rounds=self.config.rounds)

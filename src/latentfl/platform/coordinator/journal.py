@@ -108,4 +108,20 @@ def read_journal(path: Path) -> list[dict[str, Any]]:
         return [json.loads(line) for line in fh if line.strip()]
 
 
-__all__ = ["Journal", "read_journal", "verify_journal"]
+def tail_journal(path: Path, count: int, *, block: int = 65536) -> list[dict[str, Any]]:
+    """The last ``count`` complete entries of ``path``, oldest first, read from the end (a long
+    journal is not read whole); a line still being written is left out."""
+    with Path(path).open("rb") as fh:
+        end = fh.seek(0, os.SEEK_END)
+        data, start = b"", end
+        while start > 0 and data.count(b"\n") <= count:
+            start = max(0, start - block)
+            fh.seek(start)
+            data = fh.read(end - start)
+    lines = data.split(b"\n")[:-1]  # the last piece is empty, or a torn line
+    if start > 0:
+        lines = lines[1:]  # may begin mid-line
+    return [json.loads(line) for line in lines[-count:] if line.strip()] if count > 0 else []
+
+
+__all__ = ["Journal", "read_journal", "tail_journal", "verify_journal"]

@@ -10,6 +10,12 @@ updates and the time, and sends the tasks it returns. Phases of round ``r``::
                 round r+1 starts waiting
     finished    all configured rounds done
 
+An operator may abort a collecting round (``latentfl admin abort-round``): it is skipped, not
+re-run. Nothing is aggregated, the strategy stays as checkpoint r-1 left it, checkpoint r records
+that (a history entry with ``aborted = True`` and the updates it had accepted), and round r+1
+follows. The accepted update files stay in STATE/rounds/r/updates; the agents, which never take
+a task for a round they already delivered, simply get round r+1's.
+
 Everything needed to resume is on disk before it is acted on: the plan before any TASK, each
 update before its ACK, the checkpoint before the next round's plan.
 """
@@ -51,6 +57,7 @@ class RoundRecord:
     accepted: list[str]
     seconds: float
     metrics: dict[str, float] = field(default_factory=dict)
+    aborted: bool = False  # skipped by an operator: nothing was aggregated
 
 
 class Rounds:
@@ -200,6 +207,11 @@ class Rounds:
                 return "replan"
         return ""
 
+    def hold(self, seconds: float) -> None:
+        """Move the round's deadline ``seconds`` later (the time the session was paused)."""
+        if self.phase == "collecting":
+            self.started_at += seconds
+
     def replan(self) -> None:
         """Give up a round that got too few updates; it is planned again when enough are online."""
         self.phase = "waiting"
@@ -235,13 +247,28 @@ class Rounds:
         record = RoundRecord(self.round, list(self.plan), accepted,
                              time.time() - self.started_at,
                              {k: float(v) for k, v in metrics.items()})
-        tensors, meta = self.strategy.state_dict()
-        self.store.save_checkpoint(self.round, tensors, {
-            "round": self.round, "strategy": meta,
-            "history": [vars(h) for h in [*self.history, record]],
-        })
+        self._checkpoint(record)
         self.synthetic = (self.round, dict(self.strategy.synthetic_sets()))
         return record
+
+    def abort(self) -> RoundRecord:
+        """Skip the collecting round (see the module docstring): checkpoint it unchanged, with
+        an aborted record naming the updates it had accepted, and move to the next round."""
+        if self.phase != "collecting":
+            raise ValueError(f"round {self.round} is {self.phase}; only a collecting round can be "
+                             "aborted")
+        record = RoundRecord(self.round, list(self.plan), sorted(self.updates),
+                             time.time() - self.started_at, aborted=True)
+        self._checkpoint(record)
+        return self.finish_close(record)
+
+    def _checkpoint(self, record: RoundRecord) -> None:
+        """Write the strategy's state as round ``record.round``'s checkpoint, with the history."""
+        tensors, meta = self.strategy.state_dict()
+        self.store.save_checkpoint(record.round, tensors, {
+            "round": record.round, "strategy": meta,
+            "history": [vars(h) for h in [*self.history, record]],
+        })
 
     def finish_close(self, record: RoundRecord) -> RoundRecord:
         """Record the closed round and move to the next one (or to finished)."""

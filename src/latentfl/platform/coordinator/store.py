@@ -7,6 +7,7 @@ Layout (all files written temp -> fsync -> rename, then the folder fsynced)::
     STATE/coordinator.pid                    pid of the running daemon
     STATE/coordinator.lock                   flock held by the running daemon (one per folder)
     STATE/replay.log                         (sender, nonce) pairs seen, for replay refusal
+    STATE/admin.json                         operators' standing orders: paused, removed ids
     STATE/audits/PID.json                    audit numbers a participant chose to share
     STATE/latest.json                        {"round": r}: the last completed round
     STATE/checkpoints/round-000r.safetensors strategy.state_dict() tensors after round r
@@ -102,6 +103,10 @@ class StateStore:
     @property
     def replay_path(self) -> Path:
         return self.root / "replay.log"
+
+    @property
+    def admin_path(self) -> Path:
+        return self.root / "admin.json"
 
     # -- checkpoints --------------------------------------------------------------------
     def latest_round(self) -> int | None:

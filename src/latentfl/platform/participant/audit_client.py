@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import hashlib
 import math
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -32,7 +31,7 @@ from latentfl.audits.report import render_synthetic_html, synthetic_audit_json, 
 from latentfl.audits.synthetic import audit_synthetic
 from latentfl.data import load_dataset
 from latentfl.errors import ConfigError, DataError, ProtocolError, Reason
-from latentfl.platform.crypto import COORDINATOR_ID
+from latentfl.platform.exchange import exchange
 from latentfl.platform.participant.config import ParticipantConfig
 from latentfl.platform.participant.connection import connect, load_enrolment
 from latentfl.platform.protocol import (
@@ -93,25 +92,11 @@ class AuditClient:
 
     def request(self, kind: Kind, *, payload: bytes = b"", reply: Kind) -> Message:
         """Send one signed message; return the coordinator's verified ``reply`` (REJECT raises)."""
-        self.sock.send_multipart(encode(kind, session=self.config.session, round=0,
-                                        sender=self.pid, signing_key=self.identity.signing_key,
-                                        payload=payload))
-        deadline = time.monotonic() + self.timeout_s
-        while (left := deadline - time.monotonic()) > 0:
-            if not self.sock.poll(int(left * 1000)):
-                break
-            message = self.verifier.verify(self.sock.recv_multipart(), user_id=COORDINATOR_ID)
-            meta = message.header.meta
-            if message.header.kind is Kind.REJECT and meta.get("refused_kind") == kind.value:
-                reason = meta.get("reason")
-                raise ProtocolError(Reason.parse(reason) or str(reason),
-                                    f"the coordinator refused {kind.value}: {meta.get('detail')}")
-            if message.header.kind is reply:
-                return message
-        raise ProtocolError(Reason.TIMEOUT, f"no answer to {kind.value} from "
-                                            f"{self.config.coordinator} within "
-                                            f"{self.timeout_s:.0f}s; is the coordinator running "
-                                            "(see linger_s in docs/audits.md)?")
+        frames = encode(kind, session=self.config.session, round=0, sender=self.pid,
+                        signing_key=self.identity.signing_key, payload=payload)
+        return exchange(self.sock, frames, kind=kind, reply=reply, verifier=self.verifier,
+                        timeout_s=self.timeout_s, endpoint=self.config.coordinator,
+                        hint=" (see linger_s in docs/audits.md)")
 
     def fetch_synthetic(self) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
         """This participant's synthetic set: uint8 (N, H, W, C) images, int64 labels, meta."""

@@ -37,7 +37,6 @@ from latentfl.platform.protocol._header import (
 from latentfl.platform.protocol._replay import ReplayGuard
 
 
-
 @dataclass(frozen=True)
 class Signer:
     """A peer whose signatures count, and the kinds its role may send (None: any kind)."""

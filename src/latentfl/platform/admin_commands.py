@@ -1,0 +1,123 @@
+"""``latentfl admin --config FILE ACTION``: steer a running coordinator as an operator."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+from latentfl.config import load_config
+from latentfl.platform.admin_client import AdminClient, AdminConfig
+from latentfl.platform.coordinator.status import render_status
+
+DEFAULT_TAIL = 20
+
+
+def _removed(result: dict[str, Any]) -> str:
+    return ", ".join(result["removed"]) or "none"
+
+
+def _status(client: AdminClient, args: argparse.Namespace) -> Any:
+    status = client.status()
+    if args.json:
+        return status
+    admin = status.get("admin", {})
+    paused = "paused" if admin.get("paused") else "not paused"
+    return (render_status(status, running=status.get("pid"))
+            + f"\n\nadmin     {paused}; removed: {_removed(admin)}")
+
+
+def _pause(client: AdminClient, args: argparse.Namespace) -> Any:
+    result = client.pause()
+    if args.json:
+        return result
+    return ("paused: no round opens or closes until `latentfl admin resume`; updates for tasks "
+            "already sent are still accepted" if result["changed"] else "already paused")
+
+
+def _resume(client: AdminClient, args: argparse.Namespace) -> Any:
+    result = client.resume()
+    if args.json:
+        return result
+    return "resumed" if result["changed"] else "was not paused"
+
+
+def _abort(client: AdminClient, args: argparse.Namespace) -> Any:
+    result = client.abort_round(args.round)
+    if args.json:
+        return result
+    kept = ", ".join(result["accepted"]) or "none"
+    return (f"round {result['aborted']} aborted and skipped (updates it had accepted stay on "
+            f"record: {kept}); next is round {result['next_round']}")
+
+
+def _remove(client: AdminClient, args: argparse.Namespace) -> Any:
+    result = client.remove(args.id)
+    if args.json:
+        return result
+    if not result["changed"]:
+        return f"{args.id} was already removed"
+    left = " and left the round in progress" if result["left_round"] else ""
+    return (f"{args.id} removed: it gets no task in later rounds{left}; its connection stays "
+            f"(removed: {_removed(result)})")
+
+
+def _readmit(client: AdminClient, args: argparse.Namespace) -> Any:
+    result = client.readmit(args.id)
+    if args.json:
+        return result
+    return (f"{args.id} readmitted: it is planned again from the next round" if result["changed"]
+            else f"{args.id} was not removed")
+
+
+def _journal(client: AdminClient, args: argparse.Namespace) -> Any:
+    # JSON lines either way: one entry per line, for reading or for jq
+    return "\n".join(json.dumps(entry, sort_keys=True) for entry in client.journal(args.tail))
+
+
+def _run(args: argparse.Namespace) -> int:
+    config = load_config(args.config, AdminConfig)
+    with AdminClient(config) as client:
+        out = args.action(client, args)
+    print(out if isinstance(out, str) else json.dumps(out, indent=2, sort_keys=True))
+    return 0
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add ``latentfl admin {status,pause,resume,abort-round,remove,readmit,journal}``."""
+    admin = subparsers.add_parser(
+        "admin", help="steer a running coordinator as an operator (from any host)",
+        description="Send one signed admin command to a running coordinator with an operator's "
+                    "keys (docs/deployment.md, 'The admin role').")
+    admin.add_argument("--config", required=True, type=Path,
+                       help="Operator TOML file (session, coordinator, roster, key_dir).")
+    admin.add_argument("--json", action="store_true",
+                       help="Print the coordinator's answer as JSON (default: readable text).")
+    admin.set_defaults(handler=_run)
+    actions = admin.add_subparsers(title="actions", metavar="ACTION", required=True)
+    actions.add_parser("status", help="the coordinator's round, phase and participants"
+                       ).set_defaults(action=_status)
+    actions.add_parser("pause", help="open and close no round until resumed"
+                       ).set_defaults(action=_pause)
+    actions.add_parser("resume", help="carry on after a pause").set_defaults(action=_resume)
+    abort = actions.add_parser("abort-round", help="skip the round in progress (its accepted "
+                                                   "updates stay on record)")
+    abort.add_argument("--round", type=int, default=None,
+                       help="the round to abort; refused if it is no longer the one collecting "
+                            "(default: the round in progress)")
+    abort.set_defaults(action=_abort)
+    remove = actions.add_parser("remove", help="take a participant out of later rounds (its "
+                                               "keys and everyone's connections stay)")
+    remove.add_argument("id", metavar="ID", help="participant id")
+    remove.set_defaults(action=_remove)
+    readmit = actions.add_parser("readmit", help="undo `remove`")
+    readmit.add_argument("id", metavar="ID", help="participant id")
+    readmit.set_defaults(action=_readmit)
+    journal = actions.add_parser("journal", help="the last journal entries, as JSON lines")
+    journal.add_argument("--tail", type=int, default=DEFAULT_TAIL, metavar="N",
+                         help=f"how many entries, 1 to 1000 (default: {DEFAULT_TAIL})")
+    journal.set_defaults(action=_journal)
+
+
+__all__ = ["register"]
