@@ -29,9 +29,11 @@ from typing import Any
 
 from latentfl.config import from_dict, to_dict, write_config
 from latentfl.errors import StateError
+from latentfl.platform.admin_client import AdminConfig
 from latentfl.platform.coordinator.config import CoordinatorConfig
 from latentfl.platform.coordinator.status import daemon_running
 from latentfl.platform.crypto import Identity, init_consortium, load_identity
+from latentfl.platform.crypto.consortium import OPERATORS_DIR
 from latentfl.platform.participant.config import ParticipantConfig
 from latentfl.platform.supervisor import Supervisor, wait_until
 from latentfl.simulate import PartitionConfig, participant_ids
@@ -47,7 +49,8 @@ def free_port() -> int:
 
 
 class LocalConsortium:
-    """Keys, configs and daemon processes of one consortium under ``root``.
+    """Keys, configs and daemon processes of one consortium under ``root`` (and keys for the
+    ``operators`` named, who may steer it with ``latentfl admin``).
 
     ``coordinator`` and ``participant`` are config tables (keys as in the TOML files; values may
     be config dataclasses) laid over the connection settings every party needs; the overrides of
@@ -64,6 +67,7 @@ class LocalConsortium:
         coordinator: Mapping[str, Any] | None = None,
         participant: Mapping[str, Any] | None = None,
         partition: PartitionConfig | None = None,
+        operators: Sequence[str] = (),
     ) -> None:
         self.root = Path(root).resolve()
         self.ids = participant_ids(participants) if isinstance(participants, int) \
@@ -76,7 +80,8 @@ class LocalConsortium:
         self.partition = partition
         self._coordinator = dict(coordinator or {})
         self._participant = dict(participant or {})
-        init_consortium(self.keys, self.ids)
+        self.operators = list(operators)
+        init_consortium(self.keys, self.ids, self.operators)
         self.supervisor = Supervisor(self.root / "logs")
 
     def coordinator_config(self, **overrides: Any) -> CoordinatorConfig:
@@ -99,6 +104,13 @@ class LocalConsortium:
                                   "index": self.ids.index(pid)}
         table.update({**self._participant, **overrides})
         return from_dict(ParticipantConfig, to_dict(table), source=f"{pid}'s config")
+
+    def admin_config(self, oid: str, **overrides: Any) -> AdminConfig:
+        """Operator ``oid``'s config for ``latentfl admin``: its keys, this consortium's
+        endpoint and session."""
+        table = {"session": self.session, "coordinator": self.endpoint, "roster": self.roster,
+                 "key_dir": self.keys / OPERATORS_DIR / oid, **overrides}
+        return from_dict(AdminConfig, to_dict(table), source=f"{oid}'s admin config")
 
     def identity(self, pid: str) -> Identity:
         """Participant ``pid``'s key pairs (for hand-driven clients)."""
