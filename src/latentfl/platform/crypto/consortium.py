@@ -126,6 +126,12 @@ def _enrol(directory: Path, pid: str, role: Role, public_from: Path | None) -> R
     check_participant_id(pid, role=role)
     with _locked(directory):
         roster = load_roster(directory / ROSTER_FILE)
+        other: Role = "operator" if role == "participant" else "participant"
+        if pid in _table(roster, other):
+            raise ConfigError(
+                f"{pid!r} is enrolled as {other}; an id names one party, choose another id for "
+                f"the {role}"
+            )
         old = _table(roster, role).get(pid)
         if old is not None and old.active:
             raise ConfigError(

@@ -1,0 +1,151 @@
+"""The operator role without sockets: roster tables, key commands, the verifier's role check,
+and the journal tail the admin command reads."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from latentfl.cli import main
+from latentfl.errors import ConfigError, ProtocolError, SecurityError
+from latentfl.platform.coordinator.journal import Journal, read_journal, tail_journal
+from latentfl.platform.coordinator.roster_watch import RosterWatcher
+from latentfl.platform.crypto import (
+    ROSTER_FILE,
+    add_operator,
+    add_participant,
+    init_consortium,
+    load_identity,
+    load_roster,
+    revoke_operator,
+)
+from latentfl.platform.crypto.roster import roster_to_toml
+from latentfl.platform.protocol import Kind, ReplayGuard, Verifier, encode
+
+
+@pytest.fixture
+def consortium(tmp_path):
+    directory = tmp_path / "keys"
+    return directory, init_consortium(directory, ["site-a", "site-b"], ["alice"])
+
+
+def test_operators_are_enrolled_in_their_own_table(consortium):
+    """init --operators writes operators/<id>/ and [[operators]]; operators are no participants."""
+    directory, roster = consortium
+    assert roster.active_ids() == ["site-a", "site-b"]
+    assert roster.active_operator_ids() == ["alice"]
+    assert set(roster.operator_keys()) == {"alice"} and "alice" not in roster.verify_keys()
+    assert load_identity(directory / "operators" / "alice").id == "alice"
+    assert "[[operators]]" in (directory / ROSTER_FILE).read_text()
+    assert load_roster(directory / ROSTER_FILE) == roster
+    entry = roster.operators["alice"]
+    assert roster.by_curve_key(entry.curve_public) == entry
+
+
+def test_a_roster_without_operators_still_loads(tmp_path):
+    """Rosters written before the operator role (no [[operators]]) load unchanged."""
+    roster = init_consortium(tmp_path / "k", ["site-a"])
+    assert "operators" not in (tmp_path / "k" / ROSTER_FILE).read_text()
+    assert load_roster(tmp_path / "k" / ROSTER_FILE).operators == {} == roster.operators
+
+
+def test_an_id_is_one_party_across_roles(consortium, tmp_path):
+    """An id enrolled as participant cannot also be an operator (in a file, by init or by add)."""
+    directory, _ = consortium
+    path = directory / ROSTER_FILE
+    text = path.read_text()
+    path.write_text(text.replace('id = "alice"', 'id = "site-a"'))
+    with pytest.raises(SecurityError, match="also as participant"):
+        load_roster(path)
+    path.write_text(text)
+    with pytest.raises(ConfigError, match="'site-b' is enrolled as participant"):
+        add_operator(directory, "site-b")
+    with pytest.raises(ConfigError, match="'alice' is enrolled as operator"):
+        add_participant(directory, "alice")
+    assert not (directory / "participants" / "alice").exists()
+    with pytest.raises(ConfigError, match="more than once"):
+        init_consortium(tmp_path / "other", ["x"], ["x"])
+    with pytest.raises(ConfigError, match="operator id 'coordinator' is reserved"):
+        add_operator(directory, "coordinator")
+
+
+def test_revoking_an_operator_is_seen_by_the_roster_watcher(consortium):
+    """A revoked operator is reported like a revoked participant (the coordinator drops
+    connections); re-adding it rotates its keys."""
+    directory, roster = consortium
+    watcher = RosterWatcher(directory / ROSTER_FILE, roster)
+    old = roster.operators["alice"].curve_public
+    assert revoke_operator(directory, "alice").operator_keys() == {}
+    assert watcher.poll().revoked == ["alice"]
+    rotated = add_operator(directory, "alice")
+    assert rotated.operators["alice"].active and rotated.operators["alice"].curve_public != old
+
+
+def test_keys_cli_enrols_lists_and_revokes_operators(tmp_path, capsys):
+    """`keys init --operators`, `keys add --operator`, `keys list` and `keys revoke` handle
+    operators; revoke finds the role by id."""
+    directory = tmp_path / "k"
+    assert main(["keys", "init", "--dir", str(directory), "--participants", "h1",
+                 "--operators", "ops"]) == 0
+    assert main(["keys", "add", str(directory), "ops2", "--operator"]) == 0
+    assert (directory / "operators" / "ops2" / "sign.key_secret").exists()
+    assert main(["keys", "revoke", str(directory), "ops2"]) == 0
+    assert main(["keys", "list", str(directory)]) == 0
+    out = capsys.readouterr().out
+    assert "revoked operator 'ops2'" in out
+    assert "revoked  (operator)" in out and "active  (operator)" in out
+    roster = load_roster(directory / ROSTER_FILE)
+    assert roster.active_operator_ids() == ["ops"] and roster.active_ids() == ["h1"]
+
+
+def _message(sender: str, key: Ed25519PrivateKey, kind: Kind) -> list[bytes]:
+    return encode(kind, session="s", round=0, sender=sender, signing_key=key)
+
+
+def test_the_verifier_limits_each_signer_to_its_roles_kinds(tmp_path):
+    """Verifier.of_roster lets participants send participant kinds only and operators admin
+    kinds only; a roster reload applies to both roles."""
+    directory = tmp_path / "k"
+    init_consortium(directory, ["site-a"], ["alice"])
+    roster = load_roster(directory / ROSTER_FILE)
+    site = load_identity(directory / "participants" / "site-a").signing_key
+    alice = load_identity(directory / "operators" / "alice").signing_key
+    verifier = Verifier.of_roster(roster, session="s", replay=ReplayGuard(None))
+
+    def reason(sender, key, kind):
+        try:
+            verifier.verify(_message(sender, key, kind), user_id=sender)
+        except ProtocolError as exc:
+            return exc.reason
+        return "accepted"
+
+    assert reason("site-a", site, Kind.UPDATE) == "accepted"
+    assert reason("site-a", site, Kind.ADMIN_PAUSE) == "unexpected-kind"
+    assert reason("alice", alice, Kind.ADMIN_PAUSE) == "accepted"
+    assert reason("alice", alice, Kind.HELLO) == "unexpected-kind"
+    assert reason("alice", site, Kind.ADMIN_PAUSE) == "bad-signature"
+    verifier.update_roster(revoke_operator(directory, "alice"))
+    assert reason("alice", alice, Kind.ADMIN_STATUS) == "unknown-sender"
+
+
+def test_roster_text_round_trips_with_operators(consortium):
+    """The canonical TOML of a roster with operators loads back to the same roster."""
+    directory, roster = consortium
+    assert roster_to_toml(load_roster(directory / ROSTER_FILE)) == roster_to_toml(roster)
+
+
+@pytest.mark.parametrize("count", [1, 3, 49, 50, 80])
+def test_journal_tail_is_the_end_of_the_journal(tmp_path, count):
+    """tail_journal returns the last N entries in order, reading back in small blocks, and
+    leaves out a line still being written."""
+    journal = Journal(tmp_path / "journal.jsonl")
+    for i in range(50):
+        journal.append("accepted", kind="HEARTBEAT", peer=f"p{i:02d}", detail="x" * (i % 7))
+    journal.close()
+    everything = read_journal(tmp_path / "journal.jsonl")
+    assert tail_journal(tmp_path / "journal.jsonl", count, block=97) == everything[-count:]
+    with (tmp_path / "journal.jsonl").open("ab") as fh:
+        fh.write(json.dumps({"seq": 50})[:5].encode())  # a torn last line
+    assert tail_journal(tmp_path / "journal.jsonl", 2, block=97) == everything[-2:]
