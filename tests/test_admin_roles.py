@@ -1,15 +1,21 @@
 """The operator role without sockets: roster tables, key commands, the verifier's role check,
-and the journal tail the admin command reads."""
+the journal tail, and what pause and abort-round do to the rounds."""
 
 from __future__ import annotations
 
 import json
 
 import pytest
+import torch
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from daemon_helpers import STRATEGY
 from latentfl.cli import main
+from latentfl.config import from_dict
 from latentfl.errors import ConfigError, ProtocolError, SecurityError
+from latentfl.models import model_manifest
+from latentfl.platform.coordinator import CoordinatorConfig, Rounds, StateStore
+from latentfl.platform.coordinator.conductor import RoundConductor
 from latentfl.platform.coordinator.journal import Journal, read_journal, tail_journal
 from latentfl.platform.coordinator.roster_watch import RosterWatcher
 from latentfl.platform.crypto import (
@@ -23,6 +29,7 @@ from latentfl.platform.crypto import (
 )
 from latentfl.platform.crypto.roster import roster_to_toml
 from latentfl.platform.protocol import Kind, ReplayGuard, Verifier, encode
+from latentfl.strategies import Update, build_strategy
 
 
 @pytest.fixture
@@ -149,3 +156,57 @@ def test_journal_tail_is_the_end_of_the_journal(tmp_path, count):
     with (tmp_path / "journal.jsonl").open("ab") as fh:
         fh.write(json.dumps({"seq": 50})[:5].encode())  # a torn last line
     assert tail_journal(tmp_path / "journal.jsonl", 2, block=97) == everything[-2:]
+
+
+def _conductor(tmp_path, **overrides) -> RoundConductor:
+    config = from_dict(CoordinatorConfig, {
+        "session": "s", "key_dir": "k", "roster": "r", "state_dir": str(tmp_path / "state"),
+        "rounds": 3, "min_participants": 2, "round_deadline": 100.0, "strategy": STRATEGY,
+        **overrides})
+    rounds = Rounds(config, build_strategy(config.strategy), StateStore(config.state_dir))
+    rounds.resume()
+    manifest = model_manifest(config.strategy.model.build())
+    return RoundConductor(config, rounds, Journal(tmp_path / "journal.jsonl"), manifest, None)
+
+
+def _update(rounds: Rounds, pid: str) -> Update:
+    weights = {k: v + 1.0 for k, v in rounds.strategy.global_weights().items()}
+    return Update(pid, rounds.round, weights, num_examples=10, num_steps=1)
+
+
+def test_paused_conductor_opens_and_closes_nothing_and_its_deadline_stands_still(tmp_path):
+    """Paused: no round opens, a collecting one neither closes nor is abandoned past its
+    deadline; resumed: the deadline has moved by the time spent paused."""
+    conductor = _conductor(tmp_path, min_updates=2)
+    rounds = conductor.rounds
+    conductor.pause(now=0.0)
+    assert conductor.step(["a", "b"], now=1.0) == [] and rounds.phase == "waiting"
+    conductor.resume(now=5.0)
+    assert len(conductor.step(["a", "b"], now=5.0)) == 2 and rounds.phase == "collecting"
+    conductor.pause(now=6.0)
+    rounds.accept(_update(rounds, "a"), "d-a")  # an update for a task sent is still taken
+    assert conductor.step(["a", "b"], now=500.0) == [] and rounds.phase == "collecting"
+    conductor.resume(now=600.0)  # 594 s paused: the deadline is now 5 + 100 + 594
+    assert rounds.due(["a", "b"], now=698.0) == "" and rounds.updates.keys() == {"a"}
+    assert rounds.due(["a", "b"], now=700.0) == "replan"
+
+
+def test_abort_skips_the_round_and_keeps_its_accepted_updates(tmp_path):
+    """An aborted round aggregates nothing, checkpoints the unchanged state with an aborted
+    record naming its accepted updates, keeps their files, and a restart resumes after it."""
+    conductor = _conductor(tmp_path)
+    rounds = conductor.rounds
+    with pytest.raises(ValueError, match="only a collecting round"):
+        conductor.abort()
+    conductor.step(["a", "b"], now=0.0)
+    rounds.accept(_update(rounds, "a"), "d-a")
+    record = conductor.abort()
+    assert (record.round, record.accepted, record.aborted) == (1, ["a"], True)
+    assert (rounds.round, rounds.phase) == (2, "waiting")
+    store = StateStore(tmp_path / "state")
+    before, after = store.load_checkpoint(0).tensors, store.load_checkpoint(1).tensors
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    assert (store.round_dir(1) / "updates" / "a.safetensors").exists()
+    again = _conductor(tmp_path).rounds
+    assert again.round == 2 and again.history[-1].aborted and again.history[-1].accepted == ["a"]
+    assert [o.round for o in conductor.step(["a", "b"], now=1.0)] == [2, 2]
