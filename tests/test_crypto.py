@@ -384,7 +384,7 @@ def test_established_connection_of_revoked_participant_is_refused_by_verifier(
 
     directory, roster = consortium
     sock, endpoint, auth = server
-    verifier = Verifier.of_participants(roster, session="s", replay=ReplayGuard(None))
+    verifier = Verifier.of_roster(roster, session="s", replay=ReplayGuard(None))
     ident = load_identity(directory / "participants" / "site-c")
     client = dealer(context, ident, roster.coordinator_curve_public, endpoint)
 
@@ -400,7 +400,7 @@ def test_established_connection_of_revoked_participant_is_refused_by_verifier(
     assert send_and_verify().header.sender == "site-c"
     revoked = revoke_participant(directory, "site-c")
     auth.update_roster(revoked)
-    verifier.update_keys(revoked.verify_keys())
+    verifier.update_roster(revoked)
     with pytest.raises(ProtocolError) as info:
         send_and_verify()
     assert info.value.reason == "unknown-sender"

@@ -186,11 +186,6 @@ class Verifier:
         self.clock_skew_s = clock_skew_s
 
     @classmethod
-    def of_participants(cls, roster: Roster, **options: Any) -> Verifier:
-        """Accepts what the roster's active participants may send (and no operator)."""
-        return cls(roster.verify_keys(), accepts=FROM_PARTICIPANT, **options)
-
-    @classmethod
     def of_roster(cls, roster: Roster, **options: Any) -> Verifier:
         """For the coordinator: each active party of the roster, limited to its role's kinds
         (participants ``FROM_PARTICIPANT``, operators ``FROM_OPERATOR``)."""
