@@ -239,12 +239,14 @@ class Coordinator:
             except ProtocolError as exc:
                 self._refuse(routing_id, user_id, body, exc, header=message.header)
             return
-        if kind in FROM_OPERATOR:  # an operator: never a participant, answered where it asked
-            self._on_admin(routing_id, user_id, body, message)
-            return
-        self.peers.seen(pid, routing_id, time.time())
+        operator = kind in FROM_OPERATOR  # never a participant: not a peer, never planned
+        if not operator:
+            self.peers.seen(pid, routing_id, time.time())
         try:
-            self._send_all(self.handlers[kind](message))
+            if operator:
+                self._answer_operator(routing_id, message)
+            else:
+                self._send_all(self.handlers[kind](message))
         except ProtocolError as exc:
             self._refuse(routing_id, user_id, body, exc, header=message.header)
         except (LatentFLError, ValueError, TypeError, KeyError) as exc:
@@ -255,20 +257,11 @@ class Coordinator:
                                                      f"message ({type(exc).__name__}).")
             self._refuse(routing_id, user_id, body, failure, header=message.header)
 
-    def _on_admin(self, routing_id: bytes, user_id: str, body: list, message: Message) -> None:
-        try:
-            result = self.admin.answer(message)
-            self.router.send(routing_id, Kind.ADMIN_RESULT, round=self.rounds.round,
-                             payload=pack_json(result))
-        except ProtocolError as exc:
-            self._refuse(routing_id, user_id, body, exc, header=message.header)
-            return
-        except (LatentFLError, ValueError, TypeError, KeyError) as exc:
-            self.log.exception("message_failed", peer=user_id, kind=message.header.kind.value)
-            failure = ProtocolError(Reason.INTERNAL, f"the coordinator could not process this "
-                                                     f"command ({type(exc).__name__}).")
-            self._refuse(routing_id, user_id, body, failure, header=message.header)
-            return
+    def _answer_operator(self, routing_id: bytes, message: Message) -> None:
+        """An operator's command: applied, answered on the connection it came in on."""
+        result = self.admin.answer(message)
+        self.router.send(routing_id, Kind.ADMIN_RESULT, round=self.rounds.round,
+                         payload=pack_json(result))
         self._write_status(force=True)
 
     def _send_all(self, outbox: Outbox) -> None:
