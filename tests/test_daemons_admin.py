@@ -137,7 +137,8 @@ def test_pause_resume_abort_status_and_journal_for_the_operator(consortium, stac
     assert [e["reason"] for e in _events(consortium, "refused")] == ["bad-command"]
 
 
-def test_remove_applies_from_the_next_round_without_dropping_connections(consortium, stack):
+def test_remove_applies_from_the_next_round_without_dropping_connections(consortium, stack,
+                                                                          capsys):
     """A removed participant leaves the round in progress and gets no later task, while nobody's
     connection is dropped; the removal survives a restart and can be undone."""
     coord = _coordinator(consortium, stack)
@@ -161,8 +162,10 @@ def test_remove_applies_from_the_next_round_without_dropping_connections(consort
     assert p02.recv(kind=Kind.HEARTBEAT) is not None
     assert coord.daemon.router.socket is socket and not _events(consortium, "connections_dropped")
     assert coord.daemon.rounds.plan == ["p00", "p01"]
-    with pytest.raises(ProtocolError, match="not an active participant"):
-        admin.remove("nobody")
+    cfg = write_config(consortium.root / "admin.toml", consortium.admin_config(OPERATOR))
+    capsys.readouterr()
+    assert main(["admin", "--config", str(cfg), "remove", "nobody"]) == 2
+    assert "not an active participant" in capsys.readouterr().err
 
     coord.stop()
     restarted = Running(Coordinator(consortium.coordinator_config()))

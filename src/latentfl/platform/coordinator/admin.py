@@ -6,20 +6,18 @@ the sender is an operator (only operators may send the ``FROM_OPERATOR`` kinds, 
 send nothing else). Each command is answered with an ``ADMIN_RESULT`` whose payload is a JSON
 object, or refused ('bad-command') when it does not apply now:
 
-=====================  ==========================================================  ===============
-kind                   effect                                                      journal event
-=====================  ==========================================================  ===============
-ADMIN_STATUS           none; the coordinator's status                              accepted
-ADMIN_JOURNAL          none; the last ``meta.tail`` journal entries                accepted
-ADMIN_PAUSE            open and close no round until resumed (``conductor``)       paused
-ADMIN_RESUME           carry on; the open round's deadline moves by the pause      resumed
-ADMIN_ABORT_ROUND      skip the collecting round ``header.round`` (``rounds``)     round_aborted
-ADMIN_REMOVE           ``meta.participant`` gets no task in any later round and    participant_removed
-                       leaves the round in progress; its connection stays
-ADMIN_READMIT          undo ADMIN_REMOVE                                           participant_readmitted
-=====================  ==========================================================  ===============
+- ADMIN_STATUS: the coordinator's status (journal: ``accepted``);
+- ADMIN_JOURNAL: the last ``meta.tail`` journal entries (journal: ``accepted``);
+- ADMIN_PAUSE: open and close no round until resumed, see ``conductor`` (``paused``);
+- ADMIN_RESUME: carry on; the open round's deadline moves by the pause (``resumed``);
+- ADMIN_ABORT_ROUND: skip the collecting round ``header.round``, see ``rounds``
+  (``round_aborted``, naming each accepted update and its SHA-256);
+- ADMIN_REMOVE: ``meta.participant`` leaves the round in progress and gets no task in any
+  later round; its connection stays (``participant_removed``);
+- ADMIN_READMIT: undo ADMIN_REMOVE (``participant_readmitted``).
 
-Each journal line names the operator (``peer``) and is on disk before the answer leaves. The
+Each journal line names the operator (``peer``); a change's line is fsynced before the answer
+leaves (reads are journaled without fsync, like heartbeats). The
 standing orders (paused, removed ids) live in ``STATE/admin.json`` (atomic writes), so a
 restarted coordinator keeps them. Removing is not revoking: the participant's keys stay valid,
 so nobody's connection is dropped (a revocation rebinds the socket, see ``daemon``).
