@@ -391,6 +391,8 @@ def test_kinds_cover_the_protocol():
     names = {"HELLO", "TASK", "UPDATE", "ENCRYPTED_UPDATE", "DECRYPT_TASK", "AGGREGATE",
              "DECLINE", "ACK", "REJECT", "HEARTBEAT", "STATUS", "BYE", "FETCH_SYNTHETIC",
              "SYNTHETIC", "AUDIT_REPORT"}
+    names |= {"SECAGG_KEYS", "SECAGG_KEY_LIST", "SECAGG_SHARES", "SECAGG_SHARE_INBOX",
+              "MASKED_UPDATE", "SECAGG_UNMASK", "SECAGG_REVEAL"}  # secagg mode
     assert {k.value for k in Kind} == names
     assert Kind("TASK") is Kind.TASK and Kind.TASK == "TASK"
     assert set(Kind) == FROM_PARTICIPANT | FROM_COORDINATOR

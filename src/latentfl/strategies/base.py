@@ -51,6 +51,7 @@ class Aggregation(StrEnum):
 
     PLAIN = "plain"  # the runner sees each update
     CKKS = "ckks"  # updates are encrypted; the runner sees only their weighted mean
+    SECAGG = "secagg"  # updates are masked; the runner unmasks only the survivors' sum
 
 
 @dataclass(frozen=True)
