@@ -5,6 +5,8 @@ Beside :mod:`~latentfl.platform.coordinator.secure` (CKKS), this drives one roun
 answered or ``aggregation.phase_deadline`` passed:
 
     keys     TASKs are out; signed SECAGG_KEYS arrive -> SECAGG_KEY_LIST to each advertiser
+             (past the deadline only once min_cohort advertised: until then the round's own
+             deadline decides)
     shares   SECAGG_SHARES arrive -> SECAGG_SHARE_INBOX to each participant that shared
     uploads  MASKED_UPDATEs arrive through the intake (stored, acked); the round closes as
              usual (quorum, deadline) -> SECAGG_UNMASK to each survivor
@@ -153,7 +155,10 @@ class MaskedAggregation:
             self.expected.discard(answered)
         late = now - self.phase_started >= self.config.phase_deadline
         try:
-            if self.phase == "keys" and (not self.expected or late):
+            # keys: the participants' policy checks run first, so a slow start waits for
+            # min_cohort adverts until the round deadline instead of abandoning the round
+            if self.phase == "keys" and (not self.expected or late and len(server.adverts)
+                                         >= server.params.min_cohort):
                 return self._send_key_list(server, now)
             if self.phase == "shares" and (not self.expected or late):
                 return self._send_inboxes(server, now)
