@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import threading
 
 import numpy as np
 import pytest
@@ -11,7 +12,9 @@ import torch
 
 from daemon_helpers import (
     PARTITION,
+    SESSION,
     STRATEGY,
+    RawClient,
     Running,
     local_parts,
     make_consortium,
@@ -22,9 +25,14 @@ from daemon_helpers import (
 from latentfl.config import from_dict
 from latentfl.errors import ConfigError
 from latentfl.platform.coordinator import Coordinator, StateStore, read_journal
+from latentfl.platform.crypto import load_roster
+from latentfl.platform.participant.secagg import MaskedRound
+from latentfl.platform.protocol import Kind, pack_json
 from latentfl.platform.secagg_payloads import masked_vector
+from latentfl.platform.supervisor import wait_until
 from latentfl.privacy.secagg import MAX_ERROR, dequantise
 from latentfl.simulate import SimulationConfig, run_simulation
+from latentfl.strategies import build_strategy, run_task
 
 IDS = ["p00", "p01", "p02"]
 SECAGG = {"mode": "secagg", "min_cohort": 2, "phase_deadline": 20.0}
@@ -120,3 +128,69 @@ def test_methods_that_need_individual_weights_refuse_secagg(consortium):
 def test_quantisation_bound_is_the_documented_one():
     """The stated per-weight error of the decoded mean is 2^-31."""
     assert MAX_ERROR == 2.0**-31
+
+
+def _drop_after_sharing(client: RawClient, roster) -> None:
+    """A hand-driven site that runs the real secagg glue up to its shares, then vanishes."""
+    client.send(client.frames(Kind.HELLO, 0, pack_json({"num_examples": 50})))
+    task = client.recv(timeout=30.0, kind=Kind.TASK)
+    assert task is not None
+    masked = MaskedRound(task, pid=client.identity.id, session=SESSION,
+                         signing_key=client.identity.signing_key,
+                         verify_keys=load_roster(roster).verify_keys())
+    for reply in (masked.keys,
+                  lambda: masked.on_key_list(client.recv(timeout=30.0,
+                                                         kind=Kind.SECAGG_KEY_LIST))):
+        kind, payload, meta = reply()
+        client.send(client.frames(kind, task.header.round, payload, meta))
+    assert client.recv(timeout=30.0, kind=Kind.SECAGG_SHARE_INBOX) is not None
+    client.close()
+
+
+def test_a_site_dropping_after_sharing_is_unmasked_from_the_others_shares(tmp_path, dataset):
+    """p03 advertises and shares, then drops: the survivors' shares rebuild its mask key and the
+    unmasked sum equals the weighted mean of the three uploads computed here independently."""
+    consortium = make_consortium(tmp_path, IDS + ["p03"])
+    config = consortium.coordinator_config(aggregation=SECAGG, rounds=1, min_participants=4,
+                                           quorum=0.75)
+    coord = Running(Coordinator(config))
+    dropper = RawClient(consortium, consortium.identity("p03"))
+    parts = local_parts(dataset, 4)
+    agents = start_agents(consortium, parts[:3], IDS)
+    _drop_after_sharing(dropper, consortium.roster)
+    assert coord.join(120) == 0
+    [a.stop() for a in agents]
+
+    journal = read_journal(config.state_dir / "journal.jsonl")
+    unmasked = [e for e in journal if e["event"] == "secagg_unmasked"]
+    assert [(e["covers"], e["dropped"]) for e in unmasked] == [(IDS, ["p03"])]
+    strategy = build_strategy(config.strategy)
+    strategy.initialize(config.seed)
+    tasks = strategy.configure_round(1, IDS + ["p03"])
+    updates = [run_task(tasks[pid], strategy.model_spec, parts[i].x, parts[i].y, participant=pid)
+               for i, pid in enumerate(IDS)]
+    strategy.aggregate_round(1, updates)
+    final = _global(config.state_dir, 1)
+    for name, value in strategy.global_weights().items():
+        assert torch.allclose(final[name], value, atol=TOLERANCE, rtol=0), name
+
+
+def test_too_few_survivors_abandon_the_round_without_unmasking(tmp_path):
+    """Two of three sites vanish after sharing: below min_cohort the round is abandoned with
+    a journal line and nothing is unmasked."""
+    consortium = make_consortium(tmp_path, IDS)
+    config = consortium.coordinator_config(aggregation=SECAGG, rounds=1, min_participants=3,
+                                           round_deadline=6.0)
+    coordinator = Coordinator(config)
+    coord = Running(coordinator)
+    clients = [RawClient(consortium, consortium.identity(pid)) for pid in IDS]
+    threads = [threading.Thread(target=_drop_after_sharing, args=(c, consortium.roster))
+               for c in clients]
+    [t.start() for t in threads]
+    [t.join(60) for t in threads]
+    wait_until(lambda: any(e["event"] == "round_abandoned" for e in
+                           read_journal(config.state_dir / "journal.jsonl")), 30, "abandonment")
+    coord.stop()
+    events = [e["event"] for e in read_journal(config.state_dir / "journal.jsonl")]
+    assert "secagg_shares" in events and "round_abandoned" in events
+    assert "secagg_unmasked" not in events and "secagg_unmask_requested" not in events
