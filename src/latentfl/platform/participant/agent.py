@@ -10,6 +10,15 @@ kind. When the coordinator is silent
 for ``coordinator_timeout`` the agent drops the socket and reconnects with exponential backoff.
 It never executes anything received: a TASK is weights (safetensors), a registry model name and
 training settings, all checked before use.
+
+In ``secagg`` mode a TASK also opens a :class:`~latentfl.platform.participant.secagg.MaskedRound`
+(keys are sent at once, training runs meanwhile); its exchanges are answered from the same
+table, and the MASKED_UPDATE is sent, then re-sent like any update, once training and the share
+inbox are both in.
+
+Length: this module is over 400 lines because it is the one loop that owns the socket, with a
+short handler per kind a participant receives; the work behind each handler (training, CKKS,
+secagg, the site's privacy) lives in its own module.
 """
 
 from __future__ import annotations
