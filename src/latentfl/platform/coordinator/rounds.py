@@ -229,8 +229,10 @@ class Rounds:
                                                          [self.updates[p] for p in accepted]))
         else:
             metrics = {"participants": float(len(accepted)),
-                       **self.strategy.accept_aggregate(self.round, aggregate.weights,
-                                                        aggregate.num_examples)}
+                       **self.strategy.accept_aggregate(
+                           self.round, aggregate.weights, aggregate.num_examples,
+                           steps=[(self.updates[p].num_examples, self.updates[p].num_steps)
+                                  for p in accepted])}
         if self.evaluate is not None:
             metrics.update(self.evaluate(self.strategy))
         record = RoundRecord(self.round, list(self.plan), accepted,
