@@ -264,10 +264,17 @@ class Agent:
     def _on_task(self, sock: zmq.Socket, message: Message) -> None:
         r = message.header.round
         masked = self._masked
-        if masked is not None and masked.round == r and "secagg" in message.header.meta \
-                and not masked.matches(message):  # the round was planned again
-            self._renew_masked(sock, message)
-            return
+        if masked is not None and masked.round == r:
+            try:
+                renewed = masked.renewed_by(message, self.config.session)
+            except ProtocolError as exc:
+                self.log.warning("task_refused", round=r, reason=exc.reason, detail=str(exc))
+                return
+            if renewed:  # the round was planned again under a fresh attempt
+                self._renew_masked(sock, message)
+                return
+            if not masked.shared:  # the same TASK again (we reconnected): our keys again
+                self._reply(sock, masked.keys())
         if self.pending and self.pending.round == r:
             self._send_update(sock)  # the coordinator lost our update: send it again
             return

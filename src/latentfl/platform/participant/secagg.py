@@ -63,6 +63,18 @@ class MaskedRound:
         return (message.header.round == self.round
                 and message.header.meta.get("attempt") == self.attempt)
 
+    def renewed_by(self, task: Message, session: str) -> bool:
+        """A secagg TASK of this round under another attempt id (the round was planned again)."""
+        if task.header.round != self.round or "secagg" not in task.header.meta:
+            return False
+        attempt, _ = decode_params(task, session)
+        return attempt != self.attempt
+
+    @property
+    def shared(self) -> bool:
+        """Our seed shares went out (our keys are in the key list the coordinator fixed)."""
+        return bool(self.client.adverts)
+
     def keys(self) -> Reply:
         """SECAGG_KEYS: this round's public keys, signed."""
         return Kind.SECAGG_KEYS, encode_advert(self.client.advertise()), self._meta()
