@@ -111,7 +111,7 @@ def _ciphertext_tasks(sent) -> list[tuple[str, dict, list[bytes]]]:
 
 
 def test_coordinator_holds_only_a_public_context_and_refuses_bad_configs(consortium, tmp_path):
-    """The coordinator's context cannot decrypt; a secret context, feddgm or fednova with CKKS,
+    """The coordinator's context cannot decrypt; a secret context, feddgm with CKKS,
     and a missing context are refused before it starts."""
     coord = Coordinator(consortium.coordinator_config(aggregation=CKKS))
     ctx = coord.secure.context
@@ -131,10 +131,9 @@ def test_coordinator_holds_only_a_public_context_and_refuses_bad_configs(consort
         Coordinator(consortium.coordinator_config(aggregation=CKKS,
                                                   ckks_context=str(tmp_path / "none.bin"),
                                                   state_dir=str(tmp_path / "s3")))
-    for method in ("feddgm", "fednova"):
-        with pytest.raises(ConfigError, match=f"{method}.*needs each participant"):
-            consortium.coordinator_config(aggregation=CKKS, strategy={**STRATEGY,
-                                                                     "method": method})
+    with pytest.raises(ConfigError, match="feddgm.*needs each participant"):
+        consortium.coordinator_config(aggregation=CKKS, strategy={**STRATEGY,
+                                                                 "method": "feddgm"})
 
 
 def test_encrypted_fedavg_equals_the_plaintext_simulator(consortium, dataset):

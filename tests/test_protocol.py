@@ -393,6 +393,8 @@ def test_kinds_cover_the_protocol():
     names = {"HELLO", "TASK", "UPDATE", "ENCRYPTED_UPDATE", "DECRYPT_TASK", "AGGREGATE",
              "DECLINE", "ACK", "REJECT", "HEARTBEAT", "STATUS", "BYE", "FETCH_SYNTHETIC",
              "SYNTHETIC", "AUDIT_REPORT"}
+    names |= {"SECAGG_KEYS", "SECAGG_KEY_LIST", "SECAGG_SHARES", "SECAGG_SHARE_INBOX",
+              "MASKED_UPDATE", "SECAGG_UNMASK", "SECAGG_REVEAL"}  # secagg mode
     admin = {"ADMIN_STATUS", "ADMIN_PAUSE", "ADMIN_RESUME", "ADMIN_ABORT_ROUND", "ADMIN_REMOVE",
              "ADMIN_READMIT", "ADMIN_JOURNAL", "ADMIN_RESULT"}
     assert {k.value for k in Kind} == names | admin

@@ -22,6 +22,7 @@ from latentfl.strategies import (
     select_participants,
     weighted_mean,
 )
+from latentfl.strategies.fedavg import fednova_normaliser, normalised_weights
 from latentfl.training import TrainConfig
 
 SPEC = ModelSpec(
@@ -69,24 +70,34 @@ def test_fedprox_puts_mu_in_the_task_only():
     assert plain.configure_round(1, ["a"])["a"].train.prox_mu == 0.0
 
 
+def _fednova_upload(s: FedNova, g, shift: float, steps: int) -> Update:
+    """What a participant returns after moving every weight by ``shift`` in ``steps`` steps."""
+    z = normalised_weights(g, shifted(g, shift), steps, s.local)
+    return Update("a", 1, z, 10, steps)
+
+
 def test_fednova_normalises_by_local_steps():
-    """FedNova: w - tau_eff * sum p_i (w - w_i)/tau_i; equal steps reduce to FedAvg."""
+    """FedNova: w - tau_eff * sum p_i (w - w_i)/tau_i; equal steps reduce to FedAvg; the mean
+    of the normalised uploads with (examples, steps) gives the same as aggregate_round."""
     s = FedNova(SPEC, TrainConfig(optimizer="sgd", momentum=0.0))
     s.initialize(seed=0)
     g = s.global_weights()
+    assert all(t.normalised_update for t in s.configure_round(1, ["a", "b"]).values())
     # a moved by 1.0 in 2 steps, b by 3.0 in 6 steps; equal data weight.
-    s.aggregate_round(
-        1, [Update("a", 1, shifted(g, -1.0), 10, 2), Update("b", 1, shifted(g, -3.0), 10, 6)]
-    )
+    uploads = [_fednova_upload(s, g, -1.0, 2), _fednova_upload(s, g, -3.0, 6)]
+    s.aggregate_round(1, uploads)
     tau_eff = 0.5 * 2 + 0.5 * 6
     expected_shift = -tau_eff * (0.5 * 1.0 / 2 + 0.5 * 3.0 / 6)
     name = next(iter(g))
     torch.testing.assert_close(s.global_weights()[name], g[name] + expected_shift)
+    hidden = FedNova(SPEC, TrainConfig(optimizer="sgd", momentum=0.0))
+    hidden.initialize(seed=0)
+    mean = {k: (uploads[0].weights[k] + uploads[1].weights[k]) / 2 for k in g}
+    hidden.accept_aggregate(1, mean, 20, steps=[(10, 2), (10, 6)])
+    torch.testing.assert_close(hidden.global_weights()[name], s.global_weights()[name])
     same = FedNova(SPEC, TrainConfig())
     same.initialize(seed=0)
-    same.aggregate_round(
-        1, [Update("a", 1, shifted(g, -1.0), 10, 4), Update("b", 1, shifted(g, -3.0), 10, 4)]
-    )
+    same.aggregate_round(1, [_fednova_upload(same, g, -1.0, 4), _fednova_upload(same, g, -3.0, 4)])
     torch.testing.assert_close(same.global_weights()[name], g[name] - 2.0)
 
 
@@ -94,8 +105,8 @@ def test_fednova_momentum_normaliser():
     """With momentum rho the normaliser is (tau - rho(1-rho^tau)/(1-rho))/(1-rho)."""
     rho, tau = 0.9, 5
     expected = (tau - rho * (1 - rho**tau) / (1 - rho)) / (1 - rho)
-    assert FedNova._normaliser(tau, rho) == pytest.approx(expected)
-    assert FedNova._normaliser(tau, 0.0) == tau
+    assert fednova_normaliser(tau, rho) == pytest.approx(expected)
+    assert fednova_normaliser(tau, 0.0) == tau
 
 
 def test_aggregate_refuses_wrong_round_and_empty():

@@ -6,7 +6,10 @@ header's ``meta`` as scalars, JSON-encoded where it is a structure:
 
     TASK    meta.train    JSON of the TrainConfig (the participant's local training settings)
             meta.model    JSON of the ModelSpec (registry name and options, never code)
-            meta.aggregation  how the update will be aggregated (``Aggregation``: plain, ckks)
+            meta.aggregation  how the update will be aggregated (``Aggregation``: plain, ckks,
+                          secagg)
+            meta.normalised   FedNova: return the update normalised by the local step count
+                          (``Task.normalised_update``)
             meta.manifest digest of the model manifest both sides check the tensors against
     UPDATE  meta.num_examples, meta.num_steps (integers), meta.metrics (JSON of floats),
             meta.class_counts (examples per label as "3,0,2", or null when not shared),
@@ -75,6 +78,7 @@ def encode_task(task: Task, model: ModelSpec, manifest_digest: str) -> tuple[byt
         "model": canonical_json(to_dict(model)).decode("ascii"),
         "aggregation": task.aggregation.value,
         "manifest": manifest_digest,
+        "normalised": task.normalised_update,
     }
     return pack_tensors(task.weights), meta
 
@@ -104,7 +108,11 @@ def decode_task(message: Message, *, max_bytes: int) -> tuple[Task, ModelSpec]:
             f"TASK aggregation is {meta.get('aggregation')!r}; "
             f"expected one of {[a.value for a in Aggregation]}.",
         ) from None
-    return Task(message.header.round, weights, train, aggregation), spec
+    normalised = meta.get("normalised", False)
+    if not isinstance(normalised, bool):
+        raise ProtocolError(Reason.MALFORMED, f"TASK normalised is {normalised!r}; expected "
+                                              "true or false.")
+    return Task(message.header.round, weights, train, aggregation, normalised), spec
 
 
 _COUNTS = re.compile(r"[0-9]{1,15}(,[0-9]{1,15})*")

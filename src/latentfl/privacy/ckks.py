@@ -26,6 +26,7 @@ import torch
 
 from latentfl.config import option
 from latentfl.errors import ConfigError, PrivacyError, ProtocolError, Reason, SecurityError
+from latentfl.privacy.secagg.fixedpoint import DEFAULT_CLIP
 
 DEFAULT_POLY_MODULUS_DEGREE = 8192
 DEFAULT_COEFF_MOD_BIT_SIZES: tuple[int, ...] = (60, 40, 60)
@@ -37,13 +38,24 @@ CIPHERTEXT_PREFIX = "ckks/"
 
 @dataclass(frozen=True)
 class SecureAggregationConfig:
-    """How updates are aggregated (``[aggregation]``): in the clear or under CKKS."""
+    """How updates are aggregated (``[aggregation]``): in the clear, under CKKS, or masked."""
 
-    mode: Literal["plain", "ckks"] = option(
-        "plain", help="'ckks': the coordinator sums encrypted updates and never sees one alone."
+    mode: Literal["plain", "ckks", "secagg"] = option(
+        "plain", help="'ckks': the coordinator sums encrypted updates and never sees one alone; "
+        "'secagg': participants mask their updates and the coordinator unmasks only the sum "
+        "(docs/privacy.md)."
     )
     min_cohort: int = option(
-        2, help="Fewest updates a CKKS sum may cover (>= 2; with fewer the round is planned again).", min=2
+        2, help="Fewest updates an encrypted or masked sum may cover (>= 2; with fewer the round "
+        "is planned again).", min=2
+    )
+    clip: float = option(
+        DEFAULT_CLIP, help="secagg: each weight is clipped to [-clip, clip] before fixed-point "
+        "encoding (30 fractional bits, sums modulo 2^64).", min=0.0, min_exclusive=True
+    )
+    phase_deadline: float = option(
+        30.0, help="secagg: seconds each key, share and unmask exchange waits for slow "
+        "participants before going on without them.", min=0.0, min_exclusive=True
     )
     max_ciphertext_bytes: int = option(
         DEFAULT_MAX_CIPHERTEXT_BYTES, help="Largest serialised ciphertext accepted.", min=1

@@ -7,7 +7,7 @@ sends back in its REJECT and whose message is the sentence a person reads.
 Rules, in the order they are checked:
 
 ``mode_not_allowed``     the task's aggregation mode is not in ``allowed_modes``
-``encryption_required``  the site requires encrypted aggregation and the task is not encrypted
+``encryption_required``  the site requires hidden updates and the task is neither ckks nor secagg
 ``noise_too_low``        DP-SGD is off or its noise multiplier is below ``min_noise_multiplier``
 ``budget_exceeded``      the epsilon after the task would pass ``max_epsilon``
 """
@@ -23,8 +23,10 @@ from latentfl.errors import ConfigError, PrivacyError
 from latentfl.privacy.accounting import HistoryEntry
 from latentfl.privacy.ledger import PrivacyLedger
 
-AggregationMode = Literal["plain", "ckks"]
-AGGREGATION_MODES: tuple[str, ...] = ("plain", "ckks")
+AggregationMode = Literal["plain", "ckks", "secagg"]
+AGGREGATION_MODES: tuple[str, ...] = ("plain", "ckks", "secagg")
+#: Modes in which the coordinator never holds an individual update.
+HIDDEN_MODES: tuple[str, ...] = ("ckks", "secagg")
 
 
 @dataclass(frozen=True)
@@ -50,7 +52,7 @@ class SitePolicy:
         min=0.0,
     )
     allowed_modes: tuple[str, ...] = option(
-        AGGREGATION_MODES, help="Aggregation modes the site accepts: 'plain', 'ckks'."
+        AGGREGATION_MODES, help="Aggregation modes the site accepts: 'plain', 'ckks', 'secagg'."
     )
     require_encrypted_aggregation: bool = option(
         False, help="Refuse any task whose update the coordinator could read on its own."
@@ -64,10 +66,10 @@ class SitePolicy:
         ]
         if not self.allowed_modes:
             out.append("'allowed_modes' is empty; expected at least one mode.")
-        if self.require_encrypted_aggregation and "ckks" not in self.allowed_modes:
+        if self.require_encrypted_aggregation and not set(HIDDEN_MODES) & set(self.allowed_modes):
             out.append(
-                "'require_encrypted_aggregation' is true but 'ckks' is not in 'allowed_modes'; "
-                "every task would be refused."
+                "'require_encrypted_aggregation' is true but neither 'ckks' nor 'secagg' is in "
+                "'allowed_modes'; every task would be refused."
             )
         return out
 
@@ -110,11 +112,11 @@ def check_task(policy: SitePolicy, ledger: PrivacyLedger, planned: PlannedTask) 
             f"task asks for aggregation mode {planned.mode!r}; this site allows only "
             f"{', '.join(policy.allowed_modes)}.",
         )
-    if policy.require_encrypted_aggregation and planned.mode != "ckks":
+    if policy.require_encrypted_aggregation and planned.mode not in HIDDEN_MODES:
         raise PrivacyError(
             "encryption_required",
-            f"task asks for aggregation mode {planned.mode!r}; this site requires encrypted "
-            "aggregation ('ckks') so the coordinator never sees its update.",
+            f"task asks for aggregation mode {planned.mode!r}; this site requires 'ckks' or "
+            "'secagg' so the coordinator never sees its update.",
         )
     noise = planned.noise_multiplier or 0.0
     if policy.min_noise_multiplier > 0 and noise < policy.min_noise_multiplier:
@@ -140,4 +142,4 @@ def check_task(policy: SitePolicy, ledger: PrivacyLedger, planned: PlannedTask) 
             )
 
 
-__all__ = ["AGGREGATION_MODES", "AggregationMode", "PlannedTask", "SitePolicy", "check_task"]
+__all__ = ["AGGREGATION_MODES", "HIDDEN_MODES", "AggregationMode", "PlannedTask", "SitePolicy", "check_task"]

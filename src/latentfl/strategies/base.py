@@ -51,6 +51,7 @@ class Aggregation(StrEnum):
 
     PLAIN = "plain"  # the runner sees each update
     CKKS = "ckks"  # updates are encrypted; the runner sees only their weighted mean
+    SECAGG = "secagg"  # updates are masked; the runner unmasks only the survivors' sum
 
 
 @dataclass(frozen=True)
@@ -85,6 +86,9 @@ class Task:
     weights: Tensors
     train: TrainConfig
     aggregation: Aggregation = Aggregation.PLAIN
+    #: FedNova: return ``start + (trained - start) / a`` with ``a`` the participant's
+    #: momentum-corrected local step count, so a plain weighted mean is FedNova's direction
+    normalised_update: bool = False
 
 
 @dataclass(frozen=True)
@@ -141,16 +145,19 @@ class Strategy(abc.ABC):
     def aggregate_round(self, round: int, updates: Sequence[Update]) -> dict[str, float]:
         """Turn the round's accepted updates into the next state; return metrics to log."""
 
-    def accept_aggregate(self, round: int, weights: Tensors, num_examples: int) -> dict[str, float]:
-        """Take the round's weighted mean computed elsewhere (decrypted from a CKKS sum) as if
-        ``aggregate_round`` had computed it; ``num_examples`` is the total it covers.
+    def accept_aggregate(self, round: int, weights: Tensors, num_examples: int, *,
+                         steps: Sequence[tuple[int, int]] = ()) -> dict[str, float]:
+        """Take the round's weighted mean computed elsewhere (decrypted from a CKKS sum or
+        unmasked from a secagg sum) as if ``aggregate_round`` had computed it;
+        ``num_examples`` is the total it covers and ``steps`` the (examples, local steps)
+        each covered participant reported (FedNova needs them).
 
-        Only methods with ``needs_only_aggregates`` implement it (FedAvg, FedProx, DynaFed);
-        the others refuse, since they need each participant's own update.
+        Only methods with ``needs_only_aggregates`` implement it (FedAvg, FedProx, FedNova,
+        DynaFed); the others refuse, since they need each participant's own update.
         """
         raise ConfigError(
             f"method {self.name!r} cannot run on an aggregate alone (it needs each "
-            "participant's update); expected fedavg, fedprox or dynafed."
+            "participant's update); expected fedavg, fedprox, fednova or dynafed."
         )
 
     def synthetic_sets(self) -> Mapping[str, SyntheticImages]:

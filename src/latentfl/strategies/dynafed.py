@@ -218,8 +218,9 @@ class DynaFed(FedAvg):
         self.set_global_weights(weights)
         return {**metrics, **extra}
 
-    def accept_aggregate(self, round: int, weights: Tensors, num_examples: int) -> dict[str, float]:
-        metrics = super().accept_aggregate(round, weights, num_examples)
+    def accept_aggregate(self, round: int, weights: Tensors, num_examples: int, *,
+                         steps: Sequence[tuple[int, int]] = ()) -> dict[str, float]:
+        metrics = super().accept_aggregate(round, weights, num_examples, steps=steps)
         tuned, extra = self.post_aggregate(round, self.global_weights())
         self.set_global_weights(tuned)
         return {**metrics, **extra}

@@ -76,13 +76,18 @@ class FedAvg(Strategy):
     def combine(self, updates: Sequence[Update], weights: Sequence[float]) -> Tensors:
         return weighted_mean([u.weights for u in updates], weights)
 
-    def accept_aggregate(self, round: int, weights: Tensors, num_examples: int) -> dict[str, float]:
+    def accept_aggregate(self, round: int, weights: Tensors, num_examples: int, *,
+                         steps: Sequence[tuple[int, int]] = ()) -> dict[str, float]:
         if set(weights) != set(self._global):
             raise ConfigError(
                 f"aggregate for round {round} does not have the global model's tensors."
             )
-        self.set_global_weights(weights)
+        self.set_global_weights(self.step_from_mean(weights, steps))
         return {"examples": float(num_examples)}
+
+    def step_from_mean(self, mean: Tensors, steps: Sequence[tuple[int, int]]) -> Tensors:
+        """The next global model from the round's weighted mean of uploads (FedAvg: itself)."""
+        return mean
 
     def global_weights(self) -> Tensors:
         return self._global
@@ -121,39 +126,66 @@ class FedProx(FedAvg):
         return replace(self.local, prox_mu=self.mu)
 
 
+def fednova_normaliser(tau: int, rho: float) -> float:
+    """FedNova's a_i for ``tau`` local SGD steps at momentum ``rho`` (tau without momentum)."""
+    tau = max(int(tau), 1)
+    if rho == 0.0:
+        return float(tau)
+    return (tau - rho * (1 - rho**tau) / (1 - rho)) / (1 - rho)
+
+
+def _momentum(train: TrainConfig) -> float:
+    return train.momentum if train.optimizer == "sgd" else 0.0
+
+
+def normalised_weights(start: Tensors, trained: Tensors, steps: int,
+                       train: TrainConfig) -> Tensors:
+    """FedNova's upload ``start + (trained - start) / a`` (a: :func:`fednova_normaliser`)."""
+    a = fednova_normaliser(steps, _momentum(train))
+    return {name: (s.to(torch.float64) + (trained[name].to(torch.float64) - s.to(torch.float64))
+                   / a).to(trained[name].dtype)
+            for name, s in start.items()}
+
+
 class FedNova(FedAvg):
     """Wang et al. (2020): average updates normalised by each participant's local steps.
 
     With tau_i local SGD steps at momentum rho, participant i's normalising factor is
     a_i = (tau_i - rho (1 - rho^tau_i) / (1 - rho)) / (1 - rho) (a_i = tau_i without momentum).
     The new global is w - tau_eff * sum_i p_i (w - w_i) / a_i with tau_eff = sum_i p_i a_i.
+
+    Each participant normalises its own update (its tasks say ``normalised_update``) and returns
+    z_i = w + (w_i - w) / a_i, so sum_i p_i (w - w_i) / a_i = w - sum_i p_i z_i: the weighted mean
+    of the uploads plus the (examples, steps) each participant reports are all FedNova needs,
+    and it runs on an encrypted or masked sum like FedAvg.
     """
 
     name = "fednova"
-    # normalises each update by its own step count: a plain weighted mean is not FedNova
-    needs_only_aggregates = False
-    accept_aggregate = Strategy.accept_aggregate
+    needs_only_aggregates = True
+
+    def configure_round(self, round: int, participants: Sequence[str]) -> dict[str, Task]:
+        return {pid: replace(task, normalised_update=True)
+                for pid, task in super().configure_round(round, participants).items()}
 
     def combine(self, updates: Sequence[Update], weights: Sequence[float]) -> Tensors:
-        rho = self.local.momentum if self.local.optimizer == "sgd" else 0.0
-        total = float(sum(weights))
-        p = [w / total for w in weights]
-        a = [self._normaliser(max(u.num_steps, 1), rho) for u in updates]
-        tau_eff = sum(pi * ai for pi, ai in zip(p, a, strict=True))
+        mean = weighted_mean([u.weights for u in updates], weights)
+        return self.step_from_mean(mean, [(w, u.num_steps) for w, u in zip(weights, updates,
+                                                                          strict=True)])
+
+    def step_from_mean(self, mean: Tensors, steps: Sequence[tuple[int, int]]) -> Tensors:
+        """w - tau_eff * (w - mean of the normalised uploads)."""
+        if not steps:
+            raise ConfigError("FedNova needs each participant's (examples, local steps) with "
+                              "the aggregate; expected them from the round's updates.")
+        total = float(sum(n for n, _ in steps))
+        rho = _momentum(self.local)
+        tau_eff = sum(n / total * fednova_normaliser(tau, rho) for n, tau in steps)
         out: Tensors = {}
         for name, g in self._global.items():
             g64 = g.to(torch.float64)
-            direction = torch.zeros_like(g64)
-            for u, pi, ai in zip(updates, p, a, strict=True):
-                direction += (pi / ai) * (g64 - u.weights[name].to(torch.float64))
-            out[name] = (g64 - tau_eff * direction).to(g.dtype)
+            out[name] = (g64 - tau_eff * (g64 - mean[name].to(torch.float64))).to(g.dtype)
         return out
 
-    @staticmethod
-    def _normaliser(tau: int, rho: float) -> float:
-        if rho == 0.0:
-            return float(tau)
-        return (tau - rho * (1 - rho**tau) / (1 - rho)) / (1 - rho)
 
-
-__all__ = ["FedAvg", "FedNova", "FedProx", "weighted_mean"]
+__all__ = ["FedAvg", "FedNova", "FedProx", "fednova_normaliser", "normalised_weights",
+           "weighted_mean"]

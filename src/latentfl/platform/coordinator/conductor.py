@@ -1,8 +1,10 @@
-"""Moving a session's rounds along in time: open, close (in the clear or via CKKS), aggregate.
+"""Moving a session's rounds along in time: open, close (in the clear, via CKKS or secagg),
+aggregate.
 
 Socket-free, like the parts it drives: the daemon calls :meth:`RoundConductor.step` with the
 online participants and the time, and sends the outbox it returns (the TASKs of a round just
-opened, a DECRYPT_TASK); :meth:`~RoundConductor.finish` collects a round the aggregation
+opened, a DECRYPT_TASK, the secagg exchanges); :meth:`~RoundConductor.finish` collects a round
+the aggregation
 worker has closed. The TASKs of a plan are encoded once, by participant, and forgotten when the
 plan changes (a new round, a round planned again, a round closed).
 
@@ -14,12 +16,15 @@ decryption) already begun finishes, and the open round's deadline stands still u
 
 from __future__ import annotations
 
+import time
+
 from latentfl.errors import ProtocolError, Reason
 from latentfl.log import get_logger
 from latentfl.models import ModelManifest
 from latentfl.platform.coordinator.aggregation import AggregationWorker
 from latentfl.platform.coordinator.config import CoordinatorConfig
 from latentfl.platform.coordinator.journal import Journal
+from latentfl.platform.coordinator.masked import MaskedAggregation
 from latentfl.platform.coordinator.rounds import RoundRecord, Rounds
 from latentfl.platform.coordinator.secure import SecureAggregation
 from latentfl.platform.payloads import encode_task
@@ -31,12 +36,14 @@ class RoundConductor:
     """Drives one session's :class:`Rounds` (see the module docstring)."""
 
     def __init__(self, config: CoordinatorConfig, rounds: Rounds, journal: Journal,
-                 manifest: ModelManifest, secure: SecureAggregation | None) -> None:
+                 manifest: ModelManifest, secure: SecureAggregation | None,
+                 masked: MaskedAggregation | None = None) -> None:
         self.model = config.strategy.model
         self.rounds = rounds
         self.journal = journal
         self.manifest = manifest
         self.secure = secure
+        self.masked = masked
         self.worker = AggregationWorker(rounds)
         self.log = get_logger("coordinator", session=config.session)
         self._encoded: dict[str, tuple[bytes, dict]] = {}  # this plan's TASKs, by participant
@@ -72,28 +79,64 @@ class RoundConductor:
             self._encoded.clear()
             self.journal.append("round_opened", round=rounds.round, participants=sorted(tasks))
             self.log.info("round_opened", round=rounds.round, participants=sorted(tasks))
+            if self.masked is not None:
+                self.masked.open(rounds.round, sorted(tasks), now)
             outbox += [out for pid in tasks for out in self.task_for(pid)]
         if self.worker.busy:
             return outbox
         if self.secure is not None and self.secure.waiting:
             return outbox + self.secure.step(online, now)
+        if self.masked is not None:
+            outbox += self._step_masked(now)
+            if self.masked.unmasking or rounds.phase != "collecting":
+                return outbox
         if self.paused:
             return outbox
         verdict = rounds.due(online, now)
         if verdict == "replan":
-            self.journal.append("round_abandoned", round=rounds.round,
-                                accepted=sorted(rounds.updates))
-            self.log.warning("round_abandoned", round=rounds.round, accepted=len(rounds.updates))
-            rounds.replan()
-            self._encoded.clear()
-            if self.secure is not None:
-                self.secure.reset()
+            self._replan()
         elif verdict == "close":
             rounds.begin_close()
             if self.secure is not None:
                 return outbox + self.secure.close(rounds.round, rounds.updates, online, now)
+            if self.masked is not None:
+                return outbox + self.masked.close(rounds.updates, now)
             self._aggregate()
         return outbox
+
+    def receive_secagg(self, message: Message) -> list[Outgoing]:
+        """A participant's SECAGG_KEYS, SECAGG_SHARES or SECAGG_REVEAL."""
+        if self.masked is None:
+            raise ProtocolError(Reason.WRONG_MODE, f"a {message.header.kind.value} was sent but "
+                                                   "this session does not use secagg.")
+        return self.masked.receive(message, time.time())
+
+    def _step_masked(self, now: float) -> list[Outgoing]:
+        """Move the secagg exchange on; abandon the round it failed; aggregate its result."""
+        masked, rounds = self.masked, self.rounds
+        assert masked is not None
+        if rounds.phase == "collecting" and not masked.holds(rounds.round):
+            masked.failure = "the coordinator restarted; its secagg state was in memory only."
+            self.journal.append("secagg_abandoned", round=rounds.round, reason=masked.failure)
+        outbox = masked.step(now)
+        if masked.failure is not None:
+            masked.reset()
+            self._replan()
+        elif masked.result is not None:
+            aggregate, masked.result = masked.result, None
+            masked.reset()
+            self._aggregate(aggregate)
+        return outbox
+
+    def _replan(self) -> None:
+        rounds = self.rounds
+        self.journal.append("round_abandoned", round=rounds.round,
+                            accepted=sorted(rounds.updates))
+        self.log.warning("round_abandoned", round=rounds.round, accepted=len(rounds.updates))
+        rounds.replan()
+        self._encoded.clear()
+        if self.secure is not None:
+            self.secure.reset()
 
     def task_for(self, pid: str) -> list[Outgoing]:
         """``pid``'s TASK of the round in progress, if it has one."""
@@ -101,7 +144,10 @@ class RoundConductor:
         if task is None:
             return []
         if pid not in self._encoded:
-            self._encoded[pid] = encode_task(task, self.model, self.manifest.digest)
+            payload, meta = encode_task(task, self.model, self.manifest.digest)
+            if self.masked is not None:
+                meta |= self.masked.task_meta()
+            self._encoded[pid] = payload, meta
         payload, meta = self._encoded[pid]
         self.log.info("task_sent", round=task.round, peer=pid, bytes=len(payload))
         return [Outgoing(pid, Kind.TASK, task.round, payload, meta)]

@@ -13,7 +13,7 @@ from latentfl.strategies.registry import Method
 
 
 def aggregate_only_methods() -> list[str]:
-    """Methods that declare they need only the aggregate, so may run under CKKS."""
+    """Methods that declare they need only the aggregate, so may run under ckks or secagg."""
     return [m for m in get_args(Method) if strategy_class(m).needs_only_aggregates]
 
 
@@ -62,7 +62,8 @@ class CoordinatorConfig:
                                        "docs/audits.md); 0 = exit at once.", min=0.0)
     strategy: StrategyConfig = option(StrategyConfig(), help="The federated method.")
     aggregation: SecureAggregationConfig = option(
-        SecureAggregationConfig(), help="Plain or CKKS (encrypted) aggregation of updates.")
+        SecureAggregationConfig(), help="Plain, CKKS (encrypted) or secagg (masked) aggregation of "
+                                        "updates.")
     ckks_context: Path | None = option(None, help="The CKKS *public* context file (default: "
                                                   "KEY_DIR/ckks_public.bin, written by "
                                                   "`latentfl privacy ckks-keys`); ckks only.")
@@ -73,16 +74,17 @@ class CoordinatorConfig:
             out.append(f"bind = {self.bind!r}; expected tcp://HOST:PORT or ipc://PATH.")
         if not self.session or len(self.session) > 128:
             out.append(f"session = {self.session!r}; expected 1 to 128 characters.")
-        if self.aggregation.mode == "ckks":
+        mode = self.aggregation.mode
+        if mode in ("ckks", "secagg"):
             if not strategy_class(self.strategy.method).needs_only_aggregates:
-                out.append(f"aggregation.mode = 'ckks' with strategy.method = "
+                out.append(f"aggregation.mode = {mode!r} with strategy.method = "
                            f"{self.strategy.method!r}: that method needs each participant's own "
-                           f"weights, which encryption hides; use one of "
+                           f"weights, which {mode} hides; use one of "
                            f"{', '.join(aggregate_only_methods())} or mode = 'plain' (with "
                            "DP-SGD at the participants).")
             if not self.strategy.weighted:
-                out.append("aggregation.mode = 'ckks' needs strategy.weighted = true (each "
-                           "participant encrypts its update times its example count).")
+                out.append(f"aggregation.mode = {mode!r} needs strategy.weighted = true (each "
+                           "participant hides its update times its example count).")
         return out
 
 

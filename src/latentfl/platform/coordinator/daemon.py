@@ -6,7 +6,8 @@ sender, signature, session, nonce, timestamp, payload hash, a kind participants 
 handed to the handler its kind names in a table; handlers and the time-driven step return an
 outbox of :class:`~latentfl.platform.protocol.Outgoing` messages that the loop signs and sends.
 The decisions live in socket-free parts: the rounds (``rounds.Rounds``), CKKS secure aggregation
-(``secure.SecureAggregation``), the audit answers (``audit_service``), and the aggregation
+(``secure.SecureAggregation``), secagg masked aggregation (``masked.MaskedAggregation``), the
+audit answers (``audit_service``), and the aggregation
 worker thread (``aggregation.AggregationWorker``). Any ProtocolError becomes a REJECT to that
 peer naming the reason, a journal entry and one log line; the loop keeps serving.
 
@@ -42,6 +43,7 @@ from latentfl.platform.coordinator.conductor import RoundConductor
 from latentfl.platform.coordinator.config import CoordinatorConfig
 from latentfl.platform.coordinator.intake import UpdateIntake
 from latentfl.platform.coordinator.journal import Journal
+from latentfl.platform.coordinator.masked import MaskedAggregation
 from latentfl.platform.coordinator.peers import PeerTable
 from latentfl.platform.coordinator.roster_watch import RosterWatcher
 from latentfl.platform.coordinator.rounds import Rounds, make_evaluator
@@ -108,9 +110,15 @@ class Coordinator:
         # CKKS: the public context only (a secret one is refused here, before anything runs)
         self.secure = (SecureAggregation(config, self.manifest, journal=self.journal)
                        if config.aggregation.mode == Aggregation.CKKS else None)
-        self.intake = UpdateIntake(config, self.rounds, self.journal, self.manifest, self.secure)
+        # secagg: adverts are checked against the roster's signing keys as they are now
+        self.masked = (MaskedAggregation(config, self.manifest, journal=self.journal,
+                                         verify_keys=lambda: self.roster_watch.roster
+                                         .verify_keys())
+                       if config.aggregation.mode == Aggregation.SECAGG else None)
+        self.intake = UpdateIntake(config, self.rounds, self.journal, self.manifest, self.secure,
+                                   self.masked)
         self.conductor = RoundConductor(config, self.rounds, self.journal, self.manifest,
-                                        self.secure)
+                                        self.secure, self.masked)
         self.admin = AdminService(self.store, self.journal, self.conductor,
                                   roster=lambda: self.roster_watch.roster,
                                   status=self.status, session=config.session)
@@ -121,6 +129,9 @@ class Coordinator:
             Kind.UPDATE: self._on_update, Kind.ENCRYPTED_UPDATE: self._on_update,
             Kind.AGGREGATE: self.conductor.receive_aggregate, Kind.DECLINE: self._on_decline,
             Kind.BYE: self._on_bye,
+            Kind.MASKED_UPDATE: self._on_update, Kind.SECAGG_KEYS: self.conductor.receive_secagg,
+            Kind.SECAGG_SHARES: self.conductor.receive_secagg,
+            Kind.SECAGG_REVEAL: self.conductor.receive_secagg,
         }
         #: Observers of every message the daemon sends a participant: ``fn(pid, frames)``.
         self.send_observers = self.router.observers

@@ -192,9 +192,10 @@ class Rounds:
         if self.phase != "collecting":
             return ""
         got = len(self.updates)
-        # an encrypted sum must cover min_cohort updates, or it would be one participant's
-        fewest = (self.config.aggregation.min_cohort if self.config.aggregation.mode == "ckks"
-                  else 1)
+        # an encrypted or masked sum must cover min_cohort updates, or it would be one
+        # participant's
+        fewest = (self.config.aggregation.min_cohort
+                  if self.config.aggregation.mode in ("ckks", "secagg") else 1)
         if self.plan and got >= self.quorum() and got >= fewest:
             return "close"
         online_set = set(online)
@@ -229,8 +230,8 @@ class Rounds:
     def aggregate(self, aggregate: Update | None = None) -> RoundRecord:
         """Aggregate the accepted updates (in participant order), evaluate, checkpoint.
 
-        With ``aggregate`` (CKKS mode: the decrypted weighted mean of the accepted updates,
-        ``num_examples`` their total) the strategy gets that alone, via ``accept_aggregate``.
+        With ``aggregate`` (ckks or secagg mode: the decrypted or unmasked weighted mean of the
+        accepted updates, ``num_examples`` their total) the strategy gets that alone, via ``accept_aggregate``.
         Touches only the strategy and the checkpoint files, so it may run in a worker thread
         while the daemon keeps answering heartbeats; :meth:`finish_close` then moves on.
         """
@@ -240,8 +241,10 @@ class Rounds:
                                                          [self.updates[p] for p in accepted]))
         else:
             metrics = {"participants": float(len(accepted)),
-                       **self.strategy.accept_aggregate(self.round, aggregate.weights,
-                                                        aggregate.num_examples)}
+                       **self.strategy.accept_aggregate(
+                           self.round, aggregate.weights, aggregate.num_examples,
+                           steps=[(self.updates[p].num_examples, self.updates[p].num_steps)
+                                  for p in accepted])}
         if self.evaluate is not None:
             metrics.update(self.evaluate(self.strategy))
         record = RoundRecord(self.round, list(self.plan), accepted,

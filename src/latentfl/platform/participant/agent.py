@@ -10,6 +10,15 @@ kind. When the coordinator is silent
 for ``coordinator_timeout`` the agent drops the socket and reconnects with exponential backoff.
 It never executes anything received: a TASK is weights (safetensors), a registry model name and
 training settings, all checked before use.
+
+In ``secagg`` mode a TASK also opens a :class:`~latentfl.platform.participant.secagg.MaskedRound`
+(keys are sent at once, training runs meanwhile); its exchanges are answered from the same
+table, and the MASKED_UPDATE is sent, then re-sent like any update, once training and the share
+inbox are both in.
+
+Length: this module is over 400 lines because it is the one loop that owns the socket, with a
+short handler per kind a participant receives; the work behind each handler (training, CKKS,
+secagg, the site's privacy) lives in its own module.
 """
 
 from __future__ import annotations
@@ -39,6 +48,7 @@ from latentfl.platform.crypto import COORDINATOR_ID
 from latentfl.platform.participant.config import ParticipantConfig
 from latentfl.platform.participant.connection import connect, load_enrolment
 from latentfl.platform.participant.privacy import SitePrivacy
+from latentfl.platform.participant.secagg import MaskedRound, Trained
 from latentfl.platform.payloads import (
     decode_decrypt_task,
     decode_task,
@@ -125,9 +135,13 @@ class Agent:
         self.pending: Pending | None = None
         self.done_round = 0  # the last round this agent delivered (acked) or declined
         self._boot: str | None = None
+        self._masked: MaskedRound | None = None  # the secagg round in progress
         self._handlers = {Kind.HEARTBEAT: self._on_heartbeat, Kind.TASK: self._on_task,
                           Kind.DECRYPT_TASK: self._on_decrypt, Kind.ACK: self._on_ack,
-                          Kind.REJECT: self._on_reject, Kind.STATUS: self._on_status}
+                          Kind.REJECT: self._on_reject, Kind.STATUS: self._on_status,
+                          Kind.SECAGG_KEY_LIST: self._on_secagg,
+                          Kind.SECAGG_SHARE_INBOX: self._on_secagg,
+                          Kind.SECAGG_UNMASK: self._on_secagg}
 
     def stop(self) -> None:
         """Ask the agent to leave (thread-safe)."""
@@ -249,6 +263,18 @@ class Agent:
     # -- tasks ----------------------------------------------------------------------------
     def _on_task(self, sock: zmq.Socket, message: Message) -> None:
         r = message.header.round
+        masked = self._masked
+        if masked is not None and masked.round == r:
+            try:
+                renewed = masked.renewed_by(message, self.config.session)
+            except ProtocolError as exc:
+                self.log.warning("task_refused", round=r, reason=exc.reason, detail=str(exc))
+                return
+            if renewed:  # the round was planned again under a fresh attempt
+                self._renew_masked(sock, message)
+                return
+            if not masked.shared:  # the same TASK again (we reconnected): our keys again
+                self._reply(sock, masked.keys())
         if self.pending and self.pending.round == r:
             self._send_update(sock)  # the coordinator lost our update: send it again
             return
@@ -280,11 +306,23 @@ class Agent:
                 self.log.error("ckks_unavailable", round=r, error=str(exc))
                 self._decline(sock, r, Reason.CKKS_UNAVAILABLE, str(exc))
                 return
+        if task.aggregation is Aggregation.SECAGG:
+            try:
+                self._masked = MaskedRound(message, pid=self.pid, session=self.config.session,
+                                           signing_key=self.identity.signing_key,
+                                           verify_keys=self.enrolment.roster.verify_keys())
+            except LatentFLError as exc:
+                self.log.warning("task_refused", round=r, reason=Reason.MALFORMED,
+                                 detail=str(exc))
+                self._decline(sock, r, Reason.MALFORMED, str(exc))
+                return
+            self._reply(sock, self._masked.keys())
         self._training = (r, self._pool.submit(self._train, task, spec, sigma))
 
     def _train(self, task: Task, spec: ModelSpec,
-               sigma: float | None) -> tuple[Kind, bytes, dict]:
-        """Train (DP-SGD when configured), then encode the UPDATE (encrypted in ckks mode)."""
+               sigma: float | None) -> tuple[Kind, bytes, dict] | Trained:
+        """Train (DP-SGD when configured), then encode the UPDATE (encrypted in ckks mode;
+        in secagg mode the update waits for its masks)."""
         started = time.perf_counter()
         with self.privacy.training_wrap(task.round, sigma) as wrap:
             update = run_task(task, spec, self.data.x, self.data.y, participant=self.pid,
@@ -298,6 +336,8 @@ class Agent:
                       examples=update.num_examples, seconds=round(time.perf_counter() - started, 2),
                       epsilon=None if report is None else report["epsilon"],
                       train_loss=update.metrics.get("train_loss"))
+        if task.aggregation is Aggregation.SECAGG:
+            return Trained(update, manifest, report)
         if task.aggregation is not Aggregation.CKKS:
             return (Kind.UPDATE, *encode_update(update, report))
         flat = flatten_state(update.weights, manifest)
@@ -338,13 +378,79 @@ class Agent:
         r, future = self._training
         self._training = None
         try:
-            kind, payload, meta = future.result()
+            result = future.result()
         except Exception as exc:  # noqa: BLE001 - a failed task must not stop the agent
             self.log.error("training_failed", round=r, error=f"{type(exc).__name__}: {exc}")
             self._decline(sock, r, Reason.TRAINING_FAILED, f"{type(exc).__name__}: {exc}")
             return
+        if isinstance(result, Trained):
+            if self._masked is not None and self._masked.round == r:
+                self._masked.trained = result
+                self._send_masked(sock)
+            return
+        kind, payload, meta = result
         self.pending = Pending(kind, r, payload, meta, hashlib.sha256(payload).hexdigest())
         self._send_update(sock)
+
+    # -- secagg ---------------------------------------------------------------------------
+    def _on_secagg(self, sock: zmq.Socket, message: Message) -> None:
+        """Answer the coordinator's step of the secagg exchange (see participant/secagg.py)."""
+        masked, kind, r = self._masked, message.header.kind, message.header.round
+        if masked is None or not masked.matches(message):
+            self.log.warning("secagg_ignored", kind=kind.value, round=r)
+            return
+        try:
+            if kind is Kind.SECAGG_KEY_LIST:
+                self._reply(sock, masked.on_key_list(message))
+            elif kind is Kind.SECAGG_SHARE_INBOX:
+                masked.on_inbox(message)
+                self._send_masked(sock)
+            else:
+                self._reply(sock, masked.on_unmask(message))
+                self.log.info("secagg_revealed", round=r)
+        except PrivacyError as exc:  # a holder's rule: reveal nothing, say why
+            self.log.warning("secagg_refused", round=r, rule=exc.rule, detail=str(exc))
+            self._send(sock, Kind.DECLINE, round=r, meta={"reason": exc.rule,
+                                                          "detail": str(exc)[:900]})
+        except LatentFLError as exc:
+            self.log.warning("secagg_failed", round=r, kind=kind.value, detail=str(exc))
+
+    def _send_masked(self, sock: zmq.Socket) -> None:
+        """Send the masked update once training and the share inbox are both in."""
+        masked = self._masked
+        reply = None if masked is None else masked.masked_update()
+        if masked is None or reply is None:
+            return
+        kind, payload, meta = reply
+        self.pending = Pending(kind, masked.round, payload, meta,
+                               hashlib.sha256(payload).hexdigest())
+        self._send_update(sock)
+
+    def _renew_masked(self, sock: zmq.Socket, message: Message) -> None:
+        """A secagg round planned again: join the new attempt with the same training, unless
+        this site already uploaded a masked update for the round."""
+        old, r = self._masked, message.header.round
+        assert old is not None
+        if old.uploaded:
+            self._decline(sock, r, "secagg_already_uploaded",
+                          f"{self.pid} already uploaded a masked update for round {r}; a second "
+                          "sum over an overlapping cohort would reveal the difference.")
+            return
+        try:
+            self._masked = MaskedRound(message, pid=self.pid, session=self.config.session,
+                                       signing_key=self.identity.signing_key,
+                                       verify_keys=self.enrolment.roster.verify_keys())
+        except LatentFLError as exc:
+            self._decline(sock, r, Reason.MALFORMED, str(exc))
+            return
+        self._masked.trained = old.trained
+        self.log.info("secagg_renewed", round=r, attempt=self._masked.attempt)
+        self._reply(sock, self._masked.keys())
+
+    def _reply(self, sock: zmq.Socket, reply: tuple[Kind, bytes, dict]) -> None:
+        assert self._masked is not None
+        kind, payload, meta = reply
+        self._send(sock, kind, round=self._masked.round, payload=payload, meta=meta)
 
     def _decline(self, sock: zmq.Socket, round: int, reason: str, detail: str) -> None:
         """Tell the coordinator this site will not deliver round ``round`` (a DECLINE);

@@ -71,18 +71,34 @@ class Kind(StrEnum):
     ADMIN_READMIT = "ADMIN_READMIT"  # operator: undo ADMIN_REMOVE of meta participant
     ADMIN_JOURNAL = "ADMIN_JOURNAL"  # operator: the last meta tail journal entries
     ADMIN_RESULT = "ADMIN_RESULT"  # coordinator: a command's outcome (payload: a JSON object)
+    # secure aggregation, ``aggregation.mode = "secagg"`` (latentfl.privacy.secagg): one
+    # round's four exchanges, each relayed by a coordinator that cannot read what it relays
+    SECAGG_KEYS = "SECAGG_KEYS"  # participant: my round keys, signed (payload: advert JSON)
+    SECAGG_KEY_LIST = "SECAGG_KEY_LIST"  # coordinator: every advertised key set (payload JSON)
+    SECAGG_SHARES = "SECAGG_SHARES"  # participant: my seed shares, sealed to each neighbour
+    SECAGG_SHARE_INBOX = "SECAGG_SHARE_INBOX"  # coordinator: the shares sealed to you
+    MASKED_UPDATE = "MASKED_UPDATE"  # participant: my masked fixed-point update (acked)
+    SECAGG_UNMASK = "SECAGG_UNMASK"  # coordinator: who survived, who dropped; reveal shares
+    SECAGG_REVEAL = "SECAGG_REVEAL"  # participant: the shares that unmask the survivors' sum
 
+
+SECAGG_FROM_PARTICIPANT = frozenset({
+    Kind.SECAGG_KEYS, Kind.SECAGG_SHARES, Kind.MASKED_UPDATE, Kind.SECAGG_REVEAL,
+})
+SECAGG_FROM_COORDINATOR = frozenset({
+    Kind.SECAGG_KEY_LIST, Kind.SECAGG_SHARE_INBOX, Kind.SECAGG_UNMASK,
+})
 
 FROM_PARTICIPANT = frozenset({
     Kind.HELLO, Kind.UPDATE, Kind.ENCRYPTED_UPDATE, Kind.AGGREGATE, Kind.DECLINE,
     Kind.HEARTBEAT, Kind.BYE, Kind.FETCH_SYNTHETIC, Kind.AUDIT_REPORT,
-})
+}) | SECAGG_FROM_PARTICIPANT
 """The kinds a participant may send (the coordinator's verifier refuses the others)."""
 
 FROM_COORDINATOR = frozenset({
     Kind.TASK, Kind.DECRYPT_TASK, Kind.ACK, Kind.REJECT, Kind.HEARTBEAT, Kind.STATUS,
     Kind.SYNTHETIC,
-})
+}) | SECAGG_FROM_COORDINATOR
 """The kinds the coordinator may send (a participant's verifier refuses the others)."""
 
 FROM_OPERATOR = frozenset({

@@ -1,0 +1,113 @@
+"""The agent's side of a ``secagg`` round: the socket-free glue between the secagg kinds and
+:class:`latentfl.privacy.secagg.SecAggClient`.
+
+A secagg TASK opens a :class:`MaskedRound` (its attempt id and parameters in ``meta.secagg``);
+the agent sends the keys at once and trains meanwhile. Each coordinator message then yields
+the agent's answer: the key list its sealed shares, the share inbox nothing (the neighbours to
+mask with are now known), the unmask request the shares to reveal. The masked update is ready
+once both the training and the inbox are: :meth:`MaskedRound.masked_update`. A round planned
+again comes with a new attempt id; a site that already uploaded a masked update for that round
+declines it (two sums over overlapping cohorts of one round would reveal their difference).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from typing import Any, NamedTuple
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+
+from latentfl.models import ModelManifest
+from latentfl.platform.payloads import encode_update, flatten_state
+from latentfl.platform.protocol import Kind, Message
+from latentfl.platform.secagg_payloads import (
+    decode_key_list,
+    decode_params,
+    decode_sealed,
+    decode_unmask,
+    encode_advert,
+    encode_reveal,
+    encode_sealed,
+    masked_tensors,
+)
+from latentfl.privacy.secagg import SecAggClient
+from latentfl.strategies import Update
+
+Reply = tuple[Kind, bytes, dict]
+
+
+class Trained(NamedTuple):
+    """A trained update waiting for its masks (the ledger's report rides along)."""
+
+    update: Update
+    manifest: ModelManifest
+    report: Mapping[str, Any] | None
+
+
+class MaskedRound:
+    """One secagg attempt of one round, as this participant lives it."""
+
+    def __init__(self, message: Message, *, pid: str, session: str,
+                 signing_key: Ed25519PrivateKey,
+                 verify_keys: Mapping[str, Ed25519PublicKey]) -> None:
+        self.attempt, params = decode_params(message, session)
+        self.round = params.round
+        self.client = SecAggClient(pid, params, signing_key=signing_key, verify_keys=verify_keys)
+        self.trained: Trained | None = None
+        self.inbox_arrived = False
+        self.uploaded = False
+
+    def matches(self, message: Message) -> bool:
+        """The message belongs to this attempt (its round and attempt id)."""
+        return (message.header.round == self.round
+                and message.header.meta.get("attempt") == self.attempt)
+
+    def renewed_by(self, task: Message, session: str) -> bool:
+        """A secagg TASK of this round under another attempt id (the round was planned again)."""
+        if task.header.round != self.round or "secagg" not in task.header.meta:
+            return False
+        attempt, _ = decode_params(task, session)
+        return attempt != self.attempt
+
+    @property
+    def shared(self) -> bool:
+        """Our seed shares went out (our keys are in the key list the coordinator fixed)."""
+        return bool(self.client.adverts)
+
+    def keys(self) -> Reply:
+        """SECAGG_KEYS: this round's public keys, signed."""
+        return Kind.SECAGG_KEYS, encode_advert(self.client.advertise()), self._meta()
+
+    def on_key_list(self, message: Message) -> Reply:
+        """SECAGG_SHARES for the relayed key list (SecurityError if a key was substituted)."""
+        sealed = self.client.share_keys(decode_key_list(message))
+        return Kind.SECAGG_SHARES, encode_sealed(sealed), self._meta()
+
+    def on_inbox(self, message: Message) -> None:
+        self.client.receive_shares(decode_sealed(message))
+        self.inbox_arrived = True
+
+    def masked_update(self) -> Reply | None:
+        """MASKED_UPDATE once the training and the inbox are both in (None before)."""
+        if self.trained is None or not self.inbox_arrived or self.uploaded:
+            return None
+        update, manifest, report = self.trained
+        flat = flatten_state(update.weights, manifest).numpy()
+        masked = self.client.mask(flat, int(update.num_examples))
+        self.uploaded = True
+        payload, meta = encode_update(dataclasses.replace(
+            update, weights=masked_tensors(masked), class_counts=None, metrics={}), report)
+        return Kind.MASKED_UPDATE, payload, meta | self._meta()
+
+    def on_unmask(self, message: Message) -> Reply:
+        """SECAGG_REVEAL (PrivacyError when the request breaks a holder's rule)."""
+        survivors, dropped = decode_unmask(message)
+        return Kind.SECAGG_REVEAL, encode_reveal(self.client.reveal(survivors, dropped)), \
+            self._meta()
+
+    def _meta(self) -> dict:
+        return {"attempt": self.attempt}
+
+
+__all__ = ["MaskedRound", "Trained"]

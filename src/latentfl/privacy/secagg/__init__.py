@@ -1,0 +1,40 @@
+"""Secure aggregation with dropout recovery (Bonawitz et al. 2017; SecAgg+, Bell et al. 2020).
+
+Socket-free: :class:`SecAggClient` is a participant's side of one round, :class:`SecAggServer`
+the coordinator's; the daemons carry their messages. ``fixedpoint`` encodes updates in
+Z / 2^64, ``masks`` expands seeds into masks and draws the neighbour graph, ``keys`` signs
+round keys and shares seeds t-of-n. docs/privacy.md says what each party learns.
+"""
+
+from latentfl.privacy.secagg.client import Revealed, RoundParams, SecAggClient, SecretKind
+from latentfl.privacy.secagg.fixedpoint import (
+    DEFAULT_CLIP,
+    FRACTION_BITS,
+    MAX_ERROR,
+    MODULUS_BITS,
+    check_capacity,
+    dequantise,
+    quantise,
+)
+from latentfl.privacy.secagg.keys import Advert, threshold
+from latentfl.privacy.secagg.masks import degree, neighbours
+from latentfl.privacy.secagg.server import SecAggServer
+
+__all__ = [
+    "DEFAULT_CLIP",
+    "FRACTION_BITS",
+    "MAX_ERROR",
+    "MODULUS_BITS",
+    "Advert",
+    "Revealed",
+    "RoundParams",
+    "SecAggClient",
+    "SecAggServer",
+    "SecretKind",
+    "check_capacity",
+    "degree",
+    "dequantise",
+    "neighbours",
+    "quantise",
+    "threshold",
+]

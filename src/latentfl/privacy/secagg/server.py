@@ -1,0 +1,160 @@
+"""The coordinator's arithmetic of one secure-aggregation round, socket-free.
+
+It relays what it cannot read and learns only the sum. Sets, as in Bonawitz et al. (2017):
+``advertised`` (U1) the participants whose signed keys it relayed, ``shared`` (U2) those who
+sealed shares to their neighbours, ``survivors`` (U3) those whose masked upload arrived;
+``dropped`` = U2 - U3. :meth:`SecAggServer.unmask` removes each survivor's self mask (its seed
+rebuilt from a threshold of holders' shares) and each survivor's pairwise masks with dropped
+peers (the dropped peer's mask key rebuilt the same way, checked against its signed advert);
+pairwise masks between survivors cancel in the sum. Every phase refuses to go on with fewer
+than ``min_cohort`` parties (PrivacyError 'min_cohort'): the round is abandoned, never
+unmasked.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PublicKey
+
+from latentfl.errors import PrivacyError, ProtocolError, Reason
+from latentfl.privacy.secagg.client import Revealed, RoundParams
+from latentfl.privacy.secagg.keys import (
+    Advert,
+    combine_mask_key,
+    combine_seed,
+    threshold,
+    verify_adverts,
+)
+from latentfl.privacy.secagg.masks import neighbours, pairwise_mask, pairwise_seed, self_mask
+
+
+class SecAggServer:
+    """The coordinator's state for one round (see the module docstring)."""
+
+    def __init__(self, params: RoundParams, verify_keys: Mapping[str, Ed25519PublicKey],
+                 length: int) -> None:
+        self.params = params
+        self.verify_keys = dict(verify_keys)
+        self.length = length
+        self.adverts: dict[str, Advert] = {}
+        self.graph: dict[str, list[str]] = {}
+        self.sealed: dict[str, dict[str, bytes]] = {}
+        self.masked: dict[str, np.ndarray] = {}
+        self.survivors: list[str] = []
+        self.dropped: list[str] = []
+        self.shares: dict[str, dict[int, tuple[bytes, ...]]] = {}
+
+    # -- phase 1: keys --------------------------------------------------------------------
+    def add_advert(self, advert: Advert) -> None:
+        """Keep a participant's signed keys (SecurityError if the signature fails)."""
+        if self.graph:
+            raise ProtocolError(Reason.LATE, f"keys of {advert.pid} arrived after the key "
+                                             "list was sent.")
+        verify_adverts([advert], self.verify_keys, session=self.params.session,
+                       round=self.params.round)
+        self.adverts[advert.pid] = advert
+
+    def close_adverts(self) -> list[Advert]:
+        """Fix U1 and the neighbour graph; the key list every advertiser gets."""
+        self._require(len(self.adverts), "advertised keys")
+        self.graph = neighbours(list(self.adverts), session=self.params.session,
+                                round=self.params.round)
+        return [self.adverts[p] for p in sorted(self.adverts)]
+
+    # -- phase 2: shares ------------------------------------------------------------------
+    def add_shares(self, owner: str, sealed: Mapping[str, bytes]) -> None:
+        """Keep ``owner``'s sealed shares, one for each of its neighbours."""
+        if owner not in self.graph or self.survivors or self.masked:
+            raise ProtocolError(Reason.LATE, f"shares of {owner} are not awaited now.")
+        if set(sealed) != set(self.graph[owner]):
+            raise ProtocolError(Reason.MALFORMED, f"{owner} sealed shares for "
+                                                  f"{sorted(sealed)[:5]}...; expected one per "
+                                                  "neighbour.")
+        self.sealed[owner] = dict(sealed)
+
+    def close_shares(self) -> dict[str, dict[str, bytes]]:
+        """Fix U2; the shares to deliver to each member of U2, by sender."""
+        self._require(len(self.sealed), "shared their seeds")
+        return {holder: {owner: blobs[holder] for owner, blobs in self.sealed.items()
+                         if holder in blobs}
+                for holder in self.sealed}
+
+    # -- phase 3: masked uploads ----------------------------------------------------------
+    def add_masked(self, pid: str, vector: np.ndarray) -> None:
+        """Keep a masked upload of a member of U2."""
+        if pid not in self.sealed or self.survivors:
+            raise ProtocolError(Reason.NOT_IN_ROUND, f"a masked upload from {pid} is not "
+                                                     "awaited now.")
+        if vector.dtype != np.uint64 or vector.shape != (self.length,):
+            raise ProtocolError(Reason.MANIFEST, f"masked upload of {pid} is {vector.dtype} of "
+                                                 f"shape {vector.shape}; expected uint64 of "
+                                                 f"({self.length},).")
+        self.masked[pid] = vector
+
+    def close_uploads(self) -> tuple[list[str], list[str]]:
+        """Fix U3: (survivors, dropped) to send every survivor."""
+        self._require(len(self.masked), "uploaded a masked update")
+        self.survivors = sorted(self.masked)
+        self.dropped = sorted(set(self.sealed) - set(self.masked))
+        return self.survivors, self.dropped
+
+    # -- phase 4: unmasking ---------------------------------------------------------------
+    def add_reveal(self, holder: str, revealed: Sequence[Revealed]) -> None:
+        """Keep a survivor's shares; each must be of the kind its owner's fate calls for."""
+        if holder not in self.survivors:
+            raise ProtocolError(Reason.NOT_IN_ROUND, f"{holder} is not a survivor asked to "
+                                                     "unmask.")
+        kinds = {u: "self" for u in self.survivors} | {u: "mask" for u in self.dropped}
+        for r in revealed:
+            if kinds.get(r.owner) != r.kind or holder not in self._holders(r.owner):
+                raise ProtocolError(Reason.MALFORMED, f"{holder} revealed a {r.kind} share of "
+                                                      f"{r.owner}, which was not asked for.")
+            self.shares.setdefault(r.owner, {})[r.index] = r.parts
+
+    def ready(self) -> bool:
+        """Enough shares arrived to rebuild every secret the unmasking needs."""
+        return bool(self.survivors) and all(
+            len(self.shares.get(u, {})) >= threshold(len(self._holders(u)))
+            for u in [*self.survivors, *self.dropped])
+
+    def unmask(self) -> np.ndarray:
+        """The sum of the survivors' quantised, weighted updates (uint64)."""
+        if not self.ready():
+            raise PrivacyError("secagg_threshold", "too few holders revealed shares to unmask "
+                                                   "the sum; the round is abandoned.")
+        p = self.params
+        total = np.zeros(self.length, dtype=np.uint64)
+        for u in self.survivors:
+            total += self.masked[u]
+            total -= self_mask(combine_seed(self._pick(u)), self.length)
+        for v in self.dropped:
+            secret = combine_mask_key([(i, (lo, hi)) for i, (lo, hi) in self._pick(v)])
+            if secret.public_key().public_bytes_raw() != self.adverts[v].mask_public:
+                raise ProtocolError(Reason.MALFORMED, f"the revealed shares of {v} do not "
+                                                      "rebuild the mask key it advertised.")
+            for u in self.graph[v]:
+                if u in self.masked:  # survivor u added its mask with v; take it out
+                    seed = pairwise_seed(secret, X25519PublicKey.from_public_bytes(
+                        self.adverts[u].mask_public), session=p.session, round=p.round,
+                        pair=(u, v))
+                    total -= pairwise_mask(seed, self.length, own=u, peer=v)
+        return total
+
+    def _holders(self, owner: str) -> list[str]:
+        return sorted([owner, *self.graph.get(owner, [])])
+
+    def _pick(self, owner: str) -> list[tuple[int, tuple[bytes, ...]]]:
+        chosen = sorted(self.shares[owner].items())[:threshold(len(self._holders(owner)))]
+        return [(i, parts if len(parts) > 1 else parts[0]) for i, parts in chosen]
+
+    def _require(self, count: int, what: str) -> None:
+        if count < self.params.min_cohort:
+            raise PrivacyError("min_cohort", f"only {count} participants {what}; secure "
+                                             f"aggregation needs {self.params.min_cohort}, so "
+                                             "the round is abandoned, never unmasked.")
+
+
+__all__ = ["SecAggServer"]
