@@ -22,7 +22,7 @@ from pathlib import Path
 from latentfl.config import from_dict
 from latentfl.data import load_dataset
 from latentfl.errors import ConfigError, StateError
-from latentfl.log import configure_logging
+from latentfl.log import set_log_level
 from latentfl.platform.coordinator.rounds import load_strategy
 from latentfl.platform.local import LocalConsortium
 from latentfl.simulate import PartitionConfig, SimulationConfig, run_simulation
@@ -115,7 +115,7 @@ def run_demo(*, rounds: int = 3, participants: int = 5, method: str = "feddgm",
         sets = load_strategy(consortium.coordinator_config())[1].synthetic_sets()
     if ok and compare:
         other = METHODS[1 - METHODS.index(method)]
-        configure_logging("console", level="warning")  # the round lines say what happens
+        set_log_level("warning")  # the round lines say what happens
         sim = run_simulation(
             SimulationConfig(data=DATA, participants=participants, rounds=rounds, seed=seed,
                              device="cpu", partition=partition,

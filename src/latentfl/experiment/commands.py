@@ -10,7 +10,7 @@ from pathlib import Path
 from latentfl.config import load_config
 from latentfl.experiment.config import ExperimentConfig, grid, restrict
 from latentfl.experiment.runner import run_experiment
-from latentfl.log import configure_logging
+from latentfl.log import set_log_level
 
 
 def _run(args) -> int:
@@ -20,7 +20,7 @@ def _run(args) -> int:
     config = replace(config, output=Path(os.path.normpath(config.output)))
     if not args.no_progress and args.log_level == "info":
         # the progress bar shows each round; per-round log lines would only break it up
-        configure_logging("console", level="warning")
+        set_log_level("warning")
     cells = grid(config)
     print(f"experiment: {len(cells)} cells ({len(config.methods)} methods x "
           f"{len(config.alphas)} alphas x {max(1, len(config.architectures))} architectures x "

@@ -21,7 +21,7 @@ from latentfl.audits import ConsortiumEntry, ModelSpec, render_consortium_report
 from latentfl.config import load_config
 from latentfl.data import load_dataset
 from latentfl.errors import ConfigError, StateError
-from latentfl.log import configure_logging
+from latentfl.log import set_log_level
 from latentfl.platform.coordinator import CoordinatorConfig
 from latentfl.platform.coordinator.audit_service import load_shared_audits
 from latentfl.platform.coordinator.journal import read_journal, verify_journal
@@ -113,7 +113,7 @@ def _export(args: argparse.Namespace) -> int:
 
 
 def _participant_audit(args: argparse.Namespace) -> int:
-    configure_logging("console", level="warning")
+    set_log_level("warning")
     config = load_config(args.config, ParticipantConfig)
     out = args.out
     if out is None:

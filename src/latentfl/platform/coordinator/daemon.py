@@ -147,7 +147,8 @@ class Coordinator:
             self.journal.append("started", round=self.rounds.round, phase=self.rounds.phase,
                                 endpoint=self.endpoint)
             self.log.info("coordinator_started", endpoint=self.endpoint, round=self.rounds.round,
-                          phase=self.rounds.phase, resumed_updates=len(self.rounds.updates))
+                          phase=self.rounds.phase, resumed_updates=len(self.rounds.updates),
+                          summary=self._startup_summary())
             self._write_status(force=True)
             if ready is not None:
                 ready.set()
@@ -170,6 +171,18 @@ class Coordinator:
             self.replay.close()
             self.store.pid_path.unlink(missing_ok=True)
             self.store.unlock()
+
+    def _startup_summary(self) -> str:
+        """The start-up line for people: where it listens and what it waits for."""
+        rounds, enrolled = self.rounds, len(self.roster_watch.roster.active_ids())
+        where = f"listening on {self.endpoint}, session {self.config.session}"
+        if rounds.phase == "finished":
+            return f"{where}; all {self.config.rounds} rounds are done"
+        if rounds.phase == "collecting":
+            return (f"{where}; resuming round {rounds.round} of {self.config.rounds} with "
+                    f"{len(rounds.updates)} of {len(rounds.plan)} updates")
+        return (f"{where}; round {rounds.round} of {self.config.rounds} waits for "
+                f"{self.config.min_participants} of {enrolled} enrolled participants")
 
     def _loop(self) -> None:
         poller = zmq.Poller()
@@ -259,8 +272,6 @@ class Coordinator:
                             round=header.round if header else None, bytes=size)
         self.log.warning("message_refused", peer=user_id, reason=exc.reason, bytes=size,
                          detail=str(exc)[:200])
-        if (peer := self.peers.get(user_id)) is not None:
-            peer.refused += 1
         if user_id is None:
             return
         meta = {"reason": exc.reason, "detail": str(exc)[:900],
@@ -308,9 +319,7 @@ class Coordinator:
         return []
 
     def _on_update(self, message: Message) -> Outbox:
-        ack, accepted = self.intake.receive(message)
-        self.peers[message.header.sender].accepted += accepted
-        return ack
+        return self.intake.receive(message)[0]
 
     # -- roster, status -------------------------------------------------------------------
     def _check_roster(self, force: bool = False) -> bool:
