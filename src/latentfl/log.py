@@ -44,6 +44,9 @@ class _JsonCopy:
         self._fh.write(json.dumps(event, sort_keys=True, default=str) + "\n")
         return event
 
+    def close(self) -> None:
+        self._fh.close()
+
 
 class _ToStructlog(logging.Handler):
     """Hands records of the standard ``logging`` module to structlog."""
@@ -70,8 +73,11 @@ def configure_logging(mode: LogFormat = "auto", level: str = "info",
         raise ValueError(f"log format {mode!r}; expected one of {', '.join(LOG_FORMATS)}")
     stream = stream or sys.stderr
     copy = _current.get("copy")
-    if log_file is None or copy is None or copy.path != Path(log_file):
-        copy = _JsonCopy(log_file) if log_file is not None else None
+    if copy is not None and (log_file is None or copy.path != Path(log_file)):
+        copy.close()
+        copy = None
+    if copy is None and log_file is not None:
+        copy = _JsonCopy(log_file)
     _current.update(mode=mode, stream=stream, log_file=log_file, copy=copy)
     if mode == "auto":
         mode = "console" if _is_terminal(stream) else "json"
