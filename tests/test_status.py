@@ -1,5 +1,6 @@
 """``latentfl status``: every enrolled participant, counts that survive restarts, text, JSON,
-HTML (checked in headless Chromium) and a quiet exit when the reader goes away."""
+HTML (checked in headless Chromium) and a quiet exit when the reader goes away; and the
+consortium report built on the same counts (a declining site is not flagged)."""
 
 from __future__ import annotations
 
@@ -44,12 +45,11 @@ def finished(tmp_path_factory):
         agent = Running(Agent(consortium.participant_config("p00"),
                               data=local_parts(tiny_dataset(), 2)[0]))
         for _ in range(config.rounds):
-            task = declining.recv(timeout=30, kind=Kind.TASK)
-            assert task is not None
+            task = _next_task(declining)
             declining.send(declining.frames(Kind.DECLINE, task.header.round, meta={
                 "reason": "budget_exceeded", "detail": "epsilon would pass max_epsilon"}))
-        assert coord.join(90) == 0
-        assert agent.join(20) == 0
+        assert coord.join(180) == 0
+        assert agent.join(30) == 0
     finally:
         declining.close()
         coord.stop()
@@ -58,6 +58,16 @@ def finished(tmp_path_factory):
         journal.append("zap_refused", **line)
     journal.close()
     return config, write_config(root / "coordinator.toml", config)
+
+
+def _next_task(client: RawClient, timeout_s: float = 120.0):
+    """The next TASK, sending heartbeats meanwhile so the coordinator keeps the client online."""
+    for _ in range(int(timeout_s / 2)):
+        client.send(client.frames(Kind.HEARTBEAT, 0))
+        task = client.recv(timeout=2.0, kind=Kind.TASK)
+        if task is not None:
+            return task
+    raise AssertionError(f"no TASK within {timeout_s:.0f} s")
 
 
 def test_every_enrolled_participant_is_listed_with_its_state(finished):
@@ -152,12 +162,28 @@ def _chromium() -> str | None:
     return shutil.which("chromium") or shutil.which("chromium-browser")
 
 
+def test_report_shows_a_declining_site_as_declined_not_flagged(finished, tmp_path, capsys):
+    """p01 declined every task: listed as DECLINED with its reason; p00's updates without a
+    DP ledger are flagged; the report names session, rounds and date; numbers are rounded."""
+    _, path = finished
+    assert main(["report", "--config", str(path), "--out", str(tmp_path)]) == 0
+    assert "session test-session: rounds 1 to 2 of 2 planned" in capsys.readouterr().out
+    report = json.loads((tmp_path / "consortium_report.json").read_text())
+    people = {p["participant"]: p for p in report["participants"]}
+    assert report["flagged"] == ["p00"] and report["declined"] == ["p01"]
+    assert people["p01"]["flags"] == [] and people["p01"]["declined"] == {"budget_exceeded": 2}
+    assert people["p02"]["flags"] == [] and people["p02"]["updates"] == 0
+    assert report["scope"]["rounds_done"] == 2 and report["scope"]["session"] == "test-session"
+    html = (tmp_path / "consortium_report.html").read_text()
+    assert "DECLINED" in html and "declined 2 tasks (budget_exceeded x2)" in html
+    assert "rounds 1 to 2 of 2 planned; generated 20" in html
+
+
 @pytest.mark.skipif(_chromium() is None, reason="headless Chromium is not installed "
                     "(`apt-get install -y chromium`; .ci/run installs it where apt works)")
 def test_status_html_renders_in_headless_chromium(finished, tmp_path):
     """The page is self-contained and Chromium draws its table and the accuracy line."""
     import numpy as np
-    from PIL import Image
 
     _, path = finished
     page = tmp_path / "status.html"
@@ -167,11 +193,33 @@ def test_status_html_renders_in_headless_chromium(finished, tmp_path):
     assert "http://" not in html.replace("http://www.w3.org/2000/svg", "")
     assert "<svg" in html and "never seen" in html and "budget_exceeded" in html
     shot = tmp_path / "status.png"
+    image = _screenshot(page, shot)
+    colours = {tuple(c) for c in np.asarray(image).reshape(-1, 3)}
+    assert (0x1f, 0x6f, 0xb2) in colours  # the accuracy marker's blue was drawn
+    assert len(colours) > 50  # text and tables, not a blank page
+
+
+@pytest.mark.skipif(_chromium() is None, reason="headless Chromium is not installed "
+                    "(`apt-get install -y chromium`; .ci/run installs it where apt works)")
+def test_consortium_report_renders_in_headless_chromium(finished, tmp_path):
+    """Chromium draws the report: a red flag cell for p00, a blue DECLINED cell for p01."""
+    import numpy as np
+
+    _, path = finished
+    with redirect_stdout(io.StringIO()):
+        assert main(["report", "--config", str(path), "--out", str(tmp_path)]) == 0
+    image = _screenshot(tmp_path / "consortium_report.html", tmp_path / "report.png")
+    colours = {tuple(c) for c in np.asarray(image).reshape(-1, 3)}
+    assert (0xc0, 0x39, 0x2b) in colours  # td.flag background
+    assert (0xd6, 0xe4, 0xf0) in colours  # td.status.info background: declined
+
+
+def _screenshot(page: Path, shot: Path):
+    from PIL import Image
+
     subprocess.run([_chromium(), "--headless", "--no-sandbox", "--disable-gpu",
                     f"--screenshot={shot}", "--window-size=1000,1100", page.as_uri()],
                    check=True, capture_output=True, timeout=120)
     image = Image.open(shot).convert("RGB")
     assert image.size == (1000, 1100)
-    colours = {tuple(c) for c in np.asarray(image).reshape(-1, 3)}
-    assert (0x1f, 0x6f, 0xb2) in colours  # the accuracy marker's blue was drawn
-    assert len(colours) > 50  # text and tables, not a blank page
+    return image
