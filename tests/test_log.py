@@ -98,7 +98,8 @@ def test_every_option_has_help_and_shows_its_default():
                 continue
             where = f"{parser.prog} {'/'.join(action.option_strings) or action.dest}"
             assert action.help, f"{where} has no help text"
-            if action.option_strings and action.default not in (None, False, []):
+            if action.option_strings and not (action.default is None or action.default is False
+                                              or action.default == []):
                 assert "default" in formatter._get_help_string(action), where
         parser.format_help()  # every %(default)s placeholder expands
 

@@ -40,8 +40,8 @@ class HelpWithDefaults(argparse.HelpFormatter):
     def _get_help_string(self, action: argparse.Action) -> str:
         text = action.help or ""
         default = action.default
-        if ("default" in text or default in (None, False, argparse.SUPPRESS)
-                or (isinstance(default, list) and not default)
+        if ("default" in text or default is None or default is False
+                or default == argparse.SUPPRESS or (isinstance(default, list) and not default)
                 or not (action.option_strings or action.nargs in ("?", "*"))):
             return text
         return f"{text} (default: %(default)s)"

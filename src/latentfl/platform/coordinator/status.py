@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from latentfl.errors import LatentFLError
+from latentfl.platform.coordinator.config import CoordinatorConfig
 from latentfl.platform.coordinator.journal import read_journal, verify_journal
 from latentfl.platform.coordinator.peers import PeerTable
 from latentfl.platform.coordinator.store import read_json
@@ -143,8 +144,8 @@ def _history(state_dir: Path, live: dict[str, Any]) -> list[dict[str, Any]]:
         return list(live.get("history", []))
 
 
-def collect_status(config: Any, *, now: float | None = None) -> dict[str, Any]:
-    """The consortium's status as a JSON-able dict (``config`` a CoordinatorConfig).
+def collect_status(config: CoordinatorConfig, *, now: float | None = None) -> dict[str, Any]:
+    """The consortium's status as a JSON-able dict.
 
     Reads only: the roster, ``STATE/status.json``, the checkpoints and the journal; never
     creates the state folder. A damaged journal is reported in ``journal.error`` (its readable
