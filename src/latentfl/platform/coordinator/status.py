@@ -98,17 +98,16 @@ def _tally(entries: list[dict[str, Any]], rows: dict[str, dict[str, Any]],
         row["last_seen"] = max(row["last_seen"] or 0.0, float(e.get("time") or 0.0)) or None
         if event == "accepted" and (e.get("kind") not in UPDATE_KINDS or e.get("resent")):
             continue  # HELLO, heartbeats, BYE, re-sends: seen, not counted
-        column = {"accepted": "accepted", "refused": "refused", "declined": "declined"}[event]
-        row[column] += 1
-        reason = e.get("reason")
+        row[event] += 1
+        reason = str(e.get("reason"))
         if event != "accepted":
-            reasons = row[f"{column}_reasons"]
-            reasons[str(reason)] = reasons.get(str(reason), 0) + 1
+            reasons = row[f"{event}_reasons"]
+            reasons[reason] = reasons.get(reason, 0) + 1
         if isinstance(e.get("round"), int) and e["round"] > 0:
             cell = _round_cell(row, e["round"])
-            cell[column] += 1
+            cell[event] += 1
             if event != "accepted":
-                cell["reasons"].append(f"{column}: {reason}")
+                cell["reasons"].append(f"{event}: {reason}")
     for row in rows.values():
         row["rounds"].sort(key=lambda c: c["round"])
     attempts = sum(k["attempts"] for k in refused_keys.values())
