@@ -12,6 +12,7 @@ import torch
 
 from latentfl.audits import (
     ConsortiumEntry,
+    ReportScope,
     load_model_file,
     load_synthetic,
     render_consortium_report,
@@ -155,3 +156,19 @@ def test_consortium_report_lists_flags_first(tmp_path: Path) -> None:
     assert html.index("hospital-b") < html.index("<table")
     report = json.loads(json_path.read_text())
     assert report["flagged"] == ["hospital-b", "bank-c"]
+
+
+def test_consortium_report_rounds_ledger_numbers_and_names_its_scope(tmp_path: Path) -> None:
+    """Ledger numbers are shown to meaningful precision; the scope line names the session."""
+    ledger = {"epsilon": 2.718281828, "delta": 1e-5, "noise_multiplier": 0.7611083984375,
+              "max_grad_norm": 1.0, "sample_rate": 0.0376470588, "steps": 54.0, "round": 3}
+    scope = ReportScope("hospitals-2026", rounds_done=3, rounds_planned=8,
+                        generated=1796419200.0)
+    html_path, json_path = render_consortium_report(
+        [ConsortiumEntry("hospital-a", "plain", ledger, updates=3)], tmp_path, scope=scope)
+    html = html_path.read_text()
+    assert ("epsilon 2.72, delta 1e-05, 54 DP-SGD steps, noise multiplier 0.761, clip norm 1, "
+            "sample rate 0.0376, as of round 3") in html
+    assert "0.7611083984375" not in html
+    assert "session hospitals-2026: rounds 1 to 3 of 8 planned; generated 2026-12-04" in html
+    assert json.loads(json_path.read_text())["scope"]["rounds_planned"] == 8

@@ -13,7 +13,7 @@ import torch
 from PIL import Image
 
 from daemon_helpers import processes_mentioning
-from latentfl.demo import run_demo
+from latentfl.demo import phase_line, run_demo
 from latentfl.strategies.base import SyntheticImages
 from latentfl.synthetic_grid import save_grid
 
@@ -26,6 +26,12 @@ def test_demo_runs_rounds_and_leaves_no_processes(tmp_path):
     assert run_demo(rounds=1, participants=2, method="fedavg", workdir=workdir, compare=False,
                     out=lines.append) == 0
     assert any(line.startswith("fedavg  round 1  test acc") for line in lines)
+    assert lines[1] == "fedavg  starting the coordinator and 2 participant processes"
+    phases = [line.split("  elapsed")[0] for line in lines if "elapsed" in line]
+    closed = phases.index(next(p for p in phases if p.startswith("fedavg  round 1  test acc")))
+    assert "fedavg  round 1  local training at the sites: updates 0/2" in phases[:closed]
+    assert "fedavg  round 1  aggregating 2 updates" in phases[:closed] or (
+        "fedavg  round 1  local training at the sites: updates 2/2" in phases[:closed])
     header = lines.index("round    fedavg")
     assert lines[header + 1].split()[0] == "1" and lines[header + 1].endswith("%")
     assert (workdir / "state" / "journal.jsonl").exists()
@@ -83,3 +89,17 @@ def test_grid_places_each_participants_first_image_of_a_class_in_that_class_colu
     tile = torch.tensor(np.array(grid.crop((x, y, x + 8, y + 8))), dtype=torch.float32)
     expected = (images[1].permute(1, 2, 0) * 255).round()
     assert torch.equal(tile, expected)
+
+
+def test_phase_line_names_each_phase_of_a_round():
+    """The demo's progress line says who is online, how many updates arrived, what runs now."""
+    people = {"p00": {"online": True}, "p01": {"online": False}}
+    assert phase_line({"phase": "waiting", "round": 1, "participants": people}, 5, "feddgm") == (
+        "round 1  waiting for participants (1 of 5 online)")
+    assert phase_line({"phase": "collecting", "round": 2, "received": ["p00"],
+                       "planned": ["p00", "p01"]}, 2, "fedavg") == (
+        "round 2  local training at the sites: updates 1/2")
+    assert phase_line({"phase": "aggregating", "round": 2, "received": ["p00", "p01"]}, 2,
+                      "feddgm").startswith("round 2  aggregating 2 updates: distilling")
+    assert phase_line({"phase": "finished", "round": 4}, 2, "fedavg") is None
+    assert phase_line({}, 2, "fedavg") is None

@@ -184,14 +184,16 @@ def test_torn_or_changed_cell_is_run_again(tmp_path: Path) -> None:
 
 
 def test_shipped_experiment_files_load() -> None:
-    """Every experiments/*.toml parses, starts with its command, and lists known methods."""
+    """Every experiments/*.toml parses, starts with its command, lists known methods, and
+    leaves the output folder to the working directory (never the checkout's)."""
     files = sorted((REPO / "experiments").glob("*.toml"))
     assert files
     for path in files:
         text = path.read_text()
         assert text.startswith(f"# latentfl experiment --config experiments/{path.name}")
         cfg = load_config(path, ExperimentConfig)
-        assert grid(cfg)
+        assert cfg.output is None, path.name
+        assert grid(replace(cfg, output=Path("runs") / path.stem))
 
 
 def test_infeasible_partition_is_reported_not_fatal(tmp_path: Path) -> None:
@@ -297,3 +299,23 @@ def test_cli_runs_one_cell_and_keeps_the_other_rows(tmp_path: Path, capsys) -> N
     assert all(r["rounds"] == 1 for r in rows)
     assert main([*base, "--only", "seed=7"]) == 2
     assert "seed=7 matches no seed of the grid" in capsys.readouterr().err
+
+
+def test_a_file_without_output_writes_under_the_current_directory(tmp_path: Path, monkeypatch,
+                                                                  capsys) -> None:
+    """With no output in the file, results go to runs/NAME under the working directory."""
+    from latentfl.cli import main
+
+    spec = write_npz(tmp_path / "toy.npz")
+    write_toy_experiment(tmp_path / "exp.toml", ["fedavg"], spec, 1)
+    path = tmp_path / "exp.toml"
+    path.write_text(path.read_text().replace('output = "out"\n', ""))
+    work = tmp_path / "work"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    assert main(["experiment", "--config", str(path), "--no-progress"]) == 0
+    assert (work / "runs" / "exp" / "results.csv").exists()
+    assert not (tmp_path / "out").exists()
+    assert main(["experiment", "--config", str(path), "--no-progress", "--output", "mine"]) == 0
+    assert (work / "mine" / "results.csv").exists()
+    capsys.readouterr()

@@ -66,6 +66,28 @@ def test_plan_with_model_prints_ckks_cost(capsys):
     assert "encryption time" in out
 
 
+def test_plan_reports_every_bad_option_before_printing_anything(capsys):
+    """An unknown model and a bad delta are named together; no table is printed first."""
+    code = main(["privacy", "plan", "--examples", "1700", "--batch", "64", "--rounds", "5",
+                 "--epsilon", "8", "--delta", "1.5", "--model", "resnet9000"])
+    captured = capsys.readouterr()
+    assert code == 2 and captured.out == ""
+    assert "--delta 1.5" in captured.err and "--model 'resnet9000'" in captured.err
+
+
+def test_plan_warns_when_delta_is_not_well_below_one_over_examples(capsys):
+    """delta 0.01 with 1,700 examples prints the plan with a warning naming a safer delta."""
+    code = main(["privacy", "plan", "--examples", "1700", "--batch", "64", "--rounds", "2",
+                 "--epsilon", "8", "--delta", "0.01"])
+    captured = capsys.readouterr()
+    assert code == 0 and "noise multiplier" in captured.out
+    assert "warning: delta 0.01 is not well below 1/examples" in captured.err
+    assert "e.g. 1e-05" in captured.err
+    main(["privacy", "plan", "--examples", "1700", "--batch", "64", "--rounds", "2",
+          "--epsilon", "8", "--delta", "1e-5"])
+    assert "warning" not in capsys.readouterr().err
+
+
 def test_ledger_command_prints_rows_and_total(tmp_path, capsys):
     """`privacy ledger` prints each round's row and the spent epsilon; exit 4 when missing."""
     ledger = PrivacyLedger.open(tmp_path, delta=1e-5)

@@ -9,13 +9,15 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from pathlib import Path
 
 from latentfl import __version__
 from latentfl.errors import LatentFLError, SecurityError, StateError
 from latentfl.exitcodes import ExitCode
-from latentfl.log import configure_logging
+from latentfl.log import LOG_FORMATS, configure_logging
 
 COMMAND_MODULES: tuple[str, ...] = (
     "latentfl.platform.commands",
@@ -32,18 +34,48 @@ COMMAND_MODULES: tuple[str, ...] = (
 )
 
 
+class HelpWithDefaults(argparse.HelpFormatter):
+    """Help that ends each option's text with its default, unless the text names it already
+    or there is none to name (no value, a flag that is off)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        default = action.default
+        if ("default" in text or default is None or default is False
+                or default == argparse.SUPPRESS or (isinstance(default, list) and not default)
+                or not (action.option_strings or action.nargs in ("?", "*"))):
+            return text
+        return f"{text} (default: %(default)s)"
+
+
+def all_parsers(parser: argparse.ArgumentParser) -> Iterator[argparse.ArgumentParser]:
+    """``parser`` and every subcommand parser below it."""
+    yield parser
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in dict.fromkeys(action.choices.values()):
+                yield from all_parsers(sub)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="latentfl",
         description="Privacy-first federated learning with latent-space dataset distillation.",
     )
     parser.add_argument("--version", action="version", version=f"latentfl {__version__}")
-    parser.add_argument(
-        "--log-level", default="info", choices=["debug", "info", "warning", "error"]
-    )
+    parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning",
+                                                                 "error"],
+                        help="Least severe log events shown.")
+    parser.add_argument("--log-format", default="auto", choices=LOG_FORMATS,
+                        help="console: readable lines; json: one JSON object per line; auto: "
+                             "console on a terminal, JSON otherwise.")
+    parser.add_argument("--log-file", type=Path, metavar="FILE",
+                        help="Also append every log event to FILE as a JSON line.")
     subparsers = parser.add_subparsers(title="commands", metavar="COMMAND")
     for name in COMMAND_MODULES:
         importlib.import_module(name).register(subparsers)
+    for each in all_parsers(parser):
+        each.formatter_class = HelpWithDefaults
     return parser
 
 
@@ -54,9 +86,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     if handler is None:
         parser.print_help()
         return int(ExitCode.USER_ERROR)
-    configure_logging("console", level=args.log_level)
+    try:
+        configure_logging(args.log_format, level=args.log_level, log_file=args.log_file)
+    except OSError as exc:
+        print(f"latentfl: error: --log-file {args.log_file} cannot be opened ({exc.strerror}); "
+              "expected a writable file path.", file=sys.stderr)
+        return int(ExitCode.USER_ERROR)
     try:
         return int(handler(args) or 0)
+    except BrokenPipeError:
+        # the reader went away (`latentfl status | head`): stop quietly, as `cat` does
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return int(ExitCode.OK)
     except SecurityError as exc:
         print(f"latentfl: error: {exc}", file=sys.stderr)
         return int(ExitCode.SECURITY)
@@ -71,4 +112,4 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(ExitCode.INTERRUPTED)
 
 
-__all__ = ["COMMAND_MODULES", "build_parser", "main"]
+__all__ = ["COMMAND_MODULES", "HelpWithDefaults", "all_parsers", "build_parser", "main"]

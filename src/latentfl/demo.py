@@ -5,8 +5,9 @@ only a few classes. The ``--method`` (FedDGM by default) runs over the real daem
 and one process per participant on 127.0.0.1, CurveZMQ with signed messages
 (:class:`~latentfl.platform.local.LocalConsortium`). The other method then runs in-process on the
 same split with the same surrogate, local training and global architecture (the simulator drives
-the same strategies). A line is printed per round, then the table, and the last round's FedDGM
-synthetic images are saved as a PNG grid labelled with class names.
+the same strategies). A line is printed whenever a round changes phase (waiting, local training
+with its update count, aggregating) and when it closes, then the table, and the last round's
+FedDGM synthetic images are saved as a PNG grid labelled with class names.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from pathlib import Path
 from latentfl.config import from_dict
 from latentfl.data import load_dataset
 from latentfl.errors import ConfigError, StateError
-from latentfl.log import configure_logging
+from latentfl.log import set_log_level
 from latentfl.platform.coordinator.rounds import load_strategy
 from latentfl.platform.local import LocalConsortium
 from latentfl.simulate import PartitionConfig, SimulationConfig, run_simulation
@@ -88,12 +89,22 @@ def run_demo(*, rounds: int = 3, participants: int = 5, method: str = "feddgm",
         acc = "-" if accuracy is None else f"{100 * accuracy:6.2f}%"
         out(f"{name:<7} round {r}  test acc {acc}  elapsed {time.monotonic() - started:6.1f}s")
 
-    def show_new_rounds(status: Path) -> None:
-        for rec in _history(status)[len(results.get(method, [])):]:
+    shown_phase = ""
+
+    def show_progress(status: Path) -> None:
+        """A line per closed round, and one whenever the round's phase or counts change."""
+        nonlocal shown_phase
+        live = _live(status)
+        for rec in live.get("history", [])[len(results.get(method, [])):]:
             show(method, rec["round"], rec["metrics"].get("accuracy"))
+        phase = phase_line(live, participants, method)
+        if phase and phase != shown_phase:
+            shown_phase = phase
+            out(f"{method:<7} {phase}  elapsed {time.monotonic() - started:6.1f}s")
 
     out(f"{participants} participants, Dirichlet alpha {partition.alpha} on {DATA}; {method} "
         "over the daemons (one process per party, CurveZMQ on 127.0.0.1)")
+    out(f"{method:<7} starting the coordinator and {participants} participant processes")
     with LocalConsortium(root, participants, session="demo", partition=partition,
                          coordinator={"rounds": rounds, "seed": seed, "test_data": DATA,
                                       "device": "cpu", "round_deadline": 300.0,
@@ -102,20 +113,21 @@ def run_demo(*, rounds: int = 3, participants: int = 5, method: str = "feddgm",
         consortium.start()
         status = consortium.state_dir / "status.json"
         while (code := consortium.supervisor.exit_codes()["coordinator"]) is None:
-            show_new_rounds(status)
+            show_progress(status)
             if time.monotonic() - started > timeout_s:
                 raise StateError(f"the demo did not finish within {timeout_s:.0f}s; see the "
                                  f"logs in {root / 'logs'}.")
             time.sleep(0.5)
         consortium.wait_finished(timeout_s=0)
-    show_new_rounds(status)
+    show_progress(status)
     ok = code == 0 and len(results.get(method, [])) == rounds
     sets = None
     if ok and method == "feddgm":
         sets = load_strategy(consortium.coordinator_config())[1].synthetic_sets()
     if ok and compare:
         other = METHODS[1 - METHODS.index(method)]
-        configure_logging("console", level="warning")  # the round lines say what happens
+        set_log_level("warning")  # the round lines say what happens
+        out(f"{other:<7} in-process on the same split, the same models and seeds")
         sim = run_simulation(
             SimulationConfig(data=DATA, participants=participants, rounds=rounds, seed=seed,
                              device="cpu", partition=partition,
@@ -139,12 +151,29 @@ def run_demo(*, rounds: int = 3, participants: int = 5, method: str = "feddgm",
     return 0 if ok else 1
 
 
-def _history(status: Path) -> list[dict]:
-    """The coordinator's finished rounds so far (none before its first status file)."""
+def _live(status: Path) -> dict:
+    """The coordinator's status file ({} before it writes one)."""
     try:
-        return json.loads(status.read_text()).get("history", [])
+        return json.loads(status.read_text())
     except (OSError, ValueError):
-        return []
+        return {}
+
+
+def phase_line(live: dict, participants: int, method: str) -> str | None:
+    """What the coordinator's round is doing, from its status file (None when it is not in a
+    round: before it starts, and after the last)."""
+    phase, r = live.get("phase"), live.get("round")
+    received, planned = len(live.get("received", [])), len(live.get("planned", []))
+    if phase == "waiting":
+        online = sum(1 for p in live.get("participants", {}).values() if p.get("online"))
+        return f"round {r}  waiting for participants ({online} of {participants} online)"
+    if phase == "collecting":
+        return f"round {r}  local training at the sites: updates {received}/{planned}"
+    if phase == "aggregating":
+        work = (": distilling a synthetic set per participant, then training the global model"
+                if method == "feddgm" else "")
+        return f"round {r}  aggregating {received} updates{work}"
+    return None
 
 
 def _run(args) -> int:
@@ -169,4 +198,4 @@ def register(subparsers) -> None:
     p.set_defaults(handler=_run)
 
 
-__all__ = ["run_demo", "strategy"]
+__all__ = ["phase_line", "run_demo", "strategy"]

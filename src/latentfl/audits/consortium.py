@@ -1,14 +1,20 @@
 """The consortium's privacy report, rendered by the operator from what participants shared.
 
 One entry per participant: its DP ledger summary (spent epsilon, delta, own budget), how its
-updates are aggregated (which says what the coordinator sees), and the audit aggregates it
-chose to share (``report.shareable_aggregates``; numbers only, never images). Flags first.
+updates are aggregated (which says what the coordinator sees), the tasks it declined (its own
+site policy, a failed run) and the audit aggregates it chose to share
+(``report.shareable_aggregates``; numbers only, never images). Flags first.
+
+A site is flagged for what reached the coordinator: updates without a DP ledger, a budget
+passed, a flagged audit. A site that declined its tasks sent nothing for those rounds, so it is
+listed as having declined, never flagged for it.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,6 +36,27 @@ class ConsortiumEntry:
     aggregation_mode: str
     ledger: dict[str, Any] | None = None
     audits: dict[str, dict[str, Any]] = field(default_factory=dict)
+    #: updates the coordinator accepted from it (None: not known, taken as some)
+    updates: int | None = None
+    #: tasks it declined, by reason (a site-policy rule such as budget_exceeded, or a Reason)
+    declined: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ReportScope:
+    """What the report covers: the session, the rounds closed of those planned, and when."""
+
+    session: str
+    rounds_done: int
+    rounds_planned: int
+    generated: float
+
+    def describe(self) -> str:
+        when = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(self.generated))
+        covered = (f"rounds 1 to {self.rounds_done}" if self.rounds_done > 1
+                   else "round 1" if self.rounds_done == 1 else "no round closed yet")
+        return (f"session {self.session}: {covered} of {self.rounds_planned} planned; "
+                f"generated {when}")
 
 
 def entry_flags(entry: ConsortiumEntry) -> list[str]:
@@ -37,9 +64,10 @@ def entry_flags(entry: ConsortiumEntry) -> list[str]:
     flags = []
     ledger = entry.ledger
     eps = None if ledger is None else ledger.get("epsilon")
-    if ledger is None or eps is None or not math.isfinite(float(eps)):
+    contributed = entry.updates is None or entry.updates > 0
+    if contributed and (ledger is None or eps is None or not math.isfinite(float(eps))):
         flags.append("no differential-privacy guarantee on its updates")
-    else:
+    elif ledger is not None and eps is not None:
         budget = ledger.get("budget")
         if budget is not None and float(eps) > float(budget):
             flags.append(f"spent epsilon {float(eps):.2f} exceeds its budget {float(budget):.2f}")
@@ -51,19 +79,45 @@ def entry_flags(entry: ConsortiumEntry) -> list[str]:
     return flags
 
 
-def _ledger_cell(ledger: dict[str, Any] | None) -> str:
+#: How each ledger number is shown: epsilon to 2 decimals, the rest to 3 significant digits.
+_LEDGER_FORMATS = (("delta", "delta {:.2g}"), ("budget", "budget {:.2f}"),
+                   ("steps", "{:.0f} DP-SGD steps"), ("noise_multiplier", "noise multiplier {:.3g}"),
+                   ("max_grad_norm", "clip norm {:.3g}"), ("sample_rate", "sample rate {:.3g}"))
+
+
+def _ledger_cell(entry: ConsortiumEntry) -> str:
+    ledger = entry.ledger
     if ledger is None:
+        if entry.updates == 0:
+            return "no update sent, so nothing to account"
         return "not reported (no DP ledger in its updates)"
     parts = [f"epsilon {float(ledger['epsilon']):.2f}" if ledger.get("epsilon") is not None
              else "epsilon unknown"]
-    if ledger.get("delta") is not None:
-        parts.append(f"delta {float(ledger['delta']):g}")
-    if ledger.get("budget") is not None:
-        parts.append(f"budget {float(ledger['budget']):.2f}")
-    for key in ("steps", "noise_multiplier", "max_grad_norm", "sample_rate"):
-        if ledger.get(key) is not None:
-            parts.append(f"{key.replace('_', ' ')} {ledger[key]}")
+    parts += [text.format(float(ledger[key])) for key, text in _LEDGER_FORMATS
+              if ledger.get(key) is not None]
+    if ledger.get("round") is not None:
+        parts.append(f"as of round {ledger['round']}")
     return ", ".join(parts)
+
+
+def _declined_cell(entry: ConsortiumEntry) -> str:
+    if not entry.declined:
+        return ""
+    total = sum(entry.declined.values())
+    reasons = ", ".join(f"{reason} x{n}" for reason, n in sorted(entry.declined.items()))
+    return (f"declined {total} task{'s' if total > 1 else ''} ({reasons}): the site's own "
+            "decision; nothing of its data was used in those rounds")
+
+
+def _status(entry: ConsortiumEntry, flags: list[str]) -> tuple[str, str]:
+    """The status cell's CSS class and label."""
+    if flags:
+        return "flag", "FLAG"
+    if entry.updates == 0 and entry.declined:
+        return "info", "DECLINED"
+    if entry.updates == 0:
+        return "info", "NO UPDATES"
+    return "pass", "OK"
 
 
 def _audit_cell(audits: dict[str, dict[str, Any]]) -> str:
@@ -79,40 +133,56 @@ def _audit_cell(audits: dict[str, dict[str, Any]]) -> str:
     return "".join(out)
 
 
-def render_consortium_report(entries: list[ConsortiumEntry],
-                             out_dir: Path | str) -> tuple[Path, Path]:
+def render_consortium_report(entries: list[ConsortiumEntry], out_dir: Path | str, *,
+                             scope: ReportScope | None = None) -> tuple[Path, Path]:
     """Write ``consortium_report.html`` and ``consortium_report.json`` into ``out_dir``."""
     flags = {e.participant: entry_flags(e) for e in entries}
     flagged = [p for p, f in flags.items() if f]
+    declined = [e.participant for e in entries if e.updates == 0 and e.declined]
     if flagged:
         head = f"ATTENTION: {len(flagged)} of {len(entries)} participants have flags."
     else:
-        head = f"No flags: all {len(entries)} participants train with DP and shared clean audits."
+        head = f"No flags among {len(entries)} participants."
+    detail = "Participants with flags are listed first, with the reasons."
+    if declined:
+        detail += (f" {len(declined)} declined every task given and sent no update: "
+                   "the site's own decision, not a flag.")
     flag_list = "".join(f"<li><b>{escape(p)}</b>: {escape('; '.join(f))}</li>"
                         for p, f in flags.items() if f)
     ordered = sorted(entries, key=lambda e: not flags[e.participant])  # flagged first, stable
-    rows = "".join(
-        f"<tr><td><b>{escape(e.participant)}</b></td><td>{escape(e.aggregation_mode)}</td>"
-        f"<td>{escape(_ledger_cell(e.ledger))}</td><td>{_audit_cell(e.audits)}</td>"
-        f"<td class='status {'flag' if flags[e.participant] else 'pass'}'>"
-        f"{'FLAG' if flags[e.participant] else 'OK'}</td></tr>" for e in ordered)
+    rows = []
+    for e in ordered:
+        kind, label = _status(e, flags[e.participant])
+        decl = _declined_cell(e)
+        ledger = escape(_ledger_cell(e)) + (f"<div class='expl'>{escape(decl)}</div>"
+                                            if decl else "")
+        rows.append(f"<tr><td><b>{escape(e.participant)}</b></td>"
+                    f"<td>{escape(e.aggregation_mode)}</td>"
+                    f"<td>{'-' if e.updates is None else e.updates}</td><td>{ledger}</td>"
+                    f"<td>{_audit_cell(e.audits)}</td>"
+                    f"<td class='status {kind}'>{label}</td></tr>")
     body = (
         "<h1>Consortium privacy report</h1>"
-        "<div class='sub'>Per participant: the privacy budget spent (DP ledger), what the "
-        "coordinator sees of its updates, and the audit results it chose to share.</div>"
-        + banner(bool(flagged), head, "Participants with flags are listed first, with the reasons.")
+        + (f"<div class='sub'><b>{escape(scope.describe())}</b></div>" if scope else "")
+        + "<div class='sub'>Per participant: the updates the coordinator accepted, the privacy "
+          "budget spent (DP ledger), the tasks it declined, what the coordinator sees of its "
+          "updates, and the audit results it chose to share.</div>"
+        + banner(bool(flagged), head, detail)
         + (f"<ul>{flag_list}</ul>" if flag_list else "")
-        + "<table class='v'><tr><th>Participant</th><th>Aggregation</th><th>DP ledger</th>"
-          "<th>Shared audit results</th><th>Status</th></tr>" + rows + "</table>"
+        + "<table class='v'><tr><th>Participant</th><th>Aggregation</th><th>Updates</th>"
+          "<th>DP ledger</th><th>Shared audit results</th><th>Status</th></tr>"
+        + "".join(rows) + "</table>"
         + "<style>.flagx{color:#c0392b;font-weight:700}.passx{color:#1e8449;font-weight:700}"
-          ".infox{color:#555}</style>"
+          ".infox{color:#555}td.status.info{background:#d6e4f0;color:#1a1a1a}</style>"
     )
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     html_path, json_path = out / "consortium_report.html", out / "consortium_report.json"
-    report = {"kind": "consortium-report", "flagged": flagged,
+    report = {"kind": "consortium-report", "flagged": flagged, "declined": declined,
+              "scope": None if scope is None else vars(scope),
               "participants": [{"participant": e.participant,
                                 "aggregation_mode": e.aggregation_mode, "ledger": e.ledger,
+                                "updates": e.updates, "declined": e.declined,
                                 "audits": e.audits, "flags": flags[e.participant]}
                                for e in entries]}
     write_atomic(html_path, page("Consortium privacy report", body).encode("utf-8"))
@@ -121,4 +191,4 @@ def render_consortium_report(entries: list[ConsortiumEntry],
     return html_path, json_path
 
 
-__all__ = ["ConsortiumEntry", "entry_flags", "render_consortium_report"]
+__all__ = ["ConsortiumEntry", "ReportScope", "entry_flags", "render_consortium_report"]

@@ -27,7 +27,8 @@ def register(subparsers: Any) -> None:
     part = commands.add_parser("partition", help="per-client class counts of a partition")
     part.add_argument("spec", help=_SPEC_HELP)
     part.add_argument("--clients", type=int, required=True, help="number of clients")
-    part.add_argument("--scheme", choices=PARTITION_SCHEMES, default="dirichlet")
+    part.add_argument("--scheme", choices=PARTITION_SCHEMES, default="dirichlet",
+                      help="How classes are spread over clients (docs/data.md)")
     part.add_argument("--alpha", type=float, default=0.5, help="Dirichlet concentration")
     part.add_argument("--seed", type=int, default=0, help="seed of the random split")
     part.add_argument("--min-size", type=int, default=10, help="Dirichlet: samples per client")

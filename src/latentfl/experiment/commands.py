@@ -10,17 +10,18 @@ from pathlib import Path
 from latentfl.config import load_config
 from latentfl.experiment.config import ExperimentConfig, grid, restrict
 from latentfl.experiment.runner import run_experiment
-from latentfl.log import configure_logging
+from latentfl.log import set_log_level
 
 
 def _run(args) -> int:
     config = load_config(args.config, ExperimentConfig, overrides=args.set)
     if args.only:
         config = restrict(config, args.only)
-    config = replace(config, output=Path(os.path.normpath(config.output)))
+    output = args.output or config.output or Path("runs") / args.config.stem
+    config = replace(config, output=Path(os.path.normpath(output)))
     if not args.no_progress and args.log_level == "info":
         # the progress bar shows each round; per-round log lines would only break it up
-        configure_logging("console", level="warning")
+        set_log_level("warning")
     cells = grid(config)
     print(f"experiment: {len(cells)} cells ({len(config.methods)} methods x "
           f"{len(config.alphas)} alphas x {max(1, len(config.architectures))} architectures x "
@@ -47,6 +48,10 @@ def register(subparsers) -> None:
         "--only", metavar="CELLS",
         help="Run only these cells: key=value pairs over method, alpha, architecture and seed, "
              "e.g. method=dynafed,alpha=0.01,seed=0. results.csv keeps the other cells' rows.")
+    parser.add_argument("--output", type=Path, metavar="DIR",
+                        help="Output folder, relative to the current directory (default: the "
+                             "file's output, else runs/NAME, NAME the file's name without "
+                             ".toml).")
     parser.add_argument("--no-progress", action="store_true", help="Hide the progress bar.")
     parser.set_defaults(handler=_run)
 

@@ -5,8 +5,10 @@ Every cell is one in-process federation (:func:`latentfl.simulate.run_simulation
 (``seed``, ``partition.seed`` and ``strategy.local.seed`` all take the cell's seed, so every method
 sees the same partition for a given alpha and seed) and the global architecture.
 
-Paths: ``output`` is a path and, like every path in a config file, relative to the file's folder.
-A dataset spec (``simulation.data``) is passed to the data loader as written, so a relative
+Paths: ``output``, when the file sets it, is relative to the file's folder like every path in a
+config file; left out (as in the shipped files), ``latentfl experiment`` writes to
+``runs/NAME`` under the current directory, NAME the file's name without ``.toml``, so a run
+from a fresh clone never writes into the checkout's experiments folder. A dataset spec (``simulation.data``) is passed to the data loader as written, so a relative
 ``imagefolder:`` or ``npz:`` path is relative to the working directory: the shipped experiment
 files are meant to be run from the repository root.
 """
@@ -47,7 +49,9 @@ class Architecture:
 class ExperimentConfig:
     """A grid of federated runs and where their results go."""
 
-    output: Path = option(help="Folder for results.csv, table.md, convergence.png and runs/.")
+    output: Path | None = option(None, help="Folder for results.csv, table.md, "
+                                 "convergence.png and runs/ (none: runs/NAME under the current "
+                                 "directory, NAME the file's name without .toml).")
     methods: tuple[str, ...] = option(("fedavg",), help="Methods to compare (fedavg, fedprox, "
                                       "fednova, dynafed, feddgm).")
     alphas: tuple[float, ...] = option((0.5,), help="Dirichlet concentrations of the partition.")
@@ -111,6 +115,14 @@ def cell_key(method: str, alpha: float, architecture: str, seed: int) -> str:
     return f"{method}__alpha{alpha:g}__{architecture}__seed{seed}"
 
 
+def output_folder(config: ExperimentConfig) -> Path:
+    """The experiment's output folder; ConfigError when none was chosen."""
+    if config.output is None:
+        raise ConfigError("the experiment has no output folder; set output in the file or "
+                          "pass --output DIR.")
+    return config.output
+
+
 def grid(config: ExperimentConfig) -> list[Cell]:
     """Every cell of the grid, in method, alpha, architecture, seed order."""
     base = config.simulation
@@ -125,7 +137,7 @@ def grid(config: ExperimentConfig) -> list[Cell]:
                     sim = replace(
                         base,
                         seed=seed,
-                        output=config.output / "runs" / key,
+                        output=output_folder(config) / "runs" / key,
                         partition=replace(base.partition, alpha=alpha, seed=seed),
                         strategy=_strategy_for(base, method, arch, seed),
                     )
@@ -192,4 +204,4 @@ def _strategy_for(base: SimulationConfig, method: str, arch: Architecture, seed:
 
 
 __all__ = ["AVERAGING_METHODS", "Architecture", "Cell", "ExperimentConfig", "cell_key", "grid",
-           "restrict"]
+           "output_folder", "restrict"]

@@ -11,7 +11,7 @@ from typing import Any
 
 from latentfl.durable import write_atomic
 from latentfl.experiment._files import read_rounds
-from latentfl.experiment.config import Cell, ExperimentConfig, cell_key
+from latentfl.experiment.config import Cell, ExperimentConfig, cell_key, output_folder
 
 
 def mean_std(values: Sequence[float]) -> tuple[float, float]:
@@ -47,7 +47,7 @@ def render_table(config: ExperimentConfig, rows: Sequence[dict[str, Any]],
         by_key[(r["method"], r["alpha"], r["architecture"])].append(r)
     seeds = len(config.seeds)
     lines = [
-        f"# Experiment: {config.output.name}",
+        f"# Experiment: {output_folder(config).name}",
         "",
         f"Data `{sim.data}`; {sim.participants} participants, {100 * sim.fraction:g}% sampled per "
         f"round, {sim.rounds} rounds; partition `{sim.partition.scheme}` (seed "

@@ -32,7 +32,7 @@ from latentfl.data import load_dataset
 from latentfl.durable import write_atomic
 from latentfl.errors import DataError
 from latentfl.experiment._files import read_rounds
-from latentfl.experiment.config import Cell, ExperimentConfig, grid
+from latentfl.experiment.config import Cell, ExperimentConfig, grid, output_folder
 from latentfl.experiment.report import write_plot, write_table
 from latentfl.log import get_logger
 from latentfl.simulate import RoundRecord, run_simulation
@@ -93,7 +93,7 @@ def run_experiment(
     from tqdm import tqdm
 
 
-    out = config.output
+    out = output_folder(config)
     out.mkdir(parents=True, exist_ok=True)
     cells = grid(config)
     old = {row["cell"]: row for row in read_results(out / "results.csv")}

@@ -9,7 +9,7 @@ from typing import Any
 
 from latentfl.config import load_config
 from latentfl.platform.admin_client import AdminClient, AdminConfig
-from latentfl.platform.coordinator.status import render_status
+from latentfl.platform.coordinator.status_view import render_text
 
 DEFAULT_TAIL = 20
 
@@ -24,8 +24,7 @@ def _status(client: AdminClient, args: argparse.Namespace) -> Any:
         return status
     admin = status.get("admin", {})
     paused = "paused" if admin.get("paused") else "not paused"
-    return (render_status(status, running=status.get("pid"))
-            + f"\n\nadmin     {paused}; removed: {_removed(admin)}")
+    return "\n".join([*render_text(status), "", f"admin     {paused}; removed: {_removed(admin)}"])
 
 
 def _pause(client: AdminClient, args: argparse.Namespace) -> Any:

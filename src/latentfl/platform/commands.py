@@ -1,49 +1,51 @@
 """CLI of the daemons: ``latentfl coordinator``, ``latentfl participant``, ``latentfl status``.
 
-Daemons log JSON lines (one event per line) to stderr; ``status`` prints readable text.
+Daemons log through the one set-up in ``latentfl.log`` (readable lines on a terminal, JSON lines
+otherwise or with ``--log-format json``); ``status`` prints readable text, JSON or an HTML page.
 """
 
 from __future__ import annotations
 
+import json
+import sys
 from pathlib import Path
 
 from latentfl.config import load_config
-from latentfl.log import configure_logging
+from latentfl.durable import write_atomic
+from latentfl.exitcodes import ExitCode
 from latentfl.platform.coordinator import (
     Coordinator,
     CoordinatorConfig,
-    daemon_running,
-    read_status,
-    render_status,
-    verify_journal,
+    collect_status,
+    render_html,
+    render_text,
 )
 from latentfl.platform.participant import Agent, ParticipantConfig
 
 
-def _daemon_logging(args) -> None:
-    configure_logging("json", level=args.log_level)
-
-
 def _coordinator(args) -> int:
-    config = load_config(args.config, CoordinatorConfig)
-    _daemon_logging(args)
-    return Coordinator(config).run()
+    return Coordinator(load_config(args.config, CoordinatorConfig)).run()
 
 
 def _participant(args) -> int:
-    config = load_config(args.config, ParticipantConfig)
-    _daemon_logging(args)
-    return Agent(config).run()
+    return Agent(load_config(args.config, ParticipantConfig)).run()
 
 
 def _status(args) -> int:
     config = load_config(args.config, CoordinatorConfig)
-    status = read_status(config.state_dir)  # reads only: never creates the folder
-    print(render_status(status, running=daemon_running(config.state_dir / "coordinator.pid")))
-    journal = config.state_dir / "journal.jsonl"
-    if journal.exists():
-        print(f"\njournal   {journal}: {verify_journal(journal)} entries, hash chain verified")
-    return 0
+    status = collect_status(config)  # reads only: never creates the folder
+    if args.html is not None:
+        write_atomic(args.html, render_html(status).encode("utf-8"))
+    if args.json:
+        json.dump(status, sys.stdout, indent=2, sort_keys=True)
+        sys.stdout.write("\n")
+    else:
+        for line in render_text(status):
+            print(line)
+        if args.html is not None:
+            print(f"\npage    {args.html}")
+    sys.stdout.flush()
+    return int(ExitCode.STATE if status["journal"]["error"] else ExitCode.OK)
 
 
 def register(subparsers) -> None:
@@ -53,8 +55,15 @@ def register(subparsers) -> None:
     p = subparsers.add_parser("participant", help="Run a participant agent at an institution.")
     p.add_argument("--config", required=True, type=Path, help="Participant TOML file.")
     p.set_defaults(handler=_participant)
-    p = subparsers.add_parser("status", help="Show a coordinator's round, phase and participants.")
+    p = subparsers.add_parser(
+        "status", help="Show every enrolled participant, the rounds and their metrics, from a "
+        "coordinator's roster, state folder and journal (no network, no keys).")
     p.add_argument("--config", required=True, type=Path, help="The coordinator's TOML file.")
+    p.add_argument("--json", action="store_true",
+                   help="Print the status as one JSON object instead of text.")
+    p.add_argument("--html", type=Path, metavar="FILE",
+                   help="Also write a self-contained HTML page (participants, rounds, an "
+                        "accuracy-per-round plot) to FILE.")
     p.set_defaults(handler=_status)
 
 

@@ -9,7 +9,9 @@
 from __future__ import annotations
 
 import argparse
+import math
 import statistics
+import sys
 import time
 from pathlib import Path
 
@@ -17,7 +19,7 @@ import torch
 
 from latentfl.config import load_config
 from latentfl.errors import ConfigError
-from latentfl.models import build_model
+from latentfl.models import MODEL_NAMES, build_model
 from latentfl.platform.crypto.ckks_keys import write_ckks_keys
 from latentfl.platform.participant.config import ParticipantConfig
 from latentfl.privacy.accounting import plan_dp_sgd
@@ -43,11 +45,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     noise = plan.add_mutually_exclusive_group(required=True)
     noise.add_argument("--epsilon", type=float, help="Target epsilon after all rounds.")
     noise.add_argument("--noise-multiplier", type=float, help="A given noise multiplier.")
-    plan.add_argument("--delta", type=float, default=1e-5, help="Target delta (default 1e-5).")
-    plan.add_argument("--max-steps", type=int, default=None, help="Cap on steps per round.")
-    plan.add_argument("--accountant", choices=["rdp", "prv"], default="rdp")
-    plan.add_argument("--model", default=None, help="Also print the CKKS cost of one update.")
-    plan.add_argument("--num-classes", type=int, default=10)
+    plan.add_argument("--delta", type=float, default=1e-5,
+                      help="Target delta; keep it well below 1/examples.")
+    plan.add_argument("--max-steps", type=int, default=None,
+                      help="Cap on steps per round (none: the epochs decide).")
+    plan.add_argument("--accountant", choices=["rdp", "prv"], default="rdp",
+                      help="Privacy accountant: Renyi DP or the PRV accountant (tighter).")
+    plan.add_argument("--model", default=None, metavar="NAME",
+                      help=f"Also print the CKKS cost of one update of this model "
+                           f"({', '.join(MODEL_NAMES)}).")
+    plan.add_argument("--num-classes", type=int, default=10,
+                      help="Classes of the model's output layer (with --model).")
     plan.add_argument("--in-shape", default="3,32,32", help="C,H,W of the model input.")
     plan.set_defaults(handler=run_plan)
 
@@ -65,14 +73,56 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "secret sealed to each enrolled participant.",
     )
     keys.add_argument("key_dir", type=Path, help="Key folder made by `latentfl keys`.")
-    keys.add_argument("--poly-modulus-degree", type=int, default=8192)
-    keys.add_argument("--coeff-mod-bit-sizes", default="60,40,60")
-    keys.add_argument("--scale-bits", type=int, default=40)
+    keys.add_argument("--poly-modulus-degree", type=int, default=8192,
+                      help="CKKS ring dimension N: slots per ciphertext are N/2.")
+    keys.add_argument("--coeff-mod-bit-sizes", default="60,40,60",
+                      help="Bit sizes of the coefficient modulus primes, comma-separated.")
+    keys.add_argument("--scale-bits", type=int, default=40,
+                      help="log2 of the encoding scale (precision of the encrypted values).")
     keys.add_argument("--force", action="store_true", help="Replace existing CKKS key files.")
     keys.set_defaults(handler=run_ckks_keys)
 
 
+def plan_problems(args: argparse.Namespace) -> list[str]:
+    """Every problem with ``privacy plan``'s options, so all are reported before any output."""
+    out = []
+    for flag, value, least in (("--examples", args.examples, 1), ("--batch", args.batch, 1),
+                               ("--epochs", args.epochs, 1), ("--rounds", args.rounds, 1),
+                               ("--num-classes", args.num_classes, 2)):
+        if value < least:
+            out.append(f"{flag} {value}; expected an integer >= {least}.")
+    if args.max_steps is not None and args.max_steps < 1:
+        out.append(f"--max-steps {args.max_steps}; expected an integer >= 1 or none.")
+    if not 0.0 < args.delta < 1.0:
+        out.append(f"--delta {args.delta:g}; expected a value in (0, 1), well below "
+                   "1/examples.")
+    for flag, value in (("--epsilon", args.epsilon), ("--noise-multiplier",
+                                                      args.noise_multiplier)):
+        if value is not None and not value > 0:
+            out.append(f"{flag} {value:g}; expected a value > 0.")
+    if args.model is not None and args.model not in MODEL_NAMES:
+        out.append(f"--model {args.model!r}; expected one of {', '.join(MODEL_NAMES)}.")
+    shape = args.in_shape.split(",")
+    if len(shape) != 3 or not all(v.strip().isdigit() and int(v) > 0 for v in shape):
+        out.append(f"--in-shape {args.in_shape!r}; expected C,H,W such as 3,32,32.")
+    return out
+
+
+def delta_warning(delta: float, examples: int) -> str | None:
+    """A warning when ``delta`` is not well below 1/examples (the chance of a total leak of
+    one record must be far smaller than picking any one record)."""
+    if delta * examples < 0.1:
+        return None
+    return (f"delta {delta:g} is not well below 1/examples = {1 / examples:.2g}: with "
+            f"{examples:,} examples a mechanism may publish about {delta * examples:.2g} "
+            f"records outright and still meet (epsilon, delta); choose delta <= "
+            f"{0.1 / examples:.1g}, e.g. {10 ** math.floor(math.log10(0.1 / examples)):g}.")
+
+
 def run_plan(args: argparse.Namespace) -> int:
+    problems = plan_problems(args)
+    if problems:
+        raise ConfigError("privacy plan: " + " ".join(problems))
     p = plan_dp_sgd(
         num_examples=args.examples,
         batch_size=args.batch,
@@ -84,6 +134,12 @@ def run_plan(args: argparse.Namespace) -> int:
         max_steps=args.max_steps,
         accountant=args.accountant,
     )
+    model = None
+    if args.model:  # built before printing, so a model that cannot take the shape fails first
+        in_shape = tuple(_parse_ints(args.in_shape, "--in-shape"))
+        model = build_model(args.model, args.num_classes, in_shape)
+    if (warning := delta_warning(args.delta, args.examples)) is not None:
+        print(f"latentfl: warning: {warning}", file=sys.stderr)
     how = (
         f"derived from target epsilon {args.epsilon} over all {p.rounds} rounds"
         if args.epsilon is not None
@@ -98,16 +154,12 @@ def run_plan(args: argparse.Namespace) -> int:
     print(f"{'round':>5}  {'steps':>7}  {'epsilon':>9}")
     for r, eps in enumerate(p.epsilons, start=1):
         print(f"{r:>5}  {r * p.steps_per_round:>7}  {eps:>9.3f}")
-    if args.model:
-        _print_ckks_cost(args)
+    if model is not None:
+        _print_ckks_cost(args.model, model)
     return 0
 
 
-def _print_ckks_cost(args: argparse.Namespace) -> None:
-    in_shape = _parse_ints(args.in_shape, "--in-shape")
-    if len(in_shape) != 3:
-        raise ConfigError(f"--in-shape = {args.in_shape!r}; expected C,H,W such as 3,32,32.")
-    model = build_model(args.model, args.num_classes, tuple(in_shape))
+def _print_ckks_cost(name: str, model: torch.nn.Module) -> None:
     length = sum(p.numel() for p in model.parameters())
     ctx = create_context()
     chunk = torch.randn(slot_count(ctx), generator=torch.Generator().manual_seed(0))
@@ -120,7 +172,7 @@ def _print_ckks_cost(args: argparse.Namespace) -> None:
     count = ciphertext_count(length, ctx)
     per_chunk = statistics.median(times)
     print(
-        f"CKKS cost of one {args.model} update ({length:,} parameters; N=8192, "
+        f"CKKS cost of one {name} update ({length:,} parameters; N=8192, "
         f"{slot_count(ctx)} slots per ciphertext):"
     )
     print(f"  ciphertexts: {count}")
@@ -186,4 +238,4 @@ def _parse_ints(text: str, flag: str) -> list[int]:
         raise ConfigError(f"{flag} = {text!r}; expected integers separated by commas.") from None
 
 
-__all__ = ["register", "run_ckks_keys", "run_ledger", "run_plan"]
+__all__ = ["delta_warning", "plan_problems", "register", "run_ckks_keys", "run_ledger", "run_plan"]

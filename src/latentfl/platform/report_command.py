@@ -2,8 +2,10 @@
 
 - ``latentfl report --config coordinator.toml --out DIR``: the operator's consortium privacy
   report (``audits.render_consortium_report``): per participant the DP ledger its last accepted
-  UPDATE reported in its signed header (as journaled), the aggregation mode, and the audit
-  aggregates it chose to share (``STATE/audits/PID.json``). Reads the state folder only.
+  UPDATE reported in its signed header (as journaled), its accepted and declined tasks (from
+  ``collect_status``), the aggregation mode, and the audit aggregates it chose to share
+  (``STATE/audits/PID.json``); headed by the session, the rounds covered and the date. Reads
+  the state folder only.
 - ``latentfl export-model --config coordinator.toml --out FILE``: the global model of the
   latest checkpoint as an audits model file, for ``latentfl audit model``.
 - ``latentfl participant audit --config participant.toml [--share] [--out DIR]``: see
@@ -17,12 +19,18 @@ import json
 from pathlib import Path
 from typing import Any
 
-from latentfl.audits import ConsortiumEntry, ModelSpec, render_consortium_report, save_model_file
+from latentfl.audits import (
+    ConsortiumEntry,
+    ModelSpec,
+    ReportScope,
+    render_consortium_report,
+    save_model_file,
+)
 from latentfl.config import load_config
 from latentfl.data import load_dataset
 from latentfl.errors import ConfigError, StateError
-from latentfl.log import configure_logging
-from latentfl.platform.coordinator import CoordinatorConfig
+from latentfl.log import set_log_level
+from latentfl.platform.coordinator import CoordinatorConfig, collect_status
 from latentfl.platform.coordinator.audit_service import load_shared_audits
 from latentfl.platform.coordinator.journal import read_journal, verify_journal
 from latentfl.platform.coordinator.rounds import load_strategy
@@ -53,14 +61,17 @@ def ledgers_from_journal(journal: Path) -> dict[str, dict[str, Any] | None]:
     return out
 
 
-def consortium_entries(config: Any) -> list[Any]:
-    """One ConsortiumEntry per participant known to the roster, journal or shared audits."""
+def consortium_entries(config: Any) -> tuple[list[Any], ReportScope]:
+    """One ConsortiumEntry per participant known to the roster, journal or shared audits, and
+    what the report covers (session, rounds, time)."""
     journal = config.state_dir / "journal.jsonl"
     if not journal.exists():
         raise StateError(f"no journal in state_dir {config.state_dir}; expected the folder of a "
                          "coordinator that has run.")
     ledgers = ledgers_from_journal(journal)
     shared = load_shared_audits(config.state_dir)
+    status = collect_status(config)
+    people = status["participants"]
     ids = set(ledgers) | set(shared) | set(load_roster(config.roster).active_ids())
     mode = config.aggregation.mode
     entries = []
@@ -70,20 +81,28 @@ def consortium_entries(config: Any) -> list[Any]:
         if record is not None:
             agg = record["aggregates"]
             audits[str(agg.get("kind"))] = agg
+        counts = people.get(pid, {})
         entries.append(ConsortiumEntry(participant=pid, aggregation_mode=mode,
-                                       ledger=ledgers.get(pid), audits=audits))
-    return entries
+                                       ledger=ledgers.get(pid), audits=audits,
+                                       updates=counts.get("accepted", 0),
+                                       declined=dict(counts.get("declined_reasons", {}))))
+    scope = ReportScope(session=config.session, rounds_done=status["rounds_done"],
+                        rounds_planned=config.rounds, generated=status["generated"])
+    return entries, scope
 
 
 def _report(args: argparse.Namespace) -> int:
     config = load_config(args.config, CoordinatorConfig)
-    entries = consortium_entries(config)
-    html_path, json_path = render_consortium_report(entries, args.out)
+    entries, scope = consortium_entries(config)
+    html_path, json_path = render_consortium_report(entries, args.out, scope=scope)
+    print(scope.describe())
     for e in entries:
         eps = None if e.ledger is None else e.ledger.get("epsilon")
         shared = ", ".join(f"{k} {'FLAG' if a.get('flagged') else 'clean'}"
                            for k, a in e.audits.items()) or "no audit shared"
-        print(f"{e.participant}: {e.aggregation_mode}, epsilon "
+        declined = (f", declined {sum(e.declined.values())} tasks "
+                    f"({', '.join(sorted(e.declined))})" if e.declined else "")
+        print(f"{e.participant}: {e.aggregation_mode}, {e.updates} updates{declined}, epsilon "
               f"{'not reported' if eps is None else f'{eps:.2f}'}, {shared}")
     print(f"report: {html_path}\njson:   {json_path}")
     return 0
@@ -113,7 +132,7 @@ def _export(args: argparse.Namespace) -> int:
 
 
 def _participant_audit(args: argparse.Namespace) -> int:
-    configure_logging("console", level="warning")
+    set_log_level("warning")
     config = load_config(args.config, ParticipantConfig)
     out = args.out
     if out is None:

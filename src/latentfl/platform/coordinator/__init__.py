@@ -3,14 +3,16 @@
 ``daemon`` (receive, verify, dispatch, send) and ``router`` (the socket) own the I/O; ``rounds``
 (the round state machine), ``conductor`` (opening and closing rounds in time), ``intake``
 (accepting updates), ``secure`` (CKKS secure aggregation), ``aggregation`` (the worker thread),
-``audit_service``, ``peers``, ``store``, ``journal`` and ``status`` decide and remember.
+``audit_service``, ``peers``, ``store``, ``journal`` and ``status`` decide and remember;
+``status_view`` renders the status for people.
 """
 
 from latentfl.platform.coordinator.config import CoordinatorConfig
 from latentfl.platform.coordinator.daemon import Coordinator
 from latentfl.platform.coordinator.journal import Journal, read_journal, verify_journal
 from latentfl.platform.coordinator.rounds import RoundRecord, Rounds
-from latentfl.platform.coordinator.status import daemon_running, read_status, render_status
+from latentfl.platform.coordinator.status import collect_status, daemon_running
+from latentfl.platform.coordinator.status_view import render_html, render_text
 from latentfl.platform.coordinator.store import StateStore
 
 __all__ = [
@@ -20,9 +22,10 @@ __all__ = [
     "RoundRecord",
     "Rounds",
     "StateStore",
+    "collect_status",
     "daemon_running",
     "read_journal",
-    "read_status",
-    "render_status",
+    "render_html",
+    "render_text",
     "verify_journal",
 ]

@@ -78,7 +78,9 @@ class RoundConductor:
         if tasks:
             self._encoded.clear()
             self.journal.append("round_opened", round=rounds.round, participants=sorted(tasks))
-            self.log.info("round_opened", round=rounds.round, participants=sorted(tasks))
+            self.log.info("round_opened", round=rounds.round, participants=sorted(tasks),
+                          summary=f"round {rounds.round} opened: tasks to {len(tasks)} "
+                                  f"participants ({', '.join(sorted(tasks))})")
             if self.masked is not None:
                 self.masked.open(rounds.round, sorted(tasks), now)
             outbox += [out for pid in tasks for out in self.task_for(pid)]
@@ -164,8 +166,10 @@ class RoundConductor:
 
     def _aggregate(self, aggregate: Update | None = None) -> None:
         """Aggregate in the worker thread, so heartbeats and late messages are still answered."""
-        self.log.info("round_aggregating", round=self.rounds.round,
-                      accepted=len(self.rounds.updates), planned=len(self.rounds.plan))
+        accepted, planned = len(self.rounds.updates), len(self.rounds.plan)
+        self.log.info("round_aggregating", round=self.rounds.round, accepted=accepted,
+                      planned=planned, summary=f"round {self.rounds.round}: aggregating "
+                                               f"{accepted} of {planned} updates")
         self.worker.start(aggregate)
 
     def finish(self, wait: float = 0.0) -> RoundRecord | None:
@@ -177,9 +181,14 @@ class RoundConductor:
         self._encoded.clear()
         self.journal.append("round_closed", round=record.round, accepted=record.accepted,
                             metrics=record.metrics)
+        accuracy = record.metrics.get("accuracy")
         self.log.info("round_closed", round=record.round, accepted=len(record.accepted),
                       planned=len(record.participants), seconds=round(record.seconds, 3),
-                      aggregate_s=round(self.worker.seconds, 3), **record.metrics)
+                      aggregate_s=round(self.worker.seconds, 3), **record.metrics,
+                      summary=f"round {record.round} closed in {record.seconds:.1f} s with "
+                              f"{len(record.accepted)} of {len(record.participants)} updates"
+                              + ("" if accuracy is None else
+                                 f"; test accuracy {100 * accuracy:.1f}%"))
         return record
 
 

@@ -49,7 +49,7 @@ from latentfl.platform.coordinator.roster_watch import RosterWatcher
 from latentfl.platform.coordinator.rounds import Rounds, make_evaluator
 from latentfl.platform.coordinator.router import Router
 from latentfl.platform.coordinator.secure import SecureAggregation
-from latentfl.platform.coordinator.status import status_snapshot
+from latentfl.platform.coordinator.status import collect_status, status_snapshot
 from latentfl.platform.coordinator.store import StateStore, write_json_atomic
 from latentfl.platform.crypto import (
     COORDINATOR_ID,
@@ -121,7 +121,7 @@ class Coordinator:
                                         self.secure, self.masked)
         self.admin = AdminService(self.store, self.journal, self.conductor,
                                   roster=lambda: self.roster_watch.roster,
-                                  status=self.status, session=config.session)
+                                  status=self.admin_status, session=config.session)
         self.router = Router(self.identity, session=config.session,
                              max_message_bytes=config.max_message_bytes)
         self.handlers: dict[Kind, Callable[[Message], Outbox]] = {
@@ -167,7 +167,8 @@ class Coordinator:
             self.journal.append("started", round=self.rounds.round, phase=self.rounds.phase,
                                 endpoint=self.endpoint)
             self.log.info("coordinator_started", endpoint=self.endpoint, round=self.rounds.round,
-                          phase=self.rounds.phase, resumed_updates=len(self.rounds.updates))
+                          phase=self.rounds.phase, resumed_updates=len(self.rounds.updates),
+                          summary=self._startup_summary())
             self._write_status(force=True)
             if ready is not None:
                 ready.set()
@@ -190,6 +191,18 @@ class Coordinator:
             self.replay.close()
             self.store.pid_path.unlink(missing_ok=True)
             self.store.unlock()
+
+    def _startup_summary(self) -> str:
+        """The start-up line for people: where it listens and what it waits for."""
+        rounds, enrolled = self.rounds, len(self.roster_watch.roster.active_ids())
+        where = f"listening on {self.endpoint}, session {self.config.session}"
+        if rounds.phase == "finished":
+            return f"{where}; all {self.config.rounds} rounds are done"
+        if rounds.phase == "collecting":
+            return (f"{where}; resuming round {rounds.round} of {self.config.rounds} with "
+                    f"{len(rounds.updates)} of {len(rounds.plan)} updates")
+        return (f"{where}; round {rounds.round} of {self.config.rounds} waits for "
+                f"{self.config.min_participants} of {enrolled} enrolled participants")
 
     def _loop(self) -> None:
         poller = zmq.Poller()
@@ -291,8 +304,6 @@ class Coordinator:
                             round=header.round if header else None, bytes=size)
         self.log.warning("message_refused", peer=user_id, reason=exc.reason, bytes=size,
                          detail=str(exc)[:200])
-        if (peer := self.peers.get(user_id)) is not None:
-            peer.refused += 1
         if user_id is None:
             return
         meta = {"reason": exc.reason, "detail": str(exc)[:900],
@@ -340,9 +351,7 @@ class Coordinator:
         return []
 
     def _on_update(self, message: Message) -> Outbox:
-        ack, accepted = self.intake.receive(message)
-        self.peers[message.header.sender].accepted += accepted
-        return ack
+        return self.intake.receive(message)[0]
 
     # -- roster, status -------------------------------------------------------------------
     def _check_roster(self, force: bool = False) -> bool:
@@ -366,10 +375,14 @@ class Coordinator:
         return bool(change.revoked)
 
     def status(self, *, stopped: bool = False) -> dict[str, Any]:
-        """What status.json holds and ``latentfl admin status`` returns."""
+        """What status.json holds (``latentfl status`` reads it with the journal)."""
         return {**status_snapshot(self.config, self.rounds, self.peers, endpoint=self.endpoint,
                                   now=time.time(), stopped=stopped),
                 "pid": os.getpid(), "admin": self.admin.state()}
+
+    def admin_status(self) -> dict[str, Any]:
+        """What ``latentfl admin status`` returns: ``latentfl status --json`` plus the admin state."""
+        return {**collect_status(self.config), "admin": self.admin.state()}
 
     def _write_status(self, *, force: bool = False, stopped: bool = False) -> None:
         now = time.time()

@@ -77,7 +77,9 @@ class UpdateIntake:
         self.log.info("update_accepted", round=header.round, peer=pid, bytes=len(message.payload),
                       examples=update.num_examples,
                       ms=round(1000 * (time.perf_counter() - started), 1),
-                      have=len(self.rounds.updates), planned=len(self.rounds.plan))
+                      have=len(self.rounds.updates), planned=len(self.rounds.plan),
+                      summary=f"round {header.round}: updates {len(self.rounds.updates)}/"
+                              f"{len(self.rounds.plan)} (from {pid})")
         return ack, True
 
     def _masked_update(self, message: Message) -> Update:

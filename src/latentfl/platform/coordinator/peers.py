@@ -22,8 +22,6 @@ class Peer:
     last_seen: float = 0.0
     online: bool = False
     summary: dict[str, Any] = field(default_factory=dict)
-    accepted: int = 0
-    refused: int = 0
 
 
 class PeerTable:

@@ -1,20 +1,38 @@
-"""``latentfl status --config FILE``: what the coordinator is doing, read from its state folder.
+"""What a coordinator's consortium looks like now, from its roster, state folder and journal.
 
-The daemon rewrites ``STATE/status.json`` (atomically) whenever something changes; this module
-renders it. Reading a file rather than asking the daemon over the network means status works
-with no keys, and also after the daemon stopped.
+Two sources, each for what it can answer truthfully:
+
+- ``STATE/status.json``, rewritten (atomically) by the running daemon: the round in progress,
+  its phase, who is connected. It says nothing once the daemon is gone, so "online" is only
+  shown while the pid in ``STATE/coordinator.pid`` is alive.
+- The journal and the checkpoints, which survive restarts: every accepted update, refusal and
+  declined task with its round and reason, the refused CURVE handshakes (``zap_refused``), and
+  the closed rounds with their metrics.
+
+:func:`collect_status` joins them with the roster, so every enrolled participant is listed,
+including those never seen and those revoked. ``latentfl status`` (text, ``--json``, ``--html``)
+and the remote admin's status answer both call it.
 """
 
 from __future__ import annotations
 
 import os
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from latentfl.errors import StateError
+from latentfl.errors import LatentFLError
+from latentfl.platform.coordinator.config import CoordinatorConfig
+from latentfl.platform.coordinator.journal import read_journal, verify_journal
 from latentfl.platform.coordinator.peers import PeerTable
 from latentfl.platform.coordinator.store import read_json
+from latentfl.platform.crypto import load_roster
+
+#: Journaled kinds that carry a participant's update (a re-send is journaled with resent=true).
+UPDATE_KINDS = ("UPDATE", "ENCRYPTED_UPDATE")
+#: A participant's state, as listed.
+STATES = ("never-seen", "online", "offline", "revoked", "not-enrolled")
 
 
 def daemon_running(pid_path: Path) -> int | None:
@@ -32,64 +50,166 @@ def daemon_running(pid_path: Path) -> int | None:
     return pid
 
 
-def read_status(state_dir: Path) -> dict[str, Any]:
-    path = Path(state_dir) / "status.json"
-    if not path.exists():
-        raise StateError(f"no status file {path}; the coordinator has not run with this "
-                         "state_dir yet.")
-    data = read_json(path)
-    if not isinstance(data, dict):
-        raise StateError(f"status file {path} is not a JSON object.")
-    return data
-
-
 def status_snapshot(config: Any, rounds: Any, peers: PeerTable, *, endpoint: str,
                     now: float, stopped: bool = False) -> dict[str, Any]:
-    """The JSON the daemon writes to status.json (``rounds`` a Rounds)."""
-    last = rounds.history[-1] if rounds.history else None
+    """The JSON the daemon writes to status.json (``rounds`` a Rounds): the live view only."""
     phase = "stopped" if stopped and rounds.phase != "finished" else rounds.phase
     return {
         "session": config.session, "round": rounds.round, "rounds": config.rounds,
         "phase": phase, "updated": now, "endpoint": endpoint,
         "planned": rounds.plan, "received": sorted(rounds.updates),
-        "participants": {pid: {"online": p.online, "last_seen": p.last_seen,
-                               "accepted": p.accepted, "refused": p.refused}
+        "participants": {pid: {"online": p.online, "last_seen": p.last_seen}
                          for pid, p in peers.items()},
-        "last_round": vars(last) if last else None,
         "history": [vars(h) for h in rounds.history],
     }
 
 
-def _ago(t: float | None, now: float) -> str:
-    if not t:
-        return "never"
-    return f"{now - t:.0f}s ago"
+def _participant_row(state: str, last_seen: float | None) -> dict[str, Any]:
+    return {"state": state, "last_seen": last_seen, "accepted": 0, "refused": 0,
+            "declined": 0, "refused_reasons": {}, "declined_reasons": {}, "rounds": []}
 
 
-def render_status(status: dict[str, Any], *, running: int | None, now: float | None = None) -> str:
-    """Human-readable lines for a status dict."""
+def _round_cell(row: dict[str, Any], round: int) -> dict[str, Any]:
+    for cell in row["rounds"]:
+        if cell["round"] == round:
+            return cell
+    cell = {"round": round, "accepted": 0, "refused": 0, "declined": 0, "reasons": []}
+    row["rounds"].append(cell)
+    return cell
+
+
+def _tally(entries: list[dict[str, Any]], rows: dict[str, dict[str, Any]],
+           new_row: Any) -> dict[str, Any]:
+    """Count the journal's per-participant events into ``rows``; return the ZAP refusals."""
+    refused_keys: dict[str, dict[str, Any]] = {}
+    for e in entries:
+        event, pid = e.get("event"), e.get("peer")
+        if event == "zap_refused":
+            fp = str(e.get("fingerprint"))
+            key = refused_keys.setdefault(fp, {"fingerprint": fp,
+                                               "participant": e.get("participant"),
+                                               "attempts": 0, "last_seen": None})
+            key["attempts"] += int(e.get("count") or 1)
+            key["last_seen"] = e.get("time")
+            continue
+        if not isinstance(pid, str) or event not in ("accepted", "refused", "declined"):
+            continue
+        row = rows.get(pid) or rows.setdefault(pid, new_row(pid))
+        row["last_seen"] = max(row["last_seen"] or 0.0, float(e.get("time") or 0.0)) or None
+        if event == "accepted" and (e.get("kind") not in UPDATE_KINDS or e.get("resent")):
+            continue  # HELLO, heartbeats, BYE, re-sends: seen, not counted
+        row[event] += 1
+        reason = str(e.get("reason"))
+        if event != "accepted":
+            reasons = row[f"{event}_reasons"]
+            reasons[reason] = reasons.get(reason, 0) + 1
+        if isinstance(e.get("round"), int) and e["round"] > 0:
+            cell = _round_cell(row, e["round"])
+            cell[event] += 1
+            if event != "accepted":
+                cell["reasons"].append(f"{event}: {reason}")
+    for row in rows.values():
+        row["rounds"].sort(key=lambda c: c["round"])
+    attempts = sum(k["attempts"] for k in refused_keys.values())
+    return {"attempts": attempts, "keys": sorted(refused_keys.values(),
+                                                 key=lambda k: -k["attempts"])}
+
+
+def _journal(path: Path) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """The journal's check result and its entries (what could be read of a damaged one)."""
+    info: dict[str, Any] = {"path": str(path), "entries": 0, "verified": False, "error": None}
+    if not path.exists():
+        return info, []
+    try:
+        info["entries"], info["verified"] = verify_journal(path), True
+    except LatentFLError as exc:
+        info["error"] = str(exc)
+    try:
+        entries = read_journal(path)
+    except ValueError:
+        entries = []
+    info["entries"] = info["entries"] or len(entries)
+    return info, entries
+
+
+def _history(state_dir: Path, live: dict[str, Any]) -> list[dict[str, Any]]:
+    """The closed rounds, from the latest checkpoint (the live status file may be older)."""
+    latest = state_dir / "latest.json"
+    try:
+        round = read_json(latest)["round"]
+        meta = read_json(state_dir / "checkpoints" / f"round-{round:06d}.json")
+        return list(meta.get("history", []))
+    except (LatentFLError, KeyError, TypeError, ValueError):
+        return list(live.get("history", []))
+
+
+def collect_status(config: CoordinatorConfig, *, now: float | None = None) -> dict[str, Any]:
+    """The consortium's status as a JSON-able dict.
+
+    Reads only: the roster, ``STATE/status.json``, the checkpoints and the journal; never
+    creates the state folder. A damaged journal is reported in ``journal.error`` (its readable
+    lines still count) rather than raised, so an operator still sees the rest.
+    """
     now = time.time() if now is None else now
-    daemon = f"running (pid {running})" if running else "not running"
-    total = status.get("rounds") or 0
-    shown_round = min(status.get("round") or 0, total)
-    lines = [
-        f"session   {status.get('session')}   coordinator {daemon}",
-        f"round     {shown_round} of {total}   phase {status.get('phase')}",
-        f"updated   {_ago(status.get('updated'), now)}",
-        "",
-        f"{'participant':<20} {'online':<7} {'last seen':<12} {'accepted':>8} {'refused':>8}",
-    ]
-    for pid, p in sorted(status.get("participants", {}).items()):
-        online = "yes" if p.get("online") and running else "no"
-        lines.append(f"{pid:<20} {online:<7} "
-                     f"{_ago(p.get('last_seen'), now):<12} {p.get('accepted', 0):>8} "
-                     f"{p.get('refused', 0):>8}")
-    last = status.get("last_round")
-    if last:
-        metrics = ", ".join(f"{k}={v:.4g}" for k, v in sorted(last.get("metrics", {}).items()))
-        lines += ["", f"last round {last.get('round')}: {len(last.get('accepted', []))} updates "
-                      f"in {last.get('seconds', 0):.1f}s; {metrics}"]
-    return "\n".join(lines)
+    state_dir = Path(config.state_dir)
+    roster = load_roster(config.roster)
+    live_path = state_dir / "status.json"
+    live = read_json(live_path) if live_path.exists() else {}
+    pid = daemon_running(state_dir / "coordinator.pid")
+    live_peers = live.get("participants", {})
+
+    def new_row(participant: str) -> dict[str, Any]:
+        entry = roster.participants.get(participant)
+        seen = (live_peers.get(participant) or {}).get("last_seen") or None
+        if entry is None:
+            return _participant_row("not-enrolled", seen)
+        if not entry.active:
+            return _participant_row("revoked", seen)
+        if pid and (live_peers.get(participant) or {}).get("online"):
+            return _participant_row("online", seen)
+        return _participant_row("offline" if seen else "never-seen", seen)
+
+    rows = {p: new_row(p) for p in roster.participants}
+    journal, entries = _journal(state_dir / "journal.jsonl")
+    refused = _tally(entries, rows, new_row)
+    for row in rows.values():
+        if row["state"] == "never-seen" and row["last_seen"]:
+            row["state"] = "offline"
+    history = _history(state_dir, live)
+    finished = bool(history) and history[-1].get("round", 0) >= config.rounds
+    if pid:
+        phase = live.get("phase", "starting")
+    else:
+        phase = "finished" if finished else ("stopped" if live else "not-started")
+    by_round: dict[int, Counter] = {}
+    for row in rows.values():
+        for cell in row["rounds"]:
+            by_round.setdefault(cell["round"], Counter()).update(
+                {k: cell[k] for k in ("accepted", "refused", "declined")})
+    rounds = [{"round": h.get("round"), "planned": len(h.get("participants", [])),
+               "accepted": len(h.get("accepted", [])), "seconds": h.get("seconds"),
+               "metrics": h.get("metrics", {}),
+               "refused": by_round.get(h.get("round"), Counter())["refused"],
+               "declined": by_round.get(h.get("round"), Counter())["declined"]}
+              for h in history]
+    current = None
+    if pid and phase in ("waiting", "collecting", "aggregating"):
+        current = {"round": live.get("round"), "phase": phase,
+                   "planned": list(live.get("planned", [])),
+                   "received": list(live.get("received", []))}
+    return {
+        "session": config.session, "generated": now,
+        "coordinator": {"running": pid is not None, "pid": pid,
+                        "endpoint": live.get("endpoint", config.bind),
+                        "updated": live.get("updated")},
+        "phase": phase, "rounds_done": len(history), "rounds": config.rounds,
+        "min_participants": config.min_participants,
+        "round_in_progress": current,
+        "participants": rows,
+        "refused_connections": refused,
+        "history": rounds,
+        "journal": journal,
+    }
 
 
-__all__ = ["daemon_running", "read_status", "render_status", "status_snapshot"]
+__all__ = ["STATES", "collect_status", "daemon_running", "status_snapshot"]
