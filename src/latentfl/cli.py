@@ -13,7 +13,15 @@ import sys
 from collections.abc import Sequence
 
 from latentfl import __version__
-from latentfl.errors import LatentFLError, SecurityError, StateError
+from latentfl.errors import (
+    AddressInUseError,
+    LatentFLError,
+    NotEnrolledError,
+    RefusedError,
+    SecurityError,
+    StateError,
+    StateFolderError,
+)
 from latentfl.exitcodes import ExitCode
 from latentfl.log import configure_logging
 
@@ -46,6 +54,23 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# most specific first: the first class the error is an instance of gives the exit status
+_EXIT_CODES: tuple[tuple[type[LatentFLError], ExitCode], ...] = (
+    (AddressInUseError, ExitCode.ADDRESS_IN_USE),
+    (StateFolderError, ExitCode.STATE_FOLDER),
+    (NotEnrolledError, ExitCode.NOT_ENROLLED),
+    (RefusedError, ExitCode.REFUSED),
+    (SecurityError, ExitCode.SECURITY),
+    (StateError, ExitCode.STATE),
+)
+
+
+def exit_code_of(error: LatentFLError) -> ExitCode:
+    """The documented exit status of a LatentFLError (USER_ERROR for the plain ones)."""
+    return next((code for kind, code in _EXIT_CODES if isinstance(error, kind)),
+                ExitCode.USER_ERROR)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -56,18 +81,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     configure_logging("console", level=args.log_level)
     try:
         return int(handler(args) or 0)
-    except SecurityError as exc:
-        print(f"latentfl: error: {exc}", file=sys.stderr)
-        return int(ExitCode.SECURITY)
-    except StateError as exc:
-        print(f"latentfl: error: {exc}", file=sys.stderr)
-        return int(ExitCode.STATE)
     except LatentFLError as exc:
         print(f"latentfl: error: {exc}", file=sys.stderr)
-        return int(ExitCode.USER_ERROR)
+        return int(exit_code_of(exc))
     except KeyboardInterrupt:
         print("latentfl: interrupted", file=sys.stderr)
         return int(ExitCode.INTERRUPTED)
 
 
-__all__ = ["COMMAND_MODULES", "build_parser", "main"]
+__all__ = ["COMMAND_MODULES", "build_parser", "exit_code_of", "main"]

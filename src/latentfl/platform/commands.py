@@ -15,7 +15,7 @@ from latentfl.platform.coordinator import (
     daemon_running,
     read_status,
     render_status,
-    verify_journal,
+    verify_against_checkpoint,
 )
 from latentfl.platform.participant import Agent, ParticipantConfig
 
@@ -27,7 +27,7 @@ def _daemon_logging(args) -> None:
 def _coordinator(args) -> int:
     config = load_config(args.config, CoordinatorConfig)
     _daemon_logging(args)
-    return Coordinator(config).run()
+    return Coordinator(config, accept_journal_loss=args.accept_journal_loss).run()
 
 
 def _participant(args) -> int:
@@ -41,14 +41,17 @@ def _status(args) -> int:
     status = read_status(config.state_dir)  # reads only: never creates the folder
     print(render_status(status, running=daemon_running(config.state_dir / "coordinator.pid")))
     journal = config.state_dir / "journal.jsonl"
-    if journal.exists():
-        print(f"\njournal   {journal}: {verify_journal(journal)} entries, hash chain verified")
+    entries = verify_against_checkpoint(journal, config.state_dir)  # StateError if lost
+    print(f"\njournal   {journal}: {entries} entries, hash chain verified")
     return 0
 
 
 def register(subparsers) -> None:
     p = subparsers.add_parser("coordinator", help="Run the coordinator daemon.")
     p.add_argument("--config", required=True, type=Path, help="Coordinator TOML file.")
+    p.add_argument("--accept-journal-loss", action="store_true",
+                   help="Start even though the journal lost entries the latest checkpoint "
+                        "recorded (the damaged file is kept aside, the loss journaled).")
     p.set_defaults(handler=_coordinator)
     p = subparsers.add_parser("participant", help="Run a participant agent at an institution.")
     p.add_argument("--config", required=True, type=Path, help="Participant TOML file.")

@@ -7,8 +7,15 @@ handed to the handler its kind names in a table; handlers and the time-driven st
 outbox of :class:`~latentfl.platform.protocol.Outgoing` messages that the loop signs and sends.
 The decisions live in socket-free parts: the rounds (``rounds.Rounds``), CKKS secure aggregation
 (``secure.SecureAggregation``), the audit answers (``audit_service``), and the aggregation
-worker thread (``aggregation.AggregationWorker``). Any ProtocolError becomes a REJECT to that
-peer naming the reason, a journal entry and one log line; the loop keeps serving.
+worker thread (``aggregation.AggregationWorker``). ``_receive`` is the fault barrier: any
+exception while handling one message (a ProtocolError, or a bug our code hit on a peer's
+input) becomes a REJECT to that peer naming the reason (``internal`` when nothing better fits),
+a journal entry and one log line; the loop keeps serving. Refusals, and the ZAP handler's
+refused handshakes (journal event ``zap_refused``), are journaled at a bounded rate
+(``refusals``).
+
+At start the temp files a crash left are removed and the journal is checked against the latest
+checkpoint's record of it; a lost journal stops the start unless ``accept_journal_loss``.
 
 Signals: SIGTERM / SIGINT stop the loop after the current step (the state on disk is already
 complete: plan, acknowledged updates, checkpoints), SIGHUP reloads the roster at once (the file
@@ -28,7 +35,7 @@ from typing import Any
 
 import zmq
 
-from latentfl.errors import LatentFLError, ProtocolError, Reason, SecurityError
+from latentfl.errors import LatentFLError, ProtocolError, Reason, SecurityError, StateError
 from latentfl.exitcodes import ExitCode
 from latentfl.log import get_logger
 from latentfl.models import model_manifest
@@ -36,8 +43,9 @@ from latentfl.platform.coordinator.audit_service import AUDIT_KINDS, AuditServic
 from latentfl.platform.coordinator.conductor import RoundConductor
 from latentfl.platform.coordinator.config import CoordinatorConfig
 from latentfl.platform.coordinator.intake import UpdateIntake
-from latentfl.platform.coordinator.journal import Journal
+from latentfl.platform.coordinator.journal import Journal, verify_against_checkpoint
 from latentfl.platform.coordinator.peers import PeerTable
+from latentfl.platform.coordinator.refusals import RefusalCoalescer
 from latentfl.platform.coordinator.roster_watch import RosterWatcher
 from latentfl.platform.coordinator.rounds import Rounds, make_evaluator
 from latentfl.platform.coordinator.router import Router
@@ -65,6 +73,7 @@ from latentfl.platform.protocol import (
 from latentfl.strategies import Aggregation, build_strategy
 
 POLL_MS = 100
+ZAP_REFUSED = "zap_refused"  # journal event of a refused CURVE handshake
 STOP_WAIT_S = 120.0  # on SIGTERM, how long a running aggregation may take to checkpoint
 
 Outbox = list[Outgoing]
@@ -73,7 +82,10 @@ Outbox = list[Outgoing]
 class Coordinator:
     """One coordinator session; :meth:`run` serves until the last round or a stop."""
 
-    def __init__(self, config: CoordinatorConfig) -> None:
+    def __init__(self, config: CoordinatorConfig, *, accept_journal_loss: bool = False) -> None:
+        """``accept_journal_loss``: start even when the journal no longer holds what the latest
+        checkpoint recorded (deleted, emptied, truncated); the loss is journaled. Without it
+        such a start is refused with StateError."""
         self.config = config
         self.log = get_logger("coordinator", session=config.session)
         self.identity = load_identity(config.key_dir)
@@ -87,14 +99,19 @@ class Coordinator:
         self.roster_watch = RosterWatcher(config.roster, roster)
         self.store = StateStore(config.state_dir)
         self.store.lock()
-        self.journal = Journal(self.store.journal_path)
+        try:
+            self._open_journal(accept_journal_loss)
+        except BaseException:
+            self.store.unlock()
+            raise
         self.replay = ReplayGuard(self.store.replay_path, window_s=DEFAULT_CLOCK_SKEW_S)
         self.verifier = Verifier.of_participants(roster, session=config.session,
                                                  replay=self.replay,
                                                  max_bytes=config.max_message_bytes)
         self.strategy = build_strategy(config.strategy)
         self.manifest = model_manifest(config.strategy.model.build())
-        self.rounds = Rounds(config, self.strategy, self.store, evaluate=make_evaluator(config))
+        self.rounds = Rounds(config, self.strategy, self.store, evaluate=make_evaluator(config),
+                             journal_anchor=self.journal.anchor)
         self.audits = AuditService(self.store, self.journal, session=config.session,
                                    signing_key=self.identity.signing_key,
                                    method=self.strategy.name,
@@ -120,7 +137,34 @@ class Coordinator:
         self._reload = False
         self._status_due = 0.0
         self._auth: Any = None
+        self.refusals = RefusalCoalescer()
+        self._zap_last: dict[str | None, str] = {}  # the latest refused fingerprint per id
         self.boot_id = os.urandom(8).hex()
+
+    def _open_journal(self, accept_loss: bool) -> None:
+        """Clean what a crash left mid-write, check the journal against the latest checkpoint,
+        and open it (journaling an accepted loss or the removed temp files)."""
+        removed = self.store.remove_orphan_temps()
+        loss, kept = None, None
+        path = self.store.journal_path
+        try:
+            verify_against_checkpoint(path, self.store.root)
+        except StateError as exc:
+            if not accept_loss:
+                raise
+            loss = str(exc)
+            if path.exists():  # kept as evidence; the new chain starts empty
+                kept = path.with_name(f"{path.name}.lost-{int(time.time())}")
+                path.rename(kept)
+        self.journal = Journal(path)
+        if loss is not None:
+            self.journal.append("journal_loss_accepted", detail=loss[:500],
+                                kept=kept.name if kept else None)
+            self.store.record_journal_anchor(self.journal.anchor())
+            self.log.warning("journal_loss_accepted", detail=loss)
+        if removed:
+            self.journal.append("temp_files_removed", count=removed)
+            self.log.info("temp_files_removed", count=removed)
 
     @property
     def endpoint(self) -> str:
@@ -158,6 +202,7 @@ class Coordinator:
             finished = self.rounds.phase == "finished"
             if finished:
                 self._send_all(self._finished_notices())
+            self._journal_refusals(time.time(), everything=True)
             self.journal.append("stopped", round=self.rounds.round, phase=self.rounds.phase)
             self.log.info("coordinator_stopped", round=self.rounds.round, phase=self.rounds.phase)
             self._write_status(force=True, stopped=True)
@@ -201,6 +246,7 @@ class Coordinator:
                 self._reload = False
                 next_roster_check = now + self.config.roster_poll
             self._send_all(self._step(now))
+            self._journal_refusals(now)
             self._write_status()
 
     # -- time-driven steps ----------------------------------------------------------------
@@ -215,33 +261,35 @@ class Coordinator:
 
     # -- receive, verify, dispatch, send --------------------------------------------------
     def _receive(self, frames: list[zmq.Frame]) -> None:
+        """The fault barrier: whatever goes wrong while handling one message, of any type,
+        ends as a REJECT to its peer and a journal line; the loop keeps serving."""
         routing_id, body = frames[0].bytes, frames[1:]
         user_id = peer_user_id(body[0]) if body else None
+        header = None
         try:
             message = self.verifier.verify(body, user_id=user_id)
+            header = message.header
+            self._dispatch(routing_id, message)
         except ProtocolError as exc:
-            self._refuse(routing_id, user_id, body, exc)
-            return
-        pid, kind = message.header.sender, message.header.kind
-        if kind in AUDIT_KINDS:  # a one-shot audit client beside the agent: answer
-            try:                 # its connection, keep the agent's
-                self.router.send_frames(routing_id, self.audits.answer(message, self.rounds.round))
-                self.log.info("audit_answered", peer=pid, kind=kind.value)
-            except ProtocolError as exc:
-                self._refuse(routing_id, user_id, body, exc, header=message.header)
-            return
-        self.peers.seen(pid, routing_id, time.time())
-        try:
-            self._send_all(self.handlers[kind](message))
-        except ProtocolError as exc:
-            self._refuse(routing_id, user_id, body, exc, header=message.header)
-        except (LatentFLError, ValueError, TypeError, KeyError) as exc:
-            # A verified peer's message that our own code could not handle: refuse it and keep
-            # serving (the traceback goes to the log, the reason to the peer and the journal).
-            self.log.exception("message_failed", peer=pid, kind=kind.value)
+            self._refuse(routing_id, user_id, body, exc, header=header)
+        except Exception as exc:  # noqa: BLE001 - the barrier: no peer may stop the daemon
+            # A message our own code could not handle: refuse it and keep serving (the
+            # traceback goes to the log, the reason to the peer and the journal).
+            self.log.exception("message_failed", peer=user_id,
+                               kind=header.kind.value if header else None)
             failure = ProtocolError(Reason.INTERNAL, f"the coordinator could not process this "
                                                      f"message ({type(exc).__name__}).")
-            self._refuse(routing_id, user_id, body, failure, header=message.header)
+            self._refuse(routing_id, user_id, body, failure, header=header)
+
+    def _dispatch(self, routing_id: bytes, message: Message) -> None:
+        pid, kind = message.header.sender, message.header.kind
+        if kind in AUDIT_KINDS:  # a one-shot audit client beside the agent: answer
+            # its connection, keep the agent's
+            self.router.send_frames(routing_id, self.audits.answer(message, self.rounds.round))
+            self.log.info("audit_answered", peer=pid, kind=kind.value)
+            return
+        self.peers.seen(pid, routing_id, time.time())
+        self._send_all(self.handlers[kind](message))
 
     def _send_all(self, outbox: Outbox) -> None:
         for out in outbox:
@@ -254,19 +302,45 @@ class Coordinator:
                 header: Header | None = None) -> None:
         header = header or peek_header(body)
         size = sum(len(f) for f in body)
-        self.journal.append("refused", peer=user_id, reason=exc.reason, detail=str(exc)[:500],
-                            kind=header.kind.value if header else None,
-                            round=header.round if header else None, bytes=size)
         self.log.warning("message_refused", peer=user_id, reason=exc.reason, bytes=size,
                          detail=str(exc)[:200])
         if (peer := self.peers.get(user_id)) is not None:
             peer.refused += 1
+        try:
+            if self.refusals.admit(user_id, str(exc.reason), time.time()):
+                self.journal.append("refused", peer=user_id, reason=exc.reason,
+                                    detail=str(exc)[:500], count=1,
+                                    kind=header.kind.value if header else None,
+                                    round=header.round if header else None, bytes=size)
+        except Exception:  # noqa: BLE001 - a failing journal must not stop the answer either
+            self.log.exception("journal_failed", peer=user_id, reason=exc.reason)
         if user_id is None:
             return
         meta = {"reason": exc.reason, "detail": str(exc)[:900],
                 "refused_kind": header.kind.value if header else None,
                 "refused_round": header.round if header else None}
         self.router.send(routing_id, Kind.REJECT, round=self.rounds.round, meta=meta)
+
+    def _journal_refusals(self, now: float, *, everything: bool = False) -> None:
+        """Journal the ZAP refusals queued by the authenticator's thread, and the counts of
+        refusals coalesced in intervals that ended (see ``refusals``)."""
+        for zap in self._auth.refusals():
+            self.log.warning("zap_refused", fingerprint=zap.fingerprint,
+                             participant=zap.participant)
+            # keys never enrolled cost nothing to make: they share one bucket, so new keys
+            # cannot add lines faster than a known one
+            self._zap_last[zap.participant] = zap.fingerprint
+            if self.refusals.admit(zap.participant, ZAP_REFUSED, now):
+                self.journal.append(ZAP_REFUSED, fingerprint=zap.fingerprint,
+                                    participant=zap.participant, count=1)
+        for batch in self.refusals.due(now, everything=everything):
+            if batch.reason == ZAP_REFUSED:
+                self.journal.append(ZAP_REFUSED, fingerprint=self._zap_last.get(batch.peer),
+                                    participant=batch.peer, count=batch.count,
+                                    detail=batch.sentence)
+            else:
+                self.journal.append("refused", peer=batch.peer, reason=batch.reason,
+                                    count=batch.count, detail=batch.sentence)
 
     # -- handlers: one per kind a participant may send ------------------------------------
     def _on_heartbeat(self, message: Message) -> Outbox:

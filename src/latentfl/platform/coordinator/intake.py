@@ -4,7 +4,8 @@ An UPDATE (plain mode) or ENCRYPTED_UPDATE (ckks mode) is refused unless it fits
 mode, the round in progress and the participant's task (``Rounds.check_update``); its payload is
 checked against the model manifest, or its ciphertexts against the public CKKS context (never
 decrypted). It is on disk (fsynced) and in the journal, with the privacy fields its signed header
-reports, before the ACK is returned. A re-send of an accepted update is acked again, counted
+reports, before it counts and before the ACK is returned; if its journal line cannot be written
+the file is removed and the update refused, never half-accepted. A re-send of an accepted update is acked again, counted
 once. Socket-free, like the rounds: the daemon sends the outbox it returns.
 """
 
@@ -57,11 +58,12 @@ class UpdateIntake:
             self.secure.check_upload(ciphertexts)  # 'bad-ciphertext' -> REJECT; never decrypted
         else:
             update = decode_update(message, self.manifest, max_bytes=self.max_bytes)
-        self.rounds.accept(update, digest)  # fsynced before the ACK
         privacy = {k: header.meta[k] for k in PRIVACY_META if header.meta.get(k) is not None}
-        self.journal.append("accepted", kind=header.kind.value, peer=pid, round=header.round,
-                            sha256=digest, bytes=len(message.payload),
-                            examples=update.num_examples, encrypted=encrypted, privacy=privacy)
+        # file fsynced, then its journal line fsynced, then counted; the ACK after all three
+        self.rounds.accept(update, digest, lambda: self.journal.append(
+            "accepted", kind=header.kind.value, peer=pid, round=header.round, sha256=digest,
+            bytes=len(message.payload), examples=update.num_examples, encrypted=encrypted,
+            privacy=privacy))
         self.log.info("update_accepted", round=header.round, peer=pid, bytes=len(message.payload),
                       examples=update.num_examples,
                       ms=round(1000 * (time.perf_counter() - started), 1),

@@ -57,8 +57,11 @@ class Rounds:
     """Round bookkeeping for one session; see the module docstring for the phases."""
 
     def __init__(self, config: CoordinatorConfig, strategy: Strategy, store: StateStore, *,
-                 evaluate: Evaluator | None = None) -> None:
+                 evaluate: Evaluator | None = None,
+                 journal_anchor: Callable[[], dict] | None = None) -> None:
         self.config = config
+        #: the journal's length and head hash, recorded in every checkpoint (journal.py)
+        self.journal_anchor = journal_anchor
         self.strategy = strategy
         self.store = store
         self.evaluate = evaluate
@@ -83,7 +86,8 @@ class Rounds:
         if latest is None:
             self.strategy.initialize(self.config.seed)
             tensors, meta = self.strategy.state_dict()
-            self.store.save_checkpoint(0, tensors, {"strategy": meta, "round": 0})
+            self.store.save_checkpoint(0, tensors, {"strategy": meta, "round": 0,
+                                                    **self._anchor()})
             latest = 0
         else:
             ckpt = self.store.load_checkpoint(latest)
@@ -157,9 +161,16 @@ class Rounds:
             )
         return False
 
-    def accept(self, update: Update, digest: str) -> None:
-        """Persist (fsync) then count an update whose payload has SHA-256 ``digest``."""
+    def accept(self, update: Update, digest: str, record: Callable[[], object]) -> None:
+        """Persist (fsync) an update whose payload has SHA-256 ``digest``, let ``record``
+        journal it durably, and only then count it. Nothing is half-accepted: if ``record``
+        raises, the update file is removed again and the error propagates."""
         self.store.save_update(update, digest)
+        try:
+            record()
+        except BaseException:
+            self.store.discard_update(update.round, update.participant)
+            raise
         self.updates[update.participant] = update
         self.digests[update.participant] = digest
 
@@ -238,10 +249,13 @@ class Rounds:
         tensors, meta = self.strategy.state_dict()
         self.store.save_checkpoint(self.round, tensors, {
             "round": self.round, "strategy": meta,
-            "history": [vars(h) for h in [*self.history, record]],
+            "history": [vars(h) for h in [*self.history, record]], **self._anchor(),
         })
         self.synthetic = (self.round, dict(self.strategy.synthetic_sets()))
         return record
+
+    def _anchor(self) -> dict[str, dict]:
+        return {"journal": self.journal_anchor()} if self.journal_anchor is not None else {}
 
     def finish_close(self, record: RoundRecord) -> RoundRecord:
         """Record the closed round and move to the next one (or to finished)."""

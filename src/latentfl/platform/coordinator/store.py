@@ -34,8 +34,8 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
-from latentfl.durable import write_atomic, write_json_atomic
-from latentfl.errors import StateError
+from latentfl.durable import fsync_dir, write_atomic, write_json_atomic
+from latentfl.errors import StateError, StateFolderError
 from latentfl.strategies import Update
 
 _UPDATE_META = "latentfl_update"
@@ -67,13 +67,22 @@ class StateStore:
 
     def __init__(self, root: Path) -> None:
         self.root = Path(root)
-        for sub in ("checkpoints", "rounds"):
-            (self.root / sub).mkdir(parents=True, exist_ok=True)
+        try:
+            for sub in ("checkpoints", "rounds"):
+                (self.root / sub).mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StateFolderError(f"state_dir {self.root} cannot be created or used "
+                                   f"({exc.strerror}); expected a folder this user can read "
+                                   "and write.") from None
         self._lock_fd: int | None = None
 
     def lock(self) -> None:
         """Hold the folder for this process; StateError if another coordinator holds it."""
-        fd = os.open(self.root / "coordinator.lock", os.O_WRONLY | os.O_CREAT, 0o600)
+        try:
+            fd = os.open(self.root / "coordinator.lock", os.O_WRONLY | os.O_CREAT, 0o600)
+        except OSError as exc:
+            raise StateFolderError(f"state_dir {self.root} cannot be written ({exc.strerror}); "
+                                   "expected a folder this user can read and write.") from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -81,6 +90,25 @@ class StateStore:
             raise StateError(f"state_dir {self.root} is in use by another coordinator; stop it "
                              "first or choose another state_dir.") from None
         self._lock_fd = fd
+
+    def remove_orphan_temps(self) -> int:
+        """Delete the temp files a crash left mid-write (``write_atomic``'s ``.NAME.*.tmp``,
+        never renamed, so never part of the state); return how many. Call while locked."""
+        count = 0
+        for path in self.root.rglob(".*.tmp"):
+            if path.is_file():
+                path.unlink(missing_ok=True)
+                count += 1
+        return count
+
+    def record_journal_anchor(self, anchor: dict[str, Any]) -> None:
+        """Re-point the latest checkpoint at the journal as it is now (the operator accepted a
+        journal loss with --accept-journal-loss)."""
+        round = self.latest_round()
+        if round is None:
+            return
+        path = self.root / "checkpoints" / f"round-{round:06d}.json"
+        write_json_atomic(path, {**read_json(path), "journal": anchor})
 
     def unlock(self) -> None:
         if self._lock_fd is not None:
@@ -162,6 +190,12 @@ class StateStore:
         tensors = {k: v.detach().cpu().contiguous() for k, v in update.weights.items()}
         data = st_save(tensors, metadata={_UPDATE_META: json.dumps(info, sort_keys=True)})
         write_atomic(self._update_path(update.round, update.participant), data)
+
+    def discard_update(self, round: int, participant: str) -> None:
+        """Remove an update file whose acceptance could not be journaled (never acked)."""
+        path = self._update_path(round, participant)
+        path.unlink(missing_ok=True)
+        fsync_dir(path.parent)
 
     def load_updates(self, round: int) -> list[tuple[Update, str]]:
         """Every persisted update of ``round`` with its payload digest, in participant order."""
