@@ -5,6 +5,7 @@ Daemons log JSON lines (one event per line) to stderr; ``status`` prints readabl
 
 from __future__ import annotations
 
+import gc
 from pathlib import Path
 
 from latentfl.config import load_config
@@ -27,13 +28,21 @@ def _daemon_logging(args) -> None:
 def _coordinator(args) -> int:
     config = load_config(args.config, CoordinatorConfig)
     _daemon_logging(args)
-    return Coordinator(config, accept_journal_loss=args.accept_journal_loss).run()
+    try:
+        return Coordinator(config, accept_journal_loss=args.accept_journal_loss).run()
+    finally:
+        gc.freeze()  # as for the participant below
 
 
 def _participant(args) -> int:
     config = load_config(args.config, ParticipantConfig)
     _daemon_logging(args)
-    return Agent(config).run()
+    try:
+        return Agent(config).run()
+    finally:
+        # The process exits next: without this the collector walks torch's object graph at
+        # teardown, seconds on a loaded host, and a stop must take effect within 5 s.
+        gc.freeze()
 
 
 def _status(args) -> int:
