@@ -42,7 +42,7 @@ from latentfl.models import model_manifest
 from latentfl.platform.coordinator.audit_service import AUDIT_KINDS, AuditService
 from latentfl.platform.coordinator.conductor import RoundConductor
 from latentfl.platform.coordinator.config import CoordinatorConfig
-from latentfl.platform.coordinator.intake import UpdateIntake
+from latentfl.platform.coordinator.intake import GroupFailed, UpdateIntake
 from latentfl.platform.coordinator.journal import Journal, verify_against_checkpoint
 from latentfl.platform.coordinator.peers import PeerTable
 from latentfl.platform.coordinator.refusals import RefusalCoalescer
@@ -104,7 +104,9 @@ class Coordinator:
         except BaseException:
             self.store.unlock()
             raise
-        self.replay = ReplayGuard(self.store.replay_path, window_s=DEFAULT_CLOCK_SKEW_S)
+        # with group commit the replay log is fsynced once per group (``_commit_updates``)
+        self.replay = ReplayGuard(self.store.replay_path, window_s=DEFAULT_CLOCK_SKEW_S,
+                                  fsync=not config.group_commit)
         self.verifier = Verifier.of_participants(roster, session=config.session,
                                                  replay=self.replay,
                                                  max_bytes=config.max_message_bytes)
@@ -236,6 +238,9 @@ class Coordinator:
                     except zmq.Again:
                         break
                     self._receive(frames)
+                    if not self.config.group_commit:
+                        self._commit_updates()
+                self._commit_updates()  # what arrived together is made durable together
             now = time.time()
             if self._reload or now >= next_roster_check:
                 if self._check_roster(force=self._reload):
@@ -382,9 +387,29 @@ class Coordinator:
         return []
 
     def _on_update(self, message: Message) -> Outbox:
-        ack, accepted = self.intake.receive(message)
-        self.peers[message.header.sender].accepted += accepted
-        return ack
+        return self.intake.receive(message)  # held for _commit_updates, or a re-send's ACK
+
+    def _commit_updates(self) -> None:
+        """Make the held updates durable (one group), then send their ACKs; if that fails,
+        refuse each of them as 'internal' (nothing of the group was kept)."""
+        try:
+            acks, accepted = self.intake.commit()
+        except GroupFailed as failed:
+            self.log.error("group_commit_failed", updates=len(failed.messages),
+                           error=repr(failed.cause))
+            for message in failed.messages:
+                pid = message.header.sender
+                peer = self.peers.get(pid)
+                refusal = ProtocolError(Reason.INTERNAL, "the coordinator could not store this "
+                                                         f"update ({type(failed.cause).__name__}).")
+                self._refuse(peer.routing_id if peer else b"", pid,
+                             [message.raw_header, message.signature, message.payload], refusal,
+                             header=message.header)
+            return
+        self.replay.sync()  # the nonces of the group are durable before its ACKs leave too
+        for pid in accepted:
+            self.peers[pid].accepted += 1
+        self._send_all(acks)
 
     # -- roster, status -------------------------------------------------------------------
     def _check_roster(self, force: bool = False) -> bool:

@@ -154,15 +154,26 @@ class Journal:
 
     def append(self, event: str, *, durable: bool = True, **fields: Any) -> dict[str, Any]:
         """Write one entry and return it; fsynced unless ``durable`` is false (heartbeats: the
-        next durable entry, or the OS, flushes them). If the write or the fsync fails, the file
-        is cut back to where it was and the error propagates: the chain never holds a line its
-        caller did not see succeed."""
+        next durable entry, or the OS, flushes them)."""
+        return self.append_group([(event, fields)], durable=durable)[0]
+
+    def append_group(self, entries: list[tuple[str, dict[str, Any]]], *,
+                     durable: bool = True) -> list[dict[str, Any]]:
+        """Write several entries with one write and (unless ``durable`` is false) one fsync.
+        All or nothing: if the write or the fsync fails, the file is cut back to where it was
+        and the error propagates, so the chain never holds a line its caller did not see
+        succeed."""
         seq, prev = self.head
-        entry: dict[str, Any] = {"seq": seq, "prev": prev, "time": time.time(),
-                                 "event": event, **fields}
-        entry["hash"] = _entry_hash(entry)
-        line = json.dumps(entry, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-        data = line.encode("utf-8") + b"\n"
+        out, lines = [], []
+        for event, fields in entries:
+            entry: dict[str, Any] = {"seq": seq, "prev": prev, "time": time.time(),
+                                     "event": event, **fields}
+            entry["hash"] = prev = _entry_hash(entry)
+            seq += 1
+            out.append(entry)
+            lines.append(json.dumps(entry, sort_keys=True, separators=(",", ":"),
+                                    ensure_ascii=False).encode("utf-8") + b"\n")
+        data = b"".join(lines)
         start = os.fstat(self._fd).st_size
         try:
             written = 0
@@ -173,8 +184,8 @@ class Journal:
         except BaseException:
             os.ftruncate(self._fd, start)
             raise
-        self.head = (seq + 1, entry["hash"])
-        return entry
+        self.head = (seq, prev)
+        return out
 
     def close(self) -> None:
         os.close(self._fd)

@@ -161,18 +161,27 @@ class Rounds:
             )
         return False
 
-    def accept(self, update: Update, digest: str, record: Callable[[], object]) -> None:
-        """Persist (fsync) an update whose payload has SHA-256 ``digest``, let ``record``
-        journal it durably, and only then count it. Nothing is half-accepted: if ``record``
-        raises, the update file is removed again and the error propagates."""
-        self.store.save_update(update, digest)
+    def accept(self, update: Update, digest: str,
+               record: Callable[[], object] | None = None) -> None:
+        """:meth:`accept_group` of one update."""
+        self.accept_group([(update, digest)], record)
+
+    def accept_group(self, items: Sequence[tuple[Update, str]],
+                     record: Callable[[], object] | None = None) -> None:
+        """Persist updates (each with its payload's SHA-256), made durable together, let
+        ``record`` journal them durably, and only then count them. Nothing is half-accepted:
+        if saving or ``record`` fails, the files are removed again and the error propagates."""
+        updates = [update for update, _ in items]
         try:
-            record()
+            self.store.save_updates(list(items))
+            if record is not None:
+                record()
         except BaseException:
-            self.store.discard_update(update.round, update.participant)
+            self.store.discard_updates(updates)
             raise
-        self.updates[update.participant] = update
-        self.digests[update.participant] = digest
+        for update, digest in items:
+            self.updates[update.participant] = update
+            self.digests[update.participant] = digest
 
     def drop(self, pids: Iterable[str]) -> None:
         """Take participants out of the round (revoked, or declined their task): they leave

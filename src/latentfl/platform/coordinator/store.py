@@ -34,7 +34,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
-from latentfl.durable import fsync_dir, write_atomic, write_json_atomic
+from latentfl.durable import fsync_dir, write_atomic, write_atomic_many, write_json_atomic
 from latentfl.errors import StateError, StateFolderError
 from latentfl.strategies import Update
 
@@ -44,6 +44,15 @@ _SAFE_ID = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")
 
 def _counts(value: Any) -> tuple[int, ...] | None:
     return None if value is None else tuple(int(c) for c in value)
+
+
+def _update_bytes(update: Update, digest: str) -> bytes:
+    """An update file: its tensors, and as metadata its counts and the payload digest."""
+    info = {"num_examples": update.num_examples, "num_steps": update.num_steps,
+            "metrics": update.metrics, "class_counts": update.class_counts,
+            "payload_sha256": digest}
+    tensors = {k: v.detach().cpu().contiguous() for k, v in update.weights.items()}
+    return st_save(tensors, metadata={_UPDATE_META: json.dumps(info, sort_keys=True)})
 
 
 def read_json(path: Path) -> Any:
@@ -184,18 +193,21 @@ class StateStore:
 
     def save_update(self, update: Update, digest: str) -> None:
         """Persist an accepted update (fsynced) with its counts and the payload digest."""
-        info = {"num_examples": update.num_examples, "num_steps": update.num_steps,
-                "metrics": update.metrics, "class_counts": update.class_counts,
-                "payload_sha256": digest}
-        tensors = {k: v.detach().cpu().contiguous() for k, v in update.weights.items()}
-        data = st_save(tensors, metadata={_UPDATE_META: json.dumps(info, sort_keys=True)})
-        write_atomic(self._update_path(update.round, update.participant), data)
+        self.save_updates([(update, digest)])
 
-    def discard_update(self, round: int, participant: str) -> None:
-        """Remove an update file whose acceptance could not be journaled (never acked)."""
-        path = self._update_path(round, participant)
-        path.unlink(missing_ok=True)
-        fsync_dir(path.parent)
+    def save_updates(self, items: list[tuple[Update, str]]) -> None:
+        """Persist several accepted updates, made durable together (``write_atomic_many``)."""
+        write_atomic_many([(self._update_path(u.round, u.participant), _update_bytes(u, digest))
+                           for u, digest in items])
+
+    def discard_updates(self, updates: list[Update]) -> None:
+        """Remove update files whose acceptance could not be journaled (never acked)."""
+        paths = [self._update_path(u.round, u.participant) for u in updates]
+        for path in paths:
+            path.unlink(missing_ok=True)
+        for folder in {path.parent for path in paths}:
+            if folder.exists():
+                fsync_dir(folder)
 
     def load_updates(self, round: int) -> list[tuple[Update, str]]:
         """Every persisted update of ``round`` with its payload digest, in participant order."""
