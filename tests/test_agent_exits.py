@@ -85,7 +85,7 @@ def test_stuck_agent_stops_within_5s_of_a_signal(consortium, tmp_path, stop):
     proc = subprocess.Popen([sys.executable, "-m", "latentfl", "participant", "--config",
                              str(path)], stdout=log.open("wb"), stderr=subprocess.STDOUT)
     try:
-        wait_until(lambda: "participant_started" in log.read_text(), 60, "the agent to start")
+        wait_until(lambda: "participant_started" in log.read_text(), 240, "the agent to start")
         time.sleep(1.5)  # inside a send that has nowhere to go
         proc.send_signal(stop)
         started = time.monotonic()
