@@ -5,9 +5,11 @@ coordinator process (``python -m latentfl coordinator``) on 127.0.0.1; the parti
 DEALER sockets in this process that say HELLO, take their TASK and answer with a prepared
 UPDATE of the surrogate's size (ConvNet-3 width 128: 1.3 MB). The clock runs from the first
 UPDATE sent to the last ACK received, so it covers the coordinator's whole acceptance path:
-CURVE decryption, envelope checks, signature, replay guard (fsynced), payload hash, manifest and
-finiteness checks, the update file (fsynced), the journal line (fsynced), the ACK. Signing on
-the client side is done before the clock starts.
+CURVE decryption, envelope checks, signature, replay guard, payload hash, manifest and
+finiteness checks, the update file, the journal line, the ACK. Signing on the client side is done
+before the clock starts. Each count runs twice: with group commit (the default: the updates that
+arrive together share one fsync of the journal, replay log and folder, their files' fsyncs
+issued together) and without (``group_commit = false``: four fsyncs per update).
 
     python benchmarks/ingest.py --participants 10 50 200
 """
@@ -41,9 +43,10 @@ COORDINATOR = {
 }
 
 
-def run_one(n: int, root: Path) -> dict[str, float]:
+def run_one(n: int, root: Path, *, group_commit: bool) -> dict[str, float]:
     ids = [f"p{i:03d}" for i in range(n)]
-    with LocalConsortium(root, ids, session=SESSION, coordinator=COORDINATOR) as consortium:
+    settings = {**COORDINATOR, "group_commit": group_commit}
+    with LocalConsortium(root, ids, session=SESSION, coordinator=settings) as consortium:
         consortium.start_coordinator()
         return _measure(consortium)
 
@@ -117,13 +120,19 @@ def _measure(consortium: LocalConsortium) -> dict[str, float]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--participants", type=int, nargs="+", default=[10, 50, 200])
+    parser.add_argument("--grouping", choices=["both", "on", "off"], default="both",
+                        help="Measure with group commit, without, or both (default).")
     args = parser.parse_args()
-    print(f"{'participants':>12} {'update MB':>9} {'seconds':>8} {'updates/s':>9} {'MB/s':>7}")
+    modes = {"both": [True, False], "on": [True], "off": [False]}[args.grouping]
+    print(f"{'participants':>12} {'grouping':>8} {'update MB':>9} {'seconds':>8} "
+          f"{'updates/s':>9} {'MB/s':>7}")
     for n in args.participants:
-        with tempfile.TemporaryDirectory(prefix="latentfl-ingest-") as tmp:
-            r = run_one(n, Path(tmp))
-        print(f"{r['participants']:>12} {r['update_mb']:>9.2f} {r['seconds']:>8.2f} "
-              f"{r['updates_per_s']:>9.1f} {r['mb_per_s']:>7.1f}", flush=True)
+        for group_commit in modes:
+            with tempfile.TemporaryDirectory(prefix="latentfl-ingest-") as tmp:
+                r = run_one(n, Path(tmp), group_commit=group_commit)
+            print(f"{r['participants']:>12} {'on' if group_commit else 'off':>8} "
+                  f"{r['update_mb']:>9.2f} {r['seconds']:>8.2f} {r['updates_per_s']:>9.1f} "
+                  f"{r['mb_per_s']:>7.1f}", flush=True)
 
 
 if __name__ == "__main__":

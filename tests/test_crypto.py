@@ -288,9 +288,9 @@ def test_enrolled_participant_exchanges_signed_message_with_user_id(consortium, 
     client.close()
 
 
-def test_unenrolled_key_gets_nothing_through(tmp_path, consortium, context, server, caplog):
-    """A valid CURVE key that is not in the roster never reaches the server."""
-    caplog.set_level("WARNING", logger="latentfl.zap")
+def test_unenrolled_key_gets_nothing_through(tmp_path, consortium, context, server):
+    """A valid CURVE key that is not in the roster never reaches the server; the refusal is
+    queued with the key's fingerprint (never the key) and no participant id."""
     _, roster = consortium
     sock, endpoint, auth = server
     stranger = init_consortium(tmp_path / "other", ["site-a"])  # same id, different keys
@@ -300,8 +300,10 @@ def test_unenrolled_key_gets_nothing_through(tmp_path, consortium, context, serv
     client.send(b"let me in")
     assert receive(sock) is None
     assert "site-a" in auth.allowed_ids()
-    assert curve_fingerprint(ident.curve_public) in caplog.text
-    assert ident.curve_public.decode() not in caplog.text
+    refusals = auth.refusals()
+    assert [(r.fingerprint, r.participant) for r in refusals][:1] == [
+        (curve_fingerprint(ident.curve_public), None)]
+    assert ident.curve_public.decode() not in repr(refusals)
     client.close()
 
 

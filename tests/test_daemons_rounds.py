@@ -136,3 +136,22 @@ def test_aggregation_failure_surfaces_in_the_loops_thread(tmp_path):
     with pytest.raises(ConfigError, match="global model's tensors"):
         conductor.finish(wait=60.0)
     assert not conductor.worker.busy
+
+
+def test_a_group_is_accepted_whole_or_not_at_all(tmp_path):
+    """accept_group counts every update once its record succeeded; when the record fails, no
+    update of the group is counted and none of their files is left."""
+    rounds = _rounds(tmp_path)
+    rounds.maybe_start(["a", "b", "c"], now=0.0)
+    group = [(_update(rounds, "a", 1.0), "d1"), (_update(rounds, "b", 2.0), "d2")]
+
+    def record_fails():
+        raise OSError(5, "Input/output error")
+
+    with pytest.raises(OSError):
+        rounds.accept_group(group, record_fails)
+    assert rounds.updates == {}
+    assert not list((tmp_path / "state").glob("rounds/*/updates/*"))
+    rounds.accept_group(group, lambda: None)
+    assert sorted(rounds.updates) == ["a", "b"]
+    assert [d for _, d in rounds.store.load_updates(1)] == ["d1", "d2"]

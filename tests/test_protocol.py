@@ -260,11 +260,16 @@ def test_checks_run_in_the_design_order():
     refused("sender-mismatch", frames, user_id="site-b", verify_key=OTHER.public_key())
     refused("bad-signature", frames, verify_key=OTHER.public_key())
     refused("wrong-session", frames)
-    # a replayed stale message is reported as a replay; the nonce of a refused round is not used
+    # the timestamp is checked before the nonce: a replayed stale message is reported as stale,
+    # and a stale message leaves no nonce; the nonce of a refused round is not used either
     guard = ReplayGuard(None)
     good = message()
     check(good, guard=guard)
-    refused("replay", good, replay=guard, now=time.time() + 1000)
+    refused("stale", good, replay=guard, now=time.time() + 1000)
+    refused("replay", good, replay=guard)
+    future = message()
+    refused("stale", future, replay=guard, now=time.time() - 1000)
+    assert guard.remembered == 1
     stale_new = message()
     refused("wrong-round", stale_new, replay=guard, expected_round=5)
     check(stale_new, guard=guard)

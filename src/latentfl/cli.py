@@ -15,7 +15,15 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from latentfl import __version__
-from latentfl.errors import LatentFLError, SecurityError, StateError
+from latentfl.errors import (
+    AddressInUseError,
+    LatentFLError,
+    NotEnrolledError,
+    RefusedError,
+    SecurityError,
+    StateError,
+    StateFolderError,
+)
 from latentfl.exitcodes import ExitCode
 from latentfl.log import LOG_FORMATS, configure_logging
 
@@ -79,6 +87,23 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# most specific first: the first class the error is an instance of gives the exit status
+_EXIT_CODES: tuple[tuple[type[LatentFLError], ExitCode], ...] = (
+    (AddressInUseError, ExitCode.ADDRESS_IN_USE),
+    (StateFolderError, ExitCode.STATE_FOLDER),
+    (NotEnrolledError, ExitCode.NOT_ENROLLED),
+    (RefusedError, ExitCode.REFUSED),
+    (SecurityError, ExitCode.SECURITY),
+    (StateError, ExitCode.STATE),
+)
+
+
+def exit_code_of(error: LatentFLError) -> ExitCode:
+    """The documented exit status of a LatentFLError (USER_ERROR for the plain ones)."""
+    return next((code for kind, code in _EXIT_CODES if isinstance(error, kind)),
+                ExitCode.USER_ERROR)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -98,18 +123,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         # the reader went away (`latentfl status | head`): stop quietly, as `cat` does
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return int(ExitCode.OK)
-    except SecurityError as exc:
-        print(f"latentfl: error: {exc}", file=sys.stderr)
-        return int(ExitCode.SECURITY)
-    except StateError as exc:
-        print(f"latentfl: error: {exc}", file=sys.stderr)
-        return int(ExitCode.STATE)
     except LatentFLError as exc:
         print(f"latentfl: error: {exc}", file=sys.stderr)
-        return int(ExitCode.USER_ERROR)
+        return int(exit_code_of(exc))
     except KeyboardInterrupt:
         print("latentfl: interrupted", file=sys.stderr)
         return int(ExitCode.INTERRUPTED)
 
 
-__all__ = ["COMMAND_MODULES", "HelpWithDefaults", "all_parsers", "build_parser", "main"]
+__all__ = ["COMMAND_MODULES", "HelpWithDefaults", "all_parsers", "build_parser", "exit_code_of",
+           "main"]

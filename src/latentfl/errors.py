@@ -9,8 +9,12 @@ what was expected. The CLI prints it and exits with status 2, without a tracebac
      +-- DataError          a dataset spec, archive, image or array file is missing or corrupt
      +-- ModelError         an unknown architecture, bad options, or weights that do not fit it
      +-- SecurityError      key files, permissions, roster entries, signatures
+     |    +-- NotEnrolledError   the coordinator refused this agent's CURVE key (revoked/unknown)
      +-- ProtocolError      a message from a peer is malformed or refused (carries a ``Reason``)
+     |    +-- RefusedError       the coordinator refused this agent for good (a final reason)
      +-- StateError         a durable state file (checkpoint, journal, ledger) is corrupt
+     |    +-- StateFolderError   the state folder cannot be created, read or written
+     +-- AddressInUseError  a daemon's bind address is taken by another process
      +-- PrivacyError       a privacy budget or site policy would be broken
      +-- DistillError       distillation got inputs it cannot work with
 """
@@ -115,6 +119,22 @@ class StateError(LatentFLError):
     """A durable state file is missing or corrupt."""
 
 
+class StateFolderError(StateError):
+    """The state folder cannot be created, read or written (permissions, a file in the way)."""
+
+
+class NotEnrolledError(SecurityError):
+    """The coordinator's ZAP handler refused this participant's CURVE key."""
+
+
+class RefusedError(ProtocolError):
+    """The coordinator refused this participant with a reason re-sending cannot fix."""
+
+
+class AddressInUseError(LatentFLError):
+    """A daemon's bind address is already in use."""
+
+
 class PrivacyError(LatentFLError):
     """A task would exceed a privacy budget or break a site policy."""
 
@@ -128,14 +148,18 @@ class DistillError(LatentFLError):
 
 
 __all__ = [
+    "AddressInUseError",
     "ConfigError",
     "DataError",
     "DistillError",
     "LatentFLError",
     "ModelError",
+    "NotEnrolledError",
     "PrivacyError",
     "ProtocolError",
     "Reason",
+    "RefusedError",
     "SecurityError",
     "StateError",
+    "StateFolderError",
 ]

@@ -11,6 +11,10 @@ class ExitCode(IntEnum):
     USER_ERROR = 2
     SECURITY = 3
     STATE = 4
+    ADDRESS_IN_USE = 5
+    STATE_FOLDER = 6
+    NOT_ENROLLED = 7
+    REFUSED = 8
     INTERRUPTED = 130
 
 
@@ -20,6 +24,14 @@ HELP: dict[ExitCode, str] = {
     ExitCode.USER_ERROR: "A config, option, dataset or file was invalid; the message names it.",
     ExitCode.SECURITY: "Keys, permissions or the roster are unusable, so a daemon refused to start.",
     ExitCode.STATE: "A durable state file (checkpoint, journal, ledger) is corrupt; nothing was changed.",
+    ExitCode.ADDRESS_IN_USE: "The coordinator's bind address is taken by another process; stop it "
+    "or choose another bind.",
+    ExitCode.STATE_FOLDER: "The state folder cannot be created, read or written; check its path "
+    "and permissions.",
+    ExitCode.NOT_ENROLLED: "The coordinator refused this participant's CURVE key (revoked or "
+    "never enrolled); ask the operator to enrol it.",
+    ExitCode.REFUSED: "The coordinator refused this participant for good (wrong session or "
+    "another final reason); the message names it.",
     ExitCode.INTERRUPTED: "Stopped by Ctrl-C or SIGTERM after saving state.",
 }
 

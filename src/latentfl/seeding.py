@@ -17,8 +17,10 @@ import operator
 __all__ = ["derive_seed"]
 
 
-def derive_seed(base: int, *path: int | str) -> int:
-    """A non-negative 63-bit seed determined by ``base`` and the stream ``path``.
+def derive_seed(base: int, *path: int | str, bits: int = 63) -> int:
+    """A non-negative ``bits``-bit seed (at most 64) determined by ``base`` and the stream
+    ``path``. A seed that travels in a protocol message asks for 53 bits, the integers the
+    protocol's JSON carries exactly.
 
     Integers and strings are told apart (``1`` and ``"1"`` give different seeds) and each part is
     length-prefixed, so no two distinct paths hash the same bytes. The result fits torch's
@@ -31,4 +33,6 @@ def derive_seed(base: int, *path: int | str) -> int:
         else:
             tag, data = b"i", str(operator.index(part)).encode()  # numpy ints too; not floats
         digest.update(tag + len(data).to_bytes(4, "little") + data)
-    return int.from_bytes(digest.digest(), "little") >> 1
+    if not 1 <= bits <= 64:
+        raise ValueError(f"bits is {bits}; expected 1 to 64")
+    return int.from_bytes(digest.digest(), "little") >> (64 - bits)

@@ -6,6 +6,7 @@ otherwise or with ``--log-format json``); ``status`` prints readable text, JSON 
 
 from __future__ import annotations
 
+import gc
 import json
 import sys
 from pathlib import Path
@@ -24,11 +25,21 @@ from latentfl.platform.participant import Agent, ParticipantConfig
 
 
 def _coordinator(args) -> int:
-    return Coordinator(load_config(args.config, CoordinatorConfig)).run()
+    config = load_config(args.config, CoordinatorConfig)
+    try:
+        return Coordinator(config, accept_journal_loss=args.accept_journal_loss).run()
+    finally:
+        gc.freeze()  # as for the participant below
 
 
 def _participant(args) -> int:
-    return Agent(load_config(args.config, ParticipantConfig)).run()
+    config = load_config(args.config, ParticipantConfig)
+    try:
+        return Agent(config).run()
+    finally:
+        # The process exits next: without this the collector walks torch's object graph at
+        # teardown, seconds on a loaded host, and a stop must take effect within 5 s.
+        gc.freeze()
 
 
 def _status(args) -> int:
@@ -51,6 +62,9 @@ def _status(args) -> int:
 def register(subparsers) -> None:
     p = subparsers.add_parser("coordinator", help="Run the coordinator daemon.")
     p.add_argument("--config", required=True, type=Path, help="Coordinator TOML file.")
+    p.add_argument("--accept-journal-loss", action="store_true",
+                   help="Start even though the journal lost entries the latest checkpoint "
+                        "recorded (the damaged file is kept aside, the loss journaled).")
     p.set_defaults(handler=_coordinator)
     p = subparsers.add_parser("participant", help="Run a participant agent at an institution.")
     p.add_argument("--config", required=True, type=Path, help="Participant TOML file.")

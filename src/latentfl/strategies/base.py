@@ -196,12 +196,12 @@ def broadcast_tasks(
     round: int, participants: Sequence[str], weights: Tensors, train: TrainConfig
 ) -> dict[str, Task]:
     """The same weights and settings for everyone; each participant and round gets its own seed
-    (its own data order and augmentation draws)."""
+    (its own data order and augmentation draws), 53 bits wide as the TASK's JSON requires."""
     return {
         pid: Task(
             round=round,
             weights=weights,
-            train=replace(train, seed=derive_seed(train.seed, "train", round, pid)),
+            train=replace(train, seed=derive_seed(train.seed, "train", round, pid, bits=53)),
         )
         for pid in sorted(participants)
     }

@@ -3,13 +3,18 @@
 ``daemon`` (receive, verify, dispatch, send) and ``router`` (the socket) own the I/O; ``rounds``
 (the round state machine), ``conductor`` (opening and closing rounds in time), ``intake``
 (accepting updates), ``secure`` (CKKS secure aggregation), ``aggregation`` (the worker thread),
-``audit_service``, ``peers``, ``store``, ``journal`` and ``status`` decide and remember;
-``status_view`` renders the status for people.
+``audit_service``, ``peers``, ``refusals`` (journaling refusals at a bounded rate), ``store``,
+``journal`` and ``status`` decide and remember; ``status_view`` renders the status for people.
 """
 
 from latentfl.platform.coordinator.config import CoordinatorConfig
 from latentfl.platform.coordinator.daemon import Coordinator
-from latentfl.platform.coordinator.journal import Journal, read_journal, verify_journal
+from latentfl.platform.coordinator.journal import (
+    Journal,
+    read_journal,
+    verify_against_checkpoint,
+    verify_journal,
+)
 from latentfl.platform.coordinator.rounds import RoundRecord, Rounds
 from latentfl.platform.coordinator.status import collect_status, daemon_running
 from latentfl.platform.coordinator.status_view import render_html, render_text
@@ -27,5 +32,6 @@ __all__ = [
     "read_journal",
     "render_html",
     "render_text",
+    "verify_against_checkpoint",
     "verify_journal",
 ]

@@ -60,6 +60,9 @@ class CoordinatorConfig:
     linger_s: float = option(0.0, help="Seconds the daemon keeps serving after the last round "
                                        "(participants fetch their synthetic sets for audits, "
                                        "docs/audits.md); 0 = exit at once.", min=0.0)
+    group_commit: bool = option(True, help="Make the updates that arrive together durable "
+                                           "together (one fsync of the journal, replay log and "
+                                           "folder per group; ACKs after it); false: one by one.")
     strategy: StrategyConfig = option(StrategyConfig(), help="The federated method.")
     aggregation: SecureAggregationConfig = option(
         SecureAggregationConfig(), help="Plain, CKKS (encrypted) or secagg (masked) aggregation of "

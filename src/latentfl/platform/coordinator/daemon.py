@@ -8,8 +8,15 @@ outbox of :class:`~latentfl.platform.protocol.Outgoing` messages that the loop s
 The decisions live in socket-free parts: the rounds (``rounds.Rounds``), CKKS secure aggregation
 (``secure.SecureAggregation``), secagg masked aggregation (``masked.MaskedAggregation``), the
 audit answers (``audit_service``), and the aggregation
-worker thread (``aggregation.AggregationWorker``). Any ProtocolError becomes a REJECT to that
-peer naming the reason, a journal entry and one log line; the loop keeps serving.
+worker thread (``aggregation.AggregationWorker``). ``_receive`` is the fault barrier: any
+exception while handling one message (a ProtocolError, or a bug our code hit on a peer's
+input) becomes a REJECT to that peer naming the reason (``internal`` when nothing better fits),
+a journal entry and one log line; the loop keeps serving. Refusals, and the ZAP handler's
+refused handshakes (journal event ``zap_refused``), are journaled at a bounded rate
+(``refusals``).
+
+At start the temp files a crash left are removed and the journal is checked against the latest
+checkpoint's record of it; a lost journal stops the start unless ``accept_journal_loss``.
 
 Operators (the roster's ``[[operators]]``) use the same socket: their admin commands, the only
 kinds their role may send, go to ``admin.AdminService`` and are answered on the connection they
@@ -33,7 +40,7 @@ from typing import Any
 
 import zmq
 
-from latentfl.errors import LatentFLError, ProtocolError, Reason, SecurityError
+from latentfl.errors import LatentFLError, ProtocolError, Reason, SecurityError, StateError
 from latentfl.exitcodes import ExitCode
 from latentfl.log import get_logger
 from latentfl.models import model_manifest
@@ -41,10 +48,11 @@ from latentfl.platform.coordinator.admin import AdminService
 from latentfl.platform.coordinator.audit_service import AUDIT_KINDS, AuditService
 from latentfl.platform.coordinator.conductor import RoundConductor
 from latentfl.platform.coordinator.config import CoordinatorConfig
-from latentfl.platform.coordinator.intake import UpdateIntake
-from latentfl.platform.coordinator.journal import Journal
+from latentfl.platform.coordinator.intake import GroupFailed, UpdateIntake
+from latentfl.platform.coordinator.journal import Journal, verify_against_checkpoint
 from latentfl.platform.coordinator.masked import MaskedAggregation
 from latentfl.platform.coordinator.peers import PeerTable
+from latentfl.platform.coordinator.refusals import RefusalCoalescer
 from latentfl.platform.coordinator.roster_watch import RosterWatcher
 from latentfl.platform.coordinator.rounds import Rounds, make_evaluator
 from latentfl.platform.coordinator.router import Router
@@ -74,6 +82,7 @@ from latentfl.platform.protocol import (
 from latentfl.strategies import Aggregation, build_strategy
 
 POLL_MS = 100
+ZAP_REFUSED = "zap_refused"  # journal event of a refused CURVE handshake
 STOP_WAIT_S = 120.0  # on SIGTERM, how long a running aggregation may take to checkpoint
 
 Outbox = list[Outgoing]
@@ -82,7 +91,10 @@ Outbox = list[Outgoing]
 class Coordinator:
     """One coordinator session; :meth:`run` serves until the last round or a stop."""
 
-    def __init__(self, config: CoordinatorConfig) -> None:
+    def __init__(self, config: CoordinatorConfig, *, accept_journal_loss: bool = False) -> None:
+        """``accept_journal_loss``: start even when the journal no longer holds what the latest
+        checkpoint recorded (deleted, emptied, truncated); the loss is journaled. Without it
+        such a start is refused with StateError."""
         self.config = config
         self.log = get_logger("coordinator", session=config.session)
         self.identity = load_identity(config.key_dir)
@@ -96,13 +108,20 @@ class Coordinator:
         self.roster_watch = RosterWatcher(config.roster, roster)
         self.store = StateStore(config.state_dir)
         self.store.lock()
-        self.journal = Journal(self.store.journal_path)
-        self.replay = ReplayGuard(self.store.replay_path, window_s=DEFAULT_CLOCK_SKEW_S)
+        try:
+            self._open_journal(accept_journal_loss)
+        except BaseException:
+            self.store.unlock()
+            raise
+        # with group commit the replay log is fsynced once per group (``_commit_updates``)
+        self.replay = ReplayGuard(self.store.replay_path, window_s=DEFAULT_CLOCK_SKEW_S,
+                                  fsync=not config.group_commit)
         self.verifier = Verifier.of_roster(roster, session=config.session, replay=self.replay,
                                            max_bytes=config.max_message_bytes)
         self.strategy = build_strategy(config.strategy)
         self.manifest = model_manifest(config.strategy.model.build())
-        self.rounds = Rounds(config, self.strategy, self.store, evaluate=make_evaluator(config))
+        self.rounds = Rounds(config, self.strategy, self.store, evaluate=make_evaluator(config),
+                             journal_anchor=self.journal.anchor)
         self.audits = AuditService(self.store, self.journal, session=config.session,
                                    signing_key=self.identity.signing_key,
                                    method=self.strategy.name,
@@ -140,7 +159,34 @@ class Coordinator:
         self._reload = False
         self._status_due = 0.0
         self._auth: Any = None
+        self.refusals = RefusalCoalescer()
+        self._zap_last: dict[str | None, str] = {}  # the latest refused fingerprint per id
         self.boot_id = os.urandom(8).hex()
+
+    def _open_journal(self, accept_loss: bool) -> None:
+        """Clean what a crash left mid-write, check the journal against the latest checkpoint,
+        and open it (journaling an accepted loss or the removed temp files)."""
+        removed = self.store.remove_orphan_temps()
+        loss, kept = None, None
+        path = self.store.journal_path
+        try:
+            verify_against_checkpoint(path, self.store.root)
+        except StateError as exc:
+            if not accept_loss:
+                raise
+            loss = str(exc)
+            if path.exists():  # kept as evidence; the new chain starts empty
+                kept = path.with_name(f"{path.name}.lost-{int(time.time())}")
+                path.rename(kept)
+        self.journal = Journal(path)
+        if loss is not None:
+            self.journal.append("journal_loss_accepted", detail=loss[:500],
+                                kept=kept.name if kept else None)
+            self.store.record_journal_anchor(self.journal.anchor())
+            self.log.warning("journal_loss_accepted", detail=loss)
+        if removed:
+            self.journal.append("temp_files_removed", count=removed)
+            self.log.info("temp_files_removed", count=removed)
 
     @property
     def endpoint(self) -> str:
@@ -179,6 +225,7 @@ class Coordinator:
             finished = self.rounds.phase == "finished"
             if finished:
                 self._send_all(self._finished_notices())
+            self._journal_refusals(time.time(), everything=True)
             self.journal.append("stopped", round=self.rounds.round, phase=self.rounds.phase)
             self.log.info("coordinator_stopped", round=self.rounds.round, phase=self.rounds.phase)
             self._write_status(force=True, stopped=True)
@@ -224,6 +271,9 @@ class Coordinator:
                     except zmq.Again:
                         break
                     self._receive(frames)
+                    if not self.config.group_commit:
+                        self._commit_updates()
+                self._commit_updates()  # what arrived together is made durable together
             now = time.time()
             if self._reload or now >= next_roster_check:
                 if self._check_roster(force=self._reload):
@@ -234,6 +284,7 @@ class Coordinator:
                 self._reload = False
                 next_roster_check = now + self.config.roster_poll
             self._send_all(self._step(now))
+            self._journal_refusals(now)
             self._write_status()
 
     # -- time-driven steps ----------------------------------------------------------------
@@ -248,38 +299,38 @@ class Coordinator:
 
     # -- receive, verify, dispatch, send --------------------------------------------------
     def _receive(self, frames: list[zmq.Frame]) -> None:
+        """The fault barrier: whatever goes wrong while handling one message, of any type,
+        ends as a REJECT to its peer and a journal line; the loop keeps serving."""
         routing_id, body = frames[0].bytes, frames[1:]
         user_id = peer_user_id(body[0]) if body else None
+        header = None
         try:
             message = self.verifier.verify(body, user_id=user_id)
+            header = message.header
+            self._dispatch(routing_id, message)
         except ProtocolError as exc:
-            self._refuse(routing_id, user_id, body, exc)
-            return
-        pid, kind = message.header.sender, message.header.kind
-        if kind in AUDIT_KINDS:  # a one-shot audit client beside the agent: answer
-            try:                 # its connection, keep the agent's
-                self.router.send_frames(routing_id, self.audits.answer(message, self.rounds.round))
-                self.log.info("audit_answered", peer=pid, kind=kind.value)
-            except ProtocolError as exc:
-                self._refuse(routing_id, user_id, body, exc, header=message.header)
-            return
-        operator = kind in FROM_OPERATOR  # never a participant: not a peer, never planned
-        if not operator:
-            self.peers.seen(pid, routing_id, time.time())
-        try:
-            if operator:
-                self._answer_operator(routing_id, message)
-            else:
-                self._send_all(self.handlers[kind](message))
-        except ProtocolError as exc:
-            self._refuse(routing_id, user_id, body, exc, header=message.header)
-        except (LatentFLError, ValueError, TypeError, KeyError) as exc:
-            # A verified peer's message that our own code could not handle: refuse it and keep
-            # serving (the traceback goes to the log, the reason to the peer and the journal).
-            self.log.exception("message_failed", peer=pid, kind=kind.value)
+            self._refuse(routing_id, user_id, body, exc, header=header)
+        except Exception as exc:  # noqa: BLE001 - the barrier: no peer may stop the daemon
+            # A message our own code could not handle: refuse it and keep serving (the
+            # traceback goes to the log, the reason to the peer and the journal).
+            self.log.exception("message_failed", peer=user_id,
+                               kind=header.kind.value if header else None)
             failure = ProtocolError(Reason.INTERNAL, f"the coordinator could not process this "
                                                      f"message ({type(exc).__name__}).")
-            self._refuse(routing_id, user_id, body, failure, header=message.header)
+            self._refuse(routing_id, user_id, body, failure, header=header)
+
+    def _dispatch(self, routing_id: bytes, message: Message) -> None:
+        pid, kind = message.header.sender, message.header.kind
+        if kind in AUDIT_KINDS:  # a one-shot audit client beside the agent: answer
+            # its connection, keep the agent's
+            self.router.send_frames(routing_id, self.audits.answer(message, self.rounds.round))
+            self.log.info("audit_answered", peer=pid, kind=kind.value)
+            return
+        if kind in FROM_OPERATOR:  # never a participant: not a peer, never planned
+            self._answer_operator(routing_id, message)
+            return
+        self.peers.seen(pid, routing_id, time.time())
+        self._send_all(self.handlers[kind](message))
 
     def _answer_operator(self, routing_id: bytes, message: Message) -> None:
         """An operator's command: applied, answered on the connection it came in on."""
@@ -299,17 +350,43 @@ class Coordinator:
                 header: Header | None = None) -> None:
         header = header or peek_header(body)
         size = sum(len(f) for f in body)
-        self.journal.append("refused", peer=user_id, reason=exc.reason, detail=str(exc)[:500],
-                            kind=header.kind.value if header else None,
-                            round=header.round if header else None, bytes=size)
         self.log.warning("message_refused", peer=user_id, reason=exc.reason, bytes=size,
                          detail=str(exc)[:200])
+        try:
+            if self.refusals.admit(user_id, str(exc.reason), time.time()):
+                self.journal.append("refused", peer=user_id, reason=exc.reason,
+                                    detail=str(exc)[:500], count=1,
+                                    kind=header.kind.value if header else None,
+                                    round=header.round if header else None, bytes=size)
+        except Exception:  # noqa: BLE001 - a failing journal must not stop the answer either
+            self.log.exception("journal_failed", peer=user_id, reason=exc.reason)
         if user_id is None:
             return
         meta = {"reason": exc.reason, "detail": str(exc)[:900],
                 "refused_kind": header.kind.value if header else None,
                 "refused_round": header.round if header else None}
         self.router.send(routing_id, Kind.REJECT, round=self.rounds.round, meta=meta)
+
+    def _journal_refusals(self, now: float, *, everything: bool = False) -> None:
+        """Journal the ZAP refusals queued by the authenticator's thread, and the counts of
+        refusals coalesced in intervals that ended (see ``refusals``)."""
+        for zap in self._auth.refusals():
+            self.log.warning("zap_refused", fingerprint=zap.fingerprint,
+                             participant=zap.participant)
+            # keys never enrolled cost nothing to make: they share one bucket, so new keys
+            # cannot add lines faster than a known one
+            self._zap_last[zap.participant] = zap.fingerprint
+            if self.refusals.admit(zap.participant, ZAP_REFUSED, now):
+                self.journal.append(ZAP_REFUSED, fingerprint=zap.fingerprint,
+                                    participant=zap.participant, count=1)
+        for batch in self.refusals.due(now, everything=everything):
+            if batch.reason == ZAP_REFUSED:
+                self.journal.append(ZAP_REFUSED, fingerprint=self._zap_last.get(batch.peer),
+                                    participant=batch.peer, count=batch.count,
+                                    detail=batch.sentence)
+            else:
+                self.journal.append("refused", peer=batch.peer, reason=batch.reason,
+                                    count=batch.count, detail=batch.sentence)
 
     # -- handlers: one per kind a participant may send ------------------------------------
     def _on_heartbeat(self, message: Message) -> Outbox:
@@ -351,7 +428,27 @@ class Coordinator:
         return []
 
     def _on_update(self, message: Message) -> Outbox:
-        return self.intake.receive(message)[0]
+        return self.intake.receive(message)  # held for _commit_updates, or a re-send's ACK
+
+    def _commit_updates(self) -> None:
+        """Make the held updates durable (one group), then send their ACKs; if that fails,
+        refuse each of them as 'internal' (nothing of the group was kept)."""
+        try:
+            acks, _ = self.intake.commit()
+        except GroupFailed as failed:
+            self.log.error("group_commit_failed", updates=len(failed.messages),
+                           error=repr(failed.cause))
+            for message in failed.messages:
+                pid = message.header.sender
+                peer = self.peers.get(pid)
+                refusal = ProtocolError(Reason.INTERNAL, "the coordinator could not store this "
+                                                         f"update ({type(failed.cause).__name__}).")
+                self._refuse(peer.routing_id if peer else b"", pid,
+                             [message.raw_header, message.signature, message.payload], refusal,
+                             header=message.header)
+            return
+        self.replay.sync()  # the nonces of the group are durable before its ACKs leave too
+        self._send_all(acks)
 
     # -- roster, status -------------------------------------------------------------------
     def _check_roster(self, force: bool = False) -> bool:

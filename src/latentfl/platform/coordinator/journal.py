@@ -3,7 +3,9 @@
 One JSON object per line. Each entry carries ``seq`` (0, 1, 2, ...), ``prev`` (the previous
 entry's ``hash``; 64 zeros for the first) and ``hash`` = SHA-256 of the entry's canonical JSON
 without ``hash``. Changing, removing or reordering any line breaks the chain at that line, which
-:func:`verify_journal` reports. Each append is flushed and fsynced before the caller acts on it
+:func:`verify_journal` reports. Every checkpoint records the journal's length and head hash
+(``Journal.anchor``), so :func:`verify_against_checkpoint` also notices a journal that was
+deleted, emptied or cut short, which the chain alone cannot. Each append is flushed and fsynced before the caller acts on it
 (an ACK is only sent after its journal line and its update file are on disk).
 """
 
@@ -50,6 +52,58 @@ def verify_journal(path: Path) -> int:
     return seq
 
 
+def verify_against_checkpoint(path: Path, state_dir: Path) -> int:
+    """Check the chain of journal ``path`` and that it still holds what the latest checkpoint
+    of ``state_dir`` recorded (its length and head hash then); return the number of entries.
+
+    StateError names what is wrong when the journal was deleted, emptied, truncated or
+    replaced since that checkpoint: the chain alone cannot tell a journal that never had those
+    lines from one that lost them.
+    """
+    path = Path(path)
+    count = verify_journal(path) if path.exists() else 0
+    anchor, round = _checkpoint_anchor(Path(state_dir))
+    if anchor is None:
+        return count
+    entries, head = anchor
+    if count < entries:
+        state = "missing" if not path.exists() else f"holds {count} entries"
+        raise StateError(f"journal {path} {state}, but the checkpoint of round {round} recorded "
+                         f"{entries}; the journal was deleted or truncated (restore it from a "
+                         "backup, or start the coordinator with --accept-journal-loss).")
+    if entries and _entry_at(path, entries - 1).get("hash") != head:
+        raise StateError(f"journal {path} entry {entries - 1} differs from the one the "
+                         f"checkpoint of round {round} recorded; the journal was replaced "
+                         "(restore it from a backup, or start the coordinator with "
+                         "--accept-journal-loss).")
+    return count
+
+
+def _checkpoint_anchor(state_dir: Path) -> tuple[tuple[int, str] | None, int | None]:
+    """The (entries, head hash) the latest checkpoint recorded, and its round."""
+    latest = state_dir / "latest.json"
+    if not latest.exists():
+        return None, None
+    try:
+        round = json.loads(latest.read_text())["round"]
+        meta = json.loads((state_dir / "checkpoints" / f"round-{round:06d}.json").read_text())
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise StateError(f"the latest checkpoint in {state_dir} cannot be read ({exc}).") from None
+    anchor = meta.get("journal")
+    if not (isinstance(anchor, dict) and type(anchor.get("entries")) is int
+            and isinstance(anchor.get("head"), str)):
+        return None, round  # written before checkpoints recorded the journal
+    return (anchor["entries"], anchor["head"]), round
+
+
+def _entry_at(path: Path, seq: int) -> dict[str, Any]:
+    with path.open("rb") as fh:
+        for index, raw in enumerate(fh):
+            if index == seq:
+                return json.loads(raw)
+    return {}
+
+
 class Journal:
     """The coordinator's journal file, opened for appending."""
 
@@ -57,9 +111,24 @@ class Journal:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._drop_torn_tail()
-        self.seq = verify_journal(self.path) if self.path.exists() else 0
-        self.prev = self._last_hash()
-        self._fh = self.path.open("ab")
+        seq = verify_journal(self.path) if self.path.exists() else 0
+        #: (entries, hash of the last entry), replaced as one value so that another thread
+        #: (the aggregation worker writing a checkpoint) reads a consistent pair
+        self.head: tuple[int, str] = (seq, self._last_hash(seq))
+        self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+
+    @property
+    def seq(self) -> int:
+        return self.head[0]
+
+    @property
+    def prev(self) -> str:
+        return self.head[1]
+
+    def anchor(self) -> dict[str, Any]:
+        """What a checkpoint records of the journal: its length and head hash now."""
+        entries, head = self.head
+        return {"entries": entries, "head": head}
 
     def _drop_torn_tail(self) -> None:
         """A crash mid-append leaves a last line without newline: it was never acted on."""
@@ -73,8 +142,8 @@ class Journal:
                 fh.flush()
                 os.fsync(fh.fileno())
 
-    def _last_hash(self) -> str:
-        if self.seq == 0:
+    def _last_hash(self, seq: int) -> str:
+        if seq == 0:
             return GENESIS
         with self.path.open("rb") as fh:
             fh.seek(0, os.SEEK_END)
@@ -86,20 +155,40 @@ class Journal:
     def append(self, event: str, *, durable: bool = True, **fields: Any) -> dict[str, Any]:
         """Write one entry and return it; fsynced unless ``durable`` is false (heartbeats: the
         next durable entry, or the OS, flushes them)."""
-        entry: dict[str, Any] = {"seq": self.seq, "prev": self.prev, "time": time.time(),
-                                 "event": event, **fields}
-        entry["hash"] = _entry_hash(entry)
-        line = json.dumps(entry, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-        self._fh.write(line.encode("utf-8") + b"\n")
-        self._fh.flush()
-        if durable:
-            os.fsync(self._fh.fileno())
-        self.seq += 1
-        self.prev = entry["hash"]
-        return entry
+        return self.append_group([(event, fields)], durable=durable)[0]
+
+    def append_group(self, entries: list[tuple[str, dict[str, Any]]], *,
+                     durable: bool = True) -> list[dict[str, Any]]:
+        """Write several entries with one write and (unless ``durable`` is false) one fsync.
+        All or nothing: if the write or the fsync fails, the file is cut back to where it was
+        and the error propagates, so the chain never holds a line its caller did not see
+        succeed."""
+        seq, prev = self.head
+        out, lines = [], []
+        for event, fields in entries:
+            entry: dict[str, Any] = {"seq": seq, "prev": prev, "time": time.time(),
+                                     "event": event, **fields}
+            entry["hash"] = prev = _entry_hash(entry)
+            seq += 1
+            out.append(entry)
+            lines.append(json.dumps(entry, sort_keys=True, separators=(",", ":"),
+                                    ensure_ascii=False).encode("utf-8") + b"\n")
+        data = b"".join(lines)
+        start = os.fstat(self._fd).st_size
+        try:
+            written = 0
+            while written < len(data):
+                written += os.write(self._fd, data[written:])
+            if durable:
+                os.fsync(self._fd)
+        except BaseException:
+            os.ftruncate(self._fd, start)
+            raise
+        self.head = (seq, prev)
+        return out
 
     def close(self) -> None:
-        self._fh.close()
+        os.close(self._fd)
 
 
 def read_journal(path: Path) -> list[dict[str, Any]]:
@@ -124,4 +213,4 @@ def tail_journal(path: Path, count: int, *, block: int = 65536) -> list[dict[str
     return [json.loads(line) for line in lines[-count:] if line.strip()] if count > 0 else []
 
 
-__all__ = ["Journal", "read_journal", "tail_journal", "verify_journal"]
+__all__ = ["Journal", "read_journal", "tail_journal", "verify_against_checkpoint", "verify_journal"]

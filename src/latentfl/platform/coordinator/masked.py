@@ -137,12 +137,17 @@ class MaskedAggregation:
     def add_upload(self, message: Message, tensors: Mapping[str, torch.Tensor],
                    num_examples: int) -> None:
         """Take a MASKED_UPDATE's words into the sum to be (ProtocolError to refuse it)."""
+        self.check_upload(message, tensors)
+        self.server.add_masked(message.header.sender, masked_vector(tensors))
+        self.weights[message.header.sender] = num_examples
+
+    def check_upload(self, message: Message, tensors: Mapping[str, torch.Tensor]) -> None:
+        """ProtocolError unless :meth:`add_upload` would take this MASKED_UPDATE now."""
         server = self._current(message)
         if self.phase != "uploads":
             raise ProtocolError(Reason.LATE, f"a masked update from {message.header.sender} "
                                              f"arrived in the secagg {self.phase} phase.")
-        server.add_masked(message.header.sender, masked_vector(tensors))
-        self.weights[message.header.sender] = num_examples
+        server.check_masked(message.header.sender, masked_vector(tensors))
 
     # -- time and completed phases --------------------------------------------------------
     def step(self, now: float, answered: str | None = None) -> list[Outgoing]:

@@ -64,8 +64,11 @@ class Rounds:
     """Round bookkeeping for one session; see the module docstring for the phases."""
 
     def __init__(self, config: CoordinatorConfig, strategy: Strategy, store: StateStore, *,
-                 evaluate: Evaluator | None = None) -> None:
+                 evaluate: Evaluator | None = None,
+                 journal_anchor: Callable[[], dict] | None = None) -> None:
         self.config = config
+        #: the journal's length and head hash, recorded in every checkpoint (journal.py)
+        self.journal_anchor = journal_anchor
         self.strategy = strategy
         self.store = store
         self.evaluate = evaluate
@@ -90,7 +93,8 @@ class Rounds:
         if latest is None:
             self.strategy.initialize(self.config.seed)
             tensors, meta = self.strategy.state_dict()
-            self.store.save_checkpoint(0, tensors, {"strategy": meta, "round": 0})
+            self.store.save_checkpoint(0, tensors, {"strategy": meta, "round": 0,
+                                                    **self._anchor()})
             latest = 0
         else:
             ckpt = self.store.load_checkpoint(latest)
@@ -164,11 +168,27 @@ class Rounds:
             )
         return False
 
-    def accept(self, update: Update, digest: str) -> None:
-        """Persist (fsync) then count an update whose payload has SHA-256 ``digest``."""
-        self.store.save_update(update, digest)
-        self.updates[update.participant] = update
-        self.digests[update.participant] = digest
+    def accept(self, update: Update, digest: str,
+               record: Callable[[], object] | None = None) -> None:
+        """:meth:`accept_group` of one update."""
+        self.accept_group([(update, digest)], record)
+
+    def accept_group(self, items: Sequence[tuple[Update, str]],
+                     record: Callable[[], object] | None = None) -> None:
+        """Persist updates (each with its payload's SHA-256), made durable together, let
+        ``record`` journal them durably, and only then count them. Nothing is half-accepted:
+        if saving or ``record`` fails, the files are removed again and the error propagates."""
+        updates = [update for update, _ in items]
+        try:
+            self.store.save_updates(list(items))
+            if record is not None:
+                record()
+        except BaseException:
+            self.store.discard_updates(updates)
+            raise
+        for update, digest in items:
+            self.updates[update.participant] = update
+            self.digests[update.participant] = digest
 
     def drop(self, pids: Iterable[str]) -> None:
         """Take participants out of the round (revoked, or declined their task): they leave
@@ -270,8 +290,11 @@ class Rounds:
         tensors, meta = self.strategy.state_dict()
         self.store.save_checkpoint(record.round, tensors, {
             "round": record.round, "strategy": meta,
-            "history": [vars(h) for h in [*self.history, record]],
+            "history": [vars(h) for h in [*self.history, record]], **self._anchor(),
         })
+
+    def _anchor(self) -> dict[str, dict]:
+        return {"journal": self.journal_anchor()} if self.journal_anchor is not None else {}
 
     def finish_close(self, record: RoundRecord) -> RoundRecord:
         """Record the closed round and move to the next one (or to finished)."""

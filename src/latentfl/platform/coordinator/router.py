@@ -12,6 +12,7 @@ from typing import Any
 
 import zmq
 
+from latentfl.errors import AddressInUseError, ConfigError
 from latentfl.platform.crypto import COORDINATOR_ID, Identity, make_curve_server
 from latentfl.platform.protocol import Kind, encode
 
@@ -42,10 +43,16 @@ class Router:
                 sock.bind(endpoint)
                 break
             except zmq.ZMQError as exc:
-                if exc.errno != zmq.EADDRINUSE or attempt == 49:
-                    sock.close(linger=0)
-                    raise
-                time.sleep(0.1)
+                if exc.errno == zmq.EADDRINUSE and attempt < 49:
+                    time.sleep(0.1)
+                    continue
+                sock.close(linger=0)
+                if exc.errno == zmq.EADDRINUSE:
+                    raise AddressInUseError(
+                        f"bind address {endpoint} is in use by another process; stop it or "
+                        "set another bind in the coordinator's config.") from None
+                raise ConfigError(f"bind address {endpoint} cannot be bound ({exc.strerror}); "
+                                  "expected tcp://HOST:PORT of this host.") from None
         self.endpoint = sock.getsockopt_string(zmq.LAST_ENDPOINT)
         self.socket = sock
         return sock

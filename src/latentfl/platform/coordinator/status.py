@@ -24,7 +24,7 @@ from typing import Any
 
 from latentfl.errors import LatentFLError
 from latentfl.platform.coordinator.config import CoordinatorConfig
-from latentfl.platform.coordinator.journal import read_journal, verify_journal
+from latentfl.platform.coordinator.journal import read_journal, verify_against_checkpoint
 from latentfl.platform.coordinator.peers import PeerTable
 from latentfl.platform.coordinator.store import read_json
 from latentfl.platform.crypto import load_roster
@@ -115,15 +115,17 @@ def _tally(entries: list[dict[str, Any]], rows: dict[str, dict[str, Any]],
                                                  key=lambda k: -k["attempts"])}
 
 
-def _journal(path: Path) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    """The journal's check result and its entries (what could be read of a damaged one)."""
+def _journal(state_dir: Path) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """The journal's check result (its chain, and that it still holds what the latest
+    checkpoint recorded) and its entries (what could be read of a damaged one)."""
+    path = state_dir / "journal.jsonl"
     info: dict[str, Any] = {"path": str(path), "entries": 0, "verified": False, "error": None}
-    if not path.exists():
-        return info, []
     try:
-        info["entries"], info["verified"] = verify_journal(path), True
+        info["entries"], info["verified"] = verify_against_checkpoint(path, state_dir), True
     except LatentFLError as exc:
         info["error"] = str(exc)
+    if not path.exists():
+        return info, []
     try:
         entries = read_journal(path)
     except ValueError:
@@ -170,7 +172,7 @@ def collect_status(config: CoordinatorConfig, *, now: float | None = None) -> di
         return _participant_row("offline" if seen else "never-seen", seen)
 
     rows = {p: new_row(p) for p in roster.participants}
-    journal, entries = _journal(state_dir / "journal.jsonl")
+    journal, entries = _journal(state_dir)
     refused = _tally(entries, rows, new_row)
     for row in rows.values():
         if row["state"] == "never-seen" and row["last_seen"]:

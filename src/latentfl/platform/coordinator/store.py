@@ -35,8 +35,8 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
-from latentfl.durable import write_atomic, write_json_atomic
-from latentfl.errors import StateError
+from latentfl.durable import fsync_dir, write_atomic, write_atomic_many, write_json_atomic
+from latentfl.errors import StateError, StateFolderError
 from latentfl.strategies import Update
 
 _UPDATE_META = "latentfl_update"
@@ -45,6 +45,15 @@ _SAFE_ID = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")
 
 def _counts(value: Any) -> tuple[int, ...] | None:
     return None if value is None else tuple(int(c) for c in value)
+
+
+def _update_bytes(update: Update, digest: str) -> bytes:
+    """An update file: its tensors, and as metadata its counts and the payload digest."""
+    info = {"num_examples": update.num_examples, "num_steps": update.num_steps,
+            "metrics": update.metrics, "class_counts": update.class_counts,
+            "payload_sha256": digest}
+    tensors = {k: v.detach().cpu().contiguous() for k, v in update.weights.items()}
+    return st_save(tensors, metadata={_UPDATE_META: json.dumps(info, sort_keys=True)})
 
 
 def read_json(path: Path) -> Any:
@@ -68,13 +77,22 @@ class StateStore:
 
     def __init__(self, root: Path) -> None:
         self.root = Path(root)
-        for sub in ("checkpoints", "rounds"):
-            (self.root / sub).mkdir(parents=True, exist_ok=True)
+        try:
+            for sub in ("checkpoints", "rounds"):
+                (self.root / sub).mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StateFolderError(f"state_dir {self.root} cannot be created or used "
+                                   f"({exc.strerror}); expected a folder this user can read "
+                                   "and write.") from None
         self._lock_fd: int | None = None
 
     def lock(self) -> None:
         """Hold the folder for this process; StateError if another coordinator holds it."""
-        fd = os.open(self.root / "coordinator.lock", os.O_WRONLY | os.O_CREAT, 0o600)
+        try:
+            fd = os.open(self.root / "coordinator.lock", os.O_WRONLY | os.O_CREAT, 0o600)
+        except OSError as exc:
+            raise StateFolderError(f"state_dir {self.root} cannot be written ({exc.strerror}); "
+                                   "expected a folder this user can read and write.") from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -82,6 +100,25 @@ class StateStore:
             raise StateError(f"state_dir {self.root} is in use by another coordinator; stop it "
                              "first or choose another state_dir.") from None
         self._lock_fd = fd
+
+    def remove_orphan_temps(self) -> int:
+        """Delete the temp files a crash left mid-write (``write_atomic``'s ``.NAME.*.tmp``,
+        never renamed, so never part of the state); return how many. Call while locked."""
+        count = 0
+        for path in self.root.rglob(".*.tmp"):
+            if path.is_file():
+                path.unlink(missing_ok=True)
+                count += 1
+        return count
+
+    def record_journal_anchor(self, anchor: dict[str, Any]) -> None:
+        """Re-point the latest checkpoint at the journal as it is now (the operator accepted a
+        journal loss with --accept-journal-loss)."""
+        round = self.latest_round()
+        if round is None:
+            return
+        path = self.root / "checkpoints" / f"round-{round:06d}.json"
+        write_json_atomic(path, {**read_json(path), "journal": anchor})
 
     def unlock(self) -> None:
         if self._lock_fd is not None:
@@ -161,12 +198,21 @@ class StateStore:
 
     def save_update(self, update: Update, digest: str) -> None:
         """Persist an accepted update (fsynced) with its counts and the payload digest."""
-        info = {"num_examples": update.num_examples, "num_steps": update.num_steps,
-                "metrics": update.metrics, "class_counts": update.class_counts,
-                "payload_sha256": digest}
-        tensors = {k: v.detach().cpu().contiguous() for k, v in update.weights.items()}
-        data = st_save(tensors, metadata={_UPDATE_META: json.dumps(info, sort_keys=True)})
-        write_atomic(self._update_path(update.round, update.participant), data)
+        self.save_updates([(update, digest)])
+
+    def save_updates(self, items: list[tuple[Update, str]]) -> None:
+        """Persist several accepted updates, made durable together (``write_atomic_many``)."""
+        write_atomic_many([(self._update_path(u.round, u.participant), _update_bytes(u, digest))
+                           for u, digest in items])
+
+    def discard_updates(self, updates: list[Update]) -> None:
+        """Remove update files whose acceptance could not be journaled (never acked)."""
+        paths = [self._update_path(u.round, u.participant) for u in updates]
+        for path in paths:
+            path.unlink(missing_ok=True)
+        for folder in {path.parent for path in paths}:
+            if folder.exists():
+                fsync_dir(folder)
 
     def load_updates(self, round: int) -> list[tuple[Update, str]]:
         """Every persisted update of ``round`` with its payload digest, in participant order."""

@@ -7,11 +7,17 @@ A CURVE server socket without a ZAP handler accepts every client key, so the coo
 this authenticator before binding. It answers each handshake from the current roster snapshot
 and sets the connection's ZAP ``User-Id`` to the participant id, which the daemon reads with
 ``frame.get("User-Id")`` (never the ROUTER routing id, which the client chooses).
+
+Each refused handshake is queued as a :class:`ZapRefusal` (the key's fingerprint and, if the
+key was ever enrolled, the participant's id) for the daemon to log and journal from its own
+thread (:meth:`RosterAuthenticator.refusals`).
 """
 
 from __future__ import annotations
 
 import logging
+from collections import deque
+from dataclasses import dataclass
 from typing import Any
 
 import zmq
@@ -24,6 +30,16 @@ from latentfl.platform.crypto.roster import Roster
 
 # A User-Id no participant can have (ids start with a letter or digit): fails every sender check.
 _NO_USER = "!unauthenticated"
+_MAX_QUEUED_REFUSALS = 4096
+
+
+@dataclass(frozen=True)
+class ZapRefusal:
+    """A refused CURVE handshake: the client key's fingerprint and the id it was once enrolled
+    under (None for a key no roster of this daemon ever held)."""
+
+    fingerprint: str
+    participant: str | None
 
 
 class RosterAuthenticator(ThreadAuthenticator):
@@ -33,6 +49,9 @@ class RosterAuthenticator(ThreadAuthenticator):
         super().__init__(context=context, log=log or logging.getLogger("latentfl.zap"))
         self._ids_by_key: dict[bytes, str] = {}
         self._granted: dict[bytes, str] = {}
+        self._ever_enrolled: dict[bytes, str] = {}
+        # appended by the ZAP thread, drained by the daemon's; deque appends and pops are atomic
+        self._refused: deque[ZapRefusal] = deque(maxlen=_MAX_QUEUED_REFUSALS)
         self.update_roster(roster)
         self.configure_curve_callback("*", credentials_provider=self)
 
@@ -41,6 +60,10 @@ class RosterAuthenticator(ThreadAuthenticator):
         # One reference assignment: the ZAP thread sees the old or the new map, never a mix.
         self._ids_by_key = {
             entry.curve_public: entry.id for entry in roster.entries() if entry.active
+        }
+        self._ever_enrolled = {
+            **self._ever_enrolled,
+            **{entry.curve_public: entry.id for entry in roster.participants.values()},
         }
 
     def allowed_ids(self) -> list[str]:
@@ -51,14 +74,21 @@ class RosterAuthenticator(ThreadAuthenticator):
         """pyzmq's credentials-provider hook: ``key`` is the client's Z85 public key."""
         pid = self._ids_by_key.get(bytes(key))
         if pid is None:
-            self.log.warning(
-                "ZAP refused an unenrolled CURVE key (fingerprint %s)", curve_fingerprint(key)
+            self._refused.append(
+                ZapRefusal(curve_fingerprint(key), self._ever_enrolled.get(bytes(key)))
             )
             return False
         # curve_user_id runs next, in this thread, for this same request: hand it the id that
         # was granted here, so a roster swap in between cannot change the answer.
         self._granted = {bytes(key): pid}
         return True
+
+    def refusals(self) -> list[ZapRefusal]:
+        """The handshakes refused since the last call (oldest first)."""
+        out = []
+        while self._refused:
+            out.append(self._refused.popleft())
+        return out
 
     def curve_user_id(self, client_public_key: bytes) -> str:
         """The User-Id libzmq attaches to this peer's messages: its participant or operator
@@ -107,6 +137,7 @@ def make_curve_client(socket: zmq.Socket, identity: Identity, server_public: byt
 
 __all__ = [
     "RosterAuthenticator",
+    "ZapRefusal",
     "make_curve_client",
     "make_curve_server",
     "peer_user_id",

@@ -16,6 +16,14 @@ In ``secagg`` mode a TASK also opens a :class:`~latentfl.platform.participant.se
 table, and the MASKED_UPDATE is sent, then re-sent like any update, once training and the share
 inbox are both in.
 
+
+The agent ends, with one sentence, when it can never take part: the coordinator's ZAP handler
+refuses its CURVE key (seen through the socket monitor; NotEnrolledError, exit 7), the
+coordinator runs another session, or it refuses this agent for a reason in ``ENDS_AGENT``
+(RefusedError, exit 8). A stop (SIGTERM, SIGINT) takes effect within seconds whatever the agent
+is doing: every send is bounded (``connection.SEND_TIMEOUT_MS``), the socket's linger is
+bounded, and training runs in a daemon thread that does not hold the process open.
+
 Length: this module is over 400 lines because it is the one loop that owns the socket, with a
 short handler per kind a participant receives; the work behind each handler (training, CKKS,
 secagg, the site's privacy) lives in its own module.
@@ -30,7 +38,8 @@ import random
 import signal
 import threading
 import time
-from concurrent.futures import Future, ThreadPoolExecutor
+from collections.abc import Callable
+from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -40,13 +49,20 @@ import zmq
 
 from latentfl.data import load_dataset, to_tensors
 from latentfl.device import resolve_device
-from latentfl.errors import LatentFLError, PrivacyError, ProtocolError, Reason
+from latentfl.errors import (
+    LatentFLError,
+    NotEnrolledError,
+    PrivacyError,
+    ProtocolError,
+    Reason,
+    RefusedError,
+)
 from latentfl.exitcodes import ExitCode
 from latentfl.log import get_logger
 from latentfl.models import model_manifest
-from latentfl.platform.crypto import COORDINATOR_ID
+from latentfl.platform.crypto import COORDINATOR_ID, curve_fingerprint
 from latentfl.platform.participant.config import ParticipantConfig
-from latentfl.platform.participant.connection import connect, load_enrolment
+from latentfl.platform.participant.connection import HandshakeWatch, connect, load_enrolment
 from latentfl.platform.participant.privacy import SitePrivacy
 from latentfl.platform.participant.secagg import MaskedRound, Trained
 from latentfl.platform.payloads import (
@@ -70,6 +86,26 @@ from latentfl.privacy import decrypt_aggregate, encrypt_update
 from latentfl.strategies import Aggregation, ModelSpec, Task, Update, run_task
 
 POLL_MS = 100
+ENDS_AGENT = frozenset({Reason.WRONG_SESSION, Reason.UNKNOWN_SENDER, Reason.SENDER_MISMATCH,
+                        Reason.BAD_SIGNATURE, Reason.VERSION})
+"""Refusals that say this agent, as configured, can never take part: it ends on them."""
+
+
+def run_in_daemon_thread(fn: Callable[[], Any], name: str) -> Future:
+    """``fn()`` in a daemon thread, its outcome in a Future: a stopping agent need not wait
+    for local training to finish (nothing of a cut-short round is ever sent)."""
+    future: Future = Future()
+
+    def work() -> None:
+        if not future.set_running_or_notify_cancel():
+            return
+        try:
+            future.set_result(fn())
+        except BaseException as exc:  # noqa: BLE001 - handed to the agent's loop
+            future.set_exception(exc)
+
+    threading.Thread(target=work, name=name, daemon=True).start()
+    return future
 
 
 @dataclass
@@ -130,7 +166,6 @@ class Agent:
         self.privacy = SitePrivacy(config.privacy, state_dir=config.state_dir,
                                    key_dir=config.key_dir)
         self._stop = threading.Event()
-        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="train")
         self._training: tuple[int, Future] | None = None
         self.pending: Pending | None = None
         self.done_round = 0  # the last round this agent delivered (acked) or declined
@@ -149,7 +184,10 @@ class Agent:
 
     # -- lifecycle ------------------------------------------------------------------------
     def run(self, *, handle_signals: bool = True) -> int:
-        """Connect, serve, reconnect with backoff; 0 when the session finished, 130 on stop."""
+        """Connect, serve, reconnect with backoff; 0 when the session finished, 130 on stop.
+
+        NotEnrolledError / RefusedError when the coordinator refuses this agent for good.
+        """
         if handle_signals:
             signal.signal(signal.SIGTERM, lambda *_: self.stop())
             signal.signal(signal.SIGINT, lambda *_: self.stop())
@@ -160,9 +198,14 @@ class Agent:
         try:
             while not self._stop.is_set():
                 sock = connect(ctx, self.config, self.enrolment)
+                watch = HandshakeWatch(sock)
                 try:
-                    outcome, heard = self._session(sock)
+                    outcome, heard = self._session(sock, watch)
+                except LatentFLError as exc:
+                    self.log.error("participant_refused", detail=str(exc))
+                    raise
                 finally:
+                    watch.close()
                     sock.close(linger=500)  # lets a last BYE out, bounded
                 if outcome == "finished":
                     self.log.info("session_finished", done_round=self.done_round)
@@ -176,27 +219,38 @@ class Agent:
             self.log.info("participant_stopped")
             return int(ExitCode.INTERRUPTED)
         finally:
-            self._pool.shutdown(wait=False, cancel_futures=True)
             self.replay.close()
             ctx.term()
 
     # -- one connection -------------------------------------------------------------------
     def _send(self, sock: zmq.Socket, kind: Kind, *, round: int, payload: bytes = b"",
               meta: dict | None = None) -> None:
+        """Send one message; if no connection takes it within the send timeout it is dropped
+        (an UPDATE is re-sent until acked, everything else is repeated anyway)."""
         frames = encode(kind, session=self.config.session, round=round, sender=self.pid,
                         signing_key=self.identity.signing_key, payload=payload, meta=meta)
-        sock.send_multipart(frames)
+        try:
+            sock.send_multipart(frames)
+        except zmq.Again:
+            self.log.warning("send_timed_out", kind=kind.value, round=round)
 
     def _hello(self, sock: zmq.Socket) -> None:
         summary = self.data.summary(self.config.share_class_counts)
         self._send(sock, Kind.HELLO, round=0, payload=pack_json(summary))
 
-    def _session(self, sock: zmq.Socket) -> tuple[Literal["finished", "stopped", "silent"], bool]:
+    def _session(self, sock: zmq.Socket,
+                 watch: HandshakeWatch) -> tuple[Literal["finished", "stopped", "silent"], bool]:
         self._hello(sock)
         now = time.time()
         last_heard, heard = now, False
         next_heartbeat = now + self.config.heartbeat_interval
         while not self._stop.is_set():
+            if watch.refused():
+                raise NotEnrolledError(
+                    f"the coordinator at {self.config.coordinator} refuses this participant's "
+                    f"CURVE key (id {self.pid!r}, fingerprint "
+                    f"{curve_fingerprint(self.identity.curve_public)}): it is revoked or not "
+                    "enrolled; ask the operator to enrol it.")
             if sock.poll(POLL_MS, zmq.POLLIN):
                 while True:
                     try:
@@ -206,6 +260,11 @@ class Agent:
                     try:
                         message = self.verifier.verify(frames, user_id=COORDINATOR_ID)
                     except ProtocolError as exc:
+                        if exc.reason == Reason.WRONG_SESSION:  # checked after the signature
+                            raise RefusedError(exc.reason, (
+                                f"the coordinator at {self.config.coordinator} runs another "
+                                f"session ({exc}); set session in this participant's config "
+                                "to the consortium's.")) from None
                         self.log.warning("message_refused", reason=exc.reason, detail=str(exc))
                         continue
                     last_heard, heard = time.time(), True
@@ -250,6 +309,9 @@ class Agent:
         reason = Reason.parse(meta.get("reason"))
         self.log.warning("refused_by_coordinator", reason=meta.get("reason"),
                          detail=meta.get("detail"))
+        if reason in ENDS_AGENT:
+            raise RefusedError(reason, f"the coordinator refuses this participant for good "
+                                       f"({reason}: {str(meta.get('detail'))[:300]}).")
         p = self.pending
         if (p and reason is not None and reason.final and meta.get("refused_kind") == p.kind.value
                 and meta.get("refused_round") == p.round):
@@ -317,7 +379,8 @@ class Agent:
                 self._decline(sock, r, Reason.MALFORMED, str(exc))
                 return
             self._reply(sock, self._masked.keys())
-        self._training = (r, self._pool.submit(self._train, task, spec, sigma))
+        self._training = (r, run_in_daemon_thread(lambda: self._train(task, spec, sigma),
+                                                  name=f"train-{r}"))
 
     def _train(self, task: Task, spec: ModelSpec,
                sigma: float | None) -> tuple[Kind, bytes, dict] | Trained:

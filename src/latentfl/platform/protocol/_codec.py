@@ -1,8 +1,10 @@
 """Payload codec: tensors as safetensors bytes, small structures as strict JSON.
 
 Nothing from the network is unpickled: safetensors is a flat header plus raw buffers, parsed
-from bytes (no ``torch.load``). Decoded tensors are checked for finite values and, when a model
-manifest is given, against its names, shapes and dtypes.
+from bytes (no ``torch.load``). The safetensors header is read first, under the field rule of
+``_json``: only the dtypes in ``WIRE_DTYPES`` pass, and with a model manifest each tensor must
+carry exactly the manifest's dtype, before any tensor is built. Decoded tensors are then checked
+for finite values and, with a manifest, against its names and shapes.
 """
 
 from __future__ import annotations
@@ -23,8 +25,17 @@ MAX_TENSORS = 4096
 _MAX_SAFETENSORS_HEADER = 1024 * 1024
 
 
-def _count_tensors(data: bytes) -> int:
-    """Tensors declared in a safetensors header, read before anything is allocated for them."""
+# safetensors dtype codes the protocol carries, as torch names (the manifest's spelling); any
+# other code (float8, complex, unsigned 16-64 bit, ...) is refused before the tensors are built.
+WIRE_DTYPES = {
+    "F64": "float64", "F32": "float32", "F16": "float16", "BF16": "bfloat16", "I64": "int64",
+    "I32": "int32", "I16": "int16", "I8": "int8", "U8": "uint8", "BOOL": "bool",
+}
+
+
+def _read_header(data: bytes) -> dict[str, Any]:
+    """The tensors a safetensors payload declares ({name: entry}), read and checked against
+    the field rule and the wire dtypes before anything is allocated for them."""
     if len(data) < 8:
         raise ProtocolError(Reason.MALFORMED, f"tensor payload is {len(data)} bytes; too short")
     size = int.from_bytes(data[:8], "little")
@@ -37,7 +48,28 @@ def _count_tensors(data: bytes) -> int:
     header = strict_json(data[8 : 8 + size], what="safetensors header", max_bytes=size)
     if not isinstance(header, dict):
         raise ProtocolError(Reason.MALFORMED, "safetensors header is not a JSON object")
-    return len(header) - ("__metadata__" in header)
+    entries = {name: entry for name, entry in header.items() if name != "__metadata__"}
+    for name, entry in entries.items():
+        code = entry.get("dtype") if isinstance(entry, dict) else None
+        if code not in WIRE_DTYPES:
+            raise ProtocolError(
+                Reason.MANIFEST,
+                f"tensor {name[:80]!r} has dtype {str(code)[:20]!r}; expected one of "
+                f"{sorted(WIRE_DTYPES)}",
+            )
+    return entries
+
+
+def _check_dtypes(entries: dict[str, Any], manifest: ModelManifest) -> None:
+    """Every declared tensor must carry exactly the manifest's dtype (names are checked later)."""
+    expected = {name: dtype for name, _, dtype in manifest.entries}
+    for name, entry in entries.items():
+        dtype = WIRE_DTYPES[entry["dtype"]]
+        if name in expected and dtype != expected[name]:
+            raise ProtocolError(
+                Reason.MANIFEST,
+                f"tensor {name!r} has dtype {dtype}; the model manifest has {expected[name]}",
+            )
 
 
 def pack_tensors(tensors: dict[str, torch.Tensor]) -> bytes:
@@ -58,7 +90,8 @@ def unpack_tensors(
             Reason.TOO_LARGE, f"tensor payload is {len(data)} bytes; expected at most {max_bytes}"
         )
     data = bytes(data)
-    count = _count_tensors(data)
+    entries = _read_header(data)
+    count = len(entries)
     if manifest is not None and count != len(manifest.entries):
         raise ProtocolError(
             Reason.MANIFEST,
@@ -69,6 +102,8 @@ def unpack_tensors(
             Reason.TOO_LARGE,
             f"tensor payload holds {count} tensors; expected at most {MAX_TENSORS}",
         )
+    if manifest is not None:
+        _check_dtypes(entries, manifest)
     try:
         tensors = _st_load(data)
     except Exception as exc:  # safetensors raises its own and builtin error types
@@ -76,7 +111,7 @@ def unpack_tensors(
             Reason.MALFORMED, f"tensor payload is not valid safetensors data ({exc})"
         ) from None
     for name, tensor in tensors.items():
-        if (tensor.is_floating_point() or tensor.is_complex()) and not bool(
+        if tensor.is_floating_point() and not bool(
             torch.isfinite(tensor).all()
         ):
             bad = int((~torch.isfinite(tensor)).sum())
@@ -111,4 +146,4 @@ def unpack_json(data: bytes, max_bytes: int = DEFAULT_MAX_JSON_BYTES) -> dict[st
     return obj
 
 
-__all__ = ["DEFAULT_MAX_JSON_BYTES", "pack_json", "pack_tensors", "unpack_json", "unpack_tensors"]
+__all__ = ["DEFAULT_MAX_JSON_BYTES", "WIRE_DTYPES", "pack_json", "pack_tensors", "unpack_json", "unpack_tensors"]

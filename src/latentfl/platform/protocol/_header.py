@@ -20,7 +20,7 @@ from typing import Any
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from latentfl.errors import ProtocolError, Reason
-from latentfl.platform.protocol._json import canonical_json, strict_json
+from latentfl.platform.protocol._json import MAX_SAFE_INT, canonical_json, strict_json
 
 PROTOCOL_VERSION = 1
 MAX_HEADER_BYTES = 8192
@@ -38,7 +38,6 @@ _SESSION = re.compile(r"[A-Za-z0-9_.:-]{1,128}")
 _META_KEY = re.compile(r"[a-z][a-z0-9_]{0,63}")
 _HEX32 = re.compile(r"[0-9a-f]{32}")
 _HEX64 = re.compile(r"[0-9a-f]{64}")
-_INT_LIMIT = 2**63
 
 
 class Kind(StrEnum):
@@ -167,7 +166,7 @@ class Outgoing:
 
 
 def _is_int(value: Any, low: int = 0) -> bool:
-    return type(value) is int and low <= value < _INT_LIMIT
+    return type(value) is int and low <= value <= MAX_SAFE_INT
 
 
 def _header_problems(obj: Any) -> list[str]:
@@ -179,13 +178,13 @@ def _header_problems(obj: Any) -> list[str]:
         return [f"header keys differ from the protocol's: missing {missing}, unexpected {extra}"]
     problems = []
     if not _is_int(obj["version"], 1):
-        problems.append(f"version is {obj['version']!r}; expected a positive integer")
+        problems.append(f"version is {obj['version']!r}; expected an integer in 1..2^53")
     if obj["kind"] not in Kind.__members__:
         problems.append(f"kind is {obj['kind']!r}; expected one of {list(Kind.__members__)}")
     if not (isinstance(obj["session"], str) and _SESSION.fullmatch(obj["session"])):
         problems.append(f"session is {obj['session']!r}; expected 1-128 of A-Z a-z 0-9 _ . : -")
     if not _is_int(obj["round"]):
-        problems.append(f"round is {obj['round']!r}; expected an integer >= 0")
+        problems.append(f"round is {obj['round']!r}; expected an integer in 0..2^53")
     if not (isinstance(obj["sender"], str) and _ID.fullmatch(obj["sender"])):
         problems.append(f"sender is {obj['sender']!r}; expected a participant id")
     if not (isinstance(obj["nonce"], str) and _HEX32.fullmatch(obj["nonce"])):
@@ -194,7 +193,7 @@ def _header_problems(obj: Any) -> list[str]:
     if not (type(ts) is float and math.isfinite(ts) and ts > 0):
         problems.append(f"timestamp is {ts!r}; expected positive float seconds since the epoch")
     if not _is_int(obj["payload_len"]):
-        problems.append(f"payload_len is {obj['payload_len']!r}; expected an integer >= 0")
+        problems.append(f"payload_len is {obj['payload_len']!r}; expected an integer in 0..2^53")
     if not (isinstance(obj["payload_sha256"], str) and _HEX64.fullmatch(obj["payload_sha256"])):
         problems.append("payload_sha256 is not 64 lowercase hex digits")
     problems += _meta_problems(obj["meta"])
@@ -219,8 +218,8 @@ def _meta_problems(meta: Any) -> list[str]:
         elif isinstance(value, bool) or value is None:
             pass
         elif isinstance(value, int):
-            if not -_INT_LIMIT <= value < _INT_LIMIT:
-                problems.append(f"meta {key} is out of the 64-bit integer range")
+            if not -MAX_SAFE_INT <= value <= MAX_SAFE_INT:
+                problems.append(f"meta {key} is outside +-2^53")
         else:
             problems.append(f"meta {key} is a {type(value).__name__}; expected a JSON scalar")
     return problems

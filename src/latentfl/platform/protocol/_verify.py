@@ -1,10 +1,12 @@
 """Accepting or refusing a message: the checks of DESIGN.md, in its order.
 
 ``decode`` checks frame count and sizes, that the ZAP User-Id equals the header's sender, the
-signature, session and round, that the nonce is unseen, the timestamp window, and the payload
+signature, session and round, the timestamp window, that the nonce is unseen, and the payload
 hash; last, that the kind is one the sender's role may send (``FROM_PARTICIPANT`` /
 ``FROM_COORDINATOR`` / ``FROM_OPERATOR``). The header is parsed before the signature check (to learn the sender)
-but strictly and size-bounded, and nothing in it is trusted until the signature verifies.
+but strictly and size-bounded, and nothing in it is trusted until the signature verifies. The
+timestamp is checked before the nonce is recorded, so a message refused as stale leaves no nonce
+in the replay log (its claimed time, possibly far in the future, would otherwise keep it there).
 """
 
 from __future__ import annotations
@@ -104,16 +106,16 @@ def _decode(
         raise ProtocolError(
             Reason.WRONG_ROUND, f"round is {header.round}; expected {expected_round}"
         )
-    if replay.seen_or_add(header.sender, header.nonce, header.timestamp):
-        raise ProtocolError(
-            Reason.REPLAY, f"nonce {header.nonce} from {header.sender!r} was already used"
-        )
     now = time.time() if now is None else now
     if abs(now - header.timestamp) > clock_skew_s:
         raise ProtocolError(
             Reason.STALE,
             f"timestamp is {header.timestamp - now:+.1f}s from this host's clock; expected "
             f"within {clock_skew_s:g}s (check both hosts' clocks)",
+        )
+    if replay.seen_or_add(header.sender, header.nonce, header.timestamp):
+        raise ProtocolError(
+            Reason.REPLAY, f"nonce {header.nonce} from {header.sender!r} was already used"
         )
     digest = hashlib.sha256(payload).hexdigest()
     if len(payload) != header.payload_len or digest != header.payload_sha256:

@@ -85,6 +85,11 @@ class SecAggServer:
     # -- phase 3: masked uploads ----------------------------------------------------------
     def add_masked(self, pid: str, vector: np.ndarray) -> None:
         """Keep a masked upload of a member of U2."""
+        self.check_masked(pid, vector)
+        self.masked[pid] = vector
+
+    def check_masked(self, pid: str, vector: np.ndarray) -> None:
+        """ProtocolError unless :meth:`add_masked` would keep this upload now."""
         if pid not in self.sealed or self.survivors:
             raise ProtocolError(Reason.NOT_IN_ROUND, f"a masked upload from {pid} is not "
                                                      "awaited now.")
@@ -92,7 +97,6 @@ class SecAggServer:
             raise ProtocolError(Reason.MANIFEST, f"masked upload of {pid} is {vector.dtype} of "
                                                  f"shape {vector.shape}; expected uint64 of "
                                                  f"({self.length},).")
-        self.masked[pid] = vector
 
     def close_uploads(self) -> tuple[list[str], list[str]]:
         """Fix U3: (survivors, dropped) to send every survivor."""

@@ -1,0 +1,98 @@
+"""Agents that stop when they should: a refused key or a wrong session ends the agent within
+seconds with one sentence and its exit code; SIGTERM / SIGINT stop a stuck agent within 5 s."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from daemon_helpers import Running, local_parts, make_consortium, tiny_dataset
+from latentfl.config import write_config
+from latentfl.errors import NotEnrolledError, RefusedError
+from latentfl.exitcodes import ExitCode
+from latentfl.platform.coordinator import Coordinator, read_journal
+from latentfl.platform.crypto import curve_fingerprint, revoke_participant
+from latentfl.platform.local import free_port
+from latentfl.platform.participant import Agent
+from latentfl.platform.supervisor import wait_until
+
+
+@pytest.fixture(scope="module")
+def parts():
+    return local_parts(tiny_dataset(n_train=100), 2)
+
+
+@pytest.fixture
+def consortium(tmp_path):
+    return make_consortium(tmp_path, ["p00", "p01"])
+
+
+def _ends_within(agent: Agent, seconds: float) -> BaseException:
+    """Run ``agent`` until it ends by itself; the error it ended with, within ``seconds``."""
+    running, started = Running(agent), time.monotonic()
+    try:
+        running.join(seconds)
+    except BaseException as exc:  # noqa: BLE001 - the error is what the test checks
+        assert time.monotonic() - started < seconds
+        return exc
+    finally:
+        agent.stop()
+    raise AssertionError(f"the agent still ran after {seconds}s")
+
+
+def test_revoked_agent_exits_within_10s(consortium, parts):
+    """A participant whose key is revoked ends with NotEnrolledError naming its key, and the
+    coordinator journals the refused handshake with the participant's id."""
+    config = consortium.coordinator_config()
+    coord = Running(Coordinator(config))
+    try:
+        revoke_participant(consortium.keys, "p01")
+        wait_until(lambda: "p01" not in coord.daemon._auth.allowed_ids(), 10, "the revocation")
+        error = _ends_within(Agent(consortium.participant_config("p01"), data=parts[1]), 10)
+    finally:
+        coord.stop()
+    assert isinstance(error, NotEnrolledError) and "revoked or not enrolled" in str(error)
+    fingerprint = curve_fingerprint(consortium.identity("p01").curve_public)
+    assert fingerprint in str(error)
+    zap = [e for e in read_journal(config.state_dir / "journal.jsonl")
+           if e["event"] == "zap_refused"]
+    assert zap and zap[0]["participant"] == "p01" and zap[0]["fingerprint"] == fingerprint
+
+
+def test_agent_of_another_session_exits_within_10s(consortium, parts):
+    """An agent configured for another session ends with RefusedError (exit 8)."""
+    coord = Running(Coordinator(consortium.coordinator_config()))
+    try:
+        agent = Agent(consortium.participant_config("p00", session="other-session"),
+                      data=parts[0])
+        error = _ends_within(agent, 10)
+    finally:
+        coord.stop()
+    assert isinstance(error, RefusedError) and "runs another session" in str(error)
+
+
+@pytest.mark.parametrize("stop", [signal.SIGTERM, signal.SIGINT])
+def test_stuck_agent_stops_within_5s_of_a_signal(consortium, tmp_path, stop):
+    """An agent whose coordinator never answers (its sends have no connection to go to) exits
+    with 130 within 5 s of SIGTERM or SIGINT."""
+    config = consortium.participant_config("p00", coordinator=f"tcp://127.0.0.1:{free_port()}")
+    path = write_config(tmp_path / "p00.toml", config)
+    log = tmp_path / "p00.log"
+    proc = subprocess.Popen([sys.executable, "-m", "latentfl", "participant", "--config",
+                             str(path)], stdout=log.open("wb"), stderr=subprocess.STDOUT)
+    try:
+        wait_until(lambda: "participant_started" in log.read_text(), 240, "the agent to start")
+        time.sleep(1.5)  # inside a send that has nowhere to go
+        proc.send_signal(stop)
+        started = time.monotonic()
+        code = proc.wait(10)
+        assert time.monotonic() - started < 5.0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert code == ExitCode.INTERRUPTED, log.read_text()[-2000:]
