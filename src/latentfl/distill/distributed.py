@@ -3,7 +3,7 @@
 Every rank of the group calls :func:`distill_on_group` together. Rank 0 holds the
 :class:`~latentfl.distill.jobs.DistillRequest` and broadcasts it (a JSON header as bytes, then
 the pairs as one tensor), so no other rank needs a file from rank 0's host. The jobs are split
-over the ranks by :func:`~latentfl.distill.jobs.balance` on their cost, each rank runs its jobs
+over the ranks by :func:`~latentfl.sharding.balance` on their cost, each rank runs its jobs
 with the ordinary batched engine on its own device, and the synthetic sets travel back to rank 0
 point to point. Every buffer's size follows from the request, so no rank ever unpickles
 anything. Each job is the same :func:`~latentfl.distill.distill` call the single-process path
@@ -25,13 +25,9 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
-from latentfl.distill.jobs import (
-    DistillRequest,
-    balance,
-    build_request_space,
-    run_job,
-)
+from latentfl.distill.jobs import DistillRequest, build_request_space, run_job
 from latentfl.distill.synthesize import SyntheticSet
+from latentfl.sharding import balance
 
 __all__ = ["distill_on_group"]
 

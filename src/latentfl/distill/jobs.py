@@ -17,7 +17,6 @@ This module does not import ``torch.distributed``: the single-process path runs 
 
 from __future__ import annotations
 
-import heapq
 import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -35,7 +34,7 @@ from latentfl.errors import DistillError
 from latentfl.models import build_model
 from latentfl.seeding import derive_seed
 
-__all__ = ["DistillJob", "DistillRequest", "Distiller", "balance", "plan_jobs",
+__all__ = ["DistillJob", "DistillRequest", "Distiller", "build_request_space", "plan_jobs",
            "read_request", "read_sets", "run_job", "run_request", "write_request", "write_sets"]
 
 
@@ -130,20 +129,6 @@ def run_request(request: DistillRequest, device: torch.device) -> list[Synthetic
     """Every job in this process, in order (the local :data:`Distiller`)."""
     student, space = request.student(), build_request_space(request, device)
     return [s for job in request.jobs for s in run_job(job, request, student, space, device)]
-
-
-def balance(costs: Sequence[int], ranks: int) -> list[list[int]]:
-    """Job indices per rank, longest job first to the least-loaded rank (ties: lowest rank), so
-    the slowest rank finishes as early as a greedy split allows; each rank's list is sorted."""
-    if ranks < 1:
-        raise DistillError(f"cannot spread jobs over {ranks} ranks; expected at least 1.")
-    loads = [(0, r) for r in range(ranks)]
-    shares: list[list[int]] = [[] for _ in range(ranks)]
-    for i in sorted(range(len(costs)), key=lambda i: (-costs[i], i)):
-        load, r = heapq.heappop(loads)
-        shares[r].append(i)
-        heapq.heappush(loads, (load + costs[i], r))
-    return [sorted(s) for s in shares]
 
 
 def write_request(path: Path, request: DistillRequest) -> None:

@@ -9,6 +9,8 @@ plan changes (a new round, a round planned again, a round closed).
 
 from __future__ import annotations
 
+import queue
+
 from latentfl.errors import ProtocolError, Reason
 from latentfl.log import get_logger
 from latentfl.models import ModelManifest
@@ -35,6 +37,12 @@ class RoundConductor:
         self.worker = AggregationWorker(rounds)
         self.log = get_logger("coordinator", session=config.session)
         self._encoded: dict[str, tuple[bytes, dict]] = {}  # this plan's TASKs, by participant
+        self._notes: queue.SimpleQueue[tuple[str, dict]] = queue.SimpleQueue()
+
+    def note(self, event: str, **fields) -> None:
+        """Queue a journal line from the aggregation thread (thread-safe); the loop's thread
+        writes it at its next :meth:`finish`, with the round being aggregated now."""
+        self._notes.put((event, {"round": self.rounds.round, **fields}))
 
     def step(self, online: list[str], now: float) -> list[Outgoing]:
         """Open, close or re-plan the round as the time and the online participants say."""
@@ -94,8 +102,9 @@ class RoundConductor:
 
     def finish(self, wait: float = 0.0) -> RoundRecord | None:
         """The round the worker finished aggregating (journaled), if it has; waits up to
-        ``wait`` seconds."""
+        ``wait`` seconds. Journals the aggregation's queued notes first."""
         record = self.worker.poll(wait)
+        self._journal_notes()
         if record is None:
             return None
         self._encoded.clear()
@@ -105,6 +114,12 @@ class RoundConductor:
                       planned=len(record.participants), seconds=round(record.seconds, 3),
                       aggregate_s=round(self.worker.seconds, 3), **record.metrics)
         return record
+
+    def _journal_notes(self) -> None:
+        while not self._notes.empty():
+            event, fields = self._notes.get()
+            self.journal.append(event, **fields)
+            self.log.info(event, **fields)
 
 
 __all__ = ["RoundConductor"]
