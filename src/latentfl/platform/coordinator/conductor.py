@@ -3,7 +3,9 @@
 Socket-free, like the parts it drives: the daemon calls :meth:`RoundConductor.step` with the
 online participants and the time, and sends the outbox it returns (the TASKs of a round just
 opened, a DECRYPT_TASK); :meth:`~RoundConductor.finish` collects a round the aggregation
-worker has closed. The TASKs of a plan are encoded once, by participant, and forgotten when the
+worker has closed. With a ``[distributed]`` section the strategy distils on a torchrun worker
+group (:mod:`~latentfl.platform.coordinator.distributed`), whose journal lines the aggregation
+thread queues with :meth:`~RoundConductor.note`. The TASKs of a plan are encoded once, by participant, and forgotten when the
 plan changes (a new round, a round planned again, a round closed).
 """
 
@@ -16,6 +18,7 @@ from latentfl.log import get_logger
 from latentfl.models import ModelManifest
 from latentfl.platform.coordinator.aggregation import AggregationWorker
 from latentfl.platform.coordinator.config import CoordinatorConfig
+from latentfl.platform.coordinator.distributed import WorkerGroup
 from latentfl.platform.coordinator.journal import Journal
 from latentfl.platform.coordinator.rounds import RoundRecord, Rounds
 from latentfl.platform.coordinator.secure import SecureAggregation
@@ -38,6 +41,9 @@ class RoundConductor:
         self.log = get_logger("coordinator", session=config.session)
         self._encoded: dict[str, tuple[bytes, dict]] = {}  # this plan's TASKs, by participant
         self._notes: queue.SimpleQueue[tuple[str, dict]] = queue.SimpleQueue()
+        if config.distributed is not None:  # each round's distillation on a torchrun group
+            rounds.strategy.use_distiller(WorkerGroup(config.distributed,
+                                                      rounds.store.root / "distill", self.note))
 
     def note(self, event: str, **fields) -> None:
         """Queue a journal line from the aggregation thread (thread-safe); the loop's thread

@@ -35,7 +35,6 @@ from latentfl.models import model_manifest
 from latentfl.platform.coordinator.audit_service import AUDIT_KINDS, AuditService
 from latentfl.platform.coordinator.conductor import RoundConductor
 from latentfl.platform.coordinator.config import CoordinatorConfig
-from latentfl.platform.coordinator.distributed import WorkerGroup
 from latentfl.platform.coordinator.intake import UpdateIntake
 from latentfl.platform.coordinator.journal import Journal
 from latentfl.platform.coordinator.peers import PeerTable
@@ -106,9 +105,6 @@ class Coordinator:
         self.intake = UpdateIntake(config, self.rounds, self.journal, self.manifest, self.secure)
         self.conductor = RoundConductor(config, self.rounds, self.journal, self.manifest,
                                         self.secure)
-        if config.distributed is not None:  # each round's distillation on a torchrun group
-            self.strategy.use_distiller(WorkerGroup(config.distributed, self.store.root / "distill",
-                                                    note=self.conductor.note))
         self.router = Router(self.identity, session=config.session,
                              max_message_bytes=config.max_message_bytes)
         self.handlers: dict[Kind, Callable[[Message], Outbox]] = {
