@@ -128,6 +128,7 @@ def test_a_killed_rank_fails_the_attempt_then_the_round_falls_back(tmp_path, loc
     assert [e["attempt"] for e in failed] == [1, 2]
     for e in failed:
         assert "worker group exited with status" in e["reason"] and Path(e["log"]).is_file()
+        assert "rank 1" in e["reason"] and "SIGKILL" in e["reason"]  # which rank died, how
     fallback = events(journal)[2]
     assert fallback["event"] == "distill_fallback_local" and fallback["round"] == 1
     closed = events(journal, "round_closed")[0]

@@ -150,13 +150,21 @@ class _GroupFailed(Exception):
         self.reason, self.log = reason, log
 
 
-#: What to look for in torchrun's output, most telling first.
-_CAUSES = ("exitcode", "signal", "timed out", "timeout", "connection refused")
+#: What to look for in torchrun's output when it names no root cause, most telling first.
+_CAUSES = ("timed out", "timeout", "connection refused", "error")
 
 
 def _cause(log_path: Path) -> str:
-    """The most telling line of torchrun's output (which rank died how, or the timeout)."""
+    """The most telling part of torchrun's output: the rank that failed first and how (its
+    'Root Cause' block), else the first line naming a timeout or an error."""
     lines = [ln.strip() for ln in log_path.read_text(errors="replace").splitlines() if ln.strip()]
+    if "Root Cause (first observed failure):" in lines:
+        block = lines[lines.index("Root Cause (first observed failure):") + 1:]
+        fields = dict(ln.split(":", 1) for ln in block[:8] if ":" in ln)
+        fields = {k.strip(): v.strip() for k, v in fields.items()}
+        if "rank" in fields and "exitcode" in fields:
+            return (f"rank {fields['rank']} on {fields.get('host', '?')} failed first, exit "
+                    f"code {fields['exitcode']}")
     for needle in _CAUSES:
         for line in lines:
             if needle in line.lower():
