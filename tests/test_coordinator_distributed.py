@@ -101,7 +101,7 @@ def kill_rank_one(root: Path, stop: threading.Event, killed: list[int]) -> None:
             except OSError:
                 continue
             if (b"latentfl.distill.group_worker" in cmdline and str(root).encode() in cmdline
-                    and b"LOCAL_RANK=1" in environ and b"TORCHELASTIC_RUN_ID=none" not in cmdline):
+                    and b"LOCAL_RANK=1" in environ):
                 try:
                     os.kill(int(proc.name), signal.SIGKILL)
                     killed.append(int(proc.name))

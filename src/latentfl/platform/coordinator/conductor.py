@@ -41,9 +41,10 @@ class RoundConductor:
         self.log = get_logger("coordinator", session=config.session)
         self._encoded: dict[str, tuple[bytes, dict]] = {}  # this plan's TASKs, by participant
         self._notes: queue.SimpleQueue[tuple[str, dict]] = queue.SimpleQueue()
+        self.group: WorkerGroup | None = None
         if config.distributed is not None:  # each round's distillation on a torchrun group
-            rounds.strategy.use_distiller(WorkerGroup(config.distributed,
-                                                      rounds.store.root / "distill", self.note))
+            self.group = WorkerGroup(config.distributed, rounds.store.root / "distill", self.note)
+            rounds.strategy.use_distiller(self.group)
 
     def note(self, event: str, **fields) -> None:
         """Queue a journal line from the aggregation thread (thread-safe); the loop's thread
@@ -120,6 +121,11 @@ class RoundConductor:
                       planned=len(record.participants), seconds=round(record.seconds, 3),
                       aggregate_s=round(self.worker.seconds, 3), **record.metrics)
         return record
+
+    def stop(self) -> None:
+        """Stop a running distillation worker group (the daemon is exiting)."""
+        if self.group is not None:
+            self.group.stop()
 
     def _journal_notes(self) -> None:
         while not self._notes.empty():

@@ -21,6 +21,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -33,6 +34,7 @@ from latentfl.config import option
 from latentfl.distill import SyntheticSet
 from latentfl.distill.group_worker import REQUEST_FILE, SETS_FILE
 from latentfl.distill.jobs import DistillRequest, read_sets, run_request, write_request
+from latentfl.errors import StateError
 from latentfl.log import get_logger
 from latentfl.torchrun import torchrun_command
 
@@ -88,6 +90,16 @@ class WorkerGroup:
         self.workdir = Path(workdir)
         self.note = note
         self.log = get_logger("coordinator.distill_group")
+        self._proc: subprocess.Popen | None = None
+        self._stopping = threading.Event()
+
+    def stop(self) -> None:
+        """Stop the running group (torchrun stops its ranks) and start no other (thread-safe):
+        the daemon is exiting, and the round resumes from the state folder at the next start."""
+        self._stopping.set()
+        proc = self._proc
+        if proc is not None and proc.poll() is None:
+            proc.terminate()
 
     @property
     def backend(self) -> str:
@@ -102,6 +114,9 @@ class WorkerGroup:
             try:
                 sets = self._attempt(request, attempt, count)
             except _GroupFailed as exc:
+                if self._stopping.is_set():
+                    raise StateError("the coordinator stopped while the worker group distilled; "
+                                     "the round resumes at the next start.") from None
                 self.note("distill_group_failed", attempt=attempt, reason=exc.reason,
                           log=str(exc.log))
                 self.log.warning("distill_group_failed", attempt=attempt, reason=exc.reason)
@@ -131,8 +146,10 @@ class WorkerGroup:
             env.setdefault("OMP_NUM_THREADS", "1")  # one thread per rank: ranks ~ cores
         log_path = job / "group.log"
         with log_path.open("wb") as log:
-            status = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT, env=env,
-                                    check=False).returncode
+            self._proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)
+            if self._stopping.is_set():  # stop() came before the group existed
+                self._proc.terminate()
+            status = self._proc.wait()
         if status != 0:
             raise _GroupFailed(f"the worker group exited with status {status}: "
                               f"{_cause(log_path)}", log_path)
