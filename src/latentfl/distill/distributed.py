@@ -42,28 +42,31 @@ def distill_on_group(request: DistillRequest | None, device: torch.device | str,
     device = torch.device(device)
     rank, world = dist.get_rank(group), dist.get_world_size(group)
     wire = device if dist.get_backend(group) == "nccl" else torch.device("cpu")
-    request = _broadcast_request(request if rank == 0 else None, wire, group)
+    root = _global(group, 0)
+    request = _broadcast_request(request if rank == 0 else None, wire, group, root)
     shares = balance([job.cost(request.spec.ipc) for job in request.jobs], world)
     student, space = request.student(), build_request_space(request, device)
     mine = {i: run_job(request.jobs[i], request, student, space, device) for i in shares[rank]}
     if rank != 0:
         for i in shares[rank]:
-            dist.send(_pack(mine[i]).to(wire), dist.get_global_rank(group, 0) if group else 0,
-                      group=group)
+            dist.send(_pack(mine[i]).to(wire), root, group=group)
         return None
     done = dict(mine)
     for r in range(1, world):
-        src = dist.get_global_rank(group, r) if group else r
         for i in shares[r]:
             buffer = torch.empty(_packed_size(request, i), dtype=torch.float64, device=wire)
-            dist.recv(buffer, src, group=group)
+            dist.recv(buffer, _global(group, r), group=group)
             done[i] = _unpack(request, i, buffer.cpu())
     return [s for i in range(len(request.jobs)) for s in done[i]]
 
 
+def _global(group: dist.ProcessGroup | None, rank: int) -> int:
+    """The global rank of ``group``'s ``rank`` (point-to-point calls take global ranks)."""
+    return rank if group is None else dist.get_global_rank(group, rank)
+
+
 def _broadcast_request(request: DistillRequest | None, wire: torch.device,
-                       group: dist.ProcessGroup | None) -> DistillRequest:
-    src = dist.get_global_rank(group, 0) if group else 0
+                       group: dist.ProcessGroup | None, src: int) -> DistillRequest:
     if request is not None:
         header = request.header()
         header["dim"] = int(request.jobs[0].starts.shape[1]) if request.jobs else 0
@@ -79,7 +82,7 @@ def _broadcast_request(request: DistillRequest | None, wire: torch.device,
     counts = [len(j["classes"]) for j in header["jobs"]]
     if request is not None:
         pairs = torch.cat([torch.stack([j.starts, j.targets]).float().flatten(1)
-                           for j in request.jobs], 1).to(wire)
+                           for j in request.jobs] or [torch.empty(2, 0)], 1).to(wire)
     else:
         pairs = torch.empty(2, sum(counts) * header["dim"], dtype=torch.float32, device=wire)
     dist.broadcast(pairs, src, group=group)

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
@@ -142,8 +143,6 @@ def write_request(path: Path, request: DistillRequest) -> None:
 
 def read_request(path: Path) -> DistillRequest:
     """What :func:`write_request` wrote."""
-    from safetensors import safe_open
-
     with safe_open(str(path), "pt") as fh:
         header = json.loads(fh.metadata()["request"])
     tensors = load_file(str(path))

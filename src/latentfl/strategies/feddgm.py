@@ -66,7 +66,8 @@ class FedDGMConfig:
     participants_per_batch: int = option(
         0,
         help="Participants distilled together in one batched graph; 0 = auto (10 on CUDA, 1 on "
-        "CPU, where batched grouped convolutions are slower than a loop).",
+        "CPU, where batched grouped convolutions are slower than a loop). With a coordinator's "
+        "[distributed] section each graph is one unit of work for one rank.",
         min=0,
     )
     mean: tuple[float, ...] = option(
