@@ -9,8 +9,9 @@ import sys
 import torch
 
 from latentfl.distill import DistillConfig, SetSpec
-from latentfl.distill.group_worker import REQUEST_FILE, SETS_FILE
 from latentfl.distill.jobs import (
+    REQUEST_FILE,
+    SETS_FILE,
     DistillRequest,
     plan_jobs,
     read_request,
@@ -96,10 +97,12 @@ def test_three_ranks_give_the_sets_of_one_process(tmp_path):
 
 
 def test_single_process_path_does_not_load_the_distributed_module():
-    """Importing the strategies and simulating never loads latentfl's distributed code."""
-    code = ("import sys, latentfl.simulate, latentfl.strategies, latentfl.distill.jobs; "
-            "print(sorted(m for m in sys.modules if m.startswith('latentfl') and "
-            "('distributed' in m or 'group_worker' in m or 'torchrun' in m)))")
+    """The simulator, the strategies and the coordinator daemon never load the code that runs
+    on a process group (latentfl.distill.distributed, group_worker)."""
+    code = ("import sys, latentfl.simulate, latentfl.strategies, latentfl.distill.jobs, "
+            "latentfl.platform.coordinator.daemon; "
+            "print(sorted(m for m in sys.modules if m.startswith('latentfl.distill.') and "
+            "('distributed' in m or 'group_worker' in m)))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "[]"

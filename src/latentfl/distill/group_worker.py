@@ -23,12 +23,9 @@ import torch
 import torch.distributed as dist
 
 from latentfl.distill.distributed import distill_on_group
-from latentfl.distill.jobs import read_request, write_sets
+from latentfl.distill.jobs import REQUEST_FILE, SETS_FILE, read_request, write_sets
 
-__all__ = ["REQUEST_FILE", "SETS_FILE", "main"]
-
-REQUEST_FILE = "request.safetensors"
-SETS_FILE = "sets.safetensors"
+__all__ = ["main"]
 
 
 def main(argv: Sequence[str] | None = None) -> int:

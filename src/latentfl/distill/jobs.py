@@ -35,8 +35,13 @@ from latentfl.errors import DistillError
 from latentfl.models import build_model
 from latentfl.seeding import derive_seed
 
-__all__ = ["DistillJob", "DistillRequest", "Distiller", "build_request_space", "plan_jobs",
+__all__ = ["REQUEST_FILE", "SETS_FILE", "DistillJob", "DistillRequest", "Distiller", "build_request_space", "plan_jobs",
            "read_request", "read_sets", "run_job", "run_request", "write_request", "write_sets"]
+
+
+#: File names in a worker group's job folder: the request rank 0 reads, the sets it writes.
+REQUEST_FILE = "request.safetensors"
+SETS_FILE = "sets.safetensors"
 
 
 @dataclass(frozen=True, eq=False)

@@ -32,8 +32,14 @@ import torch
 
 from latentfl.config import option
 from latentfl.distill import SyntheticSet
-from latentfl.distill.group_worker import REQUEST_FILE, SETS_FILE
-from latentfl.distill.jobs import DistillRequest, read_sets, run_request, write_request
+from latentfl.distill.jobs import (
+    REQUEST_FILE,
+    SETS_FILE,
+    DistillRequest,
+    read_sets,
+    run_request,
+    write_request,
+)
 from latentfl.errors import StateError
 from latentfl.log import get_logger
 from latentfl.torchrun import torchrun_command
