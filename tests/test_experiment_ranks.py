@@ -10,8 +10,7 @@ from pathlib import Path
 import torch
 
 from latentfl.config import load_config
-from latentfl.experiment import ExperimentConfig, grid, read_results, run_experiment
-from latentfl.experiment.runner import Ranks
+from latentfl.experiment import ExperimentConfig, Ranks, grid, read_results, run_experiment
 from test_experiment import write_npz, write_toy_experiment
 
 
