@@ -29,7 +29,14 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
 from latentfl.config import from_dict, to_dict
-from latentfl.distill.synthesize import DistillConfig, SetSpec, SyntheticSet, build_space, distill
+from latentfl.distill.synthesize import (
+    DistillConfig,
+    SetSpec,
+    Space,
+    SyntheticSet,
+    build_space,
+    distill,
+)
 from latentfl.distill.targets import FixedTargets
 from latentfl.errors import DistillError
 from latentfl.models import build_model
@@ -117,14 +124,14 @@ def plan_jobs(start: Tensor, targets: Sequence[Tensor], classes: Sequence[tuple[
     return tuple(jobs)
 
 
-def run_job(job: DistillJob, request: DistillRequest, student: nn.Module, space: Any,
+def run_job(job: DistillJob, request: DistillRequest, student: nn.Module, space: Space,
             device: torch.device) -> list[SyntheticSet]:
     """One job's sets: exactly the :func:`distill` call the single-process path makes."""
     return distill(FixedTargets(job.starts, job.targets, job.classes), student, spec=request.spec,
                    space=space, config=request.config, device=device, seed=job.seed)
 
 
-def build_request_space(request: DistillRequest, device: torch.device) -> Any:
+def build_request_space(request: DistillRequest, device: torch.device) -> Space:
     """The latent space the request's recipe names, on ``device``."""
     return build_space(request.config, image_shape=tuple(request.architecture["in_shape"]),
                        num_classes=request.spec.num_classes, mean=request.mean, std=request.std,
