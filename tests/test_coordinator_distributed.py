@@ -136,6 +136,19 @@ def test_a_killed_rank_fails_the_attempt_then_the_round_falls_back(tmp_path, loc
     assert_same_checkpoint(tensors, local_round[0])
 
 
+def test_a_node_that_never_joins_times_out_and_the_round_falls_back(tmp_path, local_round):
+    """nodes = 2 with no second node: each attempt fails after rendezvous_timeout with a journal
+    line saying so, and the round is distilled locally to the same checkpoint."""
+    tensors, journal = close_one_round(tmp_path / "state", ranks_per_node=1, nodes=2,
+                                       backend="gloo", rendezvous_timeout=1.0,
+                                       endpoint=f"127.0.0.1:{free_port()}")
+    failed, fallback = events(journal)[:2], events(journal)[2]
+    assert [e["event"] for e in failed] == ["distill_group_failed"] * 2
+    assert all("timed out" in e["reason"].lower() for e in failed)
+    assert fallback["event"] == "distill_fallback_local"
+    assert_same_checkpoint(tensors, local_round[0])
+
+
 def test_a_bad_endpoint_is_a_config_error(tmp_path):
     """distributed.endpoint must be HOST:PORT; the error names the key and the expected form."""
     with pytest.raises(ConfigError, match="distributed.endpoint"):
