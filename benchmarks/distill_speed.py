@@ -15,15 +15,29 @@ IPC 2, N=5, 1 and 4 participants) for a CPU smoke run.
     python benchmarks/distill_speed.py --device cuda
     python benchmarks/distill_speed.py --device cpu --quick
     python benchmarks/distill_speed.py --device cpu --quick --iterations 1 --participants 1 --spaces latent
+
+``--ranks 1 2`` times instead one round of ``--participants`` participants (default 8), each its
+own job (the CPU default of FedDGM), distilled on a gloo group of each given size started with
+torchrun (one thread per rank), F-space of the built-in generator, full unroll: the seconds from
+the broadcast of the request to the last set gathered on rank 0, and the whole command's wall time
+with torchrun's start-up.
+
+    python benchmarks/distill_speed.py --ranks 1 2 --quick
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import multiprocessing as mp
+import os
 import resource
+import subprocess
+import sys
+import tempfile
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -131,6 +145,76 @@ def run_case(case: Case) -> tuple[float, float, float]:
     return work / elapsed, cpu / work, peak
 
 
+def _round_request(participants: int, width: int, ipc: int, steps: int, batch: int,
+                   iterations: int):
+    """A FedDGM round on the CPU: one job per participant, the built-in generator's F-space."""
+    from latentfl.distill import DistillConfig, SetSpec
+    from latentfl.distill.jobs import DistillRequest, plan_jobs
+    from latentfl.models import build_model, flatten_params
+
+    torch.manual_seed(0)
+    arch = {"name": "convnet", "num_classes": 10, "in_shape": [3, 32, 32],
+            "options": {"width": width, "depth": 3, "norm": "instance"}}
+    start = flatten_params(build_model("convnet", 10, (3, 32, 32), width=width, depth=3,
+                                       norm="instance"))
+    gen = torch.Generator().manual_seed(1)
+    targets = [start + 0.01 * torch.randn(start.shape, generator=gen) for _ in range(participants)]
+    cfg = DistillConfig(iterations=iterations, steps=steps, batch_size=batch, prior="random",
+                        log_every=0)
+    return DistillRequest(arch, SetSpec(10, ipc), cfg, (0.5,) * 3, (0.25,) * 3, 0,
+                          plan_jobs(start, targets, [tuple(range(10))] * participants, per_job=1,
+                                    seed=0))
+
+
+def _group_rank(request_path: str) -> None:
+    """One torchrun rank of ``--ranks``: time distill_on_group; rank 0 prints the seconds."""
+    import torch.distributed as dist
+
+    from latentfl.distill.distributed import distill_on_group
+    from latentfl.distill.jobs import read_request
+
+    dist.init_process_group("gloo")
+    request = read_request(Path(request_path)) if dist.get_rank() == 0 else None
+    dist.barrier()
+    t0 = time.perf_counter()
+    sets = distill_on_group(request, "cpu")
+    if sets is not None:
+        print(json.dumps({"seconds": time.perf_counter() - t0, "sets": len(sets)}), flush=True)
+    dist.destroy_process_group()
+
+
+def _ranks_table(ranks: list[int], participants: int, quick: bool, iterations: int | None) -> None:
+    from latentfl.distill.jobs import write_request
+    from latentfl.torchrun import free_port
+
+    width, ipc, steps = (32, 2, 5) if quick else (128, 10, 30)
+    iters = iterations or (3 if quick else 5)
+    batch = min(100, 10 * ipc)
+    request = _round_request(participants, width, ipc, steps, batch, iters)
+    print(f"# distill_speed --ranks: one round of {participants} participants (one job each), "
+          f"ConvNet-3 width {width}, 32x32, IPC {ipc}, N={steps}, batch {batch}, DSA on, F-space, "
+          f"full unroll, {iters} iterations, gloo, 1 thread per rank, {os.cpu_count()} CPUs, "
+          f"torch {torch.__version__}")
+    print("| ranks | distill s | participant-it/s | speed-up | command wall s (with start-up) |")
+    print("| --- | --- | --- | --- | --- |")
+    base = None
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "request.safetensors"
+        write_request(path, request)
+        for k in ranks:
+            command = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(k),
+                       "--master-addr", "127.0.0.1", "--master-port", str(free_port()),
+                       __file__, "--group-rank", str(path)]
+            t0 = time.perf_counter()
+            out = subprocess.run(command, capture_output=True, text=True, check=True,
+                                 env={**os.environ, "OMP_NUM_THREADS": "1"})
+            wall = time.perf_counter() - t0
+            seconds = json.loads(out.stdout.strip().splitlines()[-1])["seconds"]
+            base = base or seconds
+            print(f"| {k} | {seconds:.1f} | {participants * iters / seconds:.3f} | "
+                  f"{base / seconds:.2f}x | {wall:.1f} |", flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -141,7 +225,16 @@ def main() -> None:
                         help="participants per call (default 1 10, --quick 1 4)")
     parser.add_argument("--spaces", nargs="+", choices=("pixel", "latent"),
                         default=("pixel", "latent"), help="image spaces to time (default both)")
+    parser.add_argument("--ranks", type=int, nargs="+", default=None,
+                        help="time one round on gloo groups of these sizes (see above)")
+    parser.add_argument("--group-rank", help=argparse.SUPPRESS)  # a torchrun rank of --ranks
     args = parser.parse_args()
+    if args.group_rank:
+        _group_rank(args.group_rank)
+        return
+    if args.ranks:
+        _ranks_table(args.ranks, (args.participants or [8])[0], args.quick, args.iterations)
+        return
     if args.quick:
         width, ipc, steps, participants, iters = 32, 2, 5, (1, 4), 2
     else:

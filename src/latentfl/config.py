@@ -288,6 +288,15 @@ def _check_bounds(f: dataclasses.Field, key: str, value: Any, problems: list[str
         problems.append(f"'{key}' = {value!r}; expected a value <= {hi}.")
 
 
+def _optional_section(tp: Any) -> type | None:
+    """``S`` for a field typed ``S | None`` with ``S`` a dataclass (a section that may be
+    absent), else None."""
+    if get_origin(tp) not in (typing.Union, types.UnionType):
+        return None
+    inner = [a for a in get_args(tp) if a is not type(None)]
+    return inner[0] if len(inner) == 1 and dataclasses.is_dataclass(inner[0]) else None
+
+
 def describe(schema: type, prefix: str = "") -> list[tuple[str, str, str, str]]:
     """(key, type, default, help) rows for every option of ``schema``: the docs' source."""
     rows = []
@@ -295,6 +304,10 @@ def describe(schema: type, prefix: str = "") -> list[tuple[str, str, str, str]]:
     for f in dataclasses.fields(schema):
         key = f"{prefix}{f.name}"
         tp = hints[f.name]
+        section = _optional_section(tp)
+        if section is not None:  # an optional section: its keys, present or not
+            rows.extend(describe(section, prefix=f"{key}."))
+            continue
         if dataclasses.is_dataclass(tp):
             rows.extend(describe(tp, prefix=f"{key}."))
             continue

@@ -7,6 +7,9 @@ The engine behind FedDGM and DynaFed: :func:`distill` runs the outer loop toward
 class-conditional generator whose F-space latents :class:`GeneratorSpace` trains, and
 :mod:`~latentfl.distill.priors` names the generator priors a config can choose (shipped ones,
 entry points of other packages, trained files) behind the :class:`GeneratorPrior` interface.
+:mod:`~latentfl.distill.jobs` describes a round's distillation as data that any process can run
+(:class:`~latentfl.distill.jobs.DistillRequest`); :mod:`~latentfl.distill.distributed` runs one
+over a ``torch.distributed`` process group and is imported only by the processes that do.
 """
 
 from latentfl.distill.augment import FAMILIES, AugmentOp, apply_augment, augment, draw_augment

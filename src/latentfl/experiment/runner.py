@@ -10,10 +10,16 @@ Layout under the experiment's ``output`` folder::
                            (architecture, alpha)
     runs/<cell>/rounds.jsonl   the simulator's per-round records
     runs/<cell>/cell.json      the cell's full simulation config
+    runs/<cell>/row.json       the cell's results row, written when the cell finishes
 
-A cell counts as finished when results.csv has its row, the row's config digest matches the
-cell's config, and its rounds.jsonl holds one complete record per round. Finished cells are
-not run again; an interrupted or changed cell is run again from its first round.
+A cell counts as finished when results.csv or its row.json has its row, the row's config digest
+matches the cell's config, and its rounds.jsonl holds one complete record per round. Finished
+cells are not run again; an interrupted or changed cell is run again from its first round.
+
+Over ranks (``latentfl experiment --ranks K``, or torchrun): every rank computes the same grid
+and the same split of the unfinished cells (:func:`latentfl.sharding.balance` on rounds times
+participants), runs its share and writes each finished cell's row.json; after a barrier rank 0
+alone writes results.csv, table.md and the plot. A cell finished by any rank is never rerun.
 """
 
 from __future__ import annotations
@@ -35,10 +41,12 @@ from latentfl.experiment._files import read_rounds
 from latentfl.experiment.config import Cell, ExperimentConfig, grid, output_folder
 from latentfl.experiment.report import write_plot, write_table
 from latentfl.log import get_logger
+from latentfl.sharding import balance
 from latentfl.simulate import RoundRecord, run_simulation
 
 log = get_logger("experiment")
 
+ROW_FILE = "row.json"
 RESULT_FIELDS = ("cell", "method", "alpha", "architecture", "seed", "rounds", "final_accuracy",
                  "best_accuracy", "best_round", "seconds", "seconds_per_round", "config_digest")
 
@@ -75,6 +83,18 @@ def read_results(path: Path) -> list[dict[str, Any]]:
     return rows
 
 
+def finished_row(cell: Cell, row: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The cell's row if the cell is finished: ``row`` (from results.csv) or its row.json."""
+    if is_finished(cell, row):
+        return row
+    path = cell.run_dir / ROW_FILE
+    if path.is_file():
+        saved = json.loads(path.read_text(encoding="utf-8"))
+        if is_finished(cell, saved):
+            return saved
+    return None
+
+
 def is_finished(cell: Cell, row: dict[str, Any] | None) -> bool:
     """True when ``row`` belongs to this exact cell config and its round records are complete."""
     if row is None or row.get("config_digest") != cell_digest(cell):
@@ -83,13 +103,24 @@ def is_finished(cell: Cell, row: dict[str, Any] | None) -> bool:
     return [r.get("round") for r in records] == list(range(1, cell.simulation.rounds + 1))
 
 
+@dataclass(frozen=True)
+class Ranks:
+    """This process's place among the processes sharing one grid, and how to wait for them."""
+
+    rank: int = 0
+    world: int = 1
+    barrier: Callable[[], None] = lambda: None
+
+
 def run_experiment(
     config: ExperimentConfig,
     *,
     progress: bool = True,
     on_cell: Callable[[Cell, dict[str, Any]], None] | None = None,
+    ranks: Ranks = Ranks(),
 ) -> ExperimentResult:
-    """Run every unfinished cell of ``config``'s grid; write results.csv, table.md and the plot."""
+    """Run every unfinished cell of ``config``'s grid (this rank's share of them); then write
+    results.csv, table.md and the plot (rank 0, once every rank is done)."""
     from tqdm import tqdm
 
 
@@ -97,16 +128,20 @@ def run_experiment(
     out.mkdir(parents=True, exist_ok=True)
     cells = grid(config)
     old = {row["cell"]: row for row in read_results(out / "results.csv")}
-    rows = {c.key: old[c.key] for c in cells if is_finished(c, old.get(c.key))}
+    rows = {c.key: row for c in cells if (row := finished_row(c, old.get(c.key))) is not None}
     # rows of cells outside this grid (another part run with --only) stay in results.csv
     outside = [row for key, row in old.items() if key not in {c.key for c in cells}]
     todo = [c for c in cells if c.key not in rows]
+    skipped = [c.key for c in cells if c.key in rows]
     ran: list[str] = []
     infeasible: dict[str, str] = {}
     if todo:
         dataset = _load_dataset(config.simulation.data)
         infeasible = partition_problems(todo, dataset)
         todo = [c for c in todo if c.key not in infeasible]
+        share = balance([c.simulation.rounds * c.simulation.participants for c in todo],
+                        ranks.world)[ranks.rank]
+        todo = [todo[i] for i in share]
         total = sum(c.simulation.rounds for c in todo)
         with tqdm(total=total, unit="round", disable=not progress, dynamic_ncols=True) as bar:
             for cell in todo:
@@ -114,16 +149,24 @@ def run_experiment(
                 row = run_cell(cell, dataset, on_round=lambda rec: _tick(bar, rec))
                 rows[cell.key] = row
                 ran.append(cell.key)
-                ordered = [rows[c.key] for c in cells if c.key in rows]
-                write_results(out / "results.csv", ordered + outside)
-                write_table(out / "table.md", config, ordered, infeasible)
+                if ranks.world == 1:  # several ranks: rank 0 writes once, after the barrier
+                    ordered = [rows[c.key] for c in cells if c.key in rows]
+                    write_results(out / "results.csv", ordered + outside)
+                    write_table(out / "table.md", config, ordered, infeasible)
                 if on_cell is not None:
                     on_cell(cell, row)
+    ranks.barrier()
+    if ranks.world > 1:  # the cells the other ranks ran
+        for cell in cells:
+            if cell.key not in rows and (row := finished_row(cell, None)) is not None:
+                rows[cell.key] = row
+        ran = [c.key for c in cells if c.key in rows and c.key not in skipped]
     ordered = [rows[c.key] for c in cells if c.key in rows]
+    if ranks.rank != 0:
+        return ExperimentResult(ordered, ran, skipped, out, infeasible)
     write_results(out / "results.csv", ordered + outside)
     write_table(out / "table.md", config, ordered, infeasible)
     write_plot(out / "convergence.png", cells, rows)
-    skipped = [c.key for c in cells if c.key not in ran and c.key not in infeasible]
     log.info("experiment_done", cells=len(cells), ran=len(ran), skipped=len(skipped),
              infeasible=len(infeasible), output=str(out))
     return ExperimentResult(ordered, ran, skipped, out, infeasible)
@@ -161,7 +204,7 @@ def run_cell(cell: Cell, dataset, *, on_round: Callable[[RoundRecord], None] | N
     accuracies = [r.accuracy for r in result.history]
     best = max(range(len(accuracies)), key=lambda i: accuracies[i])
     seconds = sum(r.seconds for r in result.history)
-    return {
+    row = {
         "cell": cell.key,
         "method": cell.method,
         "alpha": cell.alpha,
@@ -175,6 +218,8 @@ def run_cell(cell: Cell, dataset, *, on_round: Callable[[RoundRecord], None] | N
         "seconds_per_round": seconds / len(result.history),
         "config_digest": cell_digest(cell),
     }
+    write_atomic(cell.run_dir / ROW_FILE, json.dumps(row, indent=2))
+    return row
 
 
 def write_results(path: Path, rows: list[dict[str, Any]]) -> None:
@@ -208,5 +253,6 @@ def _load_dataset(spec: str):
     return dataset
 
 
-__all__ = ["RESULT_FIELDS", "ExperimentResult", "cell_digest", "is_finished", "read_results",
-           "run_cell", "run_experiment", "write_results"]
+__all__ = ["RESULT_FIELDS", "ROW_FILE", "ExperimentResult", "Ranks", "cell_digest",
+           "finished_row", "is_finished", "read_results", "run_cell", "run_experiment",
+           "write_results"]

@@ -38,6 +38,7 @@ import torch
 from torch import nn
 
 from latentfl.config import option
+from latentfl.distill.jobs import Distiller
 from latentfl.errors import ConfigError
 from latentfl.models import build_model
 from latentfl.seeding import derive_seed
@@ -164,6 +165,11 @@ class Strategy(abc.ABC):
         """The synthetic set derived from each participant's update in the last aggregated
         round, by participant id; empty for methods that make none."""
         return {}
+
+    def use_distiller(self, distiller: Distiller) -> None:
+        """Run the method's per-round distillation through ``distiller`` (the coordinator's
+        worker group); methods that distil nothing per round ignore it."""
+        del distiller
 
     def evaluation_spec(self) -> ModelSpec:
         """The architecture of ``evaluation_model()``: the participants' model unless the

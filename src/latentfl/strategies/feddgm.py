@@ -20,14 +20,8 @@ from torch import nn
 
 from latentfl.config import option
 from latentfl.device import resolve_device
-from latentfl.distill import (
-    DistillConfig,
-    FixedTargets,
-    SetSpec,
-    SyntheticSet,
-    build_space,
-    distill,
-)
+from latentfl.distill import DistillConfig, SetSpec, SyntheticSet
+from latentfl.distill.jobs import Distiller, DistillRequest, plan_jobs, run_request
 from latentfl.log import get_logger
 from latentfl.models import (
     flatten_named,
@@ -72,7 +66,8 @@ class FedDGMConfig:
     participants_per_batch: int = option(
         0,
         help="Participants distilled together in one batched graph; 0 = auto (10 on CUDA, 1 on "
-        "CPU, where batched grouped convolutions are slower than a loop).",
+        "CPU, where batched grouped convolutions are slower than a loop). With a coordinator's "
+        "[distributed] section each graph is one unit of work for one rank.",
         min=0,
     )
     mean: tuple[float, ...] = option(
@@ -106,6 +101,7 @@ class FedDGM(Strategy):
         self._global: nn.Module | None = None
         self.synthetic: dict[str, SyntheticSet] = {}
         self._earlier: tuple[torch.Tensor, torch.Tensor] | None = None  # accumulate = true
+        self.distiller: Distiller = run_request
 
     @property
     def device(self) -> torch.device:
@@ -151,31 +147,23 @@ class FedDGM(Strategy):
         updates: Sequence[Update],
     ) -> list[SyntheticSet]:
         cfg, spec = self.config, self.model_spec
-        space = build_space(
-            cfg.distill,
-            image_shape=tuple(spec.in_shape),
-            num_classes=spec.num_classes,
-            mean=cfg.mean,
-            std=cfg.std,
-            seed=self._seed,
-            device=self.device,
-        )
         # on CUDA participants share one batched graph; on CPU a loop is faster
-        per_batch = cfg.participants_per_batch or (10 if self.device.type == "cuda" else 1)
-        classes = [self._classes_of(u) for u in updates]
-        sets: list[SyntheticSet] = []
-        for lo in range(0, len(updates), per_batch):
-            stacked = torch.stack(targets[lo : lo + per_batch])
-            sets += distill(
-                FixedTargets(start.expand_as(stacked), stacked, classes[lo : lo + per_batch]),
-                self._surrogate,
-                spec=SetSpec(num_classes=spec.num_classes, ipc=cfg.ipc),
-                space=space,
-                config=cfg.distill,
-                device=self.device,
-                seed=derive_seed(self._seed, "distill", round, lo),
-            )
-        return sets
+        per_job = cfg.participants_per_batch or (10 if self.device.type == "cuda" else 1)
+        request = DistillRequest(
+            architecture={"name": spec.name, "num_classes": spec.num_classes,
+                          "in_shape": list(spec.in_shape), "options": dict(spec.options)},
+            spec=SetSpec(num_classes=spec.num_classes, ipc=cfg.ipc),
+            config=cfg.distill,
+            mean=tuple(cfg.mean),
+            std=tuple(cfg.std),
+            space_seed=self._seed,
+            jobs=plan_jobs(start, targets, [self._classes_of(u) for u in updates],
+                           per_job=per_job, seed=self._seed, path=("distill", round)),
+        )
+        return self.distiller(request, self.device)
+
+    def use_distiller(self, distiller: Distiller) -> None:
+        self.distiller = distiller
 
     def _classes_of(self, update: Update) -> tuple[int, ...]:
         everything = tuple(range(self.model_spec.num_classes))

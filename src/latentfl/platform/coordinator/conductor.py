@@ -4,8 +4,10 @@ aggregate.
 Socket-free, like the parts it drives: the daemon calls :meth:`RoundConductor.step` with the
 online participants and the time, and sends the outbox it returns (the TASKs of a round just
 opened, a DECRYPT_TASK, the secagg exchanges); :meth:`~RoundConductor.finish` collects a round
-the aggregation
-worker has closed. The TASKs of a plan are encoded once, by participant, and forgotten when the
+the aggregation worker has closed. With a ``[distributed]`` section the strategy distils on a
+torchrun worker group (:mod:`~latentfl.platform.coordinator.distributed`), whose journal lines
+the aggregation thread queues with :meth:`~RoundConductor.note`. The TASKs of a plan are
+encoded once, by participant, and forgotten when the
 plan changes (a new round, a round planned again, a round closed).
 
 While paused (an operator's ``latentfl admin pause``) it opens no round and closes none: TASKs
@@ -16,6 +18,7 @@ decryption) already begun finishes, and the open round's deadline stands still u
 
 from __future__ import annotations
 
+import queue
 import time
 
 from latentfl.errors import ProtocolError, Reason
@@ -23,6 +26,7 @@ from latentfl.log import get_logger
 from latentfl.models import ModelManifest
 from latentfl.platform.coordinator.aggregation import AggregationWorker
 from latentfl.platform.coordinator.config import CoordinatorConfig
+from latentfl.platform.coordinator.distributed import WorkerGroup
 from latentfl.platform.coordinator.journal import Journal
 from latentfl.platform.coordinator.masked import MaskedAggregation
 from latentfl.platform.coordinator.rounds import RoundRecord, Rounds
@@ -47,6 +51,16 @@ class RoundConductor:
         self.worker = AggregationWorker(rounds)
         self.log = get_logger("coordinator", session=config.session)
         self._encoded: dict[str, tuple[bytes, dict]] = {}  # this plan's TASKs, by participant
+        self._notes: queue.SimpleQueue[tuple[str, dict]] = queue.SimpleQueue()
+        self.group: WorkerGroup | None = None
+        if config.distributed is not None:  # each round's distillation on a torchrun group
+            self.group = WorkerGroup(config.distributed, rounds.store.root / "distill", self.note)
+            rounds.strategy.use_distiller(self.group)
+
+    def note(self, event: str, **fields) -> None:
+        """Queue a journal line from the aggregation thread (thread-safe); the loop's thread
+        writes it at its next :meth:`finish`, with the round being aggregated now."""
+        self._notes.put((event, {"round": self.rounds.round, **fields}))
         self.paused_since: float | None = None
 
     @property
@@ -174,8 +188,9 @@ class RoundConductor:
 
     def finish(self, wait: float = 0.0) -> RoundRecord | None:
         """The round the worker finished aggregating (journaled), if it has; waits up to
-        ``wait`` seconds."""
+        ``wait`` seconds. Journals the aggregation's queued notes first."""
         record = self.worker.poll(wait)
+        self._journal_notes()
         if record is None:
             return None
         self._encoded.clear()
@@ -190,6 +205,17 @@ class RoundConductor:
                               + ("" if accuracy is None else
                                  f"; test accuracy {100 * accuracy:.1f}%"))
         return record
+
+    def stop(self) -> None:
+        """Stop a running distillation worker group (the daemon is exiting)."""
+        if self.group is not None:
+            self.group.stop()
+
+    def _journal_notes(self) -> None:
+        while not self._notes.empty():
+            event, fields = self._notes.get()
+            self.journal.append(event, **fields)
+            self.log.info(event, **fields)
 
 
 __all__ = ["RoundConductor"]

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import get_args
 
 from latentfl.config import option
+from latentfl.platform.coordinator.distributed import DistributedConfig
 from latentfl.privacy.ckks import SecureAggregationConfig
 from latentfl.strategies import StrategyConfig, strategy_class
 from latentfl.strategies.registry import Method
@@ -67,6 +68,9 @@ class CoordinatorConfig:
     aggregation: SecureAggregationConfig = option(
         SecureAggregationConfig(), help="Plain, CKKS (encrypted) or secagg (masked) aggregation of "
                                         "updates.")
+    distributed: DistributedConfig | None = option(
+        None, help="Distil each round on a torchrun worker group (docs/deployment.md); without "
+                   "the section the daemon distils in its own process.")
     ckks_context: Path | None = option(None, help="The CKKS *public* context file (default: "
                                                   "KEY_DIR/ckks_public.bin, written by "
                                                   "`latentfl privacy ckks-keys`); ckks only.")

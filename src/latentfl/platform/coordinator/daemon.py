@@ -231,6 +231,7 @@ class Coordinator:
             self._write_status(force=True, stopped=True)
             return int(ExitCode.OK if finished else ExitCode.INTERRUPTED)
         finally:
+            self.conductor.stop()  # a distillation group must not outlive the daemon
             self.router.close()
             auth.stop()
             ctx.term()
