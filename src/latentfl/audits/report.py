@@ -14,7 +14,15 @@ from typing import Any
 import numpy as np
 
 from latentfl.audits import plots
-from latentfl.audits.html import banner, escape, image_png, img_tag, page, verdict_table
+from latentfl.audits.html import (
+    banner,
+    escape,
+    image_png,
+    img_tag,
+    page,
+    verdict_table,
+    warnings_block,
+)
 from latentfl.audits.membership import ModelAudit
 from latentfl.audits.synthetic import SyntheticAudit, relative_closeness
 from latentfl.durable import write_atomic
@@ -58,15 +66,16 @@ def synthetic_audit_json(audit: SyntheticAudit, context: dict[str, Any]) -> dict
 def model_audit_json(audit: ModelAudit, context: dict[str, Any]) -> dict[str, Any]:
     attacks = []
     for at in audit.attacks:
-        entry: dict[str, Any] = {"name": at.name, "auc": at.auc,
-                                 "operating_points": at.operating_points}
+        entry: dict[str, Any] = {"name": at.name, "auc": at.auc, "status": at.status,
+                                 "operating_points": [p.to_json() for p in at.operating_points]}
         if at.dp is not None:
             entry["dp_check"] = {k: getattr(at.dp, k) for k in (
                 "epsilon", "delta", "points_checked", "violations", "worst_fpr", "worst_tpr",
                 "worst_margin", "epsilon_lower_bound")}
         attacks.append(entry)
     return _clean({
-        "kind": "model-audit", "flagged": audit.flagged, "context": context,
+        "kind": "model-audit", "flagged": audit.flagged, "inconclusive": audit.inconclusive,
+        "alpha": audit.alpha, "warnings": audit.warnings, "context": context,
         "sizes": audit.sizes, "accuracy": audit.accuracy, "dp_claim": audit.dp_claim,
         "verdicts": [v.to_json() for v in audit.verdicts], "attacks": attacks,
     })
@@ -161,20 +170,33 @@ def render_synthetic_html(audit: SyntheticAudit, synthetic: np.ndarray, private:
 def render_model_html(audit: ModelAudit, context: dict[str, Any]) -> str:
     flags = [v for v in audit.verdicts if v.flagged]
     dp_broken = [v for v in flags if v.metric.startswith("dp_bound")]
+    sz = audit.sizes
     if dp_broken:
+        outcome = "flag"
         head = "DP GUARANTEE VIOLATED: an attack beat the model's privacy claim. This is a bug."
     elif flags:
+        outcome = "flag"
         head = (f"MEMBERSHIP LEAK: {len(flags)} attack(s) tell your training examples from "
                 "unseen ones better than guessing.")
+    elif audit.inconclusive:
+        outcome = "inconclusive"
+        need = max(p.nonmembers_needed for a in audit.attacks for p in a.operating_points[:1])
+        head = (f"INCONCLUSIVE: no attack did measurably better than guessing, but "
+                f"{sz['nonmembers_scored']} scored unseen examples cannot resolve a 1% false-"
+                f"accusation rate; rerun with at least {need:,}.")
     else:
+        outcome = "pass"
         head = "NO MEMBERSHIP LEAK DETECTED: no attack did measurably better than guessing."
     claim = ("no DP claim attached" if audit.dp_claim is None else
              f"DP claim: epsilon = {audit.dp_claim[0]:g}, delta = {audit.dp_claim[1]:g}")
-    sz = audit.sizes
-    detail = (f"{sz['members']} training examples vs {sz['nonmembers_scored']} unseen examples; "
-              f"{sz['references']} reference models trained by the audit; {claim}. Accuracy "
+    detail = (f"{sz['members']} training examples vs {sz['nonmembers_scored']} unseen examples "
+              f"({sz['nonmembers_calibration']} set each threshold, {sz['nonmembers_test']} "
+              f"measure its false-accusation rate); {sz['references']} reference models trained "
+              f"by the audit on {sz['reference_pool']} other unseen examples; {claim}. Accuracy "
               f"{100 * audit.accuracy['members']:.1f}% on members, "
-              f"{100 * audit.accuracy['nonmembers']:.1f}% on non-members.")
+              f"{100 * audit.accuracy['nonmembers']:.1f}% on non-members. A model that never "
+              f"trained on these examples gets any flag with probability at most "
+              f"{100 * audit.alpha:g}%.")
     roc = plots.roc_plot({a.name: a.roc for a in audit.attacks},
                          title="Membership inference against the model (log axes)",
                          dp_claim=audit.dp_claim)
@@ -186,10 +208,14 @@ def render_model_html(audit: ModelAudit, context: dict[str, Any]) -> str:
         f"<div class='sub'>model {escape(context.get('model', ''))} &middot; members "
         f"{escape(context.get('members', ''))} &middot; non-members "
         f"{escape(context.get('nonmembers', ''))}</div>"
-        + banner(bool(flags), head, detail)
+        + banner(outcome, head, detail)
+        + warnings_block(audit.warnings)
         + verdict_table(audit.verdicts, None)
         + "<p class='note'>TPR: share of training examples an attacker finds; FPR: share of "
-          "unseen examples wrongly accused. Brackets are 95% Clopper-Pearson intervals.</p>"
+          "unseen examples wrongly accused, measured on unseen examples that did not set the "
+          "threshold. Brackets are exact Clopper-Pearson intervals at the level shown in the "
+          "'Flag when' column (the false-flag budget split over every attack and FPR). "
+          "INCONCLUSIVE: too few unseen examples to measure that rare an FPR.</p>"
         + "<h2>ROC curves</h2>" + img_tag(roc, "ROC curves", "plot")
         + "<h2>Losses</h2>" + img_tag(hist, "loss histogram", "plot")
     )
