@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from latentfl.audits import dp_command
 from latentfl.audits.distances import FeatureEncoder, random_encoder
 from latentfl.audits.membership import audit_model
 from latentfl.audits.model_file import load_model_file
@@ -83,6 +84,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                           "membership flag, over all attacks and FPR targets together.")
     mod.add_argument("--seed", type=int, default=0, help="Seed of subsamples and references.")
     mod.set_defaults(handler=run_model)
+    dp_command.register(sub)
 
 
 def _subsample(images: Any, limit: int, seed: int) -> Any:

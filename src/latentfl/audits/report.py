@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from latentfl.audits import plots
+from latentfl.audits.dp_audit import DPAudit
 from latentfl.audits.html import (
     banner,
     escape,
@@ -222,6 +223,69 @@ def render_model_html(audit: ModelAudit, context: dict[str, Any]) -> str:
     return page("Model privacy audit", body)
 
 
+def dp_audit_json(audit: DPAudit, context: dict[str, Any]) -> dict[str, Any]:
+    """The one-run DP audit's numbers: aggregate only (no canary, image or per-example score)."""
+    keys = ("canaries", "canaries_included", "training_examples", "guesses", "correct",
+            "epsilon_lower_bound", "max_provable", "confidence", "accountant_epsilon",
+            "claimed_epsilon", "delta", "noise_multiplier", "steps")
+    return _clean({
+        "kind": "dp-audit", "flagged": audit.flagged, "warnings": audit.warnings,
+        "context": context, "sizes": {"canaries": audit.canaries,
+                                      "training_examples": audit.training_examples},
+        "result": {k: getattr(audit, k) for k in keys},
+        "verdicts": [v.to_json() for v in audit.verdicts],
+    })
+
+
+def render_dp_html(audit: DPAudit, context: dict[str, Any]) -> str:
+    verdict = audit.verdicts[0]
+    bound = f"epsilon >= {audit.epsilon_lower_bound:.2f}"
+    heads = {
+        "flag": f"DP CLAIM VIOLATED: this run provably leaks {bound}, more than the claimed "
+                f"epsilon {audit.claimed_epsilon or 0:.2f}. This is a bug.",
+        "pass": f"DP CLAIM HOLDS: the run leaked no more than claimed (measured {bound}, "
+                f"claimed {audit.claimed_epsilon or 0:.2f}).",
+        "inconclusive": f"INCONCLUSIVE: measured {bound}, within the claimed epsilon "
+                        f"{audit.claimed_epsilon or 0:.2f}, but {audit.canaries} canaries can "
+                        f"prove at most {audit.max_provable:.2f}: a violation could not show.",
+        "info": f"NO DP: trained without DP-SGD; one run with canaries proves {bound}.",
+    }
+    spent = ("none (trained without DP-SGD)" if audit.accountant_epsilon is None
+             else f"{audit.accountant_epsilon:.3f} at delta {audit.delta:g}")
+    detail = (f"{audit.canaries} canaries ({audit.canaries_included} trained on) beside "
+              f"{audit.training_examples} training examples, {audit.steps} steps, noise "
+              f"multiplier {audit.noise_multiplier if audit.noise_multiplier else 'none'}; "
+              f"accountant epsilon {spent}. The bound holds with {100 * audit.confidence:g}% "
+              "confidence.")
+    rows = [("Canaries", audit.canaries), ("Canaries trained on", audit.canaries_included),
+            ("Training examples", audit.training_examples), ("Guesses made", audit.guesses),
+            ("Correct guesses", audit.correct),
+            ("Epsilon lower bound (measured)", f"{audit.epsilon_lower_bound:.3f}"),
+            ("Largest bound these canaries can prove", f"{audit.max_provable:.3f}"),
+            ("Accountant's epsilon", spent),
+            ("Claim checked", "none" if audit.claimed_epsilon is None
+             else f"{audit.claimed_epsilon:.3f}")]
+    table = ('<table class="v">' + "".join(f"<tr><th>{escape(k)}</th><td>{escape(v)}</td></tr>"
+                                             for k, v in rows) + "</table>")
+    body = (
+        "<h1>DP-SGD audit (one training run)</h1>"
+        f"<div class='sub'>data {escape(context.get('data', ''))} &middot; model "
+        f"{escape(context.get('model', ''))}, {escape(context.get('epochs', ''))} epochs</div>"
+        + banner(verdict.status if verdict.status != "info" else "inconclusive", heads[verdict.status],
+                 detail)
+        + warnings_block(audit.warnings)
+        + verdict_table(audit.verdicts, None)
+        + "<h2>Numbers behind the bound</h2>" + table
+        + "<p class='note'>Method: Steinke, Nasr and Jagielski (NeurIPS 2023), 'Privacy auditing "
+          "with one (1) training run'. Each canary (a noise image with a random label) is "
+          "trained on with probability 1/2; the auditor guesses 'in' for the highest-scored "
+          "and 'out' for the lowest-scored canaries. Under epsilon-DP each guess is right "
+          "with probability at most e^eps / (1 + e^eps), so many right guesses prove a lower "
+          "bound on epsilon. Only these aggregate numbers are in this report.</p>"
+    )
+    return page("DP-SGD audit", body)
+
+
 def write_report(out_dir: Path | str, stem: str, html_text: str,
                  report: dict[str, Any]) -> tuple[Path, Path]:
     """Write ``stem.html`` and ``stem.json`` into ``out_dir``; returns both paths."""
@@ -233,5 +297,5 @@ def write_report(out_dir: Path | str, stem: str, html_text: str,
     return html_path, json_path
 
 
-__all__ = ["model_audit_json", "render_model_html", "render_synthetic_html",
+__all__ = ["dp_audit_json", "model_audit_json", "render_dp_html", "render_model_html", "render_synthetic_html",
            "shareable_aggregates", "synthetic_audit_json", "write_report"]
