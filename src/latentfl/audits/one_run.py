@@ -115,11 +115,20 @@ def best_guesses(scores: np.ndarray, included: np.ndarray, *, beta: float, delta
     return best
 
 
+MAX_CANARIES = 10**12
+
+
 def canaries_needed(epsilon: float, *, beta: float) -> int:
-    """Canaries with which all-correct guessing would prove ``epsilon`` (delta ignored)."""
-    p = 1.0 / (1.0 + math.exp(-epsilon))
-    return math.ceil(math.log(beta) / math.log(p))
+    """Canaries with which all-correct guessing would prove ``epsilon`` (delta ignored).
+
+    All r guesses right has probability p^r under the claim, p = 1 / (1 + e^-eps); it drops
+    below ``beta`` once r >= log(beta) / log(p). Capped at MAX_CANARIES for huge epsilons.
+    """
+    log_p = -math.log1p(math.exp(-epsilon))
+    if log_p == 0.0:
+        return MAX_CANARIES
+    return min(MAX_CANARIES, math.ceil(math.log(beta) / log_p))
 
 
-__all__ = ["best_guesses", "canaries_needed", "correct_guess_tail", "epsilon_lower_bound",
+__all__ = ["MAX_CANARIES", "best_guesses", "canaries_needed", "correct_guess_tail", "epsilon_lower_bound",
            "guess_counts"]
