@@ -59,7 +59,7 @@ def test_null_model_false_flags_stay_within_alpha_and_verdicts_do_not_flip(image
     order = rng.permutation(len(x))
     own, rest = order[:500], order[500:]
     null = _build()
-    _fit(3)(null, x[own], y[own], 0)
+    _fit(20, 100)(null, x[own], y[own], 0)
     flagged = 0
     for seed in range(NULL_SEEDS):
         pick = np.random.default_rng(1000 + seed).permutation(rest)

@@ -143,7 +143,7 @@ def run_synthetic(args: argparse.Namespace) -> int:
         args.out, "synthetic_audit",
         render_synthetic_html(audit, synthetic.images, private.x, holdout.x, context),
         synthetic_audit_json(audit, context))
-    _print_verdicts(audit.verdicts, html_path, json_path)
+    _print_verdicts(audit.verdicts, html_path, json_path, audit.warnings)
     return 0
 
 

@@ -53,6 +53,7 @@ def synthetic_audit_json(audit: SyntheticAudit, context: dict[str, Any]) -> dict
     s = audit.synthetic
     return _clean({
         "kind": "synthetic-audit", "flagged": audit.flagged, "alpha": audit.alpha,
+        "warnings": audit.warnings,
         "tests": len(audit.verdicts), "context": context, "sizes": audit.sizes,
         "encoder": audit.encoder, "verdicts": [v.to_json() for v in audit.verdicts],
         "per_synthetic_image": {
@@ -150,6 +151,7 @@ def render_synthetic_html(audit: SyntheticAudit, synthetic: np.ndarray, private:
         f"{escape(context.get('private', ''))} &middot; feature encoder: "
         f"{escape(audit.encoder)}</div>"
         + banner(bool(flags), head, detail)
+        + warnings_block(audit.warnings)
         + verdict_table(audit.verdicts,
                         f"Naive baseline: {sz['baseline']} real training images instead")
         + "<p class='note'>Naive baseline: what the same checks show if the consortium had "
@@ -184,7 +186,8 @@ def render_model_html(audit: ModelAudit, context: dict[str, Any]) -> str:
         need = max(p.nonmembers_needed for a in audit.attacks for p in a.operating_points[:1])
         head = (f"INCONCLUSIVE: no attack did measurably better than guessing, but "
                 f"{sz['nonmembers_scored']} scored unseen examples cannot resolve a 1% false-"
-                f"accusation rate; rerun with at least {need:,}.")
+                f"accusation rate; rerun with at least {need:,} scored (twice that with "
+                "reference models).")
     else:
         outcome = "pass"
         head = "NO MEMBERSHIP LEAK DETECTED: no attack did measurably better than guessing."

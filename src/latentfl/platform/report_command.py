@@ -127,8 +127,10 @@ def _participant_audit(args: argparse.Namespace) -> int:
                                     max_images=args.max_images, seed=args.seed,
                                     timeout_s=args.timeout)
     print(f"synthetic set of round {outcome.synthetic_round}: {outcome.images} images")
-    report = outcome.json.read_text()
-    for v in json.loads(report)["verdicts"]:
+    report = json.loads(outcome.json.read_text())
+    for w in report.get("warnings", []):
+        print(f"WARNING {w}")
+    for v in report["verdicts"]:
         print(f"{v['status'].upper():5} {v['title']}: {v['value']}")
     print(f"report: {outcome.html}\njson:   {outcome.json}")
     print("shared the aggregate numbers with the coordinator" if outcome.shared is not None
