@@ -122,3 +122,30 @@ def test_cli_writes_an_aggregate_only_dp_report(tmp_path) -> None:
                            "verdicts"}
     html = (tmp_path / "dp_audit.html").read_text()
     assert "DP-SGD audit" in html and "Only 40 canaries" in html
+
+
+def test_participant_runs_the_dp_audit_locally_from_its_config(tmp_path) -> None:
+    """`participant audit-dp` reads the site's data and [privacy.dp_sgd], writes to STATE/audits."""
+    config = tmp_path / "p00.toml"
+    config.write_text(f"""
+session = "s"
+key_dir = "{tmp_path / 'keys'}"
+roster = "{tmp_path / 'roster.toml'}"
+coordinator = "tcp://127.0.0.1:1"
+data = "builtin:cifar10-mini"
+state_dir = "{tmp_path / 'state'}"
+
+[partition]
+clients = 50
+index = 0
+
+[privacy.dp_sgd]
+enabled = true
+noise_multiplier = 2.0
+""")
+    code = main(["participant", "audit-dp", "--config", str(config), "--canaries", "40",
+                 "--epochs", "1", "--width", "4", "--depth", "1"])
+    assert code == 0
+    report = json.loads((tmp_path / "state" / "audits" / "dp_audit.json").read_text())
+    assert report["result"]["noise_multiplier"] == 2.0
+    assert 0 < report["sizes"]["training_examples"] < 5000  # the site's part, not the whole set
