@@ -58,7 +58,7 @@ def test_attack_above_dp_claim_is_reported_as_violation() -> None:
     """A fabricated result above e^eps FPR + delta becomes a flagged 'VIOLATION' verdict."""
     rng = np.random.default_rng(2)
     result = evaluate_attack("LOSS", rng.normal(3, 1, 1000), rng.normal(0, 1, 1000),
-                             dp_claim=(0.5, 1e-5))
+                             level=0.025, dp_claim=(0.5, 1e-5))
     assert result.dp is not None and result.dp.violated
     verdicts = attack_verdicts([result])
     dp_row = next(v for v in verdicts if v.metric.startswith("dp_bound"))
@@ -69,10 +69,11 @@ def test_attack_within_dp_claim_passes() -> None:
     """Scores with no signal never violate even a small DP claim."""
     rng = np.random.default_rng(3)
     result = evaluate_attack("LOSS", rng.normal(0, 1, 1000), rng.normal(0, 1, 1000),
-                             dp_claim=(0.1, 1e-5))
+                             level=0.025, dp_claim=(0.1, 1e-5))
     assert not result.dp.violated
-    lo, hi = result.operating_points[0]["tpr_low"], result.operating_points[0]["tpr_high"]
-    assert lo <= result.operating_points[0]["tpr"] <= hi
+    point = result.operating_points[0]
+    assert point.tpr_low <= point.tpr <= point.tpr_high
+    assert point.fpr_low <= point.fpr <= point.fpr_high
 
 
 @pytest.fixture(scope="module")

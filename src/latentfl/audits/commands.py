@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import argparse
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
+from latentfl.audits import dp_command
 from latentfl.audits.distances import FeatureEncoder, random_encoder
 from latentfl.audits.membership import audit_model
 from latentfl.audits.model_file import load_model_file
@@ -72,13 +74,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                      help="Reference models the audit trains for LiRA and RMIA (0: LOSS only).")
     mod.add_argument("--ref-epochs", type=int, default=5, help="Epochs per reference model.")
     mod.add_argument("--max-examples", type=int, default=1000,
-                     help="Seeded subsample of at most this many members and non-members.")
+                     help="Seeded subsample of at most this many members and twice as many "
+                          "non-members (with references, half of them train the references).")
     mod.add_argument("--epsilon", type=float, help="DP claim to check (overrides the sidecar).")
     mod.add_argument("--delta", type=float, help="DP delta of the claim (default 1e-5).")
     mod.add_argument("--device", default="auto", help="auto, cpu or cuda[:N].")
-    mod.add_argument("--alpha", type=float, default=0.05, help="1 - confidence of intervals.")
+    mod.add_argument("--alpha", type=float, default=0.05,
+                     help="Chance that a model which never trained on the members gets any "
+                          "membership flag, over all attacks and FPR targets together.")
     mod.add_argument("--seed", type=int, default=0, help="Seed of subsamples and references.")
     mod.set_defaults(handler=run_model)
+    dp_command.register(sub)
 
 
 def _subsample(images: Any, limit: int, seed: int) -> Any:
@@ -137,11 +143,13 @@ def run_synthetic(args: argparse.Namespace) -> int:
         args.out, "synthetic_audit",
         render_synthetic_html(audit, synthetic.images, private.x, holdout.x, context),
         synthetic_audit_json(audit, context))
-    _print_verdicts(audit.verdicts, html_path, json_path)
+    _print_verdicts(audit.verdicts, html_path, json_path, audit.warnings)
     return 0
 
 
 def run_model(args: argparse.Namespace) -> int:
+    if not 0 < args.alpha < 1:
+        raise ConfigError(f"--alpha {args.alpha} must lie strictly between 0 and 1")
     if args.references < 0 or args.ref_epochs < 1 or args.max_examples < 2:
         raise ConfigError("--references must be >= 0, --ref-epochs >= 1 and --max-examples >= 2; "
                           f"got {args.references}, {args.ref_epochs}, {args.max_examples}")
@@ -185,11 +193,14 @@ def run_model(args: argparse.Namespace) -> int:
                "nonmembers": args.nonmembers, "ref_epochs": args.ref_epochs}
     html_path, json_path = write_report(args.out, "model_audit", render_model_html(audit, context),
                                         model_audit_json(audit, context))
-    _print_verdicts(audit.verdicts, html_path, json_path)
+    _print_verdicts(audit.verdicts, html_path, json_path, audit.warnings)
     return 0
 
 
-def _print_verdicts(verdicts: list[Any], html_path: Path, json_path: Path) -> None:
+def _print_verdicts(verdicts: list[Any], html_path: Path, json_path: Path,
+                    warnings: Sequence[str] = ()) -> None:
+    for w in warnings:
+        print(f"WARNING {w}")
     for v in verdicts:
         print(f"{v.status.upper():5} {v.title}: {v.value}")
     print(f"report: {html_path}\njson:   {json_path}")

@@ -19,12 +19,14 @@ h1{font-size:22px;margin:0 0 4px}h2{font-size:17px;margin:28px 0 8px}
 .banner{padding:14px 18px;border-radius:6px;font-size:16px;margin:10px 0 14px}
 .banner b{font-size:19px}.banner.flag{background:#fdecea;border:2px solid #c0392b}
 .banner.pass{background:#eaf7ee;border:2px solid #1e8449}
+.banner.inconclusive{background:#fef5e7;border:2px solid #b9770e}
+.warn{background:#fef5e7;border-left:4px solid #b9770e;padding:6px 10px;font-size:13px;margin:4px 0}
 table.v{border-collapse:collapse;width:100%;font-size:13px}
 table.v th{background:#f0f0f0;text-align:left;padding:6px 8px;border-bottom:2px solid #ccc}
 table.v td{padding:6px 8px;border-bottom:1px solid #e3e3e3;vertical-align:top}
 td.status{font-weight:700;text-align:center;white-space:nowrap;width:70px}
 td.flag{background:#c0392b;color:#fff}td.pass{background:#1e8449;color:#fff}
-td.info{background:#d6dbdf}
+td.info{background:#d6dbdf}td.inconclusive{background:#b9770e;color:#fff}
 .expl{color:#555;font-size:12px;margin-top:3px}
 .note{font-size:12px;color:#555}
 table.grid td{text-align:center;font-size:11px;padding:4px 10px;color:#333}
@@ -58,8 +60,9 @@ def img_tag(png: bytes, alt: str, css_class: str = "") -> str:
     return f'<img{cls} alt="{escape(alt)}" src="{png_data_uri(png)}">'
 
 
-def banner(flagged: bool, headline: str, detail: str) -> str:
-    kind = "flag" if flagged else "pass"
+def banner(outcome: bool | str, headline: str, detail: str) -> str:
+    """The coloured headline: ``outcome`` is flagged (bool) or ``flag``/``pass``/``inconclusive``."""
+    kind = outcome if isinstance(outcome, str) else ("flag" if outcome else "pass")
     return f'<div class="banner {kind}"><b>{escape(headline)}</b><br>{escape(detail)}</div>'
 
 
@@ -73,7 +76,8 @@ def verdict_table(verdicts: Sequence[Verdict], baseline_label: str | None) -> st
     head.append("Verdict")
     rows = ["<tr>" + "".join(f"<th>{escape(h)}</th>" for h in head) + "</tr>"]
     for v in verdicts:
-        label = {"flag": "FLAG", "pass": "PASS", "info": "INFO"}[v.status]
+        label = {"flag": "FLAG", "pass": "PASS", "info": "INFO",
+                 "inconclusive": "INCONCLUSIVE"}[v.status]
         cells = [f"<b>{escape(v.title)}</b><div class='expl'>{escape(v.explanation)}</div>",
                  escape(v.value), escape(v.threshold), escape(v.calibration)]
         if with_p:
@@ -85,10 +89,16 @@ def verdict_table(verdicts: Sequence[Verdict], baseline_label: str | None) -> st
     return '<table class="v">' + "".join(rows) + "</table>"
 
 
+def warnings_block(warnings: Sequence[str]) -> str:
+    """Each sample-size or setup warning as one amber line (nothing when there are none)."""
+    return "".join(f"<div class='warn'>&#9888; {escape(w)}</div>" for w in warnings)
+
+
 def page(title: str, body: str) -> str:
     return ("<!DOCTYPE html>\n<html lang='en'><head><meta charset='utf-8'>"
             f"<title>{escape(title)}</title><style>{STYLE}</style></head>"
             f"<body>{body}</body></html>\n")
 
 
-__all__ = ["banner", "escape", "image_png", "img_tag", "page", "png_data_uri", "verdict_table"]
+__all__ = ["banner", "escape", "image_png", "img_tag", "page", "png_data_uri", "verdict_table",
+           "warnings_block"]

@@ -14,7 +14,16 @@ from typing import Any
 import numpy as np
 
 from latentfl.audits import plots
-from latentfl.audits.html import banner, escape, image_png, img_tag, page, verdict_table
+from latentfl.audits.dp_audit import DPAudit
+from latentfl.audits.html import (
+    banner,
+    escape,
+    image_png,
+    img_tag,
+    page,
+    verdict_table,
+    warnings_block,
+)
 from latentfl.audits.membership import ModelAudit
 from latentfl.audits.synthetic import SyntheticAudit, relative_closeness
 from latentfl.durable import write_atomic
@@ -44,6 +53,7 @@ def synthetic_audit_json(audit: SyntheticAudit, context: dict[str, Any]) -> dict
     s = audit.synthetic
     return _clean({
         "kind": "synthetic-audit", "flagged": audit.flagged, "alpha": audit.alpha,
+        "warnings": audit.warnings,
         "tests": len(audit.verdicts), "context": context, "sizes": audit.sizes,
         "encoder": audit.encoder, "verdicts": [v.to_json() for v in audit.verdicts],
         "per_synthetic_image": {
@@ -58,15 +68,16 @@ def synthetic_audit_json(audit: SyntheticAudit, context: dict[str, Any]) -> dict
 def model_audit_json(audit: ModelAudit, context: dict[str, Any]) -> dict[str, Any]:
     attacks = []
     for at in audit.attacks:
-        entry: dict[str, Any] = {"name": at.name, "auc": at.auc,
-                                 "operating_points": at.operating_points}
+        entry: dict[str, Any] = {"name": at.name, "auc": at.auc, "status": at.status,
+                                 "operating_points": [p.to_json() for p in at.operating_points]}
         if at.dp is not None:
             entry["dp_check"] = {k: getattr(at.dp, k) for k in (
                 "epsilon", "delta", "points_checked", "violations", "worst_fpr", "worst_tpr",
                 "worst_margin", "epsilon_lower_bound")}
         attacks.append(entry)
     return _clean({
-        "kind": "model-audit", "flagged": audit.flagged, "context": context,
+        "kind": "model-audit", "flagged": audit.flagged, "inconclusive": audit.inconclusive,
+        "alpha": audit.alpha, "warnings": audit.warnings, "context": context,
         "sizes": audit.sizes, "accuracy": audit.accuracy, "dp_claim": audit.dp_claim,
         "verdicts": [v.to_json() for v in audit.verdicts], "attacks": attacks,
     })
@@ -140,6 +151,7 @@ def render_synthetic_html(audit: SyntheticAudit, synthetic: np.ndarray, private:
         f"{escape(context.get('private', ''))} &middot; feature encoder: "
         f"{escape(audit.encoder)}</div>"
         + banner(bool(flags), head, detail)
+        + warnings_block(audit.warnings)
         + verdict_table(audit.verdicts,
                         f"Naive baseline: {sz['baseline']} real training images instead")
         + "<p class='note'>Naive baseline: what the same checks show if the consortium had "
@@ -161,20 +173,34 @@ def render_synthetic_html(audit: SyntheticAudit, synthetic: np.ndarray, private:
 def render_model_html(audit: ModelAudit, context: dict[str, Any]) -> str:
     flags = [v for v in audit.verdicts if v.flagged]
     dp_broken = [v for v in flags if v.metric.startswith("dp_bound")]
+    sz = audit.sizes
     if dp_broken:
+        outcome = "flag"
         head = "DP GUARANTEE VIOLATED: an attack beat the model's privacy claim. This is a bug."
     elif flags:
+        outcome = "flag"
         head = (f"MEMBERSHIP LEAK: {len(flags)} attack(s) tell your training examples from "
                 "unseen ones better than guessing.")
+    elif audit.inconclusive:
+        outcome = "inconclusive"
+        need = max(p.nonmembers_needed for a in audit.attacks for p in a.operating_points[:1])
+        head = (f"INCONCLUSIVE: no attack did measurably better than guessing, but "
+                f"{sz['nonmembers_scored']} scored unseen examples cannot resolve a 1% false-"
+                f"accusation rate; rerun with at least {need:,} scored (twice that with "
+                "reference models).")
     else:
+        outcome = "pass"
         head = "NO MEMBERSHIP LEAK DETECTED: no attack did measurably better than guessing."
     claim = ("no DP claim attached" if audit.dp_claim is None else
              f"DP claim: epsilon = {audit.dp_claim[0]:g}, delta = {audit.dp_claim[1]:g}")
-    sz = audit.sizes
-    detail = (f"{sz['members']} training examples vs {sz['nonmembers_scored']} unseen examples; "
-              f"{sz['references']} reference models trained by the audit; {claim}. Accuracy "
+    detail = (f"{sz['members']} training examples vs {sz['nonmembers_scored']} unseen examples "
+              f"({sz['nonmembers_calibration']} set each threshold, {sz['nonmembers_test']} "
+              f"measure its false-accusation rate); {sz['references']} reference models trained "
+              f"by the audit on {sz['reference_pool']} other unseen examples; {claim}. Accuracy "
               f"{100 * audit.accuracy['members']:.1f}% on members, "
-              f"{100 * audit.accuracy['nonmembers']:.1f}% on non-members.")
+              f"{100 * audit.accuracy['nonmembers']:.1f}% on non-members. A model that never "
+              f"trained on these examples gets any flag with probability at most "
+              f"{100 * audit.alpha:g}%.")
     roc = plots.roc_plot({a.name: a.roc for a in audit.attacks},
                          title="Membership inference against the model (log axes)",
                          dp_claim=audit.dp_claim)
@@ -186,14 +212,81 @@ def render_model_html(audit: ModelAudit, context: dict[str, Any]) -> str:
         f"<div class='sub'>model {escape(context.get('model', ''))} &middot; members "
         f"{escape(context.get('members', ''))} &middot; non-members "
         f"{escape(context.get('nonmembers', ''))}</div>"
-        + banner(bool(flags), head, detail)
+        + banner(outcome, head, detail)
+        + warnings_block(audit.warnings)
         + verdict_table(audit.verdicts, None)
         + "<p class='note'>TPR: share of training examples an attacker finds; FPR: share of "
-          "unseen examples wrongly accused. Brackets are 95% Clopper-Pearson intervals.</p>"
+          "unseen examples wrongly accused, measured on unseen examples that did not set the "
+          "threshold. Brackets are exact Clopper-Pearson intervals at the level shown in the "
+          "'Flag when' column (the false-flag budget split over every attack and FPR). "
+          "INCONCLUSIVE: too few unseen examples to measure that rare an FPR.</p>"
         + "<h2>ROC curves</h2>" + img_tag(roc, "ROC curves", "plot")
         + "<h2>Losses</h2>" + img_tag(hist, "loss histogram", "plot")
     )
     return page("Model privacy audit", body)
+
+
+def dp_audit_json(audit: DPAudit, context: dict[str, Any]) -> dict[str, Any]:
+    """The one-run DP audit's numbers: aggregate only (no canary, image or per-example score)."""
+    keys = ("canaries", "canaries_included", "training_examples", "guesses", "correct",
+            "epsilon_lower_bound", "max_provable", "confidence", "accountant_epsilon",
+            "claimed_epsilon", "delta", "noise_multiplier", "steps")
+    return _clean({
+        "kind": "dp-audit", "flagged": audit.flagged, "warnings": audit.warnings,
+        "context": context, "sizes": {"canaries": audit.canaries,
+                                      "training_examples": audit.training_examples},
+        "result": {k: getattr(audit, k) for k in keys},
+        "verdicts": [v.to_json() for v in audit.verdicts],
+    })
+
+
+def render_dp_html(audit: DPAudit, context: dict[str, Any]) -> str:
+    verdict = audit.verdicts[0]
+    bound = f"epsilon >= {audit.epsilon_lower_bound:.2f}"
+    heads = {
+        "flag": f"DP CLAIM VIOLATED: this run provably leaks {bound}, more than the claimed "
+                f"epsilon {audit.claimed_epsilon or 0:.2f}. This is a bug.",
+        "pass": f"DP CLAIM HOLDS: the run leaked no more than claimed (measured {bound}, "
+                f"claimed {audit.claimed_epsilon or 0:.2f}).",
+        "inconclusive": f"INCONCLUSIVE: measured {bound}, within the claimed epsilon "
+                        f"{audit.claimed_epsilon or 0:.2f}, but {audit.canaries} canaries can "
+                        f"prove at most {audit.max_provable:.2f}: a violation could not show.",
+        "info": f"NO DP: trained without DP-SGD; one run with canaries proves {bound}.",
+    }
+    spent = ("none (trained without DP-SGD)" if audit.accountant_epsilon is None
+             else f"{audit.accountant_epsilon:.3f} at delta {audit.delta:g}")
+    detail = (f"{audit.canaries} canaries ({audit.canaries_included} trained on) beside "
+              f"{audit.training_examples} training examples, {audit.steps} steps, noise "
+              f"multiplier {audit.noise_multiplier if audit.noise_multiplier else 'none'}; "
+              f"accountant epsilon {spent}. The bound holds with {100 * audit.confidence:g}% "
+              "confidence.")
+    rows = [("Canaries", audit.canaries), ("Canaries trained on", audit.canaries_included),
+            ("Training examples", audit.training_examples), ("Guesses made", audit.guesses),
+            ("Correct guesses", audit.correct),
+            ("Epsilon lower bound (measured)", f"{audit.epsilon_lower_bound:.3f}"),
+            ("Largest bound these canaries can prove", f"{audit.max_provable:.3f}"),
+            ("Accountant's epsilon", spent),
+            ("Claim checked", "none" if audit.claimed_epsilon is None
+             else f"{audit.claimed_epsilon:.3f}")]
+    table = ('<table class="v">' + "".join(f"<tr><th>{escape(k)}</th><td>{escape(v)}</td></tr>"
+                                             for k, v in rows) + "</table>")
+    body = (
+        "<h1>DP-SGD audit (one training run)</h1>"
+        f"<div class='sub'>data {escape(context.get('data', ''))} &middot; model "
+        f"{escape(context.get('model', ''))}, {escape(context.get('epochs', ''))} epochs</div>"
+        + banner(verdict.status if verdict.status != "info" else "inconclusive", heads[verdict.status],
+                 detail)
+        + warnings_block(audit.warnings)
+        + verdict_table(audit.verdicts, None)
+        + "<h2>Numbers behind the bound</h2>" + table
+        + "<p class='note'>Method: Steinke, Nasr and Jagielski (NeurIPS 2023), 'Privacy auditing "
+          "with one (1) training run'. Each canary (a noise image with a random label) is "
+          "trained on with probability 1/2; the auditor guesses 'in' for the highest-scored "
+          "and 'out' for the lowest-scored canaries. Under epsilon-DP each guess is right "
+          "with probability at most e^eps / (1 + e^eps), so many right guesses prove a lower "
+          "bound on epsilon. Only these aggregate numbers are in this report.</p>"
+    )
+    return page("DP-SGD audit", body)
 
 
 def write_report(out_dir: Path | str, stem: str, html_text: str,
@@ -207,5 +300,5 @@ def write_report(out_dir: Path | str, stem: str, html_text: str,
     return html_path, json_path
 
 
-__all__ = ["model_audit_json", "render_model_html", "render_synthetic_html",
+__all__ = ["dp_audit_json", "model_audit_json", "render_dp_html", "render_model_html", "render_synthetic_html",
            "shareable_aggregates", "synthetic_audit_json", "write_report"]

@@ -10,7 +10,7 @@ images that behave like unseen real ones raises any flag with probability at mos
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -25,6 +25,8 @@ RATIO_NEIGHBOURS = 50
 SSIM_CANDIDATES = 16
 CALIBRATION_QUANTILE = 0.001
 NUM_TESTS = 6
+SMALL_SET = 200        # fewer training or holdout images than this: the report warns
+SMALL_SYNTHETIC = 20
 
 
 @dataclass(frozen=True)
@@ -70,6 +72,7 @@ class SyntheticAudit:
     sizes: dict[str, int]
     encoder: str
     alpha: float
+    warnings: list[str] = field(default_factory=list)
 
     @property
     def flagged(self) -> bool:
@@ -186,7 +189,7 @@ def _quantile_test(title: str, metric: str, unit: str, syn: tuple[np.ndarray, np
 
 
 def _verdicts(syn: Measurements, base: Measurements, cal: Calibration, alpha: float,
-              syn_roc: RocCurve, base_roc: RocCurve) -> list[Verdict]:
+              syn_roc: RocCurve, base_roc: RocCurve, sizes: dict[str, int]) -> list[Verdict]:
     a = alpha / NUM_TESTS
     out = [
         _quantile_test("Near-copies by pixels", "pixel_nn", "RMS pixel distance",
@@ -238,7 +241,9 @@ def _verdicts(syn: Measurements, base: Measurements, cal: Calibration, alpha: fl
         metric="nn_share", title="Nearest image is a training image",
         value=f"{k} of {n} ({100 * k / n:.0f}%)",
         threshold="significantly above 50%",
-        calibration="equal numbers of training and holdout images, so 50% is chance",
+        calibration=f"{sizes['share_subset']} training vs {sizes['share_subset']} holdout images "
+                    f"(seeded subsample of {sizes['private']} and {sizes['holdout']} to equal "
+                    "size), so 50% is chance",
         status=decide(p, a),
         baseline=f"{int(base.nearest_in_t.sum())} of {base.nearest_in_t.size}",
         p_value=p, alpha=a,
@@ -260,7 +265,8 @@ def _verdicts(syn: Measurements, base: Measurements, cal: Calibration, alpha: fl
               f"{k} training images closer than every holdout image (chance: {expected:.1f})",
         threshold="more training images closer to a synthetic image than every holdout image "
                   "than chance gives",
-        calibration=f"closest of {syn.proximity_h.size} holdout images to any synthetic image",
+        calibration=f"closest of {syn.proximity_h.size} holdout images to any synthetic image; "
+                    f"{syn.proximity_t.size} training images (exact test for unequal sizes)",
         status=decide(p, a),
         baseline=f"AUC {auc(-base.proximity_t, -base.proximity_h):.3f}, "
                  f"TPR {100 * base_op.tpr:.1f}%",
@@ -298,15 +304,34 @@ def audit_synthetic(synthetic: np.ndarray, private: np.ndarray, holdout: np.ndar
     base = _measure(ref, private[np.sort(rng.choice(len(private), n_base, replace=False))])
     syn_roc = roc_curve(-syn.proximity_t, -syn.proximity_h)
     base_roc = roc_curve(-base.proximity_t, -base.proximity_h)
+    sizes = {"synthetic": len(synthetic), "private": len(private), "holdout": len(holdout),
+             "share_subset": int(ref.t_eq.numel()), "baseline": n_base}
     return SyntheticAudit(
-        verdicts=_verdicts(syn, base, cal, alpha, syn_roc, base_roc),
+        verdicts=_verdicts(syn, base, cal, alpha, syn_roc, base_roc, sizes),
         synthetic=syn, baseline=base, calibration=cal, proximity_roc=syn_roc,
-        baseline_roc=base_roc,
-        sizes={"synthetic": len(synthetic), "private": len(private), "holdout": len(holdout),
-               "share_subset": int(ref.t_eq.numel()), "baseline": n_base},
-        encoder=encoder.description, alpha=alpha,
+        baseline_roc=base_roc, sizes=sizes, encoder=encoder.description, alpha=alpha,
+        warnings=size_warnings(sizes),
     )
 
 
+def size_warnings(sizes: dict[str, int]) -> list[str]:
+    """Plain sentences on the samples behind the figures: small ones, and unequal T and H."""
+    out = []
+    if min(sizes["private"], sizes["holdout"]) < SMALL_SET:
+        out.append(f"Small sample: {sizes['private']} training and {sizes['holdout']} holdout "
+                   f"images (fewer than {SMALL_SET}); the near-copy thresholds rest on few "
+                   "holdout images and a pass says little.")
+    if sizes["synthetic"] < SMALL_SYNTHETIC:
+        out.append(f"Only {sizes['synthetic']} synthetic images: the share and membership "
+                   "checks can only see a broad leak.")
+    if sizes["private"] != sizes["holdout"]:
+        out.append(f"Unequal sizes ({sizes['private']} training, {sizes['holdout']} holdout): "
+                   f"the nearest-image share uses a seeded subsample of {sizes['share_subset']} "
+                   "of each, so 50% stays chance; the near-copy checks read their thresholds "
+                   "off the holdout and the membership check uses an exact test for unequal "
+                   "sizes.")
+    return out
+
+
 __all__ = ["Calibration", "Measurements", "SyntheticAudit", "audit_synthetic",
-           "relative_closeness"]
+           "relative_closeness", "size_warnings"]

@@ -10,7 +10,9 @@ from typing import Any
 class Verdict:
     """A metric's measured value, the threshold it is judged by and whether it raised a flag.
 
-    ``status`` is ``"flag"`` (evidence of leakage, or a broken DP guarantee), ``"pass"``, or
+    ``status`` is ``"flag"`` (evidence of leakage, or a broken DP guarantee), ``"pass"`` (no
+    evidence, with samples large enough to have seen it), ``"inconclusive"`` (no evidence, but
+    too few examples to resolve what was asked; the numbers say how many are needed), or
     ``"info"`` (reported for context, never flags). ``p_value`` is the chance of a result at
     least this extreme on a clean set, when the metric has a test; ``alpha`` the level it was
     tested at (already divided by the number of tests in the report).

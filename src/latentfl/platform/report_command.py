@@ -10,6 +10,8 @@
   latest checkpoint as an audits model file, for ``latentfl audit model``.
 - ``latentfl participant audit --config participant.toml [--share] [--out DIR]``: see
   ``platform/participant/audit_client.py``.
+- ``latentfl participant audit-dp --config participant.toml [--out DIR]``: the one-run DP audit
+  of this site's ``[privacy.dp_sgd]`` on its own data, run locally (``audits/dp_command.py``).
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from latentfl.audits import (
     render_consortium_report,
     save_model_file,
 )
+from latentfl.audits.dp_command import add_run_options, run_dp_audit_command
 from latentfl.config import load_config
 from latentfl.data import load_dataset
 from latentfl.errors import ConfigError, StateError
@@ -143,13 +146,28 @@ def _participant_audit(args: argparse.Namespace) -> int:
                                     max_images=args.max_images, seed=args.seed,
                                     timeout_s=args.timeout)
     print(f"synthetic set of round {outcome.synthetic_round}: {outcome.images} images")
-    report = outcome.json.read_text()
-    for v in json.loads(report)["verdicts"]:
+    report = json.loads(outcome.json.read_text())
+    for w in report.get("warnings", []):
+        print(f"WARNING {w}")
+    for v in report["verdicts"]:
         print(f"{v['status'].upper():5} {v['title']}: {v['value']}")
     print(f"report: {outcome.html}\njson:   {outcome.json}")
     print("shared the aggregate numbers with the coordinator" if outcome.shared is not None
           else "nothing shared (pass --share to send the aggregate numbers)")
     return 0
+
+
+def _participant_audit_dp(args: argparse.Namespace) -> int:
+    configure_logging("console", level="warning")
+    config = load_config(args.config, ParticipantConfig)
+    if args.out is None:
+        if config.state_dir is None:
+            raise ConfigError(f"{args.config} has no state_dir; pass --out DIR for the reports.")
+        args.out = config.state_dir / "audits"
+    privacy = config.privacy
+    return run_dp_audit_command(
+        args, data=config.data, dp=privacy.dp_sgd, delta=privacy.policy.delta,
+        device=config.device, subset=None if config.partition is None else config.partition.take)
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -195,6 +213,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     a.add_argument("--timeout", type=float, default=60.0, help="Seconds to wait for the "
                    "coordinator's answer.")
     a.set_defaults(handler=_participant_audit)
+
+    d = sub.add_parser("audit-dp", help="One-run DP audit of this site's configured DP-SGD on "
+                       "its own data, run here; writes aggregate numbers only, sends nothing.")
+    d.add_argument("--config", required=True, type=Path, help="Participant TOML file.")
+    add_run_options(d)
+    d.set_defaults(handler=_participant_audit_dp)
 
 
 __all__ = ["consortium_entries", "export_global_model", "ledgers_from_journal", "register"]
