@@ -158,7 +158,7 @@ def _participant_audit(args: argparse.Namespace) -> int:
 
 
 def _participant_audit_dp(args: argparse.Namespace) -> int:
-    configure_logging("console", level="warning")
+    set_log_level("warning")
     config = load_config(args.config, ParticipantConfig)
     if args.out is None:
         if config.state_dir is None:
