@@ -64,6 +64,10 @@ class DynaFedConfig:
     unroll: Literal["full", "two_pass"] = option("full", help="Unroll mode of the matching.")
     lr_images: float = option(0.05, help="Adam learning rate of the pseudo images.", min=0.0)
     lr_labels: float = option(0.01, help="Adam learning rate of the soft-label logits.", min=0.0)
+    label_init: Literal["hard", "uniform"] = option(
+        "hard",
+        help="Initial soft labels: 0.9 on each pseudo image's class (ipc per class), or uniform.",
+    )
     lr_step_size: float = option(1e-5, help="Adam learning rate of the learnt step size.", min=0.0)
     initial_step_size: float = option(
         0.04, help="Initial inner SGD step size.", min=0.0, min_exclusive=True
@@ -126,7 +130,7 @@ def synthesize_pseudo_set(
         start, target = sample_pair(trajectory, config.target_span, generator)
         return start[None], target[None]
 
-    # the server has no data: images start as noise in normalised space, labels as uniform
+    # the server has no data: images start as noise in normalised space
     (synthetic,) = distill(
         SampledTargets(draw),
         model,
@@ -145,7 +149,7 @@ def synthesize_pseudo_set(
 
 
 def _distill_config(config: DynaFedConfig) -> DistillConfig:
-    """The engine's settings for DynaFed: pixels, soft labels from uniform, Adam throughout."""
+    """The engine's settings for DynaFed: pixels, learnt soft labels, Adam throughout."""
     return DistillConfig(
         iterations=config.iterations,
         steps=config.syn_steps,
@@ -156,7 +160,7 @@ def _distill_config(config: DynaFedConfig) -> DistillConfig:
         optimizer="adam",
         lr_pixel=config.lr_images,
         soft_labels=True,
-        label_init="uniform",
+        label_init=config.label_init,
         lr_labels=config.lr_labels,
         alpha_init=config.initial_step_size,
         alpha_optimizer="adam",
@@ -263,6 +267,8 @@ class DynaFed(FedAvg):
             "distill_loss_last": float(losses[-tenth:].mean()),
             "distill_seconds": time.perf_counter() - started,
             "distill_step_size": float(self.pseudo.step_size),
+            # how much class information the soft labels carry (1/K when uniform)
+            "pseudo_label_confidence": float(self.pseudo.soft_labels.max(-1).values.mean()),
         }
         get_logger("dynafed").info(
             "pseudo_set_synthesised",
