@@ -52,6 +52,7 @@ class RoundConductor:
         self.log = get_logger("coordinator", session=config.session)
         self._encoded: dict[str, tuple[bytes, dict]] = {}  # this plan's TASKs, by participant
         self._notes: queue.SimpleQueue[tuple[str, dict]] = queue.SimpleQueue()
+        self.paused_since: float | None = None
         self.group: WorkerGroup | None = None
         if config.distributed is not None:  # each round's distillation on a torchrun group
             self.group = WorkerGroup(config.distributed, rounds.store.root / "distill", self.note)
@@ -61,7 +62,6 @@ class RoundConductor:
         """Queue a journal line from the aggregation thread (thread-safe); the loop's thread
         writes it at its next :meth:`finish`, with the round being aggregated now."""
         self._notes.put((event, {"round": self.rounds.round, **fields}))
-        self.paused_since: float | None = None
 
     @property
     def paused(self) -> bool:
