@@ -121,7 +121,8 @@ def test_pause_resume_abort_status_and_journal_for_the_operator(consortium, stac
     capsys.readouterr()  # the daemon thread's log lines so far
     assert main(["admin", "--config", str(cfg), "--json", "status"]) == 0
     status = json.loads(capsys.readouterr().out)
-    assert status["round"] == 2 and status["phase"] == "collecting"
+    assert status["round_in_progress"]["round"] == 2 and status["phase"] == "collecting"
+    assert [h["round"] for h in status["history"]] == [1]  # the aborted round, on record
     assert status["admin"] == {"paused": False, "removed": []}
     assert OPERATOR not in status["participants"]  # an operator is never a participant
 

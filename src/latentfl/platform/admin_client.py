@@ -109,13 +109,13 @@ class AdminClient:
         """Skip round ``round`` (default: the one in progress, as status reports it); refused
         unless that round is still collecting."""
         if round is None:
-            status = self.status()
-            if status.get("phase") != "collecting":
+            current = self.status().get("round_in_progress") or {}
+            if current.get("phase") != "collecting":
                 raise ProtocolError(Reason.BAD_COMMAND, f"no round is collecting (round "
-                                                        f"{status.get('round')} is "
-                                                        f"{status.get('phase')}); nothing to "
+                                                        f"{current.get('round')} is "
+                                                        f"{current.get('phase')}); nothing to "
                                                         "abort.")
-            round = int(status["round"])
+            round = int(current["round"])
         return self.command(Kind.ADMIN_ABORT_ROUND, round=round)
 
     def remove(self, participant: str) -> dict[str, Any]:

@@ -480,7 +480,7 @@ class Coordinator:
 
     def admin_status(self) -> dict[str, Any]:
         """What ``latentfl admin status`` returns: ``latentfl status --json`` plus the admin state."""
-        return {**collect_status(self.config), "admin": self.admin.state()}
+        return {**collect_status(self.config, live=self.status()), "admin": self.admin.state()}
 
     def _write_status(self, *, force: bool = False, stopped: bool = False) -> None:
         now = time.time()

@@ -145,10 +145,12 @@ def _history(state_dir: Path, live: dict[str, Any]) -> list[dict[str, Any]]:
         return list(live.get("history", []))
 
 
-def collect_status(config: CoordinatorConfig, *, now: float | None = None) -> dict[str, Any]:
+def collect_status(config: CoordinatorConfig, *, now: float | None = None,
+                   live: dict[str, Any] | None = None) -> dict[str, Any]:
     """The consortium's status as a JSON-able dict.
 
-    Reads only: the roster, ``STATE/status.json``, the checkpoints and the journal; never
+    Reads only: the roster, ``STATE/status.json`` (or ``live``, the running daemon's own
+    snapshot, which the file may lag by half a second), the checkpoints and the journal; never
     creates the state folder. A damaged journal is reported in ``journal.error`` (its readable
     lines still count) rather than raised, so an operator still sees the rest.
     """
@@ -156,7 +158,8 @@ def collect_status(config: CoordinatorConfig, *, now: float | None = None) -> di
     state_dir = Path(config.state_dir)
     roster = load_roster(config.roster)
     live_path = state_dir / "status.json"
-    live = read_json(live_path) if live_path.exists() else {}
+    if live is None:
+        live = read_json(live_path) if live_path.exists() else {}
     pid = daemon_running(state_dir / "coordinator.pid")
     live_peers = live.get("participants", {})
 
