@@ -177,6 +177,8 @@ def collect_status(config: CoordinatorConfig, *, now: float | None = None,
     rows = {p: new_row(p) for p in roster.participants}
     journal, entries = _journal(state_dir)
     refused = _tally(entries, rows, new_row)
+    for operator in roster.operators:  # their admin commands are journaled; never participants
+        rows.pop(operator, None)
     for row in rows.values():
         if row["state"] == "never-seen" and row["last_seen"]:
             row["state"] = "offline"
