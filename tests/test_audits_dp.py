@@ -98,13 +98,14 @@ def test_real_dp_sgd_stays_below_its_claim(tiny_data, target) -> None:
     examples = len(tiny_data[0]) + CANARIES // 2
     from latentfl.privacy.accounting import noise_multiplier_for
 
-    sigma = noise_multiplier_for(target, CONFIG.batch_size / examples,
-                                 CONFIG.epochs * math.ceil(examples / CONFIG.batch_size), 1e-5)
+    sigma = noise_multiplier_for(target, 1e-5, CONFIG.batch_size / examples,
+                                 CONFIG.epochs * math.ceil(examples / CONFIG.batch_size))
     audit = _audit(tiny_data, DPTraining(sigma))
     print(f"\neps {target}: accountant {audit.accountant_epsilon:.2f}, bound "
           f"{audit.epsilon_lower_bound:.2f} ({audit.correct}/{audit.guesses}), "
           f"{audit.verdicts[0].status}")
-    assert audit.accountant_epsilon == pytest.approx(target, rel=0.1)
+    # sigma was sized for the expected number of included canaries; the drawn number differs
+    assert 0.5 * target <= audit.accountant_epsilon <= 1.05 * target
     assert audit.epsilon_lower_bound < audit.accountant_epsilon
     assert not audit.flagged
 

@@ -56,7 +56,10 @@ def _status(args) -> int:
         if args.html is not None:
             print(f"\npage    {args.html}")
     sys.stdout.flush()
-    return int(ExitCode.STATE if status["journal"]["error"] else ExitCode.OK)
+    if status["journal"]["error"]:  # everything else was still shown; the error goes last
+        print(f"latentfl: error: {status['journal']['error']}", file=sys.stderr)
+        return int(ExitCode.STATE)
+    return int(ExitCode.OK)
 
 
 def register(subparsers) -> None:
