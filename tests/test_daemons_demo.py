@@ -29,9 +29,9 @@ def test_demo_runs_rounds_and_leaves_no_processes(tmp_path):
     assert lines[1] == "fedavg  starting the coordinator and 2 participant processes"
     phases = [line.split("  elapsed")[0] for line in lines if "elapsed" in line]
     closed = phases.index(next(p for p in phases if p.startswith("fedavg  round 1  test acc")))
+    # the round's later phases may pass between two reads of the status file (two updates made
+    # durable in one group, a FedAvg sum in milliseconds); its opening never does
     assert "fedavg  round 1  local training at the sites: updates 0/2" in phases[:closed]
-    assert "fedavg  round 1  aggregating 2 updates" in phases[:closed] or (
-        "fedavg  round 1  local training at the sites: updates 2/2" in phases[:closed])
     header = lines.index("round    fedavg")
     assert lines[header + 1].split()[0] == "1" and lines[header + 1].endswith("%")
     assert (workdir / "state" / "journal.jsonl").exists()
