@@ -16,7 +16,7 @@ import zmq
 
 from latentfl.config import from_dict
 from latentfl.data import load_dataset, to_tensors
-from latentfl.platform.coordinator import Coordinator
+from latentfl.platform.coordinator import Coordinator, StateStore
 from latentfl.platform.crypto import Identity, load_roster, make_curve_client
 from latentfl.platform.local import LocalConsortium
 from latentfl.platform.participant import Agent, LocalData
@@ -65,6 +65,12 @@ COORDINATOR = {
 PARTICIPANT = {
     "heartbeat_interval": 0.5, "ack_timeout": 3.0, "coordinator_timeout": 5.0, "max_backoff": 1.0,
 }
+
+
+def checkpoint_global(state_dir: Path, round: int) -> dict[str, torch.Tensor]:
+    """The global model's weights in the coordinator's checkpoint of ``round``."""
+    tensors = StateStore(state_dir).load_checkpoint(round).tensors
+    return {k.removeprefix("global."): v for k, v in tensors.items() if k.startswith("global.")}
 
 
 def make_consortium(root: Path, ids: list[str]) -> LocalConsortium:

@@ -14,6 +14,7 @@ from daemon_helpers import (
     STRATEGY,
     RawClient,
     Running,
+    checkpoint_global,
     local_parts,
     make_consortium,
     simulate,
@@ -80,12 +81,6 @@ def _manifest():
     return model_manifest(from_dict(ModelSpec, STRATEGY["model"]).build())
 
 
-def _global(state_dir, round) -> dict[str, torch.Tensor]:
-    ckpt = StateStore(state_dir).load_checkpoint(round)
-    return {k.removeprefix("global."): v for k, v in ckpt.tensors.items()
-            if k.startswith("global.")}
-
-
 def _uploads(state_dir, round) -> dict[str, tuple[list[bytes], int]]:
     """Each accepted encrypted upload of ``round``: its ciphertexts and example count."""
     return {u.participant: (ciphertexts_from_tensors(u.weights), u.num_examples)
@@ -149,7 +144,7 @@ def test_encrypted_fedavg_equals_the_plaintext_simulator(consortium, dataset):
     assert [a.join(20) for a in agents] == [0, 0, 0]
 
     reference = simulate(dataset, 3, 2).strategy.global_weights()
-    final = _global(config.state_dir, 2)
+    final = checkpoint_global(config.state_dir, 2)
     for name, value in reference.items():
         assert torch.allclose(final[name], value, atol=1e-5, rtol=0), name
 
@@ -221,7 +216,7 @@ def test_dropout_bad_ciphertexts_and_a_silent_decryptor(consortium, dataset):
     numerator = sum(decrypt_aggregate(ctx, b, length, total_weight=1.0).double()
                     for b, _ in uploads.values())
     expected = numerator / sum(n for _, n in uploads.values())
-    got = flatten_state(_global(config.state_dir, 1), _manifest())
+    got = flatten_state(checkpoint_global(config.state_dir, 1), _manifest())
     assert torch.allclose(got, expected, atol=1e-5, rtol=0)
     individual = {b for blobs, _ in uploads.values() for b in blobs} | set(bad_blobs)
     carried = _ciphertext_tasks(sent)
@@ -251,7 +246,7 @@ def test_encrypted_dynafed_equals_the_plaintext_simulator(consortium, dataset):
     assert ckpt.meta["strategy"]["synthesised"] is True
     # fine-tuning is Adam (steps of about lr each, whatever the gradient's size), so the final
     # models agree to 2 steps x lr 1e-4 x 2, not to CKKS precision
-    final = _global(config.state_dir, 2)
+    final = checkpoint_global(config.state_dir, 2)
     for name, value in sim.strategy.global_weights().items():
         assert torch.allclose(final[name], value, atol=5e-4, rtol=0), name
     closed = [e for e in read_journal(config.state_dir / "journal.jsonl")

@@ -16,6 +16,7 @@ from daemon_helpers import (
     STRATEGY,
     RawClient,
     Running,
+    checkpoint_global,
     local_parts,
     make_consortium,
     simulate,
@@ -51,12 +52,6 @@ def consortium(tmp_path):
     return make_consortium(tmp_path, IDS)
 
 
-def _global(state_dir, round) -> dict[str, torch.Tensor]:
-    ckpt = StateStore(state_dir).load_checkpoint(round)
-    return {k.removeprefix("global."): v for k, v in ckpt.tensors.items()
-            if k.startswith("global.")}
-
-
 def _sent_kinds(coordinator: Coordinator) -> list[tuple[str, str, bytes]]:
     sent: list[tuple[str, str, bytes]] = []
     coordinator.send_observers.append(
@@ -76,7 +71,7 @@ def test_masked_fedavg_equals_the_plaintext_simulator(consortium, dataset):
     assert [a.join(20) for a in agents] == [0, 0, 0]
 
     reference = simulate(dataset, 3, 2).strategy.global_weights()
-    final = _global(config.state_dir, 2)
+    final = checkpoint_global(config.state_dir, 2)
     for name, value in reference.items():
         assert torch.allclose(final[name], value, atol=TOLERANCE, rtol=0), name
 
@@ -112,7 +107,7 @@ def test_masked_fednova_equals_the_plaintext_simulator(consortium, dataset):
         "partition": dataclasses.asdict(PARTITION), "strategy": strategy}), dataset=dataset)
     steps = {u.num_steps for u, _ in StateStore(config.state_dir).load_updates(1)}
     assert len(steps) > 1  # unequal local steps, so FedNova differs from FedAvg here
-    final = _global(config.state_dir, 1)
+    final = checkpoint_global(config.state_dir, 1)
     for name, value in sim.strategy.global_weights().items():
         assert torch.allclose(final[name], value, atol=TOLERANCE, rtol=0), name
 
@@ -190,7 +185,7 @@ def test_a_site_dropping_after_sharing_is_unmasked_from_the_others_shares(tmp_pa
     updates = [run_task(tasks[pid], strategy.model_spec, parts[i].x, parts[i].y, participant=pid)
                for i, pid in enumerate(IDS)]
     strategy.aggregate_round(1, updates)
-    final = _global(config.state_dir, 1)
+    final = checkpoint_global(config.state_dir, 1)
     for name, value in strategy.global_weights().items():
         assert torch.allclose(final[name], value, atol=TOLERANCE, rtol=0), name
 

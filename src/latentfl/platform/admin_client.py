@@ -18,7 +18,7 @@ import zmq
 from latentfl.config import option
 from latentfl.errors import ProtocolError, Reason, SecurityError
 from latentfl.platform.crypto import Identity, load_identity, load_roster, make_curve_client
-from latentfl.platform.exchange import exchange
+from latentfl.platform.exchange import OneShotClient, exchange
 from latentfl.platform.protocol import (
     DEFAULT_CLOCK_SKEW_S,
     TO_OPERATOR,
@@ -53,7 +53,7 @@ class AdminConfig:
         return []
 
 
-class AdminClient:
+class AdminClient(OneShotClient):
     """One connection to the coordinator with an operator's keys (a context manager)."""
 
     def __init__(self, config: AdminConfig) -> None:
@@ -75,16 +75,6 @@ class AdminClient:
         make_curve_client(self.sock, self.identity, roster.coordinator_curve_public)
         self.sock.connect(config.coordinator)
 
-    def __enter__(self) -> AdminClient:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def close(self) -> None:
-        self.sock.close(0)
-        self.ctx.term()
-
     def command(self, kind: Kind, *, round: int = 0,
                 meta: dict[str, Any] | None = None) -> dict[str, Any]:
         """Send one signed admin command; its result (ProtocolError when refused)."""
@@ -96,7 +86,7 @@ class AdminClient:
         return unpack_json(reply.payload, max_bytes=self.config.max_message_bytes)
 
     def status(self) -> dict[str, Any]:
-        """The coordinator's status (what its status.json holds)."""
+        """The coordinator's status: ``latentfl status --json``'s dict plus the admin state."""
         return self.command(Kind.ADMIN_STATUS)["status"]
 
     def pause(self) -> dict[str, Any]:

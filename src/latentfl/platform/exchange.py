@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
+from typing import Self
 
 import zmq
 
@@ -41,4 +42,22 @@ def exchange(sock: zmq.Socket, frames: Sequence[bytes], *, kind: Kind, reply: Ki
                                         f"{timeout_s:.0f}s; is the coordinator running{hint}?")
 
 
-__all__ = ["exchange"]
+class OneShotClient:
+    """The lifetime the one-shot clients share: their DEALER ``sock`` and its ``ctx`` (set by
+    the subclass), closed when the ``with`` block ends."""
+
+    ctx: zmq.Context
+    sock: zmq.Socket
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self.sock.close(0)
+        self.ctx.term()
+
+
+__all__ = ["OneShotClient", "exchange"]

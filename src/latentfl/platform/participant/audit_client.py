@@ -31,7 +31,7 @@ from latentfl.audits.report import render_synthetic_html, synthetic_audit_json, 
 from latentfl.audits.synthetic import audit_synthetic
 from latentfl.data import load_dataset
 from latentfl.errors import ConfigError, DataError, ProtocolError, Reason
-from latentfl.platform.exchange import exchange
+from latentfl.platform.exchange import OneShotClient, exchange
 from latentfl.platform.participant.config import ParticipantConfig
 from latentfl.platform.participant.connection import connect, load_enrolment
 from latentfl.platform.protocol import (
@@ -62,7 +62,7 @@ class AuditOutcome:
     shared: dict[str, Any] | None
 
 
-class AuditClient:
+class AuditClient(OneShotClient):
     """One connection to the coordinator with this participant's keys (a context manager)."""
 
     def __init__(self, config: ParticipantConfig, *, timeout_s: float = DEFAULT_TIMEOUT_S):
@@ -75,16 +75,6 @@ class AuditClient:
                                                 max_bytes=config.max_message_bytes)
         self.ctx = zmq.Context()
         self.sock = connect(self.ctx, config, enrolment)
-
-    def __enter__(self) -> AuditClient:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def close(self) -> None:
-        self.sock.close(0)
-        self.ctx.term()
 
     @property
     def pid(self) -> str:
