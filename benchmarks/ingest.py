@@ -11,14 +11,24 @@ before the clock starts. Each count runs twice: with group commit (the default: 
 arrive together share one fsync of the journal, replay log and folder, their files' fsyncs
 issued together) and without (``group_commit = false``: four fsyncs per update).
 
+What grouping saves is fsync latency, so its gain depends on the disk. ``--fsync-ms L`` models a
+slower disk than the one at hand: the coordinator process (only it) waits L ms before each
+fsync, through a ``sitecustomize`` module this script writes into a temporary folder on the
+coordinator's PYTHONPATH. Concurrent fsyncs wait concurrently, as a journaling filesystem
+commits them together.
+
     python benchmarks/ingest.py --participants 10 50 200
+    python benchmarks/ingest.py --participants 200 --fsync-ms 6
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import os
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import zmq
@@ -43,12 +53,50 @@ COORDINATOR = {
 }
 
 
-def run_one(n: int, root: Path, *, group_commit: bool) -> dict[str, float]:
+SLOW_FSYNC = '''\
+"""Written by benchmarks/ingest.py --fsync-ms: the coordinator's fsyncs model a slower disk."""
+import os
+import sys
+import time
+
+if "coordinator" in sys.argv:
+    _fsync = os.fsync
+
+    def _slow_fsync(fd, _wait={seconds!r}):
+        time.sleep(_wait)
+        _fsync(fd)
+
+    os.fsync = _slow_fsync
+'''
+
+
+def run_one(n: int, root: Path, *, group_commit: bool, fsync_ms: float = 0.0) -> dict[str, float]:
     ids = [f"p{i:03d}" for i in range(n)]
     settings = {**COORDINATOR, "group_commit": group_commit}
-    with LocalConsortium(root, ids, session=SESSION, coordinator=settings) as consortium:
+    with _slow_disk(root, fsync_ms), LocalConsortium(root / "consortium", ids, session=SESSION,
+                                                     coordinator=settings) as consortium:
         consortium.start_coordinator()
         return _measure(consortium)
+
+
+@contextlib.contextmanager
+def _slow_disk(root: Path, fsync_ms: float) -> Iterator[None]:
+    """While open, processes started from here load SLOW_FSYNC (when fsync_ms > 0)."""
+    if fsync_ms <= 0:
+        yield
+        return
+    site = root / "slow-disk"
+    site.mkdir()
+    (site / "sitecustomize.py").write_text(SLOW_FSYNC.format(seconds=fsync_ms / 1000))
+    before = os.environ.get("PYTHONPATH")
+    os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(site), before]))
+    try:
+        yield
+    finally:
+        if before is None:
+            del os.environ["PYTHONPATH"]
+        else:
+            os.environ["PYTHONPATH"] = before
 
 
 def _measure(consortium: LocalConsortium) -> dict[str, float]:
@@ -122,14 +170,18 @@ def main() -> None:
     parser.add_argument("--participants", type=int, nargs="+", default=[10, 50, 200])
     parser.add_argument("--grouping", choices=["both", "on", "off"], default="both",
                         help="Measure with group commit, without, or both (default).")
+    parser.add_argument("--fsync-ms", type=float, default=0.0, metavar="L",
+                        help="Model a slower disk: the coordinator waits L ms before each fsync.")
     args = parser.parse_args()
     modes = {"both": [True, False], "on": [True], "off": [False]}[args.grouping]
+    if args.fsync_ms > 0:
+        print(f"modelled disk: every coordinator fsync waits {args.fsync_ms:g} ms first")
     print(f"{'participants':>12} {'grouping':>8} {'update MB':>9} {'seconds':>8} "
           f"{'updates/s':>9} {'MB/s':>7}")
     for n in args.participants:
         for group_commit in modes:
             with tempfile.TemporaryDirectory(prefix="latentfl-ingest-") as tmp:
-                r = run_one(n, Path(tmp), group_commit=group_commit)
+                r = run_one(n, Path(tmp), group_commit=group_commit, fsync_ms=args.fsync_ms)
             print(f"{r['participants']:>12} {'on' if group_commit else 'off':>8} "
                   f"{r['update_mb']:>9.2f} {r['seconds']:>8.2f} {r['updates_per_s']:>9.1f} "
                   f"{r['mb_per_s']:>7.1f}", flush=True)

@@ -16,6 +16,7 @@ from latentfl.models.flat import (
 )
 from latentfl.models.manifest import (
     ModelManifest,
+    all_finite,
     load_tensors_,
     model_manifest,
     state_to_tensors,
@@ -26,6 +27,7 @@ __all__ = [
     "MODEL_NAMES",
     "ModelManifest",
     "ParamShapes",
+    "all_finite",
     "build_model",
     "flatten_named",
     "flatten_params",

@@ -12,12 +12,26 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
 from latentfl.errors import ModelError
 
 Entry = tuple[str, tuple[int, ...], str]
+
+
+def all_finite(tensor: torch.Tensor) -> bool:
+    """No NaN or infinity in ``tensor`` (a CPU tensor of any dtype).
+
+    Through numpy: on CPU, ``torch.isfinite(t).all()`` costs ~10x more (measured 2.0 vs 0.15 ms
+    for a ConvNet update), and every update a coordinator accepts passes here.
+    """
+    if not tensor.is_floating_point():
+        return True
+    if tensor.dtype == torch.bfloat16:  # numpy has no bfloat16; float32 holds every value
+        tensor = tensor.float()
+    return bool(np.isfinite(tensor.numpy(force=True)).all())
 
 
 @dataclass(frozen=True)
@@ -64,7 +78,7 @@ class ModelManifest:
                 raise ModelError(
                     f"weights tensor {name!r} has dtype {_dtype_name(t.dtype)}; expected {dtype}."
                 )
-            if not bool(torch.isfinite(t).all()):
+            if not all_finite(t):
                 raise ModelError(
                     f"weights tensor {name!r} holds non-finite values (NaN or inf); "
                     f"expected finite values."

@@ -16,7 +16,7 @@ from safetensors.torch import load as _st_load
 from safetensors.torch import save as _st_save
 
 from latentfl.errors import ModelError, ProtocolError, Reason
-from latentfl.models import ModelManifest
+from latentfl.models import ModelManifest, all_finite
 from latentfl.platform.protocol._header import DEFAULT_MAX_MESSAGE_BYTES
 from latentfl.platform.protocol._json import canonical_json, strict_json
 
@@ -111,9 +111,7 @@ def unpack_tensors(
             Reason.MALFORMED, f"tensor payload is not valid safetensors data ({exc})"
         ) from None
     for name, tensor in tensors.items():
-        if tensor.is_floating_point() and not bool(
-            torch.isfinite(tensor).all()
-        ):
+        if not all_finite(tensor):
             bad = int((~torch.isfinite(tensor)).sum())
             raise ProtocolError(
                 Reason.NON_FINITE,
