@@ -64,7 +64,8 @@ Phase = Literal["idle", "keys", "shares", "uploads", "unmask"]
 
 
 class MaskedAggregation:
-    """secagg state of the coordinator for the round in progress (see the module docstring)."""
+    """secagg (or ckks) state of the coordinator for the round in progress (see the module
+    docstring)."""
 
     def __init__(self, config: CoordinatorConfig, manifest: ModelManifest, *, journal: Journal,
                  verify_keys: Callable[[], Mapping[str, Ed25519PublicKey]],
