@@ -35,7 +35,12 @@ from latentfl.platform.crypto import load_identity, load_roster
 from latentfl.platform.crypto.ckks_keys import load_participant_context, write_ckks_keys
 from latentfl.platform.participant import Agent
 from latentfl.platform.participant.secagg import MaskedRound
-from latentfl.platform.payloads import encode_decrypt_task, encode_limb_sums, state_length
+from latentfl.platform.payloads import (
+    encode_decrypt_task,
+    encode_limb_sums,
+    encode_update,
+    state_length,
+)
 from latentfl.platform.protocol import (
     Kind,
     Message,
@@ -49,6 +54,7 @@ from latentfl.platform.protocol import (
 from latentfl.platform.supervisor import wait_until
 from latentfl.privacy import (
     ciphertexts_from_tensors,
+    ciphertexts_to_tensors,
     create_context,
     decrypt_limb_sums,
     encrypt_masked,
@@ -58,7 +64,7 @@ from latentfl.privacy import (
 )
 from latentfl.privacy.secagg import RoundParams, SecAggClient, SecAggServer
 from latentfl.simulate import SimulationConfig, run_simulation
-from latentfl.strategies import ModelSpec, build_strategy, run_task
+from latentfl.strategies import ModelSpec, Update, build_strategy, run_task
 
 IDS = ["p00", "p01", "p02", "p03"]
 CKKS = {"mode": "ckks", "min_cohort": 2, "decrypt_deadline": 1.0, "phase_deadline": 20.0}
@@ -204,9 +210,10 @@ def test_site_without_its_secret_context_declines_before_training(consortium, da
     assert closed[0]["accepted"] == ["p00", "p01"]
 
 
-def _drop_after_sharing(client: RawClient, roster, ctx) -> None:
+def _drop_after_sharing(client: RawClient, roster, ctx, *, bad_upload: bool = False) -> None:
     """A hand-driven site that runs the real secagg glue of a ckks round up to its shares,
-    then vanishes."""
+    (with ``bad_upload``: sends ciphertexts one too many and checks the REJECT), then
+    vanishes."""
     client.send(client.frames(Kind.HELLO, 0, pack_json({"num_examples": 50})))
     task = client.recv(timeout=30.0, kind=Kind.TASK)
     assert task is not None and task.header.meta["aggregation"] == "ckks"
@@ -219,12 +226,22 @@ def _drop_after_sharing(client: RawClient, roster, ctx) -> None:
         kind, payload, meta = reply()
         client.send(client.frames(kind, task.header.round, payload, meta))
     assert client.recv(timeout=30.0, kind=Kind.SECAGG_SHARE_INBOX) is not None
+    if bad_upload:
+        blobs = encrypt_masked(ctx, np.zeros(state_length(_manifest()), dtype=np.uint64))
+        update = Update(client.identity.id, task.header.round,
+                        ciphertexts_to_tensors(blobs + blobs[:1]), 50, 1)
+        payload, meta = encode_update(update)
+        client.send(client.frames(Kind.ENCRYPTED_UPDATE, task.header.round, payload,
+                                  meta | {"attempt": masked.attempt}))
+        reject = client.recv(timeout=10.0, kind=Kind.REJECT)
+        assert reject is not None and reject.header.meta["reason"] == "bad-ciphertext"
     client.close()
 
 
 def test_a_site_dropping_after_sharing_is_unmasked_from_the_others_shares(tmp_path, dataset):
-    """p03 advertises and shares, then drops: the sum covers the three uploads, the survivors'
-    shares rebuild p03's mask key, and the result equals their weighted mean computed here."""
+    """p03 advertises and shares, sends malformed ciphertexts (REJECT bad-ciphertext), then
+    drops: the sum covers the three uploads, the survivors' shares rebuild p03's mask key, and
+    the result equals their weighted mean computed here."""
     consortium = make_consortium(tmp_path, IDS)
     write_ckks_keys(consortium.keys)
     ctx = load_participant_context(consortium.keys / "participants" / "p03")
@@ -234,7 +251,7 @@ def test_a_site_dropping_after_sharing_is_unmasked_from_the_others_shares(tmp_pa
     dropper = RawClient(consortium, consortium.identity("p03"))
     parts = local_parts(dataset, 4)
     agents = start_agents(consortium, parts[:3], IDS[:3])
-    _drop_after_sharing(dropper, consortium.roster, ctx)
+    _drop_after_sharing(dropper, consortium.roster, ctx, bad_upload=True)
     assert coord.join(120) == 0
     [a.stop() for a in agents]
 
