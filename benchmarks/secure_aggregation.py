@@ -12,11 +12,20 @@ this one process with the code the daemons run:
   Participant seconds are its own work summed over the phases (mean over participants);
   coordinator seconds cover relaying and unmasking. Run once with nobody dropping and once with
   10% dropping after sharing (their pairwise masks are rebuilt from shares).
-- ckks: TenSEAL N=8192 (the default context): one participant's encryption (timed once, its
-  ciphertexts reused for every participant), the coordinator's checks and sum over the cohort,
-  one participant's decryption of the sum.
+- ckks: secagg's exchange as above with each masked upload CKKS-encrypted as 32-bit limbs
+  (TenSEAL N=8192, the default context; two slots per word). Encryption is timed once and its
+  ciphertexts are reused for every participant (each still masks its own words); the
+  coordinator checks every upload and sums the survivors' ciphertexts; one participant decrypts
+  the sum's limbs (notes: its seconds and the bytes it receives and sends); the coordinator
+  joins them and unmasks.
+
+``--precision`` instead measures how far decrypted limb sums land from the nearest integer (the
+decryptor refuses beyond 0.25): real sums of n fresh ciphertexts of uniform limbs up to
+n = 1024, and for larger n fresh ciphertexts of integers as large as such a sum can be
+(CKKS's error grows with the magnitude, not with the count of additions).
 
     python benchmarks/secure_aggregation.py --length 320010 --cohorts 10 50 100
+    python benchmarks/secure_aggregation.py --precision
 """
 
 from __future__ import annotations
@@ -27,6 +36,7 @@ import time
 import numpy as np
 import torch
 
+from latentfl.platform.payloads import encode_decrypt_task, encode_limb_sums
 from latentfl.platform.protocol import pack_tensors
 from latentfl.platform.secagg_payloads import (
     encode_advert,
@@ -35,6 +45,20 @@ from latentfl.platform.secagg_payloads import (
     encode_sealed,
     encode_unmask,
     masked_tensors,
+)
+from latentfl.privacy.ckks import (
+    LIMB_BITS,
+    LIMBS_PER_WORD,
+    check_ciphertexts,
+    ciphertext_count,
+    ciphertexts_to_tensors,
+    create_context,
+    decrypt_limb_sums,
+    encrypt_masked,
+    join_limbs,
+    load_context,
+    public_context_bytes,
+    sum_ciphertexts,
 )
 from latentfl.privacy.secagg import RoundParams, SecAggClient, SecAggServer, degree
 
@@ -55,8 +79,14 @@ def _plain(n: int, length: int) -> dict:
             "coordinator_s": time.perf_counter() - started}
 
 
-def _secagg(n: int, length: int, drop_share: float) -> dict:
+def _masked(n: int, length: int, drop_share: float, *, ckks: bool = False) -> dict:
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    if ckks:
+        secret = create_context()
+        public = load_context(public_context_bytes(secret), private=False)
+        count = ciphertext_count(LIMBS_PER_WORD * length, public)
+        blobs, encrypt_s = None, 0.0
 
     ids = [f"site-{i:03d}" for i in range(n)]
     signing = {p: Ed25519PrivateKey.generate() for p in ids}
@@ -109,9 +139,21 @@ def _secagg(n: int, length: int, drop_share: float) -> dict:
         if p in dropped:
             continue
         masked = timed(p, clients[p].mask, inputs[p], 100)
-        sent[p] += len(pack_tensors(masked_tensors(masked)))
+        if not ckks:
+            sent[p] += len(pack_tensors(masked_tensors(masked)))
+            started = time.perf_counter()
+            server.add_masked(p, masked)
+            coordinator_s += time.perf_counter() - started
+            continue
+        if blobs is None:
+            started = time.perf_counter()
+            blobs = encrypt_masked(secret, masked)
+            encrypt_s = time.perf_counter() - started
+        spent[p] += encrypt_s
+        sent[p] += len(pack_tensors(ciphertexts_to_tensors(blobs)))
         started = time.perf_counter()
-        server.add_masked(p, masked)
+        check_ciphertexts(public, blobs, count, 400_000)
+        server.add_survivor(p)
         coordinator_s += time.perf_counter() - started
     started = time.perf_counter()
     survivors, gone = server.close_uploads()
@@ -124,43 +166,57 @@ def _secagg(n: int, length: int, drop_share: float) -> dict:
         started = time.perf_counter()
         server.add_reveal(p, revealed)
         coordinator_s += time.perf_counter() - started
+    notes = f"degree {degree(n)}"
     started = time.perf_counter()
-    total = server.unmask()
+    if ckks:
+        total = sum_ciphertexts(public, [blobs] * len(survivors), min_cohort=2)
+        task = len(encode_decrypt_task(total, length=length, cohort=len(survivors))[0])
+        coordinator_s += time.perf_counter() - started
+        decrypt_started = time.perf_counter()
+        sums = decrypt_limb_sums(secret, total, length, cohort=len(survivors))
+        decrypt_s = time.perf_counter() - decrypt_started
+        answer = len(encode_limb_sums(sums, cohort=len(survivors))[0])
+        notes += f"; decryptor {decrypt_s:.2f} s, +{task + answer:,} bytes"
+        started = time.perf_counter()
+        masked_sum = join_limbs(sums)
+    else:
+        masked_sum = server.masked_sum()
+    total = server.unmask(masked_sum)
     coordinator_s += time.perf_counter() - started
     assert total.shape == (length,)
     alive = [p for p in ids if p not in dropped]
     return {"bytes": int(np.mean([sent[p] + received[p] for p in alive])),
             "participant_s": float(np.mean([spent[p] for p in alive])),
-            "coordinator_s": coordinator_s, "degree": degree(n)}
+            "coordinator_s": coordinator_s, "notes": notes}
 
 
-def _ckks(n: int, length: int) -> dict:
-    from latentfl.privacy.ckks import (
-        check_ciphertexts,
-        create_context,
-        decrypt_aggregate,
-        encrypt_update,
-        load_context,
-        public_context_bytes,
-        sum_ciphertexts,
-    )
+def _precision(cohorts: list[int], slots: int = 4096) -> None:
+    """Worst distance of decrypted limb sums to the nearest integer, per cohort size."""
+    import tenseal as ts
 
-    secret = create_context()
-    public = load_context(public_context_bytes(secret), private=False)
-    update = torch.from_numpy(np.random.default_rng(0).normal(size=length))
-    started = time.perf_counter()
-    blobs = encrypt_update(secret, update, weight=100.0)
-    encrypt_s = time.perf_counter() - started
-    started = time.perf_counter()
-    for _ in range(n):
-        check_ciphertexts(public, blobs, len(blobs), 400_000)
-    total = sum_ciphertexts(public, [blobs] * n, min_cohort=2)
-    coordinator_s = time.perf_counter() - started
-    started = time.perf_counter()
-    decrypt_aggregate(secret, total, length, total_weight=100.0 * n)
-    decrypt_s = time.perf_counter() - started
-    return {"bytes": sum(len(b) for b in blobs), "participant_s": encrypt_s,
-            "coordinator_s": coordinator_s, "decrypt_s": decrypt_s}
+    ctx = create_context()
+    rng = np.random.default_rng(0)
+    top = 2**LIMB_BITS - 1
+    print(f"{'n':>7}  {'how':<38}{'worst distance':>16}")
+    for n in cohorts:
+        if n <= 1024:
+            how, acc, exact = f"sum of {n} ciphertexts", None, np.zeros(slots, dtype=np.int64)
+            for _ in range(n):
+                limbs = rng.integers(0, top, slots, dtype=np.int64, endpoint=True)
+                limbs[:8] = top  # the largest limbs too
+                exact += limbs
+                vec = ts.ckks_vector(ctx, limbs.astype(np.float64).tolist())
+                acc = vec if acc is None else acc + vec
+            worst = float(np.abs(np.asarray(acc.decrypt()) - exact).max())
+        else:
+            how, worst = "3 ciphertexts of values up to n(2^32-1)", 0.0
+            for _ in range(3):
+                exact = rng.integers(0, n * top, slots, dtype=np.int64, endpoint=True)
+                exact[:8] = n * top
+                vec = ts.ckks_vector(ctx, exact.astype(np.float64).tolist())
+                vec += ts.ckks_vector(ctx, [0.0] * slots)
+                worst = max(worst, float(np.abs(np.asarray(vec.decrypt()) - exact).max()))
+        print(f"{n:>7}  {how:<38}{worst:>16.6f}", flush=True)
 
 
 def main() -> None:
@@ -168,21 +224,24 @@ def main() -> None:
     parser.add_argument("--length", type=int, default=320_010)
     parser.add_argument("--cohorts", type=int, nargs="+", default=[10, 50, 100])
     parser.add_argument("--skip-ckks", action="store_true")
+    parser.add_argument("--precision", action="store_true",
+                        help="measure the limb sums' distance to integers instead")
     args = parser.parse_args()
+    if args.precision:
+        _precision([2, 16, 128, 1024, 2**12, 2**13, 2**14, 2**15, 2**16, 2**17])
+        return
     print(f"update of {args.length} values; bytes = sent + received per participant")
     print(f"{'mode':<16}{'n':>5}{'bytes/participant':>20}{'participant s':>15}"
           f"{'coordinator s':>15}  notes")
     for n in args.cohorts:
         rows = [("plain", _plain(n, args.length)),
-                ("secagg", _secagg(n, args.length, 0.0)),
-                ("secagg 10% drop", _secagg(n, args.length, 0.1))]
+                ("secagg", _masked(n, args.length, 0.0)),
+                ("secagg 10% drop", _masked(n, args.length, 0.1))]
         if not args.skip_ckks:
-            rows.append(("ckks", _ckks(n, args.length)))
+            rows.append(("ckks", _masked(n, args.length, 0.0, ckks=True)))
         for mode, r in rows:
-            notes = (f"degree {r['degree']}" if "degree" in r
-                     else f"decrypt {r['decrypt_s']:.2f} s" if "decrypt_s" in r else "")
             print(f"{mode:<16}{n:>5}{r['bytes']:>20,}{r['participant_s']:>15.3f}"
-                  f"{r['coordinator_s']:>15.3f}  {notes}", flush=True)
+                  f"{r['coordinator_s']:>15.3f}  {r.get('notes', '')}", flush=True)
 
 
 if __name__ == "__main__":

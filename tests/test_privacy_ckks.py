@@ -1,9 +1,12 @@
-"""CKKS secure aggregation: public coordinator context, weighted sums, sealed secret contexts."""
+"""ckks without sockets: secagg's masked words as CKKS limbs, public coordinator context, sealed
+secret contexts; parties in one process."""
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from latentfl.errors import ConfigError, PrivacyError, ProtocolError, Reason, SecurityError
 from latentfl.platform.crypto import init_consortium, load_identity
@@ -17,10 +20,10 @@ from latentfl.platform.crypto.ckks_keys import (
 from latentfl.privacy import (
     check_ciphertexts,
     ciphertext_count,
-    cohort_weight,
     create_context,
-    decrypt_aggregate,
-    encrypt_update,
+    decrypt_limb_sums,
+    encrypt_masked,
+    join_limbs,
     load_context,
     open_secret_context,
     public_context_bytes,
@@ -28,9 +31,13 @@ from latentfl.privacy import (
     secret_context_bytes,
     sum_ciphertexts,
 )
+from latentfl.privacy.ckks import MAX_COHORT, check_cohort_size, split_limbs
+from latentfl.privacy.secagg import MAX_ERROR, RoundParams, SecAggClient, SecAggServer, dequantise
 
-LENGTH = 5000  # two chunks of 4096 slots, the last one partial
+LENGTH = 2500  # 5000 limbs: two ciphertexts of 4096 slots, the last one partial
 MAX_BYTES = 400_000
+# chi-square with 15 degrees of freedom exceeds this with probability 1e-5 under uniformity
+CHI2_15_CRITICAL = 50.49
 
 
 @pytest.fixture(scope="module")
@@ -42,20 +49,67 @@ def contexts():
     return secret, public
 
 
-def _updates(n: int) -> tuple[list[torch.Tensor], list[float]]:
-    gen = torch.Generator().manual_seed(7)
-    flats = [torch.randn(LENGTH, generator=gen) * 0.05 for _ in range(n)]
-    weights = [500.0, 1200.0, 300.0][:n]
-    return flats, weights
+def masked_round(n: int, secret, public, *, after_sharing=(), seed: int = 0, inputs=None):
+    """One ckks round in one process: secagg's exchange, the masked words encrypted as limbs,
+    the coordinator summing ciphertexts and recording survivors it cannot read; ``inputs``
+    replaces some sites' random updates. Returns (server, encrypted sum, inputs, weights, each
+    uploader's ciphertexts)."""
+    rng = np.random.default_rng(seed)
+    ids = [f"site-{i:03d}" for i in range(n)]
+    signing = {pid: Ed25519PrivateKey.generate() for pid in ids}
+    verify = {pid: key.public_key() for pid, key in signing.items()}
+    params = RoundParams(session="s", round=1, min_cohort=2)
+    clients = {pid: SecAggClient(pid, params, signing_key=signing[pid], verify_keys=verify)
+               for pid in ids}
+    server = SecAggServer(params, verify, LENGTH)
+    inputs = {pid: rng.normal(0.0, 0.05, LENGTH) for pid in ids} | (inputs or {})
+    weights = {pid: int(rng.integers(1, 500)) for pid in ids}
+    for c in clients.values():
+        server.add_advert(c.advertise())
+    key_list = server.close_adverts()
+    for pid, c in clients.items():
+        server.add_shares(pid, c.share_keys(key_list))
+    for holder, sealed in server.close_shares().items():
+        clients[holder].receive_shares(sealed)
+    uploads = {}
+    for pid in ids:
+        if pid not in after_sharing:
+            uploads[pid] = encrypt_masked(secret, clients[pid].mask(inputs[pid], weights[pid]))
+            check_ciphertexts(public, uploads[pid], ciphertext_count(2 * LENGTH, public),
+                              MAX_BYTES)
+            server.add_survivor(pid)
+    survivors, dropped = server.close_uploads()
+    for pid in survivors:
+        server.add_reveal(pid, clients[pid].reveal(survivors, dropped))
+    total = sum_ciphertexts(public, [uploads[p] for p in survivors], min_cohort=2)
+    return server, total, inputs, weights, uploads
+
+
+def unmasked_mean(server, total, secret) -> np.ndarray:
+    """What the decryptor returns (limb sums) turned by the coordinator into the mean."""
+    sums = decrypt_limb_sums(secret, total, LENGTH, cohort=len(server.survivors))
+    return server.unmask(join_limbs(sums))
+
+
+def chi_square_uniform(u: np.ndarray, bins: int = 16) -> float:
+    """Pearson's statistic of ``u`` (values in [0, 1)) against the uniform distribution."""
+    counts = np.bincount(np.minimum((u * bins).astype(int), bins - 1), minlength=bins)
+    expected = u.size / bins
+    return float(((counts - expected) ** 2 / expected).sum())
+
+
+def weighted_mean(inputs, weights, ids):
+    total = sum(weights[p] for p in ids)
+    return sum(weights[p] * np.clip(inputs[p], -64, 64) for p in ids) / total, total
 
 
 def test_public_context_cannot_decrypt(contexts):
     """The coordinator's context has no secret key: decrypting under it raises."""
     secret, public = contexts
     assert not public.is_private() and public.is_public()
-    blobs = encrypt_update(secret, torch.ones(10), 1.0)
+    blobs = encrypt_masked(secret, np.arange(10, dtype=np.uint64))
     with pytest.raises(SecurityError, match="no secret key"):
-        decrypt_aggregate(public, blobs, 10)
+        decrypt_limb_sums(public, blobs + blobs, 10, cohort=2)
     import tenseal as ts
 
     with pytest.raises(ValueError):
@@ -64,57 +118,97 @@ def test_public_context_cannot_decrypt(contexts):
         load_context(secret_context_bytes(secret), private=False)
 
 
-def test_encrypted_weighted_sum_equals_plaintext_weighted_mean(contexts):
-    """Decrypting the coordinator's sum of 3 weighted updates gives the weighted mean (1e-5)."""
+def test_limbs_split_and_join_modulo_2_64():
+    """Words split into exact 32-bit limbs; summed limbs join to the word sum modulo 2^64."""
+    rng = np.random.default_rng(3)
+    words = [rng.integers(0, 2**64, 1000, dtype=np.uint64, endpoint=False) for _ in range(5)]
+    words[0][:3] = [0, 2**64 - 1, 2**32]
+    limbs = [split_limbs(w) for w in words]
+    assert all(((x >= 0) & (x < 2**32) & (x == np.rint(x))).all() for x in limbs)
+    sums = np.sum([x.astype(np.int64) for x in limbs], axis=0)
+    expected = np.zeros(1000, dtype=np.uint64)
+    for w in words:
+        expected += w
+    assert np.array_equal(join_limbs(sums), expected)
+
+
+def test_cohort_sum_decrypts_and_unmasks_to_the_weighted_mean(contexts):
+    """Four sites: the decrypted limb sums round exactly, and the unmasked sum decodes to the
+    plaintext weighted mean within the quantisation error alone (CKKS adds nothing)."""
     secret, public = contexts
-    flats, weights = _updates(3)
-    uploads = [encrypt_update(secret, f, w) for f, w in zip(flats, weights, strict=True)]
-    count = ciphertext_count(LENGTH, public)
-    assert count == 2
-    for blobs in uploads:
-        check_ciphertexts(public, blobs, count, MAX_BYTES)
-    total = sum_ciphertexts(public, uploads, min_cohort=2)
-    mean = decrypt_aggregate(secret, total, LENGTH, total_weight=sum(weights))
-    expected = sum(w * f for f, w in zip(flats, weights, strict=True)) / sum(weights)
-    assert mean.shape == (LENGTH,)
-    assert torch.allclose(mean, expected, atol=1e-5, rtol=0)
+    server, total, inputs, weights, _ = masked_round(4, secret, public)
+    mean, total_weight = weighted_mean(inputs, weights, server.survivors)
+    got = dequantise(unmasked_mean(server, total, secret), total_weight)
+    assert np.abs(got - mean).max() <= MAX_ERROR
 
 
-def test_dropped_participant_renormalises_over_those_who_answered(contexts):
-    """With one participant missing, the sum covers the others and their weights renormalise."""
+def test_dropout_after_sharing_before_upload_is_recovered(contexts):
+    """A site that shared its seeds and never uploaded is unmasked through its mask key."""
     secret, public = contexts
-    flats, weights = _updates(3)
-    planned = {"a": weights[0], "b": weights[1], "c": weights[2]}
-    answered = ["a", "c"]  # "b" dropped out
-    uploads = [
-        encrypt_update(secret, flats[0], planned["a"]),
-        encrypt_update(secret, flats[2], planned["c"]),
-    ]
-    total = sum_ciphertexts(public, uploads, min_cohort=2)
-    mean = decrypt_aggregate(
-        secret, total, LENGTH, total_weight=cohort_weight(planned, answered, min_cohort=2)
-    )
-    expected = (planned["a"] * flats[0] + planned["c"] * flats[2]) / (planned["a"] + planned["c"])
-    assert torch.allclose(mean, expected, atol=1e-5, rtol=0)
+    server, total, inputs, weights, _ = masked_round(5, secret, public,
+                                                     after_sharing=("site-002",))
+    assert server.dropped == ["site-002"]
+    mean, total_weight = weighted_mean(inputs, weights, server.survivors)
+    got = dequantise(unmasked_mean(server, total, secret), total_weight)
+    assert np.abs(got - mean).max() <= MAX_ERROR
 
 
-def test_minimum_cohort_is_enforced(contexts):
-    """A sum of fewer than min_cohort updates is refused; min_cohort below 2 is a config error."""
+def test_a_single_ciphertext_decrypts_to_noise_independent_of_the_update(contexts):
+    """The decrypt oracle is closed: one site's ciphertext, decrypted with the secret context
+    as if it were a sum, gives limbs uniform on [0, 2^32) and uncorrelated with its update,
+    for an update of zeros and one of large values alike."""
     secret, public = contexts
-    one = [encrypt_update(secret, torch.ones(10), 1.0)]
+    limbs, updates = [], []
+    rng = np.random.default_rng(5)
+    for update in (np.zeros(LENGTH), 30.0 * np.sign(rng.normal(size=LENGTH))):
+        _, _, _, _, uploads = masked_round(3, secret, public, inputs={"site-000": update})
+        sums = decrypt_limb_sums(secret, uploads["site-000"], LENGTH, cohort=2)  # the lie
+        assert sums.shape == (2 * LENGTH,)
+        limbs.append(sums / 2.0**32)
+        updates.append(np.repeat(update, 2))
+    for u in limbs:
+        assert chi_square_uniform(u) < CHI2_15_CRITICAL
+    both, update = np.concatenate(limbs), np.concatenate(updates)
+    assert abs(np.corrcoef(both, update)[0, 1]) < 0.05  # 10,000 pairs: noise |r| ~ 0.01
+    assert abs(both.mean() - 0.5) < 0.02
+
+
+def test_decryptor_refuses_what_cannot_be_a_sum_of_the_cohort(contexts):
+    """Limb sums that do not round to integers, or exceed cohort * (2^32 - 1), are refused."""
+    secret, _ = contexts
+    import tenseal as ts
+
+    half = [ts.ckks_vector(secret, [0.5] * 8).serialize()]
+    with pytest.raises(ProtocolError, match="nearest integer") as err:
+        decrypt_limb_sums(secret, half, 4, cohort=2)
+    assert err.value.reason is Reason.BAD_CIPHERTEXT
+    big = [ts.ckks_vector(secret, [3.0 * 2**32] * 8).serialize()]
+    with pytest.raises(ProtocolError, match="stays in"):
+        decrypt_limb_sums(secret, big, 4, cohort=2)
+    with pytest.raises(ProtocolError, match="expected 2 to"):
+        decrypt_limb_sums(secret, half, 4, cohort=1)
+
+
+def test_minimum_and_maximum_cohort_are_enforced(contexts):
+    """A sum of fewer than min_cohort uploads is refused, min_cohort below 2 is a config
+    error, and a cohort above MAX_COHORT is refused before anything is summed."""
+    secret, public = contexts
+    one = [encrypt_masked(secret, np.arange(10, dtype=np.uint64))]
     with pytest.raises(PrivacyError) as err:
         sum_ciphertexts(public, one, min_cohort=2)
     assert err.value.rule == "min_cohort"
-    with pytest.raises(PrivacyError):
-        cohort_weight({"a": 1.0, "b": 1.0, "c": 1.0}, ["a", "b"], min_cohort=3)
     with pytest.raises(ConfigError, match="min_cohort"):
         sum_ciphertexts(public, one + one, min_cohort=1)
+    check_cohort_size(MAX_COHORT)
+    with pytest.raises(ConfigError, match=f"only up to {MAX_COHORT}"):
+        check_cohort_size(MAX_COHORT + 1)
 
 
 def test_coordinator_refuses_secret_context_and_bad_ciphertexts(contexts):
     """Summing with a secret context, or wrong count, size or bytes, is refused."""
     secret, public = contexts
-    blobs = encrypt_update(secret, torch.ones(LENGTH), 2.0)
+    blobs = encrypt_masked(secret, np.arange(LENGTH, dtype=np.uint64))
+    assert len(blobs) == 2
     with pytest.raises(SecurityError):
         sum_ciphertexts(secret, [blobs, blobs])
     with pytest.raises(ProtocolError, match="expected 3") as err:
@@ -124,7 +218,7 @@ def test_coordinator_refuses_secret_context_and_bad_ciphertexts(contexts):
         check_ciphertexts(public, blobs, 2, 1000)
     with pytest.raises(ProtocolError, match="parsed"):
         check_ciphertexts(public, [blobs[0], b"\x00" * 500], 2, MAX_BYTES)
-    short_first = encrypt_update(secret, torch.ones(100), 1.0) + blobs[1:]
+    short_first = encrypt_masked(secret, np.arange(50, dtype=np.uint64)) + blobs[1:]
     with pytest.raises(ProtocolError, match="values"):
         check_ciphertexts(public, short_first, 2, MAX_BYTES)
 
@@ -165,11 +259,12 @@ def test_ckks_key_files_give_coordinator_public_and_participants_secret(tmp_path
     assert not (tmp_path / "coordinator" / SEALED_CONTEXT_FILE).exists()
     assert (tmp_path / "coordinator" / PUBLIC_CONTEXT_FILE).exists()
     # alice's ciphertexts, summed by the coordinator, are read by bob: one consortium key
-    flats = [torch.linspace(-1, 1, 300), torch.linspace(1, -1, 300)]
-    uploads = [encrypt_update(alice, flats[0], 1.0), encrypt_update(bob, flats[1], 3.0)]
+    words = [np.arange(300, dtype=np.uint64) * np.uint64(2**40), np.full(300, 2**64 - 1,
+                                                                         dtype=np.uint64)]
+    uploads = [encrypt_masked(alice, words[0]), encrypt_masked(bob, words[1])]
     total = sum_ciphertexts(coordinator, uploads)
-    mean = decrypt_aggregate(bob, total, 300, total_weight=4.0)
-    assert torch.allclose(mean, (flats[0] + 3 * flats[1]) / 4, atol=1e-5, rtol=0)
+    assert np.array_equal(join_limbs(decrypt_limb_sums(bob, total, 300, cohort=2)),
+                          words[0] + words[1])
     with pytest.raises(ConfigError, match="--force"):
         write_ckks_keys(tmp_path)
 
@@ -191,7 +286,7 @@ def test_ciphertexts_travel_in_safetensors_payload(contexts):
     from latentfl.privacy import ciphertexts_from_tensors, ciphertexts_to_tensors
 
     secret, public = contexts
-    blobs = encrypt_update(secret, torch.ones(LENGTH), 1.0)
+    blobs = encrypt_masked(secret, np.arange(LENGTH, dtype=np.uint64))
     back = ciphertexts_from_tensors(load(save(ciphertexts_to_tensors(blobs))))
     assert back == blobs
     check_ciphertexts(public, back, 2, MAX_BYTES)

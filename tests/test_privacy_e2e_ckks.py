@@ -1,16 +1,21 @@
-"""CKKS secure aggregation through the daemons: real sockets, CURVE keys and TenSEAL contexts."""
+"""ckks through the daemons: secagg's exchange with CKKS-encrypted masked words, on real
+sockets, CURVE keys and TenSEAL contexts."""
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import threading
 
+import numpy as np
 import pytest
 import torch
+import zmq
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from daemon_helpers import (
     PARTITION,
+    SESSION,
     STRATEGY,
     RawClient,
     Running,
@@ -24,45 +29,48 @@ from daemon_helpers import (
 from latentfl.config import from_dict
 from latentfl.errors import ConfigError, ProtocolError, Reason, SecurityError
 from latentfl.models import model_manifest
-from latentfl.platform.coordinator import (
-    Coordinator,
-    Journal,
-    Rounds,
-    StateStore,
-    read_journal,
-)
-from latentfl.platform.coordinator.secure import SecureAggregation
+from latentfl.platform.coordinator import Coordinator, Journal, StateStore, read_journal
+from latentfl.platform.coordinator.secure import EncryptedSum
+from latentfl.platform.crypto import load_identity, load_roster
 from latentfl.platform.crypto.ckks_keys import load_participant_context, write_ckks_keys
 from latentfl.platform.participant import Agent
+from latentfl.platform.participant.secagg import MaskedRound
 from latentfl.platform.payloads import (
-    decode_task,
-    encode_encrypted_update,
+    encode_decrypt_task,
+    encode_limb_sums,
     encode_update,
-    flatten_state,
     state_length,
-    unflatten_state,
 )
 from latentfl.platform.protocol import (
     Kind,
     Message,
+    ReplayGuard,
+    Verifier,
     encode,
     pack_json,
     parse_header,
     unpack_tensors,
 )
+from latentfl.platform.supervisor import wait_until
 from latentfl.privacy import (
     ciphertexts_from_tensors,
     ciphertexts_to_tensors,
     create_context,
-    decrypt_aggregate,
-    encrypt_update,
+    decrypt_limb_sums,
+    encrypt_masked,
+    join_limbs,
     secret_context_bytes,
+    sum_ciphertexts,
 )
+from latentfl.privacy.secagg import RoundParams, SecAggClient, SecAggServer
 from latentfl.simulate import SimulationConfig, run_simulation
-from latentfl.strategies import Aggregation, ModelSpec, Update, build_strategy
+from latentfl.strategies import ModelSpec, Update, build_strategy, run_task
 
 IDS = ["p00", "p01", "p02", "p03"]
-CKKS = {"mode": "ckks", "min_cohort": 2, "decrypt_deadline": 1.0}
+CKKS = {"mode": "ckks", "min_cohort": 2, "decrypt_deadline": 1.0, "phase_deadline": 20.0}
+# the decoded mean is exact to 2^-31 per weight (CKKS rounding of the limb sums is exact); the
+# float32 weights and the simulator's own float32 mean add rounding of the same order
+TOLERANCE = 1e-5
 
 
 @pytest.fixture(scope="module")
@@ -81,40 +89,29 @@ def _manifest():
     return model_manifest(from_dict(ModelSpec, STRATEGY["model"]).build())
 
 
-def _uploads(state_dir, round) -> dict[str, tuple[list[bytes], int]]:
-    """Each accepted encrypted upload of ``round``: its ciphertexts and example count."""
-    return {u.participant: (ciphertexts_from_tensors(u.weights), u.num_examples)
-            for u, _ in StateStore(state_dir).load_updates(round)}
+def _observe(coordinator: Coordinator) -> list[tuple[str, dict, dict]]:
+    """(recipient, header, payload tensors or {}) of every message the coordinator sends."""
+    sent: list[tuple[str, dict, dict]] = []
 
+    def seen(pid, frames):
+        header = json.loads(frames[0])
+        tensors = unpack_tensors(bytes(frames[2])) if header["kind"] == "DECRYPT_TASK" else {}
+        sent.append((pid, header, tensors))
 
-def _observe(coordinator: Coordinator) -> list[tuple[str, list[bytes]]]:
-    sent: list[tuple[str, list[bytes]]] = []
-    coordinator.send_observers.append(lambda pid, frames: sent.append((pid, list(frames))))
+    coordinator.send_observers.append(seen)
     return sent
 
 
-def _ciphertext_tasks(sent) -> list[tuple[str, dict, list[bytes]]]:
-    """(recipient, meta, ciphertexts) of every message the coordinator sent with ciphertexts."""
-    out = []
-    for pid, frames in sent:
-        header = json.loads(frames[0])
-        tensors = unpack_tensors(frames[2]) if frames[2] else {}
-        if any(name.startswith("ckks/") for name in tensors):
-            out.append((pid, {"kind": header["kind"], **header["meta"]},
-                        ciphertexts_from_tensors(tensors)))
-    return out
-
-
 def test_coordinator_holds_only_a_public_context_and_refuses_bad_configs(consortium, tmp_path):
-    """The coordinator's context cannot decrypt; a secret context, feddgm with CKKS,
+    """The coordinator's context cannot decrypt; a secret context, feddgm with ckks,
     and a missing context are refused before it starts."""
     coord = Coordinator(consortium.coordinator_config(aggregation=CKKS))
-    ctx = coord.secure.context
+    ctx = coord.masked.encrypted.context
     assert not ctx.is_private()
     secret = load_participant_context(consortium.keys / "participants" / "p00")
-    blobs = encrypt_update(secret, torch.ones(5), weight=1.0)
+    blobs = encrypt_masked(secret, np.arange(5, dtype=np.uint64))
     with pytest.raises(SecurityError):
-        decrypt_aggregate(ctx, blobs, 5)
+        decrypt_limb_sums(ctx, blobs, 5, cohort=2)
     coord.store.unlock()
 
     secret_file = tmp_path / "secret.bin"
@@ -131,9 +128,10 @@ def test_coordinator_holds_only_a_public_context_and_refuses_bad_configs(consort
                                                                  "method": "feddgm"})
 
 
-def test_encrypted_fedavg_equals_the_plaintext_simulator(consortium, dataset):
-    """3 agents, 2 CKKS rounds: the result equals the plaintext simulator within 1e-5, and the
-    only ciphertexts the coordinator ever sent are sums, to one participant per round."""
+def test_masked_ckks_fedavg_equals_the_plaintext_simulator(consortium, dataset):
+    """3 agents, 2 ckks rounds: the result equals the plaintext simulator within the
+    quantisation error; the coordinator held only ciphertexts, sent only sums (one DECRYPT_TASK
+    per round) and got back only masked limb sums, unmasked with secagg's shares."""
     ids = IDS[:3]
     config = consortium.coordinator_config(aggregation=CKKS)
     coordinator = Coordinator(config)
@@ -146,88 +144,34 @@ def test_encrypted_fedavg_equals_the_plaintext_simulator(consortium, dataset):
     reference = simulate(dataset, 3, 2).strategy.global_weights()
     final = checkpoint_global(config.state_dir, 2)
     for name, value in reference.items():
-        assert torch.allclose(final[name], value, atol=1e-5, rtol=0), name
-
-    individual = {b for r in (1, 2) for blobs, _ in _uploads(config.state_dir, r).values()
-                  for b in blobs}
-    carried = _ciphertext_tasks(sent)
-    assert [(pid, meta["kind"], meta["cohort"]) for pid, meta, _ in carried] == [
-        ("p00", "DECRYPT_TASK", 3), ("p00", "DECRYPT_TASK", 3)]
-    assert not any(b in individual for _, _, blobs in carried for b in blobs)
-    journal = read_journal(config.state_dir / "journal.jsonl")
-    assert [e["encrypted"] for e in journal if e.get("kind") == "ENCRYPTED_UPDATE"] == [True] * 6
-    assert not any(e.get("kind") == "UPDATE" for e in journal)
-
-
-def _raw_upload(client: RawClient, ctx, examples: int) -> tuple[Update, list[bytes]]:
-    """A hand-driven participant: take the TASK, upload its weights (untrained) encrypted."""
-    task_msg = client.recv(timeout=10.0, kind=Kind.TASK)
-    assert task_msg is not None
-    task, _ = decode_task(task_msg, max_bytes=2**28)
-    assert task.aggregation is Aggregation.CKKS
-    flat = flatten_state(task.weights, _manifest())
-    blobs = encrypt_update(ctx, flat, weight=examples)
-    return Update(client.identity.id, task.round, {}, examples, 1), blobs
-
-
-def test_dropout_bad_ciphertexts_and_a_silent_decryptor(consortium, dataset):
-    """p03 uploads malformed ciphertexts (REJECT) and drops out; p00 uploads but never decrypts:
-    the sum covers p00-p02, p01 decrypts it, and it equals their weighted mean within 1e-5."""
-    config = consortium.coordinator_config(aggregation=CKKS, rounds=1, min_participants=4,
-                                           round_deadline=4.0)
-    coordinator = Coordinator(config)
-    sent = _observe(coordinator)
-    coord = Running(coordinator)
-    ctx = load_participant_context(consortium.keys / "participants" / "p00")
-    silent, dropper = (RawClient(consortium, consortium.identity(p)) for p in ("p00", "p03"))
-    try:
-        for client in (silent, dropper):
-            client.send(client.frames(Kind.HELLO, 0, pack_json({"num_examples": 50})))
-        parts = local_parts(dataset, 3)
-        agents = [Running(Agent(consortium.participant_config(p), data=parts[i]))
-                  for i, p in ((1, "p01"), (2, "p02"))]
-        update, blobs = _raw_upload(silent, ctx, 50)
-        payload, meta = encode_encrypted_update(update, blobs)
-        silent.send(silent.frames(Kind.ENCRYPTED_UPDATE, 1, payload, meta))
-        assert silent.recv(timeout=5.0, kind=Kind.ACK) is not None
-        bad_update, bad_blobs = _raw_upload(dropper, ctx, 50)
-        payload, meta = encode_encrypted_update(bad_update, bad_blobs + bad_blobs[:1])
-        dropper.send(dropper.frames(Kind.ENCRYPTED_UPDATE, 1, payload, meta))
-        reject = dropper.recv(timeout=5.0, kind=Kind.REJECT)
-        assert reject is not None and reject.header.meta["reason"] == "bad-ciphertext"
-        ask = silent.recv(timeout=15.0, kind=Kind.DECRYPT_TASK)  # to p00 first: ignored
-        assert ask is not None and ask.header.meta["cohort"] == 3
-        assert coord.join(60) == 0
-        assert [a.join(20) for a in agents] == [0, 0]
-    finally:
-        silent.close()
-        dropper.close()
+        assert torch.allclose(final[name], value, atol=TOLERANCE, rtol=0), name
 
     journal = read_journal(config.state_dir / "journal.jsonl")
-    asked = [e["peer"] for e in journal if e["event"] == "decrypt_requested"]
-    assert asked[:2] == ["p00", "p01"]
-    assert [e["peer"] for e in journal if e.get("kind") == "AGGREGATE"] == ["p01"]
-    closed = [e for e in journal if e["event"] == "round_closed"]
-    assert closed[0]["accepted"] == ["p00", "p01", "p02"]
+    kinds = [e.get("kind") for e in journal if e["event"] == "accepted"]
+    assert kinds.count("ENCRYPTED_UPDATE") == 6 and kinds.count("AGGREGATE") == 2
+    assert "UPDATE" not in kinds and "MASKED_UPDATE" not in kinds
+    assert [(e["round"], e["covers"]) for e in journal if e["event"] == "encrypted_sum"] == [
+        (1, ids), (2, ids)]
+    assert [(e["round"], e["covers"], e["dropped"]) for e in journal
+            if e["event"] == "secagg_unmasked"] == [(1, ids, []), (2, ids, [])]
+    # what the coordinator stored of each participant is ciphertexts only
+    individual = set()
+    for r in (1, 2):
+        for update, _ in StateStore(config.state_dir).load_updates(r):
+            blobs = ciphertexts_from_tensors(update.weights)
+            individual |= set(blobs)
+    # it sent the secagg steps and one DECRYPT_TASK of a sum per round, never an upload
+    tasks = [(pid, h, t) for pid, h, t in sent if h["kind"] == "DECRYPT_TASK"]
+    assert [(pid, h["meta"]["cohort"]) for pid, h, _ in tasks] == [("p00", 3), ("p00", 3)]
+    assert not any(b in individual for _, _, t in tasks for b in ciphertexts_from_tensors(t))
+    assert {h["kind"] for _, h, _ in sent} <= {
+        "TASK", "ACK", "HEARTBEAT", "STATUS", "SECAGG_KEY_LIST", "SECAGG_SHARE_INBOX",
+        "SECAGG_UNMASK", "DECRYPT_TASK"}
 
-    uploads = _uploads(config.state_dir, 1)
-    assert sorted(uploads) == ["p00", "p01", "p02"]
-    length = state_length(_manifest())
-    numerator = sum(decrypt_aggregate(ctx, b, length, total_weight=1.0).double()
-                    for b, _ in uploads.values())
-    expected = numerator / sum(n for _, n in uploads.values())
-    got = flatten_state(checkpoint_global(config.state_dir, 1), _manifest())
-    assert torch.allclose(got, expected, atol=1e-5, rtol=0)
-    individual = {b for blobs, _ in uploads.values() for b in blobs} | set(bad_blobs)
-    carried = _ciphertext_tasks(sent)
-    assert {pid for pid, _, _ in carried} <= {"p00", "p01"}
-    assert all(meta["kind"] == "DECRYPT_TASK" and meta["cohort"] == 3 for _, meta, _ in carried)
-    assert not any(b in individual for _, _, blobs in carried for b in blobs)
 
-
-def test_encrypted_dynafed_equals_the_plaintext_simulator(consortium, dataset):
-    """DynaFed under CKKS: its trajectory (the decrypted aggregates) equals the plaintext
-    simulator's within 1e-5, and synthesis and fine-tuning run on it alone."""
+def test_masked_ckks_dynafed_equals_the_plaintext_simulator(consortium, dataset):
+    """DynaFed under ckks: its trajectory (the unmasked aggregates) equals the plaintext
+    simulator's within the quantisation error, and synthesis and fine-tuning run on it."""
     strategy = {**STRATEGY, "method": "dynafed",
                 "dynafed": {"trajectory_length": 2, "ipc": 1, "syn_steps": 2, "iterations": 2,
                             "augment": False, "finetune_steps": 2, "finetune_augment": False,
@@ -242,13 +186,8 @@ def test_encrypted_dynafed_equals_the_plaintext_simulator(consortium, dataset):
         "partition": dataclasses.asdict(PARTITION), "strategy": strategy}), dataset=dataset)
     ckpt = StateStore(config.state_dir).load_checkpoint(2)
     reference = torch.stack(sim.strategy.trajectory)
-    assert torch.allclose(ckpt.tensors["trajectory"], reference, atol=1e-5, rtol=0)
+    assert torch.allclose(ckpt.tensors["trajectory"], reference, atol=TOLERANCE, rtol=0)
     assert ckpt.meta["strategy"]["synthesised"] is True
-    # fine-tuning is Adam (steps of about lr each, whatever the gradient's size), so the final
-    # models agree to 2 steps x lr 1e-4 x 2, not to CKKS precision
-    final = checkpoint_global(config.state_dir, 2)
-    for name, value in sim.strategy.global_weights().items():
-        assert torch.allclose(final[name], value, atol=5e-4, rtol=0), name
     closed = [e for e in read_journal(config.state_dir / "journal.jsonl")
               if e["event"] == "round_closed"]
     assert "finetune_loss" in closed[1]["metrics"]
@@ -258,7 +197,8 @@ def test_site_without_its_secret_context_declines_before_training(consortium, da
     """A site whose sealed CKKS context is missing declines the ckks task (ckks-unavailable)
     without spending anything; the round goes on with the others."""
     (consortium.keys / "participants" / "p02" / "ckks_secret.enc").unlink()
-    config = consortium.coordinator_config(aggregation=CKKS, rounds=1)
+    config = consortium.coordinator_config(aggregation={**CKKS, "phase_deadline": 2.0},
+                                           rounds=1)
     coord = Running(Coordinator(config))
     agents = start_agents(consortium, local_parts(dataset, 3), IDS[:3])
     assert coord.join(60) == 0
@@ -270,29 +210,143 @@ def test_site_without_its_secret_context_declines_before_training(consortium, da
     assert closed[0]["accepted"] == ["p00", "p01"]
 
 
-def test_encrypted_updates_survive_a_coordinator_restart(consortium):
-    """Acked encrypted uploads are on disk; a restarted coordinator sums them to the same mean."""
-    config = consortium.coordinator_config(aggregation=CKKS, min_participants=2)
+def _drop_after_sharing(client: RawClient, roster, ctx, *, bad_upload: bool = False) -> None:
+    """A hand-driven site that runs the real secagg glue of a ckks round up to its shares,
+    (with ``bad_upload``: sends ciphertexts one too many and checks the REJECT), then
+    vanishes."""
+    client.send(client.frames(Kind.HELLO, 0, pack_json({"num_examples": 50})))
+    task = client.recv(timeout=30.0, kind=Kind.TASK)
+    assert task is not None and task.header.meta["aggregation"] == "ckks"
+    masked = MaskedRound(task, pid=client.identity.id, session=SESSION,
+                         signing_key=client.identity.signing_key,
+                         verify_keys=load_roster(roster).verify_keys(), ckks=ctx)
+    for reply in (masked.keys,
+                  lambda: masked.on_key_list(client.recv(timeout=30.0,
+                                                         kind=Kind.SECAGG_KEY_LIST))):
+        kind, payload, meta = reply()
+        client.send(client.frames(kind, task.header.round, payload, meta))
+    assert client.recv(timeout=30.0, kind=Kind.SECAGG_SHARE_INBOX) is not None
+    if bad_upload:
+        blobs = encrypt_masked(ctx, np.zeros(state_length(_manifest()), dtype=np.uint64))
+        update = Update(client.identity.id, task.header.round,
+                        ciphertexts_to_tensors(blobs + blobs[:1]), 50, 1)
+        payload, meta = encode_update(update)
+        client.send(client.frames(Kind.ENCRYPTED_UPDATE, task.header.round, payload,
+                                  meta | {"attempt": masked.attempt}))
+        reject = client.recv(timeout=10.0, kind=Kind.REJECT)
+        assert reject is not None and reject.header.meta["reason"] == "bad-ciphertext"
+    client.close()
+
+
+def test_a_site_dropping_after_sharing_is_unmasked_from_the_others_shares(tmp_path, dataset):
+    """p03 advertises and shares, sends malformed ciphertexts (REJECT bad-ciphertext), then
+    drops: the sum covers the three uploads, the survivors' shares rebuild p03's mask key, and
+    the result equals their weighted mean computed here."""
+    consortium = make_consortium(tmp_path, IDS)
+    write_ckks_keys(consortium.keys)
+    ctx = load_participant_context(consortium.keys / "participants" / "p03")
+    config = consortium.coordinator_config(aggregation=CKKS, rounds=1, min_participants=4,
+                                           quorum=0.75)
+    coord = Running(Coordinator(config))
+    dropper = RawClient(consortium, consortium.identity("p03"))
+    parts = local_parts(dataset, 4)
+    agents = start_agents(consortium, parts[:3], IDS[:3])
+    _drop_after_sharing(dropper, consortium.roster, ctx, bad_upload=True)
+    assert coord.join(120) == 0
+    [a.stop() for a in agents]
+
+    journal = read_journal(config.state_dir / "journal.jsonl")
+    assert [e["covers"] for e in journal if e["event"] == "encrypted_sum"] == [IDS[:3]]
+    assert [(e["covers"], e["dropped"]) for e in journal if e["event"] == "secagg_unmasked"] == [
+        (IDS[:3], ["p03"])]
+    strategy = build_strategy(config.strategy)
+    strategy.initialize(config.seed)
+    tasks = strategy.configure_round(1, IDS)
+    updates = [run_task(tasks[pid], strategy.model_spec, parts[i].x, parts[i].y, participant=pid)
+               for i, pid in enumerate(IDS[:3])]
+    strategy.aggregate_round(1, updates)
+    final = checkpoint_global(config.state_dir, 1)
+    for name, value in strategy.global_weights().items():
+        assert torch.allclose(final[name], value, atol=TOLERANCE, rtol=0), name
+
+
+def test_too_few_survivors_abandon_the_round_without_decrypting(tmp_path):
+    """Every site vanishes after sharing: below min_cohort the ckks round is abandoned with a
+    journal line; nothing is summed, decrypted or unmasked."""
+    consortium = make_consortium(tmp_path, IDS[:3])
+    write_ckks_keys(consortium.keys)
     ctx = load_participant_context(consortium.keys / "participants" / "p00")
-    manifest = _manifest()
-    rounds = Rounds(config, build_strategy(config.strategy), StateStore(config.state_dir))
-    rounds.resume()
-    tasks = rounds.maybe_start(["p00", "p01"], now=0.0)
-    start = flatten_state(tasks["p00"].weights, manifest)
-    for i, pid in enumerate(["p00", "p01"]):
-        blobs = encrypt_update(ctx, start + i, weight=10 * (i + 1))
-        rounds.accept(Update(pid, 1, ciphertexts_to_tensors(blobs), 10 * (i + 1), 1), f"d{i}")
-    restarted = Rounds(config, build_strategy(config.strategy), StateStore(config.state_dir))
-    restarted.resume()
-    assert sorted(restarted.updates) == ["p00", "p01"]
-    secure = SecureAggregation(config, manifest, journal=Journal(config.state_dir / "j.jsonl"))
-    secure.start(1, restarted.updates)
-    assert secure.cohort == ["p00", "p01"] and secure.total_weight == 30
-    assert secure.next_decryptor(["p01", "p00"], now=0.0) == "p00"
-    assert secure.next_decryptor(["p01", "p00"], now=0.5) is None  # within the deadline
-    assert secure.next_decryptor(["p01", "p00"], now=2.0) == "p01"  # fallback
-    mean = decrypt_aggregate(ctx, secure.sum, secure.length, total_weight=secure.total_weight)
-    assert torch.allclose(mean.double(), start + 20 / 30, atol=1e-5, rtol=0)
+    config = consortium.coordinator_config(aggregation=CKKS, rounds=1, round_deadline=6.0)
+    coord = Running(Coordinator(config))
+    clients = [RawClient(consortium, consortium.identity(pid)) for pid in IDS[:3]]
+    threads = [threading.Thread(target=_drop_after_sharing, args=(c, consortium.roster, ctx))
+               for c in clients]
+    [t.start() for t in threads]
+    [t.join(60) for t in threads]
+    wait_until(lambda: any(e["event"] == "round_abandoned" for e in
+                           read_journal(config.state_dir / "journal.jsonl")), 30, "abandonment")
+    coord.stop()
+    events = [e["event"] for e in read_journal(config.state_dir / "journal.jsonl")]
+    assert "secagg_shares" in events and "round_abandoned" in events
+    assert not {"encrypted_sum", "decrypt_requested", "secagg_unmasked"} & set(events)
+
+
+def _masked_upload_of(update: np.ndarray, ctx) -> tuple[list[bytes], int]:
+    """One site's ckks upload of ``update`` in a three-site secagg exchange run here (the
+    coordinator's view: its ciphertexts), and the number of sites."""
+    ids = ["p00", "p01", "p02"]
+    signing = {pid: Ed25519PrivateKey.generate() for pid in ids}
+    verify = {pid: key.public_key() for pid, key in signing.items()}
+    params = RoundParams(session="s", round=1)
+    clients = {pid: SecAggClient(pid, params, signing_key=signing[pid], verify_keys=verify)
+               for pid in ids}
+    server = SecAggServer(params, verify, update.size)
+    for c in clients.values():
+        server.add_advert(c.advertise())
+    key_list = server.close_adverts()
+    for pid, c in clients.items():
+        server.add_shares(pid, c.share_keys(key_list))
+    for holder, sealed in server.close_shares().items():
+        clients[holder].receive_shares(sealed)
+    return encrypt_masked(ctx, clients["p01"].mask(update, 100)), len(ids)
+
+
+def test_curious_coordinator_gets_noise_from_the_decryptor(consortium, dataset):
+    """A coordinator that hands the agent's real DECRYPT_TASK handler one site's ciphertext
+    as a 'sum' gets limbs uniform on [0, 2^32) and uncorrelated with that site's update."""
+    ctx = load_participant_context(consortium.keys / "participants" / "p01")
+    coordinator = load_identity(consortium.keys / "coordinator")
+    agent = Agent(consortium.participant_config("p00"), data=local_parts(dataset, 3)[0])
+    zctx = zmq.Context()
+    ours, theirs = zctx.socket(zmq.PAIR), zctx.socket(zmq.PAIR)
+    ours.bind("inproc://curious")
+    theirs.connect("inproc://curious")
+    verifier = Verifier.of_roster(load_roster(consortium.roster), session=SESSION,
+                                  replay=ReplayGuard(window_s=300.0))
+    rng = np.random.default_rng(0)
+    limbs, updates = [], []
+    try:
+        for i, update in enumerate((np.zeros(2000), 20.0 * np.sign(rng.normal(size=2000)))):
+            blobs, cohort = _masked_upload_of(update, ctx)
+            payload, meta = encode_decrypt_task(blobs, length=update.size, cohort=cohort)
+            frames = encode(Kind.DECRYPT_TASK, session=SESSION, round=1, sender="coordinator",
+                            signing_key=coordinator.signing_key, payload=payload,
+                            meta=meta | {"attempt": f"{i:016x}"})
+            agent._on_message(ours, agent.verifier.verify(frames, user_id="coordinator"))
+            answer = verifier.verify(theirs.recv_multipart(), user_id="p00")
+            assert answer.header.kind is Kind.AGGREGATE
+            sums = unpack_tensors(answer.payload)["limb_sums"].numpy()
+            limbs.append(sums / 2.0**32)
+            updates.append(np.repeat(update, 2))
+    finally:
+        ours.close(0)
+        theirs.close(0)
+        zctx.term()
+        agent.replay.close()
+    for u in limbs:
+        counts = np.bincount((u * 16).astype(int), minlength=16)
+        assert ((counts - u.size / 16) ** 2 / (u.size / 16)).sum() < 50.49  # chi2(15), p=1e-5
+    assert abs(np.corrcoef(np.concatenate(limbs), np.concatenate(updates))[0, 1]) < 0.06
 
 
 def _signed(kind: Kind, sender: str, round: int, payload: bytes, meta: dict) -> Message:
@@ -301,38 +355,47 @@ def _signed(kind: Kind, sender: str, round: int, payload: bytes, meta: dict) -> 
     return Message(parse_header(frames[0]), frames[2])
 
 
-def test_secure_aggregation_is_a_state_machine_with_an_outbox(consortium, tmp_path):
-    """close() sums and asks one decryptor, step() the next after the deadline; only an asked
-    participant's AGGREGATE of the right weight is taken, once, and each is acked."""
+def test_encrypted_sum_is_a_state_machine_with_an_outbox(consortium, tmp_path):
+    """start() sums, step() asks one decryptor and the next after the deadline; only an asked
+    participant's limb sums of the right shape are taken, once, joined into the masked sum,
+    and each is acked."""
     config = consortium.coordinator_config(aggregation=CKKS, min_participants=2)
     ctx = load_participant_context(consortium.keys / "participants" / "p00")
-    manifest = _manifest()
+    length = state_length(_manifest())
     journal = Journal(tmp_path / "journal.jsonl")
-    secure = SecureAggregation(config, manifest, journal=journal)
-    start = torch.zeros(state_length(manifest), dtype=torch.float64)
-    updates = {pid: Update(pid, 1, ciphertexts_to_tensors(encrypt_update(ctx, start, weight=n)),
-                           n, 1) for pid, n in (("p00", 10), ("p01", 20))}
-    [ask] = secure.close(1, updates, ["p01", "p00"], now=0.0)
-    assert (ask.peer, ask.kind, ask.round, ask.meta["total_weight"]) == (
-        "p00", Kind.DECRYPT_TASK, 1, 30)
-    assert secure.step(["p00", "p01"], now=0.5) == []
-    [again] = secure.step(["p00", "p01"], now=2.0)
+    encrypted = EncryptedSum(config, length, journal=journal)
+    rng = np.random.default_rng(0)
+    words = {p: rng.integers(0, 2**64, length, dtype=np.uint64) for p in ("p00", "p01")}
+    uploads = {p: encrypt_masked(ctx, w) for p, w in words.items()}
+    for blobs in uploads.values():
+        encrypted.check_upload(blobs)
+    encrypted.start(1, "a" * 16, uploads)
+    [ask] = encrypted.step(["p01", "p00"], now=0.0)
+    assert (ask.peer, ask.kind, ask.meta["cohort"], ask.meta["attempt"]) == (
+        "p00", Kind.DECRYPT_TASK, 2, "a" * 16)
+    assert encrypted.step(["p00", "p01"], now=0.5) == []
+    [again] = encrypted.step(["p00", "p01"], now=2.0)
     assert again.peer == "p01" and again.payload == ask.payload
 
-    weights = unflatten_state(start, manifest)
-    payload, meta = encode_update(Update("p02", 1, weights, num_examples=30, num_steps=0))
+    total = sum_ciphertexts(encrypted.context, [uploads["p00"], uploads["p01"]])
+    sums = decrypt_limb_sums(ctx, total, length, cohort=2)
+    payload, meta = encode_limb_sums(sums, cohort=2)
+    meta["attempt"] = "a" * 16
     with pytest.raises(ProtocolError) as refused:
-        secure.receive_aggregate(_signed(Kind.AGGREGATE, "p02", 1, payload, meta))
+        encrypted.receive(_signed(Kind.AGGREGATE, "p02", 1, payload, meta))
     assert refused.value.reason is Reason.NOT_ASKED
-    light, light_meta = encode_update(Update("p01", 1, weights, num_examples=29, num_steps=0))
-    with pytest.raises(ProtocolError, match="covers 29 examples"):
-        secure.receive_aggregate(_signed(Kind.AGGREGATE, "p01", 1, light, light_meta))
+    short, short_meta = encode_limb_sums(sums[:-2], cohort=2)
+    with pytest.raises(ProtocolError, match="int64 tensor"):
+        encrypted.receive(_signed(Kind.AGGREGATE, "p01", 1, short,
+                                  short_meta | {"attempt": "a" * 16}))
     answer = _signed(Kind.AGGREGATE, "p01", 1, payload, meta)
-    acks, aggregate = secure.receive_aggregate(answer)
-    assert [(a.peer, a.kind) for a in acks] == [("p01", Kind.ACK)] and aggregate.num_examples == 30
-    assert not secure.waiting and secure.step(["p00", "p01"], now=9.0) == []
-    acks, aggregate = secure.receive_aggregate(answer)  # a re-send: acked, not used twice
-    assert len(acks) == 1 and aggregate is None
+    acks, arrived = encrypted.receive(answer)
+    assert [(a.peer, a.kind) for a in acks] == [("p01", Kind.ACK)] and arrived
+    assert np.array_equal(encrypted.masked_sum, words["p00"] + words["p01"])
+    assert not encrypted.waiting and encrypted.step(["p00", "p01"], now=9.0) == []
+    acks, arrived = encrypted.receive(answer)  # a re-send: acked, not used twice
+    assert len(acks) == 1 and not arrived
+    assert np.array_equal(join_limbs(sums), encrypted.masked_sum)
     events = [(e["event"], e.get("peer")) for e in read_journal(tmp_path / "journal.jsonl")]
     assert events == [("encrypted_sum", None), ("decrypt_requested", "p00"),
                       ("decrypt_requested", "p01"), ("accepted", "p01")]

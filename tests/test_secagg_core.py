@@ -71,7 +71,7 @@ def test_sum_equals_weighted_mean_within_quantisation_error():
     """With everyone present, the unmasked sum decodes to the weighted mean within 2^-31."""
     server, inputs, weights = run_round(5)
     mean, total = weighted_mean(inputs, weights, server.survivors)
-    assert np.abs(dequantise(server.unmask(), total) - mean).max() <= MAX_ERROR
+    assert np.abs(dequantise(server.unmask(server.masked_sum()), total) - mean).max() <= MAX_ERROR
 
 
 @pytest.mark.parametrize("phase", ["before_keys", "after_keys", "after_sharing", "after_upload"])
@@ -81,7 +81,7 @@ def test_dropouts_at_each_phase_are_recovered(phase):
     expected_in = [p for p in inputs if phase == "after_upload" or p not in ("site-001", "site-004")]
     assert server.survivors == expected_in
     mean, total = weighted_mean(inputs, weights, server.survivors)
-    assert np.abs(dequantise(server.unmask(), total) - mean).max() <= MAX_ERROR
+    assert np.abs(dequantise(server.unmask(server.masked_sum()), total) - mean).max() <= MAX_ERROR
 
 
 def test_sparse_graph_with_dropouts_recovers():
@@ -90,7 +90,7 @@ def test_sparse_graph_with_dropouts_recovers():
     server, inputs, weights = run_round(40, after_sharing=("site-003", "site-017"),
                                         after_upload=("site-020", "site-031"))
     mean, total = weighted_mean(inputs, weights, server.survivors)
-    assert np.abs(dequantise(server.unmask(), total) - mean).max() <= MAX_ERROR
+    assert np.abs(dequantise(server.unmask(server.masked_sum()), total) - mean).max() <= MAX_ERROR
 
 
 def test_too_few_holders_refuse_to_unmask():
@@ -98,7 +98,7 @@ def test_too_few_holders_refuse_to_unmask():
     server, *_ = run_round(5, after_upload=("site-000", "site-001", "site-002"))
     assert not server.ready()
     with pytest.raises(PrivacyError, match="abandoned"):
-        server.unmask()
+        server.unmask(server.masked_sum())
 
 
 def test_below_min_cohort_is_abandoned_not_unmasked():

@@ -16,14 +16,15 @@ header's ``meta`` as scalars, JSON-encoded where it is a structure:
             meta.epsilon (the participant's spent DP epsilon, or null without DP-SGD) and, with
             DP-SGD, the ledger's delta, noise_multiplier, sample_rate, max_grad_norm, dp_steps
 
-CKKS secure aggregation adds three kinds (see :mod:`latentfl.privacy.ckks`):
+``ckks`` mode adds three kinds (see :mod:`latentfl.privacy.ckks`); each carries the secagg
+exchange's ``meta.attempt``:
 
     ENCRYPTED_UPDATE  an UPDATE's meta; the payload is ciphertexts (``ckks/00000``, ... uint8)
-            of ``num_examples * flat(weights)``, flat as :func:`flatten_state` defines it
-    DECRYPT_TASK  the payload is the coordinator's encrypted *sum*, with meta.total_weight,
-            meta.length, meta.cohort, meta.model and meta.manifest
-    AGGREGATE  the designated participant's answer: an UPDATE's meta and, as payload, the
-            plaintext weighted mean (checked against the manifest like any update)
+            of the limbs of the participant's secagg-masked words (``encrypt_masked``)
+    DECRYPT_TASK  the payload is the coordinator's encrypted *sum* of them, with meta.length
+            (masked words) and meta.cohort (uploads summed)
+    AGGREGATE  the designated participant's answer: meta.cohort and, as payload, the tensor
+            ``limb_sums`` (int64, 2 * length): the decrypted limb sums rounded to integers
 
 Everything read from a peer is parsed strictly and refused with ProtocolError: the JSON parts
 through the config schemas (unknown keys, wrong types, bounds), the tensors against the manifest.
@@ -37,6 +38,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 
 from latentfl.config import from_dict, to_dict
@@ -49,7 +51,14 @@ from latentfl.platform.protocol import (
     unpack_json,
     unpack_tensors,
 )
-from latentfl.privacy.ckks import ciphertexts_from_tensors, ciphertexts_to_tensors
+from latentfl.platform.secagg_payloads import attempt_of
+from latentfl.privacy.ckks import (
+    LIMB_BITS,
+    LIMBS_PER_WORD,
+    MAX_COHORT,
+    ciphertexts_from_tensors,
+    ciphertexts_to_tensors,
+)
 from latentfl.strategies import Aggregation, ModelSpec, Task, Update
 from latentfl.training import TrainConfig
 
@@ -143,26 +152,6 @@ def encode_update(update: Update, privacy: Mapping[str, Any] | None = None) -> t
     return pack_tensors(update.weights), _update_meta(update, privacy)
 
 
-def encode_encrypted_update(update: Update, ciphertexts: Sequence[bytes],
-                            privacy: Mapping[str, Any] | None = None) -> tuple[bytes, dict]:
-    """(payload, meta) of a CKKS UPDATE: ``ciphertexts`` replace the weights in the payload."""
-    return pack_tensors(ciphertexts_to_tensors(ciphertexts)), _update_meta(update, privacy)
-
-
-def decode_encrypted_update(message: Message, *, max_bytes: int) -> tuple[Update, list[bytes]]:
-    """The Update (its weights are the ciphertext tensors, for the store) and the ciphertexts
-    of a verified CKKS UPDATE; the caller checks the ciphertexts against its public context."""
-    meta = message.header.meta
-    num_examples, num_steps = _int_meta(meta, "num_examples"), _int_meta(meta, "num_steps")
-    if num_examples < 1:
-        raise ProtocolError(Reason.MALFORMED, "UPDATE num_examples is 0; expected at least 1.")
-    tensors = unpack_tensors(message.payload, None, max_bytes)
-    blobs = ciphertexts_from_tensors(tensors)
-    return Update(participant=message.header.sender, round=message.header.round,
-                  weights=tensors, num_examples=num_examples, num_steps=num_steps,
-                  class_counts=_class_counts(meta)), blobs
-
-
 def _class_counts(meta: dict[str, Any]) -> tuple[int, ...] | None:
     """An UPDATE's class counts (None when not shared); ProtocolError 'malformed' if wrong."""
     text = meta.get("class_counts")
@@ -178,7 +167,7 @@ def _class_counts(meta: dict[str, Any]) -> tuple[int, ...] | None:
 
 
 def flatten_state(tensors: Mapping[str, torch.Tensor], manifest: ModelManifest) -> torch.Tensor:
-    """The one flattening CKKS uses: every manifest tensor, in manifest order, as float64."""
+    """The one flattening secagg and ckks use: every manifest tensor, in manifest order, as float64."""
     return torch.cat([tensors[name].detach().reshape(-1).to("cpu", torch.float64)
                       for name, _, _ in manifest.entries])
 
@@ -200,44 +189,63 @@ def state_length(manifest: ModelManifest) -> int:
     return sum(math.prod(shape) for _, shape, _ in manifest.entries)
 
 
+LIMB_SUMS_TENSOR = "limb_sums"
+
+
 @dataclass(frozen=True)
 class DecryptTask:
-    """The coordinator's request to decrypt a CKKS sum (never an individual update)."""
+    """The coordinator's request to decrypt the encrypted sum of ``cohort`` masked uploads."""
 
     round: int
+    attempt: str
     ciphertexts: list[bytes]
-    total_weight: int
     length: int
     cohort: int
-    model: ModelSpec
 
 
-def encode_decrypt_task(ciphertexts: Sequence[bytes], *, total_weight: int, length: int,
-                        cohort: int, model: ModelSpec,
-                        manifest_digest: str) -> tuple[bytes, dict]:
-    """(payload, meta) of a DECRYPT_TASK carrying the encrypted sum of ``cohort`` updates."""
-    meta = {"total_weight": int(total_weight), "length": int(length),
-            "cohort": int(cohort), "manifest": manifest_digest,
-            "model": canonical_json(to_dict(model)).decode("ascii")}
+def encode_decrypt_task(ciphertexts: Sequence[bytes], *, length: int,
+                        cohort: int) -> tuple[bytes, dict]:
+    """(payload, meta) of a DECRYPT_TASK carrying the encrypted sum of ``cohort`` uploads."""
+    meta = {"length": int(length), "cohort": int(cohort)}
     return pack_tensors(ciphertexts_to_tensors(ciphertexts)), meta
 
 
 def decode_decrypt_task(message: Message, *, max_bytes: int) -> DecryptTask:
     """The DecryptTask of a verified DECRYPT_TASK; ProtocolError if refused."""
     meta = message.header.meta
-    total, length, cohort = (_int_meta(meta, k) for k in ("total_weight", "length", "cohort"))
-    if total < 1 or length < 1:
-        raise ProtocolError(Reason.MALFORMED, f"DECRYPT_TASK total_weight = {total}, length = "
-                                              f"{length}; expected both >= 1.")
-    if cohort < 2:
-        raise ProtocolError(Reason.MIN_COHORT, f"DECRYPT_TASK covers {cohort} update(s); a sum of "
-                                               "fewer than 2 is an individual update, refused.")
-    try:
-        spec = from_dict(ModelSpec, _json_meta(meta, "model"), source="TASK model")
-    except ConfigError as exc:
-        raise ProtocolError(Reason.MALFORMED, f"DECRYPT_TASK model is refused: {exc}") from None
+    length, cohort = _int_meta(meta, "length"), _int_meta(meta, "cohort")
+    if length < 1:
+        raise ProtocolError(Reason.MALFORMED, "DECRYPT_TASK length = 0; expected >= 1.")
+    if not 2 <= cohort <= MAX_COHORT:
+        raise ProtocolError(Reason.MIN_COHORT, f"DECRYPT_TASK covers {cohort} upload(s); "
+                                               f"expected 2 to {MAX_COHORT}.")
     blobs = ciphertexts_from_tensors(unpack_tensors(message.payload, None, max_bytes))
-    return DecryptTask(message.header.round, blobs, total, length, cohort, spec)
+    return DecryptTask(message.header.round, attempt_of(message), blobs, length, cohort)
+
+
+def encode_limb_sums(limb_sums: np.ndarray, *, cohort: int) -> tuple[bytes, dict]:
+    """(payload, meta) of the decryptor's AGGREGATE: the integer limb sums."""
+    return pack_tensors({LIMB_SUMS_TENSOR: torch.from_numpy(limb_sums.astype(np.int64))}), \
+        {"cohort": int(cohort)}
+
+
+def decode_limb_sums(message: Message, *, length: int, cohort: int,
+                     max_bytes: int) -> np.ndarray:
+    """The limb sums (int64) of a verified AGGREGATE answering a sum of ``cohort`` uploads of
+    ``length`` words; ProtocolError unless their shape and range fit such a sum."""
+    tensors = unpack_tensors(message.payload, None, max_bytes)
+    t = tensors.get(LIMB_SUMS_TENSOR)
+    if set(tensors) != {LIMB_SUMS_TENSOR} or t is None or t.dtype != torch.int64 \
+            or tuple(t.shape) != (LIMBS_PER_WORD * length,):
+        raise ProtocolError(Reason.MANIFEST, f"AGGREGATE must hold one int64 tensor "
+                                             f"{LIMB_SUMS_TENSOR!r} of shape "
+                                             f"({LIMBS_PER_WORD * length},).")
+    sums = t.numpy()
+    if message.header.meta.get("cohort") != cohort or sums.min() < 0 \
+            or sums.max() > cohort * (2**LIMB_BITS - 1):
+        raise ProtocolError(Reason.MALFORMED, f"AGGREGATE limb sums do not fit a sum of {cohort} "
+                                              f"uploads (each in [0, {cohort} * (2^32 - 1)]).")
+    return sums
 
 
 def decode_update(message: Message, manifest: Any, *, max_bytes: int) -> Update:
@@ -260,13 +268,14 @@ def decode_update(message: Message, manifest: Any, *, max_bytes: int) -> Update:
 
 __all__ = [
     "PRIVACY_META",
+    "LIMB_SUMS_TENSOR",
     "DecryptTask",
     "decode_decrypt_task",
-    "decode_encrypted_update",
+    "decode_limb_sums",
     "decode_task",
     "decode_update",
     "encode_decrypt_task",
-    "encode_encrypted_update",
+    "encode_limb_sums",
     "encode_task",
     "encode_update",
     "flatten_state",

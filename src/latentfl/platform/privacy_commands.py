@@ -15,6 +15,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from latentfl.config import load_config
@@ -23,7 +24,13 @@ from latentfl.models import MODEL_NAMES, build_model
 from latentfl.platform.crypto.ckks_keys import write_ckks_keys
 from latentfl.platform.participant.config import ParticipantConfig
 from latentfl.privacy.accounting import plan_dp_sgd
-from latentfl.privacy.ckks import ciphertext_count, create_context, encrypt_update, slot_count
+from latentfl.privacy.ckks import (
+    LIMBS_PER_WORD,
+    ciphertext_count,
+    create_context,
+    encrypt_masked,
+    slot_count,
+)
 from latentfl.privacy.ledger import PrivacyLedger
 
 
@@ -162,18 +169,19 @@ def run_plan(args: argparse.Namespace) -> int:
 def _print_ckks_cost(name: str, model: torch.nn.Module) -> None:
     length = sum(p.numel() for p in model.parameters())
     ctx = create_context()
-    chunk = torch.randn(slot_count(ctx), generator=torch.Generator().manual_seed(0))
+    words = np.random.default_rng(0).integers(0, 2**64, slot_count(ctx) // LIMBS_PER_WORD,
+                                              dtype=np.uint64)  # one ciphertext of masked words
     times, size = [], 0
     for _ in range(5):
         start = time.perf_counter()
-        blob = encrypt_update(ctx, chunk, 1.0)[0]
+        blob = encrypt_masked(ctx, words)[0]
         times.append(time.perf_counter() - start)
         size = len(blob)
-    count = ciphertext_count(length, ctx)
+    count = ciphertext_count(LIMBS_PER_WORD * length, ctx)
     per_chunk = statistics.median(times)
     print(
-        f"CKKS cost of one {name} update ({length:,} parameters; N=8192, "
-        f"{slot_count(ctx)} slots per ciphertext):"
+        f"CKKS cost of one {name} update ({length:,} parameters, masked words as 2 limbs each; "
+        f"N=8192, {slot_count(ctx)} slots per ciphertext):"
     )
     print(f"  ciphertexts: {count}")
     print(f"  bytes: {count * size:,} ({count} x {size:,}; {count * size / 2**20:.1f} MiB)")

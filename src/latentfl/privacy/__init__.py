@@ -8,7 +8,8 @@ importing ``latentfl.privacy`` is cheap. See docs/privacy.md for what each mecha
 - :mod:`~latentfl.privacy.policy`      a site's rules (SitePolicy) and check_task
 - :mod:`~latentfl.privacy.dp_sgd`      make_private: the Opacus wrap for latentfl.training.train
 - :mod:`~latentfl.privacy.weight_noise` clip + Gaussian noise on the uploaded update
-- :mod:`~latentfl.privacy.ckks`        encrypted aggregation (coordinator sums, never decrypts)
+- :mod:`~latentfl.privacy.ckks`        masked words under CKKS (coordinator sums, never decrypts)
+- :mod:`~latentfl.privacy.secagg`      masked secure aggregation with dropout recovery
 - :mod:`~latentfl.privacy.key_sealing` the secret context sealed to a participant's CURVE key
 
 It imports nothing from :mod:`latentfl.platform` (a test checks it): the key-folder side of
@@ -31,10 +32,10 @@ from latentfl.privacy.ckks import (
     ciphertext_count,
     ciphertexts_from_tensors,
     ciphertexts_to_tensors,
-    cohort_weight,
     create_context,
-    decrypt_aggregate,
-    encrypt_update,
+    decrypt_limb_sums,
+    encrypt_masked,
+    join_limbs,
     load_context,
     public_context_bytes,
     secret_context_bytes,
@@ -73,13 +74,13 @@ __all__ = [
     "ciphertexts_from_tensors",
     "ciphertexts_to_tensors",
     "clip_and_noise",
-    "cohort_weight",
     "create_context",
-    "decrypt_aggregate",
+    "decrypt_limb_sums",
     "dp_compatible",
-    "encrypt_update",
+    "encrypt_masked",
     "epsilon_for",
     "epsilon_of_history",
+    "join_limbs",
     "load_context",
     "make_private",
     "noise_multiplier_for",

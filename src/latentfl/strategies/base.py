@@ -51,7 +51,7 @@ class Aggregation(StrEnum):
     """How a round's updates are combined; the value is the config and wire spelling."""
 
     PLAIN = "plain"  # the runner sees each update
-    CKKS = "ckks"  # updates are encrypted; the runner sees only their weighted mean
+    CKKS = "ckks"  # secagg's masked updates, CKKS-encrypted; the runner unmasks only the sum
     SECAGG = "secagg"  # updates are masked; the runner unmasks only the survivors' sum
 
 
@@ -148,8 +148,8 @@ class Strategy(abc.ABC):
 
     def accept_aggregate(self, round: int, weights: Tensors, num_examples: int, *,
                          steps: Sequence[tuple[int, int]] = ()) -> dict[str, float]:
-        """Take the round's weighted mean computed elsewhere (decrypted from a CKKS sum or
-        unmasked from a secagg sum) as if ``aggregate_round`` had computed it;
+        """Take the round's weighted mean computed elsewhere (unmasked from a secagg sum,
+        whose masked words travelled in the clear or, in ckks mode, under CKKS) as if ``aggregate_round`` had computed it;
         ``num_examples`` is the total it covers and ``steps`` the (examples, local steps)
         each covered participant reported (FedNova needs them).
 

@@ -38,7 +38,8 @@ class AggregationWorker:
         return self._job is not None
 
     def start(self, aggregate: Update | None = None) -> None:
-        """Aggregate the round being closed (with ``aggregate``: the decrypted CKKS mean)."""
+        """Aggregate the round being closed (with ``aggregate``: the unmasked secagg or ckks
+        mean)."""
         if self._job is not None:
             raise RuntimeError("an aggregation is already running")
         outcome: list[RoundRecord | BaseException] = []

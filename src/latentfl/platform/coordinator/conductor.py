@@ -1,9 +1,9 @@
-"""Moving a session's rounds along in time: open, close (in the clear, via CKKS or secagg),
-aggregate.
+"""Moving a session's rounds along in time: open, close (in the clear, or through secagg's
+exchange with the masked words in the clear or under CKKS), aggregate.
 
 Socket-free, like the parts it drives: the daemon calls :meth:`RoundConductor.step` with the
 online participants and the time, and sends the outbox it returns (the TASKs of a round just
-opened, a DECRYPT_TASK, the secagg exchanges); :meth:`~RoundConductor.finish` collects a round
+opened, the secagg exchanges, a ckks DECRYPT_TASK); :meth:`~RoundConductor.finish` collects a round
 the aggregation worker has closed. With a ``[distributed]`` section the strategy distils on a
 torchrun worker group (:mod:`~latentfl.platform.coordinator.distributed`), whose journal lines
 the aggregation thread queues with :meth:`~RoundConductor.note`. The TASKs of a plan are
@@ -11,8 +11,8 @@ encoded once, by participant, and forgotten when the
 plan changes (a new round, a round planned again, a round closed).
 
 While paused (an operator's ``latentfl admin pause``) it opens no round and closes none: TASKs
-already sent stay valid and their UPDATEs are still accepted and kept, an aggregation (or CKKS
-decryption) already begun finishes, and the open round's deadline stands still until
+already sent stay valid and their UPDATEs are still accepted and kept, an aggregation (or an
+unmasking) already begun finishes, and the open round's deadline stands still until
 :meth:`~RoundConductor.resume`.
 """
 
@@ -30,7 +30,6 @@ from latentfl.platform.coordinator.distributed import WorkerGroup
 from latentfl.platform.coordinator.journal import Journal
 from latentfl.platform.coordinator.masked import MaskedAggregation
 from latentfl.platform.coordinator.rounds import RoundRecord, Rounds
-from latentfl.platform.coordinator.secure import SecureAggregation
 from latentfl.platform.payloads import encode_task
 from latentfl.platform.protocol import Kind, Message, Outgoing
 from latentfl.strategies import Update
@@ -40,13 +39,12 @@ class RoundConductor:
     """Drives one session's :class:`Rounds` (see the module docstring)."""
 
     def __init__(self, config: CoordinatorConfig, rounds: Rounds, journal: Journal,
-                 manifest: ModelManifest, secure: SecureAggregation | None,
-                 masked: MaskedAggregation | None = None) -> None:
+                 manifest: ModelManifest, masked: MaskedAggregation | None = None) -> None:
+        """``masked``: the secagg exchange of a ``secagg`` or ``ckks`` session (None: plain)."""
         self.model = config.strategy.model
         self.rounds = rounds
         self.journal = journal
         self.manifest = manifest
-        self.secure = secure
         self.masked = masked
         self.worker = AggregationWorker(rounds)
         self.log = get_logger("coordinator", session=config.session)
@@ -100,10 +98,8 @@ class RoundConductor:
             outbox += [out for pid in tasks for out in self.task_for(pid)]
         if self.worker.busy:
             return outbox
-        if self.secure is not None and self.secure.waiting:
-            return outbox + self.secure.step(online, now)
         if self.masked is not None:
-            outbox += self._step_masked(now)
+            outbox += self._step_masked(now, online)
             if self.masked.unmasking or rounds.phase != "collecting":
                 return outbox
         if self.paused:
@@ -113,8 +109,6 @@ class RoundConductor:
             self._replan()
         elif verdict == "close":
             rounds.begin_close()
-            if self.secure is not None:
-                return outbox + self.secure.close(rounds.round, rounds.updates, online, now)
             if self.masked is not None:
                 return outbox + self.masked.close(rounds.updates, now)
             self._aggregate()
@@ -124,17 +118,17 @@ class RoundConductor:
         """A participant's SECAGG_KEYS, SECAGG_SHARES or SECAGG_REVEAL."""
         if self.masked is None:
             raise ProtocolError(Reason.WRONG_MODE, f"a {message.header.kind.value} was sent but "
-                                                   "this session does not use secagg.")
+                                                   "this session uses neither secagg nor ckks.")
         return self.masked.receive(message, time.time())
 
-    def _step_masked(self, now: float) -> list[Outgoing]:
+    def _step_masked(self, now: float, online: list[str]) -> list[Outgoing]:
         """Move the secagg exchange on; abandon the round it failed; aggregate its result."""
         masked, rounds = self.masked, self.rounds
         assert masked is not None
         if rounds.phase == "collecting" and not masked.holds(rounds.round):
             masked.failure = "the coordinator restarted; its secagg state was in memory only."
             self.journal.append("secagg_abandoned", round=rounds.round, reason=masked.failure)
-        outbox = masked.step(now)
+        outbox = masked.step(now, online=online)
         if masked.failure is not None:
             masked.reset()
             self._replan()
@@ -151,8 +145,6 @@ class RoundConductor:
         self.log.warning("round_abandoned", round=rounds.round, accepted=len(rounds.updates))
         rounds.replan()
         self._encoded.clear()
-        if self.secure is not None:
-            self.secure.reset()
 
     def task_for(self, pid: str) -> list[Outgoing]:
         """``pid``'s TASK of the round in progress, if it has one."""
@@ -169,14 +161,11 @@ class RoundConductor:
         return [Outgoing(pid, Kind.TASK, task.round, payload, meta)]
 
     def receive_aggregate(self, message: Message) -> list[Outgoing]:
-        """The designated participant's decrypted AGGREGATE: its ACK; the strategy gets it."""
-        if self.secure is None:
+        """The designated participant's AGGREGATE (ckks: the decrypted limb sums): its ACK."""
+        if self.masked is None:
             raise ProtocolError(Reason.WRONG_MODE, "an AGGREGATE was sent but this session does "
-                                                   "not use encrypted aggregation.")
-        ack, aggregate = self.secure.receive_aggregate(message)
-        if aggregate is not None:
-            self._aggregate(aggregate)
-        return ack
+                                                   "not use ckks.")
+        return self.masked.receive_aggregate(message, time.time())
 
     def _aggregate(self, aggregate: Update | None = None) -> None:
         """Aggregate in the worker thread, so heartbeats and late messages are still answered."""

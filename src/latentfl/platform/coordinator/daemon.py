@@ -5,9 +5,9 @@ dispatch, send. Each message is verified by the protocol's Verifier (frames, ZAP
 sender, signature, session, nonce, timestamp, payload hash, a kind participants may send), then
 handed to the handler its kind names in a table; handlers and the time-driven step return an
 outbox of :class:`~latentfl.platform.protocol.Outgoing` messages that the loop signs and sends.
-The decisions live in socket-free parts: the rounds (``rounds.Rounds``), CKKS secure aggregation
-(``secure.SecureAggregation``), secagg masked aggregation (``masked.MaskedAggregation``), the
-audit answers (``audit_service``), and the aggregation
+The decisions live in socket-free parts: the rounds (``rounds.Rounds``), secagg and ckks
+masked aggregation (``masked.MaskedAggregation``, with ``secure.EncryptedSum`` as ckks's
+ciphertext layer), the audit answers (``audit_service``), and the aggregation
 worker thread (``aggregation.AggregationWorker``). ``_receive`` is the fault barrier: any
 exception while handling one message (a ProtocolError, or a bug our code hit on a peer's
 input) becomes a REJECT to that peer naming the reason (``internal`` when nothing better fits),
@@ -56,7 +56,7 @@ from latentfl.platform.coordinator.refusals import RefusalCoalescer
 from latentfl.platform.coordinator.roster_watch import RosterWatcher
 from latentfl.platform.coordinator.rounds import Rounds, make_evaluator
 from latentfl.platform.coordinator.router import Router
-from latentfl.platform.coordinator.secure import SecureAggregation
+from latentfl.platform.coordinator.secure import EncryptedSum
 from latentfl.platform.coordinator.status import collect_status, status_snapshot
 from latentfl.platform.coordinator.store import StateStore, write_json_atomic
 from latentfl.platform.crypto import (
@@ -66,6 +66,7 @@ from latentfl.platform.crypto import (
     peer_user_id,
     start_authenticator,
 )
+from latentfl.platform.payloads import state_length
 from latentfl.platform.protocol import (
     DEFAULT_CLOCK_SKEW_S,
     FROM_OPERATOR,
@@ -126,18 +127,18 @@ class Coordinator:
                                    signing_key=self.identity.signing_key,
                                    method=self.strategy.name,
                                    synthetic=lambda: self.rounds.synthetic)
-        # CKKS: the public context only (a secret one is refused here, before anything runs)
-        self.secure = (SecureAggregation(config, self.manifest, journal=self.journal)
-                       if config.aggregation.mode == Aggregation.CKKS else None)
-        # secagg: adverts are checked against the roster's signing keys as they are now
+        # ckks: the public context only (a secret one is refused here, before anything runs)
+        mode = config.aggregation.mode
+        encrypted = (EncryptedSum(config, state_length(self.manifest), journal=self.journal)
+                     if mode == Aggregation.CKKS else None)
+        # secagg and ckks: adverts are checked against the roster's signing keys as they are now
         self.masked = (MaskedAggregation(config, self.manifest, journal=self.journal,
                                          verify_keys=lambda: self.roster_watch.roster
-                                         .verify_keys())
-                       if config.aggregation.mode == Aggregation.SECAGG else None)
-        self.intake = UpdateIntake(config, self.rounds, self.journal, self.manifest, self.secure,
-                                   self.masked)
+                                         .verify_keys(), encrypted=encrypted)
+                       if mode in (Aggregation.SECAGG, Aggregation.CKKS) else None)
+        self.intake = UpdateIntake(config, self.rounds, self.journal, self.manifest, self.masked)
         self.conductor = RoundConductor(config, self.rounds, self.journal, self.manifest,
-                                        self.secure, self.masked)
+                                        self.masked)
         self.admin = AdminService(self.store, self.journal, self.conductor,
                                   roster=lambda: self.roster_watch.roster,
                                   status=self.admin_status, session=config.session)

@@ -2,13 +2,13 @@
 
 An UPDATE (plain mode), ENCRYPTED_UPDATE (ckks mode) or MASKED_UPDATE (secagg mode) is refused
 unless it fits the session's mode, the round in progress and the participant's task
-(``Rounds.check_update``); its payload is checked against the model manifest, its ciphertexts
-against the public CKKS context (never decrypted), or its masked words against the secagg
-exchange (the sender must have shared its seeds this round). A checked update is *held*;
+(``Rounds.check_update``); its payload is checked against the model manifest (plain), or
+against the secagg exchange (the sender must have shared its seeds this round): its masked
+words' shape, or its ciphertexts against the public CKKS context (never decrypted). A checked update is *held*;
 :meth:`UpdateIntake.commit` then makes every held update durable together: their files fsynced
 together and their folder once, their journal lines (with the privacy fields each signed header
-reports) written and fsynced once, and only then are they counted (a masked one taken into the
-secagg sum) and their ACKs returned. If any step fails, the group's files are removed and its
+reports) written and fsynced once, and only then are they counted (a masked one recorded by the
+secagg exchange) and their ACKs returned. If any step fails, the group's files are removed and its
 journal lines cut off: nothing is half-accepted. A re-send of an accepted update is acked again,
 counted once. Socket-free, like the rounds: the daemon sends the outbox.
 """
@@ -25,10 +25,8 @@ from latentfl.platform.coordinator.config import CoordinatorConfig
 from latentfl.platform.coordinator.journal import Journal
 from latentfl.platform.coordinator.masked import MaskedAggregation
 from latentfl.platform.coordinator.rounds import Rounds
-from latentfl.platform.coordinator.secure import SecureAggregation
-from latentfl.platform.payloads import PRIVACY_META, decode_encrypted_update, decode_update
+from latentfl.platform.payloads import PRIVACY_META, decode_update
 from latentfl.platform.protocol import Kind, Message, Outgoing
-from latentfl.platform.secagg_payloads import check_masked
 from latentfl.strategies import Update
 
 #: The update kind each aggregation mode takes.
@@ -57,14 +55,12 @@ class UpdateIntake:
     """Accepts one session's updates into its :class:`Rounds` (see the module docstring)."""
 
     def __init__(self, config: CoordinatorConfig, rounds: Rounds, journal: Journal,
-                 manifest: ModelManifest, secure: SecureAggregation | None,
-                 masked: MaskedAggregation | None = None) -> None:
+                 manifest: ModelManifest, masked: MaskedAggregation | None = None) -> None:
         self.mode = config.aggregation.mode
         self.max_bytes = config.max_message_bytes
         self.rounds = rounds
         self.journal = journal
         self.manifest = manifest
-        self.secure = secure
         self.masked = masked
         self.held: dict[str, Held] = {}  # by participant
         self._resent: list[Held] = []  # re-sends of held updates: acked with the group
@@ -91,10 +87,7 @@ class UpdateIntake:
             self.log.info("update_resent", round=header.round, peer=pid)
             return [Outgoing(pid, Kind.ACK, header.round,
                              meta={"sha256": header.payload_sha256})]
-        if self.secure is not None:
-            update, ciphertexts = decode_encrypted_update(message, max_bytes=self.max_bytes)
-            self.secure.check_upload(ciphertexts)  # 'bad-ciphertext' -> REJECT; never decrypted
-        elif self.masked is not None:
+        if self.masked is not None:
             update = self._masked_update(message)
         else:
             update = decode_update(message, self.manifest, max_bytes=self.max_bytes)
@@ -137,11 +130,12 @@ class UpdateIntake:
                 "encrypted": header.kind is not Kind.UPDATE, "privacy": privacy}
 
     def _masked_update(self, message: Message) -> Update:
-        """A MASKED_UPDATE as the store keeps it (its masked words), checked against the secagg
-        exchange; :meth:`commit` takes it into the sum once it is durable."""
+        """A MASKED_UPDATE or ENCRYPTED_UPDATE as the store keeps it (its masked words or their
+        ciphertexts), checked against the secagg exchange ('bad-ciphertext' for ciphertexts
+        that do not fit the public context; never decrypted); :meth:`commit` has the exchange
+        count it once it is durable."""
         assert self.masked is not None
         update = decode_update(message, None, max_bytes=self.max_bytes)
-        check_masked(update.weights, self.masked.length)
         self.masked.check_upload(message, update.weights)
         return update
 

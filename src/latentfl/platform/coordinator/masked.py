@@ -1,18 +1,24 @@
-"""The coordinator's side of ``secagg`` secure aggregation, as a socket-free state machine.
+"""The coordinator's side of ``secagg`` and ``ckks`` secure aggregation, as a socket-free
+state machine.
 
-Beside :mod:`~latentfl.platform.coordinator.secure` (CKKS), this drives one round's exchange of
-:mod:`latentfl.privacy.secagg` through its phases, each ending when every expected participant
-answered or ``aggregation.phase_deadline`` passed:
+This drives one round's exchange of :mod:`latentfl.privacy.secagg` through its phases, each
+ending when every expected participant answered or ``aggregation.phase_deadline`` passed:
 
     keys     TASKs are out; signed SECAGG_KEYS arrive -> SECAGG_KEY_LIST to each advertiser
              (past the deadline only once min_cohort advertised: until then the round's own
              deadline decides)
     shares   SECAGG_SHARES arrive -> SECAGG_SHARE_INBOX to each participant that shared
-    uploads  MASKED_UPDATEs arrive through the intake (stored, acked); the round closes as
+    uploads  masked uploads arrive through the intake (stored, acked); the round closes as
              usual (quorum, deadline) -> SECAGG_UNMASK to each survivor
-    unmask   SECAGG_REVEALs arrive; once a threshold of holders answered for every secret the
-             sum is unmasked and decoded into the weighted mean that ``Strategy.accept_aggregate``
-             gets: the only plaintext the coordinator ever holds
+    unmask   SECAGG_REVEALs arrive; once a threshold of holders answered for every secret and
+             the masked sum is in, the sum is unmasked and decoded into the weighted mean that
+             ``Strategy.accept_aggregate`` gets: the only plaintext the coordinator ever holds
+
+The two modes differ only in how the masked words travel. ``secagg``: in the clear, as
+MASKED_UPDATEs, and the coordinator adds them up. ``ckks``: CKKS-encrypted, as
+ENCRYPTED_UPDATEs; an :class:`~latentfl.platform.coordinator.secure.EncryptedSum` sums the
+ciphertexts when the uploads close and has one participant decrypt the sum's limbs (AGGREGATE),
+while the unmask phase runs; the round is unmasked once both are in.
 
 Any phase that ends with fewer than ``min_cohort`` parties, or an unmask phase whose deadline
 passes without enough shares, abandons the round (journal ``secagg_abandoned`` with the reason;
@@ -23,7 +29,7 @@ in memory only: a restarted coordinator abandons the round in progress the same 
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Literal
 
 import numpy as np
@@ -35,10 +41,12 @@ from latentfl.log import get_logger
 from latentfl.models import ModelManifest
 from latentfl.platform.coordinator.config import CoordinatorConfig
 from latentfl.platform.coordinator.journal import Journal
+from latentfl.platform.coordinator.secure import EncryptedSum
 from latentfl.platform.payloads import state_length, unflatten_state
 from latentfl.platform.protocol import Kind, Message, Outgoing
 from latentfl.platform.secagg_payloads import (
     attempt_of,
+    check_masked,
     decode_advert,
     decode_reveal,
     decode_sealed,
@@ -48,6 +56,7 @@ from latentfl.platform.secagg_payloads import (
     encode_unmask,
     masked_vector,
 )
+from latentfl.privacy.ckks import check_cohort_size, ciphertexts_from_tensors
 from latentfl.privacy.secagg import RoundParams, SecAggServer, check_capacity, dequantise
 from latentfl.strategies import Update
 
@@ -55,10 +64,17 @@ Phase = Literal["idle", "keys", "shares", "uploads", "unmask"]
 
 
 class MaskedAggregation:
-    """secagg state of the coordinator for the round in progress (see the module docstring)."""
+    """secagg (or ckks) state of the coordinator for the round in progress (see the module
+    docstring)."""
 
     def __init__(self, config: CoordinatorConfig, manifest: ModelManifest, *, journal: Journal,
-                 verify_keys: Callable[[], Mapping[str, Ed25519PublicKey]]) -> None:
+                 verify_keys: Callable[[], Mapping[str, Ed25519PublicKey]],
+                 encrypted: EncryptedSum | None = None) -> None:
+        """``encrypted``: the CKKS layer of ``ckks`` mode (None: ``secagg``, words in the clear).
+        ConfigError in ckks mode when more participants are enrolled than a sum may cover."""
+        self.encrypted = encrypted
+        if encrypted is not None:
+            check_cohort_size(len(verify_keys()))
         self.config = config.aggregation
         self.session = config.session
         self.manifest = manifest
@@ -88,7 +104,13 @@ class MaskedAggregation:
         self.failure, self.result = None, None
         self._enter("keys", now)
         self.journal.append("secagg_opened", round=round, attempt=self.attempt, plan=plan,
-                            min_cohort=params.min_cohort, clip=params.clip)
+                            min_cohort=params.min_cohort, clip=params.clip,
+                            encrypted=self.encrypted is not None)
+        if self.encrypted is not None:
+            try:  # the roster may have grown since the start
+                check_cohort_size(len(plan))
+            except LatentFLError as exc:
+                self._fail(str(exc))
 
     def task_meta(self) -> dict[str, str]:
         """The TASK meta entry that carries this attempt's parameters."""
@@ -102,6 +124,8 @@ class MaskedAggregation:
     def reset(self) -> None:
         """Forget the exchange (the round was abandoned or closed)."""
         self.server, self.phase, self.expected = None, "idle", set()
+        if self.encrypted is not None:
+            self.encrypted.reset()
 
     @property
     def unmasking(self) -> bool:
@@ -136,23 +160,45 @@ class MaskedAggregation:
 
     def add_upload(self, message: Message, tensors: Mapping[str, torch.Tensor],
                    num_examples: int) -> None:
-        """Take a MASKED_UPDATE's words into the sum to be (ProtocolError to refuse it)."""
+        """Count a masked upload (its words, or its ciphertexts) as a survivor's
+        (ProtocolError to refuse it)."""
         self.check_upload(message, tensors)
-        self.server.add_masked(message.header.sender, masked_vector(tensors))
-        self.weights[message.header.sender] = num_examples
+        pid = message.header.sender
+        if self.encrypted is not None:
+            self.server.add_survivor(pid)
+        else:
+            self.server.add_masked(pid, masked_vector(tensors))
+        self.weights[pid] = num_examples
 
     def check_upload(self, message: Message, tensors: Mapping[str, torch.Tensor]) -> None:
-        """ProtocolError unless :meth:`add_upload` would take this MASKED_UPDATE now."""
-        server = self._current(message)
+        """ProtocolError unless :meth:`add_upload` would take this upload now: ciphertexts
+        that fit the public context (ckks; never decrypted), or masked words of the right
+        shape (secagg), from a participant that shared its seeds."""
+        server, pid = self._current(message), message.header.sender
         if self.phase != "uploads":
-            raise ProtocolError(Reason.LATE, f"a masked update from {message.header.sender} "
-                                             f"arrived in the secagg {self.phase} phase.")
-        server.check_masked(message.header.sender, masked_vector(tensors))
+            raise ProtocolError(Reason.LATE, f"a masked update from {pid} arrived in the "
+                                             f"secagg {self.phase} phase.")
+        if self.encrypted is not None:
+            self.encrypted.check_upload(ciphertexts_from_tensors(tensors))
+            server.check_upload(pid)
+        else:
+            check_masked(tensors, self.length)
+            server.check_masked(pid, masked_vector(tensors))
+
+    def receive_aggregate(self, message: Message, now: float) -> list[Outgoing]:
+        """The decryptor's AGGREGATE (ckks): its ACK; unmasks once the shares are in too."""
+        if self.encrypted is None:
+            raise ProtocolError(Reason.WRONG_MODE, "an AGGREGATE was sent but this session does "
+                                                   "not use ckks.")
+        ack, arrived = self.encrypted.receive(message)
+        return ack + (self.step(now) if arrived else [])
 
     # -- time and completed phases --------------------------------------------------------
-    def step(self, now: float, answered: str | None = None) -> list[Outgoing]:
-        """Close the key or share phase once all answered or the deadline passed; give up an
-        unmask phase past its deadline; unmask once enough shares are in."""
+    def step(self, now: float, answered: str | None = None,
+             online: Sequence[str] | None = None) -> list[Outgoing]:
+        """Close the key or share phase once all answered or the deadline passed; in the
+        unmask phase ask a decryptor (ckks; only when told who is ``online``), give up past the
+        deadline without enough shares, unmask once the shares and the masked sum are in."""
         server = self.server
         if server is None or self.failure is not None:
             return []
@@ -168,11 +214,14 @@ class MaskedAggregation:
             if self.phase == "shares" and (not self.expected or late):
                 return self._send_inboxes(server, now)
             if self.phase == "unmask":
-                if server.ready():
+                encrypted = self.encrypted
+                asks = [] if encrypted is None or online is None else encrypted.step(online, now)
+                if server.ready() and (encrypted is None or encrypted.masked_sum is not None):
                     self._unmask(server)
-                elif late:
+                elif late and not server.ready():
                     raise PrivacyError("secagg_threshold", "too few survivors revealed shares "
                                                            "before the phase deadline.")
+                return asks
         except LatentFLError as exc:
             self._fail(str(exc))
         return []
@@ -186,6 +235,9 @@ class MaskedAggregation:
         try:
             survivors, dropped = server.close_uploads()
             check_capacity(sum(self.weights[p] for p in survivors), self.config.clip)
+            if self.encrypted is not None:
+                self.encrypted.start(self.round, self.attempt, {
+                    p: ciphertexts_from_tensors(updates[p].weights) for p in survivors})
         except LatentFLError as exc:
             self._fail(str(exc))
             return []
@@ -217,7 +269,9 @@ class MaskedAggregation:
 
     def _unmask(self, server: SecAggServer) -> None:
         total_weight = sum(self.weights[p] for p in server.survivors)
-        mean = dequantise(server.unmask(), total_weight)
+        masked_sum = (server.masked_sum() if self.encrypted is None
+                      else self.encrypted.masked_sum)
+        mean = dequantise(server.unmask(masked_sum), total_weight)
         weights = unflatten_state(torch.from_numpy(mean.astype(np.float32)), self.manifest)
         self.manifest.check(weights)
         self.result = Update("coordinator", self.round, weights, num_examples=total_weight,

@@ -250,7 +250,7 @@ class Rounds:
     def aggregate(self, aggregate: Update | None = None) -> RoundRecord:
         """Aggregate the accepted updates (in participant order), evaluate, checkpoint.
 
-        With ``aggregate`` (ckks or secagg mode: the decrypted or unmasked weighted mean of the
+        With ``aggregate`` (ckks or secagg mode: the unmasked weighted mean of the
         accepted updates, ``num_examples`` their total) the strategy gets that alone, via ``accept_aggregate``.
         Touches only the strategy and the checkpoint files, so it may run in a worker thread
         while the daemon keeps answering heartbeats; :meth:`finish_close` then moves on.

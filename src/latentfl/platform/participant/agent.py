@@ -11,10 +11,12 @@ for ``coordinator_timeout`` the agent drops the socket and reconnects with expon
 It never executes anything received: a TASK is weights (safetensors), a registry model name and
 training settings, all checked before use.
 
-In ``secagg`` mode a TASK also opens a :class:`~latentfl.platform.participant.secagg.MaskedRound`
-(keys are sent at once, training runs meanwhile); its exchanges are answered from the same
-table, and the MASKED_UPDATE is sent, then re-sent like any update, once training and the share
-inbox are both in.
+In ``secagg`` and ``ckks`` mode a TASK also opens a
+:class:`~latentfl.platform.participant.secagg.MaskedRound` (keys are sent at once, training runs
+meanwhile); its exchanges are answered from the same table, and the MASKED_UPDATE (ckks: the
+ENCRYPTED_UPDATE of the masked words) is sent, then re-sent like any update, once training and
+the share inbox are both in. In ckks mode the agent may also be asked to decrypt the encrypted
+sum of a cohort's masked words (DECRYPT_TASK): it returns the limb sums, masked noise to it.
 
 
 The agent ends, with one sentence, when it can never take part: the coordinator's ZAP handler
@@ -68,10 +70,8 @@ from latentfl.platform.participant.secagg import MaskedRound, Trained
 from latentfl.platform.payloads import (
     decode_decrypt_task,
     decode_task,
-    encode_encrypted_update,
+    encode_limb_sums,
     encode_update,
-    flatten_state,
-    unflatten_state,
 )
 from latentfl.platform.protocol import (
     DEFAULT_CLOCK_SKEW_S,
@@ -82,8 +82,8 @@ from latentfl.platform.protocol import (
     encode,
     pack_json,
 )
-from latentfl.privacy import decrypt_aggregate, encrypt_update
-from latentfl.strategies import Aggregation, ModelSpec, Task, Update, run_task
+from latentfl.privacy import decrypt_limb_sums
+from latentfl.strategies import Aggregation, ModelSpec, Task, run_task
 
 POLL_MS = 100
 ENDS_AGENT = frozenset({Reason.WRONG_SESSION, Reason.UNKNOWN_SENDER, Reason.SENDER_MISMATCH,
@@ -133,7 +133,8 @@ def load_local_data(config: ParticipantConfig) -> LocalData:
 
 @dataclass
 class Pending:
-    """An update (UPDATE, ENCRYPTED_UPDATE or AGGREGATE) sent and not yet acknowledged."""
+    """An update (UPDATE, MASKED_UPDATE, ENCRYPTED_UPDATE or AGGREGATE) sent and not yet
+    acknowledged."""
 
     kind: Kind
     round: int
@@ -368,11 +369,13 @@ class Agent:
                 self.log.error("ckks_unavailable", round=r, error=str(exc))
                 self._decline(sock, r, Reason.CKKS_UNAVAILABLE, str(exc))
                 return
-        if task.aggregation is Aggregation.SECAGG:
+        if task.aggregation in (Aggregation.SECAGG, Aggregation.CKKS):
+            ckks = self.privacy.ckks if task.aggregation is Aggregation.CKKS else None
             try:
                 self._masked = MaskedRound(message, pid=self.pid, session=self.config.session,
                                            signing_key=self.identity.signing_key,
-                                           verify_keys=self.enrolment.roster.verify_keys())
+                                           verify_keys=self.enrolment.roster.verify_keys(),
+                                           ckks=ckks)
             except LatentFLError as exc:
                 self.log.warning("task_refused", round=r, reason=Reason.MALFORMED,
                                  detail=str(exc))
@@ -384,8 +387,8 @@ class Agent:
 
     def _train(self, task: Task, spec: ModelSpec,
                sigma: float | None) -> tuple[Kind, bytes, dict] | Trained:
-        """Train (DP-SGD when configured), then encode the UPDATE (encrypted in ckks mode;
-        in secagg mode the update waits for its masks)."""
+        """Train (DP-SGD when configured), then encode the UPDATE (in secagg and ckks mode
+        the update waits for its masks)."""
         started = time.perf_counter()
         with self.privacy.training_wrap(task.round, sigma) as wrap:
             update = run_task(task, spec, self.data.x, self.data.y, participant=self.pid,
@@ -399,39 +402,29 @@ class Agent:
                       examples=update.num_examples, seconds=round(time.perf_counter() - started, 2),
                       epsilon=None if report is None else report["epsilon"],
                       train_loss=update.metrics.get("train_loss"))
-        if task.aggregation is Aggregation.SECAGG:
+        if task.aggregation in (Aggregation.SECAGG, Aggregation.CKKS):
             return Trained(update, manifest, report)
-        if task.aggregation is not Aggregation.CKKS:
-            return (Kind.UPDATE, *encode_update(update, report))
-        flat = flatten_state(update.weights, manifest)
-        ciphertexts = encrypt_update(self.privacy.ckks, flat, weight=update.num_examples)
-        return (Kind.ENCRYPTED_UPDATE, *encode_encrypted_update(update, ciphertexts, report))
+        return (Kind.UPDATE, *encode_update(update, report))
 
     def _on_decrypt(self, sock: zmq.Socket, message: Message) -> None:
-        """Decrypt the coordinator's encrypted *sum* and return the weighted mean, signed."""
+        """Decrypt the coordinator's encrypted sum of masked words and return its limb sums,
+        signed. Every limb is one-time-pad masked, so whatever was sent, this site learns
+        nothing from it (not even the aggregate); it only checks that the limb sums round to
+        integers of a sum of the stated cohort."""
         r = message.header.round
         try:
             job = decode_decrypt_task(message, max_bytes=self.config.max_message_bytes)
-            manifest = model_manifest(job.model.build())
-            if message.header.meta.get("manifest") != manifest.digest:
-                raise ProtocolError(
-                    Reason.MANIFEST,
-                    "DECRYPT_TASK manifest digest differs from the model built from its spec.",
-                )
-            flat = decrypt_aggregate(self.privacy.ckks, job.ciphertexts, job.length,
-                                     total_weight=job.total_weight)
-            weights = unflatten_state(flat, manifest)
-            manifest.check(weights)
+            sums = decrypt_limb_sums(self.privacy.ckks, job.ciphertexts, job.length,
+                                     cohort=job.cohort)
         except (LatentFLError, ValueError) as exc:
             reason = exc.reason if isinstance(exc, ProtocolError) else Reason.DECRYPT_FAILED
             self.log.warning("decrypt_refused", round=r, reason=reason, detail=str(exc))
             self._send(sock, Kind.DECLINE, round=r,
                        meta={"reason": reason, "detail": str(exc)[:900]})
             return
-        aggregate = Update(self.pid, r, weights, num_examples=job.total_weight, num_steps=0)
-        payload, meta = encode_update(aggregate)
-        self.log.info("aggregate_decrypted", round=r, covers=job.cohort)
-        self.pending = Pending(Kind.AGGREGATE, r, payload, meta,
+        payload, meta = encode_limb_sums(sums, cohort=job.cohort)
+        self.log.info("limb_sums_decrypted", round=r, covers=job.cohort)
+        self.pending = Pending(Kind.AGGREGATE, r, payload, meta | {"attempt": job.attempt},
                                hashlib.sha256(payload).hexdigest())
         self._send_update(sock)
 
@@ -502,7 +495,8 @@ class Agent:
         try:
             self._masked = MaskedRound(message, pid=self.pid, session=self.config.session,
                                        signing_key=self.identity.signing_key,
-                                       verify_keys=self.enrolment.roster.verify_keys())
+                                       verify_keys=self.enrolment.roster.verify_keys(),
+                                       ckks=old.ckks)
         except LatentFLError as exc:
             self._decline(sock, r, Reason.MALFORMED, str(exc))
             return

@@ -1,11 +1,12 @@
-"""The agent's side of a ``secagg`` round: the socket-free glue between the secagg kinds and
-:class:`latentfl.privacy.secagg.SecAggClient`.
+"""The agent's side of a ``secagg`` or ``ckks`` round: the socket-free glue between the secagg
+kinds and :class:`latentfl.privacy.secagg.SecAggClient`.
 
-A secagg TASK opens a :class:`MaskedRound` (its attempt id and parameters in ``meta.secagg``);
+A secagg or ckks TASK opens a :class:`MaskedRound` (its attempt id and parameters in ``meta.secagg``);
 the agent sends the keys at once and trains meanwhile. Each coordinator message then yields
 the agent's answer: the key list its sealed shares, the share inbox nothing (the neighbours to
 mask with are now known), the unmask request the shares to reveal. The masked update is ready
-once both the training and the inbox are: :meth:`MaskedRound.masked_update`. A round planned
+once both the training and the inbox are: :meth:`MaskedRound.masked_update` (in ckks mode its
+words' limbs CKKS-encrypted, an ENCRYPTED_UPDATE; see :mod:`latentfl.privacy.ckks`). A round planned
 again comes with a new attempt id; a site that already uploaded a masked update for that round
 declines it (two sums over overlapping cohorts of one round would reveal their difference).
 """
@@ -31,6 +32,7 @@ from latentfl.platform.secagg_payloads import (
     encode_sealed,
     masked_tensors,
 )
+from latentfl.privacy.ckks import ciphertexts_to_tensors, encrypt_masked
 from latentfl.privacy.secagg import SecAggClient
 from latentfl.strategies import Update
 
@@ -50,8 +52,10 @@ class MaskedRound:
 
     def __init__(self, message: Message, *, pid: str, session: str,
                  signing_key: Ed25519PrivateKey,
-                 verify_keys: Mapping[str, Ed25519PublicKey]) -> None:
+                 verify_keys: Mapping[str, Ed25519PublicKey], ckks: Any = None) -> None:
+        """``ckks``: the site's secret CKKS context in ckks mode (None: secagg)."""
         self.attempt, params = decode_params(message, session)
+        self.ckks = ckks
         self.round = params.round
         self.client = SecAggClient(pid, params, signing_key=signing_key, verify_keys=verify_keys)
         self.trained: Trained | None = None
@@ -64,7 +68,8 @@ class MaskedRound:
                 and message.header.meta.get("attempt") == self.attempt)
 
     def renewed_by(self, task: Message, session: str) -> bool:
-        """A secagg TASK of this round under another attempt id (the round was planned again)."""
+        """A secagg or ckks TASK of this round under another attempt id (the round was planned
+        again)."""
         if task.header.round != self.round or "secagg" not in task.header.meta:
             return False
         attempt, _ = decode_params(task, session)
@@ -89,16 +94,22 @@ class MaskedRound:
         self.inbox_arrived = True
 
     def masked_update(self) -> Reply | None:
-        """MASKED_UPDATE once the training and the inbox are both in (None before)."""
+        """MASKED_UPDATE (secagg) or ENCRYPTED_UPDATE (ckks) once the training and the inbox
+        are both in (None before)."""
         if self.trained is None or not self.inbox_arrived or self.uploaded:
             return None
         update, manifest, report = self.trained
         flat = flatten_state(update.weights, manifest).numpy()
         masked = self.client.mask(flat, int(update.num_examples))
+        if self.ckks is None:
+            kind, weights = Kind.MASKED_UPDATE, masked_tensors(masked)
+        else:
+            kind = Kind.ENCRYPTED_UPDATE
+            weights = ciphertexts_to_tensors(encrypt_masked(self.ckks, masked))
         self.uploaded = True
         payload, meta = encode_update(dataclasses.replace(
-            update, weights=masked_tensors(masked), class_counts=None, metrics={}), report)
-        return Kind.MASKED_UPDATE, payload, meta | self._meta()
+            update, weights=weights, class_counts=None, metrics={}), report)
+        return kind, payload, meta | self._meta()
 
     def on_unmask(self, message: Message) -> Reply:
         """SECAGG_REVEAL (PrivacyError when the request breaks a holder's rule)."""

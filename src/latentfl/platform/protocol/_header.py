@@ -47,9 +47,9 @@ class Kind(StrEnum):
     HELLO = "HELLO"  # participant: here I am (payload: a data summary)
     TASK = "TASK"  # coordinator: train from these weights
     UPDATE = "UPDATE"  # participant: my trained weights
-    ENCRYPTED_UPDATE = "ENCRYPTED_UPDATE"  # participant: my weighted weights, CKKS-encrypted
-    DECRYPT_TASK = "DECRYPT_TASK"  # coordinator: decrypt this encrypted *sum*
-    AGGREGATE = "AGGREGATE"  # participant: the decrypted weighted mean of that sum
+    ENCRYPTED_UPDATE = "ENCRYPTED_UPDATE"  # participant (ckks): my masked words' limbs, encrypted
+    DECRYPT_TASK = "DECRYPT_TASK"  # coordinator (ckks): decrypt this encrypted *sum*
+    AGGREGATE = "AGGREGATE"  # participant (ckks): that sum's limb sums, rounded to integers
     DECLINE = "DECLINE"  # participant: I will not deliver this round (meta: reason, detail)
     ACK = "ACK"  # coordinator: received and stored (meta: sha256)
     REJECT = "REJECT"  # coordinator: refused (meta: reason, detail, refused_kind/round)
@@ -70,8 +70,9 @@ class Kind(StrEnum):
     ADMIN_READMIT = "ADMIN_READMIT"  # operator: undo ADMIN_REMOVE of meta participant
     ADMIN_JOURNAL = "ADMIN_JOURNAL"  # operator: the last meta tail journal entries
     ADMIN_RESULT = "ADMIN_RESULT"  # coordinator: a command's outcome (payload: a JSON object)
-    # secure aggregation, ``aggregation.mode = "secagg"`` (latentfl.privacy.secagg): one
-    # round's four exchanges, each relayed by a coordinator that cannot read what it relays
+    # secure aggregation, ``aggregation.mode = "secagg"`` or ``"ckks"``
+    # (latentfl.privacy.secagg): one round's four exchanges, each relayed by a coordinator that
+    # cannot read what it relays
     SECAGG_KEYS = "SECAGG_KEYS"  # participant: my round keys, signed (payload: advert JSON)
     SECAGG_KEY_LIST = "SECAGG_KEY_LIST"  # coordinator: every advertised key set (payload JSON)
     SECAGG_SHARES = "SECAGG_SHARES"  # participant: my seed shares, sealed to each neighbour

@@ -3,7 +3,10 @@
 It relays what it cannot read and learns only the sum. Sets, as in Bonawitz et al. (2017):
 ``advertised`` (U1) the participants whose signed keys it relayed, ``shared`` (U2) those who
 sealed shares to their neighbours, ``survivors`` (U3) those whose masked upload arrived;
-``dropped`` = U2 - U3. :meth:`SecAggServer.unmask` removes each survivor's self mask (its seed
+``dropped`` = U2 - U3. The masked words travel either in the clear (secagg: :meth:`add_masked`
+keeps them, :meth:`masked_sum` adds them up) or under CKKS (ckks: :meth:`add_survivor` records
+an upload whose words the coordinator cannot see, and the masked sum comes back from the
+decryptor). :meth:`SecAggServer.unmask` takes that masked sum and removes each survivor's self mask (its seed
 rebuilt from a threshold of holders' shares) and each survivor's pairwise masks with dropped
 peers (the dropped peer's mask key rebuilt the same way, checked against its signed advert);
 pairwise masks between survivors cancel in the sum. Every phase refuses to go on with fewer
@@ -42,7 +45,8 @@ class SecAggServer:
         self.adverts: dict[str, Advert] = {}
         self.graph: dict[str, list[str]] = {}
         self.sealed: dict[str, dict[str, bytes]] = {}
-        self.masked: dict[str, np.ndarray] = {}
+        self.masked: dict[str, np.ndarray] = {}  # secagg's masked words, by uploader
+        self.uploaded: set[str] = set()
         self.survivors: list[str] = []
         self.dropped: list[str] = []
         self.shares: dict[str, dict[int, tuple[bytes, ...]]] = {}
@@ -67,7 +71,7 @@ class SecAggServer:
     # -- phase 2: shares ------------------------------------------------------------------
     def add_shares(self, owner: str, sealed: Mapping[str, bytes]) -> None:
         """Keep ``owner``'s sealed shares, one for each of its neighbours."""
-        if owner not in self.graph or self.survivors or self.masked:
+        if owner not in self.graph or self.survivors or self.uploaded:
             raise ProtocolError(Reason.LATE, f"shares of {owner} are not awaited now.")
         if set(sealed) != set(self.graph[owner]):
             raise ProtocolError(Reason.MALFORMED, f"{owner} sealed shares for "
@@ -84,15 +88,25 @@ class SecAggServer:
 
     # -- phase 3: masked uploads ----------------------------------------------------------
     def add_masked(self, pid: str, vector: np.ndarray) -> None:
-        """Keep a masked upload of a member of U2."""
+        """Keep a masked upload of a member of U2 (its words in the clear: secagg)."""
         self.check_masked(pid, vector)
         self.masked[pid] = vector
+        self.uploaded.add(pid)
 
-    def check_masked(self, pid: str, vector: np.ndarray) -> None:
-        """ProtocolError unless :meth:`add_masked` would keep this upload now."""
+    def add_survivor(self, pid: str) -> None:
+        """Record that a member of U2 uploaded words the coordinator cannot see (ckks)."""
+        self.check_upload(pid)
+        self.uploaded.add(pid)
+
+    def check_upload(self, pid: str) -> None:
+        """ProtocolError unless an upload from ``pid`` is awaited now."""
         if pid not in self.sealed or self.survivors:
             raise ProtocolError(Reason.NOT_IN_ROUND, f"a masked upload from {pid} is not "
                                                      "awaited now.")
+
+    def check_masked(self, pid: str, vector: np.ndarray) -> None:
+        """ProtocolError unless :meth:`add_masked` would keep this upload now."""
+        self.check_upload(pid)
         if vector.dtype != np.uint64 or vector.shape != (self.length,):
             raise ProtocolError(Reason.MANIFEST, f"masked upload of {pid} is {vector.dtype} of "
                                                  f"shape {vector.shape}; expected uint64 of "
@@ -100,9 +114,9 @@ class SecAggServer:
 
     def close_uploads(self) -> tuple[list[str], list[str]]:
         """Fix U3: (survivors, dropped) to send every survivor."""
-        self._require(len(self.masked), "uploaded a masked update")
-        self.survivors = sorted(self.masked)
-        self.dropped = sorted(set(self.sealed) - set(self.masked))
+        self._require(len(self.uploaded), "uploaded a masked update")
+        self.survivors = sorted(self.uploaded)
+        self.dropped = sorted(set(self.sealed) - self.uploaded)
         return self.survivors, self.dropped
 
     # -- phase 4: unmasking ---------------------------------------------------------------
@@ -124,15 +138,27 @@ class SecAggServer:
             len(self.shares.get(u, {})) >= threshold(len(self._holders(u)))
             for u in [*self.survivors, *self.dropped])
 
-    def unmask(self) -> np.ndarray:
-        """The sum of the survivors' quantised, weighted updates (uint64)."""
-        if not self.ready():
-            raise PrivacyError("secagg_threshold", "too few holders revealed shares to unmask "
-                                                   "the sum; the round is abandoned.")
-        p = self.params
+    def masked_sum(self) -> np.ndarray:
+        """The survivors' masked words added up modulo 2^64 (secagg, where they are in the
+        clear)."""
         total = np.zeros(self.length, dtype=np.uint64)
         for u in self.survivors:
             total += self.masked[u]
+        return total
+
+    def unmask(self, masked_sum: np.ndarray) -> np.ndarray:
+        """The sum of the survivors' quantised, weighted updates (uint64), from the sum of
+        their masked words (:meth:`masked_sum`, or the decrypted one under ckks)."""
+        if not self.ready():
+            raise PrivacyError("secagg_threshold", "too few holders revealed shares to unmask "
+                                                   "the sum; the round is abandoned.")
+        if masked_sum.dtype != np.uint64 or masked_sum.shape != (self.length,):
+            raise ProtocolError(Reason.MANIFEST, f"the masked sum is {masked_sum.dtype} of shape "
+                                                 f"{masked_sum.shape}; expected uint64 of "
+                                                 f"({self.length},).")
+        p = self.params
+        total = masked_sum.copy()
+        for u in self.survivors:
             total -= self_mask(combine_seed(self._pick(u)), self.length)
         for v in self.dropped:
             secret = combine_mask_key([(i, (lo, hi)) for i, (lo, hi) in self._pick(v)])
@@ -140,7 +166,7 @@ class SecAggServer:
                 raise ProtocolError(Reason.MALFORMED, f"the revealed shares of {v} do not "
                                                       "rebuild the mask key it advertised.")
             for u in self.graph[v]:
-                if u in self.masked:  # survivor u added its mask with v; take it out
+                if u in self.uploaded:  # survivor u added its mask with v; take it out
                     seed = pairwise_seed(secret, X25519PublicKey.from_public_bytes(
                         self.adverts[u].mask_public), session=p.session, round=p.round,
                         pair=(u, v))
