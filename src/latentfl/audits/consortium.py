@@ -2,8 +2,9 @@
 
 One entry per participant: its DP ledger summary (spent epsilon, delta, own budget), how its
 updates are aggregated (which says what the coordinator sees), the tasks it declined (its own
-site policy, a failed run) and the audit aggregates it chose to share
-(``report.shareable_aggregates``; numbers only, never images). Flags first.
+site policy, a failed run), the audit aggregates it shared (``shareable.shareable_aggregates``;
+numbers only, never images) and the audits operators requested of it, with their state (a
+site's refusal says why). Flags first.
 
 A site is flagged for what reached the coordinator: updates without a DP ledger, a budget
 passed, a flagged audit. A site that declined its tasks sent nothing for those rounds, so it is
@@ -29,7 +30,10 @@ class ConsortiumEntry:
 
     ``ledger``: {"epsilon": spent, "delta": ..., "budget": own epsilon budget or None, and any
     of "steps", "noise_multiplier", "max_grad_norm", "sample_rate"}; None when training is not
-    DP. ``audits``: shared aggregates by audit kind ("synthetic-audit", "model-audit").
+    DP. ``audits``: shared aggregates by report kind ("synthetic-audit", "dp-audit").
+    ``audit_requests``: operators' requests of audits at this site, oldest first, each with
+    ``audit``, ``requested`` (time), ``state`` ("waiting", "delivered", "answered",
+    "declined") and, when declined, ``reason`` and ``detail``.
     """
 
     participant: str
@@ -40,6 +44,7 @@ class ConsortiumEntry:
     updates: int | None = None
     #: tasks it declined, by reason (a site-policy rule such as budget_exceeded, or a Reason)
     declined: dict[str, int] = field(default_factory=dict)
+    audit_requests: list[dict[str, Any]] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -120,16 +125,36 @@ def _status(entry: ConsortiumEntry, flags: list[str]) -> tuple[str, str]:
     return "pass", "OK"
 
 
-def _audit_cell(audits: dict[str, dict[str, Any]]) -> str:
-    if not audits:
+#: What each state of an operator's audit request says in the report.
+_REQUEST_STATES = {"waiting": "not yet delivered (the site has not been heard from since)",
+                   "delivered": "delivered, not answered yet",
+                   "answered": "answered: the shared result is above",
+                   "declined": "declined by the site"}
+
+
+def request_line(request: dict[str, Any]) -> str:
+    """One sentence on an operator's audit request and where it stands."""
+    when = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(float(request.get("requested", 0))))
+    line = (f"{request.get('audit')} audit requested {when}: "
+            f"{_REQUEST_STATES.get(str(request.get('state')), str(request.get('state')))}")
+    if request.get("state") == "declined":
+        line += f" ({request.get('reason')}: {request.get('detail')})"
+    return line
+
+
+def _audit_cell(entry: ConsortiumEntry) -> str:
+    if not entry.audits and not entry.audit_requests:
         return "<i>no audit shared</i>"
     out = []
-    for kind, agg in sorted(audits.items()):
+    for kind, agg in sorted(entry.audits.items()):
         rows = "".join(
             f"<li><span class='{escape(v.get('status', 'info'))}x'>"
             f"{escape(str(v.get('status', '')).upper())}</span> {escape(v.get('title', ''))}: "
             f"{escape(v.get('value', ''))}</li>" for v in agg.get("verdicts", []))
         out.append(f"<b>{escape(kind)}</b><ul>{rows}</ul>")
+    if entry.audit_requests:
+        rows = "".join(f"<li>{escape(request_line(r))}</li>" for r in entry.audit_requests)
+        out.append(f"<b>requested by the operator</b><ul>{rows}</ul>")
     return "".join(out)
 
 
@@ -159,7 +184,7 @@ def render_consortium_report(entries: list[ConsortiumEntry], out_dir: Path | str
         rows.append(f"<tr><td><b>{escape(e.participant)}</b></td>"
                     f"<td>{escape(e.aggregation_mode)}</td>"
                     f"<td>{'-' if e.updates is None else e.updates}</td><td>{ledger}</td>"
-                    f"<td>{_audit_cell(e.audits)}</td>"
+                    f"<td>{_audit_cell(e)}</td>"
                     f"<td class='status {kind}'>{label}</td></tr>")
     body = (
         "<h1>Consortium privacy report</h1>"
@@ -173,7 +198,7 @@ def render_consortium_report(entries: list[ConsortiumEntry], out_dir: Path | str
           "<th>DP ledger</th><th>Shared audit results</th><th>Status</th></tr>"
         + "".join(rows) + "</table>"
         + "<style>.flagx{color:#c0392b;font-weight:700}.passx{color:#1e8449;font-weight:700}"
-          ".infox{color:#555}td.status.info{background:#d6e4f0;color:#1a1a1a}</style>"
+          ".inconclusivex{color:#b9770e;font-weight:700}.infox{color:#555}td.status.info{background:#d6e4f0;color:#1a1a1a}</style>"
     )
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -183,7 +208,8 @@ def render_consortium_report(entries: list[ConsortiumEntry], out_dir: Path | str
               "participants": [{"participant": e.participant,
                                 "aggregation_mode": e.aggregation_mode, "ledger": e.ledger,
                                 "updates": e.updates, "declined": e.declined,
-                                "audits": e.audits, "flags": flags[e.participant]}
+                                "audits": e.audits, "audit_requests": e.audit_requests,
+                                "flags": flags[e.participant]}
                                for e in entries]}
     write_atomic(html_path, page("Consortium privacy report", body).encode("utf-8"))
     write_atomic(json_path, (json.dumps(report, indent=2, sort_keys=True, default=str)
@@ -191,4 +217,5 @@ def render_consortium_report(entries: list[ConsortiumEntry], out_dir: Path | str
     return html_path, json_path
 
 
-__all__ = ["ConsortiumEntry", "ReportScope", "entry_flags", "render_consortium_report"]
+__all__ = ["ConsortiumEntry", "ReportScope", "entry_flags", "render_consortium_report",
+           "request_line"]
