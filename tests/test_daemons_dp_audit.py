@@ -8,6 +8,7 @@ import json
 from contextlib import ExitStack, redirect_stdout
 
 import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from daemon_helpers import (
     COORDINATOR,
@@ -25,6 +26,7 @@ from latentfl.audits.verdict import Verdict
 from latentfl.cli import main
 from latentfl.config import write_config
 from latentfl.errors import ConfigError, ProtocolError
+from latentfl.log import get_logger
 from latentfl.platform.admin_client import AdminClient
 from latentfl.platform.audit_request import (
     AuditRequest,
@@ -36,7 +38,8 @@ from latentfl.platform.coordinator import Coordinator, read_journal, verify_jour
 from latentfl.platform.local import LocalConsortium
 from latentfl.platform.participant import Agent
 from latentfl.platform.participant.audit_client import AuditClient
-from latentfl.platform.protocol import Kind, pack_json
+from latentfl.platform.participant.requested_audit import RequestedAudits
+from latentfl.platform.protocol import Kind, Message, encode, pack_json, parse_header
 from latentfl.platform.supervisor import wait_until
 
 IDS = ["p00", "p01", "p02"]
@@ -303,3 +306,38 @@ def test_the_agent_checks_requests_as_strictly_as_the_coordinator():
     extra = pack_json({"request": good.id, "audit": "dp-sgd", "options": {}, "noise": 0})
     with pytest.raises(ProtocolError):
         parse_request(extra)
+
+
+def _request_message(request: AuditRequest):
+    """AUDIT_REQUEST as the agent's verifier hands it over (real envelope, coordinator-signed)."""
+    frames = encode(Kind.AUDIT_REQUEST, session=SESSION, round=0, sender="coordinator",
+                    signing_key=Ed25519PrivateKey.generate(), payload=encode_request(request),
+                    meta={"request": request.id})
+    return Message(parse_header(frames[0]), frames[2])
+
+
+def test_the_agent_audits_only_between_rounds_and_never_twice(consortium, tmp_path):
+    """A request waits while local training runs, then runs in its own thread; delivered
+    again once answered, it is answered from the report on disk, not run again."""
+    config = consortium.participant_config("p00", state_dir=str(tmp_path / "p00"), privacy=DP,
+                                           audit={"dp_on_request": True})
+    audits = RequestedAudits(config, local_parts(tiny_dataset(80, 10), 1)[0],
+                             get_logger("participant"))
+    request = AuditRequest("00112233445566ff", "dp-sgd", OPTIONS)
+    assert audits.receive(_request_message(request)) == []
+    assert audits.receive(_request_message(request)) == []  # delivered twice: queued once
+    assert audits.step(training=True) == [] and audits.running is None  # a round is training
+    assert audits.step(training=False) == [] and audits.running is not None
+    replies: list = []
+    wait_until(lambda: replies.extend(audits.step(training=True)) or replies, 120,
+               "the audit to finish")
+    (kind, payload, meta), = replies
+    assert kind is Kind.AUDIT_REPORT and meta == {"request": request.id}
+    report = json.loads(payload)
+    again = audits.receive(_request_message(request))  # the answer was lost: answer again
+    assert again == [(Kind.AUDIT_REPORT, payload, meta)] and audits.running is None
+    assert report["result"]["canaries"] == 20 and not audits.waiting
+
+    too_large = AuditRequest("00112233445566aa", "dp-sgd", {"canaries": 6000})
+    (kind, _, meta), = audits.receive(_request_message(too_large))
+    assert kind is Kind.AUDIT_DECLINE and meta["reason"] == "audit_too_large"
