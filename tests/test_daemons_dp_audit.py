@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import json
 from contextlib import ExitStack, redirect_stdout
+from dataclasses import fields
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -20,6 +21,7 @@ from daemon_helpers import (
     tiny_dataset,
 )
 from latentfl.audits.dp_audit import DPAudit
+from latentfl.audits.dp_command import DPAuditOptions
 from latentfl.audits.report import dp_audit_json
 from latentfl.audits.shareable import shareable_aggregates
 from latentfl.audits.verdict import Verdict
@@ -29,6 +31,7 @@ from latentfl.errors import ConfigError, ProtocolError
 from latentfl.log import get_logger
 from latentfl.platform.admin_client import AdminClient
 from latentfl.platform.audit_request import (
+    DP_OPTIONS,
     AuditRequest,
     encode_command,
     encode_request,
@@ -147,6 +150,7 @@ def test_requested_dp_audit_runs_at_the_agent_and_only_aggregates_arrive(
     by_id = {p["participant"]: p for p in report["participants"]}
     assert "dp-audit" in by_id["p00"]["audits"]
     assert "DP-SGD delivers its epsilon" in html and "answered" in html
+    assert f"the audit run&#x27;s accountant: epsilon {result['accountant_epsilon']:.2f}" in html
     assert "p00: plain, 0 updates" in text and "dp-audit" in text
 
 
@@ -306,6 +310,7 @@ def test_the_agent_checks_requests_as_strictly_as_the_coordinator():
     extra = pack_json({"request": good.id, "audit": "dp-sgd", "options": {}, "noise": 0})
     with pytest.raises(ProtocolError):
         parse_request(extra)
+    assert set(DP_OPTIONS) <= {f.name for f in fields(DPAuditOptions)}  # each one has a meaning
 
 
 def _request_message(request: AuditRequest):

@@ -142,6 +142,31 @@ def request_line(request: dict[str, Any]) -> str:
     return line
 
 
+def dp_summary(result: dict[str, Any] | None) -> str:
+    """A shared one-run DP audit's claim, bound and audited settings in one line ("" if none)."""
+    if not isinstance(result, dict):
+        return ""
+
+    def num(key: str, form: str) -> str:
+        value = result.get(key)
+        return "none" if value is None else form.format(float(value))
+
+    claimed, spent = result.get("claimed_epsilon"), result.get("accountant_epsilon")
+    at = f"at delta {num('delta', '{:.2g}')}"
+    if claimed is None:
+        claim = "no DP claim (the audit run trained without DP-SGD)"
+    elif claimed == spent:
+        claim = f"the audit run's accountant: epsilon {num('claimed_epsilon', '{:.2f}')} {at}"
+    else:
+        claim = (f"claim checked: epsilon {num('claimed_epsilon', '{:.2f}')} {at} (the audit "
+                 f"run's accountant: {num('accountant_epsilon', '{:.2f}')})")
+    return (f"{claim}; proven at least {num('epsilon_lower_bound', '{:.2f}')}, these canaries "
+            f"prove at most {num('max_provable', '{:.2f}')}; audited run: noise multiplier "
+            f"{num('noise_multiplier', '{:.3g}')}, clip norm {num('max_grad_norm', '{:.3g}')}, "
+            f"{num('epochs', '{:.0f}')} epochs, batch {num('batch_size', '{:.0f}')}, "
+            f"{num('training_examples', '{:.0f}')} examples")
+
+
 def _audit_cell(entry: ConsortiumEntry) -> str:
     if not entry.audits and not entry.audit_requests:
         return "<i>no audit shared</i>"
@@ -151,7 +176,9 @@ def _audit_cell(entry: ConsortiumEntry) -> str:
             f"<li><span class='{escape(v.get('status', 'info'))}x'>"
             f"{escape(str(v.get('status', '')).upper())}</span> {escape(v.get('title', ''))}: "
             f"{escape(v.get('value', ''))}</li>" for v in agg.get("verdicts", []))
-        out.append(f"<b>{escape(kind)}</b><ul>{rows}</ul>")
+        summary = dp_summary(agg.get("result"))
+        out.append(f"<b>{escape(kind)}</b><ul>{rows}</ul>"
+                   + (f"<div class='expl'>{escape(summary)}</div>" if summary else ""))
     if entry.audit_requests:
         rows = "".join(f"<li>{escape(request_line(r))}</li>" for r in entry.audit_requests)
         out.append(f"<b>requested by the operator</b><ul>{rows}</ul>")
@@ -191,7 +218,7 @@ def render_consortium_report(entries: list[ConsortiumEntry], out_dir: Path | str
         + (f"<div class='sub'><b>{escape(scope.describe())}</b></div>" if scope else "")
         + "<div class='sub'>Per participant: the updates the coordinator accepted, the privacy "
           "budget spent (DP ledger), the tasks it declined, what the coordinator sees of its "
-          "updates, and the audit results it chose to share.</div>"
+          "updates, the audit results it shared and the audits the operator asked it for.</div>"
         + banner(bool(flagged), head, detail)
         + (f"<ul>{flag_list}</ul>" if flag_list else "")
         + "<table class='v'><tr><th>Participant</th><th>Aggregation</th><th>Updates</th>"
@@ -217,5 +244,5 @@ def render_consortium_report(entries: list[ConsortiumEntry], out_dir: Path | str
     return html_path, json_path
 
 
-__all__ = ["ConsortiumEntry", "ReportScope", "entry_flags", "render_consortium_report",
-           "request_line"]
+__all__ = ["ConsortiumEntry", "ReportScope", "dp_summary", "entry_flags",
+           "render_consortium_report", "request_line"]

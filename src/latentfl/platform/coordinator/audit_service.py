@@ -74,7 +74,8 @@ def load_shared_audits(state_dir: Path) -> dict[str, dict[str, dict[str, Any]]]:
 
 
 class AuditService:
-    """Answers FETCH_SYNTHETIC and AUDIT_REPORT for the coordinator daemon (owns no socket)."""
+    """Answers FETCH_SYNTHETIC, AUDIT_REPORT and AUDIT_DECLINE for the coordinator daemon (owns
+    no socket)."""
 
     def __init__(self, store: StateStore, journal: Journal, *, session: str, signing_key: Any,
                  method: str, synthetic: SyntheticSource, requests: AuditRequests) -> None:
@@ -97,7 +98,7 @@ class AuditService:
         elif message.header.kind is Kind.AUDIT_REPORT:
             payload, meta = b"", self.store_aggregates(pid, message)
             kind = Kind.ACK
-        else:
+        else:  # AUDIT_DECLINE: a site's refusal of an operator's request
             payload, meta = b"", self.requests.declined(message)
             kind = Kind.ACK
         return encode(kind, session=self.session, round=round, sender=COORDINATOR_ID,
