@@ -346,3 +346,19 @@ def test_the_agent_audits_only_between_rounds_and_never_twice(consortium, tmp_pa
     too_large = AuditRequest("00112233445566aa", "dp-sgd", {"canaries": 6000})
     (kind, _, meta), = audits.receive(_request_message(too_large))
     assert kind is Kind.AUDIT_DECLINE and meta["reason"] == "audit_too_large"
+
+
+def test_an_unanswered_request_survives_a_coordinator_restart(consortium, stack, tmp_path):
+    """Requests are durable: a restarted coordinator still delivers one nobody answered."""
+    first = Running(Coordinator(consortium.coordinator_config()))
+    with AdminClient(consortium.admin_config(OPERATOR, timeout_s=10.0)) as admin:
+        request = admin.request_audit("p02", "dp-sgd", {"epochs": 2})
+    first.stop()
+    second = Running(Coordinator(consortium.coordinator_config()))
+    stack.callback(second.stop)
+    site = RawClient(consortium, consortium.identity("p02"))
+    stack.callback(site.close)
+    site.send(site.frames(Kind.HELLO, 0, payload=pack_json({"num_examples": 50})))
+    delivered = site.recv(5, kind=Kind.AUDIT_REQUEST)
+    assert delivered is not None and parse_request(delivered.payload).id == request["id"]
+    assert _requests(consortium)[request["id"]]["state"] == "delivered"

@@ -58,6 +58,8 @@ class AuditRequests:
         self.path = audit_requests_path(store.root)
         self.journal = journal
         self.requests = {r["id"]: r for r in read_audit_requests(store.root)}
+        # the unanswered ones, oldest first: every message a participant sends looks here
+        self.open_ids = [i for i, r in self.requests.items() if r["state"] in UNANSWERED]
 
     def _save(self) -> None:
         write_json_atomic(self.path, {"requests": list(self.requests.values())})
@@ -66,9 +68,8 @@ class AuditRequests:
     def open(self, *, operator: str, participant: str, audit: str,
              options: dict[str, int | float]) -> dict[str, Any]:
         """Record a checked request; ProtocolError 'bad-command' while one is unanswered."""
-        for r in self.requests.values():
-            if r["participant"] == participant and r["audit"] == audit \
-                    and r["state"] in UNANSWERED:
+        for r in (self.requests[i] for i in self.open_ids):
+            if r["participant"] == participant and r["audit"] == audit:
                 raise ProtocolError(Reason.BAD_COMMAND, f"{participant} already has an "
                                                         f"unanswered {audit} request "
                                                         f"({r['id']}, {r['state']}); wait for "
@@ -78,6 +79,7 @@ class AuditRequests:
                   "state": "waiting", "delivered": None, "answered": None, "reason": None,
                   "detail": None, "sha256": None}
         self.requests[record["id"]] = record
+        self.open_ids.append(record["id"])
         self._save()
         self.journal.append("audit_requested", peer=operator, participant=participant,
                             request=record["id"], audit=audit, options=options)
@@ -88,8 +90,8 @@ class AuditRequests:
         """The AUDIT_REQUESTs to send ``pid`` now: those not yet sent, and on a reconnection
         (HELLO) every unanswered one."""
         out = []
-        for r in self.requests.values():  # oldest first
-            if r["participant"] != pid or r["state"] not in UNANSWERED:
+        for r in (self.requests[i] for i in self.open_ids):
+            if r["participant"] != pid:
                 continue
             if r["state"] == "delivered" and not reconnected:
                 continue
@@ -125,6 +127,7 @@ class AuditRequests:
     def answered(self, record: dict[str, Any], sha256: str) -> None:
         """Mark ``record`` answered by the stored aggregates whose payload has ``sha256``."""
         record.update(state="answered", answered=time.time(), sha256=sha256)
+        self.open_ids.remove(record["id"])
         self._save()
 
     def declined(self, message: Message) -> dict[str, Any]:
@@ -134,6 +137,7 @@ class AuditRequests:
         reason = str(meta.get("reason"))[:MAX_REASON]
         detail = str(meta.get("detail"))[:MAX_DETAIL]
         record.update(state="declined", answered=time.time(), reason=reason, detail=detail)
+        self.open_ids.remove(record["id"])
         self._save()
         self.journal.append("audit_declined", peer=pid, request=record["id"],
                             audit=record["audit"], reason=reason, detail=detail)
