@@ -8,7 +8,9 @@ ProtocolError refusal that path is allowed to raise (a crash there would stop th
                   against a model manifest (the meta, the safetensors header, dtypes, values)
     tensors       a safetensors payload against the manifest
     hello         a HELLO's JSON summary
-    audit_report  an AUDIT_REPORT's JSON aggregates
+    audit_report  an AUDIT_REPORT's JSON aggregates (a synthetic or a one-run DP audit's)
+    audit_request an operator's ADMIN_REQUEST_AUDIT payload (the coordinator's parser) and an
+                  AUDIT_REQUEST payload (the agent's parser); the first byte picks which
     task          a TASK's train/model meta JSON and payload, as a participant decodes it
 
 Run one: ``python tests/fuzz_protocol.py TARGET [CORPUS_DIR] -max_total_time=60`` (extra
@@ -30,8 +32,16 @@ with atheris.instrument_imports(include=["latentfl"]):
     import torch
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+    from latentfl.audits.shareable import DP_RESULT_KEYS, DP_SETTINGS_KEYS
     from latentfl.errors import ProtocolError
     from latentfl.models import model_manifest
+    from latentfl.platform.audit_request import (
+        AuditRequest,
+        encode_command,
+        encode_request,
+        parse_command,
+        parse_request,
+    )
     from latentfl.platform.coordinator.audit_service import validate_aggregates
     from latentfl.platform.payloads import decode_task, decode_update, encode_task, encode_update
     from latentfl.platform.protocol import (
@@ -110,6 +120,12 @@ def audit_report(data: bytes) -> None:
     validate_aggregates(data)
 
 
+def audit_request(data: bytes) -> None:
+    if not data:
+        return
+    (parse_command if data[0] % 2 else parse_request)(data[1:])
+
+
 def task(data: bytes) -> None:
     meta, payload = _split(data)
     try:
@@ -121,7 +137,8 @@ def task(data: bytes) -> None:
     decode_task(verifier.verify(frames, user_id=SENDER), max_bytes=MAX_BYTES)
 
 
-TARGETS = {f.__name__: f for f in (envelope, update, tensors, hello, audit_report, task)}
+TARGETS = {f.__name__: f for f in (envelope, update, tensors, hello, audit_report,
+                                    audit_request, task)}
 
 
 def _join(first: bytes, rest: bytes) -> bytes:
@@ -138,12 +155,22 @@ def seeds() -> dict[str, list[bytes]]:
     report = {"kind": "synthetic-audit", "flagged": False, "sizes": {"train": 10},
               "verdicts": [{"metric": "nn_share", "status": "pass", "title": "t", "value": "v",
                             "p_value": 0.5, "alpha": 0.05, "numbers": {"share": 0.5}}]}
+    dp_report = {
+        "kind": "dp-audit", "flagged": False, "sizes": {"canaries": 20, "training_examples": 64},
+        "result": {**{k: 1 for k in DP_RESULT_KEYS + DP_SETTINGS_KEYS}, "claimed_epsilon": None},
+        "verdicts": [{"metric": "dp_one_run", "status": "inconclusive", "title": "t",
+                      "value": "v", "p_value": None, "alpha": 0.05,
+                      "numbers": {"epsilon_lower_bound": 0.1, "canaries_needed": 900}}]}
+    options = {"canaries": 20, "epochs": 1, "lr": 0.1}
     return {
         "envelope": [_join(header, b""), _join(b"{}", b"x")],
         "update": [_join(canonical_json(meta), payload)],
         "tensors": [payload, b"\x02\0\0\0\0\0\0\0{}"],
         "hello": [pack_json({"num_examples": 50, "classes": [1, 2]})],
-        "audit_report": [pack_json(report)],
+        "audit_report": [pack_json(report), pack_json(dp_report)],
+        "audit_request": [b"\x01" + encode_command("dp-sgd", options),
+                          b"\x00" + encode_request(AuditRequest("0123456789abcdef", "dp-sgd",
+                                                                 options))],
         "task": [_join(canonical_json(task_meta), task_payload)],
     }
 

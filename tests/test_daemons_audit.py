@@ -128,7 +128,7 @@ def test_bad_aggregates_are_refused_and_journaled(consortium, lingering, payload
             client.request(Kind.AUDIT_REPORT, payload=payload, reply=Kind.ACK)
         assert refused.value.reason == reason
         assert client.fetch_synthetic()[0].shape[0] == 10  # still serving
-    assert not (lingering.state_dir / "audits" / "p00.json").exists()
+    assert not (lingering.state_dir / "audits" / "synthetic-audit" / "p00.json").exists()
     entries = read_journal(lingering.state_dir / "journal.jsonl")
     assert any(e["event"] == "refused" and e.get("kind") == "AUDIT_REPORT"
                and e.get("reason") == reason for e in entries)
@@ -139,7 +139,7 @@ def test_shared_aggregates_land_in_state_and_report(consortium, lingering, tmp_p
     with AuditClient(consortium.participant_config("p01"), timeout_s=10) as client:
         digest = client.share(_aggregates(flagged=True, verdicts=[
             {**_aggregates()["verdicts"][0], "status": "flag", "p_value": 1e-9}]))
-    stored = json.loads((lingering.state_dir / "audits" / "p01.json").read_text())
+    stored = json.loads((lingering.state_dir / "audits" / "synthetic-audit" / "p01.json").read_text())
     assert stored["sha256"] == digest and stored["aggregates"]["flagged"] is True
     entries = read_journal(lingering.state_dir / "journal.jsonl")
     assert any(e.get("kind") == "AUDIT_REPORT" and e["event"] == "accepted"
@@ -193,7 +193,7 @@ def test_feddgm_through_daemons_then_audit_and_report(consortium, tmp_path):
     outcome = run_participant_audit(configs["p00"], out_dir=tmp_path / "audit-p00", share=True,
                                     max_images=300)
     assert outcome.html.exists() and outcome.json.exists() and outcome.images == 10
-    shared = json.loads((config.state_dir / "audits" / "p00.json").read_text())["aggregates"]
+    shared = json.loads((config.state_dir / "audits" / "synthetic-audit" / "p00.json").read_text())["aggregates"]
     assert all(set(v) <= {"metric", "title", "value", "status", "p_value", "alpha", "numbers"}
                for v in shared["verdicts"])
     coord.stop()

@@ -397,11 +397,11 @@ def test_kinds_cover_the_protocol():
     one side (HEARTBEAT by both)."""
     names = {"HELLO", "TASK", "UPDATE", "ENCRYPTED_UPDATE", "DECRYPT_TASK", "AGGREGATE",
              "DECLINE", "ACK", "REJECT", "HEARTBEAT", "STATUS", "BYE", "FETCH_SYNTHETIC",
-             "SYNTHETIC", "AUDIT_REPORT"}
+             "SYNTHETIC", "AUDIT_REPORT", "AUDIT_REQUEST", "AUDIT_DECLINE"}
     names |= {"SECAGG_KEYS", "SECAGG_KEY_LIST", "SECAGG_SHARES", "SECAGG_SHARE_INBOX",
               "MASKED_UPDATE", "SECAGG_UNMASK", "SECAGG_REVEAL"}  # secagg mode
     admin = {"ADMIN_STATUS", "ADMIN_PAUSE", "ADMIN_RESUME", "ADMIN_ABORT_ROUND", "ADMIN_REMOVE",
-             "ADMIN_READMIT", "ADMIN_JOURNAL", "ADMIN_RESULT"}
+             "ADMIN_READMIT", "ADMIN_JOURNAL", "ADMIN_REQUEST_AUDIT", "ADMIN_RESULT"}
     assert {k.value for k in Kind} == names | admin
     assert Kind("TASK") is Kind.TASK and Kind.TASK == "TASK"
     assert set(Kind) == FROM_PARTICIPANT | FROM_COORDINATOR | FROM_OPERATOR | TO_OPERATOR

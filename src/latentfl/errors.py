@@ -84,6 +84,7 @@ class Reason(StrEnum):
     WRONG_MODE = "wrong-mode", True, "the update is (not) encrypted, unlike the session's mode"
     NOT_ASKED = "not-asked", True, "the sender was not asked to decrypt this round's sum"
     NO_SYNTHETIC = "no-synthetic", False, "the latest checkpoint holds no set from the sender"
+    NOT_REQUESTED = "not-requested", True, "no unanswered audit request of the sender has this id"
     INTERNAL = "internal", True, "the receiver could not process a verified message"
     TIMEOUT = "timeout", False, "no answer arrived in time"
     # remote admin

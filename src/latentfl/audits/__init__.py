@@ -44,7 +44,7 @@ _EXPORTS: dict[str, str] = {
     "roc_curve": "latentfl.audits.roc",
     "save_model_file": "latentfl.audits.model_file",
     "save_synthetic": "latentfl.audits.synthetic_file",
-    "shareable_aggregates": "latentfl.audits.report",
+    "shareable_aggregates": "latentfl.audits.shareable",
     "tpr_at_fpr": "latentfl.audits.roc",
 }
 

@@ -2,8 +2,9 @@
 
 One entry per participant: its DP ledger summary (spent epsilon, delta, own budget), how its
 updates are aggregated (which says what the coordinator sees), the tasks it declined (its own
-site policy, a failed run) and the audit aggregates it chose to share
-(``report.shareable_aggregates``; numbers only, never images). Flags first.
+site policy, a failed run), the audit aggregates it shared (``shareable.shareable_aggregates``;
+numbers only, never images) and the audits operators requested of it, with their state (a
+site's refusal says why). Flags first.
 
 A site is flagged for what reached the coordinator: updates without a DP ledger, a budget
 passed, a flagged audit. A site that declined its tasks sent nothing for those rounds, so it is
@@ -29,7 +30,10 @@ class ConsortiumEntry:
 
     ``ledger``: {"epsilon": spent, "delta": ..., "budget": own epsilon budget or None, and any
     of "steps", "noise_multiplier", "max_grad_norm", "sample_rate"}; None when training is not
-    DP. ``audits``: shared aggregates by audit kind ("synthetic-audit", "model-audit").
+    DP. ``audits``: shared aggregates by report kind ("synthetic-audit", "dp-audit").
+    ``audit_requests``: operators' requests of audits at this site, oldest first, each with
+    ``audit``, ``requested`` (time), ``state`` ("waiting", "delivered", "answered",
+    "declined") and, when declined, ``reason`` and ``detail``.
     """
 
     participant: str
@@ -40,6 +44,7 @@ class ConsortiumEntry:
     updates: int | None = None
     #: tasks it declined, by reason (a site-policy rule such as budget_exceeded, or a Reason)
     declined: dict[str, int] = field(default_factory=dict)
+    audit_requests: list[dict[str, Any]] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -120,16 +125,63 @@ def _status(entry: ConsortiumEntry, flags: list[str]) -> tuple[str, str]:
     return "pass", "OK"
 
 
-def _audit_cell(audits: dict[str, dict[str, Any]]) -> str:
-    if not audits:
+#: What each state of an operator's audit request says in the report.
+_REQUEST_STATES = {"waiting": "not yet delivered (the site has not been heard from since)",
+                   "delivered": "delivered, not answered yet",
+                   "answered": "answered: the shared result is above",
+                   "declined": "declined by the site"}
+
+
+def request_line(request: dict[str, Any]) -> str:
+    """One sentence on an operator's audit request and where it stands."""
+    when = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(float(request.get("requested", 0))))
+    line = (f"{request.get('audit')} audit requested {when}: "
+            f"{_REQUEST_STATES.get(str(request.get('state')), str(request.get('state')))}")
+    if request.get("state") == "declined":
+        line += f" ({request.get('reason')}: {request.get('detail')})"
+    return line
+
+
+def dp_summary(result: dict[str, Any] | None) -> str:
+    """A shared one-run DP audit's claim, bound and audited settings in one line ("" if none)."""
+    if not isinstance(result, dict):
+        return ""
+
+    def num(key: str, form: str) -> str:
+        value = result.get(key)
+        return "none" if value is None else form.format(float(value))
+
+    claimed, spent = result.get("claimed_epsilon"), result.get("accountant_epsilon")
+    at = f"at delta {num('delta', '{:.2g}')}"
+    if claimed is None:
+        claim = "no DP claim (the audit run trained without DP-SGD)"
+    elif claimed == spent:
+        claim = f"the audit run's accountant: epsilon {num('claimed_epsilon', '{:.2f}')} {at}"
+    else:
+        claim = (f"claim checked: epsilon {num('claimed_epsilon', '{:.2f}')} {at} (the audit "
+                 f"run's accountant: {num('accountant_epsilon', '{:.2f}')})")
+    return (f"{claim}; proven at least {num('epsilon_lower_bound', '{:.2f}')}, these canaries "
+            f"prove at most {num('max_provable', '{:.2f}')}; audited run: noise multiplier "
+            f"{num('noise_multiplier', '{:.3g}')}, clip norm {num('max_grad_norm', '{:.3g}')}, "
+            f"{num('epochs', '{:.0f}')} epochs, batch {num('batch_size', '{:.0f}')}, "
+            f"{num('training_examples', '{:.0f}')} examples")
+
+
+def _audit_cell(entry: ConsortiumEntry) -> str:
+    if not entry.audits and not entry.audit_requests:
         return "<i>no audit shared</i>"
     out = []
-    for kind, agg in sorted(audits.items()):
+    for kind, agg in sorted(entry.audits.items()):
         rows = "".join(
             f"<li><span class='{escape(v.get('status', 'info'))}x'>"
             f"{escape(str(v.get('status', '')).upper())}</span> {escape(v.get('title', ''))}: "
             f"{escape(v.get('value', ''))}</li>" for v in agg.get("verdicts", []))
-        out.append(f"<b>{escape(kind)}</b><ul>{rows}</ul>")
+        summary = dp_summary(agg.get("result"))
+        out.append(f"<b>{escape(kind)}</b><ul>{rows}</ul>"
+                   + (f"<div class='expl'>{escape(summary)}</div>" if summary else ""))
+    if entry.audit_requests:
+        rows = "".join(f"<li>{escape(request_line(r))}</li>" for r in entry.audit_requests)
+        out.append(f"<b>requested by the operator</b><ul>{rows}</ul>")
     return "".join(out)
 
 
@@ -159,21 +211,21 @@ def render_consortium_report(entries: list[ConsortiumEntry], out_dir: Path | str
         rows.append(f"<tr><td><b>{escape(e.participant)}</b></td>"
                     f"<td>{escape(e.aggregation_mode)}</td>"
                     f"<td>{'-' if e.updates is None else e.updates}</td><td>{ledger}</td>"
-                    f"<td>{_audit_cell(e.audits)}</td>"
+                    f"<td>{_audit_cell(e)}</td>"
                     f"<td class='status {kind}'>{label}</td></tr>")
     body = (
         "<h1>Consortium privacy report</h1>"
         + (f"<div class='sub'><b>{escape(scope.describe())}</b></div>" if scope else "")
         + "<div class='sub'>Per participant: the updates the coordinator accepted, the privacy "
           "budget spent (DP ledger), the tasks it declined, what the coordinator sees of its "
-          "updates, and the audit results it chose to share.</div>"
+          "updates, the audit results it shared and the audits the operator asked it for.</div>"
         + banner(bool(flagged), head, detail)
         + (f"<ul>{flag_list}</ul>" if flag_list else "")
         + "<table class='v'><tr><th>Participant</th><th>Aggregation</th><th>Updates</th>"
           "<th>DP ledger</th><th>Shared audit results</th><th>Status</th></tr>"
         + "".join(rows) + "</table>"
         + "<style>.flagx{color:#c0392b;font-weight:700}.passx{color:#1e8449;font-weight:700}"
-          ".infox{color:#555}td.status.info{background:#d6e4f0;color:#1a1a1a}</style>"
+          ".inconclusivex{color:#b9770e;font-weight:700}.infox{color:#555}td.status.info{background:#d6e4f0;color:#1a1a1a}</style>"
     )
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -183,7 +235,8 @@ def render_consortium_report(entries: list[ConsortiumEntry], out_dir: Path | str
               "participants": [{"participant": e.participant,
                                 "aggregation_mode": e.aggregation_mode, "ledger": e.ledger,
                                 "updates": e.updates, "declined": e.declined,
-                                "audits": e.audits, "flags": flags[e.participant]}
+                                "audits": e.audits, "audit_requests": e.audit_requests,
+                                "flags": flags[e.participant]}
                                for e in entries]}
     write_atomic(html_path, page("Consortium privacy report", body).encode("utf-8"))
     write_atomic(json_path, (json.dumps(report, indent=2, sort_keys=True, default=str)
@@ -191,4 +244,5 @@ def render_consortium_report(entries: list[ConsortiumEntry], out_dir: Path | str
     return html_path, json_path
 
 
-__all__ = ["ConsortiumEntry", "ReportScope", "entry_flags", "render_consortium_report"]
+__all__ = ["ConsortiumEntry", "ReportScope", "dp_summary", "entry_flags",
+           "render_consortium_report", "request_line"]

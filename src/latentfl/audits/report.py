@@ -1,13 +1,13 @@
 """Audit reports: a self-contained HTML page for people and a JSON twin for machines.
 
 The HTML of the synthetic audit shows private images (that is how a person checks a flag), so
-it stays at the participant; ``shareable_aggregates`` is the part that may leave: numbers only.
+it stays at the participant; ``shareable_aggregates`` (``audits/shareable.py``) is the part that
+may leave: numbers only.
 """
 
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 from typing import Any
 
@@ -25,33 +25,16 @@ from latentfl.audits.html import (
     warnings_block,
 )
 from latentfl.audits.membership import ModelAudit
+from latentfl.audits.shareable import DP_KIND, DP_RESULT_KEYS, json_safe, shareable_aggregates
 from latentfl.audits.synthetic import SyntheticAudit, relative_closeness
 from latentfl.durable import write_atomic
 
 GRID_ROWS = 8
 
 
-def _clean(value: Any) -> Any:
-    """JSON-safe: numpy scalars to Python, non-finite floats to strings."""
-    if isinstance(value, dict):
-        return {str(k): _clean(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_clean(v) for v in value]
-    if isinstance(value, np.ndarray):
-        return _clean(value.tolist())
-    if isinstance(value, (np.bool_, bool)):
-        return bool(value)
-    if isinstance(value, (np.integer,)):
-        return int(value)
-    if isinstance(value, (float, np.floating)):
-        v = float(value)
-        return v if math.isfinite(v) else str(v)
-    return value
-
-
 def synthetic_audit_json(audit: SyntheticAudit, context: dict[str, Any]) -> dict[str, Any]:
     s = audit.synthetic
-    return _clean({
+    return json_safe({
         "kind": "synthetic-audit", "flagged": audit.flagged, "alpha": audit.alpha,
         "warnings": audit.warnings,
         "tests": len(audit.verdicts), "context": context, "sizes": audit.sizes,
@@ -75,20 +58,11 @@ def model_audit_json(audit: ModelAudit, context: dict[str, Any]) -> dict[str, An
                 "epsilon", "delta", "points_checked", "violations", "worst_fpr", "worst_tpr",
                 "worst_margin", "epsilon_lower_bound")}
         attacks.append(entry)
-    return _clean({
+    return json_safe({
         "kind": "model-audit", "flagged": audit.flagged, "inconclusive": audit.inconclusive,
         "alpha": audit.alpha, "warnings": audit.warnings, "context": context,
         "sizes": audit.sizes, "accuracy": audit.accuracy, "dp_claim": audit.dp_claim,
         "verdicts": [v.to_json() for v in audit.verdicts], "attacks": attacks,
-    })
-
-
-def shareable_aggregates(report: dict[str, Any]) -> dict[str, Any]:
-    """The numbers a participant may send to the coordinator: verdicts, no images or indices."""
-    keep = ("metric", "title", "value", "status", "p_value", "alpha", "numbers")
-    return _clean({
-        "kind": report["kind"], "flagged": report["flagged"], "sizes": report.get("sizes", {}),
-        "verdicts": [{k: v.get(k) for k in keep} for v in report["verdicts"]],
     })
 
 
@@ -228,14 +202,11 @@ def render_model_html(audit: ModelAudit, context: dict[str, Any]) -> str:
 
 def dp_audit_json(audit: DPAudit, context: dict[str, Any]) -> dict[str, Any]:
     """The one-run DP audit's numbers: aggregate only (no canary, image or per-example score)."""
-    keys = ("canaries", "canaries_included", "training_examples", "guesses", "correct",
-            "epsilon_lower_bound", "max_provable", "confidence", "accountant_epsilon",
-            "claimed_epsilon", "delta", "noise_multiplier", "steps")
-    return _clean({
-        "kind": "dp-audit", "flagged": audit.flagged, "warnings": audit.warnings,
+    return json_safe({
+        "kind": DP_KIND, "flagged": audit.flagged, "warnings": audit.warnings,
         "context": context, "sizes": {"canaries": audit.canaries,
                                       "training_examples": audit.training_examples},
-        "result": {k: getattr(audit, k) for k in keys},
+        "result": {k: getattr(audit, k) for k in DP_RESULT_KEYS},
         "verdicts": [v.to_json() for v in audit.verdicts],
     })
 

@@ -16,7 +16,8 @@ from typing import Any
 import zmq
 
 from latentfl.config import option
-from latentfl.errors import ProtocolError, Reason, SecurityError
+from latentfl.errors import ConfigError, ProtocolError, Reason, SecurityError
+from latentfl.platform.audit_request import encode_command, option_problems
 from latentfl.platform.crypto import Identity, load_identity, load_roster, make_curve_client
 from latentfl.platform.exchange import OneShotClient, exchange
 from latentfl.platform.protocol import (
@@ -75,11 +76,11 @@ class AdminClient(OneShotClient):
         make_curve_client(self.sock, self.identity, roster.coordinator_curve_public)
         self.sock.connect(config.coordinator)
 
-    def command(self, kind: Kind, *, round: int = 0,
-                meta: dict[str, Any] | None = None) -> dict[str, Any]:
+    def command(self, kind: Kind, *, round: int = 0, meta: dict[str, Any] | None = None,
+                payload: bytes = b"") -> dict[str, Any]:
         """Send one signed admin command; its result (ProtocolError when refused)."""
         frames = encode(kind, session=self.config.session, round=round, sender=self.identity.id,
-                        signing_key=self.identity.signing_key, meta=meta)
+                        signing_key=self.identity.signing_key, meta=meta, payload=payload)
         reply = exchange(self.sock, frames, kind=kind, reply=Kind.ADMIN_RESULT,
                          verifier=self.verifier, timeout_s=self.config.timeout_s,
                          endpoint=self.config.coordinator)
@@ -113,6 +114,16 @@ class AdminClient(OneShotClient):
 
     def readmit(self, participant: str) -> dict[str, Any]:
         return self.command(Kind.ADMIN_READMIT, meta={"participant": participant})
+
+    def request_audit(self, participant: str, audit: str,
+                      options: dict[str, int | float]) -> dict[str, Any]:
+        """Ask ``participant`` to run ``audit`` on its own data and share the aggregates; the
+        recorded request (its ``id`` and ``state``). ConfigError for options out of bounds."""
+        problems = option_problems(audit, options)
+        if problems:
+            raise ConfigError("request-audit: " + "; ".join(problems) + ".")
+        return self.command(Kind.ADMIN_REQUEST_AUDIT, meta={"participant": participant},
+                            payload=encode_command(audit, options))["request"]
 
     def journal(self, tail: int) -> list[dict[str, Any]]:
         """The last ``tail`` journal entries, oldest first."""

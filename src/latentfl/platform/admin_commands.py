@@ -9,9 +9,22 @@ from typing import Any
 
 from latentfl.config import load_config
 from latentfl.platform.admin_client import AdminClient, AdminConfig
+from latentfl.platform.audit_request import AUDITS_ON_REQUEST, DP_OPTIONS
 from latentfl.platform.coordinator.status_view import render_text
 
 DEFAULT_TAIL = 20
+OPTION_HELP = {
+    "canaries": "canaries m, each trained on with probability 1/2",
+    "epochs": "epochs of the audited run",
+    "batch_size": "expected Poisson batch size",
+    "lr": "SGD learning rate",
+    "confidence": "confidence of the epsilon lower bound",
+    "max_examples": "seeded subsample of at most this many of the site's examples",
+    "seed": "seed of canaries, order and noise",
+    "width": "ConvNet width",
+    "depth": "ConvNet depth",
+    "claimed_epsilon": "check this claim instead of the run's own accountant",
+}
 
 
 def _removed(result: dict[str, Any]) -> str:
@@ -70,6 +83,17 @@ def _readmit(client: AdminClient, args: argparse.Namespace) -> Any:
             else f"{args.id} was not removed")
 
 
+def _request_audit(client: AdminClient, args: argparse.Namespace) -> Any:
+    options = {name: getattr(args, name) for name in DP_OPTIONS if getattr(args, name) is not None}
+    request = client.request_audit(args.participant, args.audit, options)
+    if args.json:
+        return request
+    asked = ", ".join(f"{k} {v}" for k, v in sorted(options.items())) or "the site's defaults"
+    return (f"requested {args.audit} audit {request['id']} of {args.participant} ({asked}); it "
+            "reaches the agent at its next contact. The site runs it only if its policy allows "
+            "([audit] dp_on_request); see the answer with `latentfl report` or `journal`.")
+
+
 def _journal(client: AdminClient, args: argparse.Namespace) -> Any:
     # JSON lines either way: one entry per line, for reading or for jq
     return "\n".join(json.dumps(entry, sort_keys=True) for entry in client.journal(args.tail))
@@ -84,7 +108,8 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    """Add ``latentfl admin {status,pause,resume,abort-round,remove,readmit,journal}``."""
+    """Add ``latentfl admin {status,pause,resume,abort-round,remove,readmit,request-audit,
+    journal}``."""
     admin = subparsers.add_parser(
         "admin", help="steer a running coordinator as an operator (from any host)",
         description="Send one signed admin command to a running coordinator with an operator's "
@@ -113,6 +138,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     readmit = actions.add_parser("readmit", help="undo `remove`")
     readmit.add_argument("id", metavar="ID", help="participant id")
     readmit.set_defaults(action=_readmit)
+    req = actions.add_parser("request-audit", help="ask a participant to run an audit on its own "
+                                                   "data and share the aggregate numbers")
+    req.add_argument("audit", choices=sorted(AUDITS_ON_REQUEST),
+                     help="dp-sgd: the one-run DP audit of the site's own DP-SGD settings")
+    req.add_argument("--participant", required=True, metavar="ID", help="participant id")
+    for name, (kind, low, high) in DP_OPTIONS.items():
+        req.add_argument(f"--{name.replace('_', '-')}", dest=name, type=kind, default=None,
+                         help=f"{OPTION_HELP[name]} ({low:g} to {high:g}; default: the site's "
+                              "`participant audit-dp` default)")
+    req.set_defaults(action=_request_audit)
     journal = actions.add_parser("journal", help="the last journal entries, as JSON lines")
     journal.add_argument("--tail", type=int, default=DEFAULT_TAIL, metavar="N",
                          help=f"how many entries, 1 to 1000 (default: {DEFAULT_TAIL})")

@@ -3,15 +3,17 @@
 - ``latentfl report --config coordinator.toml --out DIR``: the operator's consortium privacy
   report (``audits.render_consortium_report``): per participant the DP ledger its last accepted
   UPDATE reported in its signed header (as journaled), its accepted and declined tasks (from
-  ``collect_status``), the aggregation mode, and the audit aggregates it chose to share
-  (``STATE/audits/PID.json``); headed by the session, the rounds covered and the date. Reads
-  the state folder only.
+  ``collect_status``), the aggregation mode, the audit aggregates it shared
+  (``STATE/audits/KIND/PID.json``) and the operators' audit requests with their state
+  (``STATE/audit_requests.json``); headed by the session, the rounds covered and the date.
+  Reads the state folder only.
 - ``latentfl export-model --config coordinator.toml --out FILE``: the global model of the
   latest checkpoint as an audits model file, for ``latentfl audit model``.
 - ``latentfl participant audit --config participant.toml [--share] [--out DIR]``: see
   ``platform/participant/audit_client.py``.
-- ``latentfl participant audit-dp --config participant.toml [--out DIR]``: the one-run DP audit
-  of this site's ``[privacy.dp_sgd]`` on its own data, run locally (``audits/dp_command.py``).
+- ``latentfl participant audit-dp --config participant.toml [--out DIR] [--share]``: the one-run
+  DP audit of this site's ``[privacy.dp_sgd]`` on its own data, run locally
+  (``audits/dp_command.py``); ``--share`` sends its aggregate numbers, signed.
 """
 
 from __future__ import annotations
@@ -28,18 +30,21 @@ from latentfl.audits import (
     render_consortium_report,
     save_model_file,
 )
+from latentfl.audits.consortium import request_line
 from latentfl.audits.dp_command import add_run_options, run_dp_audit_command
+from latentfl.audits.shareable import shareable_aggregates
 from latentfl.config import load_config
 from latentfl.data import load_dataset
 from latentfl.errors import ConfigError, StateError
 from latentfl.log import set_log_level
 from latentfl.platform.coordinator import CoordinatorConfig, collect_status
+from latentfl.platform.coordinator.audit_requests import read_audit_requests
 from latentfl.platform.coordinator.audit_service import load_shared_audits
 from latentfl.platform.coordinator.journal import read_journal, verify_journal
 from latentfl.platform.coordinator.rounds import load_strategy
 from latentfl.platform.crypto import load_roster
 from latentfl.platform.participant import ParticipantConfig
-from latentfl.platform.participant.audit_client import run_participant_audit
+from latentfl.platform.participant.audit_client import AuditClient, run_participant_audit
 
 #: Journaled kinds whose signed header carries the ledger (plain and encrypted updates).
 UPDATE_KINDS = ("UPDATE", "ENCRYPTED_UPDATE")
@@ -73,22 +78,22 @@ def consortium_entries(config: Any) -> tuple[list[Any], ReportScope]:
                          "coordinator that has run.")
     ledgers = ledgers_from_journal(journal)
     shared = load_shared_audits(config.state_dir)
+    requests = read_audit_requests(config.state_dir)
     status = collect_status(config)
     people = status["participants"]
-    ids = set(ledgers) | set(shared) | set(load_roster(config.roster).active_ids())
+    ids = (set(ledgers) | set(shared) | set(load_roster(config.roster).active_ids())
+           | {r["participant"] for r in requests})
     mode = config.aggregation.mode
     entries = []
     for pid in sorted(ids):
-        record = shared.get(pid)
-        audits = {}
-        if record is not None:
-            agg = record["aggregates"]
-            audits[str(agg.get("kind"))] = agg
+        audits = {kind: record["aggregates"] for kind, record in shared.get(pid, {}).items()}
         counts = people.get(pid, {})
         entries.append(ConsortiumEntry(participant=pid, aggregation_mode=mode,
                                        ledger=ledgers.get(pid), audits=audits,
                                        updates=counts.get("accepted", 0),
-                                       declined=dict(counts.get("declined_reasons", {}))))
+                                       declined=dict(counts.get("declined_reasons", {})),
+                                       audit_requests=[r for r in requests
+                                                       if r["participant"] == pid]))
     scope = ReportScope(session=config.session, rounds_done=status["rounds_done"],
                         rounds_planned=config.rounds, generated=status["generated"])
     return entries, scope
@@ -101,14 +106,23 @@ def _report(args: argparse.Namespace) -> int:
     print(scope.describe())
     for e in entries:
         eps = None if e.ledger is None else e.ledger.get("epsilon")
-        shared = ", ".join(f"{k} {'FLAG' if a.get('flagged') else 'clean'}"
-                           for k, a in e.audits.items()) or "no audit shared"
+        shared = ", ".join(f"{k} {worst_status(a)}" for k, a in sorted(e.audits.items())) \
+            or "no audit shared"
         declined = (f", declined {sum(e.declined.values())} tasks "
                     f"({', '.join(sorted(e.declined))})" if e.declined else "")
         print(f"{e.participant}: {e.aggregation_mode}, {e.updates} updates{declined}, epsilon "
               f"{'not reported' if eps is None else f'{eps:.2f}'}, {shared}")
+        for request in e.audit_requests:
+            print(f"  {request_line(request)}")
     print(f"report: {html_path}\njson:   {json_path}")
     return 0
+
+
+def worst_status(aggregates: dict[str, Any]) -> str:
+    """A shared audit in one word: FLAG, INCONCLUSIVE, or clean."""
+    statuses = {v.get("status") for v in aggregates.get("verdicts", [])}
+    return "FLAG" if "flag" in statuses else ("INCONCLUSIVE" if "inconclusive" in statuses
+                                              else "clean")
 
 
 def export_global_model(config: Any, out: Path, round: int | None = None) -> Path:
@@ -165,9 +179,17 @@ def _participant_audit_dp(args: argparse.Namespace) -> int:
             raise ConfigError(f"{args.config} has no state_dir; pass --out DIR for the reports.")
         args.out = config.state_dir / "audits"
     privacy = config.privacy
-    return run_dp_audit_command(
+    _, json_path = run_dp_audit_command(
         args, data=config.data, dp=privacy.dp_sgd, delta=privacy.policy.delta,
         device=config.device, subset=None if config.partition is None else config.partition.take)
+    if not args.share:
+        print("nothing shared (pass --share to send the aggregate numbers)")
+        return 0
+    aggregates = shareable_aggregates(json.loads(json_path.read_text()))
+    with AuditClient(config, timeout_s=args.timeout) as client:
+        digest = client.share(aggregates)
+    print(f"shared the aggregate numbers with the coordinator (sha256 {digest[:16]})")
+    return 0
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -215,8 +237,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     a.set_defaults(handler=_participant_audit)
 
     d = sub.add_parser("audit-dp", help="One-run DP audit of this site's configured DP-SGD on "
-                       "its own data, run here; writes aggregate numbers only, sends nothing.")
+                       "its own data, run here; writes aggregate numbers only and sends them "
+                       "only with --share.")
     d.add_argument("--config", required=True, type=Path, help="Participant TOML file.")
+    d.add_argument("--share", action="store_true", help="Send the aggregate numbers (epsilons, "
+                   "canary and guess counts, verdict; never a score) to the coordinator, signed.")
+    d.add_argument("--timeout", type=float, default=60.0, help="Seconds to wait for the "
+                   "coordinator's answer (with --share).")
     add_run_options(d)
     d.set_defaults(handler=_participant_audit_dp)
 

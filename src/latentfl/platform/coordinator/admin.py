@@ -14,7 +14,10 @@ object, or refused ('bad-command') when it does not apply now:
   (``round_aborted``, naming each accepted update and its SHA-256);
 - ADMIN_REMOVE: ``meta.participant`` leaves the round in progress and gets no task in any
   later round; its connection stays (``participant_removed``);
-- ADMIN_READMIT: undo ADMIN_REMOVE (``participant_readmitted``).
+- ADMIN_READMIT: undo ADMIN_REMOVE (``participant_readmitted``);
+- ADMIN_REQUEST_AUDIT: ask ``meta.participant`` to run an audit on its own data and share the
+  aggregate numbers (payload: the audit and its bounded options, ``platform/audit_request.py``);
+  recorded and delivered by ``audit_requests`` (``audit_requested``).
 
 Each journal line names the operator (``peer``); a change's line is fsynced before the answer
 leaves (reads are journaled without fsync, like heartbeats). The
@@ -32,6 +35,8 @@ from typing import Any
 
 from latentfl.errors import ProtocolError, Reason, StateError
 from latentfl.log import get_logger
+from latentfl.platform.audit_request import parse_command
+from latentfl.platform.coordinator.audit_requests import AuditRequests
 from latentfl.platform.coordinator.conductor import RoundConductor
 from latentfl.platform.coordinator.journal import Journal, tail_journal
 from latentfl.platform.coordinator.store import StateStore, read_json, write_json_atomic
@@ -59,13 +64,14 @@ class AdminService:
 
     def __init__(self, store: StateStore, journal: Journal, conductor: RoundConductor, *,
                  roster: Callable[[], Roster], status: Callable[[], dict[str, Any]],
-                 session: str) -> None:
+                 session: str, audit_requests: AuditRequests) -> None:
         self.path = store.admin_path
         self.journal = journal
         self.conductor = conductor
         self.rounds = conductor.rounds
         self.roster = roster
         self.status = status
+        self.audit_requests = audit_requests
         self.log = get_logger("coordinator", session=session)
         paused, self.removed = self._load()
         if paused:
@@ -74,7 +80,7 @@ class AdminService:
             Kind.ADMIN_STATUS: self._status, Kind.ADMIN_JOURNAL: self._journal,
             Kind.ADMIN_PAUSE: self._pause, Kind.ADMIN_RESUME: self._resume,
             Kind.ADMIN_ABORT_ROUND: self._abort_round, Kind.ADMIN_REMOVE: self._remove,
-            Kind.ADMIN_READMIT: self._readmit,
+            Kind.ADMIN_READMIT: self._readmit, Kind.ADMIN_REQUEST_AUDIT: self._request_audit,
         }
 
     # -- standing orders ------------------------------------------------------------------
@@ -182,6 +188,13 @@ class AdminService:
         self._save()
         self._record("participant_readmitted", message, participant=pid, changed=changed)
         return {**self.state(), "changed": changed}
+
+    def _request_audit(self, message: Message) -> dict[str, Any]:
+        pid = self._participant(message)
+        audit, options = parse_command(message.payload)
+        record = self.audit_requests.open(operator=message.header.sender, participant=pid,
+                                          audit=audit, options=options)
+        return {"request": record}
 
     def _record(self, event: str, message: Message, **fields: Any) -> None:
         """Journal (fsynced) a change an operator made, naming the operator and the kind."""

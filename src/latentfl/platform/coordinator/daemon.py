@@ -45,6 +45,7 @@ from latentfl.exitcodes import ExitCode
 from latentfl.log import get_logger
 from latentfl.models import model_manifest
 from latentfl.platform.coordinator.admin import AdminService
+from latentfl.platform.coordinator.audit_requests import AuditRequests
 from latentfl.platform.coordinator.audit_service import AUDIT_KINDS, AuditService
 from latentfl.platform.coordinator.conductor import RoundConductor
 from latentfl.platform.coordinator.config import CoordinatorConfig
@@ -123,10 +124,12 @@ class Coordinator:
         self.manifest = model_manifest(config.strategy.model.build())
         self.rounds = Rounds(config, self.strategy, self.store, evaluate=make_evaluator(config),
                              journal_anchor=self.journal.anchor)
+        self.audit_requests = AuditRequests(self.store, self.journal)
         self.audits = AuditService(self.store, self.journal, session=config.session,
                                    signing_key=self.identity.signing_key,
                                    method=self.strategy.name,
-                                   synthetic=lambda: self.rounds.synthetic)
+                                   synthetic=lambda: self.rounds.synthetic,
+                                   requests=self.audit_requests)
         # ckks: the public context only (a secret one is refused here, before anything runs)
         mode = config.aggregation.mode
         encrypted = (EncryptedSum(config, state_length(self.manifest), journal=self.journal)
@@ -141,7 +144,8 @@ class Coordinator:
                                         self.masked)
         self.admin = AdminService(self.store, self.journal, self.conductor,
                                   roster=lambda: self.roster_watch.roster,
-                                  status=self.admin_status, session=config.session)
+                                  status=self.admin_status, session=config.session,
+                                  audit_requests=self.audit_requests)
         self.router = Router(self.identity, session=config.session,
                              max_message_bytes=config.max_message_bytes)
         self.handlers: dict[Kind, Callable[[Message], Outbox]] = {
@@ -333,6 +337,10 @@ class Coordinator:
             return
         self.peers.seen(pid, routing_id, time.time())
         self._send_all(self.handlers[kind](message))
+        # an operator's audit request reaches the agent at its next contact (see audit_requests)
+        if kind is not Kind.BYE:
+            self._send_all(self.audit_requests.deliveries(pid, self.rounds.round,
+                                                          reconnected=kind is Kind.HELLO))
 
     def _answer_operator(self, routing_id: bytes, message: Message) -> None:
         """An operator's command: applied, answered on the connection it came in on."""

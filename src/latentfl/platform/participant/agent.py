@@ -18,6 +18,10 @@ ENCRYPTED_UPDATE of the masked words) is sent, then re-sent like any update, onc
 the share inbox are both in. In ckks mode the agent may also be asked to decrypt the encrypted
 sum of a cohort's masked words (DECRYPT_TASK): it returns the limb sums, masked noise to it.
 
+An operator's AUDIT_REQUEST is run (between rounds, in its own thread) or declined as the
+site's ``[audit]`` policy says, and answered with aggregate numbers only
+(:class:`~latentfl.platform.participant.requested_audit.RequestedAudits`).
+
 
 The agent ends, with one sentence, when it can never take part: the coordinator's ZAP handler
 refuses its CURVE key (seen through the socket monitor; NotEnrolledError, exit 7), the
@@ -28,7 +32,7 @@ bounded, and training runs in a daemon thread that does not hold the process ope
 
 Length: this module is over 400 lines because it is the one loop that owns the socket, with a
 short handler per kind a participant receives; the work behind each handler (training, CKKS,
-secagg, the site's privacy) lives in its own module.
+secagg, the site's privacy, audits an operator requested) lives in its own module.
 """
 
 from __future__ import annotations
@@ -40,7 +44,6 @@ import random
 import signal
 import threading
 import time
-from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -66,7 +69,9 @@ from latentfl.platform.crypto import COORDINATOR_ID, curve_fingerprint
 from latentfl.platform.participant.config import ParticipantConfig
 from latentfl.platform.participant.connection import HandshakeWatch, connect, load_enrolment
 from latentfl.platform.participant.privacy import SitePrivacy
+from latentfl.platform.participant.requested_audit import RequestedAudits
 from latentfl.platform.participant.secagg import MaskedRound, Trained
+from latentfl.platform.participant.worker import run_in_daemon_thread
 from latentfl.platform.payloads import (
     decode_decrypt_task,
     decode_task,
@@ -89,23 +94,6 @@ POLL_MS = 100
 ENDS_AGENT = frozenset({Reason.WRONG_SESSION, Reason.UNKNOWN_SENDER, Reason.SENDER_MISMATCH,
                         Reason.BAD_SIGNATURE, Reason.VERSION})
 """Refusals that say this agent, as configured, can never take part: it ends on them."""
-
-
-def run_in_daemon_thread(fn: Callable[[], Any], name: str) -> Future:
-    """``fn()`` in a daemon thread, its outcome in a Future: a stopping agent need not wait
-    for local training to finish (nothing of a cut-short round is ever sent)."""
-    future: Future = Future()
-
-    def work() -> None:
-        if not future.set_running_or_notify_cancel():
-            return
-        try:
-            future.set_result(fn())
-        except BaseException as exc:  # noqa: BLE001 - handed to the agent's loop
-            future.set_exception(exc)
-
-    threading.Thread(target=work, name=name, daemon=True).start()
-    return future
 
 
 @dataclass
@@ -172,12 +160,14 @@ class Agent:
         self.done_round = 0  # the last round this agent delivered (acked) or declined
         self._boot: str | None = None
         self._masked: MaskedRound | None = None  # the secagg round in progress
+        self.audits = RequestedAudits(config, self.data, self.log)  # operators' audit requests
         self._handlers = {Kind.HEARTBEAT: self._on_heartbeat, Kind.TASK: self._on_task,
                           Kind.DECRYPT_TASK: self._on_decrypt, Kind.ACK: self._on_ack,
                           Kind.REJECT: self._on_reject, Kind.STATUS: self._on_status,
                           Kind.SECAGG_KEY_LIST: self._on_secagg,
                           Kind.SECAGG_SHARE_INBOX: self._on_secagg,
-                          Kind.SECAGG_UNMASK: self._on_secagg}
+                          Kind.SECAGG_UNMASK: self._on_secagg,
+                          Kind.AUDIT_REQUEST: self._on_audit_request}
 
     def stop(self) -> None:
         """Ask the agent to leave (thread-safe)."""
@@ -274,6 +264,8 @@ class Agent:
                         return "finished", True
             now = time.time()
             self._after_training(sock, now)
+            for reply in self.audits.step(training=self._training is not None):
+                self._send(sock, reply[0], round=self.done_round, payload=reply[1], meta=reply[2])
             if self.pending and now - self.pending.sent_at > self.config.ack_timeout:
                 self._send_update(sock)
             if now >= next_heartbeat:
@@ -299,6 +291,9 @@ class Agent:
 
     def _on_ack(self, sock: zmq.Socket, message: Message) -> None:
         p, header = self.pending, message.header
+        if "request" in header.meta:  # an audit's answer arrived (see requested_audit)
+            self.log.info("audit_answer_acknowledged", request=header.meta["request"])
+            return
         if p and header.round == p.round and header.meta.get("sha256") == p.digest:
             self.log.info("update_acknowledged", round=p.round, attempts=p.attempts)
             self.done_round = max(self.done_round, p.round)
@@ -322,6 +317,11 @@ class Agent:
         if message.header.meta.get("phase") == "finished" and self.config.exit_when_finished:
             return "finished"
         return None
+
+    def _on_audit_request(self, sock: zmq.Socket, message: Message) -> None:
+        """An operator's audit request: declined, queued or answered (requested_audit.py)."""
+        for kind, payload, meta in self.audits.receive(message):
+            self._send(sock, kind, round=self.done_round, payload=payload, meta=meta)
 
     # -- tasks ----------------------------------------------------------------------------
     def _on_task(self, sock: zmq.Socket, message: Message) -> None:

@@ -11,12 +11,14 @@ connection they came in on, so the agent's own connection keeps its tasks). It
 3. writes the HTML and JSON reports (they show private images: they stay here);
 4. with ``share``, sends the aggregate numbers (``audits.shareable_aggregates``: verdicts and
    counts, no images, no per-image distances) as a signed ``AUDIT_REPORT`` and waits for the ACK.
+
+``latentfl participant audit-dp --share`` shares the one-run DP audit's aggregates through the
+same client (:meth:`AuditClient.share`).
 """
 
 from __future__ import annotations
 
 import hashlib
-import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,9 +27,10 @@ import numpy as np
 import torch
 import zmq
 
-from latentfl.audits import save_synthetic, shareable_aggregates
+from latentfl.audits import save_synthetic
 from latentfl.audits.distances import random_encoder
 from latentfl.audits.report import render_synthetic_html, synthetic_audit_json, write_report
+from latentfl.audits.shareable import shareable_aggregates
 from latentfl.audits.synthetic import audit_synthetic
 from latentfl.data import load_dataset
 from latentfl.errors import ConfigError, DataError, ProtocolError, Reason
@@ -114,27 +117,6 @@ class AuditClient(OneShotClient):
         return digest
 
 
-def numbers_only(aggregates: dict[str, Any]) -> dict[str, Any]:
-    """The aggregates with every non-finite number (written as text by the report) set to null."""
-    def clean(value: Any) -> Any:
-        if isinstance(value, dict):
-            return {k: clean(v) for k, v in value.items()}
-        if isinstance(value, list):
-            return [clean(v) for v in value]
-        if isinstance(value, float) and not math.isfinite(value):
-            return None
-        return value
-
-    out = clean(aggregates)
-    for verdict in out.get("verdicts", []):
-        for key in ("p_value", "alpha"):
-            if isinstance(verdict.get(key), str):
-                verdict[key] = None
-        verdict["numbers"] = {k: (None if isinstance(v, str) else v)
-                              for k, v in (verdict.get("numbers") or {}).items()}
-    return out
-
-
 def local_images(config: ParticipantConfig, holdout: str | None = None) -> tuple[Any, Any, Any]:
     """(T, H, dataset): this site's training part, its holdout, and the dataset it came from."""
     ds = load_dataset(config.data)
@@ -207,11 +189,10 @@ def run_participant_audit(config: ParticipantConfig, *, out_dir: Path, share: bo
             render_synthetic_html(audit, images, private.x, held.x, context), report)
         shared = None
         if share:
-            shared = numbers_only(shareable_aggregates(report))
+            shared = shareable_aggregates(report)
             client.share(shared)
     return AuditOutcome(html_path, json_path, audit.flagged, int(meta.get("synthetic_round", 0)),
                         int(images.shape[0]), shared)
 
 
-__all__ = ["AuditClient", "AuditOutcome", "local_images", "numbers_only",
-           "run_participant_audit"]
+__all__ = ["AuditClient", "AuditOutcome", "local_images", "run_participant_audit"]

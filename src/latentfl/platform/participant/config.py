@@ -63,6 +63,24 @@ class PrivacyConfig:
 
 
 @dataclass(frozen=True)
+class AuditPolicy:
+    """Audits this site runs when an operator asks through the coordinator (``[audit]``).
+
+    The request carries bounded options only; the audit runs on the site's own data with its own
+    ``[privacy.dp_sgd]`` settings, the full report stays in ``STATE_DIR/audits``, and only the
+    aggregate numbers are sent (docs/audits.md).
+    """
+
+    dp_on_request: bool = option(False, help="Run the one-run DP audit when an operator "
+                                             "requests it and share its aggregate numbers; "
+                                             "false declines every request.")
+    max_canaries: int = option(5000, help="Decline a requested DP audit with more canaries "
+                                          "than this.", min=2)
+    max_epochs: int = option(20, help="Decline a requested DP audit with more epochs than "
+                                      "this.", min=1)
+
+
+@dataclass(frozen=True)
 class ParticipantConfig:
     """One institution's agent."""
 
@@ -94,6 +112,7 @@ class ParticipantConfig:
     exit_when_finished: bool = option(True, help="Exit when the coordinator says the session "
                                                  "is finished.")
     privacy: PrivacyConfig = option(PrivacyConfig(), help="Site policy and DP-SGD.")
+    audit: AuditPolicy = option(AuditPolicy(), help="Audits run on an operator's request.")
 
     def problems(self) -> list[str]:
         out = []
@@ -105,7 +124,10 @@ class ParticipantConfig:
             out.append("privacy.dp_sgd, privacy.weight_noise or privacy.policy.max_epsilon is "
                        "set but state_dir is not: the privacy ledger must live on disk; set "
                        "state_dir.")
+        if self.audit.dp_on_request and self.state_dir is None:
+            out.append("audit.dp_on_request = true but state_dir is not set: requested audits "
+                       "write their full report to STATE_DIR/audits; set state_dir.")
         return out
 
 
-__all__ = ["ParticipantConfig", "PartitionShare", "PrivacyConfig", "WeightNoiseConfig"]
+__all__ = ["AuditPolicy", "ParticipantConfig", "PartitionShare", "PrivacyConfig", "WeightNoiseConfig"]

@@ -59,7 +59,10 @@ class Kind(StrEnum):
     # audits (docs/audits.md): a participant fetches its own synthetic set, shares aggregates
     FETCH_SYNTHETIC = "FETCH_SYNTHETIC"
     SYNTHETIC = "SYNTHETIC"
-    AUDIT_REPORT = "AUDIT_REPORT"
+    AUDIT_REPORT = "AUDIT_REPORT"  # participant: an audit's aggregate numbers (meta: request)
+    # an operator's audit request, delivered to the site's agent, which runs it or declines
+    AUDIT_REQUEST = "AUDIT_REQUEST"  # coordinator: run this audit here (payload: options JSON)
+    AUDIT_DECLINE = "AUDIT_DECLINE"  # participant: I will not run it (meta: request, reason)
     # remote admin (docs/deployment.md, "The admin role"): an operator's signed commands and the
     # coordinator's answer; the roster's operators send these and nothing else
     ADMIN_STATUS = "ADMIN_STATUS"  # operator: the coordinator's status
@@ -69,6 +72,7 @@ class Kind(StrEnum):
     ADMIN_REMOVE = "ADMIN_REMOVE"  # operator: meta participant takes part in no further round
     ADMIN_READMIT = "ADMIN_READMIT"  # operator: undo ADMIN_REMOVE of meta participant
     ADMIN_JOURNAL = "ADMIN_JOURNAL"  # operator: the last meta tail journal entries
+    ADMIN_REQUEST_AUDIT = "ADMIN_REQUEST_AUDIT"  # operator: meta participant, run this audit
     ADMIN_RESULT = "ADMIN_RESULT"  # coordinator: a command's outcome (payload: a JSON object)
     # secure aggregation, ``aggregation.mode = "secagg"`` or ``"ckks"``
     # (latentfl.privacy.secagg): one round's four exchanges, each relayed by a coordinator that
@@ -91,19 +95,19 @@ SECAGG_FROM_COORDINATOR = frozenset({
 
 FROM_PARTICIPANT = frozenset({
     Kind.HELLO, Kind.UPDATE, Kind.ENCRYPTED_UPDATE, Kind.AGGREGATE, Kind.DECLINE,
-    Kind.HEARTBEAT, Kind.BYE, Kind.FETCH_SYNTHETIC, Kind.AUDIT_REPORT,
+    Kind.HEARTBEAT, Kind.BYE, Kind.FETCH_SYNTHETIC, Kind.AUDIT_REPORT, Kind.AUDIT_DECLINE,
 }) | SECAGG_FROM_PARTICIPANT
 """The kinds a participant may send (the coordinator's verifier refuses the others)."""
 
 FROM_COORDINATOR = frozenset({
     Kind.TASK, Kind.DECRYPT_TASK, Kind.ACK, Kind.REJECT, Kind.HEARTBEAT, Kind.STATUS,
-    Kind.SYNTHETIC,
+    Kind.SYNTHETIC, Kind.AUDIT_REQUEST,
 }) | SECAGG_FROM_COORDINATOR
 """The kinds the coordinator may send (a participant's verifier refuses the others)."""
 
 FROM_OPERATOR = frozenset({
     Kind.ADMIN_STATUS, Kind.ADMIN_PAUSE, Kind.ADMIN_RESUME, Kind.ADMIN_ABORT_ROUND,
-    Kind.ADMIN_REMOVE, Kind.ADMIN_READMIT, Kind.ADMIN_JOURNAL,
+    Kind.ADMIN_REMOVE, Kind.ADMIN_READMIT, Kind.ADMIN_JOURNAL, Kind.ADMIN_REQUEST_AUDIT,
 })
 """The kinds an operator may send: admin commands only (never a participant's kind)."""
 
