@@ -27,6 +27,11 @@ complete: plan, acknowledged updates, checkpoints), SIGHUP reloads the roster at
 is also watched). A revoked participant leaves the round and its messages are refused
 ('unknown-sender'); libzmq cannot close one peer of a bound ROUTER, so the socket is rebound:
 every peer reconnects through ZAP, and the revoked one's handshake fails.
+
+Why one module of ~500 lines: what is left here is the wiring of the socket-free parts to the
+one socket and the one loop (construction, the handler table, the fault barrier, the signal
+and roster handling); each handler is a few lines that call a part. Splitting it would spread
+one loop's state over several files without moving a decision out of it.
 """
 
 from __future__ import annotations

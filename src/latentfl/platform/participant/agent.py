@@ -22,7 +22,6 @@ An operator's AUDIT_REQUEST is run (between rounds, in its own thread) or declin
 site's ``[audit]`` policy says, and answered with aggregate numbers only
 (:class:`~latentfl.platform.participant.requested_audit.RequestedAudits`).
 
-
 The agent ends, with one sentence, when it can never take part: the coordinator's ZAP handler
 refuses its CURVE key (seen through the socket monitor; NotEnrolledError, exit 7), the
 coordinator runs another session, or it refuses this agent for a reason in ``ENDS_AGENT``
