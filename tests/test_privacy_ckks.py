@@ -6,7 +6,6 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from latentfl.errors import ConfigError, PrivacyError, ProtocolError, Reason, SecurityError
 from latentfl.platform.crypto import init_consortium, load_identity
@@ -32,7 +31,8 @@ from latentfl.privacy import (
     sum_ciphertexts,
 )
 from latentfl.privacy.ckks import MAX_COHORT, check_cohort_size, split_limbs
-from latentfl.privacy.secagg import MAX_ERROR, RoundParams, SecAggClient, SecAggServer, dequantise
+from latentfl.privacy.secagg import MAX_ERROR, dequantise
+from secagg_helpers import make_parties, share_all
 
 LENGTH = 2500  # 5000 limbs: two ciphertexts of 4096 slots, the last one partial
 MAX_BYTES = 400_000
@@ -56,21 +56,10 @@ def masked_round(n: int, secret, public, *, after_sharing=(), seed: int = 0, inp
     uploader's ciphertexts)."""
     rng = np.random.default_rng(seed)
     ids = [f"site-{i:03d}" for i in range(n)]
-    signing = {pid: Ed25519PrivateKey.generate() for pid in ids}
-    verify = {pid: key.public_key() for pid, key in signing.items()}
-    params = RoundParams(session="s", round=1, min_cohort=2)
-    clients = {pid: SecAggClient(pid, params, signing_key=signing[pid], verify_keys=verify)
-               for pid in ids}
-    server = SecAggServer(params, verify, LENGTH)
+    clients, server = make_parties(ids, LENGTH)
     inputs = {pid: rng.normal(0.0, 0.05, LENGTH) for pid in ids} | (inputs or {})
     weights = {pid: int(rng.integers(1, 500)) for pid in ids}
-    for c in clients.values():
-        server.add_advert(c.advertise())
-    key_list = server.close_adverts()
-    for pid, c in clients.items():
-        server.add_shares(pid, c.share_keys(key_list))
-    for holder, sealed in server.close_shares().items():
-        clients[holder].receive_shares(sealed)
+    share_all(clients, server)
     uploads = {}
     for pid in ids:
         if pid not in after_sharing:

@@ -62,9 +62,9 @@ from latentfl.privacy import (
     secret_context_bytes,
     sum_ciphertexts,
 )
-from latentfl.privacy.secagg import RoundParams, SecAggClient, SecAggServer
 from latentfl.simulate import SimulationConfig, run_simulation
 from latentfl.strategies import ModelSpec, Update, build_strategy, run_task
+from secagg_helpers import make_parties, share_all
 
 IDS = ["p00", "p01", "p02", "p03"]
 CKKS = {"mode": "ckks", "min_cohort": 2, "decrypt_deadline": 1.0, "phase_deadline": 20.0}
@@ -295,19 +295,8 @@ def _masked_upload_of(update: np.ndarray, ctx) -> tuple[list[bytes], int]:
     """One site's ckks upload of ``update`` in a three-site secagg exchange run here (the
     coordinator's view: its ciphertexts), and the number of sites."""
     ids = ["p00", "p01", "p02"]
-    signing = {pid: Ed25519PrivateKey.generate() for pid in ids}
-    verify = {pid: key.public_key() for pid, key in signing.items()}
-    params = RoundParams(session="s", round=1)
-    clients = {pid: SecAggClient(pid, params, signing_key=signing[pid], verify_keys=verify)
-               for pid in ids}
-    server = SecAggServer(params, verify, update.size)
-    for c in clients.values():
-        server.add_advert(c.advertise())
-    key_list = server.close_adverts()
-    for pid, c in clients.items():
-        server.add_shares(pid, c.share_keys(key_list))
-    for holder, sealed in server.close_shares().items():
-        clients[holder].receive_shares(sealed)
+    clients, server = make_parties(ids, update.size)
+    share_all(clients, server)
     return encrypt_masked(ctx, clients["p01"].mask(update, 100)), len(ids)
 
 

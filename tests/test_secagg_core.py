@@ -7,13 +7,12 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PublicKey
 
+import secagg_helpers
 from latentfl.errors import ConfigError, PrivacyError, SecurityError
 from latentfl.privacy.secagg import (
     MAX_ERROR,
     Advert,
-    RoundParams,
     SecAggClient,
-    SecAggServer,
     check_capacity,
     degree,
     dequantise,
@@ -27,13 +26,8 @@ LENGTH = 64
 
 
 def make_parties(n: int, *, min_cohort: int = 2, round: int = 1):
-    ids = [f"site-{i:03d}" for i in range(n)]
-    signing = {pid: Ed25519PrivateKey.generate() for pid in ids}
-    verify = {pid: key.public_key() for pid, key in signing.items()}
-    params = RoundParams(session="s", round=round, min_cohort=min_cohort)
-    clients = {pid: SecAggClient(pid, params, signing_key=signing[pid], verify_keys=verify)
-               for pid in ids}
-    return clients, SecAggServer(params, verify, LENGTH)
+    return secagg_helpers.make_parties([f"site-{i:03d}" for i in range(n)], LENGTH,
+                                       min_cohort=min_cohort, round=round)
 
 
 def run_round(n: int, *, before_keys=(), after_keys=(), after_sharing=(), after_upload=(),
@@ -110,13 +104,7 @@ def test_below_min_cohort_is_abandoned_not_unmasked():
 def test_holder_never_reveals_both_secrets_of_one_peer():
     """A holder asked for u's self seed after u's mask key (or the reverse) refuses."""
     clients, server = make_parties(4)
-    for c in clients.values():
-        server.add_advert(c.advertise())
-    keys = server.close_adverts()
-    for pid, c in clients.items():
-        server.add_shares(pid, c.share_keys(keys))
-    for holder, sealed in server.close_shares().items():
-        clients[holder].receive_shares(sealed)
+    secagg_helpers.share_all(clients, server)
     holder = clients["site-001"]
     holder.reveal(["site-001", "site-002", "site-003"], ["site-000"])
     with pytest.raises(PrivacyError, match="never reveals both"):
@@ -144,13 +132,7 @@ def curious_estimate(x: np.ndarray, *, also_self_seed: bool) -> np.ndarray:
     """What a coordinator gets for one participant when it claims that participant dropped
     (so its holders reveal its mask key) although its upload arrived."""
     clients, server = make_parties(4)
-    for c in clients.values():
-        server.add_advert(c.advertise())
-    keys = server.close_adverts()
-    for pid, c in clients.items():
-        server.add_shares(pid, c.share_keys(keys))
-    for holder, sealed in server.close_shares().items():
-        clients[holder].receive_shares(sealed)
+    secagg_helpers.share_all(clients, server)
     target = "site-000"
     upload = clients[target].mask(x, 1)
     others = ["site-001", "site-002", "site-003"]
