@@ -56,7 +56,9 @@ class FedDGMConfig:
     global_model: ModelSpec = option(ModelSpec(), help="Architecture of the global model.")
     ipc: int = option(10, help="Synthetic images per class per participant.", min=1)
     classes: Literal["all", "present"] = option(
-        "all", help="Distil all classes, or only those a participant reported holding."
+        "all", help="Distil all classes, or only those a participant reported holding "
+        "('present': better under sharp label skew, where most classes of 'all' are ones the "
+        "participant never trained on; measured in docs/results.md).",
     )
     accumulate: bool = option(
         False,
