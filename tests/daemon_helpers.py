@@ -16,7 +16,7 @@ import zmq
 
 from latentfl.config import from_dict
 from latentfl.data import load_dataset, to_tensors
-from latentfl.platform.coordinator import Coordinator, StateStore
+from latentfl.platform.coordinator import Coordinator, StateStore, read_journal
 from latentfl.platform.crypto import Identity, load_roster, make_curve_client
 from latentfl.platform.local import LocalConsortium
 from latentfl.platform.participant import Agent, LocalData
@@ -183,3 +183,15 @@ def processes_mentioning(text: str) -> list[int]:
         if text in cmdline:
             pids.append(int(proc.name))
     return pids
+
+
+def events_after_abandonment(threads: list[threading.Thread], coord: Running,
+                             journal: Path) -> list[str]:
+    """Run the raw clients' ``threads``, wait for the round to be abandoned, stop the
+    coordinator; the journal's event names."""
+    [t.start() for t in threads]
+    [t.join(60) for t in threads]
+    wait_until(lambda: any(e["event"] == "round_abandoned" for e in read_journal(journal)), 30,
+               "abandonment")
+    coord.stop()
+    return [e["event"] for e in read_journal(journal)]

@@ -20,6 +20,7 @@ from daemon_helpers import (
     RawClient,
     Running,
     checkpoint_global,
+    events_after_abandonment,
     local_parts,
     make_consortium,
     simulate,
@@ -51,7 +52,6 @@ from latentfl.platform.protocol import (
     parse_header,
     unpack_tensors,
 )
-from latentfl.platform.supervisor import wait_until
 from latentfl.privacy import (
     ciphertexts_from_tensors,
     ciphertexts_to_tensors,
@@ -281,12 +281,7 @@ def test_too_few_survivors_abandon_the_round_without_decrypting(tmp_path):
     clients = [RawClient(consortium, consortium.identity(pid)) for pid in IDS[:3]]
     threads = [threading.Thread(target=_drop_after_sharing, args=(c, consortium.roster, ctx))
                for c in clients]
-    [t.start() for t in threads]
-    [t.join(60) for t in threads]
-    wait_until(lambda: any(e["event"] == "round_abandoned" for e in
-                           read_journal(config.state_dir / "journal.jsonl")), 30, "abandonment")
-    coord.stop()
-    events = [e["event"] for e in read_journal(config.state_dir / "journal.jsonl")]
+    events = events_after_abandonment(threads, coord, config.state_dir / "journal.jsonl")
     assert "secagg_shares" in events and "round_abandoned" in events
     assert not {"encrypted_sum", "decrypt_requested", "secagg_unmasked"} & set(events)
 

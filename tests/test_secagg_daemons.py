@@ -17,6 +17,7 @@ from daemon_helpers import (
     RawClient,
     Running,
     checkpoint_global,
+    events_after_abandonment,
     local_parts,
     make_consortium,
     simulate,
@@ -30,7 +31,6 @@ from latentfl.platform.crypto import load_roster
 from latentfl.platform.participant.secagg import MaskedRound
 from latentfl.platform.protocol import Kind, pack_json
 from latentfl.platform.secagg_payloads import masked_vector
-from latentfl.platform.supervisor import wait_until
 from latentfl.privacy.secagg import MAX_ERROR, dequantise
 from latentfl.simulate import SimulationConfig, run_simulation
 from latentfl.strategies import build_strategy, run_task
@@ -201,11 +201,6 @@ def test_too_few_survivors_abandon_the_round_without_unmasking(tmp_path):
     clients = [RawClient(consortium, consortium.identity(pid)) for pid in IDS]
     threads = [threading.Thread(target=_drop_after_sharing, args=(c, consortium.roster))
                for c in clients]
-    [t.start() for t in threads]
-    [t.join(60) for t in threads]
-    wait_until(lambda: any(e["event"] == "round_abandoned" for e in
-                           read_journal(config.state_dir / "journal.jsonl")), 30, "abandonment")
-    coord.stop()
-    events = [e["event"] for e in read_journal(config.state_dir / "journal.jsonl")]
+    events = events_after_abandonment(threads, coord, config.state_dir / "journal.jsonl")
     assert "secagg_shares" in events and "round_abandoned" in events
     assert "secagg_unmasked" not in events and "secagg_unmask_requested" not in events

@@ -17,8 +17,8 @@ from pathlib import Path
 from typing import Any
 
 
-def fsync_dir(path: Path) -> None:
-    """Make a rename or a new file inside ``path`` durable."""
+def fsync_dir(path: Path | str) -> None:
+    """Make a rename or a new file inside the folder ``path`` durable (on a file: its data)."""
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
@@ -63,7 +63,7 @@ def write_atomic_many(files: list[tuple[Path, bytes]], mode: int = 0o644) -> Non
                 os.fchmod(fh.fileno(), mode)
                 fh.write(data)
         with ThreadPoolExecutor(max_workers=min(_FSYNC_THREADS, max(1, len(temps)))) as pool:
-            list(pool.map(_fsync_path, [tmp for tmp, _ in temps]))
+            list(pool.map(fsync_dir, [tmp for tmp, _ in temps]))
         for tmp, path in temps:
             os.replace(tmp, path)
     except BaseException:
@@ -72,14 +72,6 @@ def write_atomic_many(files: list[tuple[Path, bytes]], mode: int = 0o644) -> Non
         raise
     for folder in {path.parent for path, _ in files}:
         fsync_dir(folder)
-
-
-def _fsync_path(path: str) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def write_json_atomic(path: Path | str, obj: Any, *, mode: int = 0o644) -> None:
