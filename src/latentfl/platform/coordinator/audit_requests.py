@@ -136,11 +136,12 @@ class AuditRequests:
         record = self.unanswered(pid, meta.get("request"))
         reason = str(meta.get("reason"))[:MAX_REASON]
         detail = str(meta.get("detail"))[:MAX_DETAIL]
+        # journaled before the state file says so: a reader of both never sees the state alone
+        self.journal.append("audit_declined", peer=pid, request=record["id"],
+                            audit=record["audit"], reason=reason, detail=detail)
         record.update(state="declined", answered=time.time(), reason=reason, detail=detail)
         self.open_ids.remove(record["id"])
         self._save()
-        self.journal.append("audit_declined", peer=pid, request=record["id"],
-                            audit=record["audit"], reason=reason, detail=detail)
         return {"request": record["id"]}
 
 
