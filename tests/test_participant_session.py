@@ -160,3 +160,28 @@ def test_the_finished_session_says_bye(tmp_path, data):
     session = _session(tmp_path, data, exit_when_finished=True)
     (bye,) = session.on_message(_from_coordinator(Kind.STATUS, 4, phase="finished"), time.time())
     assert bye.kind is Kind.BYE and bye.round == 4 and session.finished
+
+
+def test_a_task_with_an_unknown_meta_key_is_declined_naming_it(tmp_path, data):
+    """A TASK whose meta holds a key the protocol does not define is declined 'malformed',
+    and the DECLINE's sentence names the key."""
+    good = _task(2)
+    session = _session(tmp_path, data)
+    (decline,) = session.on_message(
+        _from_coordinator(Kind.TASK, 2, good.payload, **good.header.meta, priority=1),
+        time.time())
+    assert decline.kind is Kind.DECLINE and decline.meta["reason"] == Reason.MALFORMED
+    assert "'priority'" in decline.meta["detail"] and session.pending is None
+
+
+def test_a_malformed_control_message_is_ignored(tmp_path, data):
+    """An ACK or REJECT whose meta the protocol does not define changes nothing."""
+    session = _session(tmp_path, data)
+    session.on_message(_task(1), time.time())
+    _upload(session)
+    digest = session.pending.digest
+    assert session.on_message(_from_coordinator(Kind.ACK, 1, sha256=digest, extra=1),
+                              time.time()) == []
+    assert session.on_message(_from_coordinator(Kind.REJECT, 1, reason="late"),
+                              time.time()) == []
+    assert session.pending is not None and session.pending.digest == digest

@@ -25,7 +25,7 @@ from latentfl.errors import ProtocolError, Reason, StateError
 from latentfl.platform.audit_request import AUDITS_ON_REQUEST, AuditRequest, encode_request
 from latentfl.platform.coordinator.journal import Journal
 from latentfl.platform.coordinator.store import StateStore, read_json, write_json_atomic
-from latentfl.platform.protocol import Kind, Message, Outgoing
+from latentfl.platform.protocol import Ack, Kind, Message, Outgoing
 
 #: Request states: sent to no agent yet, sent, answered with aggregates, declined by the site.
 UNANSWERED = ("waiting", "delivered")
@@ -142,7 +142,7 @@ class AuditRequests:
         record.update(state="declined", answered=time.time(), reason=reason, detail=detail)
         self.open_ids.remove(record["id"])
         self._save()
-        return {"request": record["id"]}
+        return Ack(request=record["id"]).meta()
 
 
 __all__ = ["UNANSWERED", "AuditRequests", "audit_requests_path", "read_audit_requests"]

@@ -48,8 +48,18 @@ from latentfl.platform.payloads import (
     encode_limb_sums,
     encode_update,
 )
-from latentfl.platform.protocol import Kind, Message, Outgoing, pack_json
-from latentfl.privacy import decrypt_limb_sums
+from latentfl.platform.protocol import (
+    Ack,
+    Decline,
+    DeclineReason,
+    Heartbeat,
+    Kind,
+    Message,
+    Outgoing,
+    Reject,
+    pack_json,
+)
+from latentfl.privacy import PolicyRule, decrypt_limb_sums
 from latentfl.strategies import Aggregation
 
 ENDS_AGENT = frozenset({Reason.WRONG_SESSION, Reason.UNKNOWN_SENDER, Reason.SENDER_MISMATCH,
@@ -103,9 +113,17 @@ class ParticipantSession:
         return [self._hello()]
 
     def on_message(self, message: Message, now: float) -> Outbox:
-        """Answer one verified coordinator message (RefusedError when it ends this agent)."""
+        """Answer one verified coordinator message (RefusedError when it ends this agent); one
+        whose control meta is malformed is logged and ignored."""
         handler = self._handlers.get(message.header.kind)  # SYNTHETIC: the audit client's
-        return handler(message, now) if handler is not None else []
+        try:
+            return handler(message, now) if handler is not None else []
+        except RefusedError:
+            raise
+        except ProtocolError as exc:
+            self.log.warning("message_refused", kind=message.header.kind.value,
+                             reason=exc.reason, detail=str(exc))
+            return []
 
     def step(self, now: float) -> Outbox:
         """What time makes due: a finished training or audit, a re-send, a heartbeat."""
@@ -125,19 +143,19 @@ class ParticipantSession:
 
     # -- control messages -----------------------------------------------------------------
     def _on_heartbeat(self, message: Message, now: float) -> Outbox:
-        boot = message.header.meta.get("boot")
+        boot = Heartbeat.from_meta(message.header.meta).boot
         restarted = self._boot is not None and boot != self._boot
-        self._boot = boot if isinstance(boot, str) else None
+        self._boot = boot
         if restarted:
             self.log.info("coordinator_restarted")
             return [self._hello()]
         return []
 
     def _on_ack(self, message: Message, now: float) -> Outbox:
-        p, header = self.pending, message.header
-        if "request" in header.meta:  # an audit's answer arrived (see requested_audit)
-            self.log.info("audit_answer_acknowledged", request=header.meta["request"])
-        elif p and header.round == p.round and header.meta.get("sha256") == p.digest:
+        p, ack = self.pending, Ack.from_meta(message.header.meta)
+        if ack.request is not None:  # an audit's answer arrived (see requested_audit)
+            self.log.info("audit_answer_acknowledged", request=ack.request)
+        elif p and message.header.round == p.round and ack.acknowledges(p.digest):
             self.log.info("update_acknowledged", round=p.round, attempts=p.attempts)
             self.done_round = max(self.done_round, p.round)
             self.pending = None
@@ -145,16 +163,13 @@ class ParticipantSession:
 
     def _on_reject(self, message: Message, now: float) -> Outbox:
         """A refusal of our pending upload that re-sending cannot cure drops it."""
-        meta = message.header.meta
-        reason = Reason.parse(meta.get("reason"))
-        self.log.warning("refused_by_coordinator", reason=meta.get("reason"),
-                         detail=meta.get("detail"))
-        if reason in ENDS_AGENT:
-            raise RefusedError(reason, f"the coordinator refuses this participant for good "
-                                       f"({reason}: {str(meta.get('detail'))[:300]}).")
+        reject = Reject.from_meta(message.header.meta)
+        self.log.warning("refused_by_coordinator", reason=reject.reason, detail=reject.detail)
+        if reject.reason in ENDS_AGENT:
+            raise RefusedError(reject.reason, f"the coordinator refuses this participant for "
+                                              f"good ({reject.reason}: {reject.detail[:300]}).")
         p = self.pending
-        if (p and reason is not None and reason.final and meta.get("refused_kind") == p.kind.value
-                and meta.get("refused_round") == p.round):
+        if p and reject.reason.final and reject.refuses(p.kind, p.round):
             self.pending = None
         return []
 
@@ -204,7 +219,7 @@ class ParticipantSession:
             sigma = self.privacy.check(task, len(self.data.y))
         except PrivacyError as exc:
             self.log.warning("task_refused_by_policy", round=r, rule=exc.rule, detail=str(exc))
-            return [self._decline(r, exc.rule, str(exc))]
+            return [self._decline(r, PolicyRule(exc.rule), str(exc))]
         except LatentFLError as exc:  # ledger or plan unreadable, bad DP settings
             self.log.error("privacy_check_failed", round=r, error=str(exc))
             return [self._decline(r, Reason.PRIVACY_CHECK_FAILED, str(exc))]
@@ -264,8 +279,7 @@ class ParticipantSession:
         except (LatentFLError, ValueError) as exc:
             reason = exc.reason if isinstance(exc, ProtocolError) else Reason.DECRYPT_FAILED
             self.log.warning("decrypt_refused", round=r, reason=reason, detail=str(exc))
-            return [self._to_coordinator(Kind.DECLINE, r, meta={"reason": reason,
-                                                                "detail": str(exc)[:900]})]
+            return [self._to_coordinator(Kind.DECLINE, r, meta=Decline(reason, str(exc)).meta())]
         payload, meta = encode_limb_sums(sums, cohort=job.cohort)
         self.log.info("limb_sums_decrypted", round=r, covers=job.cohort)
         self.pending = Pending(Kind.AGGREGATE, r, payload, meta | {"attempt": job.attempt})
@@ -289,8 +303,8 @@ class ParticipantSession:
             return [reveal]
         except PrivacyError as exc:  # a holder's rule: reveal nothing, say why
             self.log.warning("secagg_refused", round=r, rule=exc.rule, detail=str(exc))
-            return [self._to_coordinator(Kind.DECLINE, r, meta={"reason": exc.rule,
-                                                                "detail": str(exc)[:900]})]
+            return [self._to_coordinator(Kind.DECLINE, r,
+                                         meta=Decline(PolicyRule(exc.rule), str(exc)).meta())]
         except LatentFLError as exc:
             self.log.warning("secagg_failed", round=r, kind=kind.value, detail=str(exc))
             return []
@@ -316,7 +330,7 @@ class ParticipantSession:
         old, r = self._masked, message.header.round
         assert old is not None
         if old.uploaded:
-            return [self._decline(r, "secagg_already_uploaded",
+            return [self._decline(r, PolicyRule.SECAGG_ALREADY_UPLOADED,
                                   f"{self.pid} already uploaded a masked update for round {r}; "
                                   "a second sum over an overlapping cohort would reveal the "
                                   "difference.")]
@@ -337,12 +351,10 @@ class ParticipantSession:
         assert self._masked is not None
         return self._to_coordinator(reply[0], self._masked.round, reply[1], reply[2])
 
-    def _decline(self, round: int, reason: str, detail: str) -> Outgoing:
-        """This site will not deliver round ``round`` (a DECLINE); ``reason`` is a
-        :class:`Reason` or the name of the site-policy rule that refused."""
+    def _decline(self, round: int, reason: DeclineReason, detail: str) -> Outgoing:
+        """This site will not deliver round ``round`` (a DECLINE)."""
         self.done_round = max(self.done_round, round)
-        return self._to_coordinator(Kind.DECLINE, round,
-                                    meta={"reason": reason, "detail": detail[:900]})
+        return self._to_coordinator(Kind.DECLINE, round, meta=Decline(reason, detail).meta())
 
     def _send_pending(self, now: float) -> Outgoing:
         p = self.pending
