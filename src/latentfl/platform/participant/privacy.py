@@ -22,7 +22,7 @@ from latentfl.errors import StateError
 from latentfl.models import ModelManifest
 from latentfl.platform.crypto.ckks_keys import load_participant_context
 from latentfl.platform.participant.config import PrivacyConfig
-from latentfl.platform.payloads import flatten_state, unflatten_state
+from latentfl.platform.wire.payloads import flatten_state, unflatten_state
 from latentfl.privacy import (
     PlannedTask,
     PrivacyLedger,

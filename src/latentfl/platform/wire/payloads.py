@@ -50,7 +50,7 @@ from latentfl.platform.protocol import (
     unpack_json,
     unpack_tensors,
 )
-from latentfl.platform.secagg_payloads import attempt_of
+from latentfl.platform.wire.secagg import attempt_of
 from latentfl.privacy.ckks import (
     LIMB_BITS,
     LIMBS_PER_WORD,
