@@ -29,7 +29,7 @@ from daemon_helpers import (
 )
 from latentfl.config import from_dict
 from latentfl.errors import ConfigError, ProtocolError, Reason, SecurityError
-from latentfl.models import model_manifest
+from latentfl.models import model_manifest, state_length
 from latentfl.platform.coordinator import Coordinator, Journal, StateStore, read_journal
 from latentfl.platform.coordinator.ckks_sum import EncryptedSum
 from latentfl.platform.crypto import load_identity, load_roster
@@ -50,7 +50,6 @@ from latentfl.platform.wire.payloads import (
     encode_decrypt_task,
     encode_limb_sums,
     encode_update,
-    state_length,
 )
 from latentfl.privacy import (
     ciphertexts_from_tensors,

@@ -48,7 +48,7 @@ import zmq
 from latentfl.errors import LatentFLError, ProtocolError, Reason, SecurityError, StateError
 from latentfl.exitcodes import ExitCode
 from latentfl.log import get_logger
-from latentfl.models import model_manifest
+from latentfl.models import model_manifest, state_length
 from latentfl.platform.coordinator.admin import AdminService
 from latentfl.platform.coordinator.audits.requests import AuditRequests
 from latentfl.platform.coordinator.audits.service import AUDIT_KINDS, AuditService
@@ -88,7 +88,6 @@ from latentfl.platform.protocol import (
     peek_header,
     unpack_json,
 )
-from latentfl.platform.wire.payloads import state_length
 from latentfl.strategies import Aggregation, build_strategy
 
 POLL_MS = 100

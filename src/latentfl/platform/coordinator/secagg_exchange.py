@@ -38,12 +38,11 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from latentfl.errors import LatentFLError, PrivacyError, ProtocolError, Reason, SecurityError
 from latentfl.log import get_logger
-from latentfl.models import ModelManifest
+from latentfl.models import ModelManifest, state_length, unflatten_state
 from latentfl.platform.coordinator.ckks_sum import EncryptedSum
 from latentfl.platform.coordinator.config import CoordinatorConfig
 from latentfl.platform.coordinator.journal import Journal
 from latentfl.platform.protocol import Kind, Message, Outgoing
-from latentfl.platform.wire.payloads import state_length, unflatten_state
 from latentfl.platform.wire.secagg import (
     attempt_of,
     check_masked,
