@@ -3,10 +3,18 @@
 Socket-free: :class:`SecAggClient` is a participant's side of one round, :class:`SecAggServer`
 the coordinator's; the daemons carry their messages. ``fixedpoint`` encodes updates in
 Z / 2^64, ``masks`` expands seeds into masks and draws the neighbour graph, ``keys`` signs
-round keys and shares seeds t-of-n. docs/privacy.md says what each party learns.
+round keys and shares seeds t-of-n, ``consistency`` is the signed survivor set that every
+holder checks before it reveals. docs/privacy.md says what each party learns.
 """
 
-from latentfl.privacy.secagg.client import Revealed, RoundParams, SecAggClient, SecretKind
+from latentfl.privacy.secagg.client import (
+    Revealed,
+    RoundParams,
+    SecAggClient,
+    SecretKind,
+    SiteFloors,
+)
+from latentfl.privacy.secagg.consistency import Certificate, tolerated_colluders
 from latentfl.privacy.secagg.fixedpoint import (
     DEFAULT_CLIP,
     FRACTION_BITS,
@@ -26,15 +34,18 @@ __all__ = [
     "MAX_ERROR",
     "MODULUS_BITS",
     "Advert",
+    "Certificate",
     "Revealed",
     "RoundParams",
     "SecAggClient",
     "SecAggServer",
     "SecretKind",
+    "SiteFloors",
     "check_capacity",
     "degree",
     "dequantise",
     "neighbours",
     "quantise",
     "threshold",
+    "tolerated_colluders",
 ]
