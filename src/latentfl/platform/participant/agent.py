@@ -69,7 +69,12 @@ from latentfl.platform.participant.config import ParticipantConfig
 from latentfl.platform.participant.connection import HandshakeWatch, connect, load_enrolment
 from latentfl.platform.participant.privacy import SitePrivacy
 from latentfl.platform.participant.requested_audit import RequestedAudits
-from latentfl.platform.participant.secagg import MaskedRound, Trained
+from latentfl.platform.participant.secagg import (
+    MaskedRound,
+    Trained,
+    site_floors,
+    task_min_cohort,
+)
 from latentfl.platform.participant.worker import run_in_daemon_thread
 from latentfl.platform.payloads import (
     decode_decrypt_task,
@@ -86,7 +91,6 @@ from latentfl.platform.protocol import (
     encode,
     pack_json,
 )
-from latentfl.privacy import decrypt_limb_sums
 from latentfl.strategies import Aggregation, ModelSpec, Task, run_task
 
 POLL_MS = 100
@@ -165,6 +169,7 @@ class Agent:
                           Kind.REJECT: self._on_reject, Kind.STATUS: self._on_status,
                           Kind.SECAGG_KEY_LIST: self._on_secagg,
                           Kind.SECAGG_SHARE_INBOX: self._on_secagg,
+                          Kind.SECAGG_SURVIVORS: self._on_secagg,
                           Kind.SECAGG_UNMASK: self._on_secagg,
                           Kind.AUDIT_REQUEST: self._on_audit_request}
 
@@ -295,6 +300,8 @@ class Agent:
             return
         if p and header.round == p.round and header.meta.get("sha256") == p.digest:
             self.log.info("update_acknowledged", round=p.round, attempts=p.attempts)
+            if self._masked is not None and self._masked.round == p.round:
+                self._masked.acknowledged(p.kind)  # the survivor set may now be signed
             self.done_round = max(self.done_round, p.round)
             self.pending = None
 
@@ -352,7 +359,8 @@ class Agent:
                       epochs=task.train.epochs, lr=task.train.lr,
                       aggregation=task.aggregation.value)
         try:  # the site's own policy, before any data is touched
-            sigma = self.privacy.check(task, len(self.data.y))
+            sigma = self.privacy.check(task, len(self.data.y),
+                                       min_cohort=task_min_cohort(message, self.config.session))
         except PrivacyError as exc:
             self.log.warning("task_refused_by_policy", round=r, rule=exc.rule, detail=str(exc))
             self._decline(sock, r, exc.rule, str(exc))
@@ -374,7 +382,8 @@ class Agent:
                 self._masked = MaskedRound(message, pid=self.pid, session=self.config.session,
                                            signing_key=self.identity.signing_key,
                                            verify_keys=self.enrolment.roster.verify_keys(),
-                                           ckks=ckks)
+                                           ckks=ckks,
+                                           floors=site_floors(self.privacy.config.policy))
             except LatentFLError as exc:
                 self.log.warning("task_refused", round=r, reason=Reason.MALFORMED,
                                  detail=str(exc))
@@ -407,14 +416,22 @@ class Agent:
 
     def _on_decrypt(self, sock: zmq.Socket, message: Message) -> None:
         """Decrypt the coordinator's encrypted sum of masked words and return its limb sums,
-        signed. Every limb is one-time-pad masked, so whatever was sent, this site learns
-        nothing from it (not even the aggregate); it only checks that the limb sums round to
-        integers of a sum of the stated cohort."""
-        r = message.header.round
+        signed: only for the attempt in progress, only after this site signed its survivor set
+        and received the certificate, for exactly the certified cohort, once
+        (:meth:`MaskedRound.decrypt`). Every limb is one-time-pad masked, so this site learns
+        nothing from it (not even the aggregate); no refusal names a decrypted value."""
+        r, masked = message.header.round, self._masked
         try:
             job = decode_decrypt_task(message, max_bytes=self.config.max_message_bytes)
-            sums = decrypt_limb_sums(self.privacy.ckks, job.ciphertexts, job.length,
-                                     cohort=job.cohort)
+            if masked is None or not masked.matches(message) or masked.ckks is None:
+                raise PrivacyError("secagg_not_signed", "the decrypt task names no ckks attempt "
+                                                        "this site signed survivors for.")
+            sums = masked.decrypt(job.ciphertexts, job.length, job.cohort)
+        except PrivacyError as exc:
+            self.log.warning("decrypt_refused", round=r, rule=exc.rule, detail=str(exc))
+            self._send(sock, Kind.DECLINE, round=r, meta={"reason": exc.rule,
+                                                          "detail": str(exc)[:900]})
+            return
         except (LatentFLError, ValueError) as exc:
             reason = exc.reason if isinstance(exc, ProtocolError) else Reason.DECRYPT_FAILED
             self.log.warning("decrypt_refused", round=r, reason=reason, detail=str(exc))
@@ -460,11 +477,15 @@ class Agent:
             elif kind is Kind.SECAGG_SHARE_INBOX:
                 masked.on_inbox(message)
                 self._send_masked(sock)
+            elif kind is Kind.SECAGG_SURVIVORS:
+                self._reply(sock, masked.on_survivors(message))
+                self.log.info("secagg_signed_survivors", round=r)
             else:
                 self._reply(sock, masked.on_unmask(message))
                 self.log.info("secagg_revealed", round=r)
         except PrivacyError as exc:  # a holder's rule: reveal nothing, say why
-            self.log.warning("secagg_refused", round=r, rule=exc.rule, detail=str(exc))
+            self.log.warning("secagg_refused", round=r, kind=kind.value, rule=exc.rule,
+                             attempt=masked.attempt, detail=str(exc))
             self._send(sock, Kind.DECLINE, round=r, meta={"reason": exc.rule,
                                                           "detail": str(exc)[:900]})
         except LatentFLError as exc:
@@ -495,7 +516,7 @@ class Agent:
             self._masked = MaskedRound(message, pid=self.pid, session=self.config.session,
                                        signing_key=self.identity.signing_key,
                                        verify_keys=self.enrolment.roster.verify_keys(),
-                                       ckks=old.ckks)
+                                       ckks=old.ckks, floors=old.floors)
         except LatentFLError as exc:
             self._decline(sock, r, Reason.MALFORMED, str(exc))
             return

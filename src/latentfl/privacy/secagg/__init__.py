@@ -28,10 +28,16 @@ from latentfl.privacy.secagg.keys import Advert, threshold
 from latentfl.privacy.secagg.masks import degree, neighbours
 from latentfl.privacy.secagg.server import SecAggServer
 
+#: Largest cohort a masked round is planned for: the key list and the survivor certificate
+#: each participant receives grow linearly (about 330 and 200 bytes per participant), and
+#: above this the O(n^2) relaying dominates the round; the coordinator refuses to plan more.
+MAX_PARTICIPANTS = 10_000
+
 __all__ = [
     "DEFAULT_CLIP",
     "FRACTION_BITS",
     "MAX_ERROR",
+    "MAX_PARTICIPANTS",
     "MODULUS_BITS",
     "Advert",
     "Certificate",
