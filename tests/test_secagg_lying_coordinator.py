@@ -172,13 +172,26 @@ class LyingCoordinator:
         return self.clients[pid].refusals
 
 
-def honest_baseline(n: int) -> LyingCoordinator:
-    """An honest round: everyone shares, uploads, signs the true set and reveals."""
-    adv = LyingCoordinator(n)
+def uploaded(n: int, **kwargs) -> LyingCoordinator:
+    """An adversary that ran the key, share and upload phases honestly."""
+    adv = LyingCoordinator(n, **kwargs)
     adv.share()
     adv.deliver()
     adv.upload()
+    return adv
+
+
+def signed(n: int) -> LyingCoordinator:
+    """An adversary that ran the phases honestly up to every participant signing the true
+    survivor set."""
+    adv = uploaded(n)
     adv.sign({p: adv.ids for p in adv.ids})
+    return adv
+
+
+def honest_baseline(n: int) -> LyingCoordinator:
+    """An honest round: everyone shares, uploads, signs the true set and reveals."""
+    adv = signed(n)
     for h in adv.ids:
         adv.unmask(h, adv.ids)
     return adv
@@ -196,10 +209,7 @@ def test_an_honest_round_gives_the_coordinator_no_single_update():
 def test_per_holder_survivor_lists_are_refused(n):
     """Recovery 1: each holder is told a different survivor set ({T, h} padded to the
     threshold); no set gathers t signatures, so no holder reveals and the target stays hidden."""
-    adv = LyingCoordinator(n)
-    adv.share()
-    adv.deliver()
-    adv.upload()
+    adv = uploaded(n)
     t = threshold(n)
     sets = {}
     for h in adv.ids:
@@ -256,11 +266,7 @@ def test_repeated_inbox_and_survivor_set_are_refused():
     assert adv.ask("site-001", c.receive_shares, inbox) is None
     assert adv.rules("site-001") == ["secagg_repeated"]
 
-    adv = LyingCoordinator(5)
-    adv.share()
-    adv.deliver()
-    adv.upload()
-    adv.sign({p: adv.ids for p in adv.ids})
+    adv = signed(5)
     c = adv.clients["site-002"]
     assert adv.ask("site-002", c.sign_survivors, adv.ids[1:]) is None
     assert adv.rules("site-002") == ["secagg_repeated"]
@@ -311,10 +317,7 @@ def test_cohort_shrinking_is_refused_at_every_phase():
     adv = LyingCoordinator(6, floors=SiteFloors(min_cohort=4))
     adv.share({p: adv.key_list[:3] for p in adv.ids[:3]})
     assert adv.rules(TARGET) == ["min_cohort"]
-    adv = LyingCoordinator(6)
-    adv.share()
-    adv.deliver()
-    adv.upload()
+    adv = uploaded(6)
     adv.sign({p: adv.ids[:3] for p in adv.ids[:3]})  # 3 of 6: below t = 5
     assert all(adv.rules(p) == ["min_cohort"] for p in adv.ids[:3])
     policy = SitePolicy(min_cohort=5)
@@ -349,10 +352,7 @@ def test_unmask_or_sign_before_the_upload_is_acknowledged_is_refused():
 def test_a_survivor_left_out_keeps_its_self_mask():
     """Calling the target dropped although it uploaded yields its mask key but not its self
     seed: the estimate is still noise."""
-    adv = LyingCoordinator(7)
-    adv.share()
-    adv.deliver()
-    adv.upload()
+    adv = uploaded(7)
     others = adv.ids[1:]
     adv.sign({p: others for p in others})
     for h in others:
@@ -424,27 +424,16 @@ def test_ckks_decryptor_answers_only_a_certified_aggregate_once():
     """A decrypt request for one upload before signing, without a valid certificate, or a
     second time, is refused; and no refusal or log line carries a decrypted value."""
     ctx = create_context()
-    adv = LyingCoordinator(5)
-    adv.share()
-    adv.deliver()
-    adv.upload()
+    adv = uploaded(5)
     decryptor = adv.clients["site-001"]
     one = encrypt_masked(ctx, adv.uploads[TARGET])
     with pytest.raises(PrivacyError, match="only after it signed"):
         decrypt_certified(decryptor, ctx, one, LENGTH, adv.certificate(adv.ids))
-    adv = LyingCoordinator(5)
-    adv.share()
-    adv.deliver()
-    adv.upload()
-    adv.sign({p: adv.ids for p in adv.ids})
+    adv = signed(5)
     decryptor = adv.clients["site-001"]
     with pytest.raises(PrivacyError, match="valid signatures"):
         decrypt_certified(decryptor, ctx, one, LENGTH, Certificate(tuple(adv.ids), {}))
-    adv = LyingCoordinator(5)
-    adv.share()
-    adv.deliver()
-    adv.upload()
-    adv.sign({p: adv.ids for p in adv.ids})
+    adv = signed(5)
     decryptor = adv.clients["site-001"]
     words = sum(adv.uploads.values())
     cert = adv.certificate(adv.ids)
@@ -461,11 +450,7 @@ def test_no_decrypted_value_appears_in_a_refusal_or_log():
     import tenseal as ts
 
     ctx = create_context()
-    adv = LyingCoordinator(5)
-    adv.share()
-    adv.deliver()
-    adv.upload()
-    adv.sign({p: adv.ids for p in adv.ids})
+    adv = signed(5)
     telltale = [ts.ckks_vector(ctx, [1234.5] * 64).serialize()]
     with structlog.testing.capture_logs() as logs, pytest.raises(ProtocolError) as err:
         decrypt_certified(adv.clients["site-002"], ctx, telltale, 32,

@@ -5,21 +5,23 @@ exchange (a round planned again gets a fresh one, and with it fresh keys). Paylo
 
     TASK (secagg)        meta.secagg  JSON {attempt, min_cohort, clip}: the RoundParams
     SECAGG_KEYS          JSON advert {pid, share_public, mask_public, signature} (hex)
-    SECAGG_KEY_LIST      JSON {adverts: [advert, ...]}
+    SECAGG_KEY_LIST      JSON {adverts: [[advert, ...], ...]} (chunks, see Size)
     SECAGG_SHARES        JSON {shares: {holder id: sealed share (hex)}}
     SECAGG_SHARE_INBOX   JSON {shares: {owner id: sealed share (hex)}}
     MASKED_UPDATE        an UPDATE whose tensors are {"secagg/masked": int64[length]} (the
                          uint64 words), with its meta (num_examples, num_steps, privacy fields)
-    SECAGG_SURVIVORS     JSON {survivors: [ids]}: the set to sign (the consistency round)
+    SECAGG_SURVIVORS     JSON {survivors: [[ids], ...]}: the set to sign (consistency round)
     SECAGG_SIGNATURE     JSON {signature: hex}: the survivor's Ed25519 signature of that set
-    SECAGG_UNMASK        JSON {survivors: [ids], signatures: {id: hex}}: the certificate
+    SECAGG_UNMASK        JSON {survivors: [[ids], ...], signatures: [{id: hex}, ...]}: the
+                         certificate
     SECAGG_REVEAL        JSON {shares: [{owner, kind, index, parts: [hex, ...]}]}
 
 Size. The key list and the certificate grow with the cohort: an advert is at most
 ``ENTRY_BYTES`` of JSON (an id of up to 64 characters and 256 hex digits), a certificate entry
 less, so both are parsed with the bound ``MAX_PARTICIPANTS * ENTRY_BYTES`` (4 MB) instead of
-the 1 MiB default of other JSON payloads; the coordinator refuses to plan a masked round for
-more than :data:`~latentfl.privacy.secagg.MAX_PARTICIPANTS` participants.
+the 1 MiB default of other JSON payloads, and their lists travel in chunks of ``CHUNK``
+entries (strict JSON refuses a collection of more than 8192); the coordinator refuses to plan
+a masked round for more than :data:`~latentfl.privacy.secagg.MAX_PARTICIPANTS` participants.
 
 Everything read from a peer is parsed strictly; a wrong shape is ProtocolError 'malformed'.
 """
@@ -46,12 +48,24 @@ from latentfl.privacy.secagg.keys import unhex
 MASKED_TENSOR = "secagg/masked"
 ENTRY_BYTES = 400
 LIST_MAX_BYTES = MAX_PARTICIPANTS * ENTRY_BYTES
+CHUNK = 4096
 SEALED_SHARE_BYTES = 2 + 3 * 16 + 16  # index, three 16-byte shares, Poly1305 tag
 _ATTEMPT = re.compile(r"[0-9a-f]{16}")
 
 
 def _bad(sentence: str) -> ProtocolError:
     return ProtocolError(Reason.MALFORMED, sentence)
+
+
+def _chunks(items: Sequence[Any]) -> list[list[Any]]:
+    return [list(items[i:i + CHUNK]) for i in range(0, len(items), CHUNK)]
+
+
+def _joined(value: Any, what: str) -> list[Any]:
+    """The entries of a chunked list; ProtocolError unless it is a list of lists."""
+    if not (isinstance(value, list) and all(isinstance(c, list) for c in value)):
+        raise _bad(f"{what} is not a list of chunks (lists).")
+    return [item for chunk in value for item in chunk]
 
 
 def attempt_of(message: Message) -> str:
@@ -102,14 +116,12 @@ def decode_advert(message: Message) -> Advert:
 
 
 def encode_key_list(adverts: Sequence[Advert]) -> bytes:
-    return pack_json({"adverts": [a.to_json() for a in adverts]})
+    return pack_json({"adverts": _chunks([a.to_json() for a in adverts])})
 
 
 def decode_key_list(message: Message) -> list[Advert]:
-    adverts = unpack_json(message.payload, max_bytes=LIST_MAX_BYTES).get("adverts")
-    if not isinstance(adverts, list):
-        raise _bad("SECAGG_KEY_LIST has no list of adverts.")
-    return [Advert.from_json(a) for a in adverts]
+    body = unpack_json(message.payload, max_bytes=LIST_MAX_BYTES)
+    return [Advert.from_json(a) for a in _joined(body.get("adverts"), "SECAGG_KEY_LIST adverts")]
 
 
 def encode_sealed(sealed: Mapping[str, bytes]) -> bytes:
@@ -150,12 +162,13 @@ def masked_vector(tensors: Mapping[str, torch.Tensor]) -> np.ndarray:
 
 # -- unmasking ----------------------------------------------------------------------------
 def encode_survivors(survivors: Sequence[str]) -> bytes:
-    return pack_json({"survivors": sorted(survivors)})
+    return pack_json({"survivors": _chunks(sorted(survivors))})
 
 
 def decode_survivors(message: Message) -> list[str]:
-    survivors = unpack_json(message.payload, max_bytes=LIST_MAX_BYTES).get("survivors")
-    if not (isinstance(survivors, list) and all(isinstance(p, str) for p in survivors)):
+    body = unpack_json(message.payload, max_bytes=LIST_MAX_BYTES)
+    survivors = _joined(body.get("survivors"), "SECAGG_SURVIVORS survivors")
+    if not all(isinstance(p, str) for p in survivors):
         raise _bad("SECAGG_SURVIVORS needs a list of ids 'survivors'.")
     return survivors
 
@@ -172,11 +185,24 @@ def decode_signature(message: Message) -> bytes:
 
 
 def encode_unmask(certificate: Certificate) -> bytes:
-    return pack_json(certificate.to_json())
+    body = certificate.to_json()
+    pairs = sorted(body["signatures"].items())
+    return pack_json({"survivors": _chunks(body["survivors"]),
+                      "signatures": [dict(chunk) for chunk in _chunks(pairs)]})
 
 
 def decode_unmask(message: Message) -> Certificate:
-    return Certificate.from_json(unpack_json(message.payload, max_bytes=LIST_MAX_BYTES))
+    body = unpack_json(message.payload, max_bytes=LIST_MAX_BYTES)
+    chunks = body.get("signatures")
+    if not (isinstance(chunks, list) and all(isinstance(c, dict) for c in chunks)):
+        raise _bad("SECAGG_UNMASK signatures are not a list of chunks (objects).")
+    signatures = {pid: sig for chunk in chunks for pid, sig in chunk.items()}
+    if len(signatures) != sum(len(c) for c in chunks) or set(body) != {"survivors",
+                                                                        "signatures"}:
+        raise _bad("SECAGG_UNMASK repeats a signer or has fields other than survivors and "
+                   "signatures.")
+    return Certificate.from_json({"survivors": _joined(body["survivors"], "SECAGG_UNMASK "
+                                                       "survivors"), "signatures": signatures})
 
 
 def encode_reveal(revealed: Sequence[Revealed]) -> bytes:

@@ -23,11 +23,17 @@ holder reveals a survivor's self seed and a dropped owner's mask key for the *sa
 so the coordinator never holds both secrets of an honest participant unless ``t`` holders of it
 collude (``c >= t``). The sum it unmasks then covers every honest survivor of that set; for it
 to hide each one, at least two honest participants must be in it, so the colluders must also
-stay below ``t - 1``. :func:`tolerated_colluders` is the smaller of the two; docs/privacy.md
-tabulates it. With the sparse graph of SecAgg+ (Bell et al., CCS 2020) the certificate stays
-global (``t`` of the whole key list), so the single-partition argument is unchanged; what
-changes is that the share threshold counts a neighbourhood, whose colluders Bell et al. bound
-with high probability over a graph the coordinator cannot choose.
+stay below ``t - 1`` (each honest participant signs only if at least ``t - 1`` of its masking
+partners are in the set, so one of them is honest and its mask key stays hidden).
+
+With the sparse graph of SecAgg+ (Bell et al., CCS 2020) the certificate stays global (``t`` of
+the whole key list), so the single-partition argument is unchanged; the share threshold and the
+partner count are those of a neighbourhood of ``k + 1`` holders, ``t_k = threshold(k + 1)``.
+Bell et al. bound the colluders in a neighbourhood with high probability over a random graph;
+here the coordinator picks which adverts enter the key list (and colluders can re-roll theirs),
+so it can re-draw the graph as often as it likes and that probabilistic bound does not survive
+grinding. We state only the deterministic one: fewer than ``t_k - 1`` colluders in all.
+:func:`tolerated_colluders` is the smallest of the three; docs/privacy.md tabulates it.
 """
 
 from __future__ import annotations
@@ -42,6 +48,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 
 from latentfl.errors import ProtocolError, Reason
 from latentfl.privacy.secagg.keys import Advert, threshold, unhex
+from latentfl.privacy.secagg.masks import degree
 
 _TRANSCRIPT = b"latentfl/secagg/v2/key-list"
 _SURVIVORS = b"latentfl/secagg/v2/survivors"
@@ -125,9 +132,11 @@ def valid_signers(certificate: Certificate, *, members: Collection[str],
 
 def tolerated_colluders(n: int) -> int:
     """Participants that may collude with an active coordinator in a key list of ``n`` while
-    no honest update can be isolated: ``min(2t - n - 1, t - 2)`` with ``t = threshold(n)``."""
-    t = threshold(n)
-    return max(0, min(2 * t - n - 1, t - 2))
+    no honest update can be isolated: ``min(2t - n - 1, t - 2, t_k - 2)`` with
+    ``t = threshold(n)`` and ``t_k = threshold(degree(n) + 1)`` (equal to ``t`` for the
+    complete graph)."""
+    t, t_k = threshold(n), threshold(degree(n) + 1)
+    return max(0, min(2 * t - n - 1, t - 2, t_k - 2))
 
 
 __all__ = [
