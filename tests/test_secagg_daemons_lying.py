@@ -5,6 +5,7 @@ from __future__ import annotations
 from daemon_helpers import Running, local_parts, make_consortium, start_agents, tiny_dataset
 from latentfl.platform.coordinator import Coordinator, read_journal
 from latentfl.platform.coordinator.masked import MaskedAggregation
+from latentfl.platform.participant import Agent
 from latentfl.platform.protocol import Kind
 from latentfl.platform.secagg_payloads import decode_signature, encode_survivors, encode_unmask
 from latentfl.platform.supervisor import wait_until
@@ -78,3 +79,29 @@ def test_agents_reveal_nothing_to_a_coordinator_telling_each_holder_another_surv
     assert not any(e["event"] == "secagg_unmasked" for e in entries)
     abandoned = [e for e in entries if e["event"] == "secagg_abandoned"]
     assert abandoned[0]["phase"] == "unmask"
+
+
+def test_a_task_below_the_sites_min_cohort_is_declined_with_the_rule(tmp_path):
+    """A site whose policy floor is min_cohort = 4 declines a secagg TASK stating 2, naming
+    the rule, before training."""
+    consortium = make_consortium(tmp_path, IDS[:3])
+    config = consortium.coordinator_config(
+        aggregation={"mode": "secagg", "min_cohort": 2, "phase_deadline": 4.0}, rounds=1,
+        min_participants=3, round_deadline=30.0)
+    coord = Running(Coordinator(config))
+    strict = consortium.participant_config(
+        "p02", privacy={"policy": {"min_cohort": 4}})
+    parts = local_parts(tiny_dataset(), 3)
+    agents = start_agents(consortium, parts[:2], IDS[:2]) + [
+        Running(Agent(strict, data=parts[2]))]
+    journal = config.state_dir / "journal.jsonl"
+    try:
+        wait_until(lambda: any(e["event"] == "declined" and e["peer"] == "p02"
+                               for e in read_journal(journal)), 60, "p02's refusal")
+    finally:
+        coord.stop()
+        [a.stop() for a in agents]
+    declined = [e for e in read_journal(journal) if e["event"] == "declined"
+                and e["peer"] == "p02"]
+    assert declined[0]["reason"] == "cohort_below_floor"
+    assert "min_cohort >= 4" in declined[0]["detail"]
