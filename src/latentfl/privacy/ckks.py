@@ -29,13 +29,14 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import torch
 
 from latentfl.config import option
 from latentfl.errors import ConfigError, PrivacyError, ProtocolError, Reason, SecurityError
+from latentfl.privacy.modes import Aggregation
 from latentfl.privacy.secagg.client import SecAggClient
 from latentfl.privacy.secagg.consistency import Certificate
 from latentfl.privacy.secagg.fixedpoint import DEFAULT_CLIP
@@ -60,8 +61,8 @@ _LIMB_MASK = np.uint64(2**LIMB_BITS - 1)
 class SecureAggregationConfig:
     """How updates are aggregated (``[aggregation]``): in the clear, under CKKS, or masked."""
 
-    mode: Literal["plain", "ckks", "secagg"] = option(
-        "plain", help="'secagg': participants mask their updates and the coordinator unmasks only "
+    mode: Aggregation = option(
+        Aggregation.PLAIN, help="'secagg': participants mask their updates and the coordinator unmasks only "
         "the sum; 'ckks': the same masked exchange with the masked words CKKS-encrypted, so the "
         "coordinator sums ciphertexts and one participant decrypts only masked limb sums "
         "(docs/privacy.md)."

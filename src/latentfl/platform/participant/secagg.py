@@ -20,12 +20,12 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Mapping
-from typing import Any, NamedTuple
+from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from latentfl.errors import PrivacyError
-from latentfl.models import ModelManifest
+from latentfl.platform.participant.local_step import Trained
 from latentfl.platform.payloads import encode_update, flatten_state
 from latentfl.platform.protocol import Kind, Message
 from latentfl.platform.secagg_payloads import (
@@ -41,18 +41,10 @@ from latentfl.platform.secagg_payloads import (
     masked_tensors,
 )
 from latentfl.privacy.ckks import ciphertexts_to_tensors, decrypt_certified, encrypt_masked
+from latentfl.privacy.rules import PolicyRule
 from latentfl.privacy.secagg import Certificate, SecAggClient, SiteFloors
-from latentfl.strategies import Update
 
 Reply = tuple[Kind, bytes, dict]
-
-
-class Trained(NamedTuple):
-    """A trained update waiting for its masks (the ledger's report rides along)."""
-
-    update: Update
-    manifest: ModelManifest
-    report: Mapping[str, Any] | None
 
 
 class MaskedRound:
@@ -148,12 +140,12 @@ class MaskedRound:
         and when the task's cohort is not the certified one)."""
         certificate = self.certificate
         if certificate is None:
-            self.client.refusals.append("secagg_not_signed")
-            raise PrivacyError("secagg_not_signed", "this site decrypts only after it received "
+            self.client.refusals.append(PolicyRule.SECAGG_NOT_SIGNED)
+            raise PrivacyError(PolicyRule.SECAGG_NOT_SIGNED, "this site decrypts only after it received "
                                                     "the certified survivor set of the attempt.")
         if cohort != len(certificate.survivors):
-            self.client.refusals.append("secagg_certificate")
-            raise PrivacyError("secagg_certificate", f"the decrypt task covers {cohort} uploads; "
+            self.client.refusals.append(PolicyRule.SECAGG_CERTIFICATE)
+            raise PrivacyError(PolicyRule.SECAGG_CERTIFICATE, f"the decrypt task covers {cohort} uploads; "
                                                      "this site decrypts only the certified "
                                                      "survivor set it revealed for.")
         return decrypt_certified(self.client, self.ckks, ciphertexts, length, certificate)

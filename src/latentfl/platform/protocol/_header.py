@@ -88,6 +88,10 @@ class Kind(StrEnum):
     SECAGG_REVEAL = "SECAGG_REVEAL"  # participant: the shares that unmask the survivors' sum
 
 
+UPDATE_KINDS = frozenset({Kind.UPDATE, Kind.ENCRYPTED_UPDATE, Kind.MASKED_UPDATE})
+"""The kinds that carry a participant's trained update, one per aggregation mode (plain, ckks,
+secagg); what status and the report count as an update, whatever the mode."""
+
 SECAGG_FROM_PARTICIPANT = frozenset({
     Kind.SECAGG_KEYS, Kind.SECAGG_SHARES, Kind.MASKED_UPDATE, Kind.SECAGG_SIGNATURE,
     Kind.SECAGG_REVEAL,

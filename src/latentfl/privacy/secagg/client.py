@@ -42,6 +42,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PublicKey
 
 from latentfl.errors import PrivacyError, ProtocolError, SecurityError
+from latentfl.privacy.rules import PolicyRule
 from latentfl.privacy.secagg.consistency import (
     Certificate,
     sign_survivors,
@@ -109,7 +110,7 @@ class SecAggClient:
         self.own_advert = self.keys.advert(pid, signing_key, session=params.session,
                                            round=params.round)
         self.phase: Phase = "keys"
-        self.refusals: list[str] = []  # the rule of every refused request, in order
+        self.refusals: list[PolicyRule] = []  # the rule of every refused request, in order
         self.adverts: dict[str, Advert] = {}
         self.transcript = b""
         self.graph: dict[str, list[str]] = {}
@@ -130,14 +131,14 @@ class SecAggClient:
         try:
             checked = verify_adverts(adverts, self.verify_keys, session=p.session, round=p.round)
         except SecurityError:
-            self._abort("secagg_bad_key_list")
+            self._abort(PolicyRule.SECAGG_BAD_KEY_LIST)
             raise
         if checked.get(self.pid) != self.own_advert:
-            self._abort("secagg_bad_key_list")
+            self._abort(PolicyRule.SECAGG_BAD_KEY_LIST)
             raise SecurityError(f"the relayed key list does not hold {self.pid}'s own advert; "
                                 "expected the keys it signed, unaltered.")
         if len(checked) < self.floor:
-            self._refuse("min_cohort", f"the key list holds {len(checked)} participants; this "
+            self._refuse(PolicyRule.MIN_COHORT, f"the key list holds {len(checked)} participants; this "
                                        f"site takes part only with at least {self.floor}.")
         self.adverts = checked
         self.transcript = transcript(list(checked.values()), session=p.session, round=p.round)
@@ -160,22 +161,22 @@ class SecAggClient:
         self._step("shared", "a share inbox")
         needed = threshold(len(self._holders(self.pid))) - 1
         if len(sealed) < needed:
-            self._refuse("secagg_inbox_short", f"the share inbox holds {len(sealed)} "
+            self._refuse(PolicyRule.SECAGG_INBOX_SHORT, f"the share inbox holds {len(sealed)} "
                                                f"neighbours; {self.pid} masks only with at "
                                                f"least {needed}.")
         for owner, blob in sealed.items():
             if owner not in self.neighbours:
-                self._refuse("secagg_bad_inbox", f"a share from {owner!r} was relayed to "
+                self._refuse(PolicyRule.SECAGG_BAD_INBOX, f"a share from {owner!r} was relayed to "
                                                  f"{self.pid}, which is not its neighbour.")
             try:
                 share = open_share(blob, self.keys, self.adverts[owner], recipient=self.pid,
                                    transcript=self.transcript)
             except ProtocolError:
-                self._abort("secagg_bad_inbox")
+                self._abort(PolicyRule.SECAGG_BAD_INBOX)
                 raise
             expected = self._holders(owner).index(self.pid) + 1
             if share.index != expected:
-                self._refuse("secagg_bad_inbox", f"the share from {owner!r} has index "
+                self._refuse(PolicyRule.SECAGG_BAD_INBOX, f"the share from {owner!r} has index "
                                                   f"{share.index}; expected {expected}.")
             self.held[owner] = share
         self.mask_peers = sorted(sealed)
@@ -204,32 +205,32 @@ class SecAggClient:
     def sign_survivors(self, survivors: Collection[str]) -> bytes:
         """Our signature of the survivor set (the consistency round), after the floors."""
         if self.phase == "masked":
-            self._refuse("secagg_not_acknowledged", f"{self.pid} is asked to sign survivors "
+            self._refuse(PolicyRule.SECAGG_NOT_ACKNOWLEDGED, f"{self.pid} is asked to sign survivors "
                                                     "before its own upload was acknowledged.")
         self._step("acked", "a survivor set")
         alive = set(survivors)
         if len(alive) != len(survivors) or not alive <= set(self.adverts):
-            self._refuse("secagg_bad_survivors", "the survivor set repeats ids or names "
+            self._refuse(PolicyRule.SECAGG_BAD_SURVIVORS, "the survivor set repeats ids or names "
                                                  "participants outside the key list.")
         if self.pid not in alive:
-            self._refuse("secagg_not_survivor", f"{self.pid} is asked to sign a survivor set "
+            self._refuse(PolicyRule.SECAGG_NOT_SURVIVOR, f"{self.pid} is asked to sign a survivor set "
                                                 "it is not part of.")
         n, needed = len(self.adverts), max(self.floor, threshold(len(self.adverts)))
         if len(alive) < needed:
-            self._refuse("min_cohort", f"the survivor set holds {len(alive)} of {n}; "
+            self._refuse(PolicyRule.MIN_COHORT, f"the survivor set holds {len(alive)} of {n}; "
                                        f"{self.pid} signs only sets of at least {needed}.")
         assert self.mask_peers is not None
         hidden = sorted(alive & (set(self.neighbours) - set(self.mask_peers)))
         if hidden:
-            self._refuse("secagg_contradiction", f"{hidden[:3]} are called survivors but sent "
+            self._refuse(PolicyRule.SECAGG_CONTRADICTION, f"{hidden[:3]} are called survivors but sent "
                                                  f"{self.pid} no share; its inbox said they "
                                                  "dropped before sharing.")
         partners = threshold(len(self._holders(self.pid))) - 1
         if len(alive & set(self.mask_peers)) < partners:
-            self._refuse("secagg_inbox_short", f"fewer than {partners} of {self.pid}'s masking "
+            self._refuse(PolicyRule.SECAGG_INBOX_SHORT, f"fewer than {partners} of {self.pid}'s masking "
                                                "partners survived; its mask would be too thin.")
         if (n - len(alive)) / n > self.max_dropped_fraction:
-            self._refuse("secagg_too_many_dropped", f"{n - len(alive)} of {n} dropped; this "
+            self._refuse(PolicyRule.SECAGG_TOO_MANY_DROPPED, f"{n - len(alive)} of {n} dropped; this "
                                                     "site helps recover at most a fraction "
                                                     f"{self.max_dropped_fraction:.3g}.")
         self.signed = tuple(sorted(alive))
@@ -242,7 +243,7 @@ class SecAggClient:
         """Shares for unmasking against a certified survivor set: survivors' self seeds,
         dropped owners' mask keys (PrivacyError, nothing revealed, when a rule is broken)."""
         if self.phase in ("masked", "acked"):
-            self._refuse("secagg_not_acknowledged" if self.phase == "masked" else
+            self._refuse(PolicyRule.SECAGG_NOT_ACKNOWLEDGED if self.phase == "masked" else
                          "secagg_not_signed", f"{self.pid} is asked to unmask before its "
                                               "upload was acknowledged and it signed survivors.")
         self._step("signed", "an unmask request")
@@ -261,13 +262,13 @@ class SecAggClient:
         """ckks: allow the one decryption of this attempt's aggregate; the cohort it covers.
         Only after signing, only on the certified set we signed, only once."""
         if self.phase == "aborted":
-            self._refuse("secagg_aborted", f"{self.pid} aborted this attempt; it decrypts "
+            self._refuse(PolicyRule.SECAGG_ABORTED, f"{self.pid} aborted this attempt; it decrypts "
                                            "nothing for it.")
         if self.decrypted:
-            self._refuse("secagg_repeated", f"{self.pid} already decrypted this attempt's "
+            self._refuse(PolicyRule.SECAGG_REPEATED, f"{self.pid} already decrypted this attempt's "
                                             "aggregate; it decrypts once.")
         if self.phase not in ("signed", "revealed"):
-            self._refuse("secagg_not_signed", f"{self.pid} decrypts only after it signed this "
+            self._refuse(PolicyRule.SECAGG_NOT_SIGNED, f"{self.pid} decrypts only after it signed this "
                                               "attempt's survivor set.")
         self._check_certificate(certificate)
         self.decrypted = True
@@ -277,13 +278,13 @@ class SecAggClient:
     def _check_certificate(self, certificate: Certificate) -> set[str]:
         """The valid signers, after the checks: the set we signed, at least t of them."""
         if certificate.survivors != self.signed:
-            self._refuse("secagg_contradiction", "the certified survivor set differs from "
+            self._refuse(PolicyRule.SECAGG_CONTRADICTION, "the certified survivor set differs from "
                                                  f"the one {self.pid} signed.")
         p, needed = self.params, threshold(len(self.adverts))
         signers = valid_signers(certificate, members=self.adverts, verify_keys=self.verify_keys,
                                 session=p.session, round=p.round, transcript=self.transcript)
         if len(signers) < needed:
-            self._refuse("secagg_certificate", f"the survivor set carries {len(signers)} valid "
+            self._refuse(PolicyRule.SECAGG_CERTIFICATE, f"the survivor set carries {len(signers)} valid "
                                                f"signatures of survivors; {self.pid} needs "
                                                f"{needed}.")
         return signers
@@ -294,20 +295,20 @@ class SecAggClient:
     def _step(self, phase: Phase, what: str) -> None:
         """Refuse (and abort) unless the attempt is in ``phase``: each phase runs once."""
         if self.phase == "aborted":
-            self._refuse("secagg_aborted", f"{self.pid} aborted this attempt; {what} for it is "
+            self._refuse(PolicyRule.SECAGG_ABORTED, f"{self.pid} aborted this attempt; {what} for it is "
                                            "refused.")
         if self.phase != phase:
             order = ("keys", "shared", "inbox", "masked", "acked", "signed", "revealed")
-            rule = ("secagg_repeated" if order.index(self.phase) > order.index(phase)
-                    else "secagg_out_of_order")
+            rule = (PolicyRule.SECAGG_REPEATED if order.index(self.phase) > order.index(phase)
+                    else PolicyRule.SECAGG_OUT_OF_ORDER)
             self._refuse(rule, f"{what} arrived in {self.pid}'s {self.phase} phase; each "
                                "phase runs once per attempt, in order.")
 
-    def _abort(self, rule: str) -> None:
+    def _abort(self, rule: PolicyRule) -> None:
         self.refusals.append(rule)
         self.phase = "aborted"
 
-    def _refuse(self, rule: str, sentence: str) -> None:
+    def _refuse(self, rule: PolicyRule, sentence: str) -> None:
         """Record the refusal, abort the attempt, raise PrivacyError(rule)."""
         self._abort(rule)
         raise PrivacyError(rule, sentence)
