@@ -7,7 +7,7 @@ this one process with the code the daemons run:
 - plain: the UPDATE payload (float32 safetensors) each participant sends; the coordinator's
   weighted mean.
 - secagg: :class:`latentfl.privacy.secagg.SecAggClient` / ``SecAggServer`` through all five
-  exchanges, with the payload encoders of ``latentfl.platform.secagg_payloads``; bytes are
+  exchanges, with the payload encoders of ``latentfl.platform.wire.secagg``; bytes are
   what a participant sends plus what it receives (key list, share inbox, survivor set, the
   certificate with the unmask request). The notes give what the consistency round adds per
   participant: the survivor set it signs, its signature, and the signatures the certificate
@@ -39,9 +39,9 @@ import time
 import numpy as np
 import torch
 
-from latentfl.platform.payloads import encode_decrypt_task, encode_limb_sums
 from latentfl.platform.protocol import pack_tensors
-from latentfl.platform.secagg_payloads import (
+from latentfl.platform.wire.payloads import encode_decrypt_task, encode_limb_sums
+from latentfl.platform.wire.secagg import (
     encode_advert,
     encode_key_list,
     encode_reveal,

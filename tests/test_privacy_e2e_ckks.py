@@ -30,19 +30,13 @@ from daemon_helpers import (
 )
 from latentfl.config import from_dict
 from latentfl.errors import ConfigError, ProtocolError, Reason, SecurityError
-from latentfl.models import model_manifest
+from latentfl.models import model_manifest, state_length
 from latentfl.platform.coordinator import Coordinator, Journal, StateStore, read_journal
-from latentfl.platform.coordinator.secure import EncryptedSum
+from latentfl.platform.coordinator.ckks_sum import EncryptedSum
 from latentfl.platform.crypto import load_identity, load_roster
 from latentfl.platform.crypto.ckks_keys import load_participant_context, write_ckks_keys
 from latentfl.platform.participant import Agent
-from latentfl.platform.participant.secagg import MaskedRound
-from latentfl.platform.payloads import (
-    encode_decrypt_task,
-    encode_limb_sums,
-    encode_update,
-    state_length,
-)
+from latentfl.platform.participant.masked_round import MaskedRound
 from latentfl.platform.protocol import (
     Kind,
     Message,
@@ -52,6 +46,11 @@ from latentfl.platform.protocol import (
     pack_json,
     parse_header,
     unpack_tensors,
+)
+from latentfl.platform.wire.payloads import (
+    encode_decrypt_task,
+    encode_limb_sums,
+    encode_update,
 )
 from latentfl.privacy import (
     ciphertexts_from_tensors,

@@ -14,7 +14,6 @@ from daemon_helpers import RawClient, Running, make_consortium
 from latentfl.errors import ProtocolError, Reason
 from latentfl.models import model_manifest
 from latentfl.platform.coordinator import Coordinator, read_journal
-from latentfl.platform.payloads import decode_task, decode_update, encode_task, encode_update
 from latentfl.platform.protocol import (
     Ack,
     Decline,
@@ -28,6 +27,7 @@ from latentfl.platform.protocol import (
     pack_json,
     parse_header,
 )
+from latentfl.platform.wire.payloads import decode_task, decode_update, encode_task, encode_update
 from latentfl.privacy import Aggregation, PolicyRule
 from latentfl.strategies import ModelSpec, Task, Update
 from latentfl.training import TrainConfig

@@ -28,9 +28,9 @@ from latentfl.config import from_dict
 from latentfl.errors import ConfigError
 from latentfl.platform.coordinator import Coordinator, StateStore, collect_status, read_journal
 from latentfl.platform.crypto import load_roster
-from latentfl.platform.participant.secagg import MaskedRound
+from latentfl.platform.participant.masked_round import MaskedRound
 from latentfl.platform.protocol import Kind, pack_json
-from latentfl.platform.secagg_payloads import masked_vector
+from latentfl.platform.wire.secagg import masked_vector
 from latentfl.privacy.secagg import MAX_ERROR, dequantise
 from latentfl.simulate import SimulationConfig, run_simulation
 from latentfl.strategies import build_strategy, run_task

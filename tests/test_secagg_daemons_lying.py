@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from daemon_helpers import Running, local_parts, make_consortium, start_agents, tiny_dataset
 from latentfl.platform.coordinator import Coordinator, read_journal
-from latentfl.platform.coordinator.masked import MaskedAggregation
+from latentfl.platform.coordinator.secagg_exchange import MaskedAggregation
 from latentfl.platform.participant import Agent
 from latentfl.platform.protocol import Kind
-from latentfl.platform.secagg_payloads import decode_signature, encode_survivors, encode_unmask
 from latentfl.platform.supervisor import wait_until
+from latentfl.platform.wire.secagg import decode_signature, encode_survivors, encode_unmask
 from latentfl.privacy.secagg import Certificate, threshold
 
 IDS = ["p00", "p01", "p02", "p03", "p04"]

@@ -8,7 +8,7 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from latentfl.platform.protocol import Kind, Message, encode, parse_header
-from latentfl.platform.secagg_payloads import (
+from latentfl.platform.wire.secagg import (
     LIST_MAX_BYTES,
     decode_key_list,
     decode_survivors,

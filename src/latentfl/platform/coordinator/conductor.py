@@ -24,14 +24,14 @@ import time
 from latentfl.errors import ProtocolError, Reason
 from latentfl.log import get_logger
 from latentfl.models import ModelManifest
-from latentfl.platform.coordinator.aggregation import AggregationWorker
+from latentfl.platform.coordinator.aggregation_worker import AggregationWorker
 from latentfl.platform.coordinator.config import CoordinatorConfig
 from latentfl.platform.coordinator.distributed import WorkerGroup
 from latentfl.platform.coordinator.journal import Journal
-from latentfl.platform.coordinator.masked import MaskedAggregation
 from latentfl.platform.coordinator.rounds import RoundRecord, Rounds
-from latentfl.platform.payloads import encode_task
+from latentfl.platform.coordinator.secagg_exchange import MaskedAggregation
 from latentfl.platform.protocol import Kind, Message, Outgoing
+from latentfl.platform.wire.payloads import encode_task
 from latentfl.strategies import Update
 
 

@@ -19,10 +19,9 @@ import torch
 
 from latentfl.durable import write_atomic
 from latentfl.errors import StateError
-from latentfl.models import ModelManifest
+from latentfl.models import ModelManifest, flatten_state, unflatten_state
 from latentfl.platform.crypto.ckks_keys import load_participant_context
 from latentfl.platform.participant.config import PrivacyConfig
-from latentfl.platform.payloads import flatten_state, unflatten_state
 from latentfl.privacy import (
     PlannedTask,
     PrivacyLedger,

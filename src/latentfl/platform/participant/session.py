@@ -15,12 +15,12 @@ not do is answered with a DECLINE. The trained update is encoded as an UPDATE an
 cannot succeed (``Reason.final``); the coordinator counts a re-send once.
 
 In ``secagg`` and ckks mode the TASK also opens a
-:class:`~latentfl.platform.participant.secagg.MaskedRound` (keys are sent at once, training runs
+:class:`~latentfl.platform.participant.masked_round.MaskedRound` (keys are sent at once, training runs
 meanwhile); the MASKED_UPDATE (ckks: ENCRYPTED_UPDATE) goes once training and the share inbox
 are both in. In ckks mode the session may be asked to decrypt a cohort's encrypted sum of
 masked words (DECRYPT_TASK): it returns the limb sums, masked noise to it. An operator's
 AUDIT_REQUEST is run between rounds or declined as the site's ``[audit]`` policy says
-(:class:`~latentfl.platform.participant.requested_audit.RequestedAudits`).
+(:class:`~latentfl.platform.participant.audits.requested.RequestedAudits`).
 
 A REJECT whose reason is in ``ENDS_AGENT`` raises :class:`~latentfl.errors.RefusedError`: this
 participant, as configured, can never take part.
@@ -34,20 +34,18 @@ from typing import Any, NamedTuple
 
 from latentfl.errors import LatentFLError, PrivacyError, ProtocolError, Reason, RefusedError
 from latentfl.platform.crypto import COORDINATOR_ID
+from latentfl.platform.participant.audits.requested import RequestedAudits
 from latentfl.platform.participant.config import ParticipantConfig
 from latentfl.platform.participant.connection import Enrolment
 from latentfl.platform.participant.local_step import LocalData, Trained, train_locally
+from latentfl.platform.participant.masked_round import (
+    MaskedRound,
+    site_floors,
+    task_min_cohort,
+)
 from latentfl.platform.participant.privacy import SitePrivacy
-from latentfl.platform.participant.requested_audit import RequestedAudits
-from latentfl.platform.participant.secagg import MaskedRound, site_floors, task_min_cohort
 from latentfl.platform.participant.uploads import Pending
 from latentfl.platform.participant.worker import run_in_daemon_thread
-from latentfl.platform.payloads import (
-    decode_decrypt_task,
-    decode_task,
-    encode_limb_sums,
-    encode_update,
-)
 from latentfl.platform.protocol import (
     Ack,
     Decline,
@@ -58,6 +56,12 @@ from latentfl.platform.protocol import (
     Outgoing,
     Reject,
     pack_json,
+)
+from latentfl.platform.wire.payloads import (
+    decode_decrypt_task,
+    decode_task,
+    encode_limb_sums,
+    encode_update,
 )
 from latentfl.privacy import PolicyRule
 from latentfl.strategies import Aggregation
@@ -154,7 +158,7 @@ class ParticipantSession:
 
     def _on_ack(self, message: Message, now: float) -> Outbox:
         p, ack = self.pending, Ack.from_meta(message.header.meta)
-        if ack.request is not None:  # an audit's answer arrived (see requested_audit)
+        if ack.request is not None:  # an audit's answer arrived (see audits/requested.py)
             self.log.info("audit_answer_acknowledged", request=ack.request)
         elif p and message.header.round == p.round and ack.acknowledges(p.digest):
             self.log.info("update_acknowledged", round=p.round, attempts=p.attempts)
@@ -183,7 +187,7 @@ class ParticipantSession:
         return []
 
     def _on_audit_request(self, message: Message, now: float) -> Outbox:
-        """An operator's audit request: declined, queued or answered (requested_audit.py)."""
+        """An operator's audit request: declined, queued or answered (audits/requested.py)."""
         return [self._to_coordinator(kind, self.done_round, payload, meta)
                 for kind, payload, meta in self.audits.receive(message)]
 
@@ -298,7 +302,7 @@ class ParticipantSession:
 
     # -- secagg and ckks rounds -----------------------------------------------------------
     def _on_secagg(self, message: Message, now: float) -> Outbox:
-        """Answer the coordinator's step of the secagg exchange (see participant/secagg.py)."""
+        """Answer the coordinator's step of the secagg exchange (see masked_round.py)."""
         masked, kind, r = self._masked, message.header.kind, message.header.round
         if masked is None or not masked.matches(message):
             self.log.warning("secagg_ignored", kind=kind.value, round=r)

@@ -1,7 +1,7 @@
 """The CKKS layer of a ``ckks`` round on the coordinator: encrypted masked words in, their
 masked sum out. Socket-free.
 
-In ``ckks`` mode the round is secagg's exchange (:mod:`~latentfl.platform.coordinator.masked`)
+In ``ckks`` mode the round is secagg's exchange (:mod:`~latentfl.platform.coordinator.secagg_exchange`)
 with the masked words CKKS-encrypted (:mod:`latentfl.privacy.ckks`). This part holds only the
 public context (a context with a secret key is refused at start-up) and:
 
@@ -34,9 +34,9 @@ from latentfl.log import get_logger
 from latentfl.platform.coordinator.config import CoordinatorConfig
 from latentfl.platform.coordinator.journal import Journal
 from latentfl.platform.crypto import ckks_keys
-from latentfl.platform.payloads import decode_limb_sums, encode_decrypt_task
 from latentfl.platform.protocol import Ack, Kind, Message, Outgoing
-from latentfl.platform.secagg_payloads import attempt_of
+from latentfl.platform.wire.payloads import decode_limb_sums, encode_decrypt_task
+from latentfl.platform.wire.secagg import attempt_of
 from latentfl.privacy.ckks import (
     LIMBS_PER_WORD,
     check_ciphertexts,

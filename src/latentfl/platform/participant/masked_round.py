@@ -25,10 +25,11 @@ from typing import Any
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from latentfl.errors import PrivacyError
+from latentfl.models import flatten_state
 from latentfl.platform.participant.local_step import Trained
-from latentfl.platform.payloads import encode_update, flatten_state
 from latentfl.platform.protocol import Kind, Message
-from latentfl.platform.secagg_payloads import (
+from latentfl.platform.wire.payloads import encode_update
+from latentfl.platform.wire.secagg import (
     decode_key_list,
     decode_params,
     decode_sealed,

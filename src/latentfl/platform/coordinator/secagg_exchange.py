@@ -19,7 +19,7 @@ ending when every expected participant answered or ``aggregation.phase_deadline`
 
 The two modes differ only in how the masked words travel. ``secagg``: in the clear, as
 MASKED_UPDATEs, and the coordinator adds them up. ``ckks``: CKKS-encrypted, as
-ENCRYPTED_UPDATEs; an :class:`~latentfl.platform.coordinator.secure.EncryptedSum` sums the
+ENCRYPTED_UPDATEs; an :class:`~latentfl.platform.coordinator.ckks_sum.EncryptedSum` sums the
 ciphertexts once the survivor set is certified and has one survivor decrypt the sum's limbs
 (AGGREGATE; it decrypts only for the certificate it received), while the unmask phase runs; the
 round is unmasked once both are in.
@@ -43,13 +43,12 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from latentfl.errors import LatentFLError, PrivacyError, ProtocolError, Reason, SecurityError
 from latentfl.log import get_logger
-from latentfl.models import ModelManifest
+from latentfl.models import ModelManifest, state_length, unflatten_state
+from latentfl.platform.coordinator.ckks_sum import EncryptedSum
 from latentfl.platform.coordinator.config import CoordinatorConfig
 from latentfl.platform.coordinator.journal import Journal
-from latentfl.platform.coordinator.secure import EncryptedSum
-from latentfl.platform.payloads import state_length, unflatten_state
 from latentfl.platform.protocol import Kind, Message, Outgoing
-from latentfl.platform.secagg_payloads import (
+from latentfl.platform.wire.secagg import (
     attempt_of,
     check_masked,
     decode_advert,
