@@ -153,8 +153,7 @@ class RawClient:
         return None
 
     def close(self) -> None:
-        self.sock.close(0)
-        self.ctx.term()
+        self.ctx.destroy(linger=0)
 
 
 def exit_code_after_sigterm(proc: subprocess.Popen, ready, what: str) -> int:

@@ -75,8 +75,8 @@ def test_a_decline_reason_outside_the_closed_union_is_refused():
     """A DECLINE reason that is neither a protocol Reason nor a privacy rule is malformed."""
     with pytest.raises(ProtocolError, match="is not one this protocol defines"):
         Decline.from_meta({"reason": "because", "detail": "x"})
-    assert Decline.from_meta({"reason": "secagg_both", "detail": "x"}).reason \
-        is PolicyRule.SECAGG_BOTH
+    assert Decline.from_meta({"reason": "secagg_certificate", "detail": "x"}).reason \
+        is PolicyRule.SECAGG_CERTIFICATE
 
 
 def test_every_privacy_rule_raised_is_a_policy_rule():

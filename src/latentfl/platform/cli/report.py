@@ -45,10 +45,9 @@ from latentfl.platform.coordinator.rounds import load_strategy
 from latentfl.platform.crypto import load_roster
 from latentfl.platform.participant import ParticipantConfig
 from latentfl.platform.participant.audits.client import AuditClient, run_participant_audit
+from latentfl.platform.protocol import UPDATE_KINDS
 from latentfl.strategies import input_stats_of
 
-#: Journaled kinds whose signed header carries the ledger (plain and encrypted updates).
-UPDATE_KINDS = ("UPDATE", "ENCRYPTED_UPDATE")
 #: UPDATE header fields (payloads.PRIVACY_META) -> the consortium report's ledger keys.
 LEDGER_FIELDS = {"epsilon": "epsilon", "delta": "delta", "noise_multiplier": "noise_multiplier",
                  "max_grad_norm": "max_grad_norm", "sample_rate": "sample_rate",

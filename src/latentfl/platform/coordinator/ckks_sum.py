@@ -7,17 +7,19 @@ public context (a context with a secret key is refused at start-up) and:
 
 1. checks every ENCRYPTED_UPDATE against it before its ACK (ciphertext count, size, level,
    scale; :func:`~latentfl.privacy.ckks.check_ciphertexts`), never decrypting;
-2. :meth:`EncryptedSum.start`: once the uploads are closed, sums the survivors' ciphertexts
-   chunk by chunk (at least ``min_cohort``, at most ``MAX_COHORT``);
-3. :meth:`~EncryptedSum.step`: ONE participant, chosen deterministically (the survivors first,
-   then the other online ones, each in sorted id order), gets a DECRYPT_TASK with the *sum*;
-   the next one is asked when ``decrypt_deadline`` passes;
+2. :meth:`EncryptedSum.start`: once the survivor set is certified, sums the survivors'
+   ciphertexts chunk by chunk (at least ``min_cohort``, at most ``MAX_COHORT``);
+3. :meth:`~EncryptedSum.step`: ONE survivor, chosen deterministically (online ones in sorted
+   id order), gets a DECRYPT_TASK with the *sum*; the next one is asked when
+   ``decrypt_deadline`` passes. Only survivors: a participant decrypts only for an attempt
+   whose survivor set it signed, against the certificate it received, and only once;
 4. :meth:`~EncryptedSum.receive`: takes the asked participant's signed AGGREGATE, the integer
    limb sums, and joins them into the masked sum modulo 2^64, which secagg's shares unmask.
 
 Whatever it sends, the decryptor learns nothing: every limb is one-time-pad masked. No
 individual ciphertext ever leaves the coordinator even so: the only ciphertexts it sends are
-sums.
+sums. A coordinator that lied here would still get at most one decryption per survivor per
+attempt, each of a ciphertext whose words keep pairwise masks with honest survivors.
 """
 
 from __future__ import annotations
@@ -136,7 +138,6 @@ class EncryptedSum:
             return None
         online_set = set(online)
         candidates = [p for p in self.cohort if p in online_set]
-        candidates += sorted(online_set - set(self.cohort))
         fresh = [p for p in candidates if p not in self.asked]
         if not fresh:  # everyone was asked once: start over with whoever is online
             self.asked = []

@@ -116,7 +116,7 @@ class RoundConductor:
         return outbox
 
     def receive_secagg(self, message: Message) -> list[Outgoing]:
-        """A participant's SECAGG_KEYS, SECAGG_SHARES or SECAGG_REVEAL."""
+        """A participant's SECAGG_KEYS, SECAGG_SHARES, SECAGG_SIGNATURE or SECAGG_REVEAL."""
         if self.masked is None:
             raise ProtocolError(Reason.WRONG_MODE, f"a {message.header.kind.value} was sent but "
                                                    "this session uses neither secagg nor ckks.")

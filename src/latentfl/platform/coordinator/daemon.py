@@ -162,6 +162,7 @@ class Coordinator:
             Kind.BYE: self._on_bye,
             Kind.MASKED_UPDATE: self._on_update, Kind.SECAGG_KEYS: self.conductor.receive_secagg,
             Kind.SECAGG_SHARES: self.conductor.receive_secagg,
+            Kind.SECAGG_SIGNATURE: self.conductor.receive_secagg,
             Kind.SECAGG_REVEAL: self.conductor.receive_secagg,
         }
         #: Observers of every message the daemon sends a participant: ``fn(pid, frames)``.

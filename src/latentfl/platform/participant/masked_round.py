@@ -4,9 +4,14 @@ kinds and :class:`latentfl.privacy.secagg.SecAggClient`.
 A secagg or ckks TASK opens a :class:`MaskedRound` (its attempt id and parameters in ``meta.secagg``);
 the agent sends the keys at once and trains meanwhile. Each coordinator message then yields
 the agent's answer: the key list its sealed shares, the share inbox nothing (the neighbours to
-mask with are now known), the unmask request the shares to reveal. The masked update is ready
-once both the training and the inbox are: :meth:`MaskedRound.masked_update` (in ckks mode its
-words' limbs CKKS-encrypted, an ENCRYPTED_UPDATE; see :mod:`latentfl.privacy.ckks`). A round planned
+mask with are now known), the survivor set its signature (only once its own upload was
+acknowledged: :meth:`MaskedRound.acknowledged`), the unmask request (the certified set) the
+shares to reveal, a DECRYPT_TASK (ckks) the limb sums of the certified aggregate, once. The
+masked update is ready once both the training and the inbox are:
+:meth:`MaskedRound.masked_update` (in ckks mode its words' limbs CKKS-encrypted, an
+ENCRYPTED_UPDATE; see :mod:`latentfl.privacy.ckks`). The site's floors
+(``[privacy.policy]`` ``min_cohort``, ``max_dropped_fraction``) bind every phase; a refused
+request raises PrivacyError with the rule, which the agent logs and DECLINEs. A round planned
 again comes with a new attempt id; a site that already uploaded a masked update for that round
 declines it (two sums over overlapping cohorts of one round would reveal their difference).
 """
@@ -19,6 +24,7 @@ from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
+from latentfl.errors import PrivacyError
 from latentfl.models import flatten_state
 from latentfl.platform.participant.local_step import Trained
 from latentfl.platform.protocol import Kind, Message
@@ -27,14 +33,17 @@ from latentfl.platform.wire.secagg import (
     decode_key_list,
     decode_params,
     decode_sealed,
+    decode_survivors,
     decode_unmask,
     encode_advert,
     encode_reveal,
     encode_sealed,
+    encode_signature,
     masked_tensors,
 )
-from latentfl.privacy.ckks import ciphertexts_to_tensors, encrypt_masked
-from latentfl.privacy.secagg import SecAggClient
+from latentfl.privacy.ckks import ciphertexts_to_tensors, decrypt_certified, encrypt_masked
+from latentfl.privacy.rules import PolicyRule
+from latentfl.privacy.secagg import Certificate, SecAggClient, SiteFloors
 
 Reply = tuple[Kind, bytes, dict]
 
@@ -44,12 +53,17 @@ class MaskedRound:
 
     def __init__(self, message: Message, *, pid: str, session: str,
                  signing_key: Ed25519PrivateKey,
-                 verify_keys: Mapping[str, Ed25519PublicKey], ckks: Any = None) -> None:
-        """``ckks``: the site's secret CKKS context in ckks mode (None: secagg)."""
+                 verify_keys: Mapping[str, Ed25519PublicKey], ckks: Any = None,
+                 floors: SiteFloors | None = None) -> None:
+        """``ckks``: the site's secret CKKS context in ckks mode (None: secagg); ``floors``:
+        the site policy's limits."""
         self.attempt, params = decode_params(message, session)
         self.ckks = ckks
+        self.floors = floors or SiteFloors()
         self.round = params.round
-        self.client = SecAggClient(pid, params, signing_key=signing_key, verify_keys=verify_keys)
+        self.client = SecAggClient(pid, params, signing_key=signing_key, verify_keys=verify_keys,
+                                   floors=self.floors)
+        self.certificate: Certificate | None = None
         self.trained: Trained | None = None
         self.inbox_arrived = False
         self.uploaded = False
@@ -103,14 +117,56 @@ class MaskedRound:
             update, weights=weights, class_counts=None, metrics={}), report)
         return kind, payload, meta | self._meta()
 
+    def acknowledged(self, kind: Kind) -> None:
+        """The coordinator acked an upload of ours of ``kind``: if it was the masked one, the
+        survivor set may now be signed."""
+        if self.uploaded and kind in (Kind.MASKED_UPDATE, Kind.ENCRYPTED_UPDATE) \
+                and self.client.phase == "masked":
+            self.client.acknowledge()
+
+    def on_survivors(self, message: Message) -> Reply:
+        """SECAGG_SIGNATURE of the survivor set (PrivacyError when it breaks a rule)."""
+        signature = self.client.sign_survivors(decode_survivors(message))
+        return Kind.SECAGG_SIGNATURE, encode_signature(signature), self._meta()
+
     def on_unmask(self, message: Message) -> Reply:
-        """SECAGG_REVEAL (PrivacyError when the request breaks a holder's rule)."""
-        survivors, dropped = decode_unmask(message)
-        return Kind.SECAGG_REVEAL, encode_reveal(self.client.reveal(survivors, dropped)), \
-            self._meta()
+        """SECAGG_REVEAL against the certificate (PrivacyError when it breaks a rule)."""
+        certificate = decode_unmask(message)
+        revealed = self.client.reveal(certificate)
+        self.certificate = certificate
+        return Kind.SECAGG_REVEAL, encode_reveal(revealed), self._meta()
+
+    def decrypt(self, ciphertexts: list[bytes], length: int, cohort: int) -> Any:
+        """The limb sums of this attempt's certified aggregate, once (PrivacyError otherwise,
+        and when the task's cohort is not the certified one)."""
+        certificate = self.certificate
+        if certificate is None:
+            self.client.refusals.append(PolicyRule.SECAGG_NOT_SIGNED)
+            raise PrivacyError(PolicyRule.SECAGG_NOT_SIGNED, "this site decrypts only after it received "
+                                                    "the certified survivor set of the attempt.")
+        if cohort != len(certificate.survivors):
+            self.client.refusals.append(PolicyRule.SECAGG_CERTIFICATE)
+            raise PrivacyError(PolicyRule.SECAGG_CERTIFICATE, f"the decrypt task covers {cohort} uploads; "
+                                                     "this site decrypts only the certified "
+                                                     "survivor set it revealed for.")
+        return decrypt_certified(self.client, self.ckks, ciphertexts, length, certificate)
 
     def _meta(self) -> dict:
         return {"attempt": self.attempt}
 
 
-__all__ = ["MaskedRound", "Trained"]
+def task_min_cohort(message: Message, session: str) -> int | None:
+    """The ``min_cohort`` a secagg or ckks TASK states (None for other tasks), for the site
+    policy's floor; ProtocolError when its parameters are malformed."""
+    if "secagg" not in message.header.meta:
+        return None
+    return decode_params(message, session)[1].min_cohort
+
+
+def site_floors(policy: Any) -> SiteFloors:
+    """The secagg floors of a site policy (:class:`latentfl.privacy.SitePolicy`)."""
+    return SiteFloors(min_cohort=policy.min_cohort,
+                      max_dropped_fraction=policy.max_dropped_fraction)
+
+
+__all__ = ["MaskedRound", "Trained", "site_floors", "task_min_cohort"]

@@ -86,9 +86,11 @@ class SitePrivacy:
         write_atomic(path, json.dumps(plan, indent=1), mode=0o600)
         return sigma
 
-    def check(self, task: Task, num_examples: int) -> float | None:
+    def check(self, task: Task, num_examples: int, *, min_cohort: int | None = None
+              ) -> float | None:
         """Refuse ``task`` (PrivacyError with the rule) if it breaks the site policy; return
-        the noise multiplier it will train with (None without DP-SGD)."""
+        the noise multiplier it will train with (None without DP-SGD). ``min_cohort``: what a
+        secagg or ckks TASK states."""
         cfg = task.train
         sigma = self.noise_multiplier(task, num_examples) if self.dp else None
         planned = PlannedTask(
@@ -99,6 +101,7 @@ class SitePrivacy:
             max_grad_norm=self.config.dp_sgd.max_grad_norm if self.dp else None,
             weight_noise_multiplier=(self.config.weight_noise.noise_multiplier
                                      if self.config.weight_noise.enabled else None),
+            min_cohort=min_cohort,
         )
         check_task(self.config.policy, self.ledger, planned)
         return sigma

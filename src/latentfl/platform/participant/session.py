@@ -38,7 +38,11 @@ from latentfl.platform.participant.audits.requested import RequestedAudits
 from latentfl.platform.participant.config import ParticipantConfig
 from latentfl.platform.participant.connection import Enrolment
 from latentfl.platform.participant.local_step import LocalData, Trained, train_locally
-from latentfl.platform.participant.masked_round import MaskedRound
+from latentfl.platform.participant.masked_round import (
+    MaskedRound,
+    site_floors,
+    task_min_cohort,
+)
 from latentfl.platform.participant.privacy import SitePrivacy
 from latentfl.platform.participant.uploads import Pending
 from latentfl.platform.participant.worker import run_in_daemon_thread
@@ -59,7 +63,7 @@ from latentfl.platform.wire.payloads import (
     encode_limb_sums,
     encode_update,
 )
-from latentfl.privacy import Aggregation, PolicyRule, decrypt_limb_sums
+from latentfl.privacy import Aggregation, PolicyRule
 
 ENDS_AGENT = frozenset({Reason.WRONG_SESSION, Reason.UNKNOWN_SENDER, Reason.SENDER_MISMATCH,
                         Reason.BAD_SIGNATURE, Reason.VERSION})
@@ -103,7 +107,8 @@ class ParticipantSession:
             Kind.DECRYPT_TASK: self._on_decrypt, Kind.ACK: self._on_ack,
             Kind.REJECT: self._on_reject, Kind.STATUS: self._on_status,
             Kind.SECAGG_KEY_LIST: self._on_secagg, Kind.SECAGG_SHARE_INBOX: self._on_secagg,
-            Kind.SECAGG_UNMASK: self._on_secagg, Kind.AUDIT_REQUEST: self._on_audit_request}
+            Kind.SECAGG_SURVIVORS: self._on_secagg, Kind.SECAGG_UNMASK: self._on_secagg,
+            Kind.AUDIT_REQUEST: self._on_audit_request}
 
     # -- the agent's entry points ---------------------------------------------------------
     def connected(self, now: float) -> Outbox:
@@ -156,6 +161,8 @@ class ParticipantSession:
             self.log.info("audit_answer_acknowledged", request=ack.request)
         elif p and message.header.round == p.round and ack.acknowledges(p.digest):
             self.log.info("update_acknowledged", round=p.round, attempts=p.attempts)
+            if self._masked is not None and self._masked.round == p.round:
+                self._masked.acknowledged(p.kind)  # the survivor set may now be signed
             self.done_round = max(self.done_round, p.round)
             self.pending = None
         return []
@@ -215,7 +222,8 @@ class ParticipantSession:
                       epochs=task.train.epochs, lr=task.train.lr,
                       aggregation=task.aggregation.value)
         try:  # the site's own policy, before any data is touched
-            sigma = self.privacy.check(task, len(self.data.y))
+            sigma = self.privacy.check(task, len(self.data.y),
+                                       min_cohort=task_min_cohort(message, self.config.session))
         except PrivacyError as exc:
             self.log.warning("task_refused_by_policy", round=r, rule=exc.rule, detail=str(exc))
             return [self._decline(r, PolicyRule(exc.rule), str(exc))]
@@ -267,14 +275,21 @@ class ParticipantSession:
 
     def _on_decrypt(self, message: Message, now: float) -> Outbox:
         """Decrypt the coordinator's encrypted sum of masked words and return its limb sums,
-        signed. Every limb is one-time-pad masked, so whatever was sent, this site learns
-        nothing from it (not even the aggregate); it only checks that the limb sums round to
-        integers of a sum of the stated cohort."""
-        r = message.header.round
+        signed: only for the attempt in progress, only after this site signed its survivor set
+        and received the certificate, for exactly the certified cohort, once
+        (:meth:`MaskedRound.decrypt`). Every limb is one-time-pad masked, so this site learns
+        nothing from it (not even the aggregate); no refusal names a decrypted value."""
+        r, masked = message.header.round, self._masked
         try:
             job = decode_decrypt_task(message, max_bytes=self.config.max_message_bytes)
-            sums = decrypt_limb_sums(self.privacy.ckks, job.ciphertexts, job.length,
-                                     cohort=job.cohort)
+            if masked is None or not masked.matches(message) or masked.ckks is None:
+                raise PrivacyError(PolicyRule.SECAGG_NOT_SIGNED, "the decrypt task names no "
+                                   "ckks attempt this site signed survivors for.")
+            sums = masked.decrypt(job.ciphertexts, job.length, job.cohort)
+        except PrivacyError as exc:
+            self.log.warning("decrypt_refused", round=r, rule=exc.rule, detail=str(exc))
+            return [self._to_coordinator(Kind.DECLINE, r,
+                                         meta=Decline(PolicyRule(exc.rule), str(exc)).meta())]
         except (LatentFLError, ValueError) as exc:
             reason = exc.reason if isinstance(exc, ProtocolError) else Reason.DECRYPT_FAILED
             self.log.warning("decrypt_refused", round=r, reason=reason, detail=str(exc))
@@ -297,11 +312,16 @@ class ParticipantSession:
             if kind is Kind.SECAGG_SHARE_INBOX:
                 masked.on_inbox(message)
                 return self._send_masked(now)
+            if kind is Kind.SECAGG_SURVIVORS:
+                signature = self._masked_reply(masked.on_survivors(message))
+                self.log.info("secagg_signed_survivors", round=r)
+                return [signature]
             reveal = self._masked_reply(masked.on_unmask(message))
             self.log.info("secagg_revealed", round=r)
             return [reveal]
         except PrivacyError as exc:  # a holder's rule: reveal nothing, say why
-            self.log.warning("secagg_refused", round=r, rule=exc.rule, detail=str(exc))
+            self.log.warning("secagg_refused", round=r, kind=kind.value, rule=exc.rule,
+                             attempt=masked.attempt, detail=str(exc))
             return [self._to_coordinator(Kind.DECLINE, r,
                                          meta=Decline(PolicyRule(exc.rule), str(exc)).meta())]
         except LatentFLError as exc:
@@ -311,7 +331,8 @@ class ParticipantSession:
     def _open_masked(self, message: Message, ckks: Any) -> MaskedRound:
         return MaskedRound(message, pid=self.pid, session=self.config.session,
                            signing_key=self.enrolment.identity.signing_key,
-                           verify_keys=self.enrolment.roster.verify_keys(), ckks=ckks)
+                           verify_keys=self.enrolment.roster.verify_keys(), ckks=ckks,
+                           floors=site_floors(self.privacy.config.policy))
 
     def _send_masked(self, now: float) -> Outbox:
         """The masked upload, once training and the share inbox are both in."""
