@@ -89,6 +89,8 @@ from latentfl.platform.protocol import (
 from latentfl.strategies import Aggregation, build_strategy
 
 POLL_MS = 100
+#: status.json is rewritten at most this often (seconds), and only when it changed.
+STATUS_EVERY_S = 1.0
 ZAP_REFUSED = "zap_refused"  # journal event of a refused CURVE handshake
 STOP_WAIT_S = 120.0  # on SIGTERM, how long a running aggregation may take to checkpoint
 
@@ -168,6 +170,7 @@ class Coordinator:
         self._stop = threading.Event()
         self._reload = False
         self._status_due = 0.0
+        self._status_written: dict[str, Any] | None = None
         self._auth: Any = None
         self.refusals = RefusalCoalescer()
         self._zap_last: dict[str | None, str] = {}  # the latest refused fingerprint per id
@@ -304,8 +307,7 @@ class Coordinator:
 
     def _step(self, now: float) -> Outbox:
         self.peers.sweep(now)
-        if self.conductor.finish() is not None:
-            self._write_status(force=True)
+        self.conductor.finish()  # the loop writes the status after the step
         return self.conductor.step(self.admin.eligible(self.peers.online()), now)
 
     # -- receive, verify, dispatch, send --------------------------------------------------
@@ -352,7 +354,7 @@ class Coordinator:
         result = self.admin.answer(message)
         self.router.send(routing_id, Kind.ADMIN_RESULT, round=self.rounds.round,
                          payload=pack_json(result))
-        self._write_status(force=True)
+        self._write_status()
 
     def _send_all(self, outbox: Outbox) -> None:
         for out in outbox:
@@ -483,7 +485,7 @@ class Coordinator:
         active = change.roster.active_ids()
         self.journal.append("roster_reloaded", active=active, revoked=change.revoked)
         self.log.info("roster_reloaded", active=len(active), revoked=change.revoked)
-        self._write_status(force=True)
+        self._write_status()
         return bool(change.revoked)
 
     def status(self, *, stopped: bool = False) -> dict[str, Any]:
@@ -497,11 +499,19 @@ class Coordinator:
         return {**collect_status(self.config, live=self.status()), "admin": self.admin.state()}
 
     def _write_status(self, *, force: bool = False, stopped: bool = False) -> None:
+        """Rewrite status.json when what it says changed, at most once every STATUS_EVERY_S
+        (``force``: now, at start and stop). It is a live view that says nothing once the
+        daemon is gone, so it is replaced atomically for readers but not fsynced."""
         now = time.time()
         if not force and now < self._status_due:
             return
-        self._status_due = now + 0.5
-        write_json_atomic(self.store.status_path, self.status(stopped=stopped))
+        snapshot = self.status(stopped=stopped)
+        content = {k: v for k, v in snapshot.items() if k != "updated"}
+        if content == self._status_written:
+            return
+        self._status_due = now + STATUS_EVERY_S
+        self._status_written = content
+        write_json_atomic(self.store.status_path, snapshot, fsync=False)
 
     def _finished_notices(self) -> Outbox:
         self.journal.append("finished", rounds=self.config.rounds)
