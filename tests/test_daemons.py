@@ -224,14 +224,14 @@ def test_declined_task_does_not_hold_the_round(consortium, dataset):
         task = refuser.recv(kind=Kind.TASK)
         assert task is not None
         refuser.send(refuser.frames(Kind.DECLINE, 1, meta={
-            "reason": "policy", "detail": "budget spent"}))
+            "reason": "budget_exceeded", "detail": "budget spent"}))
         assert coord.join(60) == 0
     finally:
         refuser.close()
         for agent in agents:
             agent.stop()
     entries = read_journal(config.state_dir / "journal.jsonl")
-    assert any(e["event"] == "declined" and e["reason"] == "policy" for e in entries)
+    assert any(e["event"] == "declined" and e["reason"] == "budget_exceeded" for e in entries)
     assert [e["accepted"] for e in entries if e["event"] == "round_closed"] == [["p00"]]
 
 

@@ -29,13 +29,14 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import torch
 
 from latentfl.config import option
 from latentfl.errors import ConfigError, PrivacyError, ProtocolError, Reason, SecurityError
+from latentfl.privacy.modes import Aggregation
 from latentfl.privacy.secagg.fixedpoint import DEFAULT_CLIP
 
 DEFAULT_POLY_MODULUS_DEGREE = 8192
@@ -58,8 +59,8 @@ _LIMB_MASK = np.uint64(2**LIMB_BITS - 1)
 class SecureAggregationConfig:
     """How updates are aggregated (``[aggregation]``): in the clear, under CKKS, or masked."""
 
-    mode: Literal["plain", "ckks", "secagg"] = option(
-        "plain", help="'secagg': participants mask their updates and the coordinator unmasks only "
+    mode: Aggregation = option(
+        Aggregation.PLAIN, help="'secagg': participants mask their updates and the coordinator unmasks only "
         "the sum; 'ckks': the same masked exchange with the masked words CKKS-encrypted, so the "
         "coordinator sums ciphertexts and one participant decrypts only masked limb sums "
         "(docs/privacy.md)."
@@ -283,13 +284,14 @@ def decrypt_limb_sums(secret_ctx: Any, blobs: Sequence[bytes], length: int, *,
     distance = np.abs(values - nearest)
     worst = int(np.argmax(distance))
     if not distance[worst] <= ROUNDING_TOLERANCE:
-        raise _bad(f"limb sum {worst} decrypts to {values[worst]:.4f}, {distance[worst]:.3f} from "
-                   f"the nearest integer; expected within {ROUNDING_TOLERANCE} (CKKS precision "
-                   "lost)")
+        # the detail goes back to the coordinator in a DECLINE: it names what is wrong, never
+        # a decrypted value
+        raise _bad(f"limb sum {worst} is not within {ROUNDING_TOLERANCE} of the nearest integer "
+                   "(CKKS precision lost)")
     top = cohort * float(2**LIMB_BITS - 1)
     if nearest.min() < 0 or nearest.max() > top:
-        raise _bad(f"limb sums span [{nearest.min():.0f}, {nearest.max():.0f}]; a sum of "
-                   f"{cohort} uploads stays in [0, {top:.0f}]")
+        raise _bad(f"limb sums fall outside the range a sum of {cohort} uploads stays in "
+                   f"([0, {top:.0f}])")
     return nearest.astype(np.int64)
 
 

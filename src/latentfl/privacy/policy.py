@@ -16,17 +16,13 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Literal
 
 from latentfl.config import option
 from latentfl.errors import ConfigError, PrivacyError
 from latentfl.privacy.accounting import HistoryEntry
 from latentfl.privacy.ledger import PrivacyLedger
-
-AggregationMode = Literal["plain", "ckks", "secagg"]
-AGGREGATION_MODES: tuple[str, ...] = ("plain", "ckks", "secagg")
-#: Modes in which the coordinator never holds an individual update.
-HIDDEN_MODES: tuple[str, ...] = ("ckks", "secagg")
+from latentfl.privacy.modes import Aggregation
+from latentfl.privacy.rules import PolicyRule
 
 
 @dataclass(frozen=True)
@@ -51,22 +47,18 @@ class SitePolicy:
         help="Refuse DP-SGD tasks with less noise than this (0 = DP-SGD not required).",
         min=0.0,
     )
-    allowed_modes: tuple[str, ...] = option(
-        AGGREGATION_MODES, help="Aggregation modes the site accepts: 'plain', 'ckks', 'secagg'."
+    allowed_modes: tuple[Aggregation, ...] = option(
+        tuple(Aggregation), help="Aggregation modes the site accepts: 'plain', 'ckks', 'secagg'."
     )
     require_encrypted_aggregation: bool = option(
         False, help="Refuse any task whose update the coordinator could read on its own."
     )
 
     def problems(self) -> list[str]:
-        out = [
-            f"'allowed_modes' has {m!r}; expected only {', '.join(AGGREGATION_MODES)}."
-            for m in self.allowed_modes
-            if m not in AGGREGATION_MODES
-        ]
+        out = []
         if not self.allowed_modes:
             out.append("'allowed_modes' is empty; expected at least one mode.")
-        if self.require_encrypted_aggregation and not set(HIDDEN_MODES) & set(self.allowed_modes):
+        if self.require_encrypted_aggregation and not any(m.hidden for m in self.allowed_modes):
             out.append(
                 "'require_encrypted_aggregation' is true but neither 'ckks' nor 'secagg' is in "
                 "'allowed_modes'; every task would be refused."
@@ -82,12 +74,15 @@ class PlannedTask:
     upload is not noised. ``sample_rate`` and ``steps`` are this round's DP-SGD values.
     """
 
-    mode: str
+    mode: Aggregation
     noise_multiplier: float | None
     sample_rate: float
     steps: int
     max_grad_norm: float | None = None
     weight_noise_multiplier: float | None = None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "mode", Aggregation(self.mode))
 
     def history(self) -> list[HistoryEntry]:
         """The accountant entries this task adds (see :mod:`latentfl.privacy.ledger`)."""
@@ -108,21 +103,21 @@ def check_task(policy: SitePolicy, ledger: PrivacyLedger, planned: PlannedTask) 
         )
     if planned.mode not in policy.allowed_modes:
         raise PrivacyError(
-            "mode_not_allowed",
-            f"task asks for aggregation mode {planned.mode!r}; this site allows only "
+            PolicyRule.MODE_NOT_ALLOWED,
+            f"task asks for aggregation mode {planned.mode.value!r}; this site allows only "
             f"{', '.join(policy.allowed_modes)}.",
         )
-    if policy.require_encrypted_aggregation and planned.mode not in HIDDEN_MODES:
+    if policy.require_encrypted_aggregation and not planned.mode.hidden:
         raise PrivacyError(
-            "encryption_required",
-            f"task asks for aggregation mode {planned.mode!r}; this site requires 'ckks' or "
+            PolicyRule.ENCRYPTION_REQUIRED,
+            f"task asks for aggregation mode {planned.mode.value!r}; this site requires 'ckks' or "
             "'secagg' so the coordinator never sees its update.",
         )
     noise = planned.noise_multiplier or 0.0
     if policy.min_noise_multiplier > 0 and noise < policy.min_noise_multiplier:
         seen = "DP-SGD off" if planned.noise_multiplier is None else f"noise multiplier {noise}"
         raise PrivacyError(
-            "noise_too_low",
+            PolicyRule.NOISE_TOO_LOW,
             f"task trains with {seen}; this site requires DP-SGD with a noise multiplier "
             f">= {policy.min_noise_multiplier}.",
         )
@@ -136,10 +131,10 @@ def check_task(policy: SitePolicy, ledger: PrivacyLedger, planned: PlannedTask) 
                 else f"would reach epsilon {after:.3f}"
             )
             raise PrivacyError(
-                "budget_exceeded",
+                PolicyRule.BUDGET_EXCEEDED,
                 f"task {why} (spent so far {before:.3f} at delta {ledger.delta:g}); this "
                 f"site's budget is max_epsilon = {policy.max_epsilon}.",
             )
 
 
-__all__ = ["AGGREGATION_MODES", "HIDDEN_MODES", "AggregationMode", "PlannedTask", "SitePolicy", "check_task"]
+__all__ = ["PlannedTask", "SitePolicy", "check_task"]

@@ -30,7 +30,6 @@ import abc
 import hashlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from enum import StrEnum
 from typing import Any, ClassVar
 
 import numpy as np
@@ -41,18 +40,11 @@ from latentfl.config import option
 from latentfl.distill.jobs import Distiller
 from latentfl.errors import ConfigError
 from latentfl.models import build_model
+from latentfl.privacy.modes import Aggregation
 from latentfl.seeding import derive_seed
 from latentfl.training import TrainConfig
 
 Tensors = dict[str, torch.Tensor]
-
-
-class Aggregation(StrEnum):
-    """How a round's updates are combined; the value is the config and wire spelling."""
-
-    PLAIN = "plain"  # the runner sees each update
-    CKKS = "ckks"  # secagg's masked updates, CKKS-encrypted; the runner unmasks only the sum
-    SECAGG = "secagg"  # updates are masked; the runner unmasks only the survivors' sum
 
 
 @dataclass(frozen=True)

@@ -25,7 +25,7 @@ from latentfl.errors import ProtocolError, Reason, StateError
 from latentfl.platform.audit_request import AUDITS_ON_REQUEST, AuditRequest, encode_request
 from latentfl.platform.coordinator.journal import Journal
 from latentfl.platform.coordinator.store import StateStore, read_json, write_json_atomic
-from latentfl.platform.protocol import Kind, Message, Outgoing
+from latentfl.platform.protocol import Ack, Kind, Message, Outgoing
 
 #: Request states: sent to no agent yet, sent, answered with aggregates, declined by the site.
 UNANSWERED = ("waiting", "delivered")
@@ -136,12 +136,13 @@ class AuditRequests:
         record = self.unanswered(pid, meta.get("request"))
         reason = str(meta.get("reason"))[:MAX_REASON]
         detail = str(meta.get("detail"))[:MAX_DETAIL]
+        # journaled before the state file says so: a reader of both never sees the state alone
+        self.journal.append("audit_declined", peer=pid, request=record["id"],
+                            audit=record["audit"], reason=reason, detail=detail)
         record.update(state="declined", answered=time.time(), reason=reason, detail=detail)
         self.open_ids.remove(record["id"])
         self._save()
-        self.journal.append("audit_declined", peer=pid, request=record["id"],
-                            audit=record["audit"], reason=reason, detail=detail)
-        return {"request": record["id"]}
+        return Ack(request=record["id"]).meta()
 
 
 __all__ = ["UNANSWERED", "AuditRequests", "audit_requests_path", "read_audit_requests"]

@@ -41,7 +41,7 @@ from latentfl.platform.coordinator.audit_schema import SCHEMAS, validate_aggrega
 from latentfl.platform.coordinator.journal import Journal
 from latentfl.platform.coordinator.store import StateStore, read_json, write_json_atomic
 from latentfl.platform.crypto import COORDINATOR_ID
-from latentfl.platform.protocol import Kind, Message, encode, pack_tensors
+from latentfl.platform.protocol import Ack, Kind, Message, encode, pack_tensors
 from latentfl.strategies import SyntheticImages
 
 #: () -> (round of the latest checkpoint, its synthetic sets by participant)
@@ -138,7 +138,7 @@ class AuditService:
                             verdicts={v["metric"]: v["status"] for v in report["verdicts"]})
         if request is not None:
             self.requests.answered(request, digest)
-        return {"sha256": digest, **({"request": request_id} if request_id else {})}
+        return Ack(digest, request_id if isinstance(request_id, str) else None).meta()
 
 
 __all__ = ["AUDIT_KINDS", "AuditService", "load_shared_audits", "shared_audit_path",

@@ -76,10 +76,13 @@ from latentfl.platform.payloads import state_length
 from latentfl.platform.protocol import (
     DEFAULT_CLOCK_SKEW_S,
     FROM_OPERATOR,
+    Decline,
     Header,
+    Heartbeat,
     Kind,
     Message,
     Outgoing,
+    Reject,
     ReplayGuard,
     Verifier,
     pack_json,
@@ -379,10 +382,9 @@ class Coordinator:
             self.log.exception("journal_failed", peer=user_id, reason=exc.reason)
         if user_id is None:
             return
-        meta = {"reason": exc.reason, "detail": str(exc)[:900],
-                "refused_kind": header.kind.value if header else None,
-                "refused_round": header.round if header else None}
-        self.router.send(routing_id, Kind.REJECT, round=self.rounds.round, meta=meta)
+        reject = Reject(Reason.parse(exc.reason) or Reason.INTERNAL, str(exc),
+                        header.kind if header else None, header.round if header else None)
+        self.router.send(routing_id, Kind.REJECT, round=self.rounds.round, meta=reject.meta())
 
     def _journal_refusals(self, now: float, *, everything: bool = False) -> None:
         """Journal the ZAP refusals queued by the authenticator's thread, and the counts of
@@ -410,7 +412,7 @@ class Coordinator:
         pid = message.header.sender
         self.journal.append("accepted", kind=Kind.HEARTBEAT.value, peer=pid, durable=False)
         return [Outgoing(pid, Kind.HEARTBEAT, self.rounds.round,
-                         meta={"boot": self.boot_id, "phase": self.rounds.phase})]
+                         meta=Heartbeat(self.boot_id, self.rounds.phase).meta())]
 
     def _on_hello(self, message: Message) -> Outbox:
         pid = message.header.sender
@@ -436,10 +438,11 @@ class Coordinator:
     def _on_decline(self, message: Message) -> Outbox:
         """A participant declined its task (site policy, failed training): stop waiting for it."""
         header, pid = message.header, message.header.sender
-        reason = str(header.meta.get("reason"))[:64]
-        self.journal.append("declined", peer=pid, reason=reason,
-                            detail=str(header.meta.get("detail"))[:500], round=header.round)
-        self.log.warning("task_declined", peer=pid, reason=reason, round=header.round)
+        decline = Decline.from_meta(header.meta)
+        self.journal.append("declined", peer=pid, reason=decline.reason.value,
+                            detail=decline.detail[:500], round=header.round)
+        self.log.warning("task_declined", peer=pid, reason=decline.reason.value,
+                         round=header.round)
         if header.round == self.rounds.round and pid in self.rounds.pending():
             self.rounds.drop([pid])
         return []

@@ -33,7 +33,7 @@ from latentfl.platform.coordinator.config import CoordinatorConfig
 from latentfl.platform.coordinator.journal import Journal
 from latentfl.platform.crypto import ckks_keys
 from latentfl.platform.payloads import decode_limb_sums, encode_decrypt_task
-from latentfl.platform.protocol import Kind, Message, Outgoing
+from latentfl.platform.protocol import Ack, Kind, Message, Outgoing
 from latentfl.platform.secagg_payloads import attempt_of
 from latentfl.privacy.ckks import (
     LIMBS_PER_WORD,
@@ -112,7 +112,7 @@ class EncryptedSum:
         header = message.header
         pid, digest, key = header.sender, header.payload_sha256, (header.round,
                                                                    attempt_of(message))
-        ack = [Outgoing(pid, Kind.ACK, header.round, meta={"sha256": digest})]
+        ack = [Outgoing(pid, Kind.ACK, header.round, meta=Ack(digest).meta())]
         if self.answered.get(key) == digest:
             return ack, False
         if not self.waiting or key != (self.round, self.attempt):

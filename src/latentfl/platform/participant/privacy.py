@@ -93,7 +93,7 @@ class SitePrivacy:
         cfg = task.train
         sigma = self.noise_multiplier(task, num_examples) if self.dp else None
         planned = PlannedTask(
-            mode=task.aggregation.value,
+            mode=task.aggregation,
             noise_multiplier=sigma,
             sample_rate=poisson_sample_rate(num_examples, cfg.batch_size),
             steps=steps_per_round(num_examples, cfg.batch_size, cfg.epochs, cfg.max_steps),

@@ -15,11 +15,11 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Mapping
-from typing import Any, NamedTuple
+from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from latentfl.models import ModelManifest
+from latentfl.platform.participant.local_step import Trained
 from latentfl.platform.payloads import encode_update, flatten_state
 from latentfl.platform.protocol import Kind, Message
 from latentfl.platform.secagg_payloads import (
@@ -34,17 +34,8 @@ from latentfl.platform.secagg_payloads import (
 )
 from latentfl.privacy.ckks import ciphertexts_to_tensors, encrypt_masked
 from latentfl.privacy.secagg import SecAggClient
-from latentfl.strategies import Update
 
 Reply = tuple[Kind, bytes, dict]
-
-
-class Trained(NamedTuple):
-    """A trained update waiting for its masks (the ledger's report rides along)."""
-
-    update: Update
-    manifest: ModelManifest
-    report: Mapping[str, Any] | None
 
 
 class MaskedRound:

@@ -8,7 +8,10 @@ The vocabulary is closed: :class:`Kind` names every message (an encrypted update
 aggregate, a decrypt task and a declined task are kinds of their own, not flags in ``meta``),
 ``FROM_PARTICIPANT`` / ``FROM_COORDINATOR`` / ``FROM_OPERATOR`` say which party may send which
 (the verifier refuses the rest as ``unexpected-kind``), and :class:`Reason` names every refusal, with its meaning and
-whether re-sending can ever succeed (``Reason.final``).
+whether re-sending can ever succeed (``Reason.final``). Control messages are types too
+(:class:`Reject`, :class:`Decline`, :class:`Ack`, :class:`Heartbeat`, the TASK's
+:class:`TaskOptions`), each with one encoder and one strict decoder that refuses a meta key its
+kind does not define.
 """
 
 from latentfl.errors import Reason
@@ -18,6 +21,15 @@ from latentfl.platform.protocol._codec import (
     pack_tensors,
     unpack_json,
     unpack_tensors,
+)
+from latentfl.platform.protocol._control import (
+    MAX_DETAIL,
+    Ack,
+    Decline,
+    DeclineReason,
+    Heartbeat,
+    Reject,
+    check_meta_keys,
 )
 from latentfl.platform.protocol._header import (
     DEFAULT_CLOCK_SKEW_S,
@@ -39,9 +51,19 @@ from latentfl.platform.protocol._header import (
 )
 from latentfl.platform.protocol._json import canonical_json
 from latentfl.platform.protocol._replay import ReplayGuard
+from latentfl.platform.protocol._task import TaskOptions, UpdateForm
 from latentfl.platform.protocol._verify import Verifier, decode
 
 __all__ = [
+    "MAX_DETAIL",
+    "Ack",
+    "Decline",
+    "DeclineReason",
+    "Heartbeat",
+    "Reject",
+    "TaskOptions",
+    "UpdateForm",
+    "check_meta_keys",
     "DEFAULT_CLOCK_SKEW_S",
     "DEFAULT_MAX_JSON_BYTES",
     "DEFAULT_MAX_MESSAGE_BYTES",
