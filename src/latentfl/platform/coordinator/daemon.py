@@ -297,7 +297,9 @@ class Coordinator:
             deadlines = [next_roster_check, linger_until, self._status_next(),
                          self.peers.next_expiry(), self.conductor.next_deadline(),
                          self.refusals.next_due()]
-            events = dict(poller.poll(timeout_ms(now, deadlines)))
+            # the roster check is re-armed whenever it runs, so one that is due never spins
+            timeout = 0 if now >= next_roster_check else timeout_ms(now, deadlines)
+            events = dict(poller.poll(timeout))
             self._wakeup.clear()
             if self.router.socket in events:
                 for _ in range(256):  # drain what is queued, then look after time
