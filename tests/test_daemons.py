@@ -22,9 +22,9 @@ from latentfl.cli import main
 from latentfl.config import write_config
 from latentfl.platform.coordinator import Coordinator, read_journal, verify_journal
 from latentfl.platform.crypto import init_consortium, load_identity, revoke_participant
-from latentfl.platform.payloads import encode_update
 from latentfl.platform.protocol import Kind, pack_json, unpack_tensors
 from latentfl.platform.supervisor import wait_until
+from latentfl.platform.wire.payloads import encode_update
 from latentfl.strategies import Update
 
 IDS = ["p00", "p01", "p02"]

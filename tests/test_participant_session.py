@@ -14,8 +14,8 @@ from latentfl.log import get_logger
 from latentfl.models import model_manifest
 from latentfl.platform.participant.connection import load_enrolment
 from latentfl.platform.participant.session import ParticipantSession
-from latentfl.platform.payloads import encode_task
 from latentfl.platform.protocol import Kind, Message, encode, parse_header, unpack_tensors
+from latentfl.platform.wire.payloads import encode_task
 from latentfl.strategies import Aggregation, ModelSpec, Task
 from latentfl.training import TrainConfig
 

@@ -14,7 +14,6 @@ from daemon_helpers import RawClient, Running, make_consortium
 from latentfl.errors import ProtocolError, Reason
 from latentfl.models import model_manifest
 from latentfl.platform.coordinator import Coordinator, read_journal
-from latentfl.platform.payloads import decode_task, decode_update, encode_task, encode_update
 from latentfl.platform.protocol import (
     Ack,
     Decline,
@@ -28,6 +27,7 @@ from latentfl.platform.protocol import (
     pack_json,
     parse_header,
 )
+from latentfl.platform.wire.payloads import decode_task, decode_update, encode_task, encode_update
 from latentfl.privacy import Aggregation, PolicyRule
 from latentfl.strategies import ModelSpec, Task, Update
 from latentfl.training import TrainConfig
@@ -75,8 +75,8 @@ def test_a_decline_reason_outside_the_closed_union_is_refused():
     """A DECLINE reason that is neither a protocol Reason nor a privacy rule is malformed."""
     with pytest.raises(ProtocolError, match="is not one this protocol defines"):
         Decline.from_meta({"reason": "because", "detail": "x"})
-    assert Decline.from_meta({"reason": "secagg_both", "detail": "x"}).reason \
-        is PolicyRule.SECAGG_BOTH
+    assert Decline.from_meta({"reason": "secagg_certificate", "detail": "x"}).reason \
+        is PolicyRule.SECAGG_CERTIFICATE
 
 
 def test_every_privacy_rule_raised_is_a_policy_rule():

@@ -16,8 +16,7 @@ from pathlib import Path
 import torch
 
 from latentfl.config import load_config, option
-from latentfl.data import evaluation_tensors, load_dataset, partition, to_tensors
-from latentfl.data.partition import Scheme
+from latentfl.data import PartitionConfig, evaluation_tensors, load_dataset, to_tensors
 from latentfl.device import resolve_device
 from latentfl.log import get_logger
 from latentfl.strategies import (
@@ -31,29 +30,6 @@ from latentfl.strategies import (
 from latentfl.training import evaluate
 
 log = get_logger("simulate")
-
-
-@dataclass(frozen=True)
-class PartitionConfig:
-    """How the training split is divided among participants."""
-
-    scheme: Scheme = option(
-        "dirichlet", help="Partition scheme: iid, dirichlet (each class split over participants), "
-        "dirichlet_per_client (each participant's class mix drawn) or shards."
-    )
-    alpha: float = option(
-        0.5, help="Dirichlet concentration (smaller = more skewed).", min=0.0, min_exclusive=True
-    )
-    min_size: int = option(
-        10, help="Minimum examples per participant (dirichlet; redrawn until met).", min=1
-    )
-    classes_per_client: int = option(2, help="Classes per participant (shards).", min=1)
-    seed: int = option(0, help="Seed of the partition.")
-
-    def split(self, labels, clients: int) -> list:
-        """Index arrays, one per client, of this partition of ``labels`` (deterministic)."""
-        return partition(labels, clients, self.scheme, seed=self.seed, alpha=self.alpha,
-                         min_size=self.min_size, classes_per_client=self.classes_per_client)
 
 
 @dataclass(frozen=True)

@@ -37,6 +37,8 @@ import torch
 from latentfl.config import option
 from latentfl.errors import ConfigError, PrivacyError, ProtocolError, Reason, SecurityError
 from latentfl.privacy.modes import Aggregation
+from latentfl.privacy.secagg.client import SecAggClient
+from latentfl.privacy.secagg.consistency import Certificate
 from latentfl.privacy.secagg.fixedpoint import DEFAULT_CLIP
 
 DEFAULT_POLY_MODULUS_DEGREE = 8192
@@ -281,18 +283,25 @@ def decrypt_limb_sums(secret_ctx: Any, blobs: Sequence[bytes], length: int, *,
     values = np.concatenate([np.asarray(_parse(secret_ctx, blob, i).decrypt(), dtype=np.float64)
                              for i, blob in enumerate(blobs)])[: LIMBS_PER_WORD * length]
     nearest = np.rint(values)
-    distance = np.abs(values - nearest)
-    worst = int(np.argmax(distance))
-    if not distance[worst] <= ROUNDING_TOLERANCE:
-        # the detail goes back to the coordinator in a DECLINE: it names what is wrong, never
-        # a decrypted value
-        raise _bad(f"limb sum {worst} is not within {ROUNDING_TOLERANCE} of the nearest integer "
-                   "(CKKS precision lost)")
+    # the refusals name no decrypted value, no position and no distance: they travel to the
+    # coordinator in a DECLINE and into logs
+    if not np.all(np.abs(values - nearest) <= ROUNDING_TOLERANCE):
+        raise _bad(f"a decrypted limb sum is not within {ROUNDING_TOLERANCE} of an integer "
+                   "(CKKS precision lost, or not a sum of masked uploads)")
     top = cohort * float(2**LIMB_BITS - 1)
     if nearest.min() < 0 or nearest.max() > top:
-        raise _bad(f"limb sums fall outside the range a sum of {cohort} uploads stays in "
-                   f"([0, {top:.0f}])")
+        raise _bad(f"a decrypted limb sum lies outside [0, {top:.0f}], the range of a sum of "
+                   f"{cohort} uploads")
     return nearest.astype(np.int64)
+
+
+def decrypt_certified(client: SecAggClient, secret_ctx: Any, blobs: Sequence[bytes],
+                      length: int, certificate: Certificate) -> np.ndarray:
+    """The one decryption a participant grants an attempt: only after it signed the attempt's
+    survivor set, only on that set's certificate, once (``client.certify_decrypt``), for a sum
+    of exactly the certified survivors. PrivacyError when the client refuses."""
+    cohort = client.certify_decrypt(certificate)
+    return decrypt_limb_sums(secret_ctx, blobs, length, cohort=cohort)
 
 
 def check_min_cohort(answered: int, min_cohort: int) -> None:
@@ -367,6 +376,7 @@ __all__ = [
     "ciphertexts_from_tensors",
     "ciphertexts_to_tensors",
     "create_context",
+    "decrypt_certified",
     "decrypt_limb_sums",
     "encrypt_masked",
     "join_limbs",

@@ -8,6 +8,7 @@ Rules, in the order they are checked:
 
 ``mode_not_allowed``     the task's aggregation mode is not in ``allowed_modes``
 ``encryption_required``  the site requires hidden updates and the task is neither ckks nor secagg
+``cohort_below_floor``   a ckks or secagg task whose ``min_cohort`` is below the site's own
 ``noise_too_low``        DP-SGD is off or its noise multiplier is below ``min_noise_multiplier``
 ``budget_exceeded``      the epsilon after the task would pass ``max_epsilon``
 """
@@ -53,6 +54,15 @@ class SitePolicy:
     require_encrypted_aggregation: bool = option(
         False, help="Refuse any task whose update the coordinator could read on its own."
     )
+    min_cohort: int = option(
+        2, help="ckks and secagg: fewest participants this site's update may be summed with "
+        "(key list and survivor set included); a task asking for fewer is declined.", min=2
+    )
+    max_dropped_fraction: float = option(
+        0.34, help="ckks and secagg: largest fraction of the key list missing from the survivor "
+        "set that this site still signs and helps recover (the default never binds: the "
+        "signature threshold already keeps it below a third).", min=0.0, max=1.0
+    )
 
     def problems(self) -> list[str]:
         out = []
@@ -71,7 +81,8 @@ class PlannedTask:
     """What a task will spend if run: the agent builds it from the TASK and its own data.
 
     ``noise_multiplier = None`` means DP-SGD off; ``weight_noise_multiplier = None`` means the
-    upload is not noised. ``sample_rate`` and ``steps`` are this round's DP-SGD values.
+    upload is not noised. ``sample_rate`` and ``steps`` are this round's DP-SGD values;
+    ``min_cohort`` is what a ckks or secagg task states (None otherwise).
     """
 
     mode: Aggregation
@@ -80,6 +91,7 @@ class PlannedTask:
     steps: int
     max_grad_norm: float | None = None
     weight_noise_multiplier: float | None = None
+    min_cohort: int | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "mode", Aggregation(self.mode))
@@ -112,6 +124,13 @@ def check_task(policy: SitePolicy, ledger: PrivacyLedger, planned: PlannedTask) 
             PolicyRule.ENCRYPTION_REQUIRED,
             f"task asks for aggregation mode {planned.mode.value!r}; this site requires 'ckks' or "
             "'secagg' so the coordinator never sees its update.",
+        )
+    if planned.mode.hidden and planned.min_cohort is not None \
+            and planned.min_cohort < policy.min_cohort:
+        raise PrivacyError(
+            PolicyRule.COHORT_BELOW_FLOOR,
+            f"task asks for min_cohort = {planned.min_cohort}; this site's policy takes part in "
+            f"a masked sum only with min_cohort >= {policy.min_cohort}.",
         )
     noise = planned.noise_multiplier or 0.0
     if policy.min_noise_multiplier > 0 and noise < policy.min_noise_multiplier:

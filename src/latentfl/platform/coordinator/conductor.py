@@ -25,14 +25,14 @@ from collections.abc import Callable
 from latentfl.errors import ProtocolError, Reason
 from latentfl.log import get_logger
 from latentfl.models import ModelManifest
-from latentfl.platform.coordinator.aggregation import AggregationWorker
+from latentfl.platform.coordinator.aggregation_worker import AggregationWorker
 from latentfl.platform.coordinator.config import CoordinatorConfig
 from latentfl.platform.coordinator.distributed import WorkerGroup
 from latentfl.platform.coordinator.journal import Journal
-from latentfl.platform.coordinator.masked import MaskedAggregation
 from latentfl.platform.coordinator.rounds import RoundRecord, Rounds
-from latentfl.platform.payloads import encode_task
+from latentfl.platform.coordinator.secagg_exchange import MaskedAggregation
 from latentfl.platform.protocol import Kind, Message, Outgoing
+from latentfl.platform.wire.payloads import encode_task
 from latentfl.strategies import Update
 
 
@@ -127,7 +127,7 @@ class RoundConductor:
         return min((t for t in times if t is not None), default=None)
 
     def receive_secagg(self, message: Message) -> list[Outgoing]:
-        """A participant's SECAGG_KEYS, SECAGG_SHARES or SECAGG_REVEAL."""
+        """A participant's SECAGG_KEYS, SECAGG_SHARES, SECAGG_SIGNATURE or SECAGG_REVEAL."""
         if self.masked is None:
             raise ProtocolError(Reason.WRONG_MODE, f"a {message.header.kind.value} was sent but "
                                                    "this session uses neither secagg nor ckks.")

@@ -23,10 +23,10 @@ from latentfl.log import get_logger
 from latentfl.models import ModelManifest
 from latentfl.platform.coordinator.config import CoordinatorConfig
 from latentfl.platform.coordinator.journal import Journal
-from latentfl.platform.coordinator.masked import MaskedAggregation
 from latentfl.platform.coordinator.rounds import Rounds
-from latentfl.platform.payloads import PRIVACY_META, decode_update
+from latentfl.platform.coordinator.secagg_exchange import MaskedAggregation
 from latentfl.platform.protocol import Ack, Kind, Message, Outgoing
+from latentfl.platform.wire.payloads import PRIVACY_META, decode_update
 from latentfl.strategies import Update
 
 #: The update kind each aggregation mode takes.

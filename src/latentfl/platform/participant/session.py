@@ -15,12 +15,12 @@ not do is answered with a DECLINE. The trained update is encoded as an UPDATE an
 cannot succeed (``Reason.final``); the coordinator counts a re-send once.
 
 In ``secagg`` and ckks mode the TASK also opens a
-:class:`~latentfl.platform.participant.secagg.MaskedRound` (keys are sent at once, training runs
+:class:`~latentfl.platform.participant.masked_round.MaskedRound` (keys are sent at once, training runs
 meanwhile); the MASKED_UPDATE (ckks: ENCRYPTED_UPDATE) goes once training and the share inbox
 are both in. In ckks mode the session may be asked to decrypt a cohort's encrypted sum of
 masked words (DECRYPT_TASK): it returns the limb sums, masked noise to it. An operator's
 AUDIT_REQUEST is run between rounds or declined as the site's ``[audit]`` policy says
-(:class:`~latentfl.platform.participant.requested_audit.RequestedAudits`).
+(:class:`~latentfl.platform.participant.audits.requested.RequestedAudits`).
 
 A REJECT whose reason is in ``ENDS_AGENT`` raises :class:`~latentfl.errors.RefusedError`: this
 participant, as configured, can never take part.
@@ -34,20 +34,18 @@ from typing import Any, NamedTuple
 
 from latentfl.errors import LatentFLError, PrivacyError, ProtocolError, Reason, RefusedError
 from latentfl.platform.crypto import COORDINATOR_ID
+from latentfl.platform.participant.audits.requested import RequestedAudits
 from latentfl.platform.participant.config import ParticipantConfig
 from latentfl.platform.participant.connection import Enrolment
 from latentfl.platform.participant.local_step import LocalData, Trained, train_locally
+from latentfl.platform.participant.masked_round import (
+    MaskedRound,
+    site_floors,
+    task_min_cohort,
+)
 from latentfl.platform.participant.privacy import SitePrivacy
-from latentfl.platform.participant.requested_audit import RequestedAudits
-from latentfl.platform.participant.secagg import MaskedRound
 from latentfl.platform.participant.uploads import Pending
 from latentfl.platform.participant.worker import run_in_daemon_thread
-from latentfl.platform.payloads import (
-    decode_decrypt_task,
-    decode_task,
-    encode_limb_sums,
-    encode_update,
-)
 from latentfl.platform.protocol import (
     Ack,
     Decline,
@@ -59,7 +57,13 @@ from latentfl.platform.protocol import (
     Reject,
     pack_json,
 )
-from latentfl.privacy import PolicyRule, decrypt_limb_sums
+from latentfl.platform.wire.payloads import (
+    decode_decrypt_task,
+    decode_task,
+    encode_limb_sums,
+    encode_update,
+)
+from latentfl.privacy import PolicyRule
 from latentfl.strategies import Aggregation
 
 ENDS_AGENT = frozenset({Reason.WRONG_SESSION, Reason.UNKNOWN_SENDER, Reason.SENDER_MISMATCH,
@@ -107,7 +111,8 @@ class ParticipantSession:
             Kind.DECRYPT_TASK: self._on_decrypt, Kind.ACK: self._on_ack,
             Kind.REJECT: self._on_reject, Kind.STATUS: self._on_status,
             Kind.SECAGG_KEY_LIST: self._on_secagg, Kind.SECAGG_SHARE_INBOX: self._on_secagg,
-            Kind.SECAGG_UNMASK: self._on_secagg, Kind.AUDIT_REQUEST: self._on_audit_request}
+            Kind.SECAGG_SURVIVORS: self._on_secagg, Kind.SECAGG_UNMASK: self._on_secagg,
+            Kind.AUDIT_REQUEST: self._on_audit_request}
 
     # -- the agent's entry points ---------------------------------------------------------
     def connected(self, now: float) -> Outbox:
@@ -164,10 +169,12 @@ class ParticipantSession:
 
     def _on_ack(self, message: Message, now: float) -> Outbox:
         p, ack = self.pending, Ack.from_meta(message.header.meta)
-        if ack.request is not None:  # an audit's answer arrived (see requested_audit)
+        if ack.request is not None:  # an audit's answer arrived (see audits/requested.py)
             self.log.info("audit_answer_acknowledged", request=ack.request)
         elif p and message.header.round == p.round and ack.acknowledges(p.digest):
             self.log.info("update_acknowledged", round=p.round, attempts=p.attempts)
+            if self._masked is not None and self._masked.round == p.round:
+                self._masked.acknowledged(p.kind)  # the survivor set may now be signed
             self.done_round = max(self.done_round, p.round)
             self.pending = None
         return []
@@ -191,7 +198,7 @@ class ParticipantSession:
         return []
 
     def _on_audit_request(self, message: Message, now: float) -> Outbox:
-        """An operator's audit request: declined, queued or answered (requested_audit.py)."""
+        """An operator's audit request: declined, queued or answered (audits/requested.py)."""
         return [self._to_coordinator(kind, self.done_round, payload, meta)
                 for kind, payload, meta in self.audits.receive(message)]
 
@@ -227,7 +234,8 @@ class ParticipantSession:
                       epochs=task.train.epochs, lr=task.train.lr,
                       aggregation=task.aggregation.value)
         try:  # the site's own policy, before any data is touched
-            sigma = self.privacy.check(task, len(self.data.y))
+            sigma = self.privacy.check(task, len(self.data.y),
+                                       min_cohort=task_min_cohort(message, self.config.session))
         except PrivacyError as exc:
             self.log.warning("task_refused_by_policy", round=r, rule=exc.rule, detail=str(exc))
             return [self._decline(r, PolicyRule(exc.rule), str(exc))]
@@ -279,14 +287,21 @@ class ParticipantSession:
 
     def _on_decrypt(self, message: Message, now: float) -> Outbox:
         """Decrypt the coordinator's encrypted sum of masked words and return its limb sums,
-        signed. Every limb is one-time-pad masked, so whatever was sent, this site learns
-        nothing from it (not even the aggregate); it only checks that the limb sums round to
-        integers of a sum of the stated cohort."""
-        r = message.header.round
+        signed: only for the attempt in progress, only after this site signed its survivor set
+        and received the certificate, for exactly the certified cohort, once
+        (:meth:`MaskedRound.decrypt`). Every limb is one-time-pad masked, so this site learns
+        nothing from it (not even the aggregate); no refusal names a decrypted value."""
+        r, masked = message.header.round, self._masked
         try:
             job = decode_decrypt_task(message, max_bytes=self.config.max_message_bytes)
-            sums = decrypt_limb_sums(self.privacy.ckks, job.ciphertexts, job.length,
-                                     cohort=job.cohort)
+            if masked is None or not masked.matches(message) or masked.ckks is None:
+                raise PrivacyError(PolicyRule.SECAGG_NOT_SIGNED, "the decrypt task names no "
+                                   "ckks attempt this site signed survivors for.")
+            sums = masked.decrypt(job.ciphertexts, job.length, job.cohort)
+        except PrivacyError as exc:
+            self.log.warning("decrypt_refused", round=r, rule=exc.rule, detail=str(exc))
+            return [self._to_coordinator(Kind.DECLINE, r,
+                                         meta=Decline(PolicyRule(exc.rule), str(exc)).meta())]
         except (LatentFLError, ValueError) as exc:
             reason = exc.reason if isinstance(exc, ProtocolError) else Reason.DECRYPT_FAILED
             self.log.warning("decrypt_refused", round=r, reason=reason, detail=str(exc))
@@ -298,7 +313,7 @@ class ParticipantSession:
 
     # -- secagg and ckks rounds -----------------------------------------------------------
     def _on_secagg(self, message: Message, now: float) -> Outbox:
-        """Answer the coordinator's step of the secagg exchange (see participant/secagg.py)."""
+        """Answer the coordinator's step of the secagg exchange (see masked_round.py)."""
         masked, kind, r = self._masked, message.header.kind, message.header.round
         if masked is None or not masked.matches(message):
             self.log.warning("secagg_ignored", kind=kind.value, round=r)
@@ -309,11 +324,16 @@ class ParticipantSession:
             if kind is Kind.SECAGG_SHARE_INBOX:
                 masked.on_inbox(message)
                 return self._send_masked(now)
+            if kind is Kind.SECAGG_SURVIVORS:
+                signature = self._masked_reply(masked.on_survivors(message))
+                self.log.info("secagg_signed_survivors", round=r)
+                return [signature]
             reveal = self._masked_reply(masked.on_unmask(message))
             self.log.info("secagg_revealed", round=r)
             return [reveal]
         except PrivacyError as exc:  # a holder's rule: reveal nothing, say why
-            self.log.warning("secagg_refused", round=r, rule=exc.rule, detail=str(exc))
+            self.log.warning("secagg_refused", round=r, kind=kind.value, rule=exc.rule,
+                             attempt=masked.attempt, detail=str(exc))
             return [self._to_coordinator(Kind.DECLINE, r,
                                          meta=Decline(PolicyRule(exc.rule), str(exc)).meta())]
         except LatentFLError as exc:
@@ -323,7 +343,8 @@ class ParticipantSession:
     def _open_masked(self, message: Message, ckks: Any) -> MaskedRound:
         return MaskedRound(message, pid=self.pid, session=self.config.session,
                            signing_key=self.enrolment.identity.signing_key,
-                           verify_keys=self.enrolment.roster.verify_keys(), ckks=ckks)
+                           verify_keys=self.enrolment.roster.verify_keys(), ckks=ckks,
+                           floors=site_floors(self.privacy.config.policy))
 
     def _send_masked(self, now: float) -> Outbox:
         """The masked upload, once training and the share inbox are both in."""

@@ -1,7 +1,7 @@
 """Operators' audit requests: recorded, journaled, delivered to the site at its next contact.
 
 An operator asks a participant for an audit with ``ADMIN_REQUEST_AUDIT`` (``latentfl admin
-request-audit dp-sgd --participant ID``). The request is checked (``platform/audit_request.py``:
+request-audit dp-sgd --participant ID``). The request is checked (``platform/wire/audit_request.py``:
 a known audit, bounded options, nothing else), given an id, written to
 ``STATE/audit_requests.json`` (atomically) and journaled (``audit_requested``). The coordinator
 sends it as ``AUDIT_REQUEST`` to the participant's agent the next time that agent is heard from
@@ -22,10 +22,10 @@ from pathlib import Path
 from typing import Any
 
 from latentfl.errors import ProtocolError, Reason, StateError
-from latentfl.platform.audit_request import AUDITS_ON_REQUEST, AuditRequest, encode_request
 from latentfl.platform.coordinator.journal import Journal
 from latentfl.platform.coordinator.store import StateStore, read_json, write_json_atomic
 from latentfl.platform.protocol import Ack, Kind, Message, Outgoing
+from latentfl.platform.wire.audit_request import AUDITS_ON_REQUEST, AuditRequest, encode_request
 
 #: Request states: sent to no agent yet, sent, answered with aggregates, declined by the site.
 UNANSWERED = ("waiting", "delivered")

@@ -37,8 +37,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from latentfl.errors import ModelError, ProtocolError, Reason
-from latentfl.models import ModelManifest, model_manifest
+from latentfl.errors import ProtocolError, Reason
+from latentfl.models import model_manifest
 from latentfl.platform.protocol import (
     Kind,
     Message,
@@ -50,7 +50,7 @@ from latentfl.platform.protocol import (
     unpack_json,
     unpack_tensors,
 )
-from latentfl.platform.secagg_payloads import attempt_of
+from latentfl.platform.wire.secagg import attempt_of
 from latentfl.privacy.ckks import (
     LIMB_BITS,
     LIMBS_PER_WORD,
@@ -142,29 +142,6 @@ def _class_counts(meta: dict[str, Any]) -> tuple[int, ...] | None:
             "integers >= 0 separated by commas.",
         )
     return tuple(int(c) for c in text.split(","))
-
-
-def flatten_state(tensors: Mapping[str, torch.Tensor], manifest: ModelManifest) -> torch.Tensor:
-    """The one flattening secagg and ckks use: every manifest tensor, in manifest order, as float64."""
-    return torch.cat([tensors[name].detach().reshape(-1).to("cpu", torch.float64)
-                      for name, _, _ in manifest.entries])
-
-
-def unflatten_state(flat: torch.Tensor, manifest: ModelManifest) -> dict[str, torch.Tensor]:
-    """Inverse of :func:`flatten_state` (new tensors, each in its manifest dtype)."""
-    out, at = {}, 0
-    for name, shape, dtype in manifest.entries:
-        n = math.prod(shape)
-        out[name] = flat[at:at + n].reshape(shape).to(getattr(torch, dtype)).clone()
-        at += n
-    if at != flat.numel():
-        raise ModelError(f"flat state has {flat.numel()} values; the manifest needs {at}.")
-    return out
-
-
-def state_length(manifest: ModelManifest) -> int:
-    """Values :func:`flatten_state` gives for ``manifest``."""
-    return sum(math.prod(shape) for _, shape, _ in manifest.entries)
 
 
 LIMB_SUMS_TENSOR = "limb_sums"
@@ -262,7 +239,4 @@ __all__ = [
     "encode_limb_sums",
     "encode_task",
     "encode_update",
-    "flatten_state",
-    "state_length",
-    "unflatten_state",
 ]
