@@ -229,6 +229,14 @@ class Rounds:
                 return "replan"
         return ""
 
+    def next_deadline(self) -> float | None:
+        """When :meth:`due` may next answer differently with time alone: the round's deadline,
+        or the end of the grace after a restart (None while not collecting)."""
+        if self.phase != "collecting":
+            return None
+        return min(self.started_at + self.config.round_deadline,
+                   max(self.grace_until, self.started_at))
+
     def hold(self, seconds: float) -> None:
         """Move the round's deadline ``seconds`` later (the time the session was paused)."""
         if self.phase == "collecting":

@@ -8,10 +8,14 @@ from concurrent.futures import Future
 from typing import Any
 
 
-def run_in_daemon_thread(fn: Callable[[], Any], name: str) -> Future:
+def run_in_daemon_thread(fn: Callable[[], Any], name: str,
+                         on_done: Callable[[], None] | None = None) -> Future:
     """``fn()`` in a daemon thread, its outcome in a Future: a stopping agent need not wait
-    for local work to finish (nothing of a cut-short round or audit is ever sent)."""
+    for local work to finish (nothing of a cut-short round or audit is ever sent).
+    ``on_done()`` is called once the outcome is set (the agent's wake-up)."""
     future: Future = Future()
+    if on_done is not None:
+        future.add_done_callback(lambda _: on_done())
 
     def work() -> None:
         if not future.set_running_or_notify_cancel():
