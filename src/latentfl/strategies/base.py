@@ -42,6 +42,7 @@ from latentfl.distill.jobs import Distiller
 from latentfl.errors import ConfigError
 from latentfl.models import build_model
 from latentfl.seeding import derive_seed
+from latentfl.strategies.robust import SetAside
 from latentfl.training import TrainConfig
 
 Tensors = dict[str, torch.Tensor]
@@ -161,6 +162,12 @@ class Strategy(abc.ABC):
             "participant's update); expected fedavg, fedprox, fednova or dynafed."
         )
 
+    def set_aside(self) -> tuple[SetAside, ...]:
+        """The updates the last aggregated round set aside (a robust rule or FedDGM's upload
+        screening), each with the rule, its score and the threshold it crossed; empty when
+        none was or the round ran on an aggregate alone."""
+        return ()
+
     def synthetic_sets(self) -> Mapping[str, SyntheticImages]:
         """The synthetic set derived from each participant's update in the last aggregated
         round, by participant id; empty for methods that make none."""
@@ -252,6 +259,7 @@ def check_updates(round: int, updates: Sequence[Update], reference: Tensors) -> 
 __all__ = [
     "Aggregation",
     "ModelSpec",
+    "SetAside",
     "Strategy",
     "SyntheticImages",
     "Task",
