@@ -99,11 +99,19 @@ def mad_outliers(scores: torch.Tensor, mads: float) -> tuple[list[int], float]:
 
 
 def _outliers(ids: Sequence[str], deltas: torch.Tensor, centre: torch.Tensor, rule: str,
-              mads: float) -> tuple[SetAside, ...]:
+              mads: float, action: str = "outlier") -> tuple[SetAside, ...]:
     distances = (deltas - centre).norm(dim=1)
     flagged, threshold = mad_outliers(distances, mads)
-    return tuple(SetAside(ids[i], rule, "outlier", float(distances[i]), threshold)
+    return tuple(SetAside(ids[i], rule, action, float(distances[i]), threshold)
                  for i in flagged)
+
+
+def screen_uploads(ids: Sequence[str], deltas: torch.Tensor, *, mads: float
+                   ) -> tuple[SetAside, ...]:
+    """FedDGM's upload screening: the uploads whose change lies farther from the coordinate
+    median of all changes than median + ``mads`` MADs of those distances, to be excluded."""
+    return _outliers(ids, deltas, coordinate_median(deltas), "feddgm_screening", mads,
+                     action="excluded")
 
 
 def median_rule(ids: Sequence[str], deltas: torch.Tensor, *, mads: float) -> RuleResult:
@@ -168,5 +176,5 @@ def norm_bound_rule(ids: Sequence[str], deltas: torch.Tensor, *, clip_norm: floa
 
 
 __all__ = ["RuleResult", "SetAside", "bulyan_rule", "coordinate_median", "krum_rule",
-           "krum_scores", "mad_outliers", "median_rule", "norm_bound_rule", "trimmed_mean",
-           "trimmed_mean_rule"]
+           "krum_scores", "mad_outliers", "median_rule", "norm_bound_rule", "screen_uploads",
+           "trimmed_mean", "trimmed_mean_rule"]
