@@ -80,12 +80,17 @@ def krum_scores(deltas: torch.Tensor, f: int) -> torch.Tensor:
     if n < 2 * f + 3:
         raise ConfigError(f"Krum with f = {f} needs at least {2 * f + 3} updates; the round "
                           f"has {n}. Lower f or wait for more updates (min_updates).")
-    return _nearest_sum(deltas, n - f - 2)
+    return _nearest_sum(_squared_distances(deltas), n - f - 2)
 
 
-def _nearest_sum(deltas: torch.Tensor, near: int) -> torch.Tensor:
+def _squared_distances(deltas: torch.Tensor) -> torch.Tensor:
+    """(n, n) squared L2 distances between updates, infinite on the diagonal."""
     d2 = torch.cdist(deltas, deltas).pow(2)
     d2.fill_diagonal_(float("inf"))
+    return d2
+
+
+def _nearest_sum(d2: torch.Tensor, near: int) -> torch.Tensor:
     return d2.sort(dim=1).values[:, :near].sum(dim=1)
 
 
@@ -143,12 +148,14 @@ def bulyan_rule(ids: Sequence[str], deltas: torch.Tensor, *, f: int) -> RuleResu
     if n < 4 * f + 3:
         raise ConfigError(f"Bulyan with f = {f} needs at least {4 * f + 3} updates; the round "
                           f"has {n}. Lower f, add participants or use multi_krum.")
-    full_scores = krum_scores(deltas, f)
+    d2 = _squared_distances(deltas)  # once: every repeated Krum reads a block of it
+    full_scores = _nearest_sum(d2, n - f - 2)
     remaining = list(range(n))
     chosen: list[int] = []
     while len(chosen) < n - 2 * f:
         # Krum among those left; near the end fewer than n - f - 2 neighbours remain
-        scores = _nearest_sum(deltas[remaining], max(1, len(remaining) - f - 2))
+        block = d2[remaining][:, remaining]
+        scores = _nearest_sum(block, max(1, len(remaining) - f - 2))
         pick = remaining[int(scores.argmin())]
         chosen.append(pick)
         remaining.remove(pick)

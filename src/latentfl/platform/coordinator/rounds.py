@@ -58,6 +58,8 @@ class RoundRecord:
     seconds: float
     metrics: dict[str, float] = field(default_factory=dict)
     aborted: bool = False  # skipped by an operator: nothing was aggregated
+    #: updates the strategy set aside (robust rule, FedDGM screening), as SetAside.as_dict()
+    set_aside: list[dict] = field(default_factory=list)
 
 
 class Rounds:
@@ -269,7 +271,8 @@ class Rounds:
             metrics.update(self.evaluate(self.strategy))
         record = RoundRecord(self.round, list(self.plan), accepted,
                              time.time() - self.started_at,
-                             {k: float(v) for k, v in metrics.items()})
+                             {k: float(v) for k, v in metrics.items()},
+                             set_aside=[s.as_dict() for s in self.strategy.set_aside()])
         self._checkpoint(record)
         self.synthetic = (self.round, dict(self.strategy.synthetic_sets()))
         return record
