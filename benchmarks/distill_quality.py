@@ -23,10 +23,9 @@ from dataclasses import replace
 
 import torch
 
-from latentfl.data import evaluation_tensors, load_dataset, to_tensors
+from latentfl.data import PartitionConfig, evaluation_tensors, load_dataset, to_tensors
 from latentfl.distill import DistillConfig, FixedTargets, SetSpec, build_space, distill
 from latentfl.models import flatten_params, load_tensors_, state_to_tensors
-from latentfl.simulate import PartitionConfig
 from latentfl.strategies import ModelSpec
 from latentfl.training import TrainConfig, evaluate, train
 

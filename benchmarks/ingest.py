@@ -35,7 +35,6 @@ import zmq
 
 from latentfl.platform.crypto import load_roster, make_curve_client
 from latentfl.platform.local import LocalConsortium
-from latentfl.platform.payloads import encode_update
 from latentfl.platform.protocol import (
     Kind,
     ReplayGuard,
@@ -44,6 +43,7 @@ from latentfl.platform.protocol import (
     pack_json,
     unpack_tensors,
 )
+from latentfl.platform.wire.payloads import encode_update
 from latentfl.strategies import Update
 
 SESSION = "ingest-bench"

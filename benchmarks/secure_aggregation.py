@@ -6,16 +6,19 @@ this one process with the code the daemons run:
 
 - plain: the UPDATE payload (float32 safetensors) each participant sends; the coordinator's
   weighted mean.
-- secagg: :class:`latentfl.privacy.secagg.SecAggClient` / ``SecAggServer`` through all four
-  exchanges, with the payload encoders of ``latentfl.platform.secagg_payloads``; bytes are
-  what a participant sends plus what it receives (key list, share inbox, unmask request).
+- secagg: :class:`latentfl.privacy.secagg.SecAggClient` / ``SecAggServer`` through all five
+  exchanges, with the payload encoders of ``latentfl.platform.wire.secagg``; bytes are
+  what a participant sends plus what it receives (key list, share inbox, survivor set, the
+  certificate with the unmask request). The notes give what the consistency round adds per
+  participant: the survivor set it signs, its signature, and the signatures the certificate
+  carries beyond a plain survivor list, in bytes and as a share of the total.
   Participant seconds are its own work summed over the phases (mean over participants);
   coordinator seconds cover relaying and unmasking. Run once with nobody dropping and once with
   10% dropping after sharing (their pairwise masks are rebuilt from shares).
 - ckks: secagg's exchange as above with each masked upload CKKS-encrypted as 32-bit limbs
   (TenSEAL N=8192, the default context; two slots per word). Encryption is timed once and its
   ciphertexts are reused for every participant (each still masks its own words); the
-  coordinator checks every upload and sums the survivors' ciphertexts; one participant decrypts
+  coordinator checks every upload and sums the survivors' ciphertexts; one survivor decrypts
   the sum's limbs (notes: its seconds and the bytes it receives and sends); the coordinator
   joins them and unmasks.
 
@@ -36,13 +39,15 @@ import time
 import numpy as np
 import torch
 
-from latentfl.platform.payloads import encode_decrypt_task, encode_limb_sums
 from latentfl.platform.protocol import pack_tensors
-from latentfl.platform.secagg_payloads import (
+from latentfl.platform.wire.payloads import encode_decrypt_task, encode_limb_sums
+from latentfl.platform.wire.secagg import (
     encode_advert,
     encode_key_list,
     encode_reveal,
     encode_sealed,
+    encode_signature,
+    encode_survivors,
     encode_unmask,
     masked_tensors,
 )
@@ -156,12 +161,27 @@ def _masked(n: int, length: int, drop_share: float, *, ckks: bool = False) -> di
         server.add_survivor(p)
         coordinator_s += time.perf_counter() - started
     started = time.perf_counter()
-    survivors, gone = server.close_uploads()
-    request = len(encode_unmask(survivors, gone))
+    survivors, _ = server.close_uploads()
+    asked = len(encode_survivors(survivors))
     coordinator_s += time.perf_counter() - started
+    consistency = asked
+    for p in survivors:
+        received[p] += asked
+        timed(p, clients[p].acknowledge)
+        signature = timed(p, clients[p].sign_survivors, survivors)
+        sent[p] += len(encode_signature(signature))
+        started = time.perf_counter()
+        server.add_signature(p, signature)
+        coordinator_s += time.perf_counter() - started
+    consistency += len(encode_signature(signature))
+    started = time.perf_counter()
+    certificate = server.certificate()
+    request = len(encode_unmask(certificate))
+    coordinator_s += time.perf_counter() - started
+    consistency += request - asked  # the signatures; a survivor list was sent before too
     for p in survivors:
         received[p] += request
-        revealed = timed(p, clients[p].reveal, survivors, gone)
+        revealed = timed(p, clients[p].reveal, certificate)
         sent[p] += len(encode_reveal(revealed))
         started = time.perf_counter()
         server.add_reveal(p, revealed)
@@ -185,7 +205,9 @@ def _masked(n: int, length: int, drop_share: float, *, ckks: bool = False) -> di
     coordinator_s += time.perf_counter() - started
     assert total.shape == (length,)
     alive = [p for p in ids if p not in dropped]
-    return {"bytes": int(np.mean([sent[p] + received[p] for p in alive])),
+    per_participant = np.mean([sent[p] + received[p] for p in alive])
+    notes += f"; consistency +{consistency:,} bytes ({100 * consistency / per_participant:.2f}%)"
+    return {"bytes": int(per_participant),
             "participant_s": float(np.mean([spent[p] for p in alive])),
             "coordinator_s": coordinator_s, "notes": notes}
 
@@ -238,7 +260,8 @@ def main() -> None:
                 ("secagg", _masked(n, args.length, 0.0)),
                 ("secagg 10% drop", _masked(n, args.length, 0.1))]
         if not args.skip_ckks:
-            rows.append(("ckks", _masked(n, args.length, 0.0, ckks=True)))
+            rows += [("ckks", _masked(n, args.length, 0.0, ckks=True)),
+                     ("ckks 10% drop", _masked(n, args.length, 0.1, ckks=True))]
         for mode, r in rows:
             print(f"{mode:<16}{n:>5}{r['bytes']:>20,}{r['participant_s']:>15.3f}"
                   f"{r['coordinator_s']:>15.3f}  {r.get('notes', '')}", flush=True)

@@ -18,9 +18,9 @@ import time
 from pathlib import Path
 
 from latentfl.config import write_config
+from latentfl.data import PartitionConfig
 from latentfl.platform.local import LocalConsortium
 from latentfl.platform.supervisor import wait_until
-from latentfl.simulate import PartitionConfig
 
 STRATEGY = {"method": "fedavg", "model": {"name": "convnet", "options": {"width": 16, "depth": 2}},
             "local": {"epochs": 1, "batch_size": 64, "lr": 0.05}}

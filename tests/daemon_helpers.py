@@ -15,14 +15,14 @@ import torch
 import zmq
 
 from latentfl.config import from_dict
-from latentfl.data import load_dataset, to_tensors
+from latentfl.data import PartitionConfig, load_dataset, to_tensors
 from latentfl.platform.coordinator import Coordinator, StateStore, read_journal
 from latentfl.platform.crypto import Identity, load_roster, make_curve_client
 from latentfl.platform.local import LocalConsortium
 from latentfl.platform.participant import Agent, LocalData
 from latentfl.platform.protocol import Kind, Message, ReplayGuard, Verifier, encode
 from latentfl.platform.supervisor import wait_until
-from latentfl.simulate import PartitionConfig, SimulationConfig, run_simulation
+from latentfl.simulate import SimulationConfig, run_simulation
 
 SESSION = "test-session"
 STRATEGY = {
@@ -153,8 +153,7 @@ class RawClient:
         return None
 
     def close(self) -> None:
-        self.sock.close(0)
-        self.ctx.term()
+        self.ctx.destroy(linger=0)
 
 
 def exit_code_after_sigterm(proc: subprocess.Popen, ready, what: str) -> int:

@@ -35,15 +35,7 @@ with atheris.instrument_imports(include=["latentfl"]):
     from latentfl.audits.shareable import DP_RESULT_KEYS, DP_SETTINGS_KEYS
     from latentfl.errors import ProtocolError
     from latentfl.models import model_manifest
-    from latentfl.platform.audit_request import (
-        AuditRequest,
-        encode_command,
-        encode_request,
-        parse_command,
-        parse_request,
-    )
-    from latentfl.platform.coordinator.audit_service import validate_aggregates
-    from latentfl.platform.payloads import decode_task, decode_update, encode_task, encode_update
+    from latentfl.platform.coordinator.audits.service import validate_aggregates
     from latentfl.platform.protocol import (
         Kind,
         ReplayGuard,
@@ -52,6 +44,19 @@ with atheris.instrument_imports(include=["latentfl"]):
         pack_json,
         unpack_json,
         unpack_tensors,
+    )
+    from latentfl.platform.wire.audit_request import (
+        AuditRequest,
+        encode_command,
+        encode_request,
+        parse_command,
+        parse_request,
+    )
+    from latentfl.platform.wire.payloads import (
+        decode_task,
+        decode_update,
+        encode_task,
+        encode_update,
     )
     from latentfl.strategies import ModelSpec, Task, Update
     from latentfl.training import TrainConfig

@@ -217,14 +217,21 @@ def test_keys_cli_init_add_revoke(tmp_path, capsys):
 
 # --- ZAP over real CURVE sockets --------------------------------------------------------------
 
-POLL_MS = 1000
+# Something that must arrive gets a deadline of seconds: a CURVE handshake plus a ZAP round
+# trip can take well over a second on a loaded 2-core box, and poll returns as soon as it comes.
+ARRIVE_MS = 20_000
+# Something that must not arrive is waited for briefly: a slow box can only make these pass.
+ABSENT_MS = 1000
 
 
 @pytest.fixture
 def context():
+    """A context whose sockets are all closed with linger 0 at teardown, whatever the test did."""
     ctx = zmq.Context()
-    yield ctx
-    ctx.destroy(linger=0)
+    try:
+        yield ctx
+    finally:
+        ctx.destroy(linger=0)
 
 
 @pytest.fixture
@@ -234,14 +241,17 @@ def server(consortium, context):
     auth = start_authenticator(context, roster)
     sock = context.socket(zmq.ROUTER)
     sock.linger = 0
-    make_curve_server(sock, load_identity(directory / "coordinator"))
-    port = sock.bind_to_random_port("tcp://127.0.0.1")
-    yield sock, f"tcp://127.0.0.1:{port}", auth
-    sock.close(linger=0)
-    auth.stop()
+    try:
+        make_curve_server(sock, load_identity(directory / "coordinator"))
+        port = sock.bind_to_random_port("tcp://127.0.0.1")
+        yield sock, f"tcp://127.0.0.1:{port}", auth
+    finally:
+        sock.close(linger=0)
+        auth.stop()
 
 
 def dealer(context, identity: Identity, server_key: bytes, endpoint: str, routing_id=None):
+    """A CURVE client; the ``context`` fixture closes it at teardown."""
     sock = context.socket(zmq.DEALER)
     sock.linger = 0
     if routing_id is not None:
@@ -251,10 +261,14 @@ def dealer(context, identity: Identity, server_key: bytes, endpoint: str, routin
     return sock
 
 
-def receive(sock: zmq.Socket) -> list[zmq.Frame] | None:
-    if not sock.poll(POLL_MS):
+def receive(sock: zmq.Socket, timeout_ms: int = ARRIVE_MS) -> list[zmq.Frame] | None:
+    if not sock.poll(timeout_ms):
         return None
     return sock.recv_multipart(copy=False)
+
+
+def nothing_arrives(sock: zmq.Socket) -> bool:
+    return receive(sock, ABSENT_MS) is None
 
 
 def test_enrolled_participant_exchanges_signed_message_with_user_id(consortium, context, server):
@@ -283,7 +297,7 @@ def test_enrolled_participant_exchanges_signed_message_with_user_id(consortium, 
     )
     assert decoded.header.kind is Kind.HELLO
     sock.send_multipart([routing, b"welcome"])
-    assert client.poll(POLL_MS)
+    assert client.poll(ARRIVE_MS)
     assert client.recv() == b"welcome"
     client.close()
 
@@ -298,7 +312,7 @@ def test_unenrolled_key_gets_nothing_through(tmp_path, consortium, context, serv
     assert stranger.participants["site-a"].curve_public != roster.participants["site-a"].curve_public
     client = dealer(context, ident, roster.coordinator_curve_public, endpoint)
     client.send(b"let me in")
-    assert receive(sock) is None
+    assert nothing_arrives(sock)
     assert "site-a" in auth.allowed_ids()
     refusals = auth.refusals()
     assert [(r.fingerprint, r.participant) for r in refusals][:1] == [
@@ -314,7 +328,7 @@ def test_plain_client_without_curve_gets_nothing_through(context, server):
     client.linger = 0
     client.connect(endpoint)
     client.send(b"hello?")
-    assert receive(sock) is None
+    assert nothing_arrives(sock)
     client.close()
 
 
@@ -329,7 +343,7 @@ def test_revoked_key_refused_after_update_roster(consortium, context, server):
         roster.coordinator_curve_public, endpoint,
     )
     revoked.send(b"still here")
-    assert receive(sock) is None
+    assert nothing_arrives(sock)
     ok = dealer(
         context, load_identity(directory / "participants" / "site-b"),
         roster.coordinator_curve_public, endpoint,
@@ -348,7 +362,7 @@ def test_client_pinning_wrong_server_key_gets_nothing(consortium, context, serve
     ident = load_identity(directory / "participants" / "site-a")
     client = dealer(context, ident, roster.participants["site-b"].curve_public, endpoint)
     client.send(b"x")
-    assert receive(sock) is None
+    assert nothing_arrives(sock)
     client.close()
 
 

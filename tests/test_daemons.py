@@ -22,9 +22,9 @@ from latentfl.cli import main
 from latentfl.config import write_config
 from latentfl.platform.coordinator import Coordinator, read_journal, verify_journal
 from latentfl.platform.crypto import init_consortium, load_identity, revoke_participant
-from latentfl.platform.payloads import encode_update
 from latentfl.platform.protocol import Kind, pack_json, unpack_tensors
 from latentfl.platform.supervisor import wait_until
+from latentfl.platform.wire.payloads import encode_update
 from latentfl.strategies import Update
 
 IDS = ["p00", "p01", "p02"]
@@ -224,14 +224,14 @@ def test_declined_task_does_not_hold_the_round(consortium, dataset):
         task = refuser.recv(kind=Kind.TASK)
         assert task is not None
         refuser.send(refuser.frames(Kind.DECLINE, 1, meta={
-            "reason": "policy", "detail": "budget spent"}))
+            "reason": "budget_exceeded", "detail": "budget spent"}))
         assert coord.join(60) == 0
     finally:
         refuser.close()
         for agent in agents:
             agent.stop()
     entries = read_journal(config.state_dir / "journal.jsonl")
-    assert any(e["event"] == "declined" and e["reason"] == "policy" for e in entries)
+    assert any(e["event"] == "declined" and e["reason"] == "budget_exceeded" for e in entries)
     assert [e["accepted"] for e in entries if e["event"] == "round_closed"] == [["p00"]]
 
 

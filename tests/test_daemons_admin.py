@@ -16,7 +16,6 @@ from latentfl.platform.admin_client import AdminClient
 from latentfl.platform.coordinator import Coordinator, StateStore, read_journal, verify_journal
 from latentfl.platform.crypto import load_identity, load_roster
 from latentfl.platform.local import LocalConsortium
-from latentfl.platform.payloads import encode_update
 from latentfl.platform.protocol import (
     TO_OPERATOR,
     Kind,
@@ -25,6 +24,7 @@ from latentfl.platform.protocol import (
     pack_json,
     unpack_tensors,
 )
+from latentfl.platform.wire.payloads import encode_update
 from latentfl.strategies import Update
 
 IDS = ["p00", "p01", "p02"]

@@ -16,12 +16,12 @@ from latentfl.config import from_dict, write_config
 from latentfl.data import load_dataset
 from latentfl.distill import SyntheticSet
 from latentfl.errors import ProtocolError
+from latentfl.platform.cli.report import export_global_model
 from latentfl.platform.coordinator import Coordinator, StateStore, read_journal, verify_journal
 from latentfl.platform.local import LocalConsortium
 from latentfl.platform.participant import Agent
-from latentfl.platform.participant.audit_client import AuditClient, run_participant_audit
+from latentfl.platform.participant.audits.client import AuditClient, run_participant_audit
 from latentfl.platform.protocol import Kind, pack_json
-from latentfl.platform.report_command import export_global_model
 from latentfl.platform.supervisor import wait_until
 from latentfl.strategies import StrategyConfig, build_strategy
 
@@ -273,7 +273,7 @@ def test_holdout_is_class_matched_to_the_training_part():
     import numpy as np
 
     from latentfl.data import ImageSet
-    from latentfl.platform.participant.audit_client import class_matched
+    from latentfl.platform.participant.audits.client import class_matched
 
     def images(labels):
         y = np.asarray(labels, dtype=np.int64)

@@ -30,20 +30,20 @@ from latentfl.config import write_config
 from latentfl.errors import ConfigError, ProtocolError
 from latentfl.log import get_logger
 from latentfl.platform.admin_client import AdminClient
-from latentfl.platform.audit_request import (
+from latentfl.platform.coordinator import Coordinator, read_journal, verify_journal
+from latentfl.platform.local import LocalConsortium
+from latentfl.platform.participant import Agent
+from latentfl.platform.participant.audits.client import AuditClient
+from latentfl.platform.participant.audits.requested import RequestedAudits
+from latentfl.platform.protocol import Kind, Message, encode, pack_json, parse_header
+from latentfl.platform.supervisor import wait_until
+from latentfl.platform.wire.audit_request import (
     DP_OPTIONS,
     AuditRequest,
     encode_command,
     encode_request,
     parse_request,
 )
-from latentfl.platform.coordinator import Coordinator, read_journal, verify_journal
-from latentfl.platform.local import LocalConsortium
-from latentfl.platform.participant import Agent
-from latentfl.platform.participant.audit_client import AuditClient
-from latentfl.platform.participant.requested_audit import RequestedAudits
-from latentfl.platform.protocol import Kind, Message, encode, pack_json, parse_header
-from latentfl.platform.supervisor import wait_until
 
 IDS = ["p00", "p01", "p02"]
 OPERATOR = "ops"

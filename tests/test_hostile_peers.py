@@ -23,9 +23,9 @@ from daemon_helpers import RawClient, Running, make_consortium
 from latentfl.platform.coordinator import Coordinator, read_journal
 from latentfl.platform.coordinator.refusals import RefusalCoalescer
 from latentfl.platform.crypto import Identity, curve_fingerprint, load_identity
-from latentfl.platform.payloads import encode_update
 from latentfl.platform.protocol import Kind, canonical_json, pack_json, unpack_tensors
 from latentfl.platform.supervisor import wait_until
+from latentfl.platform.wire.payloads import encode_update
 from latentfl.strategies import Update
 
 IDS = ["p00", "p01"]

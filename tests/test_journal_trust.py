@@ -19,8 +19,8 @@ from latentfl.platform.coordinator import (
     read_journal,
     verify_against_checkpoint,
 )
-from latentfl.platform.payloads import encode_update
 from latentfl.platform.protocol import Kind, pack_json, unpack_tensors
+from latentfl.platform.wire.payloads import encode_update
 from latentfl.strategies import Update
 
 

@@ -6,13 +6,13 @@ import pytest
 
 from daemon_helpers import processes_mentioning
 from latentfl.config import load_config
+from latentfl.data import PartitionConfig
 from latentfl.errors import ConfigError, StateError
 from latentfl.platform.coordinator import CoordinatorConfig, read_journal
 from latentfl.platform.crypto import load_roster
 from latentfl.platform.local import LocalConsortium
 from latentfl.platform.participant import ParticipantConfig
 from latentfl.platform.supervisor import Supervisor, wait_until
-from latentfl.simulate import PartitionConfig
 
 TINY = {"model": {"name": "convnet", "options": {"width": 8, "depth": 1}},
         "local": {"epochs": 1, "batch_size": 32, "lr": 0.05, "max_steps": 4}}

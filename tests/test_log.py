@@ -14,9 +14,9 @@ import pytest
 import structlog
 
 from latentfl.cli import HelpWithDefaults, all_parsers, build_parser, main
+from latentfl.data import PartitionConfig
 from latentfl.log import configure_logging, get_logger
 from latentfl.platform.local import LocalConsortium
-from latentfl.simulate import PartitionConfig
 
 TINY = {"model": {"name": "convnet", "options": {"width": 8, "depth": 1}},
         "local": {"epochs": 1, "batch_size": 32, "lr": 0.05, "max_steps": 4}}

@@ -12,6 +12,7 @@ import pytest
 import torch
 import zmq
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from structlog.testing import capture_logs
 
 from daemon_helpers import (
     PARTITION,
@@ -29,19 +30,13 @@ from daemon_helpers import (
 )
 from latentfl.config import from_dict
 from latentfl.errors import ConfigError, ProtocolError, Reason, SecurityError
-from latentfl.models import model_manifest
+from latentfl.models import model_manifest, state_length
 from latentfl.platform.coordinator import Coordinator, Journal, StateStore, read_journal
-from latentfl.platform.coordinator.secure import EncryptedSum
+from latentfl.platform.coordinator.ckks_sum import EncryptedSum
 from latentfl.platform.crypto import load_identity, load_roster
 from latentfl.platform.crypto.ckks_keys import load_participant_context, write_ckks_keys
 from latentfl.platform.participant import Agent
-from latentfl.platform.participant.secagg import MaskedRound
-from latentfl.platform.payloads import (
-    encode_decrypt_task,
-    encode_limb_sums,
-    encode_update,
-    state_length,
-)
+from latentfl.platform.participant.masked_round import MaskedRound
 from latentfl.platform.protocol import (
     Kind,
     Message,
@@ -51,6 +46,11 @@ from latentfl.platform.protocol import (
     pack_json,
     parse_header,
     unpack_tensors,
+)
+from latentfl.platform.wire.payloads import (
+    encode_decrypt_task,
+    encode_limb_sums,
+    encode_update,
 )
 from latentfl.privacy import (
     ciphertexts_from_tensors,
@@ -166,7 +166,7 @@ def test_masked_ckks_fedavg_equals_the_plaintext_simulator(consortium, dataset):
     assert not any(b in individual for _, _, t in tasks for b in ciphertexts_from_tensors(t))
     assert {h["kind"] for _, h, _ in sent} <= {
         "TASK", "ACK", "HEARTBEAT", "STATUS", "SECAGG_KEY_LIST", "SECAGG_SHARE_INBOX",
-        "SECAGG_UNMASK", "DECRYPT_TASK"}
+        "SECAGG_SURVIVORS", "SECAGG_UNMASK", "DECRYPT_TASK"}
 
 
 def test_masked_ckks_dynafed_equals_the_plaintext_simulator(consortium, dataset):
@@ -295,42 +295,38 @@ def _masked_upload_of(update: np.ndarray, ctx) -> tuple[list[bytes], int]:
     return encrypt_masked(ctx, clients["p01"].mask(update, 100)), len(ids)
 
 
-def test_curious_coordinator_gets_noise_from_the_decryptor(consortium, dataset):
-    """A coordinator that hands the agent's real DECRYPT_TASK handler one site's ciphertext
-    as a 'sum' gets limbs uniform on [0, 2^32) and uncorrelated with that site's update."""
+def test_decrypt_task_for_an_uncertified_upload_is_declined_without_a_value(consortium,
+                                                                              dataset):
+    """A coordinator that hands the agent's real DECRYPT_TASK handler one site's ciphertext as a
+    'sum', outside any attempt this site signed, gets a DECLINE naming the rule and no value."""
     ctx = load_participant_context(consortium.keys / "participants" / "p01")
     coordinator = load_identity(consortium.keys / "coordinator")
     agent = Agent(consortium.participant_config("p00"), data=local_parts(dataset, 3)[0])
     zctx = zmq.Context()
     ours, theirs = zctx.socket(zmq.PAIR), zctx.socket(zmq.PAIR)
+    ours.linger = theirs.linger = 0
     ours.bind("inproc://curious")
     theirs.connect("inproc://curious")
     verifier = Verifier.of_roster(load_roster(consortium.roster), session=SESSION,
                                   replay=ReplayGuard(window_s=300.0))
-    rng = np.random.default_rng(0)
-    limbs, updates = [], []
     try:
-        for i, update in enumerate((np.zeros(2000), 20.0 * np.sign(rng.normal(size=2000)))):
-            blobs, cohort = _masked_upload_of(update, ctx)
-            payload, meta = encode_decrypt_task(blobs, length=update.size, cohort=cohort)
-            frames = encode(Kind.DECRYPT_TASK, session=SESSION, round=1, sender="coordinator",
-                            signing_key=coordinator.signing_key, payload=payload,
-                            meta=meta | {"attempt": f"{i:016x}"})
+        blobs, cohort = _masked_upload_of(np.full(2000, 1234.5), ctx)
+        payload, meta = encode_decrypt_task(blobs, length=2000, cohort=cohort)
+        frames = encode(Kind.DECRYPT_TASK, session=SESSION, round=1, sender="coordinator",
+                        signing_key=coordinator.signing_key, payload=payload,
+                        meta=meta | {"attempt": f"{1:016x}"})
+        with capture_logs() as logs:
             agent._on_message(ours, agent.verifier.verify(frames, user_id="coordinator"))
-            answer = verifier.verify(theirs.recv_multipart(), user_id="p00")
-            assert answer.header.kind is Kind.AGGREGATE
-            sums = unpack_tensors(answer.payload)["limb_sums"].numpy()
-            limbs.append(sums / 2.0**32)
-            updates.append(np.repeat(update, 2))
+        assert theirs.poll(20_000)
+        answer = verifier.verify(theirs.recv_multipart(), user_id="p00")
     finally:
         ours.close(0)
         theirs.close(0)
         zctx.term()
         agent.replay.close()
-    for u in limbs:
-        counts = np.bincount((u * 16).astype(int), minlength=16)
-        assert ((counts - u.size / 16) ** 2 / (u.size / 16)).sum() < 50.49  # chi2(15), p=1e-5
-    assert abs(np.corrcoef(np.concatenate(limbs), np.concatenate(updates))[0, 1]) < 0.06
+    assert answer.header.kind is Kind.DECLINE
+    assert answer.header.meta["reason"] == "secagg_not_signed"
+    assert "1234" not in repr(answer.header.meta) + repr(logs)
 
 
 def _signed(kind: Kind, sender: str, round: int, payload: bytes, meta: dict) -> Message:

@@ -399,7 +399,8 @@ def test_kinds_cover_the_protocol():
              "DECLINE", "ACK", "REJECT", "HEARTBEAT", "STATUS", "BYE", "FETCH_SYNTHETIC",
              "SYNTHETIC", "AUDIT_REPORT", "AUDIT_REQUEST", "AUDIT_DECLINE"}
     names |= {"SECAGG_KEYS", "SECAGG_KEY_LIST", "SECAGG_SHARES", "SECAGG_SHARE_INBOX",
-              "MASKED_UPDATE", "SECAGG_UNMASK", "SECAGG_REVEAL"}  # secagg mode
+              "MASKED_UPDATE", "SECAGG_SURVIVORS", "SECAGG_SIGNATURE", "SECAGG_UNMASK",
+              "SECAGG_REVEAL"}  # secagg mode
     admin = {"ADMIN_STATUS", "ADMIN_PAUSE", "ADMIN_RESUME", "ADMIN_ABORT_ROUND", "ADMIN_REMOVE",
              "ADMIN_READMIT", "ADMIN_JOURNAL", "ADMIN_REQUEST_AUDIT", "ADMIN_RESULT"}
     assert {k.value for k in Kind} == names | admin

@@ -30,7 +30,7 @@ def make_parties(n: int, *, min_cohort: int = 2, round: int = 1):
                                        min_cohort=min_cohort, round=round)
 
 
-def run_round(n: int, *, before_keys=(), after_keys=(), after_sharing=(), after_upload=(),
+def run_round(n: int, *, before_keys=(), after_keys=(), after_sharing=(), after_signing=(),
               min_cohort: int = 2, seed: int = 0):
     """Run one round where the named parties drop at the named phase; (server, inputs, weights)."""
     rng = np.random.default_rng(seed)
@@ -49,10 +49,7 @@ def run_round(n: int, *, before_keys=(), after_keys=(), after_sharing=(), after_
     for pid in server.sealed:
         if pid not in after_sharing:
             server.add_masked(pid, clients[pid].mask(inputs[pid], weights[pid]))
-    survivors, dropped = server.close_uploads()
-    for pid in survivors:
-        if pid not in after_upload:
-            server.add_reveal(pid, clients[pid].reveal(survivors, dropped))
+    secagg_helpers.unmask_phase(clients, server, silent=after_signing)
     return server, inputs, weights
 
 
@@ -68,28 +65,28 @@ def test_sum_equals_weighted_mean_within_quantisation_error():
     assert np.abs(dequantise(server.unmask(server.masked_sum()), total) - mean).max() <= MAX_ERROR
 
 
-@pytest.mark.parametrize("phase", ["before_keys", "after_keys", "after_sharing", "after_upload"])
+@pytest.mark.parametrize("phase", ["before_keys", "after_keys", "after_sharing", "after_signing"])
 def test_dropouts_at_each_phase_are_recovered(phase):
     """Two of seven parties drop at any phase and the survivors' weighted mean is still exact."""
     server, inputs, weights = run_round(7, **{phase: ("site-001", "site-004")})
-    expected_in = [p for p in inputs if phase == "after_upload" or p not in ("site-001", "site-004")]
+    expected_in = [p for p in inputs if phase == "after_signing" or p not in ("site-001", "site-004")]
     assert server.survivors == expected_in
     mean, total = weighted_mean(inputs, weights, server.survivors)
     assert np.abs(dequantise(server.unmask(server.masked_sum()), total) - mean).max() <= MAX_ERROR
 
 
 def test_sparse_graph_with_dropouts_recovers():
-    """A 40-party round uses a log-degree graph and survives drops after sharing and upload."""
+    """A 40-party round uses a log-degree graph and survives drops after sharing and signing."""
     assert degree(40) < 39
     server, inputs, weights = run_round(40, after_sharing=("site-003", "site-017"),
-                                        after_upload=("site-020", "site-031"))
+                                        after_signing=("site-020", "site-031"))
     mean, total = weighted_mean(inputs, weights, server.survivors)
     assert np.abs(dequantise(server.unmask(server.masked_sum()), total) - mean).max() <= MAX_ERROR
 
 
 def test_too_few_holders_refuse_to_unmask():
     """When fewer than a threshold of holders reveal, the server cannot and does not unmask."""
-    server, *_ = run_round(5, after_upload=("site-000", "site-001", "site-002"))
+    server, *_ = run_round(5, after_signing=("site-000", "site-001"))
     assert not server.ready()
     with pytest.raises(PrivacyError, match="abandoned"):
         server.unmask(server.masked_sum())
@@ -101,18 +98,21 @@ def test_below_min_cohort_is_abandoned_not_unmasked():
         run_round(4, after_sharing=("site-000", "site-001"), min_cohort=3)
 
 
-def test_holder_never_reveals_both_secrets_of_one_peer():
-    """A holder asked for u's self seed after u's mask key (or the reverse) refuses."""
+def test_holder_reveals_by_the_certified_set_once():
+    """Against a certificate a holder reveals survivors' self seeds and the dropped owner's mask
+    key, one share per owner, and refuses a second unmask request."""
     clients, server = make_parties(4)
     secagg_helpers.share_all(clients, server)
+    for pid in ["site-001", "site-002", "site-003"]:
+        server.add_masked(pid, clients[pid].mask(np.zeros(LENGTH), 1))
+    secagg_helpers.unmask_phase(clients, server, silent=["site-001"])
     holder = clients["site-001"]
-    holder.reveal(["site-001", "site-002", "site-003"], ["site-000"])
-    with pytest.raises(PrivacyError, match="never reveals both"):
-        holder.reveal(["site-000", "site-001", "site-002"], ["site-003"])
-    with pytest.raises(PrivacyError, match="survivors and as dropped"):
-        clients["site-002"].reveal(["site-000", "site-002"], ["site-000"])
-    with pytest.raises(PrivacyError, match="at least 2"):
-        clients["site-003"].reveal(["site-003"], ["site-000", "site-001", "site-002"])
+    revealed = holder.reveal(server.certified)
+    assert {(r.owner, r.kind) for r in revealed} == {
+        ("site-000", "mask"), ("site-001", "self"), ("site-002", "self"), ("site-003", "self")}
+    with pytest.raises(PrivacyError, match="runs once"):
+        holder.reveal(server.certified)
+    assert holder.refusals == ["secagg_repeated"]
 
 
 def test_substituted_keys_are_refused():
@@ -134,14 +134,11 @@ def curious_estimate(x: np.ndarray, *, also_self_seed: bool) -> np.ndarray:
     clients, server = make_parties(4)
     secagg_helpers.share_all(clients, server)
     target = "site-000"
-    upload = clients[target].mask(x, 1)
+    upload = clients[target].mask(x, 1)  # kept aside: the coordinator pretends it never came
     others = ["site-001", "site-002", "site-003"]
     for pid in others:
         server.add_masked(pid, clients[pid].mask(np.zeros(LENGTH), 1))
-    server.close_uploads()
-    server.survivors, server.dropped = others, [target]  # the lie
-    for pid in others:
-        server.add_reveal(pid, clients[pid].reveal(others, [target]))
+    secagg_helpers.unmask_phase(clients, server)
     # rebuild the target's pairwise masks from its revealed key: what is left is its upload
     # minus pairwise masks, i.e. its fixed-point update plus its self mask
     secret = combine_mask_key(server._pick(target))
@@ -173,13 +170,13 @@ def test_curious_coordinator_gets_nothing_usable_about_one_participant():
 
 def test_graph_is_symmetric_log_degree():
     """The neighbour graph is complete for small cohorts and symmetric with log degree beyond."""
-    assert neighbours(["a", "b", "c"], session="s", round=1)["a"] == ["b", "c"]
+    assert neighbours(["a", "b", "c"], seed=b"s")["a"] == ["b", "c"]
     ids = [f"p{i}" for i in range(100)]
-    graph = neighbours(ids, session="s", round=1)
+    graph = neighbours(ids, seed=b"s")
     assert {len(v) for v in graph.values()} == {degree(100)} and degree(100) <= 22
     assert all(u in graph[v] for u in ids for v in graph[u])
-    assert graph == neighbours(list(reversed(ids)), session="s", round=1)
-    assert graph != neighbours(ids, session="s", round=2)
+    assert graph == neighbours(list(reversed(ids)), seed=b"s")
+    assert graph != neighbours(ids, seed=b"t")
 
 
 def test_fixed_point_clips_and_refuses_overflow():

@@ -26,11 +26,11 @@ from daemon_helpers import (
 )
 from latentfl.config import from_dict
 from latentfl.errors import ConfigError
-from latentfl.platform.coordinator import Coordinator, StateStore, read_journal
+from latentfl.platform.coordinator import Coordinator, StateStore, collect_status, read_journal
 from latentfl.platform.crypto import load_roster
-from latentfl.platform.participant.secagg import MaskedRound
+from latentfl.platform.participant.masked_round import MaskedRound
 from latentfl.platform.protocol import Kind, pack_json
-from latentfl.platform.secagg_payloads import masked_vector
+from latentfl.platform.wire.secagg import masked_vector
 from latentfl.privacy.secagg import MAX_ERROR, dequantise
 from latentfl.simulate import SimulationConfig, run_simulation
 from latentfl.strategies import build_strategy, run_task
@@ -82,6 +82,10 @@ def test_masked_fedavg_equals_the_plaintext_simulator(consortium, dataset):
     unmasked = [e for e in journal if e["event"] == "secagg_unmasked"]
     assert [(e["round"], e["covers"], e["dropped"]) for e in unmasked] == [
         (1, IDS, []), (2, IDS, [])]
+    # status counts a masked upload as an update, as it counts plain and ckks ones
+    rows = collect_status(config)["participants"]
+    assert {pid: (rows[pid]["accepted"], len(rows[pid]["rounds"])) for pid in IDS} == {
+        pid: (2, 2) for pid in IDS}
     # what the coordinator holds of one participant is uniform noise, not its weights
     for update, _ in StateStore(config.state_dir).load_updates(1):
         held = dequantise(masked_vector(update.weights), update.num_examples)
@@ -89,7 +93,7 @@ def test_masked_fedavg_equals_the_plaintext_simulator(consortium, dataset):
     # it sent TASKs and the secagg steps only; no payload it sent is an upload it received
     assert {kind for _, kind, _ in sent} <= {"TASK", "ACK", "HEARTBEAT", "STATUS",
                                              "SECAGG_KEY_LIST", "SECAGG_SHARE_INBOX",
-                                             "SECAGG_UNMASK"}
+                                             "SECAGG_SURVIVORS", "SECAGG_UNMASK"}
 
 
 def test_masked_fednova_equals_the_plaintext_simulator(consortium, dataset):

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 import torch
 
-from latentfl.data import Dataset, ImageSet
+from latentfl.data import Dataset, ImageSet, PartitionConfig
 from latentfl.distill import DistillConfig
-from latentfl.simulate import PartitionConfig, SimulationConfig, run_simulation
+from latentfl.simulate import SimulationConfig, run_simulation
 from latentfl.strategies import ModelSpec, StrategyConfig
 from latentfl.strategies.feddgm import FedDGMConfig
 from latentfl.training import TrainConfig

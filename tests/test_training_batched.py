@@ -16,10 +16,10 @@ import pytest
 import torch
 from structlog.testing import capture_logs
 
-from latentfl.data import Dataset, ImageSet
+from latentfl.data import Dataset, ImageSet, PartitionConfig
 from latentfl.errors import ConfigError, ModelError
 from latentfl.models import build_model, load_tensors_, state_to_tensors
-from latentfl.simulate import PartitionConfig, SimulationConfig, run_simulation
+from latentfl.simulate import SimulationConfig, run_simulation
 from latentfl.strategies import ModelSpec, StrategyConfig, Task
 from latentfl.strategies.local import run_task, run_tasks
 from latentfl.training import TrainConfig, train

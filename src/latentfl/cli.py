@@ -28,17 +28,17 @@ from latentfl.exitcodes import ExitCode
 from latentfl.log import LOG_FORMATS, configure_logging
 
 COMMAND_MODULES: tuple[str, ...] = (
-    "latentfl.platform.commands",
+    "latentfl.platform.cli.daemons",
     "latentfl.demo",
     "latentfl.distill.commands",
-    "latentfl.platform.keys_commands",
-    "latentfl.platform.admin_commands",
+    "latentfl.platform.cli.keys",
+    "latentfl.platform.cli.admin",
     "latentfl.data.commands",
     "latentfl.simulate",
     "latentfl.experiment.commands",
-    "latentfl.platform.privacy_commands",
+    "latentfl.platform.cli.privacy",
     "latentfl.audits.commands",
-    "latentfl.platform.report_command",
+    "latentfl.platform.cli.report",
 )
 
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import enum
 import json
 import math
 import re
@@ -116,6 +117,8 @@ def to_dict(obj: Any) -> Any:
         return {k: to_dict(v) for k, v in obj.items()}
     if isinstance(obj, Path):
         return str(obj)
+    if isinstance(obj, enum.Enum):
+        return obj.value
     return obj
 
 
@@ -219,6 +222,12 @@ def _convert(tp, value, key, problems, base_dir):
         return None
     if dataclasses.is_dataclass(tp):
         return _convert_dataclass(tp, value, key, problems, base_dir)
+    if isinstance(tp, type) and issubclass(tp, enum.Enum):
+        if value not in {m.value for m in tp}:
+            expected = " | ".join(repr(m.value) for m in tp)
+            problems.append(f"'{key}' = {value!r}; expected one of {expected}.")
+            return None
+        return tp(value)
     if origin is Literal:
         choices = get_args(tp)
         if value not in choices:
@@ -317,10 +326,19 @@ def describe(schema: type, prefix: str = "") -> list[tuple[str, str, str, str]]:
             default = repr(to_dict(f.default_factory()))
         else:
             default = "(required)"
-        tname = tp.__name__ if isinstance(tp, type) else str(tp)
-        tname = tname.replace("typing.", "").replace("pathlib.", "").replace("NoneType", "None")
-        rows.append((key, tname, default, f.metadata.get("help", "")))
+        rows.append((key, _type_name(tp), default, f.metadata.get("help", "")))
     return rows
+
+
+def _type_name(tp: Any) -> str:
+    """How the docs spell a field's type (an enum as the literal values a file may hold)."""
+    if isinstance(tp, type) and issubclass(tp, enum.Enum):
+        return "Literal[" + ", ".join(repr(m.value) for m in tp) + "]"
+    if get_origin(tp) in (tuple, list):
+        args = ", ".join("..." if a is Ellipsis else _type_name(a) for a in get_args(tp))
+        return f"{get_origin(tp).__name__}[{args}]"
+    name = tp.__name__ if isinstance(tp, type) else str(tp)
+    return name.replace("typing.", "").replace("pathlib.", "").replace("NoneType", "None")
 
 
 __all__ = ["describe", "from_dict", "load_config", "option", "to_dict", "to_toml", "write_config"]

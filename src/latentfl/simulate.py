@@ -24,8 +24,7 @@ from latentfl.attacks import (
     tamper,
 )
 from latentfl.config import load_config, option
-from latentfl.data import evaluation_tensors, load_dataset, partition, to_tensors
-from latentfl.data.partition import Scheme
+from latentfl.data import PartitionConfig, evaluation_tensors, load_dataset, to_tensors
 from latentfl.device import resolve_device
 from latentfl.log import get_logger
 from latentfl.strategies import (
@@ -35,33 +34,11 @@ from latentfl.strategies import (
     build_strategy,
     run_tasks,
     select_participants,
+    set_aside_of,
 )
 from latentfl.training import evaluate
 
 log = get_logger("simulate")
-
-
-@dataclass(frozen=True)
-class PartitionConfig:
-    """How the training split is divided among participants."""
-
-    scheme: Scheme = option(
-        "dirichlet", help="Partition scheme: iid, dirichlet (each class split over participants), "
-        "dirichlet_per_client (each participant's class mix drawn) or shards."
-    )
-    alpha: float = option(
-        0.5, help="Dirichlet concentration (smaller = more skewed).", min=0.0, min_exclusive=True
-    )
-    min_size: int = option(
-        10, help="Minimum examples per participant (dirichlet; redrawn until met).", min=1
-    )
-    classes_per_client: int = option(2, help="Classes per participant (shards).", min=1)
-    seed: int = option(0, help="Seed of the partition.")
-
-    def split(self, labels, clients: int) -> list:
-        """Index arrays, one per client, of this partition of ``labels`` (deterministic)."""
-        return partition(labels, clients, self.scheme, seed=self.seed, alpha=self.alpha,
-                         min_size=self.min_size, classes_per_client=self.classes_per_client)
 
 
 @dataclass(frozen=True)
@@ -178,7 +155,7 @@ def run_simulation(
                               seed=attack_seed(config.seed, u.participant, r))
                        if u.participant in attack_of else u for u in updates]
             metrics = dict(strategy.aggregate_round(r, updates))
-            set_aside = [s.as_dict() for s in strategy.set_aside()]
+            set_aside = [s.as_dict() for s in set_aside_of(strategy)]
             metrics["set_aside"] = float(len(set_aside))
             if attack_of:
                 metrics["attackers_set_aside"] = float(

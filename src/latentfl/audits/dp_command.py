@@ -5,7 +5,7 @@ JSON report of aggregate numbers (epsilons and counts). The participant variant 
 data and ``[privacy]`` settings from its config and runs beside the agent; with ``--share`` it
 sends the aggregate numbers to the coordinator. The agent runs the same audit
 (:func:`audit_dp_sgd`, :func:`write_dp_report`) when an operator requests it and its site policy
-allows it (``platform/participant/requested_audit.py``).
+allows it (``platform/participant/audits/requested.py``).
 """
 
 from __future__ import annotations

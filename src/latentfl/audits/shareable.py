@@ -4,7 +4,7 @@ A participant builds the part of an audit report it may send to the coordinator 
 :func:`shareable_aggregates`: the verdicts (metric, status, p-value, level, counts), the sizes
 and, for the one-run DP audit, its result (canary and guess counts, the epsilons and the audited
 run's settings). Never an image, an index or a per-example (per-canary) score. The coordinator
-accepts exactly these keys (``platform/coordinator/audit_schema.py`` imports them from here),
+accepts exactly these keys (``platform/coordinator/audits/schema.py`` imports them from here),
 so both sides read the shape from one place.
 """
 

@@ -18,6 +18,7 @@ from latentfl.data.datasets import (
 from latentfl.data.partition import (
     DIRICHLET_SCHEMES,
     PARTITION_SCHEMES,
+    PartitionConfig,
     class_counts,
     partition,
 )
@@ -26,6 +27,7 @@ __all__ = [
     "BUILTIN_DATASETS",
     "DIRICHLET_SCHEMES",
     "PARTITION_SCHEMES",
+    "PartitionConfig",
     "SPEC_SCHEMES",
     "Dataset",
     "ImageSet",

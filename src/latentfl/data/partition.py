@@ -1,15 +1,20 @@
 """Split a dataset's samples among clients: iid, Dirichlet label skew (two ways), or class shards.
 
+:class:`PartitionConfig` is the config section that names a partition (the simulator's, and a
+participant's share of one in demos and tests).
+
 Every scheme is a pure function of (labels, num_clients, options, seed): the same inputs give the
 same index arrays. Each returned array is sorted and the arrays are disjoint.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Literal, get_args
 
 import numpy as np
 
+from latentfl.config import option
 from latentfl.errors import ConfigError, DataError
 
 Scheme = Literal["iid", "dirichlet", "dirichlet_per_client", "shards"]
@@ -172,10 +177,35 @@ def class_counts(labels: np.ndarray, parts: list[np.ndarray], num_classes: int) 
     return np.stack([np.bincount(labels[p], minlength=num_classes) for p in parts])
 
 
+@dataclass(frozen=True)
+class PartitionConfig:
+    """How the training split is divided among participants."""
+
+    scheme: Scheme = option(
+        "dirichlet", help="Partition scheme: iid, dirichlet (each class split over participants), "
+        "dirichlet_per_client (each participant's class mix drawn) or shards."
+    )
+    alpha: float = option(
+        0.5, help="Dirichlet concentration (smaller = more skewed).", min=0.0, min_exclusive=True
+    )
+    min_size: int = option(
+        10, help="Minimum examples per participant (dirichlet; redrawn until met).", min=1
+    )
+    classes_per_client: int = option(2, help="Classes per participant (shards).", min=1)
+    seed: int = option(0, help="Seed of the partition.")
+
+    def split(self, labels, clients: int) -> list:
+        """Index arrays, one per client, of this partition of ``labels`` (deterministic)."""
+        return partition(labels, clients, self.scheme, seed=self.seed, alpha=self.alpha,
+                         min_size=self.min_size, classes_per_client=self.classes_per_client)
+
+
+
 __all__ = [
     "DIRICHLET_MAX_TRIES",
     "DIRICHLET_SCHEMES",
     "PARTITION_SCHEMES",
+    "PartitionConfig",
     "Scheme",
     "class_counts",
     "partition",

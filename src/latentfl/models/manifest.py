@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -110,3 +112,26 @@ def load_tensors_(model: nn.Module, tensors: dict[str, torch.Tensor]) -> None:
 
 def _dtype_name(dtype: torch.dtype) -> str:
     return str(dtype).removeprefix("torch.")
+
+
+def flatten_state(tensors: Mapping[str, torch.Tensor], manifest: ModelManifest) -> torch.Tensor:
+    """The one flattening secagg, ckks and weight noise use: every manifest tensor, in manifest order, as float64."""
+    return torch.cat([tensors[name].detach().reshape(-1).to("cpu", torch.float64)
+                      for name, _, _ in manifest.entries])
+
+
+def unflatten_state(flat: torch.Tensor, manifest: ModelManifest) -> dict[str, torch.Tensor]:
+    """Inverse of :func:`flatten_state` (new tensors, each in its manifest dtype)."""
+    out, at = {}, 0
+    for name, shape, dtype in manifest.entries:
+        n = math.prod(shape)
+        out[name] = flat[at:at + n].reshape(shape).to(getattr(torch, dtype)).clone()
+        at += n
+    if at != flat.numel():
+        raise ModelError(f"flat state has {flat.numel()} values; the manifest needs {at}.")
+    return out
+
+
+def state_length(manifest: ModelManifest) -> int:
+    """Values :func:`flatten_state` gives for ``manifest``."""
+    return sum(math.prod(shape) for _, shape, _ in manifest.entries)

@@ -17,7 +17,6 @@ import zmq
 
 from latentfl.config import option
 from latentfl.errors import ConfigError, ProtocolError, Reason, SecurityError
-from latentfl.platform.audit_request import encode_command, option_problems
 from latentfl.platform.crypto import Identity, load_identity, load_roster, make_curve_client
 from latentfl.platform.exchange import OneShotClient, exchange
 from latentfl.platform.protocol import (
@@ -29,6 +28,7 @@ from latentfl.platform.protocol import (
     encode,
     unpack_json,
 )
+from latentfl.platform.wire.audit_request import encode_command, option_problems
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,7 @@ import zmq
 
 from latentfl.errors import ProtocolError, Reason
 from latentfl.platform.crypto import COORDINATOR_ID
-from latentfl.platform.protocol import Kind, Message, Verifier
+from latentfl.platform.protocol import Kind, Message, Reject, Verifier
 
 
 def exchange(sock: zmq.Socket, frames: Sequence[bytes], *, kind: Kind, reply: Kind,
@@ -31,11 +31,11 @@ def exchange(sock: zmq.Socket, frames: Sequence[bytes], *, kind: Kind, reply: Ki
         if not sock.poll(int(left * 1000)):
             break
         message = verifier.verify(sock.recv_multipart(), user_id=COORDINATOR_ID)
-        meta = message.header.meta
-        if message.header.kind is Kind.REJECT and meta.get("refused_kind") == kind.value:
-            reason = meta.get("reason")
-            raise ProtocolError(Reason.parse(reason) or str(reason),
-                                f"the coordinator refused {kind.value}: {meta.get('detail')}")
+        if message.header.kind is Kind.REJECT:
+            reject = Reject.from_meta(message.header.meta)
+            if reject.refused_kind is kind:
+                raise ProtocolError(reject.reason, f"the coordinator refused {kind.value}: "
+                                                   f"{reject.detail}")
         if message.header.kind is reply:
             return message
     raise ProtocolError(Reason.TIMEOUT, f"no answer to {kind.value} from {endpoint} within "

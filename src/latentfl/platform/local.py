@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from latentfl.config import from_dict, to_dict, write_config
+from latentfl.data import PartitionConfig
 from latentfl.errors import StateError
 from latentfl.platform.admin_client import AdminConfig
 from latentfl.platform.coordinator.config import CoordinatorConfig
@@ -36,7 +37,7 @@ from latentfl.platform.crypto import Identity, init_consortium, load_identity
 from latentfl.platform.crypto.consortium import OPERATORS_DIR
 from latentfl.platform.participant.config import ParticipantConfig
 from latentfl.platform.supervisor import Supervisor, wait_until
-from latentfl.simulate import PartitionConfig, participant_ids
+from latentfl.simulate import participant_ids
 
 COORDINATOR = "coordinator"
 

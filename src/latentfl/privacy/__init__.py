@@ -5,7 +5,9 @@ importing ``latentfl.privacy`` is cheap. See docs/privacy.md for what each mecha
 
 - :mod:`~latentfl.privacy.accounting`  pure math: noise for a target epsilon, epsilon after k steps
 - :mod:`~latentfl.privacy.ledger`      the participant's persistent spending (PrivacyLedger)
+- :mod:`~latentfl.privacy.modes`       Aggregation: the one spelling of plain, ckks, secagg
 - :mod:`~latentfl.privacy.policy`      a site's rules (SitePolicy) and check_task
+- :mod:`~latentfl.privacy.rules`       PolicyRule: the closed set of rules a refusal names
 - :mod:`~latentfl.privacy.dp_sgd`      make_private: the Opacus wrap for latentfl.training.train
 - :mod:`~latentfl.privacy.weight_noise` clip + Gaussian noise on the uploaded update
 - :mod:`~latentfl.privacy.ckks`        masked words under CKKS (coordinator sums, never decrypts)
@@ -51,7 +53,9 @@ from latentfl.privacy.dp_sgd import (
 )
 from latentfl.privacy.key_sealing import open_secret_context, seal_secret_context
 from latentfl.privacy.ledger import LedgerRow, PrivacyLedger
+from latentfl.privacy.modes import Aggregation
 from latentfl.privacy.policy import PlannedTask, SitePolicy, check_task
+from latentfl.privacy.rules import PolicyRule
 from latentfl.privacy.weight_noise import (
     clip_and_noise,
     weight_noise_epsilon,
@@ -59,6 +63,8 @@ from latentfl.privacy.weight_noise import (
 )
 
 __all__ = [
+    "Aggregation",
+    "PolicyRule",
     "DPPlan",
     "DPSGDConfig",
     "DPWrap",

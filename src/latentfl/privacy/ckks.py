@@ -29,13 +29,16 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import torch
 
 from latentfl.config import option
 from latentfl.errors import ConfigError, PrivacyError, ProtocolError, Reason, SecurityError
+from latentfl.privacy.modes import Aggregation
+from latentfl.privacy.secagg.client import SecAggClient
+from latentfl.privacy.secagg.consistency import Certificate
 from latentfl.privacy.secagg.fixedpoint import DEFAULT_CLIP
 
 DEFAULT_POLY_MODULUS_DEGREE = 8192
@@ -58,8 +61,8 @@ _LIMB_MASK = np.uint64(2**LIMB_BITS - 1)
 class SecureAggregationConfig:
     """How updates are aggregated (``[aggregation]``): in the clear, under CKKS, or masked."""
 
-    mode: Literal["plain", "ckks", "secagg"] = option(
-        "plain", help="'secagg': participants mask their updates and the coordinator unmasks only "
+    mode: Aggregation = option(
+        Aggregation.PLAIN, help="'secagg': participants mask their updates and the coordinator unmasks only "
         "the sum; 'ckks': the same masked exchange with the masked words CKKS-encrypted, so the "
         "coordinator sums ciphertexts and one participant decrypts only masked limb sums "
         "(docs/privacy.md)."
@@ -280,17 +283,25 @@ def decrypt_limb_sums(secret_ctx: Any, blobs: Sequence[bytes], length: int, *,
     values = np.concatenate([np.asarray(_parse(secret_ctx, blob, i).decrypt(), dtype=np.float64)
                              for i, blob in enumerate(blobs)])[: LIMBS_PER_WORD * length]
     nearest = np.rint(values)
-    distance = np.abs(values - nearest)
-    worst = int(np.argmax(distance))
-    if not distance[worst] <= ROUNDING_TOLERANCE:
-        raise _bad(f"limb sum {worst} decrypts to {values[worst]:.4f}, {distance[worst]:.3f} from "
-                   f"the nearest integer; expected within {ROUNDING_TOLERANCE} (CKKS precision "
-                   "lost)")
+    # the refusals name no decrypted value, no position and no distance: they travel to the
+    # coordinator in a DECLINE and into logs
+    if not np.all(np.abs(values - nearest) <= ROUNDING_TOLERANCE):
+        raise _bad(f"a decrypted limb sum is not within {ROUNDING_TOLERANCE} of an integer "
+                   "(CKKS precision lost, or not a sum of masked uploads)")
     top = cohort * float(2**LIMB_BITS - 1)
     if nearest.min() < 0 or nearest.max() > top:
-        raise _bad(f"limb sums span [{nearest.min():.0f}, {nearest.max():.0f}]; a sum of "
-                   f"{cohort} uploads stays in [0, {top:.0f}]")
+        raise _bad(f"a decrypted limb sum lies outside [0, {top:.0f}], the range of a sum of "
+                   f"{cohort} uploads")
     return nearest.astype(np.int64)
+
+
+def decrypt_certified(client: SecAggClient, secret_ctx: Any, blobs: Sequence[bytes],
+                      length: int, certificate: Certificate) -> np.ndarray:
+    """The one decryption a participant grants an attempt: only after it signed the attempt's
+    survivor set, only on that set's certificate, once (``client.certify_decrypt``), for a sum
+    of exactly the certified survivors. PrivacyError when the client refuses."""
+    cohort = client.certify_decrypt(certificate)
+    return decrypt_limb_sums(secret_ctx, blobs, length, cohort=cohort)
 
 
 def check_min_cohort(answered: int, min_cohort: int) -> None:
@@ -365,6 +376,7 @@ __all__ = [
     "ciphertexts_from_tensors",
     "ciphertexts_to_tensors",
     "create_context",
+    "decrypt_certified",
     "decrypt_limb_sums",
     "encrypt_masked",
     "join_limbs",

@@ -8,6 +8,7 @@ Rules, in the order they are checked:
 
 ``mode_not_allowed``     the task's aggregation mode is not in ``allowed_modes``
 ``encryption_required``  the site requires hidden updates and the task is neither ckks nor secagg
+``cohort_below_floor``   a ckks or secagg task whose ``min_cohort`` is below the site's own
 ``noise_too_low``        DP-SGD is off or its noise multiplier is below ``min_noise_multiplier``
 ``budget_exceeded``      the epsilon after the task would pass ``max_epsilon``
 """
@@ -16,17 +17,13 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Literal
 
 from latentfl.config import option
 from latentfl.errors import ConfigError, PrivacyError
 from latentfl.privacy.accounting import HistoryEntry
 from latentfl.privacy.ledger import PrivacyLedger
-
-AggregationMode = Literal["plain", "ckks", "secagg"]
-AGGREGATION_MODES: tuple[str, ...] = ("plain", "ckks", "secagg")
-#: Modes in which the coordinator never holds an individual update.
-HIDDEN_MODES: tuple[str, ...] = ("ckks", "secagg")
+from latentfl.privacy.modes import Aggregation
+from latentfl.privacy.rules import PolicyRule
 
 
 @dataclass(frozen=True)
@@ -51,22 +48,27 @@ class SitePolicy:
         help="Refuse DP-SGD tasks with less noise than this (0 = DP-SGD not required).",
         min=0.0,
     )
-    allowed_modes: tuple[str, ...] = option(
-        AGGREGATION_MODES, help="Aggregation modes the site accepts: 'plain', 'ckks', 'secagg'."
+    allowed_modes: tuple[Aggregation, ...] = option(
+        tuple(Aggregation), help="Aggregation modes the site accepts: 'plain', 'ckks', 'secagg'."
     )
     require_encrypted_aggregation: bool = option(
         False, help="Refuse any task whose update the coordinator could read on its own."
     )
+    min_cohort: int = option(
+        2, help="ckks and secagg: fewest participants this site's update may be summed with "
+        "(key list and survivor set included); a task asking for fewer is declined.", min=2
+    )
+    max_dropped_fraction: float = option(
+        0.34, help="ckks and secagg: largest fraction of the key list missing from the survivor "
+        "set that this site still signs and helps recover (the default never binds: the "
+        "signature threshold already keeps it below a third).", min=0.0, max=1.0
+    )
 
     def problems(self) -> list[str]:
-        out = [
-            f"'allowed_modes' has {m!r}; expected only {', '.join(AGGREGATION_MODES)}."
-            for m in self.allowed_modes
-            if m not in AGGREGATION_MODES
-        ]
+        out = []
         if not self.allowed_modes:
             out.append("'allowed_modes' is empty; expected at least one mode.")
-        if self.require_encrypted_aggregation and not set(HIDDEN_MODES) & set(self.allowed_modes):
+        if self.require_encrypted_aggregation and not any(m.hidden for m in self.allowed_modes):
             out.append(
                 "'require_encrypted_aggregation' is true but neither 'ckks' nor 'secagg' is in "
                 "'allowed_modes'; every task would be refused."
@@ -79,15 +81,20 @@ class PlannedTask:
     """What a task will spend if run: the agent builds it from the TASK and its own data.
 
     ``noise_multiplier = None`` means DP-SGD off; ``weight_noise_multiplier = None`` means the
-    upload is not noised. ``sample_rate`` and ``steps`` are this round's DP-SGD values.
+    upload is not noised. ``sample_rate`` and ``steps`` are this round's DP-SGD values;
+    ``min_cohort`` is what a ckks or secagg task states (None otherwise).
     """
 
-    mode: str
+    mode: Aggregation
     noise_multiplier: float | None
     sample_rate: float
     steps: int
     max_grad_norm: float | None = None
     weight_noise_multiplier: float | None = None
+    min_cohort: int | None = None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "mode", Aggregation(self.mode))
 
     def history(self) -> list[HistoryEntry]:
         """The accountant entries this task adds (see :mod:`latentfl.privacy.ledger`)."""
@@ -108,21 +115,28 @@ def check_task(policy: SitePolicy, ledger: PrivacyLedger, planned: PlannedTask) 
         )
     if planned.mode not in policy.allowed_modes:
         raise PrivacyError(
-            "mode_not_allowed",
-            f"task asks for aggregation mode {planned.mode!r}; this site allows only "
+            PolicyRule.MODE_NOT_ALLOWED,
+            f"task asks for aggregation mode {planned.mode.value!r}; this site allows only "
             f"{', '.join(policy.allowed_modes)}.",
         )
-    if policy.require_encrypted_aggregation and planned.mode not in HIDDEN_MODES:
+    if policy.require_encrypted_aggregation and not planned.mode.hidden:
         raise PrivacyError(
-            "encryption_required",
-            f"task asks for aggregation mode {planned.mode!r}; this site requires 'ckks' or "
+            PolicyRule.ENCRYPTION_REQUIRED,
+            f"task asks for aggregation mode {planned.mode.value!r}; this site requires 'ckks' or "
             "'secagg' so the coordinator never sees its update.",
+        )
+    if planned.mode.hidden and planned.min_cohort is not None \
+            and planned.min_cohort < policy.min_cohort:
+        raise PrivacyError(
+            PolicyRule.COHORT_BELOW_FLOOR,
+            f"task asks for min_cohort = {planned.min_cohort}; this site's policy takes part in "
+            f"a masked sum only with min_cohort >= {policy.min_cohort}.",
         )
     noise = planned.noise_multiplier or 0.0
     if policy.min_noise_multiplier > 0 and noise < policy.min_noise_multiplier:
         seen = "DP-SGD off" if planned.noise_multiplier is None else f"noise multiplier {noise}"
         raise PrivacyError(
-            "noise_too_low",
+            PolicyRule.NOISE_TOO_LOW,
             f"task trains with {seen}; this site requires DP-SGD with a noise multiplier "
             f">= {policy.min_noise_multiplier}.",
         )
@@ -136,10 +150,10 @@ def check_task(policy: SitePolicy, ledger: PrivacyLedger, planned: PlannedTask) 
                 else f"would reach epsilon {after:.3f}"
             )
             raise PrivacyError(
-                "budget_exceeded",
+                PolicyRule.BUDGET_EXCEEDED,
                 f"task {why} (spent so far {before:.3f} at delta {ledger.delta:g}); this "
                 f"site's budget is max_epsilon = {policy.max_epsilon}.",
             )
 
 
-__all__ = ["AGGREGATION_MODES", "HIDDEN_MODES", "AggregationMode", "PlannedTask", "SitePolicy", "check_task"]
+__all__ = ["PlannedTask", "SitePolicy", "check_task"]

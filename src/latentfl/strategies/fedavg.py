@@ -18,7 +18,6 @@ from latentfl.errors import ConfigError
 from latentfl.models import load_tensors_, state_to_tensors
 from latentfl.strategies.base import (
     ModelSpec,
-    SetAside,
     Strategy,
     Task,
     Tensors,
@@ -27,6 +26,7 @@ from latentfl.strategies.base import (
     check_updates,
 )
 from latentfl.strategies.defence import RobustConfig, robust_combine
+from latentfl.strategies.robust import SetAside
 from latentfl.training import TrainConfig
 
 

@@ -33,7 +33,6 @@ from latentfl.models import (
 from latentfl.seeding import derive_seed
 from latentfl.strategies.base import (
     ModelSpec,
-    SetAside,
     Strategy,
     SyntheticImages,
     Task,
@@ -43,7 +42,7 @@ from latentfl.strategies.base import (
     check_updates,
 )
 from latentfl.strategies.defence import update_deltas
-from latentfl.strategies.robust import screen_uploads
+from latentfl.strategies.robust import SetAside, screen_uploads
 from latentfl.training import TrainConfig, train
 
 log = get_logger("feddgm")

@@ -2,9 +2,9 @@
 
 ``daemon`` (receive, verify, dispatch, send) and ``router`` (the socket) own the I/O; ``rounds``
 (the round state machine), ``conductor`` (opening and closing rounds in time), ``intake``
-(accepting updates), ``masked`` (the secagg exchange of secagg and ckks rounds), ``secure`` (the
-ckks ciphertext layer), ``aggregation`` (the worker thread),
-``audit_service``, ``peers``, ``refusals`` (journaling refusals at a bounded rate), ``store``,
+(accepting updates), ``secagg_exchange`` (the secagg exchange of secagg and ckks rounds),
+``ckks_sum`` (the ckks ciphertext layer), ``aggregation_worker`` (the thread that aggregates),
+``audits`` (operators' requests, shared reports and their schema), ``peers``, ``refusals`` (journaling refusals at a bounded rate), ``store``,
 ``journal`` and ``status`` decide and remember; ``status_view`` renders the status for people.
 """
 

@@ -16,8 +16,8 @@ object, or refused ('bad-command') when it does not apply now:
   later round; its connection stays (``participant_removed``);
 - ADMIN_READMIT: undo ADMIN_REMOVE (``participant_readmitted``);
 - ADMIN_REQUEST_AUDIT: ask ``meta.participant`` to run an audit on its own data and share the
-  aggregate numbers (payload: the audit and its bounded options, ``platform/audit_request.py``);
-  recorded and delivered by ``audit_requests`` (``audit_requested``).
+  aggregate numbers (payload: the audit and its bounded options, ``platform/wire/audit_request.py``);
+  recorded and delivered by ``audits.requests`` (``audit_requested``).
 
 Each journal line names the operator (``peer``); a change's line is fsynced before the answer
 leaves (reads are journaled without fsync, like heartbeats). The
@@ -35,13 +35,13 @@ from typing import Any
 
 from latentfl.errors import ProtocolError, Reason, StateError
 from latentfl.log import get_logger
-from latentfl.platform.audit_request import parse_command
-from latentfl.platform.coordinator.audit_requests import AuditRequests
+from latentfl.platform.coordinator.audits.requests import AuditRequests
 from latentfl.platform.coordinator.conductor import RoundConductor
 from latentfl.platform.coordinator.journal import Journal, tail_journal
 from latentfl.platform.coordinator.store import StateStore, read_json, write_json_atomic
 from latentfl.platform.crypto import Roster
 from latentfl.platform.protocol import Kind, Message
+from latentfl.platform.wire.audit_request import parse_command
 
 MAX_TAIL = 1000
 

@@ -24,15 +24,15 @@ import time
 from latentfl.errors import ProtocolError, Reason
 from latentfl.log import get_logger
 from latentfl.models import ModelManifest
-from latentfl.platform.coordinator.aggregation import AggregationWorker
+from latentfl.platform.coordinator.aggregation_worker import AggregationWorker
 from latentfl.platform.coordinator.config import CoordinatorConfig
 from latentfl.platform.coordinator.distributed import WorkerGroup
 from latentfl.platform.coordinator.journal import Journal
-from latentfl.platform.coordinator.masked import MaskedAggregation
 from latentfl.platform.coordinator.rounds import RoundRecord, Rounds
-from latentfl.platform.payloads import encode_task
+from latentfl.platform.coordinator.secagg_exchange import MaskedAggregation
 from latentfl.platform.protocol import Kind, Message, Outgoing
-from latentfl.strategies import Update
+from latentfl.platform.wire.payloads import encode_task
+from latentfl.strategies import Update, UsesDistiller
 
 
 class RoundConductor:
@@ -54,7 +54,8 @@ class RoundConductor:
         self.group: WorkerGroup | None = None
         if config.distributed is not None:  # each round's distillation on a torchrun group
             self.group = WorkerGroup(config.distributed, rounds.store.root / "distill", self.note)
-            rounds.strategy.use_distiller(self.group)
+            if isinstance(rounds.strategy, UsesDistiller):
+                rounds.strategy.use_distiller(self.group)
 
     def note(self, event: str, **fields) -> None:
         """Queue a journal line from the aggregation thread (thread-safe); the loop's thread
@@ -115,7 +116,7 @@ class RoundConductor:
         return outbox
 
     def receive_secagg(self, message: Message) -> list[Outgoing]:
-        """A participant's SECAGG_KEYS, SECAGG_SHARES or SECAGG_REVEAL."""
+        """A participant's SECAGG_KEYS, SECAGG_SHARES, SECAGG_SIGNATURE or SECAGG_REVEAL."""
         if self.masked is None:
             raise ProtocolError(Reason.WRONG_MODE, f"a {message.header.kind.value} was sent but "
                                                    "this session uses neither secagg nor ckks.")

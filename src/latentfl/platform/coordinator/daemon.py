@@ -6,9 +6,9 @@ sender, signature, session, nonce, timestamp, payload hash, a kind participants 
 handed to the handler its kind names in a table; handlers and the time-driven step return an
 outbox of :class:`~latentfl.platform.protocol.Outgoing` messages that the loop signs and sends.
 The decisions live in socket-free parts: the rounds (``rounds.Rounds``), secagg and ckks
-masked aggregation (``masked.MaskedAggregation``, with ``secure.EncryptedSum`` as ckks's
-ciphertext layer), the audit answers (``audit_service``), and the aggregation
-worker thread (``aggregation.AggregationWorker``). ``_receive`` is the fault barrier: any
+masked aggregation (``secagg_exchange.MaskedAggregation``, with ``ckks_sum.EncryptedSum`` as
+ckks's ciphertext layer), the audit answers (``audits.service``), and the aggregation worker
+thread (``aggregation_worker.AggregationWorker``). ``_receive`` is the fault barrier: any
 exception while handling one message (a ProtocolError, or a bug our code hit on a peer's
 input) becomes a REJECT to that peer naming the reason (``internal`` when nothing better fits),
 a journal entry and one log line; the loop keeps serving. Refusals, and the ZAP handler's
@@ -48,21 +48,21 @@ import zmq
 from latentfl.errors import LatentFLError, ProtocolError, Reason, SecurityError, StateError
 from latentfl.exitcodes import ExitCode
 from latentfl.log import get_logger
-from latentfl.models import model_manifest
+from latentfl.models import model_manifest, state_length
 from latentfl.platform.coordinator.admin import AdminService
-from latentfl.platform.coordinator.audit_requests import AuditRequests
-from latentfl.platform.coordinator.audit_service import AUDIT_KINDS, AuditService
+from latentfl.platform.coordinator.audits.requests import AuditRequests
+from latentfl.platform.coordinator.audits.service import AUDIT_KINDS, AuditService
+from latentfl.platform.coordinator.ckks_sum import EncryptedSum
 from latentfl.platform.coordinator.conductor import RoundConductor
 from latentfl.platform.coordinator.config import CoordinatorConfig
 from latentfl.platform.coordinator.intake import GroupFailed, UpdateIntake
 from latentfl.platform.coordinator.journal import Journal, verify_against_checkpoint
-from latentfl.platform.coordinator.masked import MaskedAggregation
 from latentfl.platform.coordinator.peers import PeerTable
 from latentfl.platform.coordinator.refusals import RefusalCoalescer
 from latentfl.platform.coordinator.roster_watch import RosterWatcher
 from latentfl.platform.coordinator.rounds import Rounds, make_evaluator
 from latentfl.platform.coordinator.router import Router
-from latentfl.platform.coordinator.secure import EncryptedSum
+from latentfl.platform.coordinator.secagg_exchange import MaskedAggregation
 from latentfl.platform.coordinator.status import collect_status, status_snapshot
 from latentfl.platform.coordinator.store import StateStore, write_json_atomic
 from latentfl.platform.crypto import (
@@ -72,14 +72,16 @@ from latentfl.platform.crypto import (
     peer_user_id,
     start_authenticator,
 )
-from latentfl.platform.payloads import state_length
 from latentfl.platform.protocol import (
     DEFAULT_CLOCK_SKEW_S,
     FROM_OPERATOR,
+    Decline,
     Header,
+    Heartbeat,
     Kind,
     Message,
     Outgoing,
+    Reject,
     ReplayGuard,
     Verifier,
     pack_json,
@@ -160,6 +162,7 @@ class Coordinator:
             Kind.BYE: self._on_bye,
             Kind.MASKED_UPDATE: self._on_update, Kind.SECAGG_KEYS: self.conductor.receive_secagg,
             Kind.SECAGG_SHARES: self.conductor.receive_secagg,
+            Kind.SECAGG_SIGNATURE: self.conductor.receive_secagg,
             Kind.SECAGG_REVEAL: self.conductor.receive_secagg,
         }
         #: Observers of every message the daemon sends a participant: ``fn(pid, frames)``.
@@ -342,7 +345,7 @@ class Coordinator:
             return
         self.peers.seen(pid, routing_id, time.time())
         self._send_all(self.handlers[kind](message))
-        # an operator's audit request reaches the agent at its next contact (see audit_requests)
+        # an operator's audit request reaches the agent at its next contact (see audits/requests.py)
         if kind is not Kind.BYE:
             self._send_all(self.audit_requests.deliveries(pid, self.rounds.round,
                                                           reconnected=kind is Kind.HELLO))
@@ -377,10 +380,9 @@ class Coordinator:
             self.log.exception("journal_failed", peer=user_id, reason=exc.reason)
         if user_id is None:
             return
-        meta = {"reason": exc.reason, "detail": str(exc)[:900],
-                "refused_kind": header.kind.value if header else None,
-                "refused_round": header.round if header else None}
-        self.router.send(routing_id, Kind.REJECT, round=self.rounds.round, meta=meta)
+        reject = Reject(Reason.parse(exc.reason) or Reason.INTERNAL, str(exc),
+                        header.kind if header else None, header.round if header else None)
+        self.router.send(routing_id, Kind.REJECT, round=self.rounds.round, meta=reject.meta())
 
     def _journal_refusals(self, now: float, *, everything: bool = False) -> None:
         """Journal the ZAP refusals queued by the authenticator's thread, and the counts of
@@ -408,7 +410,7 @@ class Coordinator:
         pid = message.header.sender
         self.journal.append("accepted", kind=Kind.HEARTBEAT.value, peer=pid, durable=False)
         return [Outgoing(pid, Kind.HEARTBEAT, self.rounds.round,
-                         meta={"boot": self.boot_id, "phase": self.rounds.phase})]
+                         meta=Heartbeat(self.boot_id, self.rounds.phase).meta())]
 
     def _on_hello(self, message: Message) -> Outbox:
         pid = message.header.sender
@@ -434,10 +436,11 @@ class Coordinator:
     def _on_decline(self, message: Message) -> Outbox:
         """A participant declined its task (site policy, failed training): stop waiting for it."""
         header, pid = message.header, message.header.sender
-        reason = str(header.meta.get("reason"))[:64]
-        self.journal.append("declined", peer=pid, reason=reason,
-                            detail=str(header.meta.get("detail"))[:500], round=header.round)
-        self.log.warning("task_declined", peer=pid, reason=reason, round=header.round)
+        decline = Decline.from_meta(header.meta)
+        self.journal.append("declined", peer=pid, reason=decline.reason.value,
+                            detail=decline.detail[:500], round=header.round)
+        self.log.warning("task_declined", peer=pid, reason=decline.reason.value,
+                         round=header.round)
         if header.round == self.rounds.round and pid in self.rounds.pending():
             self.rounds.drop([pid])
         return []

@@ -23,10 +23,10 @@ from latentfl.log import get_logger
 from latentfl.models import ModelManifest
 from latentfl.platform.coordinator.config import CoordinatorConfig
 from latentfl.platform.coordinator.journal import Journal
-from latentfl.platform.coordinator.masked import MaskedAggregation
 from latentfl.platform.coordinator.rounds import Rounds
-from latentfl.platform.payloads import PRIVACY_META, decode_update
-from latentfl.platform.protocol import Kind, Message, Outgoing
+from latentfl.platform.coordinator.secagg_exchange import MaskedAggregation
+from latentfl.platform.protocol import Ack, Kind, Message, Outgoing
+from latentfl.platform.wire.payloads import PRIVACY_META, decode_update
 from latentfl.strategies import Update
 
 #: The update kind each aggregation mode takes.
@@ -48,7 +48,7 @@ class Held:
 
     def ack(self) -> Outgoing:
         header = self.message.header
-        return Outgoing(header.sender, Kind.ACK, header.round, meta={"sha256": self.digest})
+        return Outgoing(header.sender, Kind.ACK, header.round, meta=Ack(self.digest).meta())
 
 
 class UpdateIntake:
@@ -86,7 +86,7 @@ class UpdateIntake:
                                 sha256=header.payload_sha256, resent=True)
             self.log.info("update_resent", round=header.round, peer=pid)
             return [Outgoing(pid, Kind.ACK, header.round,
-                             meta={"sha256": header.payload_sha256})]
+                             meta=Ack(header.payload_sha256).meta())]
         if self.masked is not None:
             update = self._masked_update(message)
         else:

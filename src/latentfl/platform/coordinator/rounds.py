@@ -41,6 +41,8 @@ from latentfl.strategies import (
     Update,
     build_strategy,
     select_participants,
+    set_aside_of,
+    synthetic_sets_of,
 )
 from latentfl.training import evaluate
 
@@ -102,7 +104,7 @@ class Rounds:
             ckpt = self.store.load_checkpoint(latest)
             restore(self.strategy, ckpt, self.config.seed)
             self.history = [RoundRecord(**h) for h in ckpt.meta.get("history", [])]
-        self.synthetic = (latest, dict(self.strategy.synthetic_sets()))
+        self.synthetic = (latest, dict(synthetic_sets_of(self.strategy)))
         self.round = latest + 1
         if self.round > self.config.rounds:
             self.phase = "finished"
@@ -272,9 +274,9 @@ class Rounds:
         record = RoundRecord(self.round, list(self.plan), accepted,
                              time.time() - self.started_at,
                              {k: float(v) for k, v in metrics.items()},
-                             set_aside=[s.as_dict() for s in self.strategy.set_aside()])
+                             set_aside=[s.as_dict() for s in set_aside_of(self.strategy)])
         self._checkpoint(record)
-        self.synthetic = (self.round, dict(self.strategy.synthetic_sets()))
+        self.synthetic = (self.round, dict(synthetic_sets_of(self.strategy)))
         return record
 
     def abort(self) -> RoundRecord:

@@ -28,9 +28,8 @@ from latentfl.platform.coordinator.journal import read_journal, verify_against_c
 from latentfl.platform.coordinator.peers import PeerTable
 from latentfl.platform.coordinator.store import read_json
 from latentfl.platform.crypto import load_roster
+from latentfl.platform.protocol import UPDATE_KINDS
 
-#: Journaled kinds that carry a participant's update (a re-send is journaled with resent=true).
-UPDATE_KINDS = ("UPDATE", "ENCRYPTED_UPDATE")
 #: A participant's state, as listed.
 STATES = ("never-seen", "online", "offline", "revoked", "not-enrolled")
 

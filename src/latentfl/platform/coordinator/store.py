@@ -9,8 +9,8 @@ Layout (all files written temp -> fsync -> rename, then the folder fsynced)::
     STATE/replay.log                         (sender, nonce) pairs seen, for replay refusal
     STATE/admin.json                         operators' standing orders: paused, removed ids
     STATE/audits/KIND/PID.json               audit numbers a participant shared, per report kind
-                                             (audit_service.py; before: STATE/audits/PID.json)
-    STATE/audit_requests.json                operators' audit requests (audit_requests.py)
+                                             (audits/service.py; before: STATE/audits/PID.json)
+    STATE/audit_requests.json                operators' audit requests (audits/requests.py)
     STATE/latest.json                        {"round": r}: the last completed round
     STATE/checkpoints/round-000r.safetensors strategy.state_dict() tensors after round r
     STATE/checkpoints/round-000r.json        its JSON meta, round metrics and participants

@@ -6,9 +6,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from latentfl.config import option
+from latentfl.data import PartitionConfig
 from latentfl.privacy.dp_sgd import DPSGDConfig
 from latentfl.privacy.policy import SitePolicy
-from latentfl.simulate import PartitionConfig
 
 
 @dataclass(frozen=True)

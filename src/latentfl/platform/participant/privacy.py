@@ -19,10 +19,9 @@ import torch
 
 from latentfl.durable import write_atomic
 from latentfl.errors import StateError
-from latentfl.models import ModelManifest
+from latentfl.models import ModelManifest, flatten_state, unflatten_state
 from latentfl.platform.crypto.ckks_keys import load_participant_context
 from latentfl.platform.participant.config import PrivacyConfig
-from latentfl.platform.payloads import flatten_state, unflatten_state
 from latentfl.privacy import (
     PlannedTask,
     PrivacyLedger,
@@ -87,19 +86,22 @@ class SitePrivacy:
         write_atomic(path, json.dumps(plan, indent=1), mode=0o600)
         return sigma
 
-    def check(self, task: Task, num_examples: int) -> float | None:
+    def check(self, task: Task, num_examples: int, *, min_cohort: int | None = None
+              ) -> float | None:
         """Refuse ``task`` (PrivacyError with the rule) if it breaks the site policy; return
-        the noise multiplier it will train with (None without DP-SGD)."""
+        the noise multiplier it will train with (None without DP-SGD). ``min_cohort``: what a
+        secagg or ckks TASK states."""
         cfg = task.train
         sigma = self.noise_multiplier(task, num_examples) if self.dp else None
         planned = PlannedTask(
-            mode=task.aggregation.value,
+            mode=task.aggregation,
             noise_multiplier=sigma,
             sample_rate=poisson_sample_rate(num_examples, cfg.batch_size),
             steps=steps_per_round(num_examples, cfg.batch_size, cfg.epochs, cfg.max_steps),
             max_grad_norm=self.config.dp_sgd.max_grad_norm if self.dp else None,
             weight_noise_multiplier=(self.config.weight_noise.noise_multiplier
                                      if self.config.weight_noise.enabled else None),
+            min_cohort=min_cohort,
         )
         check_task(self.config.policy, self.ledger, planned)
         return sigma

@@ -8,7 +8,10 @@ The vocabulary is closed: :class:`Kind` names every message (an encrypted update
 aggregate, a decrypt task and a declined task are kinds of their own, not flags in ``meta``),
 ``FROM_PARTICIPANT`` / ``FROM_COORDINATOR`` / ``FROM_OPERATOR`` say which party may send which
 (the verifier refuses the rest as ``unexpected-kind``), and :class:`Reason` names every refusal, with its meaning and
-whether re-sending can ever succeed (``Reason.final``).
+whether re-sending can ever succeed (``Reason.final``). Control messages are types too
+(:class:`Reject`, :class:`Decline`, :class:`Ack`, :class:`Heartbeat`, the TASK's
+:class:`TaskOptions`), each with one encoder and one strict decoder that refuses a meta key its
+kind does not define.
 """
 
 from latentfl.errors import Reason
@@ -19,6 +22,15 @@ from latentfl.platform.protocol._codec import (
     unpack_json,
     unpack_tensors,
 )
+from latentfl.platform.protocol._control import (
+    MAX_DETAIL,
+    Ack,
+    Decline,
+    DeclineReason,
+    Heartbeat,
+    Reject,
+    check_meta_keys,
+)
 from latentfl.platform.protocol._header import (
     DEFAULT_CLOCK_SKEW_S,
     DEFAULT_MAX_MESSAGE_BYTES,
@@ -28,6 +40,7 @@ from latentfl.platform.protocol._header import (
     MAX_HEADER_BYTES,
     PROTOCOL_VERSION,
     TO_OPERATOR,
+    UPDATE_KINDS,
     Header,
     Kind,
     Message,
@@ -38,6 +51,7 @@ from latentfl.platform.protocol._header import (
 )
 from latentfl.platform.protocol._json import canonical_json
 from latentfl.platform.protocol._replay import ReplayGuard
+from latentfl.platform.protocol._task import TaskOptions, UpdateForm
 from latentfl.platform.protocol._verify import Verifier, decode
 
 __all__ = [
@@ -47,17 +61,27 @@ __all__ = [
     "FROM_COORDINATOR",
     "FROM_OPERATOR",
     "FROM_PARTICIPANT",
+    "MAX_DETAIL",
     "MAX_HEADER_BYTES",
     "PROTOCOL_VERSION",
     "TO_OPERATOR",
+    "UPDATE_KINDS",
+    "Ack",
+    "Decline",
+    "DeclineReason",
     "Header",
+    "Heartbeat",
     "Kind",
     "Message",
     "Outgoing",
     "Reason",
+    "Reject",
     "ReplayGuard",
+    "TaskOptions",
+    "UpdateForm",
     "Verifier",
     "canonical_json",
+    "check_meta_keys",
     "decode",
     "encode",
     "pack_json",

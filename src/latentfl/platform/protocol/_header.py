@@ -75,22 +75,29 @@ class Kind(StrEnum):
     ADMIN_REQUEST_AUDIT = "ADMIN_REQUEST_AUDIT"  # operator: meta participant, run this audit
     ADMIN_RESULT = "ADMIN_RESULT"  # coordinator: a command's outcome (payload: a JSON object)
     # secure aggregation, ``aggregation.mode = "secagg"`` or ``"ckks"``
-    # (latentfl.privacy.secagg): one round's four exchanges, each relayed by a coordinator that
+    # (latentfl.privacy.secagg): one round's five exchanges, each relayed by a coordinator that
     # cannot read what it relays
     SECAGG_KEYS = "SECAGG_KEYS"  # participant: my round keys, signed (payload: advert JSON)
     SECAGG_KEY_LIST = "SECAGG_KEY_LIST"  # coordinator: every advertised key set (payload JSON)
     SECAGG_SHARES = "SECAGG_SHARES"  # participant: my seed shares, sealed to each neighbour
     SECAGG_SHARE_INBOX = "SECAGG_SHARE_INBOX"  # coordinator: the shares sealed to you
     MASKED_UPDATE = "MASKED_UPDATE"  # participant: my masked fixed-point update (acked)
-    SECAGG_UNMASK = "SECAGG_UNMASK"  # coordinator: who survived, who dropped; reveal shares
+    SECAGG_SURVIVORS = "SECAGG_SURVIVORS"  # coordinator: the survivor set, to be signed
+    SECAGG_SIGNATURE = "SECAGG_SIGNATURE"  # participant: my signature of that set
+    SECAGG_UNMASK = "SECAGG_UNMASK"  # coordinator: the certified survivor set; reveal shares
     SECAGG_REVEAL = "SECAGG_REVEAL"  # participant: the shares that unmask the survivors' sum
 
 
+UPDATE_KINDS = frozenset({Kind.UPDATE, Kind.ENCRYPTED_UPDATE, Kind.MASKED_UPDATE})
+"""The kinds that carry a participant's trained update, one per aggregation mode (plain, ckks,
+secagg); what status and the report count as an update, whatever the mode."""
+
 SECAGG_FROM_PARTICIPANT = frozenset({
-    Kind.SECAGG_KEYS, Kind.SECAGG_SHARES, Kind.MASKED_UPDATE, Kind.SECAGG_REVEAL,
+    Kind.SECAGG_KEYS, Kind.SECAGG_SHARES, Kind.MASKED_UPDATE, Kind.SECAGG_SIGNATURE,
+    Kind.SECAGG_REVEAL,
 })
 SECAGG_FROM_COORDINATOR = frozenset({
-    Kind.SECAGG_KEY_LIST, Kind.SECAGG_SHARE_INBOX, Kind.SECAGG_UNMASK,
+    Kind.SECAGG_KEY_LIST, Kind.SECAGG_SHARE_INBOX, Kind.SECAGG_SURVIVORS, Kind.SECAGG_UNMASK,
 })
 
 FROM_PARTICIPANT = frozenset({

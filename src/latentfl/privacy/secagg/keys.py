@@ -1,24 +1,27 @@
 """A round's key material: signed key advertisements and seeds shared t-of-n, sealed per holder.
 
-Each participant makes two fresh X25519 key pairs per round (Bonawitz et al. 2017): one to seal
-the shares it sends (``share`` key), one whose agreements seed its pairwise masks (``mask``
-key). It advertises both public keys signed with its enrolled Ed25519 key, binding the session,
-the round and its id, so a coordinator relaying the adverts cannot substitute keys of its own.
+Each participant makes two fresh X25519 key pairs per attempt (Bonawitz et al. 2017): one to
+seal the shares it sends (``share`` key), one whose agreements seed its pairwise masks (``mask``
+key). It advertises both public keys signed with its enrolled Ed25519 key, binding the session
+(which names the attempt), the round and its id, so a coordinator relaying the adverts cannot
+substitute keys of its own.
 
 Shares. Secrets are split with Shamir's scheme over GF(2^128) (pycryptodome's
 ``Crypto.Protocol.SecretSharing.Shamir``, 16-byte secrets): the 16-byte self-mask seed once, the
 32-byte mask secret key as two 16-byte halves with independent polynomials. The holders of
 ``u``'s shares are ``u`` and its neighbours, in sorted order, share index = position + 1; the
-threshold is a strict majority of them (:func:`threshold`), so no two disjoint sets of holders
-can both reconstruct, which is what lets an honest holder's rule "never reveal both secrets of
-one peer" keep a lying coordinator from getting both. Each holder's shares travel sealed with
-ChaCha20-Poly1305 under HKDF(X25519(share keys), session, round, sender -> recipient): one key
-per direction and round, used once, so a fixed nonce is safe.
+threshold is :func:`threshold`, two thirds of them plus one (the active-adversary choice of
+Bonawitz et al.; :mod:`latentfl.privacy.secagg.consistency` says what it buys). Each holder's
+shares travel sealed with ChaCha20-Poly1305 under a key and nonce derived from the X25519
+agreement of the share keys, the *transcript* (the hash of the signed key list, which binds the
+session, the attempt and the round) and the direction sender -> recipient; the client splits
+and seals once per attempt, so no key-nonce pair is ever used twice.
 """
 
 from __future__ import annotations
 
 import binascii
+import hashlib
 import os
 import struct
 from collections.abc import Mapping, Sequence
@@ -34,13 +37,13 @@ from latentfl.errors import ProtocolError, Reason, SecurityError
 from latentfl.privacy.secagg.masks import derive_key
 
 SEED_BYTES = 16
-_NONCE = bytes(12)
 _SHARE = struct.Struct(">H16s16s16s")  # index, self-seed share, mask-key share (two halves)
 
 
 def threshold(holders: int) -> int:
-    """Shares needed to reconstruct among ``holders``: a strict majority (at least 2)."""
-    return max(2, holders // 2 + 1)
+    """Shares (or survivor signatures) needed among ``holders``: ``floor(2 n / 3) + 1``, at
+    least 2 (Bonawitz et al. 2017, active adversary; see the consistency module)."""
+    return max(2, 2 * holders // 3 + 1)
 
 
 @dataclass(frozen=True)
@@ -148,32 +151,37 @@ def combine_mask_key(shares: Sequence[tuple[int, tuple[bytes, bytes]]]) -> X2551
     return X25519PrivateKey.from_private_bytes(low + high)
 
 
-def _channel_key(own: X25519PrivateKey, peer_public: bytes, *, session: str, round: int,
-                 sender: str, recipient: str) -> ChaCha20Poly1305:
+def _channel(own: X25519PrivateKey, peer_public: bytes, *, transcript: bytes, sender: str,
+             recipient: str) -> tuple[ChaCha20Poly1305, bytes]:
+    """The AEAD and nonce of one share's journey: both bound to the transcript and direction."""
     shared = own.exchange(X25519PublicKey.from_public_bytes(peer_public))
-    return ChaCha20Poly1305(derive_key(
-        shared, f"latentfl/secagg/share/{session}/{round}/{sender}->{recipient}"))
+    label = f"{transcript.hex()}/{sender}->{recipient}"
+    key = derive_key(shared, f"latentfl/secagg/v2/share-key/{label}")
+    nonce = hashlib.sha256(f"latentfl/secagg/v2/share-nonce/{label}".encode()).digest()[:12]
+    return ChaCha20Poly1305(key), nonce
 
 
-def seal_share(share: Share, keys: RoundKeys, recipient: Advert, *, sender: str, session: str,
-               round: int) -> bytes:
-    """``share`` encrypted and authenticated for ``recipient`` only."""
+def seal_share(share: Share, keys: RoundKeys, recipient: Advert, *, sender: str,
+               transcript: bytes) -> bytes:
+    """``share`` encrypted and authenticated for ``recipient`` only, under ``transcript``."""
     plain = _SHARE.pack(share.index, share.self_seed, *share.mask_key)
-    aead = _channel_key(keys.share_secret, recipient.share_public, session=session,
-                        round=round, sender=sender, recipient=recipient.pid)
-    return aead.encrypt(_NONCE, plain, None)
+    aead, nonce = _channel(keys.share_secret, recipient.share_public, transcript=transcript,
+                           sender=sender, recipient=recipient.pid)
+    return aead.encrypt(nonce, plain, transcript)
 
 
-def open_share(sealed: bytes, keys: RoundKeys, sender: Advert, *, recipient: str, session: str,
-               round: int) -> Share:
-    """A share ``sender`` sealed for us; ProtocolError 'malformed' if it does not open."""
-    aead = _channel_key(keys.share_secret, sender.share_public, session=session, round=round,
-                        sender=sender.pid, recipient=recipient)
+def open_share(sealed: bytes, keys: RoundKeys, sender: Advert, *, recipient: str,
+               transcript: bytes) -> Share:
+    """A share ``sender`` sealed for us; ProtocolError 'malformed' if it does not open (also
+    when it was sealed under another key list, attempt or round)."""
+    aead, nonce = _channel(keys.share_secret, sender.share_public, transcript=transcript,
+                           sender=sender.pid, recipient=recipient)
     try:
-        index, seed, low, high = _SHARE.unpack(aead.decrypt(_NONCE, bytes(sealed), None))
+        index, seed, low, high = _SHARE.unpack(aead.decrypt(nonce, bytes(sealed), transcript))
     except (InvalidTag, ValueError, struct.error):
         raise ProtocolError(Reason.MALFORMED, f"the share sealed by {sender.pid!r} does not "
-                                              "open with the round's keys.") from None
+                                              "open with this attempt's keys and key list.") \
+            from None
     return Share(index, seed, (low, high))
 
 

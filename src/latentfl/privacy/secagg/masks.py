@@ -11,8 +11,10 @@ The lower id adds the pair's mask, the higher subtracts it, so the pair's masks 
 Graph (SecAgg+, Bell et al. 2020). Each participant masks with, and shares its seeds among, its
 neighbours only. Cohorts up to ``COMPLETE_UP_TO`` use the complete graph (Bonawitz et al.
 2017); larger ones a Harary graph of even degree ``2 * ceil(LOG_FACTOR * log2 n)`` over a
-permutation of the ids derived from the session and round, so every party computes the same
-graph and the coordinator cannot choose it.
+permutation of the ids seeded by the hash of the signed key list (the transcript), so every
+party that accepted the same key list computes the same graph, and the coordinator cannot pick
+a permutation without changing signed adverts (it chose the attempt id, so a seed from the
+attempt id would let it grind for a graph that isolates a target).
 """
 
 from __future__ import annotations
@@ -73,13 +75,14 @@ def degree(n: int) -> int:
     return min(n - 1, 2 * math.ceil(LOG_FACTOR * math.log2(n)))
 
 
-def neighbours(ids: Sequence[str], *, session: str, round: int) -> dict[str, list[str]]:
-    """The round's neighbour graph over ``ids`` (see the module docstring); sorted lists."""
+def neighbours(ids: Sequence[str], *, seed: bytes) -> dict[str, list[str]]:
+    """The neighbour graph over ``ids`` drawn from ``seed`` (the transcript; see the module
+    docstring); sorted lists."""
     members = sorted(set(ids))
     n, k = len(members), degree(len(set(ids)))
     if k >= n - 1:
         return {u: [v for v in members if v != u] for u in members}
-    digest = hashlib.sha256(f"latentfl/secagg/graph/{session}/{round}".encode()).digest()
+    digest = hashlib.sha256(b"latentfl/secagg/v2/graph/" + seed).digest()
     ring = list(members)
     random.Random(digest).shuffle(ring)
     position = {u: i for i, u in enumerate(ring)}

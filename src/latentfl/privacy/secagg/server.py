@@ -3,7 +3,10 @@
 It relays what it cannot read and learns only the sum. Sets, as in Bonawitz et al. (2017):
 ``advertised`` (U1) the participants whose signed keys it relayed, ``shared`` (U2) those who
 sealed shares to their neighbours, ``survivors`` (U3) those whose masked upload arrived;
-``dropped`` = U2 - U3. The masked words travel either in the clear (secagg: :meth:`add_masked`
+``dropped`` = U2 - U3. Before anything is revealed the survivors sign U3 (the consistency round,
+:mod:`~latentfl.privacy.secagg.consistency`): :meth:`add_signature` keeps each signature and
+:meth:`certificate` hands the set and every survivor's signature to the holders, who reveal
+only against it. The masked words travel either in the clear (secagg: :meth:`add_masked`
 keeps them, :meth:`masked_sum` adds them up) or under CKKS (ckks: :meth:`add_survivor` records
 an upload whose words the coordinator cannot see, and the masked sum comes back from the
 decryptor). :meth:`SecAggServer.unmask` takes that masked sum and removes each survivor's self mask (its seed
@@ -24,6 +27,7 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PublicKey
 
 from latentfl.errors import PrivacyError, ProtocolError, Reason
 from latentfl.privacy.secagg.client import Revealed, RoundParams
+from latentfl.privacy.secagg.consistency import Certificate, transcript, valid_signers
 from latentfl.privacy.secagg.keys import (
     Advert,
     combine_mask_key,
@@ -49,6 +53,9 @@ class SecAggServer:
         self.uploaded: set[str] = set()
         self.survivors: list[str] = []
         self.dropped: list[str] = []
+        self.transcript = b""
+        self.signatures: dict[str, bytes] = {}
+        self.certified: Certificate | None = None
         self.shares: dict[str, dict[int, tuple[bytes, ...]]] = {}
 
     # -- phase 1: keys --------------------------------------------------------------------
@@ -64,9 +71,11 @@ class SecAggServer:
     def close_adverts(self) -> list[Advert]:
         """Fix U1 and the neighbour graph; the key list every advertiser gets."""
         self._require(len(self.adverts), "advertised keys")
-        self.graph = neighbours(list(self.adverts), session=self.params.session,
-                                round=self.params.round)
-        return [self.adverts[p] for p in sorted(self.adverts)]
+        key_list = [self.adverts[p] for p in sorted(self.adverts)]
+        self.transcript = transcript(key_list, session=self.params.session,
+                                     round=self.params.round)
+        self.graph = neighbours(list(self.adverts), seed=self.transcript)
+        return key_list
 
     # -- phase 2: shares ------------------------------------------------------------------
     def add_shares(self, owner: str, sealed: Mapping[str, bytes]) -> None:
@@ -119,10 +128,35 @@ class SecAggServer:
         self.dropped = sorted(set(self.sealed) - self.uploaded)
         return self.survivors, self.dropped
 
-    # -- phase 4: unmasking ---------------------------------------------------------------
+    # -- phase 4: the consistency round ---------------------------------------------------
+    def add_signature(self, pid: str, signature: bytes) -> None:
+        """Keep a survivor's signature of the survivor set (ProtocolError unless it verifies)."""
+        if pid not in self.survivors or self.certified is not None:
+            raise ProtocolError(Reason.NOT_IN_ROUND, f"a survivor signature from {pid} is not "
+                                                     "awaited now.")
+        p = self.params
+        probe = Certificate(tuple(self.survivors), {pid: signature})
+        if not valid_signers(probe, members=self.adverts, verify_keys=self.verify_keys,
+                             session=p.session, round=p.round, transcript=self.transcript):
+            raise ProtocolError(Reason.BAD_SIGNATURE, f"{pid}'s signature of the survivor set "
+                                                      "does not verify.")
+        self.signatures[pid] = signature
+
+    def certificate(self) -> Certificate:
+        """The survivor set with every survivor's signature (PrivacyError 'secagg_unsigned'
+        when one is missing: its self mask could not be removed, so the round is abandoned)."""
+        missing = sorted(set(self.survivors) - set(self.signatures))
+        if missing:
+            raise PrivacyError("secagg_unsigned", f"{len(missing)} survivors ({missing[:3]}) did "
+                                                  "not sign the survivor set; their self masks "
+                                                  "cannot be removed, so the round is abandoned.")
+        self.certified = Certificate(tuple(self.survivors), dict(self.signatures))
+        return self.certified
+
+    # -- phase 5: unmasking ---------------------------------------------------------------
     def add_reveal(self, holder: str, revealed: Sequence[Revealed]) -> None:
         """Keep a survivor's shares; each must be of the kind its owner's fate calls for."""
-        if holder not in self.survivors:
+        if holder not in self.survivors or self.certified is None:
             raise ProtocolError(Reason.NOT_IN_ROUND, f"{holder} is not a survivor asked to "
                                                      "unmask.")
         kinds = {u: "self" for u in self.survivors} | {u: "mask" for u in self.dropped}

@@ -1,23 +1,25 @@
 """The CKKS layer of a ``ckks`` round on the coordinator: encrypted masked words in, their
 masked sum out. Socket-free.
 
-In ``ckks`` mode the round is secagg's exchange (:mod:`~latentfl.platform.coordinator.masked`)
+In ``ckks`` mode the round is secagg's exchange (:mod:`~latentfl.platform.coordinator.secagg_exchange`)
 with the masked words CKKS-encrypted (:mod:`latentfl.privacy.ckks`). This part holds only the
 public context (a context with a secret key is refused at start-up) and:
 
 1. checks every ENCRYPTED_UPDATE against it before its ACK (ciphertext count, size, level,
    scale; :func:`~latentfl.privacy.ckks.check_ciphertexts`), never decrypting;
-2. :meth:`EncryptedSum.start`: once the uploads are closed, sums the survivors' ciphertexts
-   chunk by chunk (at least ``min_cohort``, at most ``MAX_COHORT``);
-3. :meth:`~EncryptedSum.step`: ONE participant, chosen deterministically (the survivors first,
-   then the other online ones, each in sorted id order), gets a DECRYPT_TASK with the *sum*;
-   the next one is asked when ``decrypt_deadline`` passes;
+2. :meth:`EncryptedSum.start`: once the survivor set is certified, sums the survivors'
+   ciphertexts chunk by chunk (at least ``min_cohort``, at most ``MAX_COHORT``);
+3. :meth:`~EncryptedSum.step`: ONE survivor, chosen deterministically (online ones in sorted
+   id order), gets a DECRYPT_TASK with the *sum*; the next one is asked when
+   ``decrypt_deadline`` passes. Only survivors: a participant decrypts only for an attempt
+   whose survivor set it signed, against the certificate it received, and only once;
 4. :meth:`~EncryptedSum.receive`: takes the asked participant's signed AGGREGATE, the integer
    limb sums, and joins them into the masked sum modulo 2^64, which secagg's shares unmask.
 
 Whatever it sends, the decryptor learns nothing: every limb is one-time-pad masked. No
 individual ciphertext ever leaves the coordinator even so: the only ciphertexts it sends are
-sums.
+sums. A coordinator that lied here would still get at most one decryption per survivor per
+attempt, each of a ciphertext whose words keep pairwise masks with honest survivors.
 """
 
 from __future__ import annotations
@@ -32,9 +34,9 @@ from latentfl.log import get_logger
 from latentfl.platform.coordinator.config import CoordinatorConfig
 from latentfl.platform.coordinator.journal import Journal
 from latentfl.platform.crypto import ckks_keys
-from latentfl.platform.payloads import decode_limb_sums, encode_decrypt_task
-from latentfl.platform.protocol import Kind, Message, Outgoing
-from latentfl.platform.secagg_payloads import attempt_of
+from latentfl.platform.protocol import Ack, Kind, Message, Outgoing
+from latentfl.platform.wire.payloads import decode_limb_sums, encode_decrypt_task
+from latentfl.platform.wire.secagg import attempt_of
 from latentfl.privacy.ckks import (
     LIMBS_PER_WORD,
     check_ciphertexts,
@@ -112,7 +114,7 @@ class EncryptedSum:
         header = message.header
         pid, digest, key = header.sender, header.payload_sha256, (header.round,
                                                                    attempt_of(message))
-        ack = [Outgoing(pid, Kind.ACK, header.round, meta={"sha256": digest})]
+        ack = [Outgoing(pid, Kind.ACK, header.round, meta=Ack(digest).meta())]
         if self.answered.get(key) == digest:
             return ack, False
         if not self.waiting or key != (self.round, self.attempt):
@@ -136,7 +138,6 @@ class EncryptedSum:
             return None
         online_set = set(online)
         candidates = [p for p in self.cohort if p in online_set]
-        candidates += sorted(online_set - set(self.cohort))
         fresh = [p for p in candidates if p not in self.asked]
         if not fresh:  # everyone was asked once: start over with whoever is online
             self.asked = []

@@ -5,16 +5,16 @@ aggregate numbers it chooses to share, hear a site's answer to an operator's aud
 *sender's* weights, and the sender is the verified (ZAP User-Id = signed sender) peer, so a
 participant cannot ask for anyone else's images. The answer is a ``SYNTHETIC`` message whose
 payload holds ``images`` (uint8 N, H, W, C) and ``labels`` (int64 N) of the latest checkpoint,
-as the strategy exposes them (``Strategy.synthetic_sets``; the round state machine keeps those
+as the strategy exposes them (``strategies.MakesSyntheticSets``; the round state machine keeps those
 of the latest checkpoint).
 
 ``AUDIT_REPORT`` carries the aggregates of an audit (``audits.shareable_aggregates``) as strict
-JSON, checked against its kind's own keys (``audit_schema``: a synthetic audit or the one-run
+JSON, checked against its kind's own keys (``audits.schema``: a synthetic audit or the one-run
 DP audit; numbers for every measurement, a few short labels, bounded in size). Anything else is
 refused ('malformed' / 'too-large'); accepted reports are written to
 ``STATE/audits/KIND/PID.json`` (atomically; the latest per participant and kind) and journaled,
 then ACKed with the payload's SHA-256. A report whose ``meta.request`` names an operator's
-request (``audit_requests``) answers it, and must be of the audit asked for ('not-requested'
+request (``audits.requests``) answers it, and must be of the audit asked for ('not-requested'
 when the sender has no such unanswered request). ``AUDIT_DECLINE`` is a site's refusal of a
 request: journaled with its reason, ACKed with the request id.
 
@@ -36,12 +36,12 @@ import torch
 from latentfl.audits.shareable import SYNTHETIC_KIND
 from latentfl.distill import to_uint8
 from latentfl.errors import ProtocolError, Reason
-from latentfl.platform.coordinator.audit_requests import AuditRequests
-from latentfl.platform.coordinator.audit_schema import SCHEMAS, validate_aggregates
+from latentfl.platform.coordinator.audits.requests import AuditRequests
+from latentfl.platform.coordinator.audits.schema import SCHEMAS, validate_aggregates
 from latentfl.platform.coordinator.journal import Journal
 from latentfl.platform.coordinator.store import StateStore, read_json, write_json_atomic
 from latentfl.platform.crypto import COORDINATOR_ID
-from latentfl.platform.protocol import Kind, Message, encode, pack_tensors
+from latentfl.platform.protocol import Ack, Kind, Message, encode, pack_tensors
 from latentfl.strategies import SyntheticImages
 
 #: () -> (round of the latest checkpoint, its synthetic sets by participant)
@@ -138,7 +138,7 @@ class AuditService:
                             verdicts={v["metric"]: v["status"] for v in report["verdicts"]})
         if request is not None:
             self.requests.answered(request, digest)
-        return {"sha256": digest, **({"request": request_id} if request_id else {})}
+        return Ack(digest, request_id if isinstance(request_id, str) else None).meta()
 
 
 __all__ = ["AUDIT_KINDS", "AuditService", "load_shared_audits", "shared_audit_path",

@@ -2,7 +2,7 @@
 its loop, the full report stays here and only the aggregate numbers leave.
 
 ``AUDIT_REQUEST`` (signed by the coordinator) names an audit and bounded options
-(``platform/audit_request.py``), checked again here. The agent answers ``AUDIT_DECLINE`` with a
+(``platform/wire/audit_request.py``), checked again here. The agent answers ``AUDIT_DECLINE`` with a
 reason, and runs nothing, when
 
 - the request is malformed (``malformed``);
@@ -31,18 +31,16 @@ from __future__ import annotations
 import json
 from concurrent.futures import Future
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from latentfl.audits.dp_command import DPAuditOptions, audit_dp_sgd, write_dp_report
 from latentfl.audits.shareable import shareable_aggregates
 from latentfl.errors import ProtocolError
-from latentfl.platform.audit_request import REQUEST_ID, AuditRequest, parse_request
 from latentfl.platform.participant.config import ParticipantConfig
+from latentfl.platform.participant.local_step import LocalData
 from latentfl.platform.participant.worker import run_in_daemon_thread
 from latentfl.platform.protocol import Kind, Message, pack_json
-
-if TYPE_CHECKING:  # a type only: agent.py imports this module
-    from latentfl.platform.participant.agent import LocalData
+from latentfl.platform.wire.audit_request import REQUEST_ID, AuditRequest, parse_request
 
 Reply = tuple[Kind, bytes, dict[str, Any]]
 REPORT_NAME = "dp_audit.json"

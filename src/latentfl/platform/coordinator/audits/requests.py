@@ -1,7 +1,7 @@
 """Operators' audit requests: recorded, journaled, delivered to the site at its next contact.
 
 An operator asks a participant for an audit with ``ADMIN_REQUEST_AUDIT`` (``latentfl admin
-request-audit dp-sgd --participant ID``). The request is checked (``platform/audit_request.py``:
+request-audit dp-sgd --participant ID``). The request is checked (``platform/wire/audit_request.py``:
 a known audit, bounded options, nothing else), given an id, written to
 ``STATE/audit_requests.json`` (atomically) and journaled (``audit_requested``). The coordinator
 sends it as ``AUDIT_REQUEST`` to the participant's agent the next time that agent is heard from
@@ -22,10 +22,10 @@ from pathlib import Path
 from typing import Any
 
 from latentfl.errors import ProtocolError, Reason, StateError
-from latentfl.platform.audit_request import AUDITS_ON_REQUEST, AuditRequest, encode_request
 from latentfl.platform.coordinator.journal import Journal
 from latentfl.platform.coordinator.store import StateStore, read_json, write_json_atomic
-from latentfl.platform.protocol import Kind, Message, Outgoing
+from latentfl.platform.protocol import Ack, Kind, Message, Outgoing
+from latentfl.platform.wire.audit_request import AUDITS_ON_REQUEST, AuditRequest, encode_request
 
 #: Request states: sent to no agent yet, sent, answered with aggregates, declined by the site.
 UNANSWERED = ("waiting", "delivered")
@@ -136,12 +136,13 @@ class AuditRequests:
         record = self.unanswered(pid, meta.get("request"))
         reason = str(meta.get("reason"))[:MAX_REASON]
         detail = str(meta.get("detail"))[:MAX_DETAIL]
+        # journaled before the state file says so: a reader of both never sees the state alone
+        self.journal.append("audit_declined", peer=pid, request=record["id"],
+                            audit=record["audit"], reason=reason, detail=detail)
         record.update(state="declined", answered=time.time(), reason=reason, detail=detail)
         self.open_ids.remove(record["id"])
         self._save()
-        self.journal.append("audit_declined", peer=pid, request=record["id"],
-                            audit=record["audit"], reason=reason, detail=detail)
-        return {"request": record["id"]}
+        return Ack(request=record["id"]).meta()
 
 
 __all__ = ["UNANSWERED", "AuditRequests", "audit_requests_path", "read_audit_requests"]

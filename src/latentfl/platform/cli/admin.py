@@ -9,8 +9,8 @@ from typing import Any
 
 from latentfl.config import load_config
 from latentfl.platform.admin_client import AdminClient, AdminConfig
-from latentfl.platform.audit_request import AUDITS_ON_REQUEST, DP_OPTIONS
 from latentfl.platform.coordinator.status_view import render_text
+from latentfl.platform.wire.audit_request import AUDITS_ON_REQUEST, DP_OPTIONS
 
 DEFAULT_TAIL = 20
 OPTION_HELP = {

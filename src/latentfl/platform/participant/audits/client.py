@@ -39,6 +39,7 @@ from latentfl.platform.participant.config import ParticipantConfig
 from latentfl.platform.participant.connection import connect, load_enrolment
 from latentfl.platform.protocol import (
     DEFAULT_CLOCK_SKEW_S,
+    Ack,
     Kind,
     Message,
     ReplayGuard,
@@ -110,7 +111,7 @@ class AuditClient(OneShotClient):
         payload = pack_json(aggregates)
         digest = hashlib.sha256(payload).hexdigest()
         ack = self.request(Kind.AUDIT_REPORT, payload=payload, reply=Kind.ACK)
-        if ack.header.meta.get("sha256") != digest:
+        if Ack.from_meta(ack.header.meta).sha256 != digest:
             raise ProtocolError(
                 Reason.BAD_HASH, "the coordinator acknowledged another audit report"
             )

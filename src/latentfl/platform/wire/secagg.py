@@ -5,13 +5,23 @@ exchange (a round planned again gets a fresh one, and with it fresh keys). Paylo
 
     TASK (secagg)        meta.secagg  JSON {attempt, min_cohort, clip}: the RoundParams
     SECAGG_KEYS          JSON advert {pid, share_public, mask_public, signature} (hex)
-    SECAGG_KEY_LIST      JSON {adverts: [advert, ...]}
+    SECAGG_KEY_LIST      JSON {adverts: [[advert, ...], ...]} (chunks, see Size)
     SECAGG_SHARES        JSON {shares: {holder id: sealed share (hex)}}
     SECAGG_SHARE_INBOX   JSON {shares: {owner id: sealed share (hex)}}
     MASKED_UPDATE        an UPDATE whose tensors are {"secagg/masked": int64[length]} (the
                          uint64 words), with its meta (num_examples, num_steps, privacy fields)
-    SECAGG_UNMASK        JSON {survivors: [ids], dropped: [ids]}
+    SECAGG_SURVIVORS     JSON {survivors: [[ids], ...]}: the set to sign (consistency round)
+    SECAGG_SIGNATURE     JSON {signature: hex}: the survivor's Ed25519 signature of that set
+    SECAGG_UNMASK        JSON {survivors: [[ids], ...], signatures: [{id: hex}, ...]}: the
+                         certificate
     SECAGG_REVEAL        JSON {shares: [{owner, kind, index, parts: [hex, ...]}]}
+
+Size. The key list and the certificate grow with the cohort: an advert is at most
+``ENTRY_BYTES`` of JSON (an id of up to 64 characters and 256 hex digits), a certificate entry
+less, so both are parsed with the bound ``MAX_PARTICIPANTS * ENTRY_BYTES`` (4 MB) instead of
+the 1 MiB default of other JSON payloads, and their lists travel in chunks of ``CHUNK``
+entries (strict JSON refuses a collection of more than 8192); the coordinator refuses to plan
+a masked round for more than :data:`~latentfl.privacy.secagg.MAX_PARTICIPANTS` participants.
 
 Everything read from a peer is parsed strictly; a wrong shape is ProtocolError 'malformed'.
 """
@@ -32,16 +42,30 @@ from latentfl.platform.protocol import (
     pack_json,
     unpack_json,
 )
-from latentfl.privacy.secagg import Advert, Revealed, RoundParams
+from latentfl.privacy.secagg import MAX_PARTICIPANTS, Advert, Certificate, Revealed, RoundParams
 from latentfl.privacy.secagg.keys import unhex
 
 MASKED_TENSOR = "secagg/masked"
+ENTRY_BYTES = 400
+LIST_MAX_BYTES = MAX_PARTICIPANTS * ENTRY_BYTES
+CHUNK = 4096
 SEALED_SHARE_BYTES = 2 + 3 * 16 + 16  # index, three 16-byte shares, Poly1305 tag
 _ATTEMPT = re.compile(r"[0-9a-f]{16}")
 
 
 def _bad(sentence: str) -> ProtocolError:
     return ProtocolError(Reason.MALFORMED, sentence)
+
+
+def _chunks(items: Sequence[Any]) -> list[list[Any]]:
+    return [list(items[i:i + CHUNK]) for i in range(0, len(items), CHUNK)]
+
+
+def _joined(value: Any, what: str) -> list[Any]:
+    """The entries of a chunked list; ProtocolError unless it is a list of lists."""
+    if not (isinstance(value, list) and all(isinstance(c, list) for c in value)):
+        raise _bad(f"{what} is not a list of chunks (lists).")
+    return [item for chunk in value for item in chunk]
 
 
 def attempt_of(message: Message) -> str:
@@ -92,14 +116,12 @@ def decode_advert(message: Message) -> Advert:
 
 
 def encode_key_list(adverts: Sequence[Advert]) -> bytes:
-    return pack_json({"adverts": [a.to_json() for a in adverts]})
+    return pack_json({"adverts": _chunks([a.to_json() for a in adverts])})
 
 
 def decode_key_list(message: Message) -> list[Advert]:
-    adverts = unpack_json(message.payload).get("adverts")
-    if not isinstance(adverts, list):
-        raise _bad("SECAGG_KEY_LIST has no list of adverts.")
-    return [Advert.from_json(a) for a in adverts]
+    body = unpack_json(message.payload, max_bytes=LIST_MAX_BYTES)
+    return [Advert.from_json(a) for a in _joined(body.get("adverts"), "SECAGG_KEY_LIST adverts")]
 
 
 def encode_sealed(sealed: Mapping[str, bytes]) -> bytes:
@@ -139,16 +161,48 @@ def masked_vector(tensors: Mapping[str, torch.Tensor]) -> np.ndarray:
 
 
 # -- unmasking ----------------------------------------------------------------------------
-def encode_unmask(survivors: Sequence[str], dropped: Sequence[str]) -> bytes:
-    return pack_json({"survivors": sorted(survivors), "dropped": sorted(dropped)})
+def encode_survivors(survivors: Sequence[str]) -> bytes:
+    return pack_json({"survivors": _chunks(sorted(survivors))})
 
 
-def decode_unmask(message: Message) -> tuple[list[str], list[str]]:
-    body = unpack_json(message.payload)
-    lists = [body.get("survivors"), body.get("dropped")]
-    if not all(isinstance(x, list) and all(isinstance(p, str) for p in x) for x in lists):
-        raise _bad("SECAGG_UNMASK needs lists of ids 'survivors' and 'dropped'.")
-    return lists[0], lists[1]
+def decode_survivors(message: Message) -> list[str]:
+    body = unpack_json(message.payload, max_bytes=LIST_MAX_BYTES)
+    survivors = _joined(body.get("survivors"), "SECAGG_SURVIVORS survivors")
+    if not all(isinstance(p, str) for p in survivors):
+        raise _bad("SECAGG_SURVIVORS needs a list of ids 'survivors'.")
+    return survivors
+
+
+def encode_signature(signature: bytes) -> bytes:
+    return pack_json({"signature": signature.hex()})
+
+
+def decode_signature(message: Message) -> bytes:
+    try:
+        return unhex(unpack_json(message.payload).get("signature"), 64)
+    except ValueError as exc:
+        raise _bad(f"SECAGG_SIGNATURE has no Ed25519 signature ({exc}).") from None
+
+
+def encode_unmask(certificate: Certificate) -> bytes:
+    body = certificate.to_json()
+    pairs = sorted(body["signatures"].items())
+    return pack_json({"survivors": _chunks(body["survivors"]),
+                      "signatures": [dict(chunk) for chunk in _chunks(pairs)]})
+
+
+def decode_unmask(message: Message) -> Certificate:
+    body = unpack_json(message.payload, max_bytes=LIST_MAX_BYTES)
+    chunks = body.get("signatures")
+    if not (isinstance(chunks, list) and all(isinstance(c, dict) for c in chunks)):
+        raise _bad("SECAGG_UNMASK signatures are not a list of chunks (objects).")
+    signatures = {pid: sig for chunk in chunks for pid, sig in chunk.items()}
+    if len(signatures) != sum(len(c) for c in chunks) or set(body) != {"survivors",
+                                                                        "signatures"}:
+        raise _bad("SECAGG_UNMASK repeats a signer or has fields other than survivors and "
+                   "signatures.")
+    return Certificate.from_json({"survivors": _joined(body["survivors"], "SECAGG_UNMASK "
+                                                       "survivors"), "signatures": signatures})
 
 
 def encode_reveal(revealed: Sequence[Revealed]) -> bytes:
@@ -176,6 +230,7 @@ def _revealed(item: Any) -> Revealed:
 
 
 __all__ = [
+    "LIST_MAX_BYTES",
     "MASKED_TENSOR",
     "attempt_of",
     "check_masked",
@@ -184,12 +239,16 @@ __all__ = [
     "decode_params",
     "decode_reveal",
     "decode_sealed",
+    "decode_signature",
+    "decode_survivors",
     "decode_unmask",
     "encode_advert",
     "encode_key_list",
     "encode_params",
     "encode_reveal",
     "encode_sealed",
+    "encode_signature",
+    "encode_survivors",
     "encode_unmask",
     "masked_tensors",
     "masked_vector",

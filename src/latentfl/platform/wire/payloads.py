@@ -4,13 +4,8 @@ Format decision (one payload per message, as DESIGN.md's envelope has it): the p
 weights as safetensors bytes (``pack_tensors``); the small structured part rides in the signed
 header's ``meta`` as scalars, JSON-encoded where it is a structure:
 
-    TASK    meta.train    JSON of the TrainConfig (the participant's local training settings)
-            meta.model    JSON of the ModelSpec (registry name and options, never code)
-            meta.aggregation  how the update will be aggregated (``Aggregation``: plain, ckks,
-                          secagg)
-            meta.normalised   FedNova: return the update normalised by the local step count
-                          (``Task.normalised_update``)
-            meta.manifest digest of the model manifest both sides check the tensors against
+    TASK    meta: the task's options (:class:`~latentfl.platform.protocol.TaskOptions`:
+            training settings, model spec, aggregation mode, update form, manifest digest)
     UPDATE  meta.num_examples, meta.num_steps (integers), meta.metrics (JSON of floats),
             meta.class_counts (examples per label as "3,0,2", or null when not shared),
             meta.epsilon (the participant's spent DP epsilon, or null without DP-SGD) and, with
@@ -26,8 +21,9 @@ exchange's ``meta.attempt``:
     AGGREGATE  the designated participant's answer: meta.cohort and, as payload, the tensor
             ``limb_sums`` (int64, 2 * length): the decrypted limb sums rounded to integers
 
-Everything read from a peer is parsed strictly and refused with ProtocolError: the JSON parts
-through the config schemas (unknown keys, wrong types, bounds), the tensors against the manifest.
+Everything read from a peer is parsed strictly and refused with ProtocolError: a meta key the
+kind does not define, the JSON parts through the config schemas (unknown keys, wrong types,
+bounds), the tensors against the manifest.
 """
 
 from __future__ import annotations
@@ -41,17 +37,20 @@ from typing import Any
 import numpy as np
 import torch
 
-from latentfl.config import from_dict, to_dict
-from latentfl.errors import ConfigError, ModelError, ProtocolError, Reason
-from latentfl.models import ModelManifest, model_manifest
+from latentfl.errors import ProtocolError, Reason
+from latentfl.models import model_manifest
 from latentfl.platform.protocol import (
+    Kind,
     Message,
+    TaskOptions,
+    UpdateForm,
     canonical_json,
+    check_meta_keys,
     pack_tensors,
     unpack_json,
     unpack_tensors,
 )
-from latentfl.platform.secagg_payloads import attempt_of
+from latentfl.platform.wire.secagg import attempt_of
 from latentfl.privacy.ckks import (
     LIMB_BITS,
     LIMBS_PER_WORD,
@@ -59,8 +58,7 @@ from latentfl.privacy.ckks import (
     ciphertexts_from_tensors,
     ciphertexts_to_tensors,
 )
-from latentfl.strategies import Aggregation, ModelSpec, Task, Update
-from latentfl.training import TrainConfig
+from latentfl.strategies import ModelSpec, Task, Update
 
 
 def _json_meta(meta: dict[str, Any], key: str) -> dict[str, Any]:
@@ -82,52 +80,32 @@ def _int_meta(meta: dict[str, Any], key: str) -> int:
 
 def encode_task(task: Task, model: ModelSpec, manifest_digest: str) -> tuple[bytes, dict]:
     """(payload, header meta) of a TASK."""
-    meta = {
-        "train": canonical_json(to_dict(task.train)).decode("ascii"),
-        "model": canonical_json(to_dict(model)).decode("ascii"),
-        "aggregation": task.aggregation.value,
-        "manifest": manifest_digest,
-        "normalised": task.normalised_update,
-    }
-    return pack_tensors(task.weights), meta
+    update = UpdateForm.NORMALISED if task.normalised_update else UpdateForm.WEIGHTS
+    options = TaskOptions(task.train, model, task.aggregation, manifest_digest, update)
+    return pack_tensors(task.weights), options.meta()
 
 
 def decode_task(message: Message, *, max_bytes: int) -> tuple[Task, ModelSpec]:
     """The Task and surrogate ModelSpec of a verified TASK message; ProtocolError if refused."""
-    meta = message.header.meta
-    try:
-        train = from_dict(TrainConfig, _json_meta(meta, "train"), source="TASK train")
-        spec = from_dict(ModelSpec, _json_meta(meta, "model"), source="TASK model")
-        model = spec.build()
-    except (ConfigError, ModelError, TypeError, ValueError) as exc:
-        raise ProtocolError(Reason.MALFORMED, f"TASK settings are refused: {exc}") from None
-    manifest = model_manifest(model)
-    if meta.get("manifest") != manifest.digest:
+    options = TaskOptions.from_meta(message.header.meta)
+    manifest = model_manifest(options.model.build())
+    if options.manifest != manifest.digest:
         raise ProtocolError(
             Reason.MANIFEST,
-            f"TASK manifest digest {meta.get('manifest')!r} differs "
+            f"TASK manifest digest {options.manifest!r} differs "
             f"from the model built from its spec ({manifest.digest}).",
         )
     weights = unpack_tensors(message.payload, manifest, max_bytes)
-    try:
-        aggregation = Aggregation(meta.get("aggregation"))
-    except ValueError:
-        raise ProtocolError(
-            Reason.MALFORMED,
-            f"TASK aggregation is {meta.get('aggregation')!r}; "
-            f"expected one of {[a.value for a in Aggregation]}.",
-        ) from None
-    normalised = meta.get("normalised", False)
-    if not isinstance(normalised, bool):
-        raise ProtocolError(Reason.MALFORMED, f"TASK normalised is {normalised!r}; expected "
-                                              "true or false.")
-    return Task(message.header.round, weights, train, aggregation, normalised), spec
+    return Task(message.header.round, weights, options.train, options.aggregation,
+                options.update is UpdateForm.NORMALISED), options.model
 
 
 _COUNTS = re.compile(r"[0-9]{1,15}(,[0-9]{1,15})*")
 
 PRIVACY_META = ("epsilon", "delta", "noise_multiplier", "sample_rate", "max_grad_norm", "dp_steps")
 """The ledger report fields an UPDATE's signed header carries (PrivacyLedger.report())."""
+UPDATE_META = ("num_examples", "num_steps", "metrics", "class_counts", "epsilon")
+"""The meta keys every update carries; the other PRIVACY_META fields come with DP-SGD."""
 
 
 def _update_meta(update: Update, privacy: Mapping[str, Any] | None) -> dict:
@@ -166,29 +144,6 @@ def _class_counts(meta: dict[str, Any]) -> tuple[int, ...] | None:
     return tuple(int(c) for c in text.split(","))
 
 
-def flatten_state(tensors: Mapping[str, torch.Tensor], manifest: ModelManifest) -> torch.Tensor:
-    """The one flattening secagg and ckks use: every manifest tensor, in manifest order, as float64."""
-    return torch.cat([tensors[name].detach().reshape(-1).to("cpu", torch.float64)
-                      for name, _, _ in manifest.entries])
-
-
-def unflatten_state(flat: torch.Tensor, manifest: ModelManifest) -> dict[str, torch.Tensor]:
-    """Inverse of :func:`flatten_state` (new tensors, each in its manifest dtype)."""
-    out, at = {}, 0
-    for name, shape, dtype in manifest.entries:
-        n = math.prod(shape)
-        out[name] = flat[at:at + n].reshape(shape).to(getattr(torch, dtype)).clone()
-        at += n
-    if at != flat.numel():
-        raise ModelError(f"flat state has {flat.numel()} values; the manifest needs {at}.")
-    return out
-
-
-def state_length(manifest: ModelManifest) -> int:
-    """Values :func:`flatten_state` gives for ``manifest``."""
-    return sum(math.prod(shape) for _, shape, _ in manifest.entries)
-
-
 LIMB_SUMS_TENSOR = "limb_sums"
 
 
@@ -213,6 +168,7 @@ def encode_decrypt_task(ciphertexts: Sequence[bytes], *, length: int,
 def decode_decrypt_task(message: Message, *, max_bytes: int) -> DecryptTask:
     """The DecryptTask of a verified DECRYPT_TASK; ProtocolError if refused."""
     meta = message.header.meta
+    check_meta_keys(Kind.DECRYPT_TASK, meta, required=("length", "cohort", "attempt"))
     length, cohort = _int_meta(meta, "length"), _int_meta(meta, "cohort")
     if length < 1:
         raise ProtocolError(Reason.MALFORMED, "DECRYPT_TASK length = 0; expected >= 1.")
@@ -233,6 +189,7 @@ def decode_limb_sums(message: Message, *, length: int, cohort: int,
                      max_bytes: int) -> np.ndarray:
     """The limb sums (int64) of a verified AGGREGATE answering a sum of ``cohort`` uploads of
     ``length`` words; ProtocolError unless their shape and range fit such a sum."""
+    check_meta_keys(Kind.AGGREGATE, message.header.meta, required=("cohort", "attempt"))
     tensors = unpack_tensors(message.payload, None, max_bytes)
     t = tensors.get(LIMB_SUMS_TENSOR)
     if set(tensors) != {LIMB_SUMS_TENSOR} or t is None or t.dtype != torch.int64 \
@@ -252,6 +209,10 @@ def decode_update(message: Message, manifest: Any, *, max_bytes: int) -> Update:
     """The Update of a verified UPDATE message; ProtocolError 'malformed', 'non-finite' or
     'manifest' if refused."""
     meta = message.header.meta
+    masked = message.header.kind in (Kind.MASKED_UPDATE, Kind.ENCRYPTED_UPDATE)
+    check_meta_keys(message.header.kind, meta,
+                    required=UPDATE_META + (("attempt",) if masked else ()),
+                    optional=PRIVACY_META)
     num_examples = _int_meta(meta, "num_examples")
     num_steps = _int_meta(meta, "num_steps")
     if num_examples < 1:
@@ -278,7 +239,4 @@ __all__ = [
     "encode_limb_sums",
     "encode_task",
     "encode_update",
-    "flatten_state",
-    "state_length",
-    "unflatten_state",
 ]

@@ -9,19 +9,24 @@ ending when every expected participant answered or ``aggregation.phase_deadline`
              deadline decides)
     shares   SECAGG_SHARES arrive -> SECAGG_SHARE_INBOX to each participant that shared
     uploads  masked uploads arrive through the intake (stored, acked); the round closes as
-             usual (quorum, deadline) -> SECAGG_UNMASK to each survivor
+             usual (quorum, deadline) -> SECAGG_SURVIVORS (the survivor set) to each survivor
+    consistency  each survivor's SECAGG_SIGNATURE of the set arrives; once every survivor
+             signed -> SECAGG_UNMASK with the certificate (the set and all signatures) to each
+             survivor: holders reveal only against it (latentfl.privacy.secagg.consistency)
     unmask   SECAGG_REVEALs arrive; once a threshold of holders answered for every secret and
              the masked sum is in, the sum is unmasked and decoded into the weighted mean that
              ``Strategy.accept_aggregate`` gets: the only plaintext the coordinator ever holds
 
 The two modes differ only in how the masked words travel. ``secagg``: in the clear, as
 MASKED_UPDATEs, and the coordinator adds them up. ``ckks``: CKKS-encrypted, as
-ENCRYPTED_UPDATEs; an :class:`~latentfl.platform.coordinator.secure.EncryptedSum` sums the
-ciphertexts when the uploads close and has one participant decrypt the sum's limbs (AGGREGATE),
-while the unmask phase runs; the round is unmasked once both are in.
+ENCRYPTED_UPDATEs; an :class:`~latentfl.platform.coordinator.ckks_sum.EncryptedSum` sums the
+ciphertexts once the survivor set is certified and has one survivor decrypt the sum's limbs
+(AGGREGATE; it decrypts only for the certificate it received), while the unmask phase runs; the
+round is unmasked once both are in.
 
-Any phase that ends with fewer than ``min_cohort`` parties, or an unmask phase whose deadline
-passes without enough shares, abandons the round (journal ``secagg_abandoned`` with the reason;
+Any phase that ends with fewer than ``min_cohort`` parties, a survivor that does not sign by
+the deadline (its self mask could not be removed), or an unmask phase whose deadline passes
+without enough shares, abandons the round (journal ``secagg_abandoned`` with the reason;
 the round is planned again under a fresh attempt id, hence fresh keys). The secagg state is kept
 in memory only: a restarted coordinator abandons the round in progress the same way.
 """
@@ -38,29 +43,36 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from latentfl.errors import LatentFLError, PrivacyError, ProtocolError, Reason, SecurityError
 from latentfl.log import get_logger
-from latentfl.models import ModelManifest
+from latentfl.models import ModelManifest, state_length, unflatten_state
+from latentfl.platform.coordinator.ckks_sum import EncryptedSum
 from latentfl.platform.coordinator.config import CoordinatorConfig
 from latentfl.platform.coordinator.journal import Journal
-from latentfl.platform.coordinator.secure import EncryptedSum
-from latentfl.platform.payloads import state_length, unflatten_state
 from latentfl.platform.protocol import Kind, Message, Outgoing
-from latentfl.platform.secagg_payloads import (
+from latentfl.platform.wire.secagg import (
     attempt_of,
     check_masked,
     decode_advert,
     decode_reveal,
     decode_sealed,
+    decode_signature,
     encode_key_list,
     encode_params,
     encode_sealed,
+    encode_survivors,
     encode_unmask,
     masked_vector,
 )
 from latentfl.privacy.ckks import check_cohort_size, ciphertexts_from_tensors
-from latentfl.privacy.secagg import RoundParams, SecAggServer, check_capacity, dequantise
+from latentfl.privacy.secagg import (
+    MAX_PARTICIPANTS,
+    RoundParams,
+    SecAggServer,
+    check_capacity,
+    dequantise,
+)
 from latentfl.strategies import Update
 
-Phase = Literal["idle", "keys", "shares", "uploads", "unmask"]
+Phase = Literal["idle", "keys", "shares", "uploads", "consistency", "unmask"]
 
 
 class MaskedAggregation:
@@ -92,6 +104,7 @@ class MaskedAggregation:
         self.failure: str | None = None  # why the round must be abandoned, once
         self.result: Update | None = None
         self.unmasked: tuple[int, str] | None = None  # (round, attempt) of the last unmasked sum
+        self.ciphertexts: dict[str, list[bytes]] = {}  # ckks: the survivors' uploads
 
     # -- round lifecycle ------------------------------------------------------------------
     def open(self, round: int, plan: list[str], now: float) -> None:
@@ -106,7 +119,11 @@ class MaskedAggregation:
         self.journal.append("secagg_opened", round=round, attempt=self.attempt, plan=plan,
                             min_cohort=params.min_cohort, clip=params.clip,
                             encrypted=self.encrypted is not None)
-        if self.encrypted is not None:
+        if len(plan) > MAX_PARTICIPANTS:
+            self._fail(f"a masked round is planned for at most {MAX_PARTICIPANTS} participants "
+                       f"(each receives a key list and a certificate of the whole cohort); "
+                       f"{len(plan)} were selected.")
+        elif self.encrypted is not None:
             try:  # the roster may have grown since the start
                 check_cohort_size(len(plan))
             except LatentFLError as exc:
@@ -124,17 +141,19 @@ class MaskedAggregation:
     def reset(self) -> None:
         """Forget the exchange (the round was abandoned or closed)."""
         self.server, self.phase, self.expected = None, "idle", set()
+        self.ciphertexts = {}
         if self.encrypted is not None:
             self.encrypted.reset()
 
     @property
     def unmasking(self) -> bool:
-        return self.phase == "unmask"
+        """The round closed and the survivors are signing or revealing."""
+        return self.phase in ("consistency", "unmask")
 
     # -- messages -------------------------------------------------------------------------
     def receive(self, message: Message, now: float) -> list[Outgoing]:
-        """A verified SECAGG_KEYS, SECAGG_SHARES or SECAGG_REVEAL; the outbox of the phase
-        it completes, if any. ProtocolError to refuse it."""
+        """A verified SECAGG_KEYS, SECAGG_SHARES, SECAGG_SIGNATURE or SECAGG_REVEAL; the
+        outbox of the phase it completes, if any. ProtocolError to refuse it."""
         header, pid = message.header, message.header.sender
         if header.kind is Kind.SECAGG_REVEAL and self.unmasked == (header.round,
                                                                    attempt_of(message)):
@@ -147,6 +166,8 @@ class MaskedAggregation:
                 server.add_advert(decode_advert(message))
             elif header.kind is Kind.SECAGG_SHARES and self.phase == "shares":
                 server.add_shares(pid, decode_sealed(message))
+            elif header.kind is Kind.SECAGG_SIGNATURE and self.phase == "consistency":
+                server.add_signature(pid, decode_signature(message))
             elif header.kind is Kind.SECAGG_REVEAL and self.phase == "unmask":
                 server.add_reveal(pid, decode_reveal(message))
             else:
@@ -213,6 +234,8 @@ class MaskedAggregation:
                 return self._send_key_list(server, now)
             if self.phase == "shares" and (not self.expected or late):
                 return self._send_inboxes(server, now)
+            if self.phase == "consistency" and (not self.expected or late):
+                return self._send_certificate(server, now)
             if self.phase == "unmask":
                 encrypted = self.encrypted
                 asks = [] if encrypted is None or online is None else encrypted.step(online, now)
@@ -236,17 +259,17 @@ class MaskedAggregation:
             survivors, dropped = server.close_uploads()
             check_capacity(sum(self.weights[p] for p in survivors), self.config.clip)
             if self.encrypted is not None:
-                self.encrypted.start(self.round, self.attempt, {
-                    p: ciphertexts_from_tensors(updates[p].weights) for p in survivors})
+                self.ciphertexts = {p: ciphertexts_from_tensors(updates[p].weights)
+                                    for p in survivors}
         except LatentFLError as exc:
             self._fail(str(exc))
             return []
         self.expected = set(survivors)
-        self._enter("unmask", now)
-        self.journal.append("secagg_unmask_requested", round=self.round, attempt=self.attempt,
+        self._enter("consistency", now)
+        self.journal.append("secagg_survivors", round=self.round, attempt=self.attempt,
                             survivors=survivors, dropped=dropped)
-        payload = encode_unmask(survivors, dropped)
-        return [self._out(pid, Kind.SECAGG_UNMASK, payload) for pid in survivors]
+        payload = encode_survivors(survivors)
+        return [self._out(pid, Kind.SECAGG_SURVIVORS, payload) for pid in survivors]
 
     # -- the phases, one by one -----------------------------------------------------------
     def _send_key_list(self, server: SecAggServer, now: float) -> list[Outgoing]:
@@ -266,6 +289,19 @@ class MaskedAggregation:
                             shared=sorted(inboxes))
         return [self._out(pid, Kind.SECAGG_SHARE_INBOX, encode_sealed(sealed))
                 for pid, sealed in sorted(inboxes.items())]
+
+    def _send_certificate(self, server: SecAggServer, now: float) -> list[Outgoing]:
+        certificate = server.certificate()  # PrivacyError when a survivor did not sign
+        if self.encrypted is not None:
+            self.encrypted.start(self.round, self.attempt, self.ciphertexts)
+            self.ciphertexts = {}
+        self.expected = set(server.survivors)
+        self._enter("unmask", now)
+        self.journal.append("secagg_unmask_requested", round=self.round, attempt=self.attempt,
+                            survivors=server.survivors, dropped=server.dropped,
+                            signatures=len(certificate.signatures))
+        payload = encode_unmask(certificate)
+        return [self._out(pid, Kind.SECAGG_UNMASK, payload) for pid in server.survivors]
 
     def _unmask(self, server: SecAggServer) -> None:
         total_weight = sum(self.weights[p] for p in server.survivors)

@@ -10,7 +10,7 @@
 - ``latentfl export-model --config coordinator.toml --out FILE``: the global model of the
   latest checkpoint as an audits model file, for ``latentfl audit model``.
 - ``latentfl participant audit --config participant.toml [--share] [--out DIR]``: see
-  ``platform/participant/audit_client.py``.
+  ``platform/participant/audits/client.py``.
 - ``latentfl participant audit-dp --config participant.toml [--out DIR] [--share]``: the one-run
   DP audit of this site's ``[privacy.dp_sgd]`` on its own data, run locally
   (``audits/dp_command.py``); ``--share`` sends its aggregate numbers, signed.
@@ -38,16 +38,16 @@ from latentfl.data import load_dataset
 from latentfl.errors import ConfigError, StateError
 from latentfl.log import set_log_level
 from latentfl.platform.coordinator import CoordinatorConfig, collect_status
-from latentfl.platform.coordinator.audit_requests import read_audit_requests
-from latentfl.platform.coordinator.audit_service import load_shared_audits
+from latentfl.platform.coordinator.audits.requests import read_audit_requests
+from latentfl.platform.coordinator.audits.service import load_shared_audits
 from latentfl.platform.coordinator.journal import read_journal, verify_journal
 from latentfl.platform.coordinator.rounds import load_strategy
 from latentfl.platform.crypto import load_roster
 from latentfl.platform.participant import ParticipantConfig
-from latentfl.platform.participant.audit_client import AuditClient, run_participant_audit
+from latentfl.platform.participant.audits.client import AuditClient, run_participant_audit
+from latentfl.platform.protocol import UPDATE_KINDS
+from latentfl.strategies import input_stats_of
 
-#: Journaled kinds whose signed header carries the ledger (plain and encrypted updates).
-UPDATE_KINDS = ("UPDATE", "ENCRYPTED_UPDATE")
 #: UPDATE header fields (payloads.PRIVACY_META) -> the consortium report's ledger keys.
 LEDGER_FIELDS = {"epsilon": "epsilon", "delta": "delta", "noise_multiplier": "noise_multiplier",
                  "max_grad_norm": "max_grad_norm", "sample_rate": "sample_rate",
@@ -135,7 +135,7 @@ def export_global_model(config: Any, out: Path, round: int | None = None) -> Pat
     """Write the latest (or ``round``'s) global model as an audits model file; its path."""
     checkpoint, strategy = load_strategy(config, round)
     arch = strategy.evaluation_spec()
-    mean, std = strategy.evaluation_input_stats() or ((), ())
+    mean, std = input_stats_of(strategy) or ((), ())
     if not mean and config.test_data is not None:
         stats = load_dataset(config.test_data)
         mean, std = stats.mean, stats.std
