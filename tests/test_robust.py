@@ -157,3 +157,21 @@ def test_participant_clip_bounds_the_change():
         pytest.approx(2.0)
     assert torch.equal(clip_update(start, {"w": torch.full((4,), 0.1)}, 2.0)["w"],
                        torch.full((4,), 0.1))
+
+
+def test_run_task_clips_its_change_to_the_tasks_bound():
+    """A task with max_update_norm (norm_bound with clip_norm) comes back with its change
+    clipped, as an honest participant sends it before any masking."""
+    from latentfl.strategies import Task, run_task
+    from latentfl.strategies.defence import update_deltas
+
+    strategy = FedAvg(MODEL, TrainConfig(lr=0.5, batch_size=8),
+                      robust=RobustConfig(rule="norm_bound", clip_norm=0.05))
+    strategy.initialize(0)
+    task: Task = strategy.configure_round(1, ["p00"])["p00"]
+    assert task.train.max_update_norm == 0.05
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(32, 3, 32, 32, generator=g), torch.randint(0, 10, (32,), generator=g)
+    update = run_task(task, MODEL, x, y, participant="p00")
+    norm = float(update_deltas(task.weights, [update.weights]).norm())
+    assert norm == pytest.approx(0.05, rel=1e-4)
