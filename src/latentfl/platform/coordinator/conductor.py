@@ -196,6 +196,12 @@ class RoundConductor:
         if record is None:
             return None
         self._encoded.clear()
+        for entry in record.set_aside:  # before round_closed: the round's decisions, then it
+            fields = {k: v for k, v in entry.items() if k != "participant"}
+            self.journal.append("set_aside", round=record.round, peer=entry["participant"],
+                                **fields)
+            self.log.warning("update_set_aside", round=record.round, peer=entry["participant"],
+                             **fields)
         self.journal.append("round_closed", round=record.round, accepted=record.accepted,
                             metrics=record.metrics)
         accuracy = record.metrics.get("accuracy")
