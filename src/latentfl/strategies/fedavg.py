@@ -7,7 +7,7 @@ weighted (FedNova normalises each update by its number of local steps before ave
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from typing import Any
 
@@ -46,15 +46,21 @@ class FedAvg(Strategy):
     name = "fedavg"
     needs_only_aggregates = True
 
-    def __init__(self, model: ModelSpec, local: TrainConfig, *, weighted: bool = True) -> None:
+    def __init__(self, model: ModelSpec, local: TrainConfig, *, weighted: bool = True,
+                 initial: Callable[[nn.Module, int], None] | None = None) -> None:
         super().__init__(model, local)
         self.weighted = weighted
+        #: sets the freshly built model's weights (a start pretrained on public data); None
+        #: keeps the random initialisation
+        self.initial = initial
         self._model: nn.Module | None = None
         self._global: Tensors = {}
 
     def initialize(self, seed: int) -> None:
         torch.manual_seed(seed)
         self._model = self.model_spec.build()
+        if self.initial is not None:
+            self.initial(self._model, seed)
         self._global = state_to_tensors(self._model)
 
     def local_config(self, round: int) -> TrainConfig:
@@ -117,9 +123,10 @@ class FedProx(FedAvg):
     name = "fedprox"
 
     def __init__(
-        self, model: ModelSpec, local: TrainConfig, *, mu: float, weighted: bool = True
+        self, model: ModelSpec, local: TrainConfig, *, mu: float, weighted: bool = True,
+        initial: Callable[[nn.Module, int], None] | None = None,
     ) -> None:
-        super().__init__(model, local, weighted=weighted)
+        super().__init__(model, local, weighted=weighted, initial=initial)
         self.mu = mu
 
     def local_config(self, round: int) -> TrainConfig:
