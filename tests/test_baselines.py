@@ -170,3 +170,14 @@ def test_grid_refuses_pretrained_methods_without_public_data(tmp_path):
     """A *_pretrained method with no public data is refused before anything runs."""
     with pytest.raises(ConfigError, match="need the public data"):
         from_dict(ExperimentConfig, {"output": str(tmp_path), "methods": ["fedavg_pretrained"]})
+
+
+def test_demo_prior_only_row_uses_feddgms_prior_and_server_training():
+    """The demo's prior_only row has FedDGM's prior, set size and server training exactly."""
+    from latentfl.demo import BASELINES, strategy
+
+    mean, std = (0.49, 0.48, 0.45), (0.25, 0.24, 0.26)
+    assert BASELINES == ("prior_only",)
+    prior, feddgm = strategy("prior_only", mean, std), strategy("feddgm", mean, std)
+    assert prior.method == "prior_only" and prior.feddgm == feddgm.feddgm
+    assert prior.feddgm.distill.generator_path is not None

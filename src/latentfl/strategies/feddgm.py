@@ -141,16 +141,19 @@ class FedDGM(Strategy):
         log.info(f"{self.name}_round", round=round, **metrics)
         return metrics
 
-    def _train_on_sets(self, round: int, sets: Sequence[SyntheticSet]) -> dict[str, float]:
-        """Train the global model and the surrogate on this round's sets (and, with
-        ``accumulate``, every earlier round's)."""
+    def _train_on_sets(self, round: int, sets: Sequence[SyntheticSet], *,
+                       surrogate: bool = True) -> dict[str, float]:
+        """Train the global model and (unless ``surrogate`` is false: no participant will
+        receive it) the surrogate on this round's sets and, with ``accumulate``, every earlier
+        round's."""
         x = torch.cat([s.images for s in sets])
         y = torch.cat([s.labels for s in sets])
         if self.config.accumulate:
             if self._earlier is not None:
                 x, y = torch.cat([self._earlier[0], x]), torch.cat([self._earlier[1], y])
             self._earlier = (x, y)
-        return {**self._train_on_union(round, x, y), "synthetic_images": float(len(y))}
+        return {**self._train_on_union(round, x, y, surrogate=surrogate),
+                "synthetic_images": float(len(y))}
 
     def _distill(
         self,
@@ -186,18 +189,18 @@ class FedDGM(Strategy):
         present = tuple(k for k, count in enumerate(counts[: len(everything)]) if count > 0)
         return present or everything  # a participant that withholds its counts gets all classes
 
-    def _train_on_union(self, round: int, x: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
+    def _train_on_union(self, round: int, x: torch.Tensor, y: torch.Tensor, *,
+                        surrogate: bool = True) -> dict[str, float]:
         g, s = self.config.global_train, self.config.surrogate_train
         g = replace(g, seed=derive_seed(g.seed, "union", round))
         s = replace(s, seed=derive_seed(s.seed, "union", round))
-        global_result = train(self._global, x, y, g, device=self.device)
-        surrogate_result = train(self._surrogate, x, y, s, device=self.device)
+        metrics = {"global_train_loss": train(self._global, x, y, g, device=self.device).loss}
         self._global.cpu()
-        self._surrogate.cpu()
-        return {
-            "global_train_loss": global_result.loss,
-            "surrogate_train_loss": surrogate_result.loss,
-        }
+        if surrogate:
+            metrics["surrogate_train_loss"] = train(self._surrogate, x, y, s,
+                                                    device=self.device).loss
+            self._surrogate.cpu()
+        return metrics
 
     def synthetic_sets(self) -> dict[str, SyntheticImages]:
         return {

@@ -3,8 +3,8 @@
 No participant is asked anything. Each round the server draws, for every participant selected
 that round, ``ipc`` class-conditional samples of each class from the same prior FedDGM distils
 in (the undistilled starting latents, rendered), so its training set holds as many images as
-FedDGM's would, and trains the global model and the surrogate exactly as FedDGM does
-(``accumulate`` included). What it reaches is what the prior alone knows about the labels; the
+FedDGM's would, and trains the global model exactly as FedDGM does (``accumulate`` included;
+the surrogate is left alone, since no participant receives it). What it reaches is what the prior alone knows about the labels; the
 gap to FedDGM is what the participants add. With a label-free prior there is no class to
 sample, so the baseline does not apply and is refused.
 """
@@ -50,7 +50,7 @@ class PriorOnly(FedDGM):
             params = space.init(labels, derive_seed(self._seed, "prior-only", round, slot))
             sets.append(SyntheticSet(space.render(params).float().cpu(), labels, None, 0.0, ()))
         self.synthetic = {f"prior-{slot:02d}": s for slot, s in enumerate(sets)}
-        metrics = self._train_on_sets(round, sets)
+        metrics = self._train_on_sets(round, sets, surrogate=False)  # no participant uses it
         log.info("prior_only_round", round=round, **metrics)
         return metrics
 
