@@ -60,7 +60,7 @@ def main() -> None:
         args.private_out.parent.mkdir(parents=True, exist_ok=True)
         np.savez(args.private_out, x=full.x[private], y=full.y[private],
                  x_test=dataset.test.x, y_test=dataset.test.y, classes=np.array(full.classes))
-        print(f"wrote {args.private_out}: {len(private)} training images (none in {args.out}) "
+        print(f"wrote {args.private_out}: {len(private)} training images (other indices than {args.out}'s) "
               f"and {len(dataset.test)} test images")
 
 
