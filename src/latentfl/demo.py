@@ -1,13 +1,17 @@
-"""``latentfl demo``: FedDGM against FedAvg where label skew hurts, on this machine.
+"""``latentfl demo``: FedDGM against FedAvg where label skew hurts, on this machine, beside what
+its prior alone gives.
 
 Five participants split the built-in CIFAR-10 mini set with Dirichlet alpha 0.1, so most hold
 only a few classes. The ``--method`` (FedDGM by default) runs over the real daemons: a coordinator
 and one process per participant on 127.0.0.1, CurveZMQ with signed messages
 (:class:`~latentfl.platform.local.LocalConsortium`). The other method then runs in-process on the
 same split with the same surrogate, local training and global architecture (the simulator drives
-the same strategies). A line is printed whenever a round changes phase (waiting, local training
-with its update count, aggregating) and when it closes, then the table, and the last round's
-FedDGM synthetic images are saved as a PNG grid labelled with class names.
+the same strategies). Then ``prior_only`` runs in-process: FedDGM's server training on as many
+plain class-conditional samples of the same prior as FedDGM's synthetic sets hold, with no
+participant input, so the table shows what the prior alone knows and what the participants add.
+A line is printed whenever a round changes phase (waiting, local training with its update
+count, aggregating) and when it closes, then the table, and the last round's FedDGM synthetic
+images are saved as a PNG grid labelled with class names.
 """
 
 from __future__ import annotations
@@ -32,6 +36,8 @@ from latentfl.synthetic_grid import save_grid
 
 DATA = "builtin:cifar10-mini"
 METHODS = ("feddgm", "fedavg")
+#: Baselines run in-process after the methods (cheap: the server alone, no participant).
+BASELINES = ("prior_only",)
 PARTITION = PartitionConfig(scheme="dirichlet", alpha=0.1, seed=0)
 #: FedDGM's image prior. The shipped public prior: {"prior": "trained",
 #: "generator_path": "builtin:cifar10-public"}.
@@ -87,7 +93,7 @@ def run_demo(*, rounds: int = 3, participants: int = 5, method: str = "feddgm",
     def show(name: str, r: int, accuracy: float | None) -> None:
         results.setdefault(name, []).append(accuracy)
         acc = "-" if accuracy is None else f"{100 * accuracy:6.2f}%"
-        out(f"{name:<7} round {r}  test acc {acc}  elapsed {time.monotonic() - started:6.1f}s")
+        out(f"{name:<10} round {r}  test acc {acc}  elapsed {time.monotonic() - started:6.1f}s")
 
     shown_phase = ""
 
@@ -100,11 +106,11 @@ def run_demo(*, rounds: int = 3, participants: int = 5, method: str = "feddgm",
         phase = phase_line(live, participants, method)
         if phase and phase != shown_phase:
             shown_phase = phase
-            out(f"{method:<7} {phase}  elapsed {time.monotonic() - started:6.1f}s")
+            out(f"{method:<10} {phase}  elapsed {time.monotonic() - started:6.1f}s")
 
     out(f"{participants} participants, Dirichlet alpha {partition.alpha} on {DATA}; {method} "
         "over the daemons (one process per party, CurveZMQ on 127.0.0.1)")
-    out(f"{method:<7} starting the coordinator and {participants} participant processes")
+    out(f"{method:<10} starting the coordinator and {participants} participant processes")
     with LocalConsortium(root, participants, session="demo", partition=partition,
                          coordinator={"rounds": rounds, "seed": seed, "test_data": DATA,
                                       "device": "cpu", "round_deadline": 300.0,
@@ -125,19 +131,20 @@ def run_demo(*, rounds: int = 3, participants: int = 5, method: str = "feddgm",
     if ok and method == "feddgm":
         sets = load_strategy(consortium.coordinator_config())[1].synthetic_sets()
     if ok and compare:
-        other = METHODS[1 - METHODS.index(method)]
         set_log_level("warning")  # the round lines say what happens
-        out(f"{other:<7} in-process on the same split, the same models and seeds")
-        sim = run_simulation(
-            SimulationConfig(data=DATA, participants=participants, rounds=rounds, seed=seed,
-                             device="cpu", partition=partition,
-                             strategy=strategy(other, ds.mean, ds.std)),
-            dataset=ds, on_round=lambda rec: show(other, rec.round, rec.accuracy))
-        sets = sim.strategy.synthetic_sets() if other == "feddgm" else sets
-    out(f"{'round':>5}  " + "  ".join(f"{name:>8}" for name in results))
+        for other in (METHODS[1 - METHODS.index(method)], *BASELINES):
+            out(f"{other:<10} in-process on the same split, the same models and seeds"
+                + (" (the prior alone: no participant input)" if other == "prior_only" else ""))
+            sim = run_simulation(
+                SimulationConfig(data=DATA, participants=participants, rounds=rounds, seed=seed,
+                                 device="cpu", partition=partition,
+                                 strategy=strategy(other, ds.mean, ds.std)),
+                dataset=ds, on_round=lambda rec, name=other: show(name, rec.round, rec.accuracy))
+            sets = sim.strategy.synthetic_sets() if other == "feddgm" else sets
+    out(f"{'round':>5}  " + "  ".join(f"{name:>10}" for name in results))
     for r in range(max(len(accs) for accs in results.values()) if results else 0):
         out(f"{r + 1:>5}  " + "  ".join(
-            f"{'-' if r >= len(accs) or accs[r] is None else f'{100 * accs[r]:.2f}%':>8}"
+            f"{'-' if r >= len(accs) or accs[r] is None else f'{100 * accs[r]:.2f}%':>10}"
             for accs in results.values()))
     if sets:
         grid = save_grid(sets, ds.train.classes, root / "synthetic.png")
@@ -184,7 +191,8 @@ def _run(args) -> int:
 def register(subparsers) -> None:
     p = subparsers.add_parser(
         "demo", help="FedDGM vs FedAvg under strong label skew on CIFAR-10 mini: a local "
-        "consortium, coordinator and participants as separate processes.")
+        "consortium, coordinator and participants as separate processes; beside them "
+        "prior_only, what FedDGM's prior gives with no participant.")
     p.add_argument("--method", choices=METHODS, default="feddgm",
                    help="Method run over the daemons (default feddgm); the other runs "
                    "in-process on the same split for the table.")

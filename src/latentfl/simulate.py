@@ -144,7 +144,7 @@ def run_simulation(
             selected = select_participants(ids, config.fraction, seed=config.seed, round=r)
             tasks = strategy.configure_round(r, selected)
             updates = run_tasks(
-                {pid: tasks[pid] for pid in selected},
+                {pid: tasks[pid] for pid in selected if pid in tasks},  # baselines ask none
                 strategy.model_spec,
                 local_data,
                 device=device,

@@ -21,10 +21,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser("generator", help="Generator priors for latent distillation.")
     sub = parser.add_subparsers(title="generator commands", metavar="COMMAND")
     train = sub.add_parser(
-        "train", help="Train the built-in class-conditional generator on PUBLIC data.",
-        description="Train the built-in generator as the decoder of a class-conditional VAE on a "
-                    "public dataset (never on participants' data) and save weights "
-                    "(.safetensors) plus a JSON config and PNG samples.")
+        "train", help="Train the built-in generator on PUBLIC data (class-conditional, or "
+                      "label-free with --unconditional).",
+        description="Train the built-in generator as the decoder of a VAE on a public dataset "
+                    "(never on participants' data) and save weights (.safetensors) plus a JSON "
+                    "config and PNG samples. Any image size (odd and non-square too) and any "
+                    "channel count.")
     train.add_argument("--data", required=True, help="dataset spec, e.g. builtin:cifar10-mini")
     train.add_argument("--out", required=True, type=Path, help="output weights file (.safetensors)")
     train.add_argument("--steps", type=int, default=20000, help="training steps (default 20000)")
@@ -38,6 +40,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                        help="write a PNG sample grid every this many steps (default 1000)")
     train.add_argument("--base-channels", type=int, default=128,
                        help="generator feature channels at 4x4 (default 128)")
+    train.add_argument("--unconditional", action="store_true",
+                       help="ignore the labels: a label-free prior, which carries image "
+                            "statistics but no label knowledge into FedDGM (class information "
+                            "then comes only from the participants)")
     train.set_defaults(handler=_train)
 
 
@@ -53,17 +59,23 @@ def _train(args: argparse.Namespace) -> int:
         device = "cuda" if torch.cuda.is_available() else "cpu"
     dataset = load_dataset(args.data)
     c, h, w = dataset.image_shape
-    if h != w:
-        raise ConfigError(f"dataset {args.data} has {h}x{w} images; the generator makes square ones.")
+    if min(h, w) < 4:
+        raise ConfigError(f"dataset {args.data} has {h}x{w} images; the generator makes images "
+                          "of at least 4x4 pixels.")
     x, y = to_tensors(dataset.train, dataset.mean, dataset.std)
-    config = GeneratorConfig(num_classes=dataset.num_classes, image_size=h, channels=c,
-                             base_channels=args.base_channels)
+    if args.unconditional:
+        y = torch.zeros_like(y)  # no label reaches the prior
+    config = GeneratorConfig(num_classes=1 if args.unconditional else dataset.num_classes,
+                             image_size=h, image_width=w, channels=c,
+                             base_channels=args.base_channels,
+                             conditional=not args.unconditional)
     torch.manual_seed(args.seed)
     gen = random_generator(config, seed=args.seed, mean=dataset.mean, std=dataset.std).to(device)
     result = train_prior(
         VaeDesign(gen, lr=args.lr, beta=args.beta), x, y, out=args.out, steps=args.steps, batch_size=args.batch_size, seed=args.seed,
         sample_every=args.sample_every,
-        meta={"data": args.data, "classes": list(dataset.train.classes)})
+        meta={"data": args.data, "conditional": not args.unconditional,
+              "classes": [] if args.unconditional else list(dataset.train.classes)})
     print(f"generator weights: {result.weights} (config {result.weights.with_suffix('.json')})")
     print(f"sample grids: {', '.join(str(p) for p in result.samples)}")
     losses = ", ".join(f"{k} {v:.4f}" for k, v in result.losses.items())

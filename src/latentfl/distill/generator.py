@@ -2,9 +2,12 @@
 
 A mapping network turns ``z`` and a class embedding into a style vector ``w``. The synthesis
 network starts from a learned 4x4 constant; layer 1 is a modulated 3x3 convolution at 4x4 and
-every later layer doubles the resolution and applies another one, up to the image size (4, 8,
-16, 32 for 32x32 images: ``num_layers = 4``); a modulated 1x1 ``to_rgb`` makes the image. Each
-layer's modulation is its *style code*, an affine map of ``w``.
+every later layer doubles the resolution and applies another one, up to the larger image side
+(4, 8, 16, 32 for 32x32 images: ``num_layers = 4``); a modulated 1x1 ``to_rgb`` makes the
+image, resized to the image's height and width when they are not that power of two (28x28,
+64x48, 224x224). Each layer's modulation is its *style code*, an affine map of ``w``. A
+label-free generator (``conditional = false``) ignores the labels it is given: one embedding
+stands for every image, so its samples carry no class information.
 
 F-space at split layer ``k`` (``0 <= k <= num_layers``): the feature map after layer ``k`` (for
 ``k=0`` the constant itself) plus the style codes of the layers after ``k`` and of ``to_rgb``.
@@ -24,7 +27,7 @@ from torch import Tensor, nn
 from latentfl.config import option
 from latentfl.errors import DistillError
 
-__all__ = ["FLatent", "Generator", "GeneratorConfig", "default_split_layer"]
+__all__ = ["FLatent", "Generator", "GeneratorConfig", "default_split_layer", "image_hw"]
 
 
 @dataclass(frozen=True)
@@ -32,13 +35,21 @@ class GeneratorConfig:
     """Architecture of the built-in generator (saved as JSON beside its weights)."""
 
     num_classes: int = option(10, help="Number of classes the generator is conditioned on.", min=1)
-    image_size: int = option(32, help="Height and width of the images.", min=4)
+    image_size: int = option(32, help="Height of the images (and width unless image_width).",
+                             min=4)
     channels: int = option(3, help="Image channels.", min=1)
+    image_width: int = option(0, help="Width of the images; 0 = image_size (square).", min=0)
+    conditional: bool = option(True, help="Condition on class labels; false = label-free prior.")
     z_dim: int = option(64, help="Size of the noise vector z.", min=1)
     w_dim: int = option(128, help="Size of the style vector w.", min=1)
     mapping_layers: int = option(2, help="Layers of the mapping network.", min=1)
     base_channels: int = option(128, help="Feature channels at 4x4 (halved per doubling).", min=1)
     min_channels: int = option(32, help="Fewest feature channels of any layer.", min=1)
+
+
+def image_hw(config: GeneratorConfig) -> tuple[int, int]:
+    """``(height, width)`` of the images ``config`` describes."""
+    return config.image_size, config.image_width or config.image_size
 
 
 def default_split_layer(image_size: int) -> int:
@@ -100,7 +111,10 @@ class Generator(nn.Module):
             layers += [nn.Linear(width, c.w_dim), nn.LeakyReLU(0.2)]
             width = c.w_dim
         self.mapping = nn.Sequential(*layers)
-        self.num_layers = 1 + max(0, math.ceil(math.log2(c.image_size / 4)))
+        if min(image_hw(c)) < 4:
+            raise DistillError(f"the generator makes images of at least 4x4 pixels; got "
+                               f"{image_hw(c)[0]}x{image_hw(c)[1]}.")
+        self.num_layers = 1 + max(0, math.ceil(math.log2(max(image_hw(c)) / 4)))
         floor = min(c.min_channels, c.base_channels)
         chans = [max(floor, c.base_channels >> j) for j in range(self.num_layers)]
         self.const = nn.Parameter(torch.randn(chans[0], 4, 4))
@@ -113,16 +127,21 @@ class Generator(nn.Module):
     @property
     def image_shape(self) -> tuple[int, int, int]:
         """``(C, H, W)`` of the rendered images."""
-        return (self.config.channels, self.config.image_size, self.config.image_size)
+        return (self.config.channels, *image_hw(self.config))
 
     @property
     def num_classes(self) -> int:
         return self.config.num_classes
 
     @property
+    def conditional(self) -> bool:
+        """False for a label-free prior: labels change nothing in its images."""
+        return self.config.conditional
+
+    @property
     def default_layer(self) -> int:
         """The split layer used when none is configured (:func:`default_split_layer`)."""
-        return default_split_layer(self.config.image_size)
+        return default_split_layer(max(image_hw(self.config)))
 
     def set_normalisation(self, mean: tuple[float, ...], std: tuple[float, ...]) -> None:
         """Render images normalised with this per-channel mean and std (in [0, 1] units)."""
@@ -134,6 +153,8 @@ class Generator(nn.Module):
 
     def style_vector(self, z: Tensor, labels: Tensor) -> Tensor:
         """``w (B, w_dim)`` from ``z (B, z_dim)`` and int ``labels (B,)``."""
+        if not self.config.conditional:
+            labels = torch.zeros_like(labels)
         h = torch.cat([F.normalize(z, dim=1), F.normalize(self.embed(labels), dim=1)], 1)
         return self.mapping(h * math.sqrt(self.config.z_dim))
 
@@ -161,9 +182,9 @@ class Generator(nn.Module):
         for j, style in zip(range(latent.layer, self.num_layers), latent.styles, strict=False):
             h = self._layer(j, h, style)
         out = self.to_rgb(h, latent.styles[-1])
-        size = self.config.image_size
-        if out.shape[-1] != size:
-            out = F.interpolate(out, size=(size, size), mode="bilinear", align_corners=False)
+        size = image_hw(self.config)
+        if tuple(out.shape[-2:]) != size:
+            out = F.interpolate(out, size=size, mode="bilinear", align_corners=False)
         return ((torch.tanh(out) + 1.0) / 2.0 - self.mean) / self.std
 
     def forward(self, z: Tensor, labels: Tensor) -> Tensor:

@@ -133,16 +133,17 @@ def build_space(config: DistillConfig, *, image_shape: tuple[int, int, int], num
     mean, std = tuple(mean), tuple(std)
     if config.prior == "random":
         c, h, w = image_shape
-        if h != w:
-            raise DistillError(f"the built-in generator makes square images; got {h}x{w}.")
-        gen = random_generator(GeneratorConfig(num_classes=num_classes, image_size=h, channels=c),
+        gen = random_generator(GeneratorConfig(num_classes=num_classes, image_size=h,
+                                               image_width=w, channels=c),
                                seed=seed, mean=mean, std=std)
     else:
         if config.generator_path is None:
             raise DistillError("prior 'trained' needs generator_path; got none.")
         gen = load_prior(config.generator_path, mean=mean, std=std)
         shape = tuple(gen.image_shape)
-        if shape != tuple(image_shape) or gen.num_classes != num_classes:
+        # a label-free prior ignores labels, so it serves any number of classes
+        conditional = getattr(gen, "conditional", True)
+        if shape != tuple(image_shape) or (conditional and gen.num_classes != num_classes):
             raise DistillError(
                 f"generator {config.generator_path} makes {shape} images of "
                 f"{gen.num_classes} classes; expected {tuple(image_shape)} and {num_classes}.")

@@ -14,28 +14,33 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from latentfl.distill.generator import Generator
+from latentfl.distill.generator import Generator, image_hw
 
 __all__ = ["Encoder", "VaeDesign"]
 
 
 class Encoder(nn.Module):
-    """Strided conv blocks down to 4x4, then a linear head on the features and a class embedding."""
+    """Strided conv blocks that halve both sides while the shorter one is at least 8 pixels,
+    an average pool to 4x4 (so any height and width, odd or not, end in the same 4x4 grid), then
+    a linear head on the features and a class embedding (label-free: one embedding for all)."""
 
-    def __init__(self, num_classes: int, channels: int, image_size: int, z_dim: int,
-                 width: int = 32) -> None:
+    def __init__(self, num_classes: int, channels: int, image_hw: tuple[int, int], z_dim: int,
+                 width: int = 32, *, conditional: bool = True) -> None:
         super().__init__()
         layers: list[nn.Module] = []
-        cin, size = channels, image_size
-        while size > 4:
+        cin, short = channels, min(image_hw)
+        while short >= 8:  # a 4x4 stride-2 conv with padding 1 maps n pixels to n // 2
             layers += [nn.Conv2d(cin, width, 4, stride=2, padding=1), nn.LeakyReLU(0.2)]
-            cin, size, width = width, (size + 1) // 2, min(width * 2, 256)
-        self.features = nn.Sequential(*layers, nn.Flatten())
+            cin, short, width = width, short // 2, min(width * 2, 256)
+        self.features = nn.Sequential(*layers, nn.AdaptiveAvgPool2d(4), nn.Flatten())
+        self.conditional = conditional
         self.embed = nn.Embedding(num_classes, 64)
-        self.head = nn.Linear(cin * size * size + 64, 2 * z_dim)
+        self.head = nn.Linear(cin * 16 + 64, 2 * z_dim)
 
     def forward(self, x: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
         """``(mu, logvar)``, each ``(B, z_dim)``."""
+        if not self.conditional:
+            labels = torch.zeros_like(labels)
         h = torch.cat([self.features(x), self.embed(labels)], 1)
         mu, logvar = self.head(h).chunk(2, dim=1)
         return mu, logvar.clamp(-10.0, 10.0)
@@ -49,8 +54,8 @@ class VaeDesign:
     def __init__(self, generator: Generator, *, lr: float = 1e-3, beta: float = 1.0) -> None:
         c = generator.config
         self.decoder = generator
-        self.encoder = Encoder(c.num_classes, c.channels, c.image_size, c.z_dim).to(
-            generator.const.device)
+        self.encoder = Encoder(c.num_classes, c.channels, image_hw(c), c.z_dim,
+                               conditional=c.conditional).to(generator.const.device)
         self.beta = beta
         params = [*self.decoder.parameters(), *self.encoder.parameters()]
         self.opt = torch.optim.Adam(params, lr=lr)

@@ -27,10 +27,26 @@ from latentfl.errors import ConfigError
 from latentfl.experiment.scenarios import Scenario
 from latentfl.simulate import SimulationConfig
 from latentfl.strategies.base import ModelSpec
-from latentfl.strategies.registry import Method
+from latentfl.strategies.registry import PRETRAINABLE, Method
 
 #: Methods whose global model *is* the surrogate (the cell's architecture replaces strategy.model).
-AVERAGING_METHODS = ("fedavg", "fedprox", "fednova", "dynafed")
+AVERAGING_METHODS = ("fedavg", "fedprox", "fednova", "dynafed", "public_only")
+#: Methods that train FedDGM's global model (the architecture replaces feddgm.global_model).
+FEDDGM_METHODS = ("feddgm", "prior_only")
+#: ``fedavg_pretrained`` is fedavg with ``strategy.public.pretrain = true``, and so on.
+PRETRAINED = "_pretrained"
+
+
+def method_names() -> tuple[str, ...]:
+    """Every method a grid may list: the strategies and the pretrained starts."""
+    return (*typing.get_args(Method), *(f"{m}{PRETRAINED}" for m in PRETRAINABLE))
+
+
+def base_method(method: str) -> tuple[str, bool]:
+    """``(strategy method, pretrained start)`` of a grid method name."""
+    if method.endswith(PRETRAINED) and method.removesuffix(PRETRAINED) in PRETRAINABLE:
+        return method.removesuffix(PRETRAINED), True
+    return method, False
 
 
 @dataclass(frozen=True)
@@ -54,7 +70,10 @@ class ExperimentConfig:
                                  "convergence.png and runs/ (none: runs/NAME under the current "
                                  "directory, NAME the file's name without .toml).")
     methods: tuple[str, ...] = option(("fedavg",), help="Methods to compare (fedavg, fedprox, "
-                                      "fednova, dynafed, feddgm).")
+                                      "fednova, dynafed, feddgm; the baselines prior_only and "
+                                      "public_only; fedavg_pretrained, fedprox_pretrained and "
+                                      "feddgm_pretrained: started from a model trained on "
+                                      "simulation.strategy.public.data).")
     alphas: tuple[float, ...] = option((0.5,), help="Dirichlet concentrations of the partition.")
     architectures: tuple[Architecture, ...] = option(
         (), help="Global architectures; empty = the one in simulation.strategy.model.")
@@ -65,12 +84,17 @@ class ExperimentConfig:
     simulation: SimulationConfig = option(SimulationConfig(), help="Settings shared by every cell.")
 
     def problems(self) -> list[str]:
-        known = typing.get_args(Method)
+        known = method_names()
         out = []
         for m in self.methods:
             if m not in known:
                 out.append(f"method {m!r} is not available in this version; expected one of "
                            f"{', '.join(known)}.")
+        public = self.simulation.strategy.public
+        needs_public = [m for m in self.methods if base_method(m)[1] or m == "public_only"]
+        if needs_public and not public.data:
+            out.append(f"methods {needs_public} need the public data; set "
+                       "simulation.strategy.public.data to its dataset spec.")
         if len(set(self.methods)) != len(self.methods):
             out.append(f"methods {list(self.methods)} repeat a method; list each once.")
         if not self.methods or not self.alphas or not self.seeds:
@@ -220,13 +244,15 @@ def _strategy_for(base: SimulationConfig, method: str, arch: Architecture, seed:
     model = ModelSpec(name=arch.name, num_classes=strategy.model.num_classes,
                       in_shape=strategy.model.in_shape, options=dict(arch.options))
     local = replace(strategy.local, seed=seed)
+    method, pretrained = base_method(method)
+    public = replace(strategy.public, pretrain=pretrained)
     if method in AVERAGING_METHODS:
-        return replace(strategy, method=method, model=model, local=local)
+        return replace(strategy, method=method, model=model, local=local, public=public)
     # methods with a separate global model (FedDGM): the surrogate stays, the global changes
-    section = getattr(strategy, method)
-    return replace(strategy, method=method, local=local,
-                   **{method: replace(section, global_model=model)})
+    section = "feddgm" if method in FEDDGM_METHODS else method
+    return replace(strategy, method=method, local=local, public=public,
+                   **{section: replace(getattr(strategy, section), global_model=model)})
 
 
-__all__ = ["AVERAGING_METHODS", "Architecture", "Cell", "ExperimentConfig", "cell_key", "grid",
-           "output_folder", "restrict"]
+__all__ = ["AVERAGING_METHODS", "FEDDGM_METHODS", "PRETRAINED", "Architecture", "Cell", "ExperimentConfig", "cell_key", "grid",
+           "base_method", "method_names", "output_folder", "restrict"]

@@ -7,7 +7,7 @@ weighted (FedNova normalises each update by its number of local steps before ave
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from typing import Any
 
@@ -53,10 +53,14 @@ class FedAvg(Strategy):
     needs_only_aggregates = True
 
     def __init__(self, model: ModelSpec, local: TrainConfig, *, weighted: bool = True,
-                 robust: RobustConfig | None = None) -> None:
+                 robust: RobustConfig | None = None,
+                 initial: Callable[[nn.Module, int], None] | None = None) -> None:
         super().__init__(model, local)
         self.weighted = weighted
         self.robust = robust or RobustConfig()
+        #: sets the freshly built model's weights (a start pretrained on public data); None
+        #: keeps the random initialisation
+        self.initial = initial
         self._model: nn.Module | None = None
         self._global: Tensors = {}
         self._set_aside: tuple[SetAside, ...] = ()
@@ -64,6 +68,8 @@ class FedAvg(Strategy):
     def initialize(self, seed: int) -> None:
         torch.manual_seed(seed)
         self._model = self.model_spec.build()
+        if self.initial is not None:
+            self.initial(self._model, seed)
         self._global = state_to_tensors(self._model)
 
     def local_config(self, round: int) -> TrainConfig:
@@ -143,8 +149,9 @@ class FedProx(FedAvg):
     name = "fedprox"
 
     def __init__(self, model: ModelSpec, local: TrainConfig, *, mu: float, weighted: bool = True,
-                 robust: RobustConfig | None = None) -> None:
-        super().__init__(model, local, weighted=weighted, robust=robust)
+                 robust: RobustConfig | None = None,
+                 initial: Callable[[nn.Module, int], None] | None = None) -> None:
+        super().__init__(model, local, weighted=weighted, robust=robust, initial=initial)
         self.mu = mu
 
     def local_config(self, round: int) -> TrainConfig:

@@ -11,7 +11,7 @@ sets are kept per participant so that each participant can audit its own.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any, Literal
 
@@ -110,9 +110,13 @@ class FedDGM(Strategy):
 
     name = "feddgm"
 
-    def __init__(self, model: ModelSpec, local: TrainConfig, config: FedDGMConfig) -> None:
+    def __init__(self, model: ModelSpec, local: TrainConfig, config: FedDGMConfig, *,
+                 initial: Callable[[nn.Module, int], None] | None = None) -> None:
         super().__init__(model, local)
         self.config = config
+        #: sets the fresh surrogate's and global model's weights (a start pretrained on public
+        #: data); None keeps the random initialisation
+        self.initial = initial
         self._seed = 0
         self._surrogate: nn.Module | None = None
         self._global: nn.Module | None = None
@@ -130,6 +134,9 @@ class FedDGM(Strategy):
         torch.manual_seed(seed)
         self._surrogate = self.model_spec.build()
         self._global = self.config.global_model.build()
+        if self.initial is not None:
+            self.initial(self._surrogate, seed)
+            self.initial(self._global, seed)
 
     def configure_round(self, round: int, participants: Sequence[str]) -> dict[str, Task]:
         return broadcast_tasks(round, participants, self.global_weights(), self.local)
@@ -142,21 +149,28 @@ class FedDGM(Strategy):
         targets = [flatten_named(u.weights, shapes) for u in updates]
         sets = self._distill(round, start, targets, updates)
         self.synthetic = {u.participant: s for u, s in zip(updates, sets, strict=True)}
+        metrics = self._train_on_sets(round, sets)
+        final_losses = [s.losses[-1] for s in sets if s.losses]
+        metrics.update(
+            participants=float(len(updates)),
+            match_loss=float(sum(final_losses) / max(len(final_losses), 1)),
+        )
+        log.info(f"{self.name}_round", round=round, **metrics)
+        return metrics
+
+    def _train_on_sets(self, round: int, sets: Sequence[SyntheticSet], *,
+                       surrogate: bool = True) -> dict[str, float]:
+        """Train the global model and (unless ``surrogate`` is false: no participant will
+        receive it) the surrogate on this round's sets and, with ``accumulate``, every earlier
+        round's."""
         x = torch.cat([s.images for s in sets])
         y = torch.cat([s.labels for s in sets])
         if self.config.accumulate:
             if self._earlier is not None:
                 x, y = torch.cat([self._earlier[0], x]), torch.cat([self._earlier[1], y])
             self._earlier = (x, y)
-        metrics = self._train_on_union(round, x, y)
-        final_losses = [s.losses[-1] for s in sets if s.losses]
-        metrics.update(
-            participants=float(len(updates)),
-            synthetic_images=float(len(y)),
-            match_loss=float(sum(final_losses) / max(len(final_losses), 1)),
-        )
-        log.info("feddgm_round", round=round, **metrics)
-        return metrics
+        return {**self._train_on_union(round, x, y, surrogate=surrogate),
+                "synthetic_images": float(len(y))}
 
     def _screen(self, updates: Sequence[Update]) -> Sequence[Update]:
         """The uploads kept for distillation; the others are recorded for :meth:`set_aside`."""
@@ -209,18 +223,18 @@ class FedDGM(Strategy):
         present = tuple(k for k, count in enumerate(counts[: len(everything)]) if count > 0)
         return present or everything  # a participant that withholds its counts gets all classes
 
-    def _train_on_union(self, round: int, x: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
+    def _train_on_union(self, round: int, x: torch.Tensor, y: torch.Tensor, *,
+                        surrogate: bool = True) -> dict[str, float]:
         g, s = self.config.global_train, self.config.surrogate_train
         g = replace(g, seed=derive_seed(g.seed, "union", round))
         s = replace(s, seed=derive_seed(s.seed, "union", round))
-        global_result = train(self._global, x, y, g, device=self.device)
-        surrogate_result = train(self._surrogate, x, y, s, device=self.device)
+        metrics = {"global_train_loss": train(self._global, x, y, g, device=self.device).loss}
         self._global.cpu()
-        self._surrogate.cpu()
-        return {
-            "global_train_loss": global_result.loss,
-            "surrogate_train_loss": surrogate_result.loss,
-        }
+        if surrogate:
+            metrics["surrogate_train_loss"] = train(self._surrogate, x, y, s,
+                                                    device=self.device).loss
+            self._surrogate.cpu()
+        return metrics
 
     def synthetic_sets(self) -> dict[str, SyntheticImages]:
         return {

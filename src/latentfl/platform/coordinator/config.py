@@ -10,7 +10,7 @@ from latentfl.config import option
 from latentfl.platform.coordinator.distributed import DistributedConfig
 from latentfl.privacy.ckks import SecureAggregationConfig
 from latentfl.strategies import StrategyConfig, strategy_class
-from latentfl.strategies.registry import Method
+from latentfl.strategies.registry import SERVER_ONLY, Method
 
 
 def aggregate_only_methods() -> list[str]:
@@ -81,6 +81,10 @@ class CoordinatorConfig:
             out.append(f"bind = {self.bind!r}; expected tcp://HOST:PORT or ipc://PATH.")
         if not self.session or len(self.session) > 128:
             out.append(f"session = {self.session!r}; expected 1 to 128 characters.")
+        if self.strategy.method in SERVER_ONLY:
+            out.append(f"strategy.method = {self.strategy.method!r} is a baseline the server runs "
+                       "alone (latentfl simulate or experiment); a coordinator needs a federated "
+                       "method.")
         mode = self.aggregation.mode
         if mode in ("ckks", "secagg"):
             if not strategy_class(self.strategy.method).needs_only_aggregates:
