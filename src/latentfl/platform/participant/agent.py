@@ -16,8 +16,8 @@ refuses its CURVE key (seen through the socket monitor; NotEnrolledError, exit 7
 coordinator runs another session, or it refuses this agent for a reason in
 ``session.ENDS_AGENT`` (RefusedError, exit 8). A stop (SIGTERM, SIGINT) takes effect within
 seconds whatever the agent is doing: every send is bounded (``connection.SEND_TIMEOUT_MS``), the
-socket's linger is bounded, and training runs in a daemon thread that does not hold the process
-open.
+socket's linger is bounded, and local training stops between batches and is joined before the
+agent returns (a process torn down under a running torch thread dies in native code).
 """
 
 from __future__ import annotations
@@ -49,6 +49,7 @@ from latentfl.platform.protocol import (
 )
 
 POLL_MS = 100
+STOP_JOIN_S = 1.5  # a batch ends well within this; the stop deadline is 2 s
 Outcome = Literal["finished", "stopped", "silent"]
 
 
@@ -119,6 +120,9 @@ class Agent:
             self.log.info("participant_stopped")
             return int(ExitCode.INTERRUPTED)
         finally:
+            # Never leave while a training thread is inside torch: the interpreter's teardown
+            # under it ends the process in native code instead of with its exit code.
+            self.session.stop_work(timeout=STOP_JOIN_S)
             self.replay.close()
             ctx.term()
 

@@ -28,8 +28,9 @@ participant, as configured, can never take part.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
-from concurrent.futures import Future
+from concurrent.futures import Future, wait
 from typing import Any, NamedTuple
 
 from latentfl.errors import LatentFLError, PrivacyError, ProtocolError, Reason, RefusedError
@@ -100,6 +101,7 @@ class ParticipantSession:
         self.done_round = 0  # the last round this site delivered (acked) or declined
         self.finished = False  # the coordinator said the session is over
         self._training: Training | None = None
+        self._stop_work = threading.Event()  # set once: the agent is leaving
         self._masked: MaskedRound | None = None  # the secagg or ckks round in progress
         self._boot: str | None = None
         self._next_heartbeat = 0.0
@@ -129,6 +131,23 @@ class ParticipantSession:
             self.log.warning("message_refused", kind=message.header.kind.value,
                              reason=exc.reason, detail=str(exc))
             return []
+
+    @property
+    def working(self) -> bool:
+        """Whether a local training thread still runs."""
+        return self._training is not None and not self._training.future.done()
+
+    def stop_work(self, timeout: float) -> bool:
+        """Stop local training between batches and wait up to ``timeout`` s for its thread;
+        True when none runs any more (what it trained is dropped, never sent)."""
+        self._stop_work.set()
+        if self._training is None:
+            return True
+        done, _ = wait([self._training.future], timeout)
+        self.log.info("training_stopped", round=self._training.round, joined=bool(done),
+                      summary=f"local training of round {self._training.round} stopped; "
+                      "nothing of it is sent")
+        return bool(done)
 
     def step(self, now: float) -> Outbox:
         """What time makes due: a finished training or audit, a re-send, a heartbeat."""
@@ -249,7 +268,8 @@ class ParticipantSession:
             out.append(self._masked_reply(self._masked.keys()))
         self._training = Training(r, task.aggregation is not Aggregation.PLAIN, run_in_daemon_thread(
             lambda: train_locally(task, spec, sigma, data=self.data, privacy=self.privacy,
-                                  config=self.config, pid=self.pid, log=self.log),
+                                  config=self.config, pid=self.pid, log=self.log,
+                                  stop=self._stop_work),
             name=f"train-{r}"))
         return out
 
