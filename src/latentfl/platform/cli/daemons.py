@@ -19,15 +19,19 @@ from latentfl.exitcodes import ExitCode
 from latentfl.platform.coordinator import (
     Coordinator,
     CoordinatorConfig,
+    check_quorum,
     collect_status,
     render_html,
     render_text,
 )
+from latentfl.platform.crypto import load_roster
 from latentfl.platform.participant import Agent, ParticipantConfig
 
 
 def _coordinator(args) -> int:
     config = load_config(args.config, CoordinatorConfig)
+    # before the state folder is touched: a session that can never start is refused at once
+    check_quorum(config, len(load_roster(config.roster).active_ids()), config.roster)
     try:
         return Coordinator(config, accept_journal_loss=args.accept_journal_loss).run()
     finally:

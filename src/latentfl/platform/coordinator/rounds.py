@@ -207,22 +207,30 @@ class Rounds:
     def quorum(self) -> int:
         return max(1, math.ceil(self.config.quorum * len(self.plan) - 1e-9))
 
+    def fewest_updates(self) -> int:
+        """The fewest updates a round is aggregated with, in every mode: ``min_updates``, and
+        in ckks or secagg mode also ``min_cohort`` (a smaller encrypted or masked sum would be
+        too close to one participant's). A round that shrank below it (a participant removed,
+        revoked or declining) is not aggregated early; it waits for its deadline and is
+        planned again."""
+        fewest = self.config.min_updates
+        if self.config.aggregation.mode in ("ckks", "secagg"):
+            fewest = max(fewest, self.config.aggregation.min_cohort)
+        return fewest
+
     def due(self, online: Iterable[str], now: float) -> Literal["close", "replan", ""]:
         """Whether the round should close now, be planned again, or keep collecting."""
         if self.phase != "collecting":
             return ""
         got = len(self.updates)
-        # an encrypted or masked sum must cover min_cohort updates, or it would be one
-        # participant's
-        fewest = (self.config.aggregation.min_cohort
-                  if self.config.aggregation.mode in ("ckks", "secagg") else 1)
+        fewest = self.fewest_updates()
         if self.plan and got >= self.quorum() and got >= fewest:
             return "close"
         online_set = set(online)
         stalled = (not any(p in online_set for p in self.pending())
                    and now >= self.grace_until)
         if now - self.started_at >= self.config.round_deadline or stalled:
-            if got >= max(self.config.min_updates, fewest):
+            if got >= fewest:
                 return "close"
             if now - self.started_at >= self.config.round_deadline or not self.plan:
                 return "replan"
