@@ -208,3 +208,28 @@ def test_too_few_survivors_abandon_the_round_without_unmasking(tmp_path):
     events = events_after_abandonment(threads, coord, config.state_dir / "journal.jsonl")
     assert "secagg_shares" in events and "round_abandoned" in events
     assert "secagg_unmasked" not in events and "secagg_unmask_requested" not in events
+
+
+def test_a_round_every_site_already_uploaded_for_is_skipped_not_replanned_in_a_loop(tmp_path,
+                                                                                    dataset):
+    """Both sites upload their masked update, the round is abandoned (min_updates 3 not met) and
+    planned again; both decline the new attempt (secagg_already_uploaded) once, and the round is
+    aborted with the reason instead of being planned again and again."""
+    consortium = make_consortium(tmp_path, IDS)
+    config = consortium.coordinator_config(aggregation=SECAGG, rounds=1, min_participants=2,
+                                           min_updates=3, round_deadline=20.0)
+    coord = Running(Coordinator(config))
+    agents = start_agents(consortium, local_parts(dataset, 3)[:2], IDS[:2])
+    try:
+        assert coord.join(180) == 0
+    finally:
+        [a.stop() for a in agents]
+        coord.stop()
+    journal = read_journal(config.state_dir / "journal.jsonl")
+    opened = [e for e in journal if e["event"] == "round_opened"]
+    declined = [e for e in journal if e["event"] == "declined"]
+    assert len(opened) == 2 and len(declined) == 2, [e["event"] for e in journal]
+    assert {e["reason"] for e in declined} == {"secagg_already_uploaded"}
+    aborted = [e for e in journal if e["event"] == "round_aborted"]
+    assert len(aborted) == 1 and "already uploaded a masked update" in aborted[0]["reason"]
+    assert not any(e["event"] == "secagg_unmasked" for e in journal)

@@ -88,6 +88,7 @@ from latentfl.platform.protocol import (
     peek_header,
     unpack_json,
 )
+from latentfl.privacy import PolicyRule
 from latentfl.strategies import Aggregation, build_strategy
 
 POLL_MS = 100
@@ -443,6 +444,8 @@ class Coordinator:
                          round=header.round)
         if header.round == self.rounds.round and pid in self.rounds.pending():
             self.rounds.drop([pid])
+        if decline.reason == PolicyRule.SECAGG_ALREADY_UPLOADED:
+            self.conductor.declined_for_good(pid, header.round)
         return []
 
     def _on_update(self, message: Message) -> Outbox:

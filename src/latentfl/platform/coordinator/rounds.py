@@ -283,11 +283,12 @@ class Rounds:
         return record
 
     def abort(self) -> RoundRecord:
-        """Skip the collecting round (see the module docstring): checkpoint it unchanged, with
+        """Skip the collecting (or waiting) round (see the module docstring): checkpoint it
+        unchanged, with
         an aborted record naming the updates it had accepted, and move to the next round."""
-        if self.phase != "collecting":
-            raise ValueError(f"round {self.round} is {self.phase}; only a collecting round can be "
-                             "aborted")
+        if self.phase not in ("collecting", "waiting"):
+            raise ValueError(f"round {self.round} is {self.phase}; only a collecting or waiting "
+                             "round can be aborted")
         record = RoundRecord(self.round, list(self.plan), sorted(self.updates),
                              time.time() - self.started_at, aborted=True)
         self._checkpoint(record)
