@@ -8,7 +8,8 @@ to send again, a heartbeat). The agent owns the socket and signs and sends what 
 tests drive a session directly, message by message.
 
 A TASK is decoded (the wire codec), checked against the site's own policy before any data is
-touched (:class:`~latentfl.platform.participant.privacy.SitePrivacy`), then trained in a worker
+touched (its approval, :mod:`~latentfl.platform.participant.task_policy`, then its privacy,
+:class:`~latentfl.platform.participant.privacy.SitePrivacy`), then trained in a worker
 thread (:func:`~latentfl.platform.participant.local_step.train_locally`); a task the site will
 not do is answered with a DECLINE. The trained update is encoded as an UPDATE and sent again
 (same payload, fresh envelope) until its ACK arrives, or a REJECT whose reason says a re-send
@@ -45,6 +46,7 @@ from latentfl.platform.participant.masked_round import (
     task_min_cohort,
 )
 from latentfl.platform.participant.privacy import SitePrivacy
+from latentfl.platform.participant.task_policy import check_task_policy
 from latentfl.platform.participant.uploads import Pending
 from latentfl.platform.participant.worker import run_in_daemon_thread
 from latentfl.platform.protocol import (
@@ -238,10 +240,12 @@ class ParticipantSession:
         except ProtocolError as exc:
             self.log.warning("task_refused", round=r, reason=exc.reason, detail=str(exc))
             return [self._decline(r, exc.reason, str(exc))]
+        digest = str(message.header.meta.get("manifest"))  # decode_task checked it
         self.log.info("task_received", round=r, bytes=len(message.payload),
                       epochs=task.train.epochs, lr=task.train.lr,
                       aggregation=task.aggregation.value)
-        try:  # the site's own policy, before any data is touched
+        try:  # the site's approval and its privacy policy, before any data is touched
+            check_task_policy(self.config.policy.tasks, task, spec, digest)
             sigma = self.privacy.check(task, len(self.data.y),
                                        min_cohort=task_min_cohort(message, self.config.session))
         except PrivacyError as exc:
