@@ -123,6 +123,7 @@ class Agent:
             # Never leave while a training thread is inside torch: the interpreter's teardown
             # under it ends the process in native code instead of with its exit code.
             self.session.stop_work(timeout=STOP_JOIN_S)
+            self.session.record.close()
             self.replay.close()
             ctx.term()
 

@@ -29,6 +29,7 @@ participant, as configured, can never take part.
 
 from __future__ import annotations
 
+import hashlib
 import threading
 from collections.abc import Callable
 from concurrent.futures import Future, wait
@@ -46,6 +47,7 @@ from latentfl.platform.participant.masked_round import (
     task_min_cohort,
 )
 from latentfl.platform.participant.privacy import SitePrivacy
+from latentfl.platform.participant.record import SiteRecord
 from latentfl.platform.participant.task_policy import check_task_policy
 from latentfl.platform.participant.uploads import Pending
 from latentfl.platform.participant.worker import run_in_daemon_thread
@@ -99,6 +101,7 @@ class ParticipantSession:
         self.privacy = SitePrivacy(config.privacy, state_dir=config.state_dir,
                                    key_dir=config.key_dir)
         self.audits = RequestedAudits(config, data, log)  # operators' audit requests
+        self.record = SiteRecord(config.state_dir)  # the site's own hash-chained log
         self.pending: Pending | None = None
         self.done_round = 0  # the last round this site delivered (acked) or declined
         self.finished = False  # the coordinator said the session is over
@@ -154,8 +157,10 @@ class ParticipantSession:
     def step(self, now: float) -> Outbox:
         """What time makes due: a finished training or audit, a re-send, a heartbeat."""
         out = self._after_training(now)
-        out += [self._to_coordinator(kind, self.done_round, payload, meta)
-                for kind, payload, meta in self.audits.step(training=self._training is not None)]
+        for kind, payload, meta in self.audits.step(training=self._training is not None):
+            self.record.note("audit_answered", kind=kind.value, request=meta.get("request"),
+                             sha256=hashlib.sha256(payload).hexdigest())
+            out.append(self._to_coordinator(kind, self.done_round, payload, meta))
         if self.pending and now - self.pending.sent_at > self.config.ack_timeout:
             out.append(self._send_pending(now))
         if now >= self._next_heartbeat:
@@ -183,6 +188,7 @@ class ParticipantSession:
             self.log.info("audit_answer_acknowledged", request=ack.request)
         elif p and message.header.round == p.round and ack.acknowledges(p.digest):
             self.log.info("update_acknowledged", round=p.round, attempts=p.attempts)
+            self.record.note("acknowledged", kind=p.kind.value, round=p.round, sha256=p.digest)
             if self._masked is not None and self._masked.round == p.round:
                 self._masked.acknowledged(p.kind)  # the survivor set may now be signed
             self.done_round = max(self.done_round, p.round)
@@ -244,6 +250,9 @@ class ParticipantSession:
         self.log.info("task_received", round=r, bytes=len(message.payload),
                       epochs=task.train.epochs, lr=task.train.lr,
                       aggregation=task.aggregation.value)
+        self.record.note("task", round=r, model=spec.name, manifest=digest,
+                         aggregation=task.aggregation.value, epochs=task.train.epochs,
+                         lr=task.train.lr, batch_size=task.train.batch_size)
         try:  # the site's approval and its privacy policy, before any data is touched
             check_task_policy(self.config.policy.tasks, task, spec, digest)
             sigma = self.privacy.check(task, len(self.data.y),
@@ -270,6 +279,7 @@ class ParticipantSession:
                                  detail=str(exc))
                 return [self._decline(r, Reason.MALFORMED, str(exc))]
             out.append(self._masked_reply(self._masked.keys()))
+        self.record.note("accepted", round=r, noise_multiplier=sigma)
         self._training = Training(r, task.aggregation is not Aggregation.PLAIN, run_in_daemon_thread(
             lambda: train_locally(task, spec, sigma, data=self.data, privacy=self.privacy,
                                   config=self.config, pid=self.pid, log=self.log,
@@ -399,6 +409,7 @@ class ParticipantSession:
     def _decline(self, round: int, reason: DeclineReason, detail: str) -> Outgoing:
         """This site will not deliver round ``round`` (a DECLINE)."""
         self.done_round = max(self.done_round, round)
+        self.record.note("declined", round=round, reason=str(reason), detail=detail[:500])
         return self._to_coordinator(Kind.DECLINE, round, meta=Decline(reason, detail).meta())
 
     def _send_pending(self, now: float) -> Outgoing:
@@ -406,6 +417,9 @@ class ParticipantSession:
         assert p is not None
         p.attempts += 1
         p.sent_at = now
+        if p.attempts == 1:  # a re-send carries the same payload
+            self.record.note("sent", kind=p.kind.value, round=p.round, sha256=p.digest,
+                             bytes=len(p.payload), epsilon=p.meta.get("epsilon"))
         self.log.info("update_sent", round=p.round, bytes=len(p.payload), attempt=p.attempts)
         return self._to_coordinator(p.kind, p.round, p.payload, p.meta)
 
