@@ -63,6 +63,17 @@ def status_snapshot(config: Any, rounds: Any, peers: PeerTable, *, endpoint: str
     }
 
 
+def stall_reason(config: CoordinatorConfig, active: list[str], removed: Any) -> str | None:
+    """Why no round can start with the participants that may still be planned (enrolled, not
+    revoked, not removed), or None: e.g. "min_participants 2 cannot be met (1 eligible)"."""
+    eligible = len(set(active) - set(removed))
+    for key, need in (("min_participants", config.min_participants),
+                      ("min_updates", config.min_updates)):
+        if eligible < need:
+            return f"{key} {need} cannot be met ({eligible} eligible)"
+    return None
+
+
 def _participant_row(state: str, last_seen: float | None) -> dict[str, Any]:
     return {"state": state, "last_seen": last_seen, "accepted": 0, "refused": 0,
             "declined": 0, "refused_reasons": {}, "declined_reasons": {}, "rounds": []}
@@ -187,6 +198,12 @@ def collect_status(config: CoordinatorConfig, *, now: float | None = None,
         phase = live.get("phase", "starting")
     else:
         phase = "finished" if finished else ("stopped" if live else "not-started")
+    admin = live.get("admin") or {}
+    stalled = stall_reason(config, roster.active_ids(), admin.get("removed", []))
+    if pid and admin.get("paused") and phase in ("waiting", "collecting"):
+        phase = "paused"  # an operator's pause: no round opens or closes until resumed
+    elif pid and phase in ("waiting", "collecting") and stalled:
+        phase = "stalled"  # no later round can start (the one collecting may still close)
     by_round: dict[int, Counter] = {}
     for row in rows.values():
         for cell in row["rounds"]:
@@ -194,13 +211,14 @@ def collect_status(config: CoordinatorConfig, *, now: float | None = None,
                 {k: cell[k] for k in ("accepted", "refused", "declined")})
     rounds = [{"round": h.get("round"), "planned": len(h.get("participants", [])),
                "accepted": len(h.get("accepted", [])), "seconds": h.get("seconds"),
+               "aborted": bool(h.get("aborted")),
                "metrics": h.get("metrics", {}),
                "refused": by_round.get(h.get("round"), Counter())["refused"],
                "declined": by_round.get(h.get("round"), Counter())["declined"]}
               for h in history]
     current = None
-    if pid and phase in ("waiting", "collecting", "aggregating"):
-        current = {"round": live.get("round"), "phase": phase,
+    if pid and phase in ("waiting", "collecting", "aggregating", "paused", "stalled"):
+        current = {"round": live.get("round"), "phase": live.get("phase", phase),
                    "planned": list(live.get("planned", [])),
                    "received": list(live.get("received", []))}
     return {
@@ -210,6 +228,9 @@ def collect_status(config: CoordinatorConfig, *, now: float | None = None,
                         "updated": live.get("updated")},
         "phase": phase, "rounds_done": len(history), "rounds": config.rounds,
         "min_participants": config.min_participants,
+        "stalled": stalled if phase == "stalled" else None,
+        "paused": bool(admin.get("paused")),
+        "removed": sorted(admin.get("removed", [])),
         "round_in_progress": current,
         "participants": rows,
         "refused_connections": refused,
@@ -218,4 +239,4 @@ def collect_status(config: CoordinatorConfig, *, now: float | None = None,
     }
 
 
-__all__ = ["STATES", "collect_status", "daemon_running", "status_snapshot"]
+__all__ = ["STATES", "collect_status", "daemon_running", "stall_reason", "status_snapshot"]
