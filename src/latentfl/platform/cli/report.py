@@ -42,6 +42,7 @@ from latentfl.platform.coordinator.audits.requests import read_audit_requests
 from latentfl.platform.coordinator.audits.service import load_shared_audits
 from latentfl.platform.coordinator.journal import read_journal, verify_journal
 from latentfl.platform.coordinator.rounds import load_strategy
+from latentfl.platform.coordinator.status import unreadable_state
 from latentfl.platform.crypto import load_roster
 from latentfl.platform.participant import ParticipantConfig
 from latentfl.platform.participant.audits.client import AuditClient, run_participant_audit
@@ -71,6 +72,13 @@ def ledgers_from_journal(journal: Path) -> dict[str, dict[str, Any] | None]:
 def consortium_entries(config: Any) -> tuple[list[Any], ReportScope]:
     """One ConsortiumEntry per participant known to the roster, journal or shared audits, and
     what the report covers (session, rounds, time)."""
+    try:
+        return _consortium_entries(config)
+    except PermissionError:
+        raise unreadable_state(config.state_dir) from None
+
+
+def _consortium_entries(config: Any) -> tuple[list[Any], ReportScope]:
     journal = config.state_dir / "journal.jsonl"
     if not journal.exists():
         raise StateError(f"no journal in state_dir {config.state_dir}; expected the folder of a "

@@ -22,7 +22,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from latentfl.errors import LatentFLError
+from latentfl.errors import LatentFLError, StateFolderError
 from latentfl.platform.coordinator.config import CoordinatorConfig
 from latentfl.platform.coordinator.journal import read_journal, verify_against_checkpoint
 from latentfl.platform.coordinator.peers import PeerTable
@@ -155,8 +155,25 @@ def _history(state_dir: Path, live: dict[str, Any]) -> list[dict[str, Any]]:
         return list(live.get("history", []))
 
 
+def unreadable_state(state_dir: Path) -> StateFolderError:
+    """The one sentence for a state folder this user may not read (the daemon runs under its
+    own user, as docs/deployment.md recommends)."""
+    return StateFolderError(f"cannot read {state_dir}: permission denied (run as the daemon's "
+                            "user or use `latentfl admin status`).")
+
+
 def collect_status(config: CoordinatorConfig, *, now: float | None = None,
                    live: dict[str, Any] | None = None) -> dict[str, Any]:
+    """:func:`_collect_status`; StateFolderError with one sentence when this user may not read
+    the state folder."""
+    try:
+        return _collect_status(config, now=now, live=live)
+    except PermissionError:
+        raise unreadable_state(Path(config.state_dir)) from None
+
+
+def _collect_status(config: CoordinatorConfig, *, now: float | None = None,
+                    live: dict[str, Any] | None = None) -> dict[str, Any]:
     """The consortium's status as a JSON-able dict.
 
     Reads only: the roster, ``STATE/status.json`` (or ``live``, the running daemon's own
@@ -239,4 +256,5 @@ def collect_status(config: CoordinatorConfig, *, now: float | None = None,
     }
 
 
-__all__ = ["STATES", "collect_status", "daemon_running", "stall_reason", "status_snapshot"]
+__all__ = ["STATES", "collect_status", "daemon_running", "stall_reason", "status_snapshot",
+           "unreadable_state"]
