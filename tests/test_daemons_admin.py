@@ -26,6 +26,7 @@ from latentfl.platform.local import LocalConsortium
 from latentfl.platform.protocol import (
     TO_OPERATOR,
     Kind,
+    Reject,
     ReplayGuard,
     Verifier,
     pack_json,
@@ -163,6 +164,11 @@ def test_remove_applies_from_the_next_round_without_dropping_connections(consort
                                    "left_round": True, "stalled": None}
     for client, task in zip(clients[:2], tasks[:2], strict=True):
         _deliver(client, task)  # the round closes on the two left in it
+    removed = clients[2]  # its update, after the round closed: refused as removed, not late
+    update = Update("p02", 1, unpack_tensors(tasks[2].payload), num_examples=50, num_steps=1)
+    removed.send(removed.frames(Kind.UPDATE, 1, *encode_update(update)))
+    reject = Reject.from_meta(removed.recv(kind=Kind.REJECT).header.meta)
+    assert reject.reason == "not-in-round" and "removed from this session" in reject.detail
     assert [c.recv(kind=Kind.TASK).header.round for c in clients[:2]] == [2, 2]
     p02 = clients[2]
     assert p02.recv(kind=Kind.TASK, timeout=1.0) is None

@@ -181,3 +181,19 @@ def test_min_updates_counts_towards_the_early_close(tmp_path):
     assert rounds.due(["a", "b"], now=1.0) == ""
     rounds.accept(_update(rounds, "b", 1.0), "d2")
     assert rounds.due(["a", "b"], now=1.0) == "close"
+
+
+def test_a_resend_after_its_round_closed_is_acked_again_not_late(tmp_path):
+    """A re-send of an accepted update that arrives while its round aggregates or after it
+    closed is a re-send (acked again), not a late update; another payload is still late."""
+    rounds = _rounds(tmp_path)
+    rounds.maybe_start(["a", "b"], now=0.0)
+    rounds.accept(_update(rounds, "a", 1.0), "d1")
+    rounds.accept(_update(rounds, "b", 1.0), "d2")
+    rounds.begin_close()
+    assert rounds.check_update("a", 1, "d1") is True
+    rounds.finish_close(rounds.aggregate())
+    assert rounds.check_update("b", 1, "d2") is True
+    with pytest.raises(ProtocolError) as info:
+        rounds.check_update("b", 1, "other")
+    assert info.value.reason == "late"

@@ -449,6 +449,11 @@ class Coordinator:
         return []
 
     def _on_update(self, message: Message) -> Outbox:
+        pid, r = message.header.sender, message.header.round
+        if pid in self.admin.removed:  # whatever the round's phase: say why, once and final
+            raise ProtocolError(Reason.NOT_IN_ROUND, (
+                f"{pid} was removed from this session by an operator; its update for round "
+                f"{r} is not used (ask the operator to `latentfl admin readmit {pid}`)."))
         return self.intake.receive(message)  # held for _commit_updates, or a re-send's ACK
 
     def _commit_updates(self) -> None:

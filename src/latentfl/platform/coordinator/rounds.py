@@ -78,6 +78,9 @@ class Rounds:
         self.tasks: dict[str, Task] = {}
         self.updates: dict[str, Update] = {}
         self.digests: dict[str, str] = {}
+        #: (round, participant) -> digest of the last closed round's updates: a re-send still
+        #: in flight when it closed (an ACK lost, a coordinator restart) is acked, not "late"
+        self.closed_digests: dict[tuple[int, str], str] = {}
         self.started_at = 0.0
         # after a restart, participants need a moment to reconnect before counting as stalled
         self.grace_until = 0.0
@@ -145,14 +148,17 @@ class Rounds:
     def check_update(self, pid: str, round: int, digest: str) -> bool:
         """Raise ProtocolError if an UPDATE may not be accepted; True if it is a re-send.
 
-        A re-send (same participant, round and payload hash as an accepted update) is acked
-        again and not counted twice.
+        A re-send (same participant, round and payload hash as an accepted update, also while
+        the round aggregates or after it closed) is acked again and not counted twice.
         """
-        if self.phase == "collecting" and round == self.round and pid in self.updates:
+        if self.phase in ("collecting", "aggregating") and round == self.round \
+                and pid in self.updates:
             if self.digests.get(pid) == digest:
                 return True
             raise ProtocolError(Reason.DUPLICATE, f"{pid} already delivered a different update for "
                                                   f"round {round}.")
+        if self.closed_digests.get((round, pid)) == digest:
+            return True  # a re-send still in flight when its round closed: acked again
         if self.phase != "collecting" or round < self.round:
             raise ProtocolError(
                 Reason.LATE,
@@ -308,6 +314,7 @@ class Rounds:
     def finish_close(self, record: RoundRecord) -> RoundRecord:
         """Record the closed round and move to the next one (or to finished)."""
         self.history.append(record)
+        self.closed_digests = {(record.round, pid): d for pid, d in self.digests.items()}
         self.round += 1
         self.plan, self.tasks, self.updates, self.digests = [], {}, {}, {}
         self.phase = "finished" if self.round > self.config.rounds else "waiting"
