@@ -4,11 +4,13 @@ each coordinator message with, and what time alone makes it send."""
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import time
 from pathlib import Path
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from structlog.testing import capture_logs
 
 from daemon_helpers import SESSION, local_parts, make_consortium, tiny_dataset
 from latentfl.config import load_config
@@ -227,3 +229,19 @@ def test_rounds_past_the_sites_limit_and_other_methods_are_declined(tmp_path, da
     session = _session(tmp_path / "ok", data, policy={"tasks": {"max_rounds": 2}})
     assert session.on_message(_task(2), time.time()) == []
     assert _upload(session)[0].kind is Kind.UPDATE
+
+
+def test_each_step_of_a_round_is_logged_with_a_summary_sentence(tmp_path, data):
+    """Task received, training started, trained, sent (with its digest) and acknowledged are
+    each one event with a short sentence naming the round, as the coordinator's lines are."""
+    session = _session(tmp_path, data)
+    with capture_logs() as logs:
+        session.on_message(_task(1), time.time())
+        (update,) = _upload(session)
+        session.on_message(_from_coordinator(Kind.ACK, 1, sha256=session.pending.digest),
+                           time.time())
+    summaries = {e["event"]: e.get("summary", "") for e in logs}
+    for event in ("task_received", "training_started", "trained", "update_sent",
+                  "update_acknowledged"):
+        assert summaries[event].startswith("round 1: ") and len(summaries[event]) < 120, event
+    assert hashlib.sha256(update.payload).hexdigest()[:12] in summaries["update_sent"]

@@ -95,7 +95,9 @@ class Agent:
         ctx = zmq.Context()
         backoff = 0.5
         self.log.info("participant_started", coordinator=self.config.coordinator,
-                      examples=len(self.data.y))
+                      examples=len(self.data.y),
+                      summary=f"{self.pid} started with {len(self.data.y)} local examples; "
+                              f"connecting to {self.config.coordinator}")
         try:
             while not self._stop.is_set():
                 sock = connect(ctx, self.config, self.enrolment)
@@ -109,7 +111,8 @@ class Agent:
                     watch.close()
                     sock.close(linger=500)  # lets a last BYE out, bounded
                 if outcome == "finished":
-                    self.log.info("session_finished", done_round=self.done_round)
+                    self.log.info("session_finished", done_round=self.done_round,
+                                  summary="the coordinator finished the session; exiting")
                     return int(ExitCode.OK)
                 if outcome == "stopped":
                     break
@@ -117,7 +120,7 @@ class Agent:
                 wait = backoff * (0.5 + random.random() / 2)
                 self.log.warning("coordinator_silent", reconnect_in_s=round(wait, 2))
                 self._stop.wait(wait)
-            self.log.info("participant_stopped")
+            self.log.info("participant_stopped", summary="stopped; state saved")
             return int(ExitCode.INTERRUPTED)
         finally:
             # Never leave while a training thread is inside torch: the interpreter's teardown
@@ -143,6 +146,10 @@ class Agent:
                 while (message := self._receive(sock)) is not False:
                     if message is None:
                         continue
+                    if not heard:
+                        self.log.info("connected", coordinator=self.config.coordinator,
+                                      summary=f"connected to {self.config.coordinator} "
+                                              "(CURVE handshake done, coordinator verified)")
                     last_heard, heard = time.time(), True
                     if self._on_message(sock, message) == "finished":
                         return "finished", True

@@ -76,7 +76,10 @@ def train_locally(task: Task, spec: ModelSpec, sigma: float | None, *, data: Loc
     log.info("trained", round=task.round, steps=update.num_steps,
              examples=update.num_examples, seconds=round(time.perf_counter() - started, 2),
              epsilon=None if report is None else report["epsilon"],
-             train_loss=update.metrics.get("train_loss"))
+             train_loss=update.metrics.get("train_loss"),
+             summary=f"round {task.round}: trained {update.num_steps} steps in "
+                     f"{time.perf_counter() - started:.1f} s"
+                     + ("" if report is None else f", epsilon now {report['epsilon']:.2f}"))
     return Trained(update, manifest, report)
 
 

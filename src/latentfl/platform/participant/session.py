@@ -187,7 +187,9 @@ class ParticipantSession:
         if ack.request is not None:  # an audit's answer arrived (see audits/requested.py)
             self.log.info("audit_answer_acknowledged", request=ack.request)
         elif p and message.header.round == p.round and ack.acknowledges(p.digest):
-            self.log.info("update_acknowledged", round=p.round, attempts=p.attempts)
+            self.log.info("update_acknowledged", round=p.round, attempts=p.attempts,
+                          summary=f"round {p.round}: the coordinator acknowledged this site's "
+                                  f"{p.kind.value} (sha256 {p.digest[:12]})")
             self.record.note("acknowledged", kind=p.kind.value, round=p.round, sha256=p.digest)
             if self._masked is not None and self._masked.round == p.round:
                 self._masked.acknowledged(p.kind)  # the survivor set may now be signed
@@ -198,7 +200,9 @@ class ParticipantSession:
     def _on_reject(self, message: Message, now: float) -> Outbox:
         """A refusal of our pending upload that re-sending cannot cure drops it."""
         reject = Reject.from_meta(message.header.meta)
-        self.log.warning("refused_by_coordinator", reason=reject.reason, detail=reject.detail)
+        self.log.warning("refused_by_coordinator", reason=reject.reason, detail=reject.detail,
+                         summary=f"the coordinator refused this site's message "
+                                 f"({reject.reason}): {reject.detail[:160]}")
         if reject.reason in ENDS_AGENT:
             raise RefusedError(reject.reason, f"the coordinator refuses this participant for "
                                               f"good ({reject.reason}: {reject.detail[:300]}).")
@@ -249,7 +253,9 @@ class ParticipantSession:
         digest = str(message.header.meta.get("manifest"))  # decode_task checked it
         self.log.info("task_received", round=r, bytes=len(message.payload),
                       epochs=task.train.epochs, lr=task.train.lr,
-                      aggregation=task.aggregation.value)
+                      aggregation=task.aggregation.value,
+                      summary=f"round {r}: task received ({spec.name}, {task.train.epochs} "
+                              f"epoch(s), lr {task.train.lr}, {task.aggregation.value})")
         self.record.note("task", round=r, model=spec.name, manifest=digest,
                          aggregation=task.aggregation.value, epochs=task.train.epochs,
                          lr=task.train.lr, batch_size=task.train.batch_size)
@@ -258,7 +264,9 @@ class ParticipantSession:
             sigma = self.privacy.check(task, len(self.data.y),
                                        min_cohort=task_min_cohort(message, self.config.session))
         except PrivacyError as exc:
-            self.log.warning("task_refused_by_policy", round=r, rule=exc.rule, detail=str(exc))
+            self.log.warning("task_refused_by_policy", round=r, rule=exc.rule, detail=str(exc),
+                             summary=f"round {r}: task declined by this site's policy "
+                                     f"({exc.rule})")
             return [self._decline(r, PolicyRule(exc.rule), str(exc))]
         except LatentFLError as exc:  # ledger or plan unreadable, bad DP settings
             self.log.error("privacy_check_failed", round=r, error=str(exc))
@@ -280,6 +288,10 @@ class ParticipantSession:
                 return [self._decline(r, Reason.MALFORMED, str(exc))]
             out.append(self._masked_reply(self._masked.keys()))
         self.record.note("accepted", round=r, noise_multiplier=sigma)
+        self.log.info("training_started", round=r, noise_multiplier=sigma,
+                      summary=f"round {r}: task accepted; training on {len(self.data.y)} "
+                              "local examples" + ("" if sigma is None
+                                                  else f" with DP-SGD (noise {sigma:.3f})"))
         self._training = Training(r, task.aggregation is not Aggregation.PLAIN, run_in_daemon_thread(
             lambda: train_locally(task, spec, sigma, data=self.data, privacy=self.privacy,
                                   config=self.config, pid=self.pid, log=self.log,
@@ -420,7 +432,11 @@ class ParticipantSession:
         if p.attempts == 1:  # a re-send carries the same payload
             self.record.note("sent", kind=p.kind.value, round=p.round, sha256=p.digest,
                              bytes=len(p.payload), epsilon=p.meta.get("epsilon"))
-        self.log.info("update_sent", round=p.round, bytes=len(p.payload), attempt=p.attempts)
+        self.log.info("update_sent", round=p.round, bytes=len(p.payload), attempt=p.attempts,
+                      sha256=p.digest,
+                      summary=f"round {p.round}: sent {p.kind.value} ({len(p.payload)} bytes, "
+                              f"sha256 {p.digest[:12]})"
+                              + (f", attempt {p.attempts}" if p.attempts > 1 else ""))
         return self._to_coordinator(p.kind, p.round, p.payload, p.meta)
 
     @staticmethod
