@@ -37,15 +37,24 @@ one loop's state over several files without moving a decision out of it.
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import zmq
 
-from latentfl.errors import LatentFLError, ProtocolError, Reason, SecurityError, StateError
+from latentfl.errors import (
+    AddressInUseError,
+    LatentFLError,
+    ProtocolError,
+    Reason,
+    SecurityError,
+    StateError,
+)
 from latentfl.exitcodes import ExitCode
 from latentfl.log import get_logger
 from latentfl.models import model_manifest, state_length
@@ -107,6 +116,9 @@ class Coordinator:
         such a start is refused with StateError."""
         self.config = config
         self.log = get_logger("coordinator", session=config.session)
+        # a start that fails before serving (port in use) leaves no folder it created behind
+        self._fresh_state = not Path(config.state_dir).exists()
+        self._discard_state = False
         self.identity = load_identity(config.key_dir)
         if self.identity.id != COORDINATOR_ID:
             raise SecurityError(f"key folder {config.key_dir} holds the keys of "
@@ -221,7 +233,11 @@ class Coordinator:
         ctx = zmq.Context()
         auth = self._auth = start_authenticator(ctx, self.roster_watch.roster)
         try:
-            self.router.open(ctx, self.config.bind)
+            try:
+                self.router.open(ctx, self.config.bind)
+            except AddressInUseError:
+                self._discard_state = self._fresh_state
+                raise
             self.store.pid_path.write_text(f"{os.getpid()}\n")
             self.rounds.resume()
             self.journal.append("started", round=self.rounds.round, phase=self.rounds.phase,
@@ -253,6 +269,8 @@ class Coordinator:
             self.replay.close()
             self.store.pid_path.unlink(missing_ok=True)
             self.store.unlock()
+            if self._discard_state:
+                shutil.rmtree(self.config.state_dir, ignore_errors=True)
 
     def _startup_summary(self) -> str:
         """The start-up line for people: where it listens and what it waits for."""
