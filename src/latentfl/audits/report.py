@@ -217,8 +217,10 @@ def render_dp_html(audit: DPAudit, context: dict[str, Any]) -> str:
     heads = {
         "flag": f"DP CLAIM VIOLATED: this run provably leaks {bound}, more than the claimed "
                 f"epsilon {audit.claimed_epsilon or 0:.2f}. This is a bug.",
-        "pass": f"DP CLAIM HOLDS: the run leaked no more than claimed (measured {bound}, "
-                f"claimed {audit.claimed_epsilon or 0:.2f}).",
+        # a one-run audit gives a lower bound: it can catch a violation, never prove the claim
+        "pass": f"NO VIOLATION FOUND: measured {bound}, within the claimed epsilon "
+                f"{audit.claimed_epsilon or 0:.2f}. A one-run audit only bounds leakage from "
+                "below: it found no bug, it does not prove the claim.",
         "inconclusive": f"INCONCLUSIVE: measured {bound}, within the claimed epsilon "
                         f"{audit.claimed_epsilon or 0:.2f}, but {audit.canaries} canaries can "
                         f"prove at most {audit.max_provable:.2f}: a violation could not show.",
