@@ -168,7 +168,9 @@ def test_report_shows_a_declining_site_as_declined_not_flagged(finished, tmp_pat
     DP ledger are flagged; the report names session, rounds and date; numbers are rounded."""
     _, path = finished
     assert main(["report", "--config", str(path), "--out", str(tmp_path)]) == 0
-    assert "session test-session: rounds 1 to 2 of 2 planned" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "session test-session: rounds 1 to 2 of 2 planned" in out
+    assert "p00: plain (the coordinator sees each site's update), 2 updates" in out
     report = json.loads((tmp_path / "consortium_report.json").read_text())
     people = {p["participant"]: p for p in report["participants"]}
     assert report["flagged"] == ["p00"] and report["declined"] == ["p01"]

@@ -47,6 +47,7 @@ from latentfl.platform.crypto import load_roster
 from latentfl.platform.participant import ParticipantConfig
 from latentfl.platform.participant.audits.client import AuditClient, run_participant_audit
 from latentfl.platform.protocol import UPDATE_KINDS
+from latentfl.strategies import Aggregation
 
 #: UPDATE header fields (payloads.PRIVACY_META) -> the consortium report's ledger keys.
 LEDGER_FIELDS = {"epsilon": "epsilon", "delta": "delta", "noise_multiplier": "noise_multiplier",
@@ -117,7 +118,8 @@ def _report(args: argparse.Namespace) -> int:
             or "no audit shared"
         declined = (f", declined {sum(e.declined.values())} tasks "
                     f"({', '.join(sorted(e.declined))})" if e.declined else "")
-        print(f"{e.participant}: {e.aggregation_mode}, {e.updates} updates{declined}, epsilon "
+        mode = f"{e.aggregation_mode} ({Aggregation(e.aggregation_mode).meaning})"
+        print(f"{e.participant}: {mode}, {e.updates} updates{declined}, epsilon "
               f"{'not reported' if eps is None else f'{eps:.2f}'}, {shared}")
         for request in e.audit_requests:
             print(f"  {request_line(request)}")
