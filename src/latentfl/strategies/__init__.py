@@ -11,6 +11,13 @@ from latentfl.strategies.base import (
     select_participants,
     tensors_digest,
 )
+from latentfl.strategies.capabilities import (
+    FixesInputStats,
+    MakesSyntheticSets,
+    UsesDistiller,
+    input_stats_of,
+    synthetic_sets_of,
+)
 from latentfl.strategies.dynafed import DynaFed, DynaFedConfig
 from latentfl.strategies.fedavg import FedAvg, FedNova, FedProx, weighted_mean
 from latentfl.strategies.feddgm import FedDGM, FedDGMConfig
@@ -26,7 +33,9 @@ __all__ = [
     "FedDGMConfig",
     "FedNova",
     "FedProx",
+    "FixesInputStats",
     "LocalTraining",
+    "MakesSyntheticSets",
     "ModelSpec",
     "Strategy",
     "StrategyConfig",
@@ -34,11 +43,14 @@ __all__ = [
     "Task",
     "Tensors",
     "Update",
+    "UsesDistiller",
     "build_strategy",
+    "input_stats_of",
     "run_task",
     "run_tasks",
     "select_participants",
     "strategy_class",
+    "synthetic_sets_of",
     "tensors_digest",
     "weighted_mean",
 ]

@@ -14,11 +14,12 @@ method's private business). What a runner may ask of any method beyond the round
 
 - ``needs_only_aggregates`` (a class attribute): the method can run on the weighted mean alone
   (``accept_aggregate``), so the runner may aggregate under encryption;
-- ``synthetic_sets()``: the synthetic images the method derived from each participant, with
-  what is needed to render them (empty for methods that make none), for audits and demos;
-- ``evaluation_spec()`` and ``evaluation_input_stats()``: the architecture of
-  ``evaluation_model()`` and the channel mean/std its inputs are normalised with when the method
-  fixes them, so that the global model can be exported without knowing the method.
+- ``evaluation_spec()``: the architecture of ``evaluation_model()``, so that the global model
+  can be exported without knowing the method.
+
+What only some methods do (synthetic sets, a distiller, fixed evaluation input statistics) is not
+part of this port: :mod:`latentfl.strategies.capabilities` names each as a small protocol that a
+runner checks for with ``isinstance``. This module imports nothing method-specific.
 
 ``Task`` and ``Update`` are typed: a task says how its update will be aggregated
 (:class:`Aggregation`), an update may carry the participant's class counts.
@@ -28,7 +29,7 @@ from __future__ import annotations
 
 import abc
 import hashlib
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, ClassVar
 
@@ -37,7 +38,6 @@ import torch
 from torch import nn
 
 from latentfl.config import option
-from latentfl.distill.jobs import Distiller
 from latentfl.errors import ConfigError
 from latentfl.models import build_model
 from latentfl.privacy.modes import Aggregation
@@ -153,25 +153,10 @@ class Strategy(abc.ABC):
             "participant's update); expected fedavg, fedprox, fednova or dynafed."
         )
 
-    def synthetic_sets(self) -> Mapping[str, SyntheticImages]:
-        """The synthetic set derived from each participant's update in the last aggregated
-        round, by participant id; empty for methods that make none."""
-        return {}
-
-    def use_distiller(self, distiller: Distiller) -> None:
-        """Run the method's per-round distillation through ``distiller`` (the coordinator's
-        worker group); methods that distil nothing per round ignore it."""
-        del distiller
-
     def evaluation_spec(self) -> ModelSpec:
         """The architecture of ``evaluation_model()``: the participants' model unless the
         method trains a global model of its own."""
         return self.model_spec
-
-    def evaluation_input_stats(self) -> tuple[tuple[float, ...], tuple[float, ...]] | None:
-        """The channel (mean, std) the evaluation model's inputs are normalised with, when the
-        method fixes them; None when they are the data's own statistics."""
-        return None
 
     @abc.abstractmethod
     def global_weights(self) -> Tensors:

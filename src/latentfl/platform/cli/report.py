@@ -47,7 +47,7 @@ from latentfl.platform.crypto import load_roster
 from latentfl.platform.participant import ParticipantConfig
 from latentfl.platform.participant.audits.client import AuditClient, run_participant_audit
 from latentfl.platform.protocol import UPDATE_KINDS
-from latentfl.strategies import Aggregation
+from latentfl.strategies import Aggregation, input_stats_of
 
 #: UPDATE header fields (payloads.PRIVACY_META) -> the consortium report's ledger keys.
 LEDGER_FIELDS = {"epsilon": "epsilon", "delta": "delta", "noise_multiplier": "noise_multiplier",
@@ -138,7 +138,7 @@ def export_global_model(config: Any, out: Path, round: int | None = None) -> Pat
     """Write the latest (or ``round``'s) global model as an audits model file; its path."""
     checkpoint, strategy = load_strategy(config, round)
     arch = strategy.evaluation_spec()
-    mean, std = strategy.evaluation_input_stats() or ((), ())
+    mean, std = input_stats_of(strategy) or ((), ())
     if not mean and config.test_data is not None:
         stats = load_dataset(config.test_data)
         mean, std = stats.mean, stats.std

@@ -32,7 +32,7 @@ from latentfl.platform.coordinator.rounds import RoundRecord, Rounds
 from latentfl.platform.coordinator.secagg_exchange import MaskedAggregation
 from latentfl.platform.protocol import Kind, Message, Outgoing
 from latentfl.platform.wire.payloads import encode_task
-from latentfl.strategies import Update
+from latentfl.strategies import Update, UsesDistiller
 
 
 class RoundConductor:
@@ -57,7 +57,8 @@ class RoundConductor:
         self.group: WorkerGroup | None = None
         if config.distributed is not None:  # each round's distillation on a torchrun group
             self.group = WorkerGroup(config.distributed, rounds.store.root / "distill", self.note)
-            rounds.strategy.use_distiller(self.group)
+            if isinstance(rounds.strategy, UsesDistiller):
+                rounds.strategy.use_distiller(self.group)
 
     def note(self, event: str, **fields) -> None:
         """Queue a journal line from the aggregation thread (thread-safe); the loop's thread

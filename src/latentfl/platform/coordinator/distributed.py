@@ -1,7 +1,7 @@
 """The coordinator's ``[distributed]`` section: each round's distillation on a torchrun group.
 
 With the section, the daemon gives the strategy a :class:`WorkerGroup` as its distiller
-(:meth:`~latentfl.strategies.Strategy.use_distiller`). For each round it writes the round's
+(:class:`~latentfl.strategies.UsesDistiller`). For each round it writes the round's
 :class:`~latentfl.distill.jobs.DistillRequest` to ``STATE_DIR/distill/attempt-N/`` and starts
 ``torchrun ... -m latentfl.distill.group_worker`` as node 0 (global ranks ``0 .. K-1`` on this
 host, rank 0 beside the daemon). Rank 0 reads the request and sends it to the other ranks over

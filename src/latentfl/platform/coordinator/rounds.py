@@ -41,6 +41,7 @@ from latentfl.strategies import (
     Update,
     build_strategy,
     select_participants,
+    synthetic_sets_of,
 )
 from latentfl.training import evaluate
 
@@ -103,7 +104,7 @@ class Rounds:
             ckpt = self.store.load_checkpoint(latest)
             restore(self.strategy, ckpt, self.config.seed)
             self.history = [RoundRecord(**h) for h in ckpt.meta.get("history", [])]
-        self.synthetic = (latest, dict(self.strategy.synthetic_sets()))
+        self.synthetic = (latest, dict(synthetic_sets_of(self.strategy)))
         self.round = latest + 1
         if self.round > self.config.rounds:
             self.phase = "finished"
@@ -285,7 +286,7 @@ class Rounds:
                              time.time() - self.started_at,
                              {k: float(v) for k, v in metrics.items()})
         self._checkpoint(record)
-        self.synthetic = (self.round, dict(self.strategy.synthetic_sets()))
+        self.synthetic = (self.round, dict(synthetic_sets_of(self.strategy)))
         return record
 
     def abort(self) -> RoundRecord:

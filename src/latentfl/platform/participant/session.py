@@ -68,8 +68,7 @@ from latentfl.platform.wire.payloads import (
     encode_limb_sums,
     encode_update,
 )
-from latentfl.privacy import PolicyRule
-from latentfl.strategies import Aggregation
+from latentfl.privacy import Aggregation, PolicyRule
 
 ENDS_AGENT = frozenset({Reason.WRONG_SESSION, Reason.UNKNOWN_SENDER, Reason.SENDER_MISMATCH,
                         Reason.BAD_SIGNATURE, Reason.VERSION})

@@ -5,7 +5,7 @@ aggregate numbers it chooses to share, hear a site's answer to an operator's aud
 *sender's* weights, and the sender is the verified (ZAP User-Id = signed sender) peer, so a
 participant cannot ask for anyone else's images. The answer is a ``SYNTHETIC`` message whose
 payload holds ``images`` (uint8 N, H, W, C) and ``labels`` (int64 N) of the latest checkpoint,
-as the strategy exposes them (``Strategy.synthetic_sets``; the round state machine keeps those
+as the strategy exposes them (``strategies.MakesSyntheticSets``; the round state machine keeps those
 of the latest checkpoint).
 
 ``AUDIT_REPORT`` carries the aggregates of an audit (``audits.shareable_aggregates``) as strict
