@@ -9,12 +9,11 @@ from collections import Counter
 
 import pytest
 
-from daemon_helpers import Running, local_parts, make_consortium, tiny_dataset
+from daemon_helpers import Running, local_parts, make_consortium, run_to_the_end, tiny_dataset
 from latentfl.platform.cli.report import consortium_entries
 from latentfl.platform.coordinator import (
     Coordinator,
     collect_status,
-    read_journal,
     render_html,
     render_text,
 )
@@ -49,14 +48,8 @@ def test_status_and_report_agree_with_the_journal_and_the_ledgers(tmp_path, part
                                            min_participants=2)
     privacy = {"dp_sgd": {"enabled": True, "noise_multiplier": 1.0}} if dp else {}
     coord = Running(Coordinator(config))
-    agents = _agents(consortium, parts, privacy, tmp_path)
-    try:
-        assert coord.join(240) == 0
-    finally:
-        [a.stop() for a in agents]
-        coord.stop()
-
-    journal = read_journal(config.state_dir / "journal.jsonl")
+    journal = run_to_the_end(coord, _agents(consortium, parts, privacy, tmp_path),
+                             config.state_dir / "journal.jsonl", 240)
     uploads = Counter(e["peer"] for e in journal if e["event"] == "accepted"
                       and e.get("kind") in UPLOADS and not e.get("resent"))
     assert sorted(uploads) == IDS and set(uploads.values()) == {1}

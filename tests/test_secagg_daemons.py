@@ -20,6 +20,7 @@ from daemon_helpers import (
     events_after_abandonment,
     local_parts,
     make_consortium,
+    run_to_the_end,
     simulate,
     start_agents,
     tiny_dataset,
@@ -219,13 +220,8 @@ def test_a_round_every_site_already_uploaded_for_is_skipped_not_replanned_in_a_l
     config = consortium.coordinator_config(aggregation=SECAGG, rounds=1, min_participants=2,
                                            min_updates=3, round_deadline=20.0)
     coord = Running(Coordinator(config))
-    agents = start_agents(consortium, local_parts(dataset, 3)[:2], IDS[:2])
-    try:
-        assert coord.join(180) == 0
-    finally:
-        [a.stop() for a in agents]
-        coord.stop()
-    journal = read_journal(config.state_dir / "journal.jsonl")
+    journal = run_to_the_end(coord, start_agents(consortium, local_parts(dataset, 3)[:2],
+                                                 IDS[:2]), config.state_dir / "journal.jsonl", 180)
     opened = [e for e in journal if e["event"] == "round_opened"]
     declined = [e for e in journal if e["event"] == "declined"]
     assert len(opened) == 2 and len(declined) == 2, [e["event"] for e in journal]
