@@ -232,7 +232,11 @@ def render_dp_html(audit: DPAudit, context: dict[str, Any]) -> str:
               f"{audit.training_examples} training examples, {audit.steps} steps, noise "
               f"multiplier {audit.noise_multiplier if audit.noise_multiplier else 'none'}; "
               f"accountant epsilon {spent}. The bound holds with {100 * audit.confidence:g}% "
-              "confidence.")
+              "confidence."
+              + (" The noise multiplier is derived from the target epsilon for this audit's own "
+                 "run (its examples plus canaries, batch size and epochs), so it can differ "
+                 "from the one the site trains with at the same target."
+                 if audit.noise_multiplier else ""))
     rows = [("Canaries", audit.canaries), ("Canaries trained on", audit.canaries_included),
             ("Training examples", audit.training_examples), ("Guesses made", audit.guesses),
             ("Correct guesses", audit.correct),
