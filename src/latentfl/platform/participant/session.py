@@ -314,6 +314,10 @@ class ParticipantSession:
             if self._masked is not None and self._masked.round == r:
                 self._masked.trained = trained
                 return self._send_masked(now)
+            self.log.warning("update_dropped", round=r,
+                             summary=f"round {r} went away (abandoned or aborted) before this "
+                                     "site's masked update could be sent; it is dropped")
+            self.record.note("dropped", round=r, reason="round went away before the upload")
             return []
         payload, meta = encode_update(trained.update, trained.report)
         self.pending = Pending(Kind.UPDATE, r, payload, meta)
