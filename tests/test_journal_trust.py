@@ -136,6 +136,20 @@ def test_port_in_use_is_one_sentence_and_leaves_no_state_folder(consortium):
         holder.close()
 
 
+def test_a_second_coordinator_on_one_state_folder_is_a_busy_folder_not_corruption(consortium):
+    """A second coordinator on a state folder another one holds is refused with
+    StateFolderError (exit 6, the folder is busy), never StateError (exit 4, corrupt)."""
+    config = consortium.coordinator_config()
+    first = Coordinator(config)
+    try:
+        with pytest.raises(StateFolderError, match="in use by another coordinator"):
+            Coordinator(config)
+    finally:
+        first.store.unlock()
+        first.journal.close()
+        first.replay.close()
+
+
 @pytest.mark.skipif(os.geteuid() == 0, reason="root reads and writes any folder")
 def test_unwritable_state_folder_is_one_sentence(consortium, tmp_path):
     """A state folder this user cannot write ends the start with StateFolderError (exit 6)."""
