@@ -27,7 +27,14 @@ from daemon_helpers import (
 )
 from latentfl.config import from_dict
 from latentfl.errors import ConfigError
-from latentfl.platform.coordinator import Coordinator, StateStore, collect_status, read_journal
+from latentfl.platform.coordinator import (
+    Coordinator,
+    StateStore,
+    collect_status,
+    read_journal,
+    render_html,
+    render_text,
+)
 from latentfl.platform.crypto import load_roster
 from latentfl.platform.participant.masked_round import MaskedRound
 from latentfl.platform.protocol import Kind, pack_json
@@ -228,4 +235,9 @@ def test_a_round_every_site_already_uploaded_for_is_skipped_not_replanned_in_a_l
     assert {e["reason"] for e in declined} == {"secagg_already_uploaded"}
     aborted = [e for e in journal if e["event"] == "round_aborted"]
     assert len(aborted) == 1 and "already uploaded a masked update" in aborted[0]["reason"]
+    status = collect_status(config)  # the aborted round says so in text and HTML
+    assert status["history"][0]["aborted"] is True
+    assert any(line.rstrip().endswith("aborted: nothing aggregated")
+               for line in render_text(status))
+    assert "<td>aborted: nothing aggregated</td>" in render_html(status)
     assert not any(e["event"] == "secagg_unmasked" for e in journal)

@@ -39,6 +39,11 @@ def _accuracy(metrics: dict[str, Any]) -> str:
     return "-" if acc is None else f"{100 * float(acc):.1f}%"
 
 
+def _outcome(round: dict[str, Any]) -> str:
+    """A closed round's accuracy, or that it was aborted (nothing aggregated)."""
+    return "aborted: nothing aggregated" if round.get("aborted") else _accuracy(round["metrics"])
+
+
 def phase_label(status: dict[str, Any]) -> str:
     """The session's phase as people read it: a pause and a stall say so, and why."""
     if status["phase"] == "stalled":
@@ -80,8 +85,7 @@ def render_text(status: dict[str, Any], *, now: float | None = None) -> list[str
         lines += ["", f"{'round':>5} {'accepted':>9} {'refused':>8} {'declined':>8} "
                       f"{'seconds':>8} {'accuracy':>9}"]
         for r in status["history"]:
-            outcome = ("aborted: nothing aggregated" if r.get("aborted")
-                       else _accuracy(r["metrics"]))
+            outcome = _outcome(r)
             lines.append(f"{r['round']:>5} {r['accepted']:>4} of {r['planned']:<2} "
                          f"{r['refused']:>8} {r['declined']:>8} {r['seconds'] or 0:>8.1f} "
                          f"{outcome:>9}")
@@ -171,7 +175,7 @@ def render_html(status: dict[str, Any], *, now: float | None = None) -> str:
     history = "".join(
         f"<tr><td>{r['round']}</td><td>{r['accepted']} of {r['planned']}</td>"
         f"<td>{r['refused']}</td><td>{r['declined']}</td><td>{r['seconds'] or 0:.1f}</td>"
-        f"<td>{_accuracy(r['metrics'])}</td><td>"
+        f"<td>{escape(_outcome(r))}</td><td>"
         + ("-" if r["metrics"].get("loss") is None else f"{float(r['metrics']['loss']):.3f}")
         + "</td></tr>" for r in status["history"])
     refused = status["refused_connections"]
