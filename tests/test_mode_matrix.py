@@ -63,7 +63,7 @@ def test_status_and_report_agree_with_the_journal_and_the_ledgers(tmp_path, part
         assert status["participants"][pid]["accepted"] == uploads[pid]
         assert again["participants"][pid]["accepted"] == uploads[pid]
         (row,) = [line for line in text if line.startswith(pid)]
-        assert row.split()[-3] == str(uploads[pid])  # accepted, refused, declined
+        assert row.split()[-4] == str(uploads[pid])  # accepted, refused, declined, set aside
         assert f"<td>{uploads[pid]}</td>" in html
         assert entries[pid].updates == uploads[pid]
         assert entries[pid].aggregation_mode == mode

@@ -89,7 +89,7 @@ def test_accepted_refused_and_declined_are_counted_per_round_with_reasons(finish
     people = collect_status(config)["participants"]
     assert (people["p00"]["accepted"], people["p00"]["declined"]) == (2, 0)
     assert people["p00"]["rounds"] == [{"round": r, "accepted": 1, "refused": 0,
-                                        "declined": 0, "reasons": []} for r in (1, 2)]
+                                        "declined": 0, "set_aside": 0, "reasons": []} for r in (1, 2)]
     assert (people["p01"]["accepted"], people["p01"]["declined"]) == (0, 2)
     assert people["p01"]["declined_reasons"] == {"budget_exceeded": 2}
     assert people["p01"]["rounds"][1]["reasons"] == ["declined: budget_exceeded"]

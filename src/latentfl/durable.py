@@ -26,8 +26,11 @@ def fsync_dir(path: Path | str) -> None:
         os.close(fd)
 
 
-def write_atomic(path: Path | str, data: bytes | str, mode: int = 0o644) -> None:
-    """Replace ``path`` with ``data`` (text is UTF-8), created with permission bits ``mode``."""
+def write_atomic(path: Path | str, data: bytes | str, mode: int = 0o644, *,
+                 fsync: bool = True) -> None:
+    """Replace ``path`` with ``data`` (text is UTF-8), created with permission bits ``mode``.
+    ``fsync=False`` keeps the replacement atomic for readers but not durable across a crash
+    (for live views such as the daemon's status.json, rewritten often and worthless after)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     payload = data.encode("utf-8") if isinstance(data, str) else data
@@ -37,12 +40,14 @@ def write_atomic(path: Path | str, data: bytes | str, mode: int = 0o644) -> None
         with os.fdopen(fd, "wb") as fh:
             fh.write(payload)
             fh.flush()
-            os.fsync(fh.fileno())
+            if fsync:
+                os.fsync(fh.fileno())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
-    fsync_dir(path.parent)
+    if fsync:
+        fsync_dir(path.parent)
 
 
 _FSYNC_THREADS = 16
@@ -74,9 +79,10 @@ def write_atomic_many(files: list[tuple[Path, bytes]], mode: int = 0o644) -> Non
         fsync_dir(folder)
 
 
-def write_json_atomic(path: Path | str, obj: Any, *, mode: int = 0o644) -> None:
+def write_json_atomic(path: Path | str, obj: Any, *, mode: int = 0o644,
+                      fsync: bool = True) -> None:
     """:func:`write_atomic` of ``obj`` as sorted, indented JSON."""
-    write_atomic(path, json.dumps(obj, sort_keys=True, indent=1) + "\n", mode=mode)
+    write_atomic(path, json.dumps(obj, sort_keys=True, indent=1) + "\n", mode=mode, fsync=fsync)
 
 
 __all__ = ["fsync_dir", "write_atomic", "write_atomic_many", "write_json_atomic"]

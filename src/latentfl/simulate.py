@@ -15,6 +15,14 @@ from pathlib import Path
 
 import torch
 
+from latentfl.attacks import (
+    AttackerConfig,
+    assign,
+    attack_seed,
+    backdoor_success,
+    poison_data,
+    tamper,
+)
 from latentfl.config import load_config, option
 from latentfl.data import PartitionConfig, evaluation_tensors, load_dataset, to_tensors
 from latentfl.device import resolve_device
@@ -26,6 +34,7 @@ from latentfl.strategies import (
     build_strategy,
     run_tasks,
     select_participants,
+    set_aside_of,
 )
 from latentfl.training import evaluate
 
@@ -57,6 +66,23 @@ class SimulationConfig:
     )
     partition: PartitionConfig = option(PartitionConfig(), help="Partition of the training split.")
     strategy: StrategyConfig = option(StrategyConfig(), help="The federated method.")
+    attackers: tuple[AttackerConfig, ...] = option(
+        (), help="Dishonest participants ([[simulation.attackers]], simulator and experiments "
+        "only): kind, and count or fraction.")
+
+    def problems(self) -> list[str]:
+        out = []
+        attackers = sum(a.size(self.participants) for a in self.attackers)
+        if attackers > self.participants:
+            out.append(f"attackers add up to {attackers} participants; expected at most "
+                       f"participants = {self.participants}.")
+        sampled = min(self.participants, max(1, int(self.fraction * self.participants + 0.5)))
+        needed = self.strategy.robust.minimum_updates()
+        if sampled < needed:
+            out.append(f"strategy.robust.rule = {self.strategy.robust.rule!r} with f = "
+                       f"{self.strategy.robust.f} needs {needed} updates a round; "
+                       f"{sampled} participants are sampled. Lower f or sample more.")
+        return out
 
 
 @dataclass(frozen=True)
@@ -69,6 +95,8 @@ class RoundRecord:
     loss: float | None
     seconds: float
     metrics: dict[str, float] = field(default_factory=dict)
+    #: updates the round set aside: participant, rule, action, score, threshold
+    set_aside: list[dict] = field(default_factory=list)
 
 
 @dataclass
@@ -97,6 +125,12 @@ def run_simulation(
 
     ids = participant_ids(config.participants)
     local_data = {pid: (x_train[idx], y_train[idx]) for pid, idx in zip(ids, parts, strict=True)}
+    attack_of = assign(config.attackers, ids)
+    for pid, attack in attack_of.items():
+        local_data[pid] = poison_data(attack, *local_data[pid],
+                                      num_classes=config.strategy.model.num_classes,
+                                      mean=ds.mean, std=ds.std, seed=attack_seed(config.seed, pid, 0))
+    backdoor = next((a for a in config.attackers if a.kind == "backdoor"), None)
     strategy = build_strategy(config.strategy)
     strategy.initialize(config.seed)
     history: list[RoundRecord] = []
@@ -117,13 +151,25 @@ def run_simulation(
                 mode=config.local_training,
                 group_size=config.max_batched_participants,
             )
-            metrics = strategy.aggregate_round(r, updates)
+            updates = [tamper(attack_of[u.participant], u, tasks[u.participant].weights,
+                              seed=attack_seed(config.seed, u.participant, r))
+                       if u.participant in attack_of else u for u in updates]
+            metrics = dict(strategy.aggregate_round(r, updates))
+            set_aside = [s.as_dict() for s in set_aside_of(strategy)]
+            metrics["set_aside"] = float(len(set_aside))
+            if attack_of:
+                metrics["attackers_set_aside"] = float(
+                    sum(s["participant"] in attack_of for s in set_aside))
             accuracy = loss = None
             if test is not None:
                 result = evaluate(strategy.evaluation_model(), *test, device=device)
                 accuracy, loss = result.accuracy, result.loss
+                if backdoor is not None:
+                    metrics["backdoor_success"] = backdoor_success(
+                        strategy.evaluation_model(), *test, backdoor, mean=ds.mean, std=ds.std,
+                        device=device)
             record = RoundRecord(
-                r, selected, accuracy, loss, time.perf_counter() - started, metrics
+                r, selected, accuracy, loss, time.perf_counter() - started, metrics, set_aside
             )
             history.append(record)
             log.info(

@@ -50,6 +50,10 @@ class TrainConfig:
         None, help="Stop after this many optimizer steps, even mid-epoch (omit for no cap).", min=1
     )
     seed: int = option(0, help="Seed of the data order and the augmentation draws.", min=0)
+    max_update_norm: float | None = option(
+        None, help="Clip the trained weights' change from the task's to this L2 norm before "
+        "returning them (set by the coordinator under strategy.robust.rule = 'norm_bound' with "
+        "clip_norm; omit for no clip).", min=0.0, min_exclusive=True)
 
     def problems(self) -> list[str]:
         """Cross-field checks, run by the config loader."""

@@ -45,6 +45,8 @@ class ConsortiumEntry:
     #: tasks it declined, by reason (a site-policy rule such as budget_exceeded, or a Reason)
     declined: dict[str, int] = field(default_factory=dict)
     audit_requests: list[dict[str, Any]] = field(default_factory=list)
+    #: rounds in which the defence set its update aside: {"round", "count", "reasons"}
+    set_aside: list[dict[str, Any]] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -81,6 +83,11 @@ def entry_flags(entry: ConsortiumEntry) -> list[str]:
                    if v.get("status") == "flag"]
         if flagged:
             flags.append(f"{kind} flagged: " + "; ".join(flagged))
+    if entry.set_aside:
+        total = sum(int(r.get("count", 1)) for r in entry.set_aside)
+        rounds = ", ".join(str(r["round"]) for r in entry.set_aside)
+        flags.append(f"{total} update{'s' if total > 1 else ''} set aside by the robustness "
+                     f"defence (round{'s' if len(entry.set_aside) > 1 else ''} {rounds})")
     return flags
 
 
@@ -206,8 +213,10 @@ def render_consortium_report(entries: list[ConsortiumEntry], out_dir: Path | str
     for e in ordered:
         kind, label = _status(e, flags[e.participant])
         decl = _declined_cell(e)
-        ledger = escape(_ledger_cell(e)) + (f"<div class='expl'>{escape(decl)}</div>"
-                                            if decl else "")
+        aside = "; ".join(f"round {r['round']}: " + ", ".join(r.get("reasons", []))
+                          for r in e.set_aside)
+        ledger = escape(_ledger_cell(e)) + "".join(
+            f"<div class='expl'>{escape(text)}</div>" for text in (decl, aside) if text)
         rows.append(f"<tr><td><b>{escape(e.participant)}</b></td>"
                     f"<td>{escape(e.aggregation_mode)}</td>"
                     f"<td>{'-' if e.updates is None else e.updates}</td><td>{ledger}</td>"
@@ -217,8 +226,10 @@ def render_consortium_report(entries: list[ConsortiumEntry], out_dir: Path | str
         "<h1>Consortium privacy report</h1>"
         + (f"<div class='sub'><b>{escape(scope.describe())}</b></div>" if scope else "")
         + "<div class='sub'>Per participant: the updates the coordinator accepted, the privacy "
-          "budget spent (DP ledger), the tasks it declined, what the coordinator sees of its "
-          "updates, the audit results it shared and the audits the operator asked it for.</div>"
+          "budget spent (DP ledger), the tasks it declined, the updates the robustness defence "
+          "set aside (per round, with rule, score and threshold), what the coordinator sees of "
+          "its updates, the audit results it shared and the audits the operator asked it for."
+          "</div>"
         + banner(bool(flagged), head, detail)
         + (f"<ul>{flag_list}</ul>" if flag_list else "")
         + "<table class='v'><tr><th>Participant</th><th>Aggregation</th><th>Updates</th>"
@@ -236,7 +247,7 @@ def render_consortium_report(entries: list[ConsortiumEntry], out_dir: Path | str
                                 "aggregation_mode": e.aggregation_mode, "ledger": e.ledger,
                                 "updates": e.updates, "declined": e.declined,
                                 "audits": e.audits, "audit_requests": e.audit_requests,
-                                "flags": flags[e.participant]}
+                                "set_aside": e.set_aside, "flags": flags[e.participant]}
                                for e in entries]}
     write_atomic(html_path, page("Consortium privacy report", body).encode("utf-8"))
     write_atomic(json_path, (json.dumps(report, indent=2, sort_keys=True, default=str)

@@ -23,6 +23,7 @@ participant's gradients its own.
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 from typing import Literal
 
@@ -30,6 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from latentfl.distill._allocator import engine_heap
 from latentfl.distill.augment import apply_augment, draw_augment
 from latentfl.distill.functional import FunctionalStudent
 from latentfl.errors import DistillError
@@ -124,11 +126,10 @@ def match_trajectory(
     args = (student, start.detach(), target.detach(), images.detach(), labels,
             alpha.detach(), None if label_logits is None else label_logits.detach(),
             idx, steps, seed, augment)
-    if unroll == "full":
-        return _full(*args)
-    if unroll == "two_pass":
-        return _two_pass(*args)
-    raise DistillError(f"unroll mode {unroll!r} is unknown; expected 'full' or 'two_pass'.")
+    if unroll not in ("full", "two_pass"):
+        raise DistillError(f"unroll mode {unroll!r} is unknown; expected 'full' or 'two_pass'.")
+    with engine_heap() if images.device.type == "cpu" else contextlib.nullcontext():
+        return (_full if unroll == "full" else _two_pass)(*args)
 
 
 def _normalised_distance(theta: Tensor, start: Tensor, target: Tensor) -> Tensor:

@@ -105,7 +105,8 @@ def register(subparsers) -> None:
              "relative paths are relative to the file's folder, as in the file.")
     parser.add_argument(
         "--only", metavar="CELLS",
-        help="Run only these cells: key=value pairs over method, alpha, architecture and seed, "
+        help="Run only these cells: key=value pairs over method, alpha, architecture, seed and "
+             "scenario (robustness grids), "
              "e.g. method=dynafed,alpha=0.01,seed=0. results.csv keeps the other cells' rows.")
     parser.add_argument("--output", type=Path, metavar="DIR",
                         help="Output folder, relative to the current directory (default: the "

@@ -24,6 +24,7 @@ from typing import Any
 from latentfl.config import option
 from latentfl.data.partition import DIRICHLET_SCHEMES
 from latentfl.errors import ConfigError
+from latentfl.experiment.scenarios import Scenario
 from latentfl.simulate import SimulationConfig
 from latentfl.strategies.base import ModelSpec
 from latentfl.strategies.registry import Method
@@ -58,6 +59,9 @@ class ExperimentConfig:
     architectures: tuple[Architecture, ...] = option(
         (), help="Global architectures; empty = the one in simulation.strategy.model.")
     seeds: tuple[int, ...] = option((0,), help="Seeds; table.md reports mean +/- std over them.")
+    scenarios: tuple[Scenario, ...] = option(
+        (), help="Attack-and-defence settings, one more grid axis ([[scenarios]]); empty = the "
+                 "simulation as written.")
     simulation: SimulationConfig = option(SimulationConfig(), help="Settings shared by every cell.")
 
     def problems(self) -> list[str]:
@@ -82,6 +86,15 @@ class ExperimentConfig:
                        "letters, digits, '_', '.' or '-'.")
         if len(set(tags)) != len(tags):
             out.append(f"architecture labels {tags} repeat; give each a distinct label.")
+        labels = [s.label for s in self.scenarios]
+        bad = [t for t in labels if not re.fullmatch(r"[A-Za-z0-9_.-]+", t)]
+        if bad or len(set(labels)) != len(labels):
+            out.append(f"scenario labels {labels} must be distinct and use only letters, digits, "
+                       "'_', '.' or '-'.")
+        for s in self.scenarios:
+            if set(s.methods) - set(self.methods):
+                out.append(f"scenario {s.label!r} names methods {list(s.methods)}; expected "
+                           f"some of the grid's methods {list(self.methods)}.")
         if self.simulation.partition.scheme not in DIRICHLET_SCHEMES:
             out.append(f"simulation.partition.scheme = {self.simulation.partition.scheme!r}; the "
                        f"grid varies the Dirichlet alpha, so expected one of {DIRICHLET_SCHEMES}.")
@@ -97,6 +110,7 @@ class Cell:
     architecture: str
     seed: int
     simulation: SimulationConfig
+    scenario: str = ""
 
     @property
     def run_dir(self) -> Path:
@@ -108,11 +122,12 @@ class Cell:
     @property
     def key(self) -> str:
         """Stable id, also the run folder's name."""
-        return cell_key(self.method, self.alpha, self.architecture, self.seed)
+        return cell_key(self.method, self.alpha, self.architecture, self.seed, self.scenario)
 
 
-def cell_key(method: str, alpha: float, architecture: str, seed: int) -> str:
-    return f"{method}__alpha{alpha:g}__{architecture}__seed{seed}"
+def cell_key(method: str, alpha: float, architecture: str, seed: int, scenario: str = "") -> str:
+    key = f"{method}__alpha{alpha:g}__{architecture}__seed{seed}"
+    return f"{key}__{scenario}" if scenario else key
 
 
 def output_folder(config: ExperimentConfig) -> Path:
@@ -130,18 +145,26 @@ def grid(config: ExperimentConfig) -> list[Cell]:
                                                   options=dict(base.strategy.model.options)),)
     cells = []
     for method in config.methods:
-        for alpha in config.alphas:
-            for arch in archs:
-                for seed in config.seeds:
-                    key = cell_key(method, alpha, arch.tag, seed)
-                    sim = replace(
-                        base,
-                        seed=seed,
-                        output=output_folder(config) / "runs" / key,
-                        partition=replace(base.partition, alpha=alpha, seed=seed),
-                        strategy=_strategy_for(base, method, arch, seed),
-                    )
-                    cells.append(Cell(method, alpha, arch.tag, seed, sim))
+        for scenario in config.scenarios or (None,):
+            if scenario is not None and not scenario.runs(method):
+                continue
+            for alpha in config.alphas:
+                for arch in archs:
+                    for seed in config.seeds:
+                        label = scenario.label if scenario is not None else ""
+                        key = cell_key(method, alpha, arch.tag, seed, label)
+                        strategy = _strategy_for(base, method, arch, seed)
+                        sim = replace(
+                            base,
+                            seed=seed,
+                            output=output_folder(config) / "runs" / key,
+                            partition=replace(base.partition, alpha=alpha, seed=seed),
+                            strategy=strategy,
+                        )
+                        if scenario is not None:
+                            sim = replace(sim, attackers=scenario.attackers,
+                                          strategy=scenario.strategy(strategy))
+                        cells.append(Cell(method, alpha, arch.tag, seed, sim, label))
     return cells
 
 
@@ -150,7 +173,8 @@ def restrict(config: ExperimentConfig, selection: str) -> ExperimentConfig:
 
     ``selection`` is ``key=value`` pairs joined by commas, keys among method, alpha, architecture
     (its label) and seed; a key given twice keeps both values, a key not given keeps all of them:
-    ``"method=dynafed,alpha=0.01,seed=0"`` is one cell of a one-architecture grid.
+    ``"method=dynafed,alpha=0.01,seed=0"`` is one cell of a one-architecture grid; a grid
+    with scenarios also takes ``scenario=LABEL``.
     """
     archs = config.architectures or (Architecture(name=config.simulation.strategy.model.name),)
     axes: dict[str, list[tuple[str, Any]]] = {
@@ -158,6 +182,7 @@ def restrict(config: ExperimentConfig, selection: str) -> ExperimentConfig:
         "alpha": [(f"{a:g}", a) for a in config.alphas],
         "architecture": [(a.tag, a) for a in archs],
         "seed": [(str(s), s) for s in config.seeds],
+        "scenario": [(s.label, s) for s in config.scenarios],
     }
     wanted: dict[str, list[str]] = {}
     for pair in selection.split(","):
@@ -179,7 +204,7 @@ def restrict(config: ExperimentConfig, selection: str) -> ExperimentConfig:
         kept[key] = [obj for name, obj in values if key not in wanted or name in wanted[key]]
     return replace(config, methods=tuple(kept["method"]), alphas=tuple(kept["alpha"]),
                    architectures=tuple(kept["architecture"]) if config.architectures else (),
-                   seeds=tuple(kept["seed"]))
+                   seeds=tuple(kept["seed"]), scenarios=tuple(kept["scenario"]))
 
 
 def _float_text(value: str, pair: str) -> str:

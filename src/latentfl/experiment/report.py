@@ -44,7 +44,7 @@ def render_table(config: ExperimentConfig, rows: Sequence[dict[str, Any]],
     archs = list(dict.fromkeys(r["architecture"] for r in rows)) or ["-"]
     by_key: dict[tuple, list[dict[str, Any]]] = defaultdict(list)
     for r in rows:
-        by_key[(r["method"], r["alpha"], r["architecture"])].append(r)
+        by_key[(r["method"], r.get("scenario", ""), r["alpha"], r["architecture"])].append(r)
     seeds = len(config.seeds)
     lines = [
         f"# Experiment: {output_folder(config).name}",
@@ -56,21 +56,30 @@ def render_table(config: ExperimentConfig, rows: Sequence[dict[str, Any]],
     ]
     header = "| method | " + " | ".join(f"alpha = {a:g}" for a in config.alphas) + " |"
     rule = "| --- |" + " --- |" * len(config.alphas)
-    for title, field, note in (
+    tables = [
         ("Final-round test accuracy (%)", "final_accuracy", "Accuracy after the last round."),
         ("Best-round test accuracy (%)", "best_accuracy",
          "Maximum over rounds, chosen on the test set itself, so optimistic."),
-    ):
+    ]
+    if any(r.get("backdoor_success") is not None for r in rows):
+        tables.append(("Backdoor success rate (%)", "backdoor_success",
+                       "Share of triggered test images of other classes the final global model "
+                       "assigns to the attackers' target class (backdoor scenarios only)."))
+    for title, field, note in tables:
         for arch in archs:
             lines += ["", f"## {title}, global model {arch}", "", note, "", header, rule]
             for method in config.methods:
-                cells = [format_cell([r[field] for r in by_key[(method, a, arch)]], seeds)
-                         for a in config.alphas]
-                cells = [
-                    "no partition" if text == "-" and any(
-                        cell_key(method, a, arch, s) in infeasible for s in config.seeds)
-                    else text for text, a in zip(cells, config.alphas, strict=True)]
-                lines.append(f"| {method} | " + " | ".join(cells) + " |")
+                for label in scenario_labels(config, method):
+                    cells = [format_cell([r[field] for r in by_key[(method, label, a, arch)]
+                                          if r.get(field) is not None], seeds)
+                             for a in config.alphas]
+                    cells = [
+                        "no partition" if text == "-" and any(
+                            cell_key(method, a, arch, s, label) in infeasible
+                            for s in config.seeds)
+                        else text for text, a in zip(cells, config.alphas, strict=True)]
+                    name = f"{method} / {label}" if label else method
+                    lines.append(f"| {name} | " + " | ".join(cells) + " |")
     reasons = sorted(set(infeasible.values()))
     if reasons:
         lines += ["", "No partition: the partitioner could not draw these cells' data split:", ""]
@@ -87,6 +96,11 @@ def render_table(config: ExperimentConfig, rows: Sequence[dict[str, Any]],
                 s = sum(per_round) / len(per_round)
                 lines.append(f"| {method} | {arch} | {s:.2f} | {60 / s:.1f} |")
     return "\n".join(lines) + "\n"
+
+
+def scenario_labels(config: ExperimentConfig, method: str) -> list[str]:
+    """The scenario labels ``method`` runs under ([""] for a grid without scenarios)."""
+    return [sc.label for sc in config.scenarios if sc.runs(method)] or [""]
 
 
 def write_table(path: Path, config: ExperimentConfig, rows: Sequence[dict[str, Any]],
@@ -107,7 +121,8 @@ def write_plot(path: Path, cells: Sequence[Cell], rows: dict[str, dict[str, Any]
             continue
         acc = [100 * r["accuracy"] for r in read_rounds(cell.run_dir / "rounds.jsonl")
                if r.get("accuracy") is not None]
-        curves[(cell.architecture, cell.alpha)][cell.method].append(acc)
+        name = f"{cell.method} / {cell.scenario}" if cell.scenario else cell.method
+        curves[(cell.architecture, cell.alpha)][name].append(acc)
     archs = list(dict.fromkeys(c.architecture for c in cells))
     alphas = list(dict.fromkeys(c.alpha for c in cells))
     fig = Figure(figsize=(4.2 * len(alphas), 3.4 * len(archs)), layout="constrained")
@@ -140,4 +155,5 @@ def write_plot(path: Path, cells: Sequence[Cell], rows: dict[str, dict[str, Any]
     write_atomic(path, buffer.getvalue())
 
 
-__all__ = ["format_cell", "mean_std", "render_table", "write_plot", "write_table"]
+__all__ = ["format_cell", "mean_std", "render_table", "scenario_labels", "write_plot",
+           "write_table"]

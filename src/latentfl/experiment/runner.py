@@ -48,7 +48,10 @@ log = get_logger("experiment")
 
 ROW_FILE = "row.json"
 RESULT_FIELDS = ("cell", "method", "alpha", "architecture", "seed", "rounds", "final_accuracy",
-                 "best_accuracy", "best_round", "seconds", "seconds_per_round", "config_digest")
+                 "best_accuracy", "best_round", "seconds", "seconds_per_round", "config_digest",
+                 "scenario", "backdoor_success", "attackers_set_aside")
+#: columns only robustness grids fill (empty otherwise)
+_OPTIONAL_FLOATS = ("backdoor_success", "attackers_set_aside")
 
 
 @dataclass(frozen=True)
@@ -80,6 +83,9 @@ def read_results(path: Path) -> list[dict[str, Any]]:
             row[key] = float(row[key])
         for key in ("seed", "rounds", "best_round"):
             row[key] = int(row[key])
+        row.setdefault("scenario", "")
+        for key in _OPTIONAL_FLOATS:
+            row[key] = float(row[key]) if row.get(key) not in (None, "") else None
     return rows
 
 
@@ -217,6 +223,11 @@ def run_cell(cell: Cell, dataset, *, on_round: Callable[[RoundRecord], None] | N
         "seconds": seconds,
         "seconds_per_round": seconds / len(result.history),
         "config_digest": cell_digest(cell),
+        "scenario": cell.scenario,
+        "backdoor_success": result.history[-1].metrics.get("backdoor_success"),
+        # attackers' updates set aside over the whole run (0 when there is no attack)
+        "attackers_set_aside": sum(r.metrics.get("attackers_set_aside", 0.0)
+                                   for r in result.history) if sim.attackers else None,
     }
     write_atomic(cell.run_dir / ROW_FILE, json.dumps(row, indent=2))
     return row
@@ -228,11 +239,13 @@ def write_results(path: Path, rows: list[dict[str, Any]]) -> None:
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(RESULT_FIELDS)
     for row in rows:
-        writer.writerow([_csv_value(row[k]) for k in RESULT_FIELDS])
+        writer.writerow([_csv_value(row.get(k)) for k in RESULT_FIELDS])
     write_atomic(path, buffer.getvalue())
 
 
 def _csv_value(value: Any) -> str:
+    if value is None:
+        return ""
     if isinstance(value, float):
         return f"{value:.6g}"
     return str(value)

@@ -14,8 +14,10 @@ from latentfl.strategies.base import (
 from latentfl.strategies.capabilities import (
     FixesInputStats,
     MakesSyntheticSets,
+    SetsAside,
     UsesDistiller,
     input_stats_of,
+    set_aside_of,
     synthetic_sets_of,
 )
 from latentfl.strategies.dynafed import DynaFed, DynaFedConfig
@@ -37,6 +39,7 @@ __all__ = [
     "LocalTraining",
     "MakesSyntheticSets",
     "ModelSpec",
+    "SetsAside",
     "Strategy",
     "StrategyConfig",
     "SyntheticImages",
@@ -49,6 +52,7 @@ __all__ = [
     "run_task",
     "run_tasks",
     "select_participants",
+    "set_aside_of",
     "strategy_class",
     "synthetic_sets_of",
     "tensors_digest",

@@ -38,6 +38,7 @@ from latentfl.log import get_logger
 from latentfl.models import flatten_named, load_tensors_, param_shapes, state_to_tensors
 from latentfl.seeding import derive_seed
 from latentfl.strategies.base import ModelSpec, Tensors, Update
+from latentfl.strategies.defence import RobustConfig
 from latentfl.strategies.fedavg import FedAvg
 from latentfl.training import TrainConfig
 
@@ -199,9 +200,10 @@ class DynaFed(FedAvg):
     name = "dynafed"
 
     def __init__(
-        self, model: ModelSpec, local: TrainConfig, *, config: DynaFedConfig, weighted: bool = True
+        self, model: ModelSpec, local: TrainConfig, *, config: DynaFedConfig, weighted: bool = True,
+        robust: RobustConfig | None = None,
     ) -> None:
-        super().__init__(model, local, weighted=weighted)
+        super().__init__(model, local, weighted=weighted, robust=robust)
         self.config = config
         self.trajectory: list[torch.Tensor] = []
         self.pseudo: PseudoSet | None = None

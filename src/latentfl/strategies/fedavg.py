@@ -25,6 +25,8 @@ from latentfl.strategies.base import (
     broadcast_tasks,
     check_updates,
 )
+from latentfl.strategies.defence import RobustConfig, robust_combine
+from latentfl.strategies.robust import SetAside
 from latentfl.training import TrainConfig
 
 
@@ -41,16 +43,23 @@ def weighted_mean(tensors: Sequence[Tensors], weights: Sequence[float]) -> Tenso
 
 
 class FedAvg(Strategy):
-    """McMahan et al. (2017): the mean of returned weights, weighted by examples by default."""
+    """McMahan et al. (2017): the mean of returned weights, weighted by examples by default.
+
+    With a robust rule (``robust``) the mean is replaced by that rule over the updates' changes
+    and claimed example counts are ignored (:mod:`latentfl.strategies.defence`).
+    """
 
     name = "fedavg"
     needs_only_aggregates = True
 
-    def __init__(self, model: ModelSpec, local: TrainConfig, *, weighted: bool = True) -> None:
+    def __init__(self, model: ModelSpec, local: TrainConfig, *, weighted: bool = True,
+                 robust: RobustConfig | None = None) -> None:
         super().__init__(model, local)
         self.weighted = weighted
+        self.robust = robust or RobustConfig()
         self._model: nn.Module | None = None
         self._global: Tensors = {}
+        self._set_aside: tuple[SetAside, ...] = ()
 
     def initialize(self, seed: int) -> None:
         torch.manual_seed(seed)
@@ -58,7 +67,10 @@ class FedAvg(Strategy):
         self._global = state_to_tensors(self._model)
 
     def local_config(self, round: int) -> TrainConfig:
-        """Local training settings for ``round`` (method-specific fields included)."""
+        """Local training settings for ``round`` (method-specific fields included); a fixed
+        norm bound is also asked of honest participants, which clip before any masking."""
+        if self.robust.rule == "norm_bound" and self.robust.clip_norm > 0:
+            return replace(self.local, max_update_norm=self.robust.clip_norm)
         return self.local
 
     def configure_round(self, round: int, participants: Sequence[str]) -> dict[str, Task]:
@@ -66,7 +78,8 @@ class FedAvg(Strategy):
 
     def aggregate_round(self, round: int, updates: Sequence[Update]) -> dict[str, float]:
         check_updates(round, updates, self._global)
-        weights = [u.num_examples if self.weighted else 1.0 for u in updates]
+        counts = self.weighted and not self.robust.enabled  # a robust rule ignores claims
+        weights = [u.num_examples if counts else 1.0 for u in updates]
         self._global = self.combine(updates, weights)
         return {
             "participants": float(len(updates)),
@@ -74,10 +87,23 @@ class FedAvg(Strategy):
         }
 
     def combine(self, updates: Sequence[Update], weights: Sequence[float]) -> Tensors:
-        return weighted_mean([u.weights for u in updates], weights)
+        return self.mean_of(updates, weights)
+
+    def mean_of(self, updates: Sequence[Update], weights: Sequence[float]) -> Tensors:
+        """The weighted mean of the uploads, or the robust rule's aggregate of them (which
+        also records what it set aside, for :meth:`set_aside`)."""
+        if not self.robust.enabled:
+            self._set_aside = ()
+            return weighted_mean([u.weights for u in updates], weights)
+        combined, self._set_aside = robust_combine(self.robust, self._global, updates)
+        return combined
+
+    def set_aside(self) -> tuple[SetAside, ...]:
+        return self._set_aside
 
     def accept_aggregate(self, round: int, weights: Tensors, num_examples: int, *,
                          steps: Sequence[tuple[int, int]] = ()) -> dict[str, float]:
+        self._set_aside = ()
         if set(weights) != set(self._global):
             raise ConfigError(
                 f"aggregate for round {round} does not have the global model's tensors."
@@ -116,14 +142,13 @@ class FedProx(FedAvg):
 
     name = "fedprox"
 
-    def __init__(
-        self, model: ModelSpec, local: TrainConfig, *, mu: float, weighted: bool = True
-    ) -> None:
-        super().__init__(model, local, weighted=weighted)
+    def __init__(self, model: ModelSpec, local: TrainConfig, *, mu: float, weighted: bool = True,
+                 robust: RobustConfig | None = None) -> None:
+        super().__init__(model, local, weighted=weighted, robust=robust)
         self.mu = mu
 
     def local_config(self, round: int) -> TrainConfig:
-        return replace(self.local, prox_mu=self.mu)
+        return replace(super().local_config(round), prox_mu=self.mu)
 
 
 def fednova_normaliser(tau: int, rho: float) -> float:
@@ -168,7 +193,7 @@ class FedNova(FedAvg):
                 for pid, task in super().configure_round(round, participants).items()}
 
     def combine(self, updates: Sequence[Update], weights: Sequence[float]) -> Tensors:
-        mean = weighted_mean([u.weights for u in updates], weights)
+        mean = self.mean_of(updates, weights)
         return self.step_from_mean(mean, [(w, u.num_steps) for w, u in zip(weights, updates,
                                                                           strict=True)])
 

@@ -41,12 +41,25 @@ from latentfl.strategies.base import (
     broadcast_tasks,
     check_updates,
 )
+from latentfl.strategies.defence import update_deltas
+from latentfl.strategies.robust import SetAside, screen_uploads
 from latentfl.training import TrainConfig, train
 
 log = get_logger("feddgm")
 
 #: The paper's code trains participants with plain SGD, lr 0.01, 20 epochs, batch 256.
 PAPER_LOCAL = TrainConfig(epochs=20, batch_size=256, lr=0.01, optimizer="sgd", momentum=0.0)
+
+
+@dataclass(frozen=True)
+class ScreeningConfig:
+    """FedDGM's upload screening (``[strategy.feddgm.screening]``)."""
+
+    enabled: bool = option(False, help="Before distilling, set aside uploads whose change lies "
+                                       "far from the round's coordinate median (needs 3 or more "
+                                       "uploads); recommended when a site may be dishonest.")
+    mads: float = option(3.0, help="Threshold: median distance + this many median absolute "
+                                   "deviations.", min=0.0, min_exclusive=True)
 
 
 @dataclass(frozen=True)
@@ -88,6 +101,8 @@ class FedDGMConfig:
         TrainConfig(epochs=30, batch_size=256, lr=0.01, momentum=0.9, augment=True),
         help="Training of the next global surrogate on the union, each round.",
     )
+    screening: ScreeningConfig = option(ScreeningConfig(), help="Upload screening against "
+                                        "dishonest participants.")
 
 
 class FedDGM(Strategy):
@@ -104,6 +119,7 @@ class FedDGM(Strategy):
         self.synthetic: dict[str, SyntheticSet] = {}
         self._earlier: tuple[torch.Tensor, torch.Tensor] | None = None  # accumulate = true
         self.distiller: Distiller = run_request
+        self._set_aside: tuple[SetAside, ...] = ()
 
     @property
     def device(self) -> torch.device:
@@ -120,6 +136,7 @@ class FedDGM(Strategy):
 
     def aggregate_round(self, round: int, updates: Sequence[Update]) -> dict[str, float]:
         check_updates(round, updates, self.global_weights())
+        updates = self._screen(updates)
         start = flatten_params(self._surrogate)
         shapes = param_shapes(self._surrogate)
         targets = [flatten_named(u.weights, shapes) for u in updates]
@@ -140,6 +157,23 @@ class FedDGM(Strategy):
         )
         log.info("feddgm_round", round=round, **metrics)
         return metrics
+
+    def _screen(self, updates: Sequence[Update]) -> Sequence[Update]:
+        """The uploads kept for distillation; the others are recorded for :meth:`set_aside`."""
+        self._set_aside = ()
+        if not self.config.screening.enabled or len(updates) < 3:
+            return updates
+        deltas = update_deltas(self.global_weights(), [u.weights for u in updates])
+        self._set_aside = screen_uploads([u.participant for u in updates], deltas,
+                                         mads=self.config.screening.mads)
+        dropped = {s.participant for s in self._set_aside}
+        for s in self._set_aside:
+            log.info("upload_set_aside", round=updates[0].round, peer=s.participant,
+                     rule=s.rule, score=s.score, threshold=s.threshold)
+        return [u for u in updates if u.participant not in dropped]
+
+    def set_aside(self) -> tuple[SetAside, ...]:
+        return self._set_aside
 
     def _distill(
         self,
@@ -249,4 +283,4 @@ def _section(tensors: Tensors, prefix: str) -> Tensors:
     return {k.removeprefix(prefix): v for k, v in tensors.items() if k.startswith(prefix)}
 
 
-__all__ = ["PAPER_LOCAL", "FedDGM", "FedDGMConfig"]
+__all__ = ["PAPER_LOCAL", "FedDGM", "FedDGMConfig", "ScreeningConfig"]

@@ -17,6 +17,7 @@ import torch
 from latentfl.log import get_logger
 from latentfl.models import load_tensors_, model_manifest, state_to_tensors
 from latentfl.strategies.base import ModelSpec, Task, Tensors, Update
+from latentfl.strategies.defence import clip_update
 from latentfl.strategies.fedavg import normalised_weights
 from latentfl.training import TrainResult, train
 from latentfl.training_batched import can_batch, train_many
@@ -120,6 +121,8 @@ def _update(task: Task, model_spec: ModelSpec, participant: str, weights: Tensor
     counts = None
     if share_class_counts:
         counts = tuple(torch.bincount(y, minlength=model_spec.num_classes).tolist())
+    if task.train.max_update_norm is not None:  # the coordinator's bound, kept before masking
+        weights = clip_update(task.weights, weights, task.train.max_update_norm)
     if task.normalised_update:
         weights = normalised_weights(task.weights, weights, result.steps, task.train)
     return Update(

@@ -7,6 +7,7 @@ from typing import Literal
 
 from latentfl.config import option
 from latentfl.strategies.base import ModelSpec, Strategy
+from latentfl.strategies.defence import RobustConfig
 from latentfl.strategies.dynafed import DynaFed, DynaFedConfig
 from latentfl.strategies.fedavg import FedAvg, FedNova, FedProx
 from latentfl.strategies.feddgm import FedDGM, FedDGMConfig
@@ -28,6 +29,14 @@ class StrategyConfig:
     local: TrainConfig = option(TrainConfig(), help="Local training settings sent in every task.")
     dynafed: DynaFedConfig = option(DynaFedConfig(), help="DynaFed server settings (dynafed only).")
     feddgm: FedDGMConfig = option(FedDGMConfig(), help="FedDGM server settings (feddgm only).")
+    robust: RobustConfig = option(RobustConfig(), help="Robust aggregation against dishonest "
+                                  "participants (fedavg, fedprox, fednova, dynafed).")
+
+    def problems(self) -> list[str]:
+        if self.method == "feddgm" and self.robust.enabled:
+            return [f"strategy.robust.rule = {self.robust.rule!r} applies to averaging methods; "
+                    "FedDGM screens uploads with strategy.feddgm.screening instead."]
+        return []
 
 
 _CLASSES: dict[str, type[Strategy]] = {
@@ -43,14 +52,17 @@ def strategy_class(method: Method) -> type[Strategy]:
 def build_strategy(config: StrategyConfig) -> Strategy:
     """The Strategy object for ``config`` (not yet initialised)."""
     if config.method == "fedprox":
-        return FedProx(config.model, config.local, mu=config.mu, weighted=config.weighted)
+        return FedProx(config.model, config.local, mu=config.mu, weighted=config.weighted,
+                       robust=config.robust)
     if config.method == "fednova":
-        return FedNova(config.model, config.local, weighted=config.weighted)
+        return FedNova(config.model, config.local, weighted=config.weighted,
+                       robust=config.robust)
     if config.method == "feddgm":
         return FedDGM(config.model, config.local, config.feddgm)
     if config.method == "dynafed":
-        return DynaFed(config.model, config.local, config=config.dynafed, weighted=config.weighted)
-    return FedAvg(config.model, config.local, weighted=config.weighted)
+        return DynaFed(config.model, config.local, config=config.dynafed, weighted=config.weighted,
+                       robust=config.robust)
+    return FedAvg(config.model, config.local, weighted=config.weighted, robust=config.robust)
 
 
 __all__ = ["Method", "StrategyConfig", "build_strategy", "strategy_class"]

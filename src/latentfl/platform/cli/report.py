@@ -101,7 +101,13 @@ def _consortium_entries(config: Any) -> tuple[list[Any], ReportScope]:
                                        updates=counts.get("accepted", 0),
                                        declined=dict(counts.get("declined_reasons", {})),
                                        audit_requests=[r for r in requests
-                                                       if r["participant"] == pid]))
+                                                       if r["participant"] == pid],
+                                       set_aside=[{"round": c["round"],
+                                                   "count": c["set_aside"],
+                                                   "reasons": [t for t in c["reasons"]
+                                                               if t.startswith("set aside")]}
+                                                  for c in counts.get("rounds", [])
+                                                  if c.get("set_aside")]))
     scope = ReportScope(session=config.session, rounds_done=status["rounds_done"],
                         rounds_planned=config.rounds, generated=status["generated"])
     return entries, scope

@@ -2,15 +2,17 @@
 
 Aggregating a round (FedDGM distils on the GPU, then trains two models) takes seconds to
 minutes; meanwhile the loop must keep answering heartbeats, late updates and audit fetches.
-``Rounds.aggregate`` touches only the strategy and checkpoint files, so it runs here; the loop
-polls :meth:`AggregationWorker.poll`, which, once the thread is done, moves the rounds on
-(``Rounds.finish_close``) in the loop's own thread and returns the closed round's record.
+``Rounds.aggregate`` touches only the strategy and checkpoint files, so it runs here; when the
+thread is done it calls ``on_done`` (the daemon's wake-up), and the loop's
+:meth:`AggregationWorker.poll` then moves the rounds on (``Rounds.finish_close``) in the loop's
+own thread and returns the closed round's record.
 """
 
 from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from latentfl.platform.coordinator.rounds import RoundRecord, Rounds
@@ -27,8 +29,9 @@ class _Job:
 class AggregationWorker:
     """At most one aggregation at a time, for one session's :class:`Rounds`."""
 
-    def __init__(self, rounds: Rounds) -> None:
+    def __init__(self, rounds: Rounds, on_done: Callable[[], None] | None = None) -> None:
         self.rounds = rounds
+        self.on_done = on_done
         self._job: _Job | None = None
         self.seconds = 0.0  # how long the last finished aggregation took
 
@@ -53,6 +56,9 @@ class AggregationWorker:
             outcome.append(self.rounds.aggregate(aggregate))
         except BaseException as exc:  # re-raised in the loop's thread by poll()
             outcome.append(exc)
+        finally:
+            if self.on_done is not None:
+                self.on_done()
 
     def poll(self, wait: float = 0.0) -> RoundRecord | None:
         """The closed round's record once the thread is done (waiting up to ``wait`` s), after

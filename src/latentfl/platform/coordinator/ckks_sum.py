@@ -132,6 +132,12 @@ class EncryptedSum:
         self.log.info("limb_sums_decrypted", round=header.round, peer=pid)
         return ack, True
 
+    def next_deadline(self) -> float | None:
+        """When the decryptor asked last has had its ``decrypt_deadline`` (None: none asked)."""
+        if not (self.waiting and self.asked):
+            return None
+        return self.asked_at + self.config.decrypt_deadline
+
     def next_decryptor(self, online: Sequence[str], now: float) -> str | None:
         """Who to ask now: the first candidate, or the next one once the deadline passed."""
         if self.asked and now - self.asked_at < self.config.decrypt_deadline:

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import queue
 import time
+from collections.abc import Callable
 
 from latentfl.errors import ProtocolError, Reason
 from latentfl.log import get_logger
@@ -39,14 +40,16 @@ class RoundConductor:
     """Drives one session's :class:`Rounds` (see the module docstring)."""
 
     def __init__(self, config: CoordinatorConfig, rounds: Rounds, journal: Journal,
-                 manifest: ModelManifest, masked: MaskedAggregation | None = None) -> None:
-        """``masked``: the secagg exchange of a ``secagg`` or ``ckks`` session (None: plain)."""
+                 manifest: ModelManifest, masked: MaskedAggregation | None = None,
+                 on_aggregated: Callable[[], None] | None = None) -> None:
+        """``masked``: the secagg exchange of a ``secagg`` or ``ckks`` session (None: plain);
+        ``on_aggregated``: called from the worker thread when an aggregation is done."""
         self.model = config.strategy.model
         self.rounds = rounds
         self.journal = journal
         self.manifest = manifest
         self.masked = masked
-        self.worker = AggregationWorker(rounds)
+        self.worker = AggregationWorker(rounds, on_aggregated)
         self.log = get_logger("coordinator", session=config.session)
         self._encoded: dict[str, tuple[bytes, dict]] = {}  # this plan's TASKs, by participant
         self._notes: queue.SimpleQueue[tuple[str, dict]] = queue.SimpleQueue()
@@ -142,6 +145,15 @@ class RoundConductor:
             self._aggregate()
         return outbox
 
+    def next_deadline(self) -> float | None:
+        """The next time :meth:`step` may act without a message (None: only on events)."""
+        if self.paused or self.worker.busy:  # a resume is a message; the worker wakes us
+            return None
+        times = [self.rounds.next_deadline()]
+        if self.masked is not None:
+            times.append(self.masked.next_deadline())
+        return min((t for t in times if t is not None), default=None)
+
     def receive_secagg(self, message: Message) -> list[Outgoing]:
         """A participant's SECAGG_KEYS, SECAGG_SHARES, SECAGG_SIGNATURE or SECAGG_REVEAL."""
         if self.masked is None:
@@ -211,6 +223,12 @@ class RoundConductor:
         if record is None:
             return None
         self._encoded.clear()
+        for entry in record.set_aside:  # before round_closed: the round's decisions, then it
+            fields = {k: v for k, v in entry.items() if k != "participant"}
+            self.journal.append("set_aside", round=record.round, peer=entry["participant"],
+                                **fields)
+            self.log.warning("update_set_aside", round=record.round, peer=entry["participant"],
+                             **fields)
         self.journal.append("round_closed", round=record.round, accepted=record.accepted,
                             metrics=record.metrics)
         accuracy = record.metrics.get("accuracy")

@@ -95,6 +95,17 @@ class CoordinatorConfig:
             if not self.strategy.weighted:
                 out.append(f"aggregation.mode = {mode!r} needs strategy.weighted = true (each "
                            "participant hides its update times its example count).")
+            robust = self.strategy.robust
+            if robust.enabled and not (robust.rule == "norm_bound" and robust.clip_norm > 0):
+                out.append(f"aggregation.mode = {mode!r} hides each update, so strategy.robust."
+                           f"rule = {robust.rule!r} cannot run; use rule = 'norm_bound' with a "
+                           "clip_norm (honest participants clip before masking) or mode = "
+                           "'plain'.")
+        if self.min_updates < self.strategy.robust.minimum_updates():
+            out.append(f"min_updates = {self.min_updates} is below the "
+                       f"{self.strategy.robust.minimum_updates()} updates strategy.robust.rule = "
+                       f"{self.strategy.robust.rule!r} with f = {self.strategy.robust.f} needs; "
+                       "raise min_updates or lower f.")
         return out
 
 

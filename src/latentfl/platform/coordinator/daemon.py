@@ -97,10 +97,12 @@ from latentfl.platform.protocol import (
     peek_header,
     unpack_json,
 )
+from latentfl.platform.wakeup import Wakeup, timeout_ms
 from latentfl.privacy import PolicyRule
 from latentfl.strategies import Aggregation, build_strategy
 
-POLL_MS = 100
+#: status.json is rewritten at most this often (seconds), and only when it changed.
+STATUS_EVERY_S = 1.0
 ZAP_REFUSED = "zap_refused"  # journal event of a refused CURVE handshake
 STOP_WAIT_S = 120.0  # on SIGTERM, how long a running aggregation may take to checkpoint
 
@@ -160,8 +162,10 @@ class Coordinator:
                                          .verify_keys(), encrypted=encrypted)
                        if mode in (Aggregation.SECAGG, Aggregation.CKKS) else None)
         self.intake = UpdateIntake(config, self.rounds, self.journal, self.manifest, self.masked)
+        # wakes the loop from other threads: an aggregation done, a stop, a reload
+        self._wakeup = Wakeup()
         self.conductor = RoundConductor(config, self.rounds, self.journal, self.manifest,
-                                        self.masked)
+                                        self.masked, on_aggregated=self._wakeup.set)
         self.admin = AdminService(self.store, self.journal, self.conductor,
                                   roster=lambda: self.roster_watch.roster,
                                   status=self.admin_status, session=config.session,
@@ -184,6 +188,8 @@ class Coordinator:
         self._stop = threading.Event()
         self._reload = False
         self._status_due = 0.0
+        self._status_written: dict[str, Any] | None = None
+        self._status_pending = False
         self._auth: Any = None
         self.refusals = RefusalCoalescer()
         self._zap_last: dict[str | None, str] = {}  # the latest refused fingerprint per id
@@ -223,13 +229,19 @@ class Coordinator:
     def stop(self) -> None:
         """Ask the loop to finish its current step and return (thread-safe)."""
         self._stop.set()
+        self._wakeup.set()
+
+    def reload(self) -> None:
+        """Re-read the roster at the loop's next step (SIGHUP; thread-safe)."""
+        self._reload = True
+        self._wakeup.set()
 
     def run(self, *, handle_signals: bool = True, ready: threading.Event | None = None) -> int:
         """Serve until all rounds are done (0) or a stop/SIGTERM (130)."""
         if handle_signals:
             signal.signal(signal.SIGTERM, lambda *_: self.stop())
             signal.signal(signal.SIGINT, lambda *_: self.stop())
-            signal.signal(signal.SIGHUP, lambda *_: setattr(self, "_reload", True))
+            signal.signal(signal.SIGHUP, lambda *_: self.reload())
         ctx = zmq.Context()
         auth = self._auth = start_authenticator(ctx, self.roster_watch.roster)
         try:
@@ -269,6 +281,7 @@ class Coordinator:
             self.replay.close()
             self.store.pid_path.unlink(missing_ok=True)
             self.store.unlock()
+            self._wakeup.close()
             if self._discard_state:
                 shutil.rmtree(self.config.state_dir, ignore_errors=True)
 
@@ -287,6 +300,7 @@ class Coordinator:
     def _loop(self) -> None:
         poller = zmq.Poller()
         poller.register(self.router.socket, zmq.POLLIN)
+        poller.register(self._wakeup, zmq.POLLIN)
         next_roster_check = 0.0
         linger_until = None  # after the last round, serve audit fetches for config.linger_s
         while not self._stop.is_set():
@@ -297,7 +311,16 @@ class Coordinator:
                         self.log.info("lingering", seconds=self.config.linger_s)
                 if time.time() >= linger_until:
                     break
-            if poller.poll(POLL_MS):
+            # no tick: sleep until a message, the worker's wake-up or the earliest deadline
+            now = time.time()
+            deadlines = [next_roster_check, linger_until, self._status_next(),
+                         self.peers.next_expiry(), self.conductor.next_deadline(),
+                         self.refusals.next_due()]
+            # the roster check is re-armed whenever it runs, so one that is due never spins
+            timeout = 0 if now >= next_roster_check else timeout_ms(now, deadlines)
+            events = dict(poller.poll(timeout))
+            self._wakeup.clear()
+            if self.router.socket in events:
                 for _ in range(256):  # drain what is queued, then look after time
                     try:
                         frames = self.router.socket.recv_multipart(zmq.NOBLOCK, copy=False)
@@ -326,8 +349,7 @@ class Coordinator:
 
     def _step(self, now: float) -> Outbox:
         self.peers.sweep(now)
-        if self.conductor.finish() is not None:
-            self._write_status(force=True)
+        self.conductor.finish()  # the loop writes the status after the step
         return self.conductor.step(self.admin.eligible(self.peers.online()), now)
 
     # -- receive, verify, dispatch, send --------------------------------------------------
@@ -374,7 +396,7 @@ class Coordinator:
         result = self.admin.answer(message)
         self.router.send(routing_id, Kind.ADMIN_RESULT, round=self.rounds.round,
                          payload=pack_json(result))
-        self._write_status(force=True)
+        self._write_status()
 
     def _send_all(self, outbox: Outbox) -> None:
         for out in outbox:
@@ -512,7 +534,7 @@ class Coordinator:
         active = change.roster.active_ids()
         self.journal.append("roster_reloaded", active=active, revoked=change.revoked)
         self.log.info("roster_reloaded", active=len(active), revoked=change.revoked)
-        self._write_status(force=True)
+        self._write_status()
         return bool(change.revoked)
 
     def status(self, *, stopped: bool = False) -> dict[str, Any]:
@@ -526,11 +548,25 @@ class Coordinator:
         return {**collect_status(self.config, live=self.status()), "admin": self.admin.state()}
 
     def _write_status(self, *, force: bool = False, stopped: bool = False) -> None:
+        """Rewrite status.json when what it says changed, at most once every STATUS_EVERY_S
+        (``force``: now, at start and stop). It is a live view that says nothing once the
+        daemon is gone, so it is replaced atomically for readers but not fsynced."""
         now = time.time()
         if not force and now < self._status_due:
+            self._status_pending = True  # looked at again once due (_status_next)
             return
-        self._status_due = now + 0.5
-        write_json_atomic(self.store.status_path, self.status(stopped=stopped))
+        self._status_pending = False
+        snapshot = self.status(stopped=stopped)
+        content = {k: v for k, v in snapshot.items() if k != "updated"}
+        if content == self._status_written:
+            return
+        self._status_due = now + STATUS_EVERY_S
+        self._status_written = content
+        write_json_atomic(self.store.status_path, snapshot, fsync=False)
+
+    def _status_next(self) -> float | None:
+        """When the loop must wake to write a status change it held back (None: none held)."""
+        return self._status_due if self._status_pending else None
 
     def _finished_notices(self) -> Outbox:
         self.journal.append("finished", rounds=self.config.rounds)

@@ -62,6 +62,13 @@ class PeerTable:
                     "participant_offline", peer=pid, silent_s=round(now - peer.last_seen, 1)
                 )
 
+    def next_expiry(self) -> float | None:
+        """When :meth:`sweep` next finds an online participant silent too long, if it stays
+        silent (None when nobody is online)."""
+        times = [peer.last_seen + self.heartbeat_timeout for peer in self._peers.values()
+                 if peer.online]
+        return min(times) + 1e-3 if times else None
+
     def online(self) -> list[str]:
         """The online participants' ids, sorted."""
         return sorted(pid for pid, peer in self._peers.items() if peer.online)

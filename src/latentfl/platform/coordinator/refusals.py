@@ -53,6 +53,10 @@ class RefusalCoalescer:
         window.suppressed += 1
         return False
 
+    def next_due(self) -> float | None:
+        """When the earliest open interval ends (None when none is open)."""
+        return min((w.start + self.interval_s for w in self._windows.values()), default=None)
+
     def due(self, now: float, *, everything: bool = False) -> list[Coalesced]:
         """The counts of intervals that ended by ``now`` (all of them with ``everything``),
         which then start afresh."""

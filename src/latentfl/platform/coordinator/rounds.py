@@ -41,6 +41,7 @@ from latentfl.strategies import (
     Update,
     build_strategy,
     select_participants,
+    set_aside_of,
     synthetic_sets_of,
 )
 from latentfl.training import evaluate
@@ -59,6 +60,8 @@ class RoundRecord:
     seconds: float
     metrics: dict[str, float] = field(default_factory=dict)
     aborted: bool = False  # skipped by an operator: nothing was aggregated
+    #: updates the strategy set aside (robust rule, FedDGM screening), as SetAside.as_dict()
+    set_aside: list[dict] = field(default_factory=list)
 
 
 class Rounds:
@@ -243,6 +246,14 @@ class Rounds:
                 return "replan"
         return ""
 
+    def next_deadline(self) -> float | None:
+        """When :meth:`due` may next answer differently with time alone: the round's deadline,
+        or the end of the grace after a restart (None while not collecting)."""
+        if self.phase != "collecting":
+            return None
+        return min(self.started_at + self.config.round_deadline,
+                   max(self.grace_until, self.started_at))
+
     def hold(self, seconds: float) -> None:
         """Move the round's deadline ``seconds`` later (the time the session was paused)."""
         if self.phase == "collecting":
@@ -284,7 +295,8 @@ class Rounds:
             metrics.update(self.evaluate(self.strategy))
         record = RoundRecord(self.round, list(self.plan), accepted,
                              time.time() - self.started_at,
-                             {k: float(v) for k, v in metrics.items()})
+                             {k: float(v) for k, v in metrics.items()},
+                             set_aside=[s.as_dict() for s in set_aside_of(self.strategy)])
         self._checkpoint(record)
         self.synthetic = (self.round, dict(synthetic_sets_of(self.strategy)))
         return record

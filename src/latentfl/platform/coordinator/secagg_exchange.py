@@ -215,6 +215,16 @@ class MaskedAggregation:
         return ack + (self.step(now) if arrived else [])
 
     # -- time and completed phases --------------------------------------------------------
+    def next_deadline(self) -> float | None:
+        """When the phase in progress passes its deadline, or a ckks decryptor's time is up
+        (None with no exchange in progress)."""
+        if self.server is None or self.failure is not None or self.phase == "idle":
+            return None
+        times = [self.phase_started + self.config.phase_deadline]
+        if self.phase == "unmask" and self.encrypted is not None:
+            times.append(self.encrypted.next_deadline())
+        return min(t for t in times if t is not None)
+
     def step(self, now: float, answered: str | None = None,
              online: Sequence[str] | None = None) -> list[Outgoing]:
         """Close the key or share phase once all answered or the deadline passed; in the

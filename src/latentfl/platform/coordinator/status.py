@@ -76,14 +76,16 @@ def stall_reason(config: CoordinatorConfig, active: list[str], removed: Any) -> 
 
 def _participant_row(state: str, last_seen: float | None) -> dict[str, Any]:
     return {"state": state, "last_seen": last_seen, "accepted": 0, "refused": 0,
-            "declined": 0, "refused_reasons": {}, "declined_reasons": {}, "rounds": []}
+            "declined": 0, "set_aside": 0, "refused_reasons": {}, "declined_reasons": {},
+            "rounds": []}
 
 
 def _round_cell(row: dict[str, Any], round: int) -> dict[str, Any]:
     for cell in row["rounds"]:
         if cell["round"] == round:
             return cell
-    cell = {"round": round, "accepted": 0, "refused": 0, "declined": 0, "reasons": []}
+    cell = {"round": round, "accepted": 0, "refused": 0, "declined": 0, "set_aside": 0,
+            "reasons": []}
     row["rounds"].append(cell)
     return cell
 
@@ -101,6 +103,13 @@ def _tally(entries: list[dict[str, Any]], rows: dict[str, dict[str, Any]],
                                                "attempts": 0, "last_seen": None})
             key["attempts"] += int(e.get("count") or 1)
             key["last_seen"] = e.get("time")
+            continue
+        if event == "set_aside" and isinstance(pid, str) and isinstance(e.get("round"), int):
+            row = rows.get(pid) or rows.setdefault(pid, new_row(pid))
+            row["set_aside"] += 1
+            cell = _round_cell(row, e["round"])
+            cell["set_aside"] += 1
+            cell["reasons"].append(set_aside_reason(e))
             continue
         if not isinstance(pid, str) or event not in ("accepted", "refused", "declined"):
             continue
@@ -123,6 +132,13 @@ def _tally(entries: list[dict[str, Any]], rows: dict[str, dict[str, Any]],
     attempts = sum(k["attempts"] for k in refused_keys.values())
     return {"attempts": attempts, "keys": sorted(refused_keys.values(),
                                                  key=lambda k: -k["attempts"])}
+
+
+def set_aside_reason(entry: dict[str, Any]) -> str:
+    """One phrase for a journaled ``set_aside`` entry: rule, action, score and threshold."""
+    return (f"set aside by {entry.get('rule')} ({entry.get('action')}): score "
+            f"{float(entry.get('score') or 0):.4g} > threshold "
+            f"{float(entry.get('threshold') or 0):.4g}")
 
 
 def _journal(state_dir: Path) -> tuple[dict[str, Any], list[dict[str, Any]]]:
@@ -225,13 +241,14 @@ def _collect_status(config: CoordinatorConfig, *, now: float | None = None,
     for row in rows.values():
         for cell in row["rounds"]:
             by_round.setdefault(cell["round"], Counter()).update(
-                {k: cell[k] for k in ("accepted", "refused", "declined")})
+                {k: cell[k] for k in ("accepted", "refused", "declined", "set_aside")})
     rounds = [{"round": h.get("round"), "planned": len(h.get("participants", [])),
                "accepted": len(h.get("accepted", [])), "seconds": h.get("seconds"),
                "aborted": bool(h.get("aborted")),
                "metrics": h.get("metrics", {}),
                "refused": by_round.get(h.get("round"), Counter())["refused"],
-               "declined": by_round.get(h.get("round"), Counter())["declined"]}
+               "declined": by_round.get(h.get("round"), Counter())["declined"],
+               "set_aside": list(h.get("set_aside", []))}
               for h in history]
     current = None
     if pid and phase in ("waiting", "collecting", "aggregating", "paused", "stalled"):
@@ -256,5 +273,5 @@ def _collect_status(config: CoordinatorConfig, *, now: float | None = None,
     }
 
 
-__all__ = ["STATES", "collect_status", "daemon_running", "stall_reason", "status_snapshot",
-           "unreadable_state"]
+__all__ = ["STATES", "collect_status", "daemon_running", "set_aside_reason", "stall_reason",
+           "status_snapshot", "unreadable_state"]

@@ -10,6 +10,7 @@ import time
 from typing import Any
 
 from latentfl.audits.html import escape, page
+from latentfl.platform.coordinator.status import set_aside_reason
 
 _STATE_LABEL = {"never-seen": "never seen", "not-enrolled": "not enrolled"}
 
@@ -66,13 +67,13 @@ def render_text(status: dict[str, Any], *, now: float | None = None) -> list[str
                      + (f"; waiting for {status['min_participants']} participants online"
                         if status["phase"] == "waiting" else ""))
     lines += ["", f"{'participant':<20} {'state':<12} {'last seen':<12} {'accepted':>8} "
-                  f"{'refused':>8} {'declined':>8}  reasons"]
+                  f"{'refused':>8} {'declined':>8} {'set aside':>9}  reasons"]
     for pid, p in status["participants"].items():
         reasons = "; ".join(r for r in (_reasons(p["refused_reasons"], "refused"),
                                         _reasons(p["declined_reasons"], "declined")) if r)
         lines.append(f"{pid:<20} {_STATE_LABEL.get(p['state'], p['state']):<12} "
                      f"{_ago(p['last_seen'], now):<12} {p['accepted']:>8} {p['refused']:>8} "
-                     f"{p['declined']:>8}  {reasons}".rstrip())
+                     f"{p['declined']:>8} {p.get('set_aside', 0):>9}  {reasons}".rstrip())
     refused = status["refused_connections"]
     if refused["attempts"]:
         keys = ", ".join(f"{k['fingerprint']}"
@@ -89,6 +90,10 @@ def render_text(status: dict[str, Any], *, now: float | None = None) -> list[str
             lines.append(f"{r['round']:>5} {r['accepted']:>4} of {r['planned']:<2} "
                          f"{r['refused']:>8} {r['declined']:>8} {r['seconds'] or 0:>8.1f} "
                          f"{outcome:>9}")
+        aside = _set_aside_lines(status["history"])
+        if aside:
+            lines += ["", "updates set aside (accepted, then left out or bounded by the defence):",
+                      *aside]
     journal = status["journal"]
     if journal["error"]:
         lines += ["", f"journal {journal['path']}: DAMAGED: {journal['error']}"]
@@ -96,6 +101,11 @@ def render_text(status: dict[str, Any], *, now: float | None = None) -> list[str
         lines += ["", f"journal {journal['path']}: {journal['entries']} entries, hash chain "
                       "verified"]
     return lines
+
+
+def _set_aside_lines(history: list[dict[str, Any]]) -> list[str]:
+    return [f"  round {r['round']}: {e['participant']} {set_aside_reason(e)}"
+            for r in history for e in r.get("set_aside", [])]
 
 
 def accuracy_svg(history: list[dict[str, Any]], *, width: int = 560, height: int = 240) -> str:
@@ -143,11 +153,27 @@ def _cell(cell: dict[str, Any] | None) -> str:
     if cell is None:
         return "<td class='na'>-</td>"
     marks = ["accepted"] * cell["accepted"] + ["refused"] * cell["refused"] + \
-        ["declined"] * cell["declined"]
+        ["declined"] * cell["declined"] + ["set aside"] * cell.get("set_aside", 0)
     title = escape("; ".join(cell["reasons"]) or "update accepted")
     text = " ".join(m[0].upper() for m in marks)
-    kind = "dec" if cell["declined"] else ("ref" if cell["refused"] else "acc")
+    kind = "dec" if cell["declined"] else ("ref" if cell["refused"] else
+                                          "asd" if cell.get("set_aside") else "acc")
     return f"<td class='{kind}' title='{title}'>{escape(text)}</td>"
+
+
+def _set_aside_html(history: list[dict[str, Any]]) -> str:
+    rows = "".join(
+        f"<tr><td>{r['round']}</td><td><b>{escape(e['participant'])}</b></td>"
+        f"<td>{escape(str(e['rule']))}</td><td>{escape(str(e['action']))}</td>"
+        f"<td>{float(e['score']):.4g}</td><td>{float(e['threshold']):.4g}</td></tr>"
+        for r in history for e in r.get("set_aside", []))
+    if not rows:
+        return ""
+    return ("<h2>Updates set aside</h2><p class='note'>Accepted updates the robust rule or "
+            "FedDGM's upload screening left out (excluded), scaled down (clipped) or bounded "
+            "(outlier), with the score that crossed the threshold.</p><table class='v'><tr>"
+            "<th>Round</th><th>Participant</th><th>Rule</th><th>Action</th><th>Score</th>"
+            "<th>Threshold</th></tr>" + rows + "</table>")
 
 
 def render_html(status: dict[str, Any], *, now: float | None = None) -> str:
@@ -162,7 +188,7 @@ def render_html(status: dict[str, Any], *, now: float | None = None) -> str:
         f"<tr><td><b>{escape(pid)}</b></td><td class='st {escape(p['state'])}'>"
         f"{escape(_STATE_LABEL.get(p['state'], p['state']))}</td>"
         f"<td>{escape(_ago(p['last_seen'], now))}</td><td>{p['accepted']}</td>"
-        f"<td>{p['refused']}</td><td>{p['declined']}</td><td>"
+        f"<td>{p['refused']}</td><td>{p['declined']}</td><td>{p.get('set_aside', 0)}</td><td>"
         + escape("; ".join(r for r in (_reasons(p["refused_reasons"], "refused"),
                                        _reasons(p["declined_reasons"], "declined")) if r))
         + "</td></tr>" for pid, p in status["participants"].items())
@@ -183,8 +209,8 @@ def render_html(status: dict[str, Any], *, now: float | None = None) -> str:
     body = (
         head
         + "<h2>Participants</h2><table class='v'><tr><th>Participant</th><th>State</th>"
-          "<th>Last seen</th><th>Accepted</th><th>Refused</th><th>Declined</th><th>Reasons</th>"
-          "</tr>" + people + "</table>"
+          "<th>Last seen</th><th>Accepted</th><th>Refused</th><th>Declined</th>"
+          "<th>Set aside</th><th>Reasons</th></tr>" + people + "</table>"
         + f"<p class='note'>Refused connection attempts (keys not enrolled or revoked): "
           f"{refused['attempts']} from {len(refused['keys'])} keys.</p>"
         + "<h2>Test accuracy per round</h2>" + accuracy_svg(status["history"])
@@ -192,15 +218,17 @@ def render_html(status: dict[str, Any], *, now: float | None = None) -> str:
           "<th>Refused</th><th>Declined</th><th>Seconds</th><th>Accuracy</th><th>Loss</th>"
           "</tr>" + history + "</table>"
         + ("<h2>Per participant and round</h2><p class='note'>A accepted, R refused, "
-           "D declined; hover a cell for the reasons.</p><table class='v m'><tr><th></th>"
+           "D declined, S set aside by the defence; hover a cell for the reasons.</p><table class='v m'><tr><th></th>"
            + "".join(f"<th>{r}</th>" for r in rounds) + "</tr>" + matrix + "</table>"
            if rounds else "")
+        + _set_aside_html(status["history"])
         + f"<p class='note'>Journal {escape(journal['path'])}: {journal['entries']} entries, "
         + (f"<b class='bad'>DAMAGED: {escape(journal['error'])}</b>" if journal["error"]
            else "hash chain verified" if journal["verified"] else "not present") + ".</p>"
         + "<style>td.st.online{color:#1e8449;font-weight:700}td.st.revoked,b.bad{color:#c0392b}"
           "td.st.offline,td.st.never-seen{color:#777}table.m td{text-align:center}"
           "td.acc{background:#eaf7ee}td.ref{background:#fdecea}td.dec{background:#fff4d6}"
+          "td.asd{background:#f3e5f5}"
           "td.na{color:#bbb}table.m{width:auto}table.m td,table.m th{min-width:28px}</style>"
     )
     return page(f"latentfl status: {status['session']}", body)

@@ -47,8 +47,8 @@ from latentfl.platform.protocol import (
     Verifier,
     encode,
 )
+from latentfl.platform.wakeup import Wakeup, timeout_ms
 
-POLL_MS = 100
 STOP_JOIN_S = 1.5  # a batch ends well within this; the stop deadline is 2 s
 Outcome = Literal["finished", "stopped", "silent"]
 
@@ -71,7 +71,10 @@ class Agent:
                                                 max_bytes=config.max_message_bytes)
         self.log = get_logger("participant", peer=self.pid, session=config.session)
         self.data = data if data is not None else load_local_data(config)
-        self.session = ParticipantSession(config, self.enrolment, self.data, self.log)
+        # wakes the loop from other threads: a training or audit done, a stop
+        self._wakeup = Wakeup()
+        self.session = ParticipantSession(config, self.enrolment, self.data, self.log,
+                                          wake=self._wakeup.set)
         self._stop = threading.Event()
 
     @property
@@ -82,6 +85,7 @@ class Agent:
     def stop(self) -> None:
         """Ask the agent to leave (thread-safe)."""
         self._stop.set()
+        self._wakeup.set()
 
     # -- lifecycle ------------------------------------------------------------------------
     def run(self, *, handle_signals: bool = True) -> int:
@@ -129,20 +133,29 @@ class Agent:
             self.session.record.close()
             self.replay.close()
             ctx.term()
+            self._wakeup.close()
 
     # -- one connection: receive, verify, hand to the session, send -----------------------
     def _serve(self, sock: zmq.Socket, watch: HandshakeWatch) -> tuple[Outcome, bool]:
         now = time.time()
         self._send_all(sock, self.session.connected(now))
         last_heard, heard = now, False
+        poller = zmq.Poller()
+        for pollable in (sock, watch.monitor, self._wakeup):
+            poller.register(pollable, zmq.POLLIN)
         while not self._stop.is_set():
+            # no tick: sleep until a message, a refusal, finished work or the next deadline
+            timeout = timeout_ms(now, [self.session.next_deadline(),
+                                       last_heard + self.config.coordinator_timeout + 1e-3])
+            events = dict(poller.poll(timeout))
+            self._wakeup.clear()
             if watch.refused():
                 raise NotEnrolledError(
                     f"the coordinator at {self.config.coordinator} refuses this participant's "
                     f"CURVE key (id {self.pid!r}, fingerprint "
                     f"{curve_fingerprint(self.identity.curve_public)}): it is revoked or not "
                     "enrolled; ask the operator to enrol it.")
-            if sock.poll(POLL_MS, zmq.POLLIN):
+            if sock in events:
                 while (message := self._receive(sock)) is not False:
                     if message is None:
                         continue

@@ -91,15 +91,18 @@ class ParticipantSession:
     round in progress, requested audits (see the module docstring)."""
 
     def __init__(self, config: ParticipantConfig, enrolment: Enrolment, data: LocalData,
-                 log: Any) -> None:
+                 log: Any, wake: Callable[[], None] | None = None) -> None:
+        """``wake``: called from a training's or an audit's thread when it is done, so the
+        agent's loop runs :meth:`step` at once."""
         self.config = config
+        self.wake = wake
         self.enrolment = enrolment
         self.pid = enrolment.pid
         self.data = data
         self.log = log
         self.privacy = SitePrivacy(config.privacy, state_dir=config.state_dir,
                                    key_dir=config.key_dir)
-        self.audits = RequestedAudits(config, data, log)  # operators' audit requests
+        self.audits = RequestedAudits(config, data, log, wake)  # operators' audit requests
         self.record = SiteRecord(config.state_dir)  # the site's own hash-chained log
         self.pending: Pending | None = None
         self.done_round = 0  # the last round this site delivered (acked) or declined
@@ -166,6 +169,14 @@ class ParticipantSession:
             out.append(self._to_coordinator(Kind.HEARTBEAT, self.done_round))
             self._next_heartbeat = now + self.config.heartbeat_interval
         return out
+
+    def next_deadline(self) -> float:
+        """When :meth:`step` next has something due with time alone: the next heartbeat, or
+        the re-send of an unacknowledged upload (a finished training wakes the agent)."""
+        times = [self._next_heartbeat]
+        if self.pending:
+            times.append(self.pending.sent_at + self.config.ack_timeout + 1e-3)
+        return min(times)
 
     def leaving(self, round: int | None = None) -> Outgoing:
         """The BYE that says this site leaves (``round``: the one it is told about)."""
@@ -295,7 +306,7 @@ class ParticipantSession:
             lambda: train_locally(task, spec, sigma, data=self.data, privacy=self.privacy,
                                   config=self.config, pid=self.pid, log=self.log,
                                   stop=self._stop_work),
-            name=f"train-{r}"))
+            name=f"train-{r}", on_done=self.wake))
         return out
 
     def _after_training(self, now: float) -> Outbox:

@@ -18,9 +18,13 @@ class Stopped(Exception):
     """Local work cut short because the agent is stopping (nothing of it is sent)."""
 
 
-def run_in_daemon_thread(fn: Callable[[], Any], name: str) -> Future:
-    """``fn()`` in a daemon thread, its outcome in a Future (the loop polls it)."""
+def run_in_daemon_thread(fn: Callable[[], Any], name: str,
+                         on_done: Callable[[], None] | None = None) -> Future:
+    """``fn()`` in a daemon thread, its outcome in a Future (the loop polls it); ``on_done()``
+    is called once the outcome is set (the agent's wake-up)."""
     future: Future = Future()
+    if on_done is not None:
+        future.add_done_callback(lambda _: on_done())
 
     def work() -> None:
         if not future.set_running_or_notify_cancel():

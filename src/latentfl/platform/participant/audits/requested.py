@@ -29,6 +29,7 @@ waiting is not queued again.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
@@ -49,10 +50,12 @@ REPORT_NAME = "dp_audit.json"
 class RequestedAudits:
     """The audits operators asked this site for (owns no socket: returns what to send)."""
 
-    def __init__(self, config: ParticipantConfig, data: LocalData, log: Any) -> None:
+    def __init__(self, config: ParticipantConfig, data: LocalData, log: Any,
+                 wake: Callable[[], None] | None = None) -> None:
         self.config = config
         self.data = data
         self.log = log
+        self.wake = wake  # called from the audit's thread when it is done
         self.waiting: list[AuditRequest] = []
         self.running: tuple[AuditRequest, Future] | None = None
 
@@ -118,7 +121,8 @@ class RequestedAudits:
         if self.running is None and self.waiting and not training:
             request = self.waiting.pop(0)
             self.running = (request, run_in_daemon_thread(lambda: self._run(request),
-                                                          name=f"audit-{request.id}"))
+                                                          name=f"audit-{request.id}",
+                                                          on_done=self.wake))
             self.log.info("audit_started", request=request.id, audit=request.audit)
         return []
 

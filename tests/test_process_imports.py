@@ -1,0 +1,35 @@
+"""The daemons' processes import only what an idle daemon uses (issue 27: smaller processes).
+
+Opacus, TenSEAL, matplotlib, torchvision and scipy are imported where they are used (DP-SGD,
+CKKS, reports, torchvision's file formats), so a coordinator or agent that runs none of those
+never holds them in memory.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+HEAVY = ("opacus", "tenseal", "matplotlib", "torchvision", "scipy")
+
+
+@pytest.mark.parametrize("module", [
+    "latentfl.platform.participant.agent",
+    "latentfl.platform.coordinator.daemon",
+    "latentfl.cli",
+])
+def test_daemon_modules_leave_heavy_libraries_unimported(module):
+    """Importing a daemon's module (and building the CLI's parser) imports none of HEAVY."""
+    code = (
+        f"import sys, {module}\n"
+        "from latentfl.cli import build_parser\n"
+        "build_parser()\n"
+        f"bad = sorted({{m.split('.')[0] for m in sys.modules}} & set({HEAVY!r}))\n"
+        "print(bad)\n"
+        "sys.exit(1 if bad else 0)\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            timeout=120)
+    assert result.returncode == 0, result.stdout + result.stderr
