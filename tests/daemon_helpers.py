@@ -194,3 +194,15 @@ def events_after_abandonment(threads: list[threading.Thread], coord: Running,
                "abandonment")
     coord.stop()
     return [e["event"] for e in read_journal(journal)]
+
+
+def run_to_the_end(coord: Running, agents: list[Running], journal: Path,
+                   timeout: float) -> list[dict]:
+    """Wait for the coordinator to finish its session (exit 0) within ``timeout``; stop
+    everything whatever happened; the journal's entries."""
+    try:
+        assert coord.join(timeout) == 0
+    finally:
+        [a.stop() for a in agents]
+        coord.stop()
+    return read_journal(journal)

@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from daemon_helpers import Running, local_parts, make_consortium, tiny_dataset
+from daemon_helpers import STRATEGY, Running, local_parts, make_consortium, tiny_dataset
 from latentfl.config import write_config
 from latentfl.errors import NotEnrolledError, RefusedError
 from latentfl.exitcodes import ExitCode
@@ -96,3 +96,50 @@ def test_stuck_agent_stops_within_5s_of_a_signal(consortium, tmp_path, stop):
             proc.kill()
             proc.wait()
     assert code == ExitCode.INTERRUPTED, log.read_text()[-2000:]
+
+
+@pytest.mark.parametrize("dp", [False, True], ids=["plain", "dp_sgd"])
+@pytest.mark.parametrize("stop", [signal.SIGTERM, signal.SIGINT])
+def test_agent_stops_cleanly_mid_training(consortium, tmp_path, stop, dp):
+    """SIGTERM or SIGINT while the agent trains ends it with 130 within 5 s, never a native
+    crash (a training thread torn down under the exiting interpreter)."""
+    coord = Running(Coordinator(consortium.coordinator_config(
+        min_participants=1, strategy={**STRATEGY, "local": {
+            "epochs": 50, "batch_size": 64, "lr": 0.05}, "model": {"name": "convnet", "options": {"width": 64, "depth": 3}}})))
+    privacy = {"dp_sgd": {"enabled": True, "noise_multiplier": 1.0}} if dp else {}
+    path = write_config(tmp_path / "p00.toml", consortium.participant_config(
+        "p00", state_dir=tmp_path / "p00-state", privacy=privacy))
+    log = tmp_path / "p00.log"
+    proc = subprocess.Popen([sys.executable, "-m", "latentfl", "participant", "--config",
+                             str(path)], stdout=log.open("wb"), stderr=subprocess.STDOUT)
+    try:
+        wait_until(lambda: "task_received" in log.read_text(), 240, "the agent's first task")
+        time.sleep(1.0)  # inside local training
+        proc.send_signal(stop)
+        started = time.monotonic()
+        code = proc.wait(20)
+        took = time.monotonic() - started
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        coord.stop()
+    assert code == ExitCode.INTERRUPTED, log.read_text()[-2000:]
+    assert took < 5.0
+    assert "trained" not in log.read_text().split("task_received", 1)[1]
+
+
+def test_revoked_agent_process_exits_7(consortium, tmp_path):
+    """A participant process whose key is revoked prints the sentence and exits 7 (not
+    enrolled), never a native crash."""
+    coord = Running(Coordinator(consortium.coordinator_config()))
+    path = write_config(tmp_path / "p01.toml", consortium.participant_config("p01"))
+    try:
+        revoke_participant(consortium.keys, "p01")
+        wait_until(lambda: "p01" not in coord.daemon._auth.allowed_ids(), 10, "the revocation")
+        proc = subprocess.run([sys.executable, "-m", "latentfl", "participant", "--config",
+                               str(path)], capture_output=True, text=True, timeout=240)
+    finally:
+        coord.stop()
+    assert proc.returncode == ExitCode.NOT_ENROLLED, proc.stderr[-2000:]
+    assert "revoked or not enrolled" in proc.stderr

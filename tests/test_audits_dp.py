@@ -8,13 +8,16 @@ import math
 import numpy as np
 import pytest
 import torch
+from structlog.testing import capture_logs
 
 from latentfl.audits.dp_audit import DPTraining, one_run_dp_audit
+from latentfl.audits.dp_command import DPAuditOptions, audit_dp_sgd
 from latentfl.audits.one_run import best_guesses, correct_guess_tail, epsilon_lower_bound
 from latentfl.cli import main
 from latentfl.data import load_dataset, to_tensors
 from latentfl.models import build_model
 from latentfl.privacy.accounting import epsilon_for
+from latentfl.privacy.dp_sgd import DPSGDConfig
 from latentfl.training import TrainConfig
 
 CANARIES = 200
@@ -150,3 +153,16 @@ noise_multiplier = 2.0
     report = json.loads((tmp_path / "state" / "audits" / "dp_audit.json").read_text())
     assert report["result"]["noise_multiplier"] == 2.0
     assert 0 < report["sizes"]["training_examples"] < 5000  # the site's part, not the whole set
+
+
+def test_audit_dp_sgd_says_what_it_trains_before_the_slow_part():
+    """`audit dp-sgd` logs one line with a sentence (examples, canaries, epochs, noise) before
+    it trains, so a user does not stare at a silent terminal."""
+    x, y = torch.randn(40, 3, 8, 8), torch.arange(40) % 2
+    options = DPAuditOptions(canaries=4, epochs=1, batch_size=8, width=4, depth=1)
+    with capture_logs() as logs:
+        audit_dp_sgd(x, y, num_classes=2, options=options, delta=1e-5, device="cpu",
+                     dp=DPSGDConfig(enabled=True, noise_multiplier=1.0))
+    (line,) = [e for e in logs if e["event"] == "dp_audit_training"]
+    assert line["summary"].startswith("training one model on 40 examples and 4 canaries for "
+                                      "1 epoch(s) with noise 1.000")

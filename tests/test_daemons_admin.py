@@ -13,12 +13,20 @@ from latentfl.cli import main
 from latentfl.config import write_config
 from latentfl.errors import ProtocolError, SecurityError
 from latentfl.platform.admin_client import AdminClient
-from latentfl.platform.coordinator import Coordinator, StateStore, read_journal, verify_journal
+from latentfl.platform.coordinator import (
+    Coordinator,
+    StateStore,
+    collect_status,
+    read_journal,
+    render_text,
+    verify_journal,
+)
 from latentfl.platform.crypto import load_identity, load_roster
 from latentfl.platform.local import LocalConsortium
 from latentfl.platform.protocol import (
     TO_OPERATOR,
     Kind,
+    Reject,
     ReplayGuard,
     Verifier,
     pack_json,
@@ -153,9 +161,14 @@ def test_remove_applies_from_the_next_round_without_dropping_connections(consort
     assert all(t is not None and t.header.round == 1 for t in tasks)
 
     assert admin.remove("p02") == {"paused": False, "removed": ["p02"], "changed": True,
-                                   "left_round": True}
+                                   "left_round": True, "stalled": None}
     for client, task in zip(clients[:2], tasks[:2], strict=True):
         _deliver(client, task)  # the round closes on the two left in it
+    removed = clients[2]  # its update, after the round closed: refused as removed, not late
+    update = Update("p02", 1, unpack_tensors(tasks[2].payload), num_examples=50, num_steps=1)
+    removed.send(removed.frames(Kind.UPDATE, 1, *encode_update(update)))
+    reject = Reject.from_meta(removed.recv(kind=Kind.REJECT).header.meta)
+    assert reject.reason == "not-in-round" and "removed from this session" in reject.detail
     assert [c.recv(kind=Kind.TASK).header.round for c in clients[:2]] == [2, 2]
     p02 = clients[2]
     assert p02.recv(kind=Kind.TASK, timeout=1.0) is None
@@ -178,6 +191,35 @@ def test_remove_applies_from_the_next_round_without_dropping_connections(consort
     assert [(e["participant"], e["peer"], e["left_round"]) for e in removed] == [
         ("p02", OPERATOR, 1)]
     assert _events(consortium, "participant_readmitted")[0]["participant"] == "p02"
+
+
+def test_status_and_admin_say_paused_and_stalled(consortium, stack, capsys):
+    """A paused session shows `paused` in status (not "waiting for participants"); removing
+    participants until min_participants cannot be met warns the operator, journals why, and
+    status shows `stalled: min_participants 2 cannot be met (1 eligible)`."""
+    _coordinator(consortium, stack)
+    admin = _admin(consortium, stack)
+    admin.pause()
+    _join([_client(consortium, stack, pid) for pid in IDS[:2]])
+    status = collect_status(consortium.coordinator_config(), live=admin.status())
+    assert status["phase"] == "paused"
+    text = "\n".join(render_text(status))
+    assert "phase   paused (by an operator" in text and "participants online" not in text
+    admin.resume()
+    cfg = write_config(consortium.root / "admin.toml", consortium.admin_config(OPERATOR))
+    assert admin.remove("p02")["stalled"] is None
+    capsys.readouterr()
+    assert main(["admin", "--config", str(cfg), "remove", "p01"]) == 0
+    out = capsys.readouterr().out
+    assert ("WARNING: the run cannot proceed: min_participants 2 cannot be met (1 eligible)"
+            in out)
+    removed = _events(consortium, "participant_removed")
+    assert removed[-1]["stalled"] == "min_participants 2 cannot be met (1 eligible)"
+    status = collect_status(consortium.coordinator_config(), live=admin.status())
+    assert status["phase"] == "stalled"
+    assert status["stalled"] == "min_participants 2 cannot be met (1 eligible)"
+    assert any("phase   stalled: min_participants 2 cannot be met (1 eligible)" in line
+               for line in render_text(status))
 
 
 def test_participant_keys_can_never_act_as_operator(consortium, stack):

@@ -155,3 +155,45 @@ def test_a_group_is_accepted_whole_or_not_at_all(tmp_path):
     rounds.accept_group(group, lambda: None)
     assert sorted(rounds.updates) == ["a", "b"]
     assert [d for _, d in rounds.store.load_updates(1)] == ["d1", "d2"]
+
+
+@pytest.mark.parametrize("mode", ["plain", "secagg", "ckks"])
+def test_round_below_min_updates_after_a_removal_is_not_aggregated(tmp_path, mode):
+    """With min_updates = 2, a round that lost a participant (removed or revoked) and holds
+    one update is never closed: it waits for its deadline and is planned again, in every
+    aggregation mode."""
+    overrides = {"min_updates": 2}
+    if mode != "plain":
+        overrides["aggregation"] = {"mode": mode, "min_cohort": 2}
+    rounds = _rounds(tmp_path, **overrides)
+    rounds.maybe_start(["a", "b"], now=0.0)
+    rounds.drop(["b"])  # what remove and revoke do to the round in progress
+    rounds.accept(_update(rounds, "a", 1.0), "d1")
+    assert rounds.due(["a"], now=1.0) == ""
+    assert rounds.due(["a"], now=200.0) == "replan"
+
+
+def test_min_updates_counts_towards_the_early_close(tmp_path):
+    """A quorum of the plan closes a round only once min_updates updates are in."""
+    rounds = _rounds(tmp_path, min_updates=2, quorum=0.5)
+    rounds.maybe_start(["a", "b"], now=0.0)
+    rounds.accept(_update(rounds, "a", 1.0), "d1")
+    assert rounds.due(["a", "b"], now=1.0) == ""
+    rounds.accept(_update(rounds, "b", 1.0), "d2")
+    assert rounds.due(["a", "b"], now=1.0) == "close"
+
+
+def test_a_resend_after_its_round_closed_is_acked_again_not_late(tmp_path):
+    """A re-send of an accepted update that arrives while its round aggregates or after it
+    closed is a re-send (acked again), not a late update; another payload is still late."""
+    rounds = _rounds(tmp_path)
+    rounds.maybe_start(["a", "b"], now=0.0)
+    rounds.accept(_update(rounds, "a", 1.0), "d1")
+    rounds.accept(_update(rounds, "b", 1.0), "d2")
+    rounds.begin_close()
+    assert rounds.check_update("a", 1, "d1") is True
+    rounds.finish_close(rounds.aggregate())
+    assert rounds.check_update("b", 1, "d2") is True
+    with pytest.raises(ProtocolError) as info:
+        rounds.check_update("b", 1, "other")
+    assert info.value.reason == "late"

@@ -277,3 +277,11 @@ def test_builtin_cifar10_mini(builtin_mini: Dataset) -> None:
     assert ds.train.classes[0] == "airplane" and ds.train.classes[-1] == "truck"
     assert np.bincount(ds.train.y).tolist() == [500] * 10
     np.testing.assert_allclose(ds.mean, (0.491, 0.481, 0.444), atol=0.005)
+
+
+def test_a_missing_relative_data_path_says_relative_to_what(tmp_path: Path, monkeypatch) -> None:
+    """A relative dataset path that does not exist names the working directory it was taken
+    from, so a user whose config sits elsewhere sees why."""
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(DataError, match=f"working directory {tmp_path}, not from the config"):
+        load_dataset("imagefolder:images/site-a")

@@ -118,19 +118,36 @@ def test_orphan_temp_files_are_removed_at_start(consortium):
     assert read_journal(config.state_dir / "journal.jsonl")[-1]["count"] == 1
 
 
-def test_port_in_use_is_one_sentence(consortium):
-    """A bind address another process holds ends the start with AddressInUseError (exit 5)."""
+def test_port_in_use_is_one_sentence_and_leaves_no_state_folder(consortium):
+    """A bind address another process holds ends the start with AddressInUseError (exit 5),
+    and the state folder this start created (lock, journal) is gone again."""
     holder = socket.socket()
     holder.bind(("127.0.0.1", 0))
     holder.listen()
     try:
         port = holder.getsockname()[1]
         config = consortium.coordinator_config(bind=f"tcp://127.0.0.1:{port}")
+        assert not config.state_dir.exists()
         daemon = Coordinator(config)
         with pytest.raises(AddressInUseError, match=f"127.0.0.1:{port} is in use"):
             daemon.run(handle_signals=False)
+        assert not config.state_dir.exists()
     finally:
         holder.close()
+
+
+def test_a_second_coordinator_on_one_state_folder_is_a_busy_folder_not_corruption(consortium):
+    """A second coordinator on a state folder another one holds is refused with
+    StateFolderError (exit 6, the folder is busy), never StateError (exit 4, corrupt)."""
+    config = consortium.coordinator_config()
+    first = Coordinator(config)
+    try:
+        with pytest.raises(StateFolderError, match="in use by another coordinator"):
+            Coordinator(config)
+    finally:
+        first.store.unlock()
+        first.journal.close()
+        first.replay.close()
 
 
 @pytest.mark.skipif(os.geteuid() == 0, reason="root reads and writes any folder")

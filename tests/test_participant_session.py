@@ -3,15 +3,21 @@ each coordinator message with, and what time alone makes it send."""
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import time
+from pathlib import Path
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from structlog.testing import capture_logs
 
 from daemon_helpers import SESSION, local_parts, make_consortium, tiny_dataset
+from latentfl.config import load_config
 from latentfl.errors import Reason, RefusedError
 from latentfl.log import get_logger
 from latentfl.models import model_manifest
+from latentfl.platform.participant import ParticipantConfig
 from latentfl.platform.participant.connection import load_enrolment
 from latentfl.platform.participant.session import ParticipantSession
 from latentfl.platform.protocol import Kind, Message, encode, parse_header, unpack_tensors
@@ -42,10 +48,12 @@ def _from_coordinator(kind: Kind, round: int, payload: bytes = b"", **meta) -> M
     return Message(parse_header(frames[0]), frames[2])
 
 
-def _task(round: int, aggregation: Aggregation = Aggregation.PLAIN) -> Message:
-    model = SPEC.build()
-    task = Task(round, dict(model.state_dict()), TRAIN, aggregation)
-    payload, meta = encode_task(task, SPEC, model_manifest(model).digest)
+def _task(round: int, aggregation: Aggregation = Aggregation.PLAIN, *, train=None,
+          spec: ModelSpec = SPEC, normalised: bool = False) -> Message:
+    model = spec.build()
+    config = TRAIN if train is None else TrainConfig(**train)
+    task = Task(round, dict(model.state_dict()), config, aggregation, normalised)
+    payload, meta = encode_task(task, spec, model_manifest(model).digest)
     return _from_coordinator(Kind.TASK, round, payload, **meta)
 
 
@@ -185,3 +193,55 @@ def test_a_malformed_control_message_is_ignored(tmp_path, data):
     assert session.on_message(_from_coordinator(Kind.REJECT, 1, reason="late"),
                               time.time()) == []
     assert session.pending is not None and session.pending.digest == digest
+
+
+STRICT = Path(__file__).resolve().parents[1] / "examples" / "participant-strict-hospital.toml"
+
+
+@pytest.mark.parametrize(("train", "spec", "rule"), [
+    ({"epochs": 5}, SPEC, "training_out_of_bounds"),
+    ({"lr": 0.5}, SPEC, "training_out_of_bounds"),
+    ({"batch_size": 8}, SPEC, "training_out_of_bounds"),
+    ({"prox_mu": 0.0}, ModelSpec("resnet18", options={}), "model_not_allowed"),
+])
+def test_a_task_outside_the_sites_approval_is_declined_naming_the_rule(tmp_path, data, train,
+                                                                       spec, rule):
+    """The strict hospital example's [policy.tasks] declines a TASK with too many epochs, too
+    large a learning rate, too small a batch or an unapproved model, naming the rule, before
+    any training."""
+    policy = load_config(STRICT, ParticipantConfig).policy
+    session = _session(tmp_path, data, policy=dataclasses.asdict(policy))
+    ok = {"epochs": 1, "batch_size": 32, "lr": 0.05, "max_steps": 2}
+    (decline,) = session.on_message(_task(1, train={**ok, **train}, spec=spec), time.time())
+    assert decline.kind is Kind.DECLINE and decline.meta["reason"] == rule
+    assert "[policy.tasks]" in decline.meta["detail"] and session.pending is None
+
+
+def test_rounds_past_the_sites_limit_and_other_methods_are_declined(tmp_path, data):
+    """max_rounds declines a TASK of a later round; local_methods declines FedNova's
+    normalised update; a TASK within every bound is trained."""
+    session = _session(tmp_path, data, policy={"tasks": {"max_rounds": 2,
+                                                         "local_methods": ["plain"]}})
+    (decline,) = session.on_message(_task(1, normalised=True), time.time())
+    assert decline.meta["reason"] == "method_not_allowed"
+    (decline,) = session.on_message(_task(3), time.time())
+    assert decline.meta["reason"] == "rounds_exceeded"
+    session = _session(tmp_path / "ok", data, policy={"tasks": {"max_rounds": 2}})
+    assert session.on_message(_task(2), time.time()) == []
+    assert _upload(session)[0].kind is Kind.UPDATE
+
+
+def test_each_step_of_a_round_is_logged_with_a_summary_sentence(tmp_path, data):
+    """Task received, training started, trained, sent (with its digest) and acknowledged are
+    each one event with a short sentence naming the round, as the coordinator's lines are."""
+    session = _session(tmp_path, data)
+    with capture_logs() as logs:
+        session.on_message(_task(1), time.time())
+        (update,) = _upload(session)
+        session.on_message(_from_coordinator(Kind.ACK, 1, sha256=session.pending.digest),
+                           time.time())
+    summaries = {e["event"]: e.get("summary", "") for e in logs}
+    for event in ("task_received", "training_started", "trained", "update_sent",
+                  "update_acknowledged"):
+        assert summaries[event].startswith("round 1: ") and len(summaries[event]) < 120, event
+    assert hashlib.sha256(update.payload).hexdigest()[:12] in summaries["update_sent"]

@@ -20,13 +20,21 @@ from daemon_helpers import (
     events_after_abandonment,
     local_parts,
     make_consortium,
+    run_to_the_end,
     simulate,
     start_agents,
     tiny_dataset,
 )
 from latentfl.config import from_dict
 from latentfl.errors import ConfigError
-from latentfl.platform.coordinator import Coordinator, StateStore, collect_status, read_journal
+from latentfl.platform.coordinator import (
+    Coordinator,
+    StateStore,
+    collect_status,
+    read_journal,
+    render_html,
+    render_text,
+)
 from latentfl.platform.crypto import load_roster
 from latentfl.platform.participant.masked_round import MaskedRound
 from latentfl.platform.protocol import Kind, pack_json
@@ -208,3 +216,28 @@ def test_too_few_survivors_abandon_the_round_without_unmasking(tmp_path):
     events = events_after_abandonment(threads, coord, config.state_dir / "journal.jsonl")
     assert "secagg_shares" in events and "round_abandoned" in events
     assert "secagg_unmasked" not in events and "secagg_unmask_requested" not in events
+
+
+def test_a_round_every_site_already_uploaded_for_is_skipped_not_replanned_in_a_loop(tmp_path,
+                                                                                    dataset):
+    """Both sites upload their masked update, the round is abandoned (min_updates 3 not met) and
+    planned again; both decline the new attempt (secagg_already_uploaded) once, and the round is
+    aborted with the reason instead of being planned again and again."""
+    consortium = make_consortium(tmp_path, IDS)
+    config = consortium.coordinator_config(aggregation=SECAGG, rounds=1, min_participants=2,
+                                           min_updates=3, round_deadline=20.0)
+    coord = Running(Coordinator(config))
+    journal = run_to_the_end(coord, start_agents(consortium, local_parts(dataset, 3)[:2],
+                                                 IDS[:2]), config.state_dir / "journal.jsonl", 180)
+    opened = [e for e in journal if e["event"] == "round_opened"]
+    declined = [e for e in journal if e["event"] == "declined"]
+    assert len(opened) == 2 and len(declined) == 2, [e["event"] for e in journal]
+    assert {e["reason"] for e in declined} == {"secagg_already_uploaded"}
+    aborted = [e for e in journal if e["event"] == "round_aborted"]
+    assert len(aborted) == 1 and "already uploaded a masked update" in aborted[0]["reason"]
+    status = collect_status(config)  # the aborted round says so in text and HTML
+    assert status["history"][0]["aborted"] is True
+    assert any(line.rstrip().endswith("aborted: nothing aggregated")
+               for line in render_text(status))
+    assert "<td>aborted: nothing aggregated</td>" in render_html(status)
+    assert not any(e["event"] == "secagg_unmasked" for e in journal)

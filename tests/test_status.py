@@ -18,6 +18,7 @@ import pytest
 from daemon_helpers import RawClient, Running, local_parts, make_consortium, tiny_dataset
 from latentfl.cli import main
 from latentfl.config import write_config
+from latentfl.exitcodes import ExitCode
 from latentfl.platform.coordinator import Coordinator, Journal, collect_status, render_text
 from latentfl.platform.crypto import revoke_participant
 from latentfl.platform.participant import Agent
@@ -167,7 +168,9 @@ def test_report_shows_a_declining_site_as_declined_not_flagged(finished, tmp_pat
     DP ledger are flagged; the report names session, rounds and date; numbers are rounded."""
     _, path = finished
     assert main(["report", "--config", str(path), "--out", str(tmp_path)]) == 0
-    assert "session test-session: rounds 1 to 2 of 2 planned" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "session test-session: rounds 1 to 2 of 2 planned" in out
+    assert "p00: plain (the coordinator sees each site's update), 2 updates" in out
     report = json.loads((tmp_path / "consortium_report.json").read_text())
     people = {p["participant"]: p for p in report["participants"]}
     assert report["flagged"] == ["p00"] and report["declined"] == ["p01"]
@@ -223,3 +226,22 @@ def _screenshot(page: Path, shot: Path):
     image = Image.open(shot).convert("RGB")
     assert image.size == (1000, 1100)
     return image
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root reads any folder; run as a plain user")
+@pytest.mark.parametrize("command", ["status", "report"])
+def test_an_unreadable_state_folder_gets_one_sentence_not_a_traceback(finished, tmp_path,
+                                                                      command, capsys):
+    """`latentfl status` and `report` by a user who may not read the daemon's state folder
+    (docs' recommended set-up) exit 6 with one sentence pointing at `latentfl admin status`."""
+    config, path = finished
+    args = ["--out", str(tmp_path / "report")] if command == "report" else []
+    config.state_dir.chmod(0o000)
+    try:
+        code = main([command, "--config", str(path), *args])
+    finally:
+        config.state_dir.chmod(0o755)
+    err = capsys.readouterr().err
+    assert code == ExitCode.STATE_FOLDER and "Traceback" not in err
+    assert (f"cannot read {config.state_dir}: permission denied (run as the daemon's user or "
+            "use `latentfl admin status`)") in err

@@ -39,6 +39,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "latentfl.platform.cli.privacy",
     "latentfl.audits.commands",
     "latentfl.platform.cli.report",
+    "latentfl.platform.cli.site_record",  # adds to `participant`'s commands after report
 )
 
 

@@ -26,8 +26,8 @@ HELP: dict[ExitCode, str] = {
     ExitCode.STATE: "A durable state file (checkpoint, journal, ledger) is corrupt; nothing was changed.",
     ExitCode.ADDRESS_IN_USE: "The coordinator's bind address is taken by another process; stop it "
     "or choose another bind.",
-    ExitCode.STATE_FOLDER: "The state folder cannot be created, read or written; check its path "
-    "and permissions.",
+    ExitCode.STATE_FOLDER: "The state folder cannot be created, read or written, or another "
+    "coordinator holds it; check its path, permissions and running daemons.",
     ExitCode.NOT_ENROLLED: "The coordinator refused this participant's CURVE key (revoked or "
     "never enrolled); ask the operator to enrol it.",
     ExitCode.REFUSED: "The coordinator refused this participant for good (wrong session or "

@@ -145,8 +145,10 @@ def _verdict(a: dict, level: float) -> Verdict:
                                    f"below the claim: it could not catch a violation. About "
                                    f"{need:,} canaries would be needed.")
     return Verdict(**common, threshold=threshold, status="pass",
-                   explanation="The run leaked no more than its DP claim allows, and the audit "
-                               f"could have shown a violation (it reaches epsilon {reach:.2f}).")
+                   explanation="No violation found: the proven lower bound is within the "
+                               "claim, and the audit could have shown a violation up to "
+                               f"epsilon {reach:.2f}. A one-run audit bounds leakage from "
+                               "below only; it does not prove the claim holds.")
 
 
 def _warnings(a: dict) -> list[str]:

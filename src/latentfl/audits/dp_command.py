@@ -23,6 +23,7 @@ from latentfl.audits.report import dp_audit_json, render_dp_html, write_report
 from latentfl.data import load_dataset, to_tensors
 from latentfl.device import resolve_device
 from latentfl.errors import ConfigError
+from latentfl.log import get_logger
 from latentfl.models import build_model
 from latentfl.privacy.dp_sgd import DPSGDConfig, resolve_noise_multiplier
 from latentfl.training import TrainConfig
@@ -148,6 +149,12 @@ def audit_dp_sgd(x: torch.Tensor, y: torch.Tensor, *, num_classes: int,
         torch.manual_seed(options.seed)
         return build_model(options.model, num_classes, tuple(x.shape[1:]), **arch)
 
+    get_logger("audit").info(
+        "dp_audit_training", examples=len(x), canaries=options.canaries,
+        epochs=options.epochs, noise_multiplier=noise,
+        summary=f"training one model on {len(x)} examples and {options.canaries} canaries for "
+                f"{options.epochs} epoch(s)" + ("" if noise is None else f" with noise "
+                                                 f"{noise:.3f}") + "; this is the slow part")
     return one_run_dp_audit(
         x, y, build=build, config=config, num_classes=num_classes, canaries=options.canaries,
         training=DPTraining(noise, dp.max_grad_norm, delta, dp.accountant),

@@ -217,8 +217,10 @@ def render_dp_html(audit: DPAudit, context: dict[str, Any]) -> str:
     heads = {
         "flag": f"DP CLAIM VIOLATED: this run provably leaks {bound}, more than the claimed "
                 f"epsilon {audit.claimed_epsilon or 0:.2f}. This is a bug.",
-        "pass": f"DP CLAIM HOLDS: the run leaked no more than claimed (measured {bound}, "
-                f"claimed {audit.claimed_epsilon or 0:.2f}).",
+        # a one-run audit gives a lower bound: it can catch a violation, never prove the claim
+        "pass": f"NO VIOLATION FOUND: measured {bound}, within the claimed epsilon "
+                f"{audit.claimed_epsilon or 0:.2f}. A one-run audit only bounds leakage from "
+                "below: it found no bug, it does not prove the claim.",
         "inconclusive": f"INCONCLUSIVE: measured {bound}, within the claimed epsilon "
                         f"{audit.claimed_epsilon or 0:.2f}, but {audit.canaries} canaries can "
                         f"prove at most {audit.max_provable:.2f}: a violation could not show.",
@@ -230,7 +232,11 @@ def render_dp_html(audit: DPAudit, context: dict[str, Any]) -> str:
               f"{audit.training_examples} training examples, {audit.steps} steps, noise "
               f"multiplier {audit.noise_multiplier if audit.noise_multiplier else 'none'}; "
               f"accountant epsilon {spent}. The bound holds with {100 * audit.confidence:g}% "
-              "confidence.")
+              "confidence."
+              + (" The noise multiplier is derived from the target epsilon for this audit's own "
+                 "run (its examples plus canaries, batch size and epochs), so it can differ "
+                 "from the one the site trains with at the same target."
+                 if audit.noise_multiplier else ""))
     rows = [("Canaries", audit.canaries), ("Canaries trained on", audit.canaries_included),
             ("Training examples", audit.training_examples), ("Guesses made", audit.guesses),
             ("Correct guesses", audit.correct),

@@ -196,7 +196,10 @@ def load_dataset(spec: str, *, cache_dir: Path | str | None = None) -> Dataset:
             return _from_arrays(target, _cached("imagefolder", target, path, cache_dir))
     path = Path(os.path.expanduser(target))
     if not target or not path.exists():
-        raise DataError(f"dataset path '{target}' in spec '{spec}' does not exist")
+        where = "" if path.is_absolute() else (
+            f" (a relative path is taken from the working directory {os.getcwd()}, not from "
+            "the config file; give an absolute path)")
+        raise DataError(f"dataset path '{target}' in spec '{spec}' does not exist{where}")
     if scheme == "npz":
         return _from_arrays(_name_of(path), read_npz(path))
     if (

@@ -17,6 +17,14 @@ class Aggregation(StrEnum):
     SECAGG = "secagg"  # updates are masked; the runner unmasks only the survivors' sum
 
     @property
+    def meaning(self) -> str:
+        """What the coordinator sees in this mode, in plain words (reports, status)."""
+        return {Aggregation.PLAIN: "the coordinator sees each site's update",
+                Aggregation.SECAGG: "masked: the coordinator sees only the sum of the updates",
+                Aggregation.CKKS: "encrypted and masked: the coordinator sees only the sum"
+                }[self]
+
+    @property
     def hidden(self) -> bool:
         """The coordinator never holds an individual update in this mode."""
         return self is not Aggregation.PLAIN

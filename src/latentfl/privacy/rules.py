@@ -19,6 +19,11 @@ class PolicyRule(StrEnum):
     ENCRYPTION_REQUIRED = "encryption_required"  # the site requires a hidden mode
     NOISE_TOO_LOW = "noise_too_low"  # DP-SGD off or under min_noise_multiplier
     BUDGET_EXCEEDED = "budget_exceeded"  # the task would pass max_epsilon
+    # the site's approval of what it runs ([policy.tasks], platform.participant.task_policy)
+    METHOD_NOT_ALLOWED = "method_not_allowed"  # local training rule not in local_methods
+    MODEL_NOT_ALLOWED = "model_not_allowed"  # model name or manifest digest not accepted
+    TRAINING_OUT_OF_BOUNDS = "training_out_of_bounds"  # epochs, lr or batch size out of bounds
+    ROUNDS_EXCEEDED = "rounds_exceeded"  # a round past the site's max_rounds
     # DP-SGD planning and the ledger
     BUDGET_TOO_LOW = "budget_too_low"  # no noise multiplier meets the target epsilon
     BAD_PARAMETERS = "bad_parameters"  # DP-SGD or weight-noise parameters out of range

@@ -71,8 +71,12 @@ def _remove(client: AdminClient, args: argparse.Namespace) -> Any:
     if not result["changed"]:
         return f"{args.id} was already removed"
     left = " and left the round in progress" if result["left_round"] else ""
-    return (f"{args.id} removed: it gets no task in later rounds{left}; its connection stays "
+    done = (f"{args.id} removed: it gets no task in later rounds{left}; its connection stays "
             f"(removed: {_removed(result)})")
+    if result.get("stalled"):
+        done += (f"\nWARNING: the run cannot proceed: {result['stalled']}; readmit a "
+                 "participant (`latentfl admin readmit ID`) or enrol another.")
+    return done
 
 
 def _readmit(client: AdminClient, args: argparse.Namespace) -> Any:

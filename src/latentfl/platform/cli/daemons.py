@@ -8,24 +8,30 @@ from __future__ import annotations
 
 import gc
 import json
+import os
 import sys
 from pathlib import Path
 
 from latentfl.config import load_config
 from latentfl.durable import write_atomic
+from latentfl.errors import LatentFLError
 from latentfl.exitcodes import ExitCode
 from latentfl.platform.coordinator import (
     Coordinator,
     CoordinatorConfig,
+    check_quorum,
     collect_status,
     render_html,
     render_text,
 )
+from latentfl.platform.crypto import load_roster
 from latentfl.platform.participant import Agent, ParticipantConfig
 
 
 def _coordinator(args) -> int:
     config = load_config(args.config, CoordinatorConfig)
+    # before the state folder is touched: a session that can never start is refused at once
+    check_quorum(config, len(load_roster(config.roster).active_ids()), config.roster)
     try:
         return Coordinator(config, accept_journal_loss=args.accept_journal_loss).run()
     finally:
@@ -34,12 +40,33 @@ def _coordinator(args) -> int:
 
 def _participant(args) -> int:
     config = load_config(args.config, ParticipantConfig)
+    agent = Agent(config)
     try:
-        return Agent(config).run()
+        code = agent.run()
+    except LatentFLError as exc:
+        if agent.session.working:
+            from latentfl.cli import exit_code_of
+            _leave_now(int(exit_code_of(exc)), f"latentfl: error: {exc}")
+        raise
     finally:
         # The process exits next: without this the collector walks torch's object graph at
         # teardown, seconds on a loaded host, and a stop must take effect within 5 s.
         gc.freeze()
+    if agent.session.working:
+        _leave_now(code)
+    return code
+
+
+def _leave_now(code: int, message: str | None = None) -> None:
+    """Exit at once, skipping the interpreter's teardown: local training did not stop within
+    the agent's join (a batch slower than it on a loaded host), and tearing torch down under
+    its thread ends the process in native code instead of with ``code``. Everything durable
+    (ledger, replay log, record) is already on disk."""
+    if message is not None:
+        print(message, file=sys.stderr)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 def _status(args) -> int:

@@ -42,11 +42,12 @@ from latentfl.platform.coordinator.audits.requests import read_audit_requests
 from latentfl.platform.coordinator.audits.service import load_shared_audits
 from latentfl.platform.coordinator.journal import read_journal, verify_journal
 from latentfl.platform.coordinator.rounds import load_strategy
+from latentfl.platform.coordinator.status import unreadable_state
 from latentfl.platform.crypto import load_roster
 from latentfl.platform.participant import ParticipantConfig
 from latentfl.platform.participant.audits.client import AuditClient, run_participant_audit
 from latentfl.platform.protocol import UPDATE_KINDS
-from latentfl.strategies import input_stats_of
+from latentfl.strategies import Aggregation, input_stats_of
 
 #: UPDATE header fields (payloads.PRIVACY_META) -> the consortium report's ledger keys.
 LEDGER_FIELDS = {"epsilon": "epsilon", "delta": "delta", "noise_multiplier": "noise_multiplier",
@@ -72,6 +73,13 @@ def ledgers_from_journal(journal: Path) -> dict[str, dict[str, Any] | None]:
 def consortium_entries(config: Any) -> tuple[list[Any], ReportScope]:
     """One ConsortiumEntry per participant known to the roster, journal or shared audits, and
     what the report covers (session, rounds, time)."""
+    try:
+        return _consortium_entries(config)
+    except PermissionError:
+        raise unreadable_state(config.state_dir) from None
+
+
+def _consortium_entries(config: Any) -> tuple[list[Any], ReportScope]:
     journal = config.state_dir / "journal.jsonl"
     if not journal.exists():
         raise StateError(f"no journal in state_dir {config.state_dir}; expected the folder of a "
@@ -116,7 +124,8 @@ def _report(args: argparse.Namespace) -> int:
             or "no audit shared"
         declined = (f", declined {sum(e.declined.values())} tasks "
                     f"({', '.join(sorted(e.declined))})" if e.declined else "")
-        print(f"{e.participant}: {e.aggregation_mode}, {e.updates} updates{declined}, epsilon "
+        mode = f"{e.aggregation_mode} ({Aggregation(e.aggregation_mode).meaning})"
+        print(f"{e.participant}: {mode}, {e.updates} updates{declined}, epsilon "
               f"{'not reported' if eps is None else f'{eps:.2f}'}, {shared}")
         for request in e.audit_requests:
             print(f"  {request_line(request)}")

@@ -8,7 +8,7 @@
 ``journal`` and ``status`` decide and remember; ``status_view`` renders the status for people.
 """
 
-from latentfl.platform.coordinator.config import CoordinatorConfig
+from latentfl.platform.coordinator.config import CoordinatorConfig, check_quorum
 from latentfl.platform.coordinator.daemon import Coordinator
 from latentfl.platform.coordinator.journal import (
     Journal,
@@ -28,6 +28,7 @@ __all__ = [
     "RoundRecord",
     "Rounds",
     "StateStore",
+    "check_quorum",
     "collect_status",
     "daemon_running",
     "read_journal",

@@ -38,6 +38,7 @@ from latentfl.log import get_logger
 from latentfl.platform.coordinator.audits.requests import AuditRequests
 from latentfl.platform.coordinator.conductor import RoundConductor
 from latentfl.platform.coordinator.journal import Journal, tail_journal
+from latentfl.platform.coordinator.status import stall_reason
 from latentfl.platform.coordinator.store import StateStore, read_json, write_json_atomic
 from latentfl.platform.crypto import Roster
 from latentfl.platform.protocol import Kind, Message
@@ -177,9 +178,15 @@ class AdminService:
         self._save()
         in_round = pid in self.rounds.plan and self.rounds.phase == "collecting"
         self.rounds.drop([pid])
+        stalled = stall_reason(self.rounds.config, self.roster().active_ids(), self.removed)
         self._record("participant_removed", message, participant=pid, changed=changed,
-                     left_round=self.rounds.round if in_round else None)
-        return {**self.state(), "changed": changed, "left_round": in_round}
+                     left_round=self.rounds.round if in_round else None, stalled=stalled)
+        if stalled:
+            self.log.warning("run_stalled", participant=pid, reason=stalled,
+                             summary=f"removing {pid} stalls the run: {stalled}; readmit it "
+                                     "or enrol another participant")
+        return {**self.state(), "changed": changed, "left_round": in_round,
+                "stalled": stalled}
 
     def _readmit(self, message: Message) -> dict[str, Any]:
         pid = self._participant(message)

@@ -54,6 +54,9 @@ class RoundConductor:
         self._encoded: dict[str, tuple[bytes, dict]] = {}  # this plan's TASKs, by participant
         self._notes: queue.SimpleQueue[tuple[str, dict]] = queue.SimpleQueue()
         self.paused_since: float | None = None
+        # sites that declined the current round for good (a masked update already sent):
+        # planning it again with them would loop, each plan declined at once
+        self.spent: dict[int, set[str]] = {}  # round -> sites
         self.group: WorkerGroup | None = None
         if config.distributed is not None:  # each round's distillation on a torchrun group
             self.group = WorkerGroup(config.distributed, rounds.store.root / "distill", self.note)
@@ -87,9 +90,33 @@ class RoundConductor:
         self.log.warning("round_aborted", round=record.round, accepted=len(record.accepted))
         return record
 
+    def declined_for_good(self, pid: str, round: int) -> None:
+        """``pid`` can never take part in ``round`` again (it already sent its masked update)."""
+        if round == self.rounds.round:
+            self.spent = {round: self.spent.get(round, set()) | {pid}}
+
+    def _skip_spent_round(self) -> None:
+        """Skip a round too few sites can still join (the rest already uploaded a masked
+        update for it): checkpoint it unchanged as aborted; the next round opens for all."""
+        rounds = self.rounds
+        spent = sorted(self.spent.pop(rounds.round))
+        record = rounds.abort()
+        self._encoded.clear()
+        reason = (f"round {record.round} cannot be planned again: {', '.join(spent)} already "
+                  "uploaded a masked update for it and too few other sites are online")
+        self.journal.append("round_aborted", round=record.round, participants=spent,
+                            accepted={}, reason=reason)
+        self.log.warning("round_aborted", round=record.round, reason=reason,
+                         summary=f"round {record.round} aborted; {reason}")
+
     def step(self, online: list[str], now: float) -> list[Outgoing]:
         """Open, close or re-plan the round as the time and the online participants say."""
         rounds, outbox = self.rounds, []
+        spent = self.spent.get(rounds.round)
+        if spent and rounds.phase == "waiting" and not self.paused:
+            online = [p for p in online if p not in spent]
+            if len(online) < rounds.config.min_participants:
+                self._skip_spent_round()
         tasks = {} if self.paused else rounds.maybe_start(online, now)
         if tasks:
             self._encoded.clear()

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import get_args
 
 from latentfl.config import option
+from latentfl.errors import ConfigError
 from latentfl.platform.coordinator.distributed import DistributedConfig
 from latentfl.privacy.ckks import SecureAggregationConfig
 from latentfl.strategies import StrategyConfig, strategy_class
@@ -34,13 +35,15 @@ class CoordinatorConfig:
                          min=1)
     seed: int = option(0, help="Seed of the initial model and of participant sampling.")
     min_participants: int = option(2, help="Participants that must be online before a round "
-                                           "starts.", min=1)
+                                           "starts; `latentfl coordinator` refuses to start "
+                                           "when the roster enrols fewer.", min=1)
     fraction: float = option(1.0, help="Share of online participants sampled each round.",
                              min=0.0, max=1.0, min_exclusive=True)
     quorum: float = option(1.0, help="Share of a round's participants whose updates close the "
                                      "round early.", min=0.0, max=1.0, min_exclusive=True)
-    min_updates: int = option(1, help="Fewest updates aggregated when the deadline passes; "
-                                      "with fewer the round is planned again.", min=1)
+    min_updates: int = option(1, help="Fewest updates a round is aggregated with, in every "
+                                      "mode (also after a removal or revocation); with fewer "
+                                      "at the deadline the round is planned again.", min=1)
     round_deadline: float = option(600.0, help="Seconds a round waits for updates.", min=0.0,
                                    min_exclusive=True)
     heartbeat_timeout: float = option(30.0, help="Seconds of silence after which a participant "
@@ -110,4 +113,15 @@ class CoordinatorConfig:
         return out
 
 
-__all__ = ["CoordinatorConfig", "aggregate_only_methods"]
+def check_quorum(config: CoordinatorConfig, enrolled: int, roster: Path) -> None:
+    """Refuse (ConfigError) a session whose rounds could never start or close with the
+    ``enrolled`` participants the roster holds: it would wait forever."""
+    for key, value, never in (("min_participants", config.min_participants, "start"),
+                              ("min_updates", config.min_updates, "close")):
+        if value > enrolled:
+            raise ConfigError(f"{key} = {value} but roster {roster} enrols {enrolled} "
+                              f"participant(s), so no round could ever {never}; expected at "
+                              f"most {enrolled} (enrol more participants or lower {key}).")
+
+
+__all__ = ["CoordinatorConfig", "aggregate_only_methods", "check_quorum"]

@@ -37,15 +37,24 @@ one loop's state over several files without moving a decision out of it.
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import zmq
 
-from latentfl.errors import LatentFLError, ProtocolError, Reason, SecurityError, StateError
+from latentfl.errors import (
+    AddressInUseError,
+    LatentFLError,
+    ProtocolError,
+    Reason,
+    SecurityError,
+    StateError,
+)
 from latentfl.exitcodes import ExitCode
 from latentfl.log import get_logger
 from latentfl.models import model_manifest, state_length
@@ -89,6 +98,7 @@ from latentfl.platform.protocol import (
     unpack_json,
 )
 from latentfl.platform.wakeup import Wakeup, timeout_ms
+from latentfl.privacy import PolicyRule
 from latentfl.strategies import Aggregation, build_strategy
 
 #: status.json is rewritten at most this often (seconds), and only when it changed.
@@ -108,6 +118,9 @@ class Coordinator:
         such a start is refused with StateError."""
         self.config = config
         self.log = get_logger("coordinator", session=config.session)
+        # a start that fails before serving (port in use) leaves no folder it created behind
+        self._fresh_state = not Path(config.state_dir).exists()
+        self._discard_state = False
         self.identity = load_identity(config.key_dir)
         if self.identity.id != COORDINATOR_ID:
             raise SecurityError(f"key folder {config.key_dir} holds the keys of "
@@ -232,7 +245,11 @@ class Coordinator:
         ctx = zmq.Context()
         auth = self._auth = start_authenticator(ctx, self.roster_watch.roster)
         try:
-            self.router.open(ctx, self.config.bind)
+            try:
+                self.router.open(ctx, self.config.bind)
+            except AddressInUseError:
+                self._discard_state = self._fresh_state
+                raise
             self.store.pid_path.write_text(f"{os.getpid()}\n")
             self.rounds.resume()
             self.journal.append("started", round=self.rounds.round, phase=self.rounds.phase,
@@ -265,6 +282,8 @@ class Coordinator:
             self.store.pid_path.unlink(missing_ok=True)
             self.store.unlock()
             self._wakeup.close()
+            if self._discard_state:
+                shutil.rmtree(self.config.state_dir, ignore_errors=True)
 
     def _startup_summary(self) -> str:
         """The start-up line for people: where it listens and what it waits for."""
@@ -465,9 +484,16 @@ class Coordinator:
                          round=header.round)
         if header.round == self.rounds.round and pid in self.rounds.pending():
             self.rounds.drop([pid])
+        if decline.reason == PolicyRule.SECAGG_ALREADY_UPLOADED:
+            self.conductor.declined_for_good(pid, header.round)
         return []
 
     def _on_update(self, message: Message) -> Outbox:
+        pid, r = message.header.sender, message.header.round
+        if pid in self.admin.removed:  # whatever the round's phase: say why, once and final
+            raise ProtocolError(Reason.NOT_IN_ROUND, (
+                f"{pid} was removed from this session by an operator; its update for round "
+                f"{r} is not used (ask the operator to `latentfl admin readmit {pid}`)."))
         return self.intake.receive(message)  # held for _commit_updates, or a re-send's ACK
 
     def _commit_updates(self) -> None:

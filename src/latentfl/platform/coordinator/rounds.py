@@ -82,6 +82,9 @@ class Rounds:
         self.tasks: dict[str, Task] = {}
         self.updates: dict[str, Update] = {}
         self.digests: dict[str, str] = {}
+        #: (round, participant) -> digest of the last closed round's updates: a re-send still
+        #: in flight when it closed (an ACK lost, a coordinator restart) is acked, not "late"
+        self.closed_digests: dict[tuple[int, str], str] = {}
         self.started_at = 0.0
         # after a restart, participants need a moment to reconnect before counting as stalled
         self.grace_until = 0.0
@@ -149,14 +152,17 @@ class Rounds:
     def check_update(self, pid: str, round: int, digest: str) -> bool:
         """Raise ProtocolError if an UPDATE may not be accepted; True if it is a re-send.
 
-        A re-send (same participant, round and payload hash as an accepted update) is acked
-        again and not counted twice.
+        A re-send (same participant, round and payload hash as an accepted update, also while
+        the round aggregates or after it closed) is acked again and not counted twice.
         """
-        if self.phase == "collecting" and round == self.round and pid in self.updates:
+        if self.phase in ("collecting", "aggregating") and round == self.round \
+                and pid in self.updates:
             if self.digests.get(pid) == digest:
                 return True
             raise ProtocolError(Reason.DUPLICATE, f"{pid} already delivered a different update for "
                                                   f"round {round}.")
+        if self.closed_digests.get((round, pid)) == digest:
+            return True  # a re-send still in flight when its round closed: acked again
         if self.phase != "collecting" or round < self.round:
             raise ProtocolError(
                 Reason.LATE,
@@ -211,22 +217,30 @@ class Rounds:
     def quorum(self) -> int:
         return max(1, math.ceil(self.config.quorum * len(self.plan) - 1e-9))
 
+    def fewest_updates(self) -> int:
+        """The fewest updates a round is aggregated with, in every mode: ``min_updates``, and
+        in ckks or secagg mode also ``min_cohort`` (a smaller encrypted or masked sum would be
+        too close to one participant's). A round that shrank below it (a participant removed,
+        revoked or declining) is not aggregated early; it waits for its deadline and is
+        planned again."""
+        fewest = self.config.min_updates
+        if self.config.aggregation.mode in ("ckks", "secagg"):
+            fewest = max(fewest, self.config.aggregation.min_cohort)
+        return fewest
+
     def due(self, online: Iterable[str], now: float) -> Literal["close", "replan", ""]:
         """Whether the round should close now, be planned again, or keep collecting."""
         if self.phase != "collecting":
             return ""
         got = len(self.updates)
-        # an encrypted or masked sum must cover min_cohort updates, or it would be one
-        # participant's
-        fewest = (self.config.aggregation.min_cohort
-                  if self.config.aggregation.mode in ("ckks", "secagg") else 1)
+        fewest = self.fewest_updates()
         if self.plan and got >= self.quorum() and got >= fewest:
             return "close"
         online_set = set(online)
         stalled = (not any(p in online_set for p in self.pending())
                    and now >= self.grace_until)
         if now - self.started_at >= self.config.round_deadline or stalled:
-            if got >= max(self.config.min_updates, fewest):
+            if got >= fewest:
                 return "close"
             if now - self.started_at >= self.config.round_deadline or not self.plan:
                 return "replan"
@@ -288,11 +302,12 @@ class Rounds:
         return record
 
     def abort(self) -> RoundRecord:
-        """Skip the collecting round (see the module docstring): checkpoint it unchanged, with
+        """Skip the collecting (or waiting) round (see the module docstring): checkpoint it
+        unchanged, with
         an aborted record naming the updates it had accepted, and move to the next round."""
-        if self.phase != "collecting":
-            raise ValueError(f"round {self.round} is {self.phase}; only a collecting round can be "
-                             "aborted")
+        if self.phase not in ("collecting", "waiting"):
+            raise ValueError(f"round {self.round} is {self.phase}; only a collecting or waiting "
+                             "round can be aborted")
         record = RoundRecord(self.round, list(self.plan), sorted(self.updates),
                              time.time() - self.started_at, aborted=True)
         self._checkpoint(record)
@@ -312,6 +327,7 @@ class Rounds:
     def finish_close(self, record: RoundRecord) -> RoundRecord:
         """Record the closed round and move to the next one (or to finished)."""
         self.history.append(record)
+        self.closed_digests = {(record.round, pid): d for pid, d in self.digests.items()}
         self.round += 1
         self.plan, self.tasks, self.updates, self.digests = [], {}, {}, {}
         self.phase = "finished" if self.round > self.config.rounds else "waiting"

@@ -22,7 +22,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from latentfl.errors import LatentFLError
+from latentfl.errors import LatentFLError, StateFolderError
 from latentfl.platform.coordinator.config import CoordinatorConfig
 from latentfl.platform.coordinator.journal import read_journal, verify_against_checkpoint
 from latentfl.platform.coordinator.peers import PeerTable
@@ -61,6 +61,17 @@ def status_snapshot(config: Any, rounds: Any, peers: PeerTable, *, endpoint: str
                          for pid, p in peers.items()},
         "history": [vars(h) for h in rounds.history],
     }
+
+
+def stall_reason(config: CoordinatorConfig, active: list[str], removed: Any) -> str | None:
+    """Why no round can start with the participants that may still be planned (enrolled, not
+    revoked, not removed), or None: e.g. "min_participants 2 cannot be met (1 eligible)"."""
+    eligible = len(set(active) - set(removed))
+    for key, need in (("min_participants", config.min_participants),
+                      ("min_updates", config.min_updates)):
+        if eligible < need:
+            return f"{key} {need} cannot be met ({eligible} eligible)"
+    return None
 
 
 def _participant_row(state: str, last_seen: float | None) -> dict[str, Any]:
@@ -160,8 +171,25 @@ def _history(state_dir: Path, live: dict[str, Any]) -> list[dict[str, Any]]:
         return list(live.get("history", []))
 
 
+def unreadable_state(state_dir: Path) -> StateFolderError:
+    """The one sentence for a state folder this user may not read (the daemon runs under its
+    own user, as docs/deployment.md recommends)."""
+    return StateFolderError(f"cannot read {state_dir}: permission denied (run as the daemon's "
+                            "user or use `latentfl admin status`).")
+
+
 def collect_status(config: CoordinatorConfig, *, now: float | None = None,
                    live: dict[str, Any] | None = None) -> dict[str, Any]:
+    """:func:`_collect_status`; StateFolderError with one sentence when this user may not read
+    the state folder."""
+    try:
+        return _collect_status(config, now=now, live=live)
+    except PermissionError:
+        raise unreadable_state(Path(config.state_dir)) from None
+
+
+def _collect_status(config: CoordinatorConfig, *, now: float | None = None,
+                    live: dict[str, Any] | None = None) -> dict[str, Any]:
     """The consortium's status as a JSON-able dict.
 
     Reads only: the roster, ``STATE/status.json`` (or ``live``, the running daemon's own
@@ -203,6 +231,12 @@ def collect_status(config: CoordinatorConfig, *, now: float | None = None,
         phase = live.get("phase", "starting")
     else:
         phase = "finished" if finished else ("stopped" if live else "not-started")
+    admin = live.get("admin") or {}
+    stalled = stall_reason(config, roster.active_ids(), admin.get("removed", []))
+    if pid and admin.get("paused") and phase in ("waiting", "collecting"):
+        phase = "paused"  # an operator's pause: no round opens or closes until resumed
+    elif pid and phase in ("waiting", "collecting") and stalled:
+        phase = "stalled"  # no later round can start (the one collecting may still close)
     by_round: dict[int, Counter] = {}
     for row in rows.values():
         for cell in row["rounds"]:
@@ -210,14 +244,15 @@ def collect_status(config: CoordinatorConfig, *, now: float | None = None,
                 {k: cell[k] for k in ("accepted", "refused", "declined", "set_aside")})
     rounds = [{"round": h.get("round"), "planned": len(h.get("participants", [])),
                "accepted": len(h.get("accepted", [])), "seconds": h.get("seconds"),
+               "aborted": bool(h.get("aborted")),
                "metrics": h.get("metrics", {}),
                "refused": by_round.get(h.get("round"), Counter())["refused"],
                "declined": by_round.get(h.get("round"), Counter())["declined"],
                "set_aside": list(h.get("set_aside", []))}
               for h in history]
     current = None
-    if pid and phase in ("waiting", "collecting", "aggregating"):
-        current = {"round": live.get("round"), "phase": phase,
+    if pid and phase in ("waiting", "collecting", "aggregating", "paused", "stalled"):
+        current = {"round": live.get("round"), "phase": live.get("phase", phase),
                    "planned": list(live.get("planned", [])),
                    "received": list(live.get("received", []))}
     return {
@@ -227,6 +262,9 @@ def collect_status(config: CoordinatorConfig, *, now: float | None = None,
                         "updated": live.get("updated")},
         "phase": phase, "rounds_done": len(history), "rounds": config.rounds,
         "min_participants": config.min_participants,
+        "stalled": stalled if phase == "stalled" else None,
+        "paused": bool(admin.get("paused")),
+        "removed": sorted(admin.get("removed", [])),
         "round_in_progress": current,
         "participants": rows,
         "refused_connections": refused,
@@ -235,4 +273,5 @@ def collect_status(config: CoordinatorConfig, *, now: float | None = None,
     }
 
 
-__all__ = ["STATES", "collect_status", "daemon_running", "set_aside_reason", "status_snapshot"]
+__all__ = ["STATES", "collect_status", "daemon_running", "set_aside_reason", "stall_reason",
+           "status_snapshot", "unreadable_state"]

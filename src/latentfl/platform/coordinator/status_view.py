@@ -40,18 +40,32 @@ def _accuracy(metrics: dict[str, Any]) -> str:
     return "-" if acc is None else f"{100 * float(acc):.1f}%"
 
 
+def _outcome(round: dict[str, Any]) -> str:
+    """A closed round's accuracy, or that it was aborted (nothing aggregated)."""
+    return "aborted: nothing aggregated" if round.get("aborted") else _accuracy(round["metrics"])
+
+
+def phase_label(status: dict[str, Any]) -> str:
+    """The session's phase as people read it: a pause and a stall say so, and why."""
+    if status["phase"] == "stalled":
+        return f"stalled: {status['stalled']}"
+    if status["phase"] == "paused":
+        return "paused (by an operator: no round opens or closes until `latentfl admin resume`)"
+    return status["phase"]
+
+
 def render_text(status: dict[str, Any], *, now: float | None = None) -> list[str]:
     """Readable lines for a status dict: coordinator, participants, rounds, journal."""
     now = time.time() if now is None else now
     lines = [f"session {status['session']}   {_coordinator_line(status)}",
-             f"phase   {status['phase']}   rounds done {status['rounds_done']} of "
+             f"phase   {phase_label(status)}   rounds done {status['rounds_done']} of "
              f"{status['rounds']}"]
     current = status["round_in_progress"]
     if current:
         lines.append(f"round   {current['round']} {current['phase']}: "
                      f"{len(current['received'])} of {len(current['planned'])} updates in"
                      + (f"; waiting for {status['min_participants']} participants online"
-                        if current["phase"] == "waiting" else ""))
+                        if status["phase"] == "waiting" else ""))
     lines += ["", f"{'participant':<20} {'state':<12} {'last seen':<12} {'accepted':>8} "
                   f"{'refused':>8} {'declined':>8} {'set aside':>9}  reasons"]
     for pid, p in status["participants"].items():
@@ -72,9 +86,10 @@ def render_text(status: dict[str, Any], *, now: float | None = None) -> list[str
         lines += ["", f"{'round':>5} {'accepted':>9} {'refused':>8} {'declined':>8} "
                       f"{'seconds':>8} {'accuracy':>9}"]
         for r in status["history"]:
+            outcome = _outcome(r)
             lines.append(f"{r['round']:>5} {r['accepted']:>4} of {r['planned']:<2} "
                          f"{r['refused']:>8} {r['declined']:>8} {r['seconds'] or 0:>8.1f} "
-                         f"{_accuracy(r['metrics']):>9}")
+                         f"{outcome:>9}")
         aside = _set_aside_lines(status["history"])
         if aside:
             lines += ["", "updates set aside (accepted, then left out or bounded by the defence):",
@@ -167,7 +182,7 @@ def render_html(status: dict[str, Any], *, now: float | None = None) -> str:
     when = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(status["generated"]))
     head = ("<h1>Consortium status: " + escape(status["session"]) + "</h1>"
             f"<div class='sub'>{escape(_coordinator_line(status))}; phase "
-            f"<b>{escape(status['phase'])}</b>; {status['rounds_done']} of {status['rounds']} "
+            f"<b>{escape(phase_label(status))}</b>; {status['rounds_done']} of {status['rounds']} "
             f"rounds done; generated {escape(when)}</div>")
     people = "".join(
         f"<tr><td><b>{escape(pid)}</b></td><td class='st {escape(p['state'])}'>"
@@ -186,7 +201,7 @@ def render_html(status: dict[str, Any], *, now: float | None = None) -> str:
     history = "".join(
         f"<tr><td>{r['round']}</td><td>{r['accepted']} of {r['planned']}</td>"
         f"<td>{r['refused']}</td><td>{r['declined']}</td><td>{r['seconds'] or 0:.1f}</td>"
-        f"<td>{_accuracy(r['metrics'])}</td><td>"
+        f"<td>{escape(_outcome(r))}</td><td>"
         + ("-" if r["metrics"].get("loss") is None else f"{float(r['metrics']['loss']):.3f}")
         + "</td></tr>" for r in status["history"])
     refused = status["refused_connections"]

@@ -89,7 +89,8 @@ class StateStore:
         self._lock_fd: int | None = None
 
     def lock(self) -> None:
-        """Hold the folder for this process; StateError if another coordinator holds it."""
+        """Hold the folder for this process; StateFolderError if another coordinator holds it
+        (the folder is busy, not damaged: exit 6, not 4)."""
         try:
             fd = os.open(self.root / "coordinator.lock", os.O_WRONLY | os.O_CREAT, 0o600)
         except OSError as exc:
@@ -99,8 +100,8 @@ class StateStore:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             os.close(fd)
-            raise StateError(f"state_dir {self.root} is in use by another coordinator; stop it "
-                             "first or choose another state_dir.") from None
+            raise StateFolderError(f"state_dir {self.root} is in use by another coordinator; "
+                                   "stop it first or choose another state_dir.") from None
         self._lock_fd = fd
 
     def remove_orphan_temps(self) -> int:

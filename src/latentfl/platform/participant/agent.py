@@ -16,8 +16,8 @@ refuses its CURVE key (seen through the socket monitor; NotEnrolledError, exit 7
 coordinator runs another session, or it refuses this agent for a reason in
 ``session.ENDS_AGENT`` (RefusedError, exit 8). A stop (SIGTERM, SIGINT) takes effect within
 seconds whatever the agent is doing: every send is bounded (``connection.SEND_TIMEOUT_MS``), the
-socket's linger is bounded, and training runs in a daemon thread that does not hold the process
-open.
+socket's linger is bounded, and local training stops between batches and is joined before the
+agent returns (a process torn down under a running torch thread dies in native code).
 """
 
 from __future__ import annotations
@@ -49,6 +49,7 @@ from latentfl.platform.protocol import (
 )
 from latentfl.platform.wakeup import Wakeup, timeout_ms
 
+STOP_JOIN_S = 1.5  # a batch ends well within this; the stop deadline is 2 s
 Outcome = Literal["finished", "stopped", "silent"]
 
 
@@ -98,7 +99,9 @@ class Agent:
         ctx = zmq.Context()
         backoff = 0.5
         self.log.info("participant_started", coordinator=self.config.coordinator,
-                      examples=len(self.data.y))
+                      examples=len(self.data.y),
+                      summary=f"{self.pid} started with {len(self.data.y)} local examples; "
+                              f"connecting to {self.config.coordinator}")
         try:
             while not self._stop.is_set():
                 sock = connect(ctx, self.config, self.enrolment)
@@ -112,7 +115,8 @@ class Agent:
                     watch.close()
                     sock.close(linger=500)  # lets a last BYE out, bounded
                 if outcome == "finished":
-                    self.log.info("session_finished", done_round=self.done_round)
+                    self.log.info("session_finished", done_round=self.done_round,
+                                  summary="the coordinator finished the session; exiting")
                     return int(ExitCode.OK)
                 if outcome == "stopped":
                     break
@@ -120,9 +124,13 @@ class Agent:
                 wait = backoff * (0.5 + random.random() / 2)
                 self.log.warning("coordinator_silent", reconnect_in_s=round(wait, 2))
                 self._stop.wait(wait)
-            self.log.info("participant_stopped")
+            self.log.info("participant_stopped", summary="stopped; state saved")
             return int(ExitCode.INTERRUPTED)
         finally:
+            # Never leave while a training thread is inside torch: the interpreter's teardown
+            # under it ends the process in native code instead of with its exit code.
+            self.session.stop_work(timeout=STOP_JOIN_S)
+            self.session.record.close()
             self.replay.close()
             ctx.term()
             self._wakeup.close()
@@ -151,6 +159,10 @@ class Agent:
                 while (message := self._receive(sock)) is not False:
                     if message is None:
                         continue
+                    if not heard:
+                        self.log.info("connected", coordinator=self.config.coordinator,
+                                      summary=f"connected to {self.config.coordinator} "
+                                              "(CURVE handshake done, coordinator verified)")
                     last_heard, heard = time.time(), True
                     if self._on_message(sock, message) == "finished":
                         return "finished", True

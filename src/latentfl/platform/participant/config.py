@@ -7,6 +7,7 @@ from pathlib import Path
 
 from latentfl.config import option
 from latentfl.data import PartitionConfig
+from latentfl.platform.participant.task_policy import SiteTaskPolicies
 from latentfl.privacy.dp_sgd import DPSGDConfig
 from latentfl.privacy.policy import SitePolicy
 
@@ -112,6 +113,8 @@ class ParticipantConfig:
     exit_when_finished: bool = option(True, help="Exit when the coordinator says the session "
                                                  "is finished.")
     privacy: PrivacyConfig = option(PrivacyConfig(), help="Site policy and DP-SGD.")
+    policy: SiteTaskPolicies = option(SiteTaskPolicies(), help="What this site agrees to run "
+                                                               "(its approval of each TASK).")
     audit: AuditPolicy = option(AuditPolicy(), help="Audits run on an operator's request.")
 
     def problems(self) -> list[str]:

@@ -8,6 +8,7 @@ an UPDATE, or masks first in ``secagg`` and ``ckks`` mode.
 from __future__ import annotations
 
 import dataclasses
+import threading
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -21,6 +22,7 @@ from latentfl.device import resolve_device
 from latentfl.models import ModelManifest, model_manifest
 from latentfl.platform.participant.config import ParticipantConfig
 from latentfl.platform.participant.privacy import SitePrivacy
+from latentfl.platform.participant.worker import stop_between_batches
 from latentfl.strategies import ModelSpec, Task, Update, run_task
 
 
@@ -57,12 +59,15 @@ class Trained(NamedTuple):
 
 def train_locally(task: Task, spec: ModelSpec, sigma: float | None, *, data: LocalData,
                   privacy: SitePrivacy, config: ParticipantConfig, pid: str,
-                  log: Any) -> Trained:
-    """Train (DP-SGD when configured, noise the weights when configured) and report."""
+                  log: Any, stop: threading.Event) -> Trained:
+    """Train (DP-SGD when configured, noise the weights when configured) and report; raise
+    :class:`~latentfl.platform.participant.worker.Stopped` between batches once ``stop`` is
+    set."""
     started = time.perf_counter()
     with privacy.training_wrap(task.round, sigma) as wrap:
         update = run_task(task, spec, data.x, data.y, participant=pid,
-                          device=resolve_device(config.device), wrap=wrap,
+                          device=resolve_device(config.device),
+                          wrap=stop_between_batches(wrap, stop),
                           share_class_counts=config.share_class_counts)
     manifest = model_manifest(spec.build())
     update = dataclasses.replace(update, weights=privacy.noise_weights(
@@ -71,7 +76,10 @@ def train_locally(task: Task, spec: ModelSpec, sigma: float | None, *, data: Loc
     log.info("trained", round=task.round, steps=update.num_steps,
              examples=update.num_examples, seconds=round(time.perf_counter() - started, 2),
              epsilon=None if report is None else report["epsilon"],
-             train_loss=update.metrics.get("train_loss"))
+             train_loss=update.metrics.get("train_loss"),
+             summary=f"round {task.round}: trained {update.num_steps} steps in "
+                     f"{time.perf_counter() - started:.1f} s"
+                     + ("" if report is None else f", epsilon now {report['epsilon']:.2f}"))
     return Trained(update, manifest, report)
 
 

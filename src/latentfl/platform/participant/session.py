@@ -8,7 +8,8 @@ to send again, a heartbeat). The agent owns the socket and signs and sends what 
 tests drive a session directly, message by message.
 
 A TASK is decoded (the wire codec), checked against the site's own policy before any data is
-touched (:class:`~latentfl.platform.participant.privacy.SitePrivacy`), then trained in a worker
+touched (its approval, :mod:`~latentfl.platform.participant.task_policy`, then its privacy,
+:class:`~latentfl.platform.participant.privacy.SitePrivacy`), then trained in a worker
 thread (:func:`~latentfl.platform.participant.local_step.train_locally`); a task the site will
 not do is answered with a DECLINE. The trained update is encoded as an UPDATE and sent again
 (same payload, fresh envelope) until its ACK arrives, or a REJECT whose reason says a re-send
@@ -28,8 +29,10 @@ participant, as configured, can never take part.
 
 from __future__ import annotations
 
+import hashlib
+import threading
 from collections.abc import Callable
-from concurrent.futures import Future
+from concurrent.futures import Future, wait
 from typing import Any, NamedTuple
 
 from latentfl.errors import LatentFLError, PrivacyError, ProtocolError, Reason, RefusedError
@@ -44,6 +47,8 @@ from latentfl.platform.participant.masked_round import (
     task_min_cohort,
 )
 from latentfl.platform.participant.privacy import SitePrivacy
+from latentfl.platform.participant.record import SiteRecord
+from latentfl.platform.participant.task_policy import check_task_policy
 from latentfl.platform.participant.uploads import Pending
 from latentfl.platform.participant.worker import run_in_daemon_thread
 from latentfl.platform.protocol import (
@@ -98,10 +103,12 @@ class ParticipantSession:
         self.privacy = SitePrivacy(config.privacy, state_dir=config.state_dir,
                                    key_dir=config.key_dir)
         self.audits = RequestedAudits(config, data, log, wake)  # operators' audit requests
+        self.record = SiteRecord(config.state_dir)  # the site's own hash-chained log
         self.pending: Pending | None = None
         self.done_round = 0  # the last round this site delivered (acked) or declined
         self.finished = False  # the coordinator said the session is over
         self._training: Training | None = None
+        self._stop_work = threading.Event()  # set once: the agent is leaving
         self._masked: MaskedRound | None = None  # the secagg or ckks round in progress
         self._boot: str | None = None
         self._next_heartbeat = 0.0
@@ -132,11 +139,30 @@ class ParticipantSession:
                              reason=exc.reason, detail=str(exc))
             return []
 
+    @property
+    def working(self) -> bool:
+        """Whether a local training thread still runs."""
+        return self._training is not None and not self._training.future.done()
+
+    def stop_work(self, timeout: float) -> bool:
+        """Stop local training between batches and wait up to ``timeout`` s for its thread;
+        True when none runs any more (what it trained is dropped, never sent)."""
+        self._stop_work.set()
+        if self._training is None:
+            return True
+        done, _ = wait([self._training.future], timeout)
+        self.log.info("training_stopped", round=self._training.round, joined=bool(done),
+                      summary=f"local training of round {self._training.round} stopped; "
+                      "nothing of it is sent")
+        return bool(done)
+
     def step(self, now: float) -> Outbox:
         """What time makes due: a finished training or audit, a re-send, a heartbeat."""
         out = self._after_training(now)
-        out += [self._to_coordinator(kind, self.done_round, payload, meta)
-                for kind, payload, meta in self.audits.step(training=self._training is not None)]
+        for kind, payload, meta in self.audits.step(training=self._training is not None):
+            self.record.note("audit_answered", kind=kind.value, request=meta.get("request"),
+                             sha256=hashlib.sha256(payload).hexdigest())
+            out.append(self._to_coordinator(kind, self.done_round, payload, meta))
         if self.pending and now - self.pending.sent_at > self.config.ack_timeout:
             out.append(self._send_pending(now))
         if now >= self._next_heartbeat:
@@ -171,7 +197,10 @@ class ParticipantSession:
         if ack.request is not None:  # an audit's answer arrived (see audits/requested.py)
             self.log.info("audit_answer_acknowledged", request=ack.request)
         elif p and message.header.round == p.round and ack.acknowledges(p.digest):
-            self.log.info("update_acknowledged", round=p.round, attempts=p.attempts)
+            self.log.info("update_acknowledged", round=p.round, attempts=p.attempts,
+                          summary=f"round {p.round}: the coordinator acknowledged this site's "
+                                  f"{p.kind.value} (sha256 {p.digest[:12]})")
+            self.record.note("acknowledged", kind=p.kind.value, round=p.round, sha256=p.digest)
             if self._masked is not None and self._masked.round == p.round:
                 self._masked.acknowledged(p.kind)  # the survivor set may now be signed
             self.done_round = max(self.done_round, p.round)
@@ -181,7 +210,9 @@ class ParticipantSession:
     def _on_reject(self, message: Message, now: float) -> Outbox:
         """A refusal of our pending upload that re-sending cannot cure drops it."""
         reject = Reject.from_meta(message.header.meta)
-        self.log.warning("refused_by_coordinator", reason=reject.reason, detail=reject.detail)
+        self.log.warning("refused_by_coordinator", reason=reject.reason, detail=reject.detail,
+                         summary=f"the coordinator refused this site's message "
+                                 f"({reject.reason}): {reject.detail[:160]}")
         if reject.reason in ENDS_AGENT:
             raise RefusedError(reject.reason, f"the coordinator refuses this participant for "
                                               f"good ({reject.reason}: {reject.detail[:300]}).")
@@ -229,14 +260,23 @@ class ParticipantSession:
         except ProtocolError as exc:
             self.log.warning("task_refused", round=r, reason=exc.reason, detail=str(exc))
             return [self._decline(r, exc.reason, str(exc))]
+        digest = str(message.header.meta.get("manifest"))  # decode_task checked it
         self.log.info("task_received", round=r, bytes=len(message.payload),
                       epochs=task.train.epochs, lr=task.train.lr,
-                      aggregation=task.aggregation.value)
-        try:  # the site's own policy, before any data is touched
+                      aggregation=task.aggregation.value,
+                      summary=f"round {r}: task received ({spec.name}, {task.train.epochs} "
+                              f"epoch(s), lr {task.train.lr}, {task.aggregation.value})")
+        self.record.note("task", round=r, model=spec.name, manifest=digest,
+                         aggregation=task.aggregation.value, epochs=task.train.epochs,
+                         lr=task.train.lr, batch_size=task.train.batch_size)
+        try:  # the site's approval and its privacy policy, before any data is touched
+            check_task_policy(self.config.policy.tasks, task, spec, digest)
             sigma = self.privacy.check(task, len(self.data.y),
                                        min_cohort=task_min_cohort(message, self.config.session))
         except PrivacyError as exc:
-            self.log.warning("task_refused_by_policy", round=r, rule=exc.rule, detail=str(exc))
+            self.log.warning("task_refused_by_policy", round=r, rule=exc.rule, detail=str(exc),
+                             summary=f"round {r}: task declined by this site's policy "
+                                     f"({exc.rule})")
             return [self._decline(r, PolicyRule(exc.rule), str(exc))]
         except LatentFLError as exc:  # ledger or plan unreadable, bad DP settings
             self.log.error("privacy_check_failed", round=r, error=str(exc))
@@ -257,9 +297,15 @@ class ParticipantSession:
                                  detail=str(exc))
                 return [self._decline(r, Reason.MALFORMED, str(exc))]
             out.append(self._masked_reply(self._masked.keys()))
+        self.record.note("accepted", round=r, noise_multiplier=sigma)
+        self.log.info("training_started", round=r, noise_multiplier=sigma,
+                      summary=f"round {r}: task accepted; training on {len(self.data.y)} "
+                              "local examples" + ("" if sigma is None
+                                                  else f" with DP-SGD (noise {sigma:.3f})"))
         self._training = Training(r, task.aggregation is not Aggregation.PLAIN, run_in_daemon_thread(
             lambda: train_locally(task, spec, sigma, data=self.data, privacy=self.privacy,
-                                  config=self.config, pid=self.pid, log=self.log),
+                                  config=self.config, pid=self.pid, log=self.log,
+                                  stop=self._stop_work),
             name=f"train-{r}", on_done=self.wake))
         return out
 
@@ -279,6 +325,10 @@ class ParticipantSession:
             if self._masked is not None and self._masked.round == r:
                 self._masked.trained = trained
                 return self._send_masked(now)
+            self.log.warning("update_dropped", round=r,
+                             summary=f"round {r} went away (abandoned or aborted) before this "
+                                     "site's masked update could be sent; it is dropped")
+            self.record.note("dropped", round=r, reason="round went away before the upload")
             return []
         payload, meta = encode_update(trained.update, trained.report)
         self.pending = Pending(Kind.UPDATE, r, payload, meta)
@@ -385,6 +435,7 @@ class ParticipantSession:
     def _decline(self, round: int, reason: DeclineReason, detail: str) -> Outgoing:
         """This site will not deliver round ``round`` (a DECLINE)."""
         self.done_round = max(self.done_round, round)
+        self.record.note("declined", round=round, reason=str(reason), detail=detail[:500])
         return self._to_coordinator(Kind.DECLINE, round, meta=Decline(reason, detail).meta())
 
     def _send_pending(self, now: float) -> Outgoing:
@@ -392,7 +443,14 @@ class ParticipantSession:
         assert p is not None
         p.attempts += 1
         p.sent_at = now
-        self.log.info("update_sent", round=p.round, bytes=len(p.payload), attempt=p.attempts)
+        if p.attempts == 1:  # a re-send carries the same payload
+            self.record.note("sent", kind=p.kind.value, round=p.round, sha256=p.digest,
+                             bytes=len(p.payload), epsilon=p.meta.get("epsilon"))
+        self.log.info("update_sent", round=p.round, bytes=len(p.payload), attempt=p.attempts,
+                      sha256=p.digest,
+                      summary=f"round {p.round}: sent {p.kind.value} ({len(p.payload)} bytes, "
+                              f"sha256 {p.digest[:12]})"
+                              + (f", attempt {p.attempts}" if p.attempts > 1 else ""))
         return self._to_coordinator(p.kind, p.round, p.payload, p.meta)
 
     @staticmethod
