@@ -84,8 +84,12 @@ class RoundConductor:
             self.paused_since = None
 
     def abort(self) -> RoundRecord:
-        """Skip the collecting round (``Rounds.abort``): its TASKs are void, the next opens."""
-        record = self.rounds.abort()  # collecting: no encrypted sum is out yet
+        """Skip the collecting round (``Rounds.abort``): its TASKs are void, the next opens.
+        An operator aborts only a collecting round (no encrypted sum is out yet)."""
+        if self.rounds.phase != "collecting":
+            raise ValueError(f"round {self.rounds.round} is {self.rounds.phase}; only a "
+                             "collecting round can be aborted")
+        record = self.rounds.abort()
         self._encoded.clear()
         self.log.warning("round_aborted", round=record.round, accepted=len(record.accepted))
         return record
