@@ -232,7 +232,8 @@ def test_report_shows_each_participants_dp_ledger_from_its_updates(consortium, t
     assert by_id["p00"]["ledger"] == {"epsilon": 0.9, "delta": 1e-5, "noise_multiplier": 1.1,
                                       "steps": 20, "round": 2}
     assert by_id["p00"]["flags"] == [] and by_id["p01"]["ledger"] is None
-    assert "p00: plain, 2 updates, epsilon 0.90" in out.getvalue()
+    assert "p00: plain (the coordinator sees each site's update), 2 updates, epsilon 0.90" in (
+        out.getvalue())
     html = (tmp_path / "rep" / "consortium_report.html").read_text()
     assert "epsilon 0.90" in html and "not reported" in html
 
