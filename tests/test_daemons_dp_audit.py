@@ -151,7 +151,7 @@ def test_requested_dp_audit_runs_at_the_agent_and_only_aggregates_arrive(
     assert "dp-audit" in by_id["p00"]["audits"]
     assert "DP-SGD delivers its epsilon" in html and "answered" in html
     assert f"the audit run&#x27;s accountant: epsilon {result['accountant_epsilon']:.2f}" in html
-    assert "p00: plain, 0 updates" in text and "dp-audit" in text
+    assert "p00: plain (the coordinator sees each site's update), 0 updates" in text and "dp-audit" in text
 
 
 def test_a_site_whose_policy_forbids_it_declines_and_nothing_runs(
