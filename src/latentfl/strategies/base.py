@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import abc
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, ClassVar
 
@@ -45,6 +45,9 @@ from latentfl.seeding import derive_seed
 from latentfl.training import TrainConfig
 
 Tensors = dict[str, torch.Tensor]
+#: ``pretrain(model, seed)``: set a freshly built model's initial weights in place (a start
+#: trained on public data).
+Pretrain = Callable[[nn.Module, int], None]
 
 
 @dataclass(frozen=True)
@@ -227,6 +230,7 @@ def check_updates(round: int, updates: Sequence[Update], reference: Tensors) -> 
 
 
 __all__ = [
+    "Pretrain",
     "Aggregation",
     "ModelSpec",
     "Strategy",

@@ -7,7 +7,7 @@ weighted (FedNova normalises each update by its number of local steps before ave
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import replace
 from typing import Any
 
@@ -18,6 +18,7 @@ from latentfl.errors import ConfigError
 from latentfl.models import load_tensors_, state_to_tensors
 from latentfl.strategies.base import (
     ModelSpec,
+    Pretrain,
     Strategy,
     Task,
     Tensors,
@@ -54,7 +55,7 @@ class FedAvg(Strategy):
 
     def __init__(self, model: ModelSpec, local: TrainConfig, *, weighted: bool = True,
                  robust: RobustConfig | None = None,
-                 initial: Callable[[nn.Module, int], None] | None = None) -> None:
+                 initial: Pretrain | None = None) -> None:
         super().__init__(model, local)
         self.weighted = weighted
         self.robust = robust or RobustConfig()
@@ -150,7 +151,7 @@ class FedProx(FedAvg):
 
     def __init__(self, model: ModelSpec, local: TrainConfig, *, mu: float, weighted: bool = True,
                  robust: RobustConfig | None = None,
-                 initial: Callable[[nn.Module, int], None] | None = None) -> None:
+                 initial: Pretrain | None = None) -> None:
         super().__init__(model, local, weighted=weighted, robust=robust, initial=initial)
         self.mu = mu
 

@@ -11,7 +11,7 @@ sets are kept per participant so that each participant can audit its own.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import Any, Literal
 
@@ -33,6 +33,7 @@ from latentfl.models import (
 from latentfl.seeding import derive_seed
 from latentfl.strategies.base import (
     ModelSpec,
+    Pretrain,
     Strategy,
     SyntheticImages,
     Task,
@@ -111,7 +112,7 @@ class FedDGM(Strategy):
     name = "feddgm"
 
     def __init__(self, model: ModelSpec, local: TrainConfig, config: FedDGMConfig, *,
-                 initial: Callable[[nn.Module, int], None] | None = None) -> None:
+                 initial: Pretrain | None = None) -> None:
         super().__init__(model, local)
         self.config = config
         #: sets the fresh surrogate's and global model's weights (a start pretrained on public

@@ -10,7 +10,7 @@ one function, :func:`train_on_public`. The public data must never hold a partici
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -23,14 +23,10 @@ from latentfl.errors import ConfigError
 from latentfl.log import get_logger
 from latentfl.models import load_tensors_, state_to_tensors
 from latentfl.seeding import derive_seed
-from latentfl.strategies.base import ModelSpec, Strategy, Task, Tensors, Update
+from latentfl.strategies.base import ModelSpec, Pretrain, Strategy, Task, Tensors, Update
 from latentfl.training import TrainConfig, train
 
 log = get_logger("public")
-
-#: ``pretrain(model, seed)``: set a freshly built model's initial weights in place.
-Pretrain = Callable[[nn.Module, int], None]
-
 
 @dataclass(frozen=True)
 class PublicDataConfig:
@@ -143,5 +139,5 @@ class PublicOnly(Strategy):
                                     if k.startswith("global.")})
 
 
-__all__ = ["Pretrain", "PublicDataConfig", "PublicOnly", "pretrainer", "public_tensors",
+__all__ = ["PublicDataConfig", "PublicOnly", "pretrainer", "public_tensors",
            "train_on_public"]
