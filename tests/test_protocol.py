@@ -35,6 +35,7 @@ from latentfl.platform.protocol import (
     unpack_json,
     unpack_tensors,
 )
+from latentfl.platform.wire.audit_request import parse_command, parse_request
 
 KEY = Ed25519PrivateKey.generate()
 OTHER = Ed25519PrivateKey.generate()
@@ -485,3 +486,16 @@ def test_tensor_count_is_bounded_before_decoding(monkeypatch):
     with pytest.raises(ProtocolError) as info:
         unpack_tensors(lying)
     assert info.value.reason == "malformed"
+
+
+@pytest.mark.parametrize("obj", [
+    {"audit": {"": ""}, "options": {}},           # an unhashable audit name (found by fuzzing)
+    {"audit": ["dp-sgd"], "options": {}},
+    {"audit": "dp-sgd", "options": {"epochs": [1]}},
+    {"audit": "dp-sgd", "options": {"lr": True}},
+])
+def test_audit_request_of_the_wrong_shape_is_malformed(obj):
+    with pytest.raises(ProtocolError, match="audit request"):
+        parse_command(pack_json(obj))
+    with pytest.raises(ProtocolError, match="AUDIT_REQUEST"):
+        parse_request(pack_json({**obj, "request": "0" * 16}))

@@ -56,7 +56,7 @@ class AuditRequest:
 
 def option_problems(audit: Any, options: Any) -> list[str]:
     """Every problem with a requested audit and its options (empty: it may be sent or run)."""
-    if audit not in AUDITS_ON_REQUEST:
+    if not isinstance(audit, str) or audit not in AUDITS_ON_REQUEST:  # a dict is unhashable
         return [f"audit {str(audit)[:40]!r} cannot be requested; expected one of "
                 f"{sorted(AUDITS_ON_REQUEST)}"]
     if not isinstance(options, dict):
