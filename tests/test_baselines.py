@@ -13,7 +13,7 @@ import torch
 from latentfl.config import from_dict
 from latentfl.distill import DistillConfig, GeneratorConfig
 from latentfl.distill.latent import random_generator, save_generator
-from latentfl.errors import ConfigError
+from latentfl.errors import ConfigError, DataError
 from latentfl.experiment import ExperimentConfig, grid, run_experiment
 from latentfl.simulate import PartitionConfig, SimulationConfig, run_simulation
 from latentfl.strategies import ModelSpec, StrategyConfig, build_strategy
@@ -118,6 +118,23 @@ def test_pretrained_start_is_the_public_only_model(tmp_path, method):
         assert torch.equal(value, expected[name])
     x, y = reference_test(tmp_path)
     assert evaluate(strategy.evaluation_model(), x, y).accuracy > 0.6
+
+
+def test_a_grid_trains_each_public_model_once(tmp_path):
+    """The same public data, seed and initial weights give the same model, so a process trains
+    it once (every alpha and pretrained method of a grid shares it); another init trains anew."""
+    from latentfl.strategies.public import train_on_public
+
+    pub = public(tmp_path)
+    first, second, other = (SPEC.build() for _ in range(3))
+    second.load_state_dict(first.state_dict())
+    train_on_public(first, pub, seed=0)
+    (tmp_path / "public.npz").unlink()  # a repeat must not need the data again
+    train_on_public(second, pub, seed=0)
+    for name, value in first.state_dict().items():
+        assert torch.equal(value, second.state_dict()[name])
+    with pytest.raises(DataError, match="does not exist"):
+        train_on_public(other, pub, seed=0)
 
 
 def reference_test(tmp_path: Path) -> tuple[torch.Tensor, torch.Tensor]:
