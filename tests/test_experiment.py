@@ -133,6 +133,8 @@ def test_results_csv_and_table_match_round_records(tmp_path: Path) -> None:
         assert row["final_accuracy"] == pytest.approx(acc[-1], abs=1e-6)
         assert row["best_accuracy"] == pytest.approx(max(acc), abs=1e-6)
         assert acc[row["best_round"] - 1] == pytest.approx(max(acc), abs=1e-6)
+        # the server's part of a round is part of the round
+        assert 0 < row["server_seconds_per_round"] < row["seconds_per_round"]
     table = (out / "table.md").read_text()
     assert "## Final-round test accuracy (%)" in table and "## Best-round test accuracy (%)" in table
     final_section = table.split("## Best-round")[0]

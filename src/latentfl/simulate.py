@@ -142,7 +142,9 @@ def run_simulation(
         for r in range(1, config.rounds + 1):
             started = time.perf_counter()
             selected = select_participants(ids, config.fraction, seed=config.seed, round=r)
+            server_started = time.perf_counter()
             tasks = strategy.configure_round(r, selected)
+            server_seconds = time.perf_counter() - server_started
             updates = run_tasks(
                 {pid: tasks[pid] for pid in selected if pid in tasks},  # baselines ask none
                 strategy.model_spec,
@@ -154,7 +156,10 @@ def run_simulation(
             updates = [tamper(attack_of[u.participant], u, tasks[u.participant].weights,
                               seed=attack_seed(config.seed, u.participant, r))
                        if u.participant in attack_of else u for u in updates]
+            server_started = time.perf_counter()
             metrics = dict(strategy.aggregate_round(r, updates))
+            # what the coordinator spends (configure and aggregate), beside the whole round's time
+            metrics["server_seconds"] = server_seconds + time.perf_counter() - server_started
             set_aside = [s.as_dict() for s in set_aside_of(strategy)]
             metrics["set_aside"] = float(len(set_aside))
             if attack_of:

@@ -85,16 +85,19 @@ def render_table(config: ExperimentConfig, rows: Sequence[dict[str, Any]],
         lines += ["", "No partition: the partitioner could not draw these cells' data split:", ""]
         lines += [f"- {r}" for r in reasons]
     lines += ["", "## Time", "", "Wall-clock seconds per round (local training of every sampled "
-              "participant, server work and evaluation), mean over the method's finished cells.",
-              "", "| method | global model | s / round | rounds / min |",
-              "| --- | --- | --- | --- |"]
+              "participant, server work and evaluation) and the server's part of it (configuring "
+              "and aggregating the round), mean over the method's finished cells.",
+              "", "| method | global model | s / round | server s / round | rounds / min |",
+              "| --- | --- | --- | --- | --- |"]
     for method in config.methods:
         for arch in archs:
-            per_round = [r["seconds_per_round"] for r in rows
-                         if r["method"] == method and r["architecture"] == arch]
-            if per_round:
-                s = sum(per_round) / len(per_round)
-                lines.append(f"| {method} | {arch} | {s:.2f} | {60 / s:.1f} |")
+            mine = [r for r in rows if r["method"] == method and r["architecture"] == arch]
+            if mine:
+                s = sum(r["seconds_per_round"] for r in mine) / len(mine)
+                server = [r["server_seconds_per_round"] for r in mine
+                          if r.get("server_seconds_per_round") is not None]
+                server_text = f"{sum(server) / len(server):.2f}" if server else "-"
+                lines.append(f"| {method} | {arch} | {s:.2f} | {server_text} | {60 / s:.1f} |")
     return "\n".join(lines) + "\n"
 
 

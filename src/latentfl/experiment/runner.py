@@ -49,9 +49,10 @@ log = get_logger("experiment")
 ROW_FILE = "row.json"
 RESULT_FIELDS = ("cell", "method", "alpha", "architecture", "seed", "rounds", "final_accuracy",
                  "best_accuracy", "best_round", "seconds", "seconds_per_round", "config_digest",
-                 "scenario", "backdoor_success", "attackers_set_aside")
-#: columns only robustness grids fill (empty otherwise)
-_OPTIONAL_FLOATS = ("backdoor_success", "attackers_set_aside")
+                 "scenario", "backdoor_success", "attackers_set_aside",
+                 "server_seconds_per_round")
+#: columns only robustness grids fill (empty otherwise), and one rows of older grids lack
+_OPTIONAL_FLOATS = ("backdoor_success", "attackers_set_aside", "server_seconds_per_round")
 
 
 @dataclass(frozen=True)
@@ -222,6 +223,8 @@ def run_cell(cell: Cell, dataset, *, on_round: Callable[[RoundRecord], None] | N
         "best_round": result.history[best].round,
         "seconds": seconds,
         "seconds_per_round": seconds / len(result.history),
+        "server_seconds_per_round": sum(r.metrics["server_seconds"] for r in result.history)
+        / len(result.history),
         "config_digest": cell_digest(cell),
         "scenario": cell.scenario,
         "backdoor_success": result.history[-1].metrics.get("backdoor_success"),

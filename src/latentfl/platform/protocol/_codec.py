@@ -51,7 +51,7 @@ def _read_header(data: bytes) -> dict[str, Any]:
     entries = {name: entry for name, entry in header.items() if name != "__metadata__"}
     for name, entry in entries.items():
         code = entry.get("dtype") if isinstance(entry, dict) else None
-        if code not in WIRE_DTYPES:
+        if not isinstance(code, str) or code not in WIRE_DTYPES:  # a list is unhashable
             raise ProtocolError(
                 Reason.MANIFEST,
                 f"tensor {name[:80]!r} has dtype {str(code)[:20]!r}; expected one of "
