@@ -237,7 +237,8 @@ class Coordinator:
         self._wakeup.set()
 
     def run(self, *, handle_signals: bool = True, ready: threading.Event | None = None) -> int:
-        """Serve until all rounds are done (0) or a stop/SIGTERM (130)."""
+        """Serve until all rounds are done and ``linger_s`` has passed (0), or until a
+        stop/SIGTERM (130, also while lingering after the last round)."""
         if handle_signals:
             signal.signal(signal.SIGTERM, lambda *_: self.stop())
             signal.signal(signal.SIGINT, lambda *_: self.stop())
@@ -271,7 +272,10 @@ class Coordinator:
             self.journal.append("stopped", round=self.rounds.round, phase=self.rounds.phase)
             self.log.info("coordinator_stopped", round=self.rounds.round, phase=self.rounds.phase)
             self._write_status(force=True, stopped=True)
-            return int(ExitCode.OK if finished else ExitCode.INTERRUPTED)
+            # a signal (or stop()) is an interruption even after the last round, while the
+            # daemon lingers: the exit-code table reserves 0 for a run that ended by itself
+            interrupted = self._stop.is_set() or not finished
+            return int(ExitCode.INTERRUPTED if interrupted else ExitCode.OK)
         finally:
             self.conductor.stop()  # a distillation group must not outlive the daemon
             self.router.close()
