@@ -35,14 +35,14 @@ from latentfl.audits.dp_command import add_run_options, run_dp_audit_command
 from latentfl.audits.shareable import shareable_aggregates
 from latentfl.config import load_config
 from latentfl.data import load_dataset
-from latentfl.errors import ConfigError, StateError
+from latentfl.errors import ConfigError
 from latentfl.log import set_log_level
 from latentfl.platform.coordinator import CoordinatorConfig, collect_status
 from latentfl.platform.coordinator.audits.requests import read_audit_requests
 from latentfl.platform.coordinator.audits.service import load_shared_audits
 from latentfl.platform.coordinator.journal import read_journal, verify_journal
 from latentfl.platform.coordinator.rounds import load_strategy
-from latentfl.platform.coordinator.status import unreadable_state
+from latentfl.platform.coordinator.status import no_run_yet, unreadable_state
 from latentfl.platform.crypto import load_roster
 from latentfl.platform.participant import ParticipantConfig
 from latentfl.platform.participant.audits.client import AuditClient, run_participant_audit
@@ -82,8 +82,7 @@ def consortium_entries(config: Any) -> tuple[list[Any], ReportScope]:
 def _consortium_entries(config: Any) -> tuple[list[Any], ReportScope]:
     journal = config.state_dir / "journal.jsonl"
     if not journal.exists():
-        raise StateError(f"no journal in state_dir {config.state_dir}; expected the folder of a "
-                         "coordinator that has run.")
+        raise no_run_yet(config.state_dir)
     ledgers = ledgers_from_journal(journal)
     shared = load_shared_audits(config.state_dir)
     requests = read_audit_requests(config.state_dir)
