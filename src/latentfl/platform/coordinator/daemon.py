@@ -258,6 +258,8 @@ class Coordinator:
             self.log.info("coordinator_started", endpoint=self.endpoint, round=self.rounds.round,
                           phase=self.rounds.phase, resumed_updates=len(self.rounds.updates),
                           summary=self._startup_summary())
+            if self.rounds.phase != "finished":
+                self.admin.check_stall("the start (the roster and the removals kept)")
             self._write_status(force=True)
             if ready is not None:
                 ready.set()
@@ -538,6 +540,8 @@ class Coordinator:
         active = change.roster.active_ids()
         self.journal.append("roster_reloaded", active=active, revoked=change.revoked)
         self.log.info("roster_reloaded", active=len(active), revoked=change.revoked)
+        self.admin.check_stall(f"revoking {', '.join(change.revoked)}" if change.revoked
+                               else "a roster change")
         self._write_status()
         return bool(change.revoked)
 
