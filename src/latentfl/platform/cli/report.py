@@ -222,9 +222,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     # `latentfl participant audit ...` beside `latentfl participant --config FILE` (the agent)
     agent = subparsers.choices["participant"]
-    for action in agent._actions:
-        if action.dest == "config":
-            action.required = False  # `participant audit` takes its own --config
     agent_handler = agent.get_default("handler")
 
     def run_agent(args: argparse.Namespace) -> int:
