@@ -144,10 +144,15 @@ class ParticipantSession:
         """Whether a local training thread still runs."""
         return self._training is not None and not self._training.future.done()
 
+    def halt_work(self) -> None:
+        """Tell local training to stop at its next batch (thread-safe, returns at once): a
+        stopping agent says so before it says BYE, so the two overlap."""
+        self._stop_work.set()
+
     def stop_work(self, timeout: float) -> bool:
         """Stop local training between batches and wait up to ``timeout`` s for its thread;
         True when none runs any more (what it trained is dropped, never sent)."""
-        self._stop_work.set()
+        self.halt_work()
         if self._training is None:
             return True
         done, _ = wait([self._training.future], timeout)
