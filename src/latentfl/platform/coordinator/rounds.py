@@ -136,8 +136,9 @@ class Rounds:
     def _open(self, plan: list[str], now: float) -> dict[str, Task]:
         self.plan = list(plan)
         mode = Aggregation(self.config.aggregation.mode)
-        # The site's agent checks the mode against its own policy (e.g. "encrypted only").
-        self.tasks = {pid: replace(task, aggregation=mode)
+        # The site's agent checks the mode and the method against its own policies (e.g.
+        # "encrypted only", "no FedDGM: it distils our uploads").
+        self.tasks = {pid: replace(task, aggregation=mode, method=self.config.strategy.method)
                       for pid, task in self.strategy.configure_round(self.round,
                                                                      self.plan).items()}
         self.updates, self.digests = {}, {}
