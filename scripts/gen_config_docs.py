@@ -33,7 +33,7 @@ SCHEMAS = [
     (
         "Admin",
         "latentfl.platform.admin_client:AdminConfig",
-        "latentfl admin --config FILE ACTION",
+        "latentfl admin ACTION --config FILE",
         "examples/admin.toml",
     ),
     (

@@ -31,6 +31,21 @@ STRATEGY = {
     "local": {"epochs": 1, "batch_size": 32, "lr": 0.05, "max_steps": 4},
 }
 PARTITION = PartitionConfig(scheme="dirichlet", alpha=0.5, seed=0, min_size=10)
+#: A FedDGM small enough for a daemon test on CPU (random prior, a few iterations).
+MEAN, STD = (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)
+TINY_FEDDGM = {
+    "method": "feddgm",
+    "model": {"name": "convnet", "options": {"width": 8, "depth": 1}},
+    "local": {"epochs": 1, "batch_size": 32, "lr": 0.05, "max_steps": 3},
+    "feddgm": {
+        "ipc": 1, "mean": list(MEAN), "std": list(STD), "device": "cpu",
+        "global_model": {"name": "convnet", "options": {"width": 8, "depth": 1}},
+        "distill": {"iterations": 2, "steps": 2, "batch_size": 10, "prior": "random",
+                    "log_every": 0},
+        "global_train": {"epochs": 1, "batch_size": 32, "lr": 0.01},
+        "surrogate_train": {"epochs": 1, "batch_size": 32, "lr": 0.01},
+    },
+}
 
 
 def tiny_dataset(n_train: int = 400, n_test: int = 100):

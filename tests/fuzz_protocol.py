@@ -7,7 +7,7 @@ ProtocolError refusal that path is allowed to raise (a crash there would stop th
     update        an UPDATE whose meta JSON and payload are fuzzed, correctly enveloped, decoded
                   against a model manifest (the meta, the safetensors header, dtypes, values)
     tensors       a safetensors payload against the manifest
-    hello         a HELLO's JSON summary
+    hello         a HELLO's JSON summary (data summary, the site's budget, the TASK keys it reads)
     audit_report  an AUDIT_REPORT's JSON aggregates (a synthetic or a one-run DP audit's)
     audit_request an operator's ADMIN_REQUEST_AUDIT payload (the coordinator's parser) and an
                   AUDIT_REQUEST payload (the agent's parser); the first byte picks which
@@ -42,7 +42,6 @@ with atheris.instrument_imports(include=["latentfl"]):
         Verifier,
         canonical_json,
         pack_json,
-        unpack_json,
         unpack_tensors,
     )
     from latentfl.platform.wire.audit_request import (
@@ -52,6 +51,7 @@ with atheris.instrument_imports(include=["latentfl"]):
         parse_command,
         parse_request,
     )
+    from latentfl.platform.wire.hello import decode_hello, encode_hello
     from latentfl.platform.wire.payloads import (
         decode_task,
         decode_update,
@@ -118,7 +118,7 @@ def tensors(data: bytes) -> None:
 
 
 def hello(data: bytes) -> None:
-    unpack_json(data)
+    decode_hello(data)
 
 
 def audit_report(data: bytes) -> None:
@@ -155,7 +155,8 @@ def seeds() -> dict[str, list[bytes]]:
     weights = {n: torch.zeros(s, dtype=getattr(torch, d)) for n, s, d in MANIFEST.entries}
     payload, meta = encode_update(Update(SENDER, 1, weights, num_examples=5, num_steps=1,
                                          metrics={"loss": 0.5}, class_counts=(1, 2, 2)))
-    task_payload, task_meta = encode_task(Task(1, weights, TrainConfig()), SPEC, MANIFEST.digest)
+    task_payload, task_meta = encode_task(Task(1, weights, TrainConfig(), method="feddgm"),
+                                          SPEC, MANIFEST.digest, accepted={"method"})
     header = _envelope(Kind.HEARTBEAT, {}, b"")[0]
     report = {"kind": "synthetic-audit", "flagged": False, "sizes": {"train": 10},
               "verdicts": [{"metric": "nn_share", "status": "pass", "title": "t", "value": "v",
@@ -171,7 +172,8 @@ def seeds() -> dict[str, list[bytes]]:
         "envelope": [_join(header, b""), _join(b"{}", b"x")],
         "update": [_join(canonical_json(meta), payload)],
         "tensors": [payload, b"\x02\0\0\0\0\0\0\0{}"],
-        "hello": [pack_json({"num_examples": 50, "classes": [1, 2]})],
+        "hello": [pack_json({"num_examples": 50, "classes": [1, 2]}),
+                  encode_hello({"num_examples": 50, "class_counts": [20, 30]}, max_epsilon=8.0)],
         "audit_report": [pack_json(report), pack_json(dp_report)],
         "audit_request": [b"\x01" + encode_command("dp-sgd", options),
                           b"\x00" + encode_request(AuditRequest("0123456789abcdef", "dp-sgd",

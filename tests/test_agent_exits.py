@@ -1,5 +1,6 @@
 """Agents that stop when they should: a refused key or a wrong session ends the agent within
-seconds with one sentence and its exit code; SIGTERM / SIGINT stop a stuck agent within 5 s."""
+seconds with one sentence and its exit code; SIGTERM / SIGINT stop an agent within 2 s of
+wall time from the signal, whatever it is doing (start-up has its own, generous deadline)."""
 
 from __future__ import annotations
 
@@ -19,6 +20,9 @@ from latentfl.platform.crypto import curve_fingerprint, revoke_participant
 from latentfl.platform.local import free_port
 from latentfl.platform.participant import Agent
 from latentfl.platform.supervisor import wait_until
+
+STOP_S = 2.0  # the issue's promise: a signal at any moment ends the agent within 2 s
+STARTUP_S = 240  # importing torch and reaching the first task on a loaded 2-core box
 
 
 @pytest.fixture(scope="module")
@@ -76,32 +80,40 @@ def test_agent_of_another_session_exits_within_10s(consortium, parts):
 
 
 @pytest.mark.parametrize("stop", [signal.SIGTERM, signal.SIGINT])
-def test_stuck_agent_stops_within_5s_of_a_signal(consortium, tmp_path, stop):
+def test_stuck_agent_stops_within_2s_of_a_signal(consortium, tmp_path, stop):
     """An agent whose coordinator never answers (its sends have no connection to go to) exits
-    with 130 within 5 s of SIGTERM or SIGINT."""
+    with 130 within 2 s of SIGTERM or SIGINT."""
     config = consortium.participant_config("p00", coordinator=f"tcp://127.0.0.1:{free_port()}")
     path = write_config(tmp_path / "p00.toml", config)
     log = tmp_path / "p00.log"
     proc = subprocess.Popen([sys.executable, "-m", "latentfl", "participant", "--config",
                              str(path)], stdout=log.open("wb"), stderr=subprocess.STDOUT)
     try:
-        wait_until(lambda: "participant_started" in log.read_text(), 240, "the agent to start")
+        wait_until(lambda: "participant_started" in log.read_text(), STARTUP_S,
+                   "the agent to start")
         time.sleep(1.5)  # inside a send that has nowhere to go
-        proc.send_signal(stop)
-        started = time.monotonic()
-        code = proc.wait(10)
-        assert time.monotonic() - started < 5.0
+        code, took = _signal_and_time(proc, stop)
     finally:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
     assert code == ExitCode.INTERRUPTED, log.read_text()[-2000:]
+    assert took < STOP_S, f"exited {took:.2f} s after the signal"
+
+
+def _signal_and_time(proc: subprocess.Popen, stop: signal.Signals) -> tuple[int, float]:
+    """Send ``stop``; the exit code and the wall time from the signal to the exit (a process
+    still running 20 s later fails the test rather than hanging it)."""
+    proc.send_signal(stop)
+    started = time.monotonic()
+    code = proc.wait(20)
+    return code, time.monotonic() - started
 
 
 @pytest.mark.parametrize("dp", [False, True], ids=["plain", "dp_sgd"])
 @pytest.mark.parametrize("stop", [signal.SIGTERM, signal.SIGINT])
 def test_agent_stops_cleanly_mid_training(consortium, tmp_path, stop, dp):
-    """SIGTERM or SIGINT while the agent trains ends it with 130 within 5 s, never a native
+    """SIGTERM or SIGINT while the agent trains ends it with 130 within 2 s, never a native
     crash (a training thread torn down under the exiting interpreter)."""
     coord = Running(Coordinator(consortium.coordinator_config(
         min_participants=1, strategy={**STRATEGY, "local": {
@@ -113,19 +125,17 @@ def test_agent_stops_cleanly_mid_training(consortium, tmp_path, stop, dp):
     proc = subprocess.Popen([sys.executable, "-m", "latentfl", "participant", "--config",
                              str(path)], stdout=log.open("wb"), stderr=subprocess.STDOUT)
     try:
-        wait_until(lambda: "task_received" in log.read_text(), 240, "the agent's first task")
+        wait_until(lambda: "task_received" in log.read_text(), STARTUP_S,
+                   "the agent's first task")
         time.sleep(1.0)  # inside local training
-        proc.send_signal(stop)
-        started = time.monotonic()
-        code = proc.wait(20)
-        took = time.monotonic() - started
+        code, took = _signal_and_time(proc, stop)
     finally:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
         coord.stop()
     assert code == ExitCode.INTERRUPTED, log.read_text()[-2000:]
-    assert took < 5.0
+    assert took < STOP_S, f"exited {took:.2f} s after the signal"
     assert "trained" not in log.read_text().split("task_received", 1)[1]
 
 

@@ -143,8 +143,8 @@ def test_consortium_report_lists_flags_first(tmp_path: Path) -> None:
              "verdicts": [{"metric": "pixel_nn", "title": "Near-copies by pixels",
                            "value": "9 of 50", "status": "flag"}]}
     entries = [
-        ConsortiumEntry("hospital-a", "FedDGM", {"epsilon": 2.1, "delta": 1e-5, "budget": 8.0},
-                        {"synthetic-audit": clean}),
+        ConsortiumEntry("hospital-a", "FedDGM", {"epsilon": 2.1, "delta": 1e-5},
+                        {"synthetic-audit": clean}, budget=8.0, budget_stated=True),
         ConsortiumEntry("hospital-b", "FedDGM", {"epsilon": 3.0, "delta": 1e-5},
                         {"synthetic-audit": leaky}),
         ConsortiumEntry("bank-c", "FedAvg + CKKS", None, {}),
@@ -172,3 +172,29 @@ def test_consortium_report_rounds_ledger_numbers_and_names_its_scope(tmp_path: P
     assert "0.7611083984375" not in html
     assert "session hospitals-2026: rounds 1 to 3 of 8 planned; generated 2026-12-04" in html
     assert json.loads(json_path.read_text())["scope"]["rounds_planned"] == 8
+
+
+def test_consortium_report_shows_each_sites_own_budget_beside_what_it_spent(
+        tmp_path: Path) -> None:
+    """"budget X, spent Y" per site in the HTML and JSON; "no budget set" for a site without
+    one, "budget not reported" for an agent that never said; spending past it is a flag."""
+    from latentfl.audits.consortium import budget_line, entry_flags
+
+    ledger = {"epsilon": 4.781, "delta": 1e-5}
+    entries = [ConsortiumEntry("site-a", "secagg", ledger, updates=3, budget=8.0,
+                               budget_stated=True),
+               ConsortiumEntry("site-b", "secagg", ledger, updates=3, budget_stated=True),
+               ConsortiumEntry("site-c", "secagg", None, updates=0),
+               ConsortiumEntry("site-d", "secagg", ledger, updates=3, budget=2.0,
+                               budget_stated=True)]
+    assert [budget_line(e) for e in entries] == [
+        "budget 8.00, spent 4.78", "no budget set, spent 4.78",
+        "budget not reported, spent nothing", "budget 2.00, spent 4.78"]
+    assert entry_flags(entries[3]) == ["spent epsilon 4.78 exceeds its budget 2.00"]
+    assert entry_flags(entries[0]) == []
+    html_path, json_path = render_consortium_report(entries, tmp_path)
+    html = html_path.read_text()
+    assert "budget 8.00, spent 4.78" in html and "no budget set, spent 4.78" in html
+    by_id = {p["participant"]: p for p in json.loads(json_path.read_text())["participants"]}
+    assert (by_id["site-a"]["budget"], by_id["site-a"]["budget_stated"]) == (8.0, True)
+    assert (by_id["site-c"]["budget"], by_id["site-c"]["budget_stated"]) == (None, False)

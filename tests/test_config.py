@@ -7,10 +7,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+import numpy as np
 import pytest
 
 from latentfl.config import describe, from_dict, load_config, option, to_dict, to_toml, write_config
-from latentfl.errors import ConfigError
+from latentfl.errors import ConfigError, DataError
 
 
 @dataclass(frozen=True)
@@ -106,3 +107,35 @@ def test_a_value_without_a_toml_form_is_refused():
     """A value TOML cannot hold (here a set) is a TypeError naming it, not a silent repr."""
     with pytest.raises(TypeError, match="no TOML form"):
         to_toml({"a": {1, 2}})
+
+
+def _site_config(folder: Path, data: str) -> Path:
+    """A participant config in ``folder`` naming ``data`` (keys and roster need not exist to
+    load it)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    return write(folder, f'session = "s"\nkey_dir = "keys/p00"\nroster = "roster.toml"\n'
+                         f'coordinator = "tcp://127.0.0.1:7700"\ndata = "{data}"\n')
+
+
+def test_participant_data_is_relative_to_its_config_file_not_the_working_directory(
+        tmp_path, monkeypatch):
+    """`data = "npz:train.npz"` in site/p00.toml reads site/train.npz when the agent runs
+    from another folder; `builtin:` stays a name; a missing file is named by its full path."""
+    from latentfl.platform.participant import ParticipantConfig
+    from latentfl.platform.participant.local_step import load_local_data
+
+    site = tmp_path / "site"
+    site.mkdir()
+    np.savez(site / "train.npz", x=np.zeros((4, 8, 8, 3), np.uint8),
+             y=np.array([0, 1, 0, 1]))
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    config = load_config(_site_config(site, "npz:train.npz"), ParticipantConfig)
+    assert config.data == f"npz:{site / 'train.npz'}"
+    assert len(load_local_data(config).y) == 4
+    config = load_config(_site_config(site, "builtin:cifar10-mini"), ParticipantConfig)
+    assert config.data == "builtin:cifar10-mini"
+    config = load_config(_site_config(site, "imagefolder:missing"), ParticipantConfig)
+    with pytest.raises(DataError, match=f"dataset path '{site / 'missing'}'"):
+        load_local_data(config)

@@ -4,9 +4,11 @@ and are journaled; participants' keys, forged and unsigned commands are refused.
 from __future__ import annotations
 
 import json
+import time
 from contextlib import ExitStack
 
 import pytest
+from structlog.testing import capture_logs
 
 from daemon_helpers import COORDINATOR, PARTICIPANT, SESSION, RawClient, Running
 from latentfl.cli import main
@@ -21,7 +23,7 @@ from latentfl.platform.coordinator import (
     render_text,
     verify_journal,
 )
-from latentfl.platform.crypto import load_identity, load_roster
+from latentfl.platform.crypto import load_identity, load_roster, revoke_participant
 from latentfl.platform.local import LocalConsortium
 from latentfl.platform.protocol import (
     TO_OPERATOR,
@@ -32,6 +34,7 @@ from latentfl.platform.protocol import (
     pack_json,
     unpack_tensors,
 )
+from latentfl.platform.supervisor import wait_until
 from latentfl.platform.wire.payloads import encode_update
 from latentfl.strategies import Update
 
@@ -217,6 +220,29 @@ def test_status_and_admin_say_paused_and_stalled(consortium, stack, capsys):
     assert removed[-1]["stalled"] == "min_participants 2 cannot be met (1 eligible)"
     status = collect_status(consortium.coordinator_config(), live=admin.status())
     assert status["phase"] == "stalled"
+    assert status["stalled"] == "min_participants 2 cannot be met (1 eligible)"
+    assert any("phase   stalled: min_participants 2 cannot be met (1 eligible)" in line
+               for line in render_text(status))
+
+
+def test_a_revocation_that_stalls_the_run_is_logged_once_and_shown(consortium, stack):
+    """Revoking participants (no operator command) until min_participants 2 cannot be met
+    logs `run_stalled` once, naming the cause, and status shows the stalled phase."""
+    with capture_logs() as logs:
+        coord = _coordinator(consortium, stack)
+        revoke_participant(consortium.keys, "p01")
+        wait_until(lambda: "p01" not in coord.daemon._auth.allowed_ids(), 10, "p01 revoked")
+        revoke_participant(consortium.keys, "p02")
+        config = consortium.coordinator_config()
+        wait_until(lambda: collect_status(config, live=coord.daemon.status())["phase"]
+                   == "stalled", 10, "the stalled phase")
+        time.sleep(1.0)  # several roster polls later: still one line
+    stalled = [e for e in logs if e["event"] == "run_stalled"]
+    assert len(stalled) == 1, stalled
+    assert stalled[0]["reason"] == "min_participants 2 cannot be met (1 eligible)"
+    assert stalled[0]["summary"].startswith(
+        "stalled: min_participants 2 cannot be met (1 eligible), after revoking p02;")
+    status = collect_status(config, live=coord.daemon.status())
     assert status["stalled"] == "min_participants 2 cannot be met (1 eligible)"
     assert any("phase   stalled: min_participants 2 cannot be met (1 eligible)" in line
                for line in render_text(status))

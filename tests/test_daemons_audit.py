@@ -9,7 +9,7 @@ from contextlib import redirect_stdout
 import pytest
 import torch
 
-from daemon_helpers import RawClient, Running, make_consortium
+from daemon_helpers import MEAN, STD, TINY_FEDDGM, RawClient, Running, make_consortium
 from latentfl.audits import load_model_file
 from latentfl.cli import main
 from latentfl.config import from_dict, write_config
@@ -26,20 +26,6 @@ from latentfl.platform.supervisor import wait_until
 from latentfl.strategies import StrategyConfig, build_strategy
 
 IDS = ["p00", "p01", "p02"]
-MEAN, STD = (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)
-TINY_FEDDGM = {
-    "method": "feddgm",
-    "model": {"name": "convnet", "options": {"width": 8, "depth": 1}},
-    "local": {"epochs": 1, "batch_size": 32, "lr": 0.05, "max_steps": 3},
-    "feddgm": {
-        "ipc": 1, "mean": list(MEAN), "std": list(STD), "device": "cpu",
-        "global_model": {"name": "convnet", "options": {"width": 8, "depth": 1}},
-        "distill": {"iterations": 2, "steps": 2, "batch_size": 10, "prior": "random",
-                    "log_every": 0},
-        "global_train": {"epochs": 1, "batch_size": 32, "lr": 0.01},
-        "surrogate_train": {"epochs": 1, "batch_size": 32, "lr": 0.01},
-    },
-}
 PARTITION = {"scheme": "dirichlet", "alpha": 0.5, "seed": 0, "min_size": 10}
 
 
@@ -232,8 +218,8 @@ def test_report_shows_each_participants_dp_ledger_from_its_updates(consortium, t
     assert by_id["p00"]["ledger"] == {"epsilon": 0.9, "delta": 1e-5, "noise_multiplier": 1.1,
                                       "steps": 20, "round": 2}
     assert by_id["p00"]["flags"] == [] and by_id["p01"]["ledger"] is None
-    assert "p00: plain (the coordinator sees each site's update), 2 updates, epsilon 0.90" in (
-        out.getvalue())
+    assert ("p00: plain (the coordinator sees each site's update), 2 updates, budget not "
+            "reported, spent 0.90") in out.getvalue()
     html = (tmp_path / "rep" / "consortium_report.html").read_text()
     assert "epsilon 0.90" in html and "not reported" in html
 

@@ -28,6 +28,7 @@ from latentfl.platform.local import LocalConsortium
 from latentfl.platform.participant import Agent
 from latentfl.platform.protocol import Kind, pack_json
 from latentfl.platform.supervisor import wait_until
+from latentfl.strategies import build_strategy
 
 IDS = ["p00", "p01", "p02"]
 
@@ -110,6 +111,23 @@ def test_sigterm_stops_the_coordinator_cleanly(tmp_path):
     assert read_journal(tmp_path / "state" / "journal.jsonl")[-1]["event"] == "stopped"
     lines = [json.loads(line) for line in log_path.read_text().splitlines() if line.startswith("{")]
     assert {"coordinator_started", "coordinator_stopped"} <= {e["event"] for e in lines}
+
+
+def test_sigterm_stops_a_lingering_coordinator_with_130(tmp_path):
+    """A coordinator lingering after its last round (linger_s) exits 130 on SIGTERM, as the
+    exit-code table says of a signal stop; 0 is for a linger that ran out."""
+    consortium = make_consortium(tmp_path, IDS)
+    config = consortium.coordinator_config(rounds=1, linger_s=120.0)
+    strategy = build_strategy(config.strategy)
+    strategy.initialize(0)
+    tensors, meta = strategy.state_dict()
+    StateStore(config.state_dir).save_checkpoint(1, tensors, {"round": 1, "strategy": meta})
+    config_path, log_path = tmp_path / "coordinator.toml", tmp_path / "coordinator.log"
+    write_config(config_path, config)
+    proc = _start(config_path, log_path)
+    assert exit_code_after_sigterm(
+        proc, lambda: '"lingering"' in log_path.read_text(), "the coordinator to linger") == 130
+    assert read_journal(tmp_path / "state" / "journal.jsonl")[-1]["phase"] == "finished"
 
 
 @pytest.mark.slow

@@ -28,6 +28,8 @@ def test_there_are_examples() -> None:
 def test_example_loads(path: Path) -> None:
     """The file's first line names its command; the file is valid for that command's schema."""
     first = path.read_text().splitlines()[0]
-    match = re.fullmatch(rf"# latentfl (\w+) --config (examples/)?{re.escape(path.name)}", first)
+    # the command, then a subcommand where it has some (`latentfl admin status --config ...`)
+    match = re.fullmatch(rf"# latentfl (\w+)(?: [\w-]+)? --config (examples/)?"
+                         rf"{re.escape(path.name)}", first)
     assert match, f"{path.name} starts with {first!r}; expected the command that runs it"
     load_config(path, SCHEMAS[match.group(1)])

@@ -99,7 +99,8 @@ def test_every_option_has_help_and_shows_its_default():
             where = f"{parser.prog} {'/'.join(action.option_strings) or action.dest}"
             assert action.help, f"{where} has no help text"
             if action.option_strings and not (action.default is None or action.default is False
-                                              or action.default == []):
+                                              or action.default == []
+                                              or action.default == argparse.SUPPRESS):
                 assert "default" in formatter._get_help_string(action), where
         parser.format_help()  # every %(default)s placeholder expands
 

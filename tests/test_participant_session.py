@@ -20,7 +20,14 @@ from latentfl.models import model_manifest
 from latentfl.platform.participant import ParticipantConfig
 from latentfl.platform.participant.connection import load_enrolment
 from latentfl.platform.participant.session import ParticipantSession
-from latentfl.platform.protocol import Kind, Message, encode, parse_header, unpack_tensors
+from latentfl.platform.protocol import (
+    GATED_TASK_META,
+    Kind,
+    Message,
+    encode,
+    parse_header,
+    unpack_tensors,
+)
 from latentfl.platform.wire.payloads import encode_task
 from latentfl.strategies import Aggregation, ModelSpec, Task
 from latentfl.training import TrainConfig
@@ -49,11 +56,12 @@ def _from_coordinator(kind: Kind, round: int, payload: bytes = b"", **meta) -> M
 
 
 def _task(round: int, aggregation: Aggregation = Aggregation.PLAIN, *, train=None,
-          spec: ModelSpec = SPEC, normalised: bool = False) -> Message:
+          spec: ModelSpec = SPEC, normalised: bool = False, method: str | None = "fedavg"
+          ) -> Message:
     model = spec.build()
     config = TRAIN if train is None else TrainConfig(**train)
-    task = Task(round, dict(model.state_dict()), config, aggregation, normalised)
-    payload, meta = encode_task(task, spec, model_manifest(model).digest)
+    task = Task(round, dict(model.state_dict()), config, aggregation, normalised, method)
+    payload, meta = encode_task(task, spec, model_manifest(model).digest, GATED_TASK_META)
     return _from_coordinator(Kind.TASK, round, payload, **meta)
 
 
@@ -215,6 +223,21 @@ def test_a_task_outside_the_sites_approval_is_declined_naming_the_rule(tmp_path,
     (decline,) = session.on_message(_task(1, train={**ok, **train}, spec=spec), time.time())
     assert decline.kind is Kind.DECLINE and decline.meta["reason"] == rule
     assert "[policy.tasks]" in decline.meta["detail"] and session.pending is None
+
+
+@pytest.mark.parametrize("method", ["feddgm", None], ids=["feddgm", "not-named"])
+def test_a_method_the_site_did_not_approve_is_declined_naming_the_rule(tmp_path, data,
+                                                                       method):
+    """The strict hospital example runs only FedAvg, FedProx and DynaFed: a FedDGM TASK, or
+    one from a coordinator that does not name its method, is declined method_not_allowed."""
+    policy = load_config(STRICT, ParticipantConfig).policy
+    session = _session(tmp_path, data, policy=dataclasses.asdict(policy))
+    ok = {"epochs": 1, "batch_size": 32, "lr": 0.05, "max_steps": 2}
+    (decline,) = session.on_message(_task(1, train=ok, method=method), time.time())
+    assert decline.meta["reason"] == "method_not_allowed"
+    detail = decline.meta["detail"]
+    assert ("method 'feddgm'" if method else "a method it does not name") in detail
+    assert "this site accepts fedavg, fedprox, dynafed (the site's [policy.tasks])" in detail
 
 
 def test_rounds_past_the_sites_limit_and_other_methods_are_declined(tmp_path, data):

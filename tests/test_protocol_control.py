@@ -27,6 +27,7 @@ from latentfl.platform.protocol import (
     pack_json,
     parse_header,
 )
+from latentfl.platform.wire.hello import accepted_task_meta, decode_hello, encode_hello
 from latentfl.platform.wire.payloads import decode_task, decode_update, encode_task, encode_update
 from latentfl.privacy import Aggregation, PolicyRule
 from latentfl.strategies import ModelSpec, Task, Update
@@ -45,7 +46,7 @@ def _message(kind: Kind, payload: bytes = b"", **meta) -> Message:
 def _options() -> TaskOptions:
     return TaskOptions(TrainConfig(epochs=2), SPEC, Aggregation.SECAGG,
                        model_manifest(SPEC.build()).digest, UpdateForm.NORMALISED,
-                       secagg='{"attempt":"0123456789abcdef"}')
+                       secagg='{"attempt":"0123456789abcdef"}', method="dynafed")
 
 
 @pytest.mark.parametrize("message", [
@@ -151,3 +152,43 @@ def test_the_coordinator_refuses_an_update_and_a_decline_with_an_unknown_meta_ke
     refused = [e for e in read_journal(config.state_dir / "journal.jsonl")
                if e["event"] == "refused"]
     assert [e["reason"] for e in refused[-2:]] == ["malformed", "malformed"]
+
+
+@pytest.mark.parametrize("method", ["", "FedAvg", "x" * 33, 7, None, "fed avg"])
+def test_a_task_method_that_is_not_a_bounded_name_is_refused(method):
+    """TASK meta `method` must be a short lower-case name; anything else is malformed."""
+    with pytest.raises(ProtocolError, match="TASK method is") as refused:
+        TaskOptions.from_meta({**_options().meta(), "method": method})
+    assert refused.value.reason is Reason.MALFORMED
+
+
+def test_the_task_method_goes_only_to_an_agent_whose_hello_lists_it():
+    """A gated TASK key is left out for an agent that did not say it decodes it (an older
+    agent's strict decoder would refuse the TASK), and included, then decoded, for one that
+    did."""
+    task = Task(1, {}, TrainConfig(), method="feddgm")
+    digest = model_manifest(SPEC.build()).digest
+    assert "method" not in encode_task(task, SPEC, digest)[1]
+    hello = decode_hello(encode_hello({"num_examples": 5}, max_epsilon=None))
+    meta = encode_task(task, SPEC, digest, accepted_task_meta(hello))[1]
+    assert TaskOptions.from_meta(meta).method == "feddgm"
+
+
+@pytest.mark.parametrize("budget", [0, -1.0, True, "8", 1e7, [8.0]])
+def test_a_hello_budget_out_of_bounds_is_refused(budget):
+    """HELLO max_epsilon is null or a finite number in (0, 1e6]; anything else is malformed
+    (JSON has no NaN or infinity, so the bound also covers them)."""
+    with pytest.raises(ProtocolError, match="HELLO max_epsilon is") as refused:
+        decode_hello(pack_json({"num_examples": 5, "max_epsilon": budget}))
+    assert refused.value.reason is Reason.MALFORMED
+
+
+def test_a_hello_says_whether_it_states_a_budget():
+    """An older agent's HELLO (no max_epsilon key) states none; null is "no budget set"."""
+    old = decode_hello(pack_json({"num_examples": 5, "class_counts": [2, 3]}))
+    assert (old.budget_stated, old.max_epsilon, old.task_meta) == (False, None, frozenset())
+    none = decode_hello(encode_hello({"num_examples": 5}, max_epsilon=None))
+    assert (none.budget_stated, none.max_epsilon) == (True, None)
+    assert decode_hello(encode_hello({"num_examples": 5}, max_epsilon=8)).max_epsilon == 8.0
+    with pytest.raises(ProtocolError, match="HELLO task_meta is"):
+        decode_hello(pack_json({"task_meta": ["method", "Bad Key"]}))

@@ -245,3 +245,17 @@ def test_an_unreadable_state_folder_gets_one_sentence_not_a_traceback(finished, 
     assert code == ExitCode.STATE_FOLDER and "Traceback" not in err
     assert (f"cannot read {config.state_dir}: permission denied (run as the daemon's user or "
             "use `latentfl admin status`)") in err
+
+
+@pytest.mark.parametrize("command", ["report", "export-model"])
+def test_report_before_any_run_says_so_and_exits_6(tmp_path, command, capsys):
+    """`latentfl report` (and `export-model`) on a state folder no coordinator has run in
+    exits 6 (the state folder holds nothing to read), not 4 (corrupt), with one sentence."""
+    consortium = make_consortium(tmp_path, ["p00", "p01"])
+    path = write_config(tmp_path / "coordinator.toml", consortium.coordinator_config())
+    out = tmp_path / ("report" if command == "report" else "model.safetensors")
+    code = main([command, "--config", str(path), "--out", str(out)])
+    err = capsys.readouterr().err
+    assert code == ExitCode.STATE_FOLDER and "Traceback" not in err
+    assert f"no run yet in {tmp_path / 'state'}: start the coordinator first" in err
+    assert not (tmp_path / "state").exists()

@@ -11,12 +11,13 @@ import argparse
 import importlib
 import os
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 from latentfl import __version__
 from latentfl.errors import (
     AddressInUseError,
+    ConfigError,
     LatentFLError,
     NotEnrolledError,
     RefusedError,
@@ -83,9 +84,49 @@ def build_parser() -> argparse.ArgumentParser:
     subparsers = parser.add_subparsers(title="commands", metavar="COMMAND")
     for name in COMMAND_MODULES:
         importlib.import_module(name).register(subparsers)
+    config_after_subcommands(parser)
     for each in all_parsers(parser):
         each.formatter_class = HelpWithDefaults
     return parser
+
+
+def _subcommands(parser: argparse.ArgumentParser) -> list[argparse.ArgumentParser]:
+    return [sub for action in parser._actions if isinstance(action, argparse._SubParsersAction)
+            for sub in dict.fromkeys(action.choices.values())]
+
+
+def _option(parser: argparse.ArgumentParser, flag: str) -> argparse.Action | None:
+    return next((a for a in parser._actions if flag in a.option_strings), None)
+
+
+def config_after_subcommands(parser: argparse.ArgumentParser) -> None:
+    """One ``--config`` position for every command: after the command's own name (``latentfl
+    admin status --config FILE``, ``latentfl participant audit-dp --config FILE``). A group
+    that takes ``--config`` before its subcommands (``latentfl admin --config FILE status``,
+    the agent's ``latentfl participant --config FILE``) keeps that spelling too."""
+    for group in all_parsers(parser):
+        config, children = _option(group, "--config"), _subcommands(group)
+        if config is None or not children:
+            continue
+        config.required, config.default = False, None
+        for child in children:
+            own = _option(child, "--config")
+            if own is None:
+                child.add_argument("--config", type=Path, help=config.help)
+                own = _option(child, "--config")
+            # SUPPRESS: a subcommand given no --config keeps the one before its name
+            own.required, own.default = False, argparse.SUPPRESS
+            handler = child.get_default("handler") or group.get_default("handler")
+            child.set_defaults(handler=_needing_config(handler, child.prog))
+
+
+def _needing_config(handler: Callable[[argparse.Namespace], int],
+                    prog: str) -> Callable[[argparse.Namespace], int]:
+    def run(args: argparse.Namespace) -> int:
+        if args.config is None:
+            raise ConfigError(f"{prog} needs --config FILE; expected `{prog} --config FILE`.")
+        return handler(args)
+    return run
 
 
 # most specific first: the first class the error is an instance of gives the exit status

@@ -7,7 +7,8 @@ types and out-of-range values are all collected and reported together, one sente
 naming the file, the key and what was expected. A schema may add cross-field checks with a
 ``problems(self) -> list[str]`` method. Relative paths are resolved against the file's folder,
 except a named resource of the form ``scheme:name`` (e.g. ``builtin:cifar10-public``), which is
-kept as written for the component that reads it. :func:`to_toml` and :func:`write_config` go the
+kept as written for the component that reads it; a :class:`DataSpec` field's relative path too
+(``npz:site/train.npz``), its ``builtin:`` names kept. :func:`to_toml` and :func:`write_config` go the
 other way, so configs built in code (the demo, the tests, the benchmarks) are written as the same
 TOML a person would write.
 """
@@ -33,6 +34,20 @@ from latentfl.errors import ConfigError
 T = TypeVar("T")
 _MISSING = dataclasses.MISSING
 _NAMED = re.compile(r"[a-z][a-z0-9_-]+:[^/\\]")  # 'builtin:NAME', not 'C:\\' nor 'dir/a:b'
+
+
+class DataSpec(str):
+    """A dataset spec field (``imagefolder:PATH``, ``npz:PATH``, ``cifar10:PATH``) whose
+    relative PATH is resolved against the config file's folder, like a Path field; a
+    ``builtin:NAME`` spec is kept as written."""
+
+
+def _resolve_spec(value: str, base_dir: Path | None) -> str:
+    scheme, sep, target = value.partition(":")
+    if not sep or scheme == "builtin" or not target or base_dir is None:
+        return value  # a malformed spec is left for the loader to name
+    path = Path(target).expanduser()
+    return value if path.is_absolute() else f"{scheme}:{base_dir / path}"
 
 
 def option(
@@ -268,11 +283,11 @@ def _convert(tp, value, key, problems, base_dir):
             problems.append(f"'{key}' = {value!r}; expected a number.")
             return None
         return float(value)
-    if tp is str:
+    if tp is str or tp is DataSpec:
         if not isinstance(value, str):
             problems.append(f"'{key}' = {value!r}; expected a string.")
             return None
-        return value
+        return _resolve_spec(value, base_dir) if tp is DataSpec else value
     if tp is Path:
         if not isinstance(value, str) or not value:
             problems.append(f"'{key}' = {value!r}; expected a path string.")
@@ -332,6 +347,10 @@ def describe(schema: type, prefix: str = "") -> list[tuple[str, str, str, str]]:
 
 def _type_name(tp: Any) -> str:
     """How the docs spell a field's type (an enum as the literal values a file may hold)."""
+    if tp is DataSpec:  # a string to whoever writes the file
+        return "str"
+    if get_origin(tp) in (typing.Union, types.UnionType):
+        return " | ".join(_type_name(a) for a in get_args(tp))
     if isinstance(tp, type) and issubclass(tp, enum.Enum):
         return "Literal[" + ", ".join(repr(m.value) for m in tp) + "]"
     if get_origin(tp) in (tuple, list):
@@ -341,4 +360,4 @@ def _type_name(tp: Any) -> str:
     return name.replace("typing.", "").replace("pathlib.", "").replace("NoneType", "None")
 
 
-__all__ = ["describe", "from_dict", "load_config", "option", "to_dict", "to_toml", "write_config"]
+__all__ = ["DataSpec", "describe", "from_dict", "load_config", "option", "to_dict", "to_toml", "write_config"]

@@ -1,6 +1,7 @@
 """The consortium's privacy report, rendered by the operator from what participants shared.
 
-One entry per participant: its DP ledger summary (spent epsilon, delta, own budget), how its
+One entry per participant: its DP ledger summary (spent epsilon, delta), its own budget as its
+agent stated it (``[privacy.policy] max_epsilon``, in its HELLO), how its
 updates are aggregated (which says what the coordinator sees), the tasks it declined (its own
 site policy, a failed run), the audit aggregates it shared (``shareable.shareable_aggregates``;
 numbers only, never images) and the audits operators requested of it, with their state (a
@@ -28,9 +29,10 @@ from latentfl.durable import write_atomic
 class ConsortiumEntry:
     """What the report knows about one participant.
 
-    ``ledger``: {"epsilon": spent, "delta": ..., "budget": own epsilon budget or None, and any
-    of "steps", "noise_multiplier", "max_grad_norm", "sample_rate"}; None when training is not
-    DP. ``audits``: shared aggregates by report kind ("synthetic-audit", "dp-audit").
+    ``ledger``: {"epsilon": spent, "delta": ..., and any of "steps", "noise_multiplier",
+    "max_grad_norm", "sample_rate"}; None when training is not DP. ``budget``: the site's own
+    epsilon budget (None: "no budget set"), meaningful when ``budget_stated`` (False: its
+    agent never said, e.g. it predates the field or never connected). ``audits``: shared aggregates by report kind ("synthetic-audit", "dp-audit").
     ``audit_requests``: operators' requests of audits at this site, oldest first, each with
     ``audit``, ``requested`` (time), ``state`` ("waiting", "delivered", "answered",
     "declined") and, when declined, ``reason`` and ``detail``.
@@ -47,6 +49,8 @@ class ConsortiumEntry:
     audit_requests: list[dict[str, Any]] = field(default_factory=list)
     #: rounds in which the defence set its update aside: {"round", "count", "reasons"}
     set_aside: list[dict[str, Any]] = field(default_factory=list)
+    budget: float | None = None
+    budget_stated: bool = False
 
 
 @dataclass(frozen=True)
@@ -74,10 +78,8 @@ def entry_flags(entry: ConsortiumEntry) -> list[str]:
     contributed = entry.updates is None or entry.updates > 0
     if contributed and (ledger is None or eps is None or not math.isfinite(float(eps))):
         flags.append("no differential-privacy guarantee on its updates")
-    elif ledger is not None and eps is not None:
-        budget = ledger.get("budget")
-        if budget is not None and float(eps) > float(budget):
-            flags.append(f"spent epsilon {float(eps):.2f} exceeds its budget {float(budget):.2f}")
+    elif eps is not None and entry.budget is not None and float(eps) > entry.budget:
+        flags.append(f"spent epsilon {float(eps):.2f} exceeds its budget {entry.budget:.2f}")
     for kind, agg in sorted(entry.audits.items()):
         flagged = [v.get("title", v.get("metric", "?")) for v in agg.get("verdicts", [])
                    if v.get("status") == "flag"]
@@ -92,7 +94,7 @@ def entry_flags(entry: ConsortiumEntry) -> list[str]:
 
 
 #: How each ledger number is shown: epsilon to 2 decimals, the rest to 3 significant digits.
-_LEDGER_FORMATS = (("delta", "delta {:.2g}"), ("budget", "budget {:.2f}"),
+_LEDGER_FORMATS = (("delta", "delta {:.2g}"),
                    ("steps", "{:.0f} DP-SGD steps"), ("noise_multiplier", "noise multiplier {:.3g}"),
                    ("max_grad_norm", "clip norm {:.3g}"), ("sample_rate", "sample rate {:.3g}"))
 
@@ -110,6 +112,21 @@ def _ledger_cell(entry: ConsortiumEntry) -> str:
     if ledger.get("round") is not None:
         parts.append(f"as of round {ledger['round']}")
     return ", ".join(parts)
+
+
+def budget_line(entry: ConsortiumEntry) -> str:
+    """The site's own budget beside what it spent: "budget 8.00, spent 4.78", "no budget set,
+    spent 4.78", "budget not reported, spent nothing"."""
+    eps = None if entry.ledger is None else entry.ledger.get("epsilon")
+    if eps is not None:
+        spent = f"spent {float(eps):.2f}"
+    else:
+        spent = "spent nothing" if entry.updates == 0 else "spent not reported"
+    if not entry.budget_stated:
+        return f"budget not reported, {spent}"
+    if entry.budget is None:
+        return f"no budget set, {spent}"
+    return f"budget {entry.budget:.2f}, {spent}"
 
 
 def _declined_cell(entry: ConsortiumEntry) -> str:
@@ -216,7 +233,8 @@ def render_consortium_report(entries: list[ConsortiumEntry], out_dir: Path | str
         aside = "; ".join(f"round {r['round']}: " + ", ".join(r.get("reasons", []))
                           for r in e.set_aside)
         ledger = escape(_ledger_cell(e)) + "".join(
-            f"<div class='expl'>{escape(text)}</div>" for text in (decl, aside) if text)
+            f"<div class='expl'>{escape(text)}</div>"
+            for text in (budget_line(e), decl, aside) if text)
         rows.append(f"<tr><td><b>{escape(e.participant)}</b></td>"
                     f"<td>{escape(e.aggregation_mode)}</td>"
                     f"<td>{'-' if e.updates is None else e.updates}</td><td>{ledger}</td>"
@@ -247,7 +265,8 @@ def render_consortium_report(entries: list[ConsortiumEntry], out_dir: Path | str
                                 "aggregation_mode": e.aggregation_mode, "ledger": e.ledger,
                                 "updates": e.updates, "declined": e.declined,
                                 "audits": e.audits, "audit_requests": e.audit_requests,
-                                "set_aside": e.set_aside, "flags": flags[e.participant]}
+                                "set_aside": e.set_aside, "flags": flags[e.participant],
+                                "budget": e.budget, "budget_stated": e.budget_stated}
                                for e in entries]}
     write_atomic(html_path, page("Consortium privacy report", body).encode("utf-8"))
     write_atomic(json_path, (json.dumps(report, indent=2, sort_keys=True, default=str)
@@ -255,5 +274,5 @@ def render_consortium_report(entries: list[ConsortiumEntry], out_dir: Path | str
     return html_path, json_path
 
 
-__all__ = ["ConsortiumEntry", "ReportScope", "dp_summary", "entry_flags",
+__all__ = ["ConsortiumEntry", "ReportScope", "budget_line", "dp_summary", "entry_flags",
            "render_consortium_report", "request_line"]

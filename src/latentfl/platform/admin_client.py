@@ -33,7 +33,7 @@ from latentfl.platform.wire.audit_request import encode_command, option_problems
 
 @dataclass(frozen=True)
 class AdminConfig:
-    """How an operator reaches a coordinator (``latentfl admin --config FILE ACTION``)."""
+    """How an operator reaches a coordinator (``latentfl admin ACTION --config FILE``)."""
 
     session: str = option(help="The session id of the coordinator to steer (its config's "
                                "`session`).")

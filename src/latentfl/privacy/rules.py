@@ -20,7 +20,7 @@ class PolicyRule(StrEnum):
     NOISE_TOO_LOW = "noise_too_low"  # DP-SGD off or under min_noise_multiplier
     BUDGET_EXCEEDED = "budget_exceeded"  # the task would pass max_epsilon
     # the site's approval of what it runs ([policy.tasks], platform.participant.task_policy)
-    METHOD_NOT_ALLOWED = "method_not_allowed"  # local training rule not in local_methods
+    METHOD_NOT_ALLOWED = "method_not_allowed"  # method or local training rule not allowed
     MODEL_NOT_ALLOWED = "model_not_allowed"  # model name or manifest digest not accepted
     TRAINING_OUT_OF_BOUNDS = "training_out_of_bounds"  # epochs, lr or batch size out of bounds
     ROUNDS_EXCEEDED = "rounds_exceeded"  # a round past the site's max_rounds

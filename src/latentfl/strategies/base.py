@@ -85,6 +85,9 @@ class Task:
     #: FedNova: return ``start + (trained - start) / a`` with ``a`` the participant's
     #: momentum-corrected local step count, so a plain weighted mean is FedNova's direction
     normalised_update: bool = False
+    #: the method the coordinator runs with the updates (its ``strategy.method``), for the
+    #: site's approval policy; None where a coordinator does not say
+    method: str | None = None
 
 
 @dataclass(frozen=True)

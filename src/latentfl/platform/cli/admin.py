@@ -1,4 +1,9 @@
-"""``latentfl admin --config FILE ACTION``: steer a running coordinator as an operator."""
+"""``latentfl admin ACTION --config FILE``: steer a running coordinator as an operator.
+
+``--config`` and ``--json`` go after the action, as ``--config`` does for every command
+(``cli.config_after_subcommands``); before it (``latentfl admin --config FILE ACTION``, the
+first spelling) they are still accepted.
+"""
 
 from __future__ import annotations
 
@@ -118,10 +123,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "admin", help="steer a running coordinator as an operator (from any host)",
         description="Send one signed admin command to a running coordinator with an operator's "
                     "keys (docs/deployment.md, 'The admin role').")
-    admin.add_argument("--config", required=True, type=Path,
+    admin.add_argument("--config", type=Path,
                        help="Operator TOML file (session, coordinator, roster, key_dir).")
-    admin.add_argument("--json", action="store_true",
-                       help="Print the coordinator's answer as JSON (default: readable text).")
+    _json_option(admin, default=False)
     admin.set_defaults(handler=_run)
     actions = admin.add_subparsers(title="actions", metavar="ACTION", required=True)
     actions.add_parser("status", help="the coordinator's round, phase and participants"
@@ -156,6 +160,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     journal.add_argument("--tail", type=int, default=DEFAULT_TAIL, metavar="N",
                          help=f"how many entries, 1 to 1000 (default: {DEFAULT_TAIL})")
     journal.set_defaults(action=_journal)
+    for action in dict.fromkeys(actions.choices.values()):
+        # SUPPRESS: an action given no --json leaves the one before the action in place
+        _json_option(action, default=argparse.SUPPRESS)
+
+
+def _json_option(parser: argparse.ArgumentParser, *, default: Any) -> None:
+    parser.add_argument("--json", action="store_true", default=default,
+                        help="Print the coordinator's answer as JSON (default: readable text).")
 
 
 __all__ = ["register"]

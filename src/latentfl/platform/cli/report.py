@@ -2,7 +2,8 @@
 
 - ``latentfl report --config coordinator.toml --out DIR``: the operator's consortium privacy
   report (``audits.render_consortium_report``): per participant the DP ledger its last accepted
-  UPDATE reported in its signed header (as journaled), its accepted and declined tasks (from
+  UPDATE reported in its signed header (as journaled), its own budget as its latest HELLO
+  stated it (journaled), its accepted and declined tasks (from
   ``collect_status``), the aggregation mode, the audit aggregates it shared
   (``STATE/audits/KIND/PID.json``) and the operators' audit requests with their state
   (``STATE/audit_requests.json``); headed by the session, the rounds covered and the date.
@@ -30,23 +31,23 @@ from latentfl.audits import (
     render_consortium_report,
     save_model_file,
 )
-from latentfl.audits.consortium import request_line
+from latentfl.audits.consortium import budget_line, request_line
 from latentfl.audits.dp_command import add_run_options, run_dp_audit_command
 from latentfl.audits.shareable import shareable_aggregates
 from latentfl.config import load_config
 from latentfl.data import load_dataset
-from latentfl.errors import ConfigError, StateError
+from latentfl.errors import ConfigError
 from latentfl.log import set_log_level
 from latentfl.platform.coordinator import CoordinatorConfig, collect_status
 from latentfl.platform.coordinator.audits.requests import read_audit_requests
 from latentfl.platform.coordinator.audits.service import load_shared_audits
 from latentfl.platform.coordinator.journal import read_journal, verify_journal
 from latentfl.platform.coordinator.rounds import load_strategy
-from latentfl.platform.coordinator.status import unreadable_state
+from latentfl.platform.coordinator.status import no_run_yet, unreadable_state
 from latentfl.platform.crypto import load_roster
 from latentfl.platform.participant import ParticipantConfig
 from latentfl.platform.participant.audits.client import AuditClient, run_participant_audit
-from latentfl.platform.protocol import UPDATE_KINDS
+from latentfl.platform.protocol import UPDATE_KINDS, Kind
 from latentfl.strategies import Aggregation, input_stats_of
 
 #: UPDATE header fields (payloads.PRIVACY_META) -> the consortium report's ledger keys.
@@ -70,6 +71,14 @@ def ledgers_from_journal(journal: Path) -> dict[str, dict[str, Any] | None]:
     return out
 
 
+def budgets_from_journal(journal: Path) -> dict[str, float | None]:
+    """Per participant, the budget (``max_epsilon``, None: no budget set) its latest HELLO
+    stated; a participant whose agent never stated one is absent."""
+    return {str(e.get("peer")): e["max_epsilon"] for e in read_journal(journal)
+            if e.get("event") == "accepted" and e.get("kind") == Kind.HELLO.value
+            and "max_epsilon" in e}
+
+
 def consortium_entries(config: Any) -> tuple[list[Any], ReportScope]:
     """One ConsortiumEntry per participant known to the roster, journal or shared audits, and
     what the report covers (session, rounds, time)."""
@@ -82,9 +91,9 @@ def consortium_entries(config: Any) -> tuple[list[Any], ReportScope]:
 def _consortium_entries(config: Any) -> tuple[list[Any], ReportScope]:
     journal = config.state_dir / "journal.jsonl"
     if not journal.exists():
-        raise StateError(f"no journal in state_dir {config.state_dir}; expected the folder of a "
-                         "coordinator that has run.")
-    ledgers = ledgers_from_journal(journal)
+        raise no_run_yet(config.state_dir)
+    ledgers = ledgers_from_journal(journal)  # verifies the journal first
+    budgets = budgets_from_journal(journal)
     shared = load_shared_audits(config.state_dir)
     requests = read_audit_requests(config.state_dir)
     status = collect_status(config)
@@ -107,7 +116,8 @@ def _consortium_entries(config: Any) -> tuple[list[Any], ReportScope]:
                                                    "reasons": [t for t in c["reasons"]
                                                                if t.startswith("set aside")]}
                                                   for c in counts.get("rounds", [])
-                                                  if c.get("set_aside")]))
+                                                  if c.get("set_aside")],
+                                       budget=budgets.get(pid), budget_stated=pid in budgets))
     scope = ReportScope(session=config.session, rounds_done=status["rounds_done"],
                         rounds_planned=config.rounds, generated=status["generated"])
     return entries, scope
@@ -119,14 +129,13 @@ def _report(args: argparse.Namespace) -> int:
     html_path, json_path = render_consortium_report(entries, args.out, scope=scope)
     print(scope.describe())
     for e in entries:
-        eps = None if e.ledger is None else e.ledger.get("epsilon")
         shared = ", ".join(f"{k} {worst_status(a)}" for k, a in sorted(e.audits.items())) \
             or "no audit shared"
         declined = (f", declined {sum(e.declined.values())} tasks "
                     f"({', '.join(sorted(e.declined))})" if e.declined else "")
         mode = f"{e.aggregation_mode} ({Aggregation(e.aggregation_mode).meaning})"
-        print(f"{e.participant}: {mode}, {e.updates} updates{declined}, epsilon "
-              f"{'not reported' if eps is None else f'{eps:.2f}'}, {shared}")
+        print(f"{e.participant}: {mode}, {e.updates} updates{declined}, {budget_line(e)}, "
+              f"{shared}")
         for request in e.audit_requests:
             print(f"  {request_line(request)}")
     print(f"report: {html_path}\njson:   {json_path}")
@@ -223,9 +232,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     # `latentfl participant audit ...` beside `latentfl participant --config FILE` (the agent)
     agent = subparsers.choices["participant"]
-    for action in agent._actions:
-        if action.dest == "config":
-            action.required = False  # `participant audit` takes its own --config
     agent_handler = agent.get_default("handler")
 
     def run_agent(args: argparse.Namespace) -> int:
@@ -263,4 +269,4 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     d.set_defaults(handler=_participant_audit_dp)
 
 
-__all__ = ["consortium_entries", "export_global_model", "ledgers_from_journal", "register"]
+__all__ = ["budgets_from_journal", "consortium_entries", "export_global_model", "ledgers_from_journal", "register"]

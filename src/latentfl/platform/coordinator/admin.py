@@ -75,6 +75,7 @@ class AdminService:
         self.audit_requests = audit_requests
         self.log = get_logger("coordinator", session=session)
         paused, self.removed = self._load()
+        self.stalled: str | None = None  # why the run cannot proceed, as last logged
         if paused:
             conductor.pause(time.time())
         self.handlers: dict[Kind, Handler] = {
@@ -107,6 +108,21 @@ class AdminService:
     def eligible(self, online: Iterable[str]) -> list[str]:
         """The online participants that may be planned into a round (not removed)."""
         return [pid for pid in online if pid not in self.removed]
+
+    def check_stall(self, cause: str) -> str | None:
+        """Why no round can start now (:func:`stall_reason`), or None; logged once when the
+        run becomes stalled or can proceed again (``cause``: what changed, e.g. "removing
+        p01"), not at every check."""
+        stalled = stall_reason(self.rounds.config, self.roster().active_ids(), self.removed)
+        if stalled != self.stalled and stalled is not None:
+            self.log.warning("run_stalled", reason=stalled, cause=cause,
+                             summary=f"stalled: {stalled}, after {cause}; enrol another "
+                                     "participant or readmit a removed one")
+        elif stalled != self.stalled:
+            self.log.info("run_unstalled", cause=cause,
+                          summary=f"the run can proceed again after {cause}")
+        self.stalled = stalled
+        return stalled
 
     # -- commands -------------------------------------------------------------------------
     def answer(self, message: Message) -> dict[str, Any]:
@@ -178,13 +194,9 @@ class AdminService:
         self._save()
         in_round = pid in self.rounds.plan and self.rounds.phase == "collecting"
         self.rounds.drop([pid])
-        stalled = stall_reason(self.rounds.config, self.roster().active_ids(), self.removed)
+        stalled = self.check_stall(f"removing {pid}")
         self._record("participant_removed", message, participant=pid, changed=changed,
                      left_round=self.rounds.round if in_round else None, stalled=stalled)
-        if stalled:
-            self.log.warning("run_stalled", participant=pid, reason=stalled,
-                             summary=f"removing {pid} stalls the run: {stalled}; readmit it "
-                                     "or enrol another participant")
         return {**self.state(), "changed": changed, "left_round": in_round,
                 "stalled": stalled}
 
@@ -193,6 +205,7 @@ class AdminService:
         changed = pid in self.removed
         self.removed.discard(pid)
         self._save()
+        self.check_stall(f"readmitting {pid}")
         self._record("participant_readmitted", message, participant=pid, changed=changed)
         return {**self.state(), "changed": changed}
 

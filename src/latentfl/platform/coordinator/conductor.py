@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import queue
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 
 from latentfl.errors import ProtocolError, Reason
 from latentfl.log import get_logger
@@ -41,14 +41,17 @@ class RoundConductor:
 
     def __init__(self, config: CoordinatorConfig, rounds: Rounds, journal: Journal,
                  manifest: ModelManifest, masked: MaskedAggregation | None = None,
-                 on_aggregated: Callable[[], None] | None = None) -> None:
+                 on_aggregated: Callable[[], None] | None = None,
+                 task_meta: Callable[[str], Collection[str]] = lambda _: ()) -> None:
         """``masked``: the secagg exchange of a ``secagg`` or ``ckks`` session (None: plain);
-        ``on_aggregated``: called from the worker thread when an aggregation is done."""
+        ``on_aggregated``: called from the worker thread when an aggregation is done;
+        ``task_meta(pid)``: the gated TASK meta keys ``pid``'s agent decodes (its HELLO)."""
         self.model = config.strategy.model
         self.rounds = rounds
         self.journal = journal
         self.manifest = manifest
         self.masked = masked
+        self.task_meta = task_meta
         self.worker = AggregationWorker(rounds, on_aggregated)
         self.log = get_logger("coordinator", session=config.session)
         self._encoded: dict[str, tuple[bytes, dict]] = {}  # this plan's TASKs, by participant
@@ -196,7 +199,8 @@ class RoundConductor:
         if task is None:
             return []
         if pid not in self._encoded:
-            payload, meta = encode_task(task, self.model, self.manifest.digest)
+            payload, meta = encode_task(task, self.model, self.manifest.digest,
+                                        self.task_meta(pid))
             if self.masked is not None:
                 meta |= self.masked.task_meta()
             self._encoded[pid] = payload, meta

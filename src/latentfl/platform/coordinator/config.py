@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import get_args
 
-from latentfl.config import option
+from latentfl.config import DataSpec, option
 from latentfl.errors import ConfigError
 from latentfl.platform.coordinator.distributed import DistributedConfig
 from latentfl.privacy.ckks import SecureAggregationConfig
@@ -52,8 +52,10 @@ class CoordinatorConfig:
     max_message_bytes: int = option(256 * 2**20, help="Largest message accepted (bytes); "
                                                       "larger ones are dropped by ZeroMQ.",
                                     min=1024)
-    test_data: str | None = option(None, help="Dataset spec whose test split evaluates the "
-                                              "global model after each round (none = skip).")
+    test_data: DataSpec | None = option(None, help="Dataset spec whose test split evaluates "
+                                                   "the global model after each round (none = "
+                                                   "skip); a relative path in it is relative "
+                                                   "to this file's folder.")
     max_test: int = option(0, help="Evaluate on at most this many test images (0 = all).",
                            min=0)
     device: str = option("auto", help="Device for aggregation and evaluation: auto, cpu, "

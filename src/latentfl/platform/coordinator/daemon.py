@@ -41,7 +41,7 @@ import shutil
 import signal
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from pathlib import Path
 from typing import Any
 
@@ -95,9 +95,9 @@ from latentfl.platform.protocol import (
     Verifier,
     pack_json,
     peek_header,
-    unpack_json,
 )
 from latentfl.platform.wakeup import Wakeup, timeout_ms
+from latentfl.platform.wire.hello import accepted_task_meta, decode_hello
 from latentfl.privacy import PolicyRule
 from latentfl.strategies import Aggregation, build_strategy
 
@@ -165,7 +165,8 @@ class Coordinator:
         # wakes the loop from other threads: an aggregation done, a stop, a reload
         self._wakeup = Wakeup()
         self.conductor = RoundConductor(config, self.rounds, self.journal, self.manifest,
-                                        self.masked, on_aggregated=self._wakeup.set)
+                                        self.masked, on_aggregated=self._wakeup.set,
+                                        task_meta=self._task_meta)
         self.admin = AdminService(self.store, self.journal, self.conductor,
                                   roster=lambda: self.roster_watch.roster,
                                   status=self.admin_status, session=config.session,
@@ -237,7 +238,8 @@ class Coordinator:
         self._wakeup.set()
 
     def run(self, *, handle_signals: bool = True, ready: threading.Event | None = None) -> int:
-        """Serve until all rounds are done (0) or a stop/SIGTERM (130)."""
+        """Serve until all rounds are done and ``linger_s`` has passed (0), or until a
+        stop/SIGTERM (130, also while lingering after the last round)."""
         if handle_signals:
             signal.signal(signal.SIGTERM, lambda *_: self.stop())
             signal.signal(signal.SIGINT, lambda *_: self.stop())
@@ -257,6 +259,8 @@ class Coordinator:
             self.log.info("coordinator_started", endpoint=self.endpoint, round=self.rounds.round,
                           phase=self.rounds.phase, resumed_updates=len(self.rounds.updates),
                           summary=self._startup_summary())
+            if self.rounds.phase != "finished":
+                self.admin.check_stall("the start (the roster and the removals kept)")
             self._write_status(force=True)
             if ready is not None:
                 ready.set()
@@ -271,7 +275,10 @@ class Coordinator:
             self.journal.append("stopped", round=self.rounds.round, phase=self.rounds.phase)
             self.log.info("coordinator_stopped", round=self.rounds.round, phase=self.rounds.phase)
             self._write_status(force=True, stopped=True)
-            return int(ExitCode.OK if finished else ExitCode.INTERRUPTED)
+            # a signal (or stop()) is an interruption even after the last round, while the
+            # daemon lingers: the exit-code table reserves 0 for a run that ended by itself
+            interrupted = self._stop.is_set() or not finished
+            return int(ExitCode.INTERRUPTED if interrupted else ExitCode.OK)
         finally:
             self.conductor.stop()  # a distillation group must not outlive the daemon
             self.router.close()
@@ -455,17 +462,22 @@ class Coordinator:
 
     def _on_hello(self, message: Message) -> Outbox:
         pid = message.header.sender
-        summary = unpack_json(message.payload) if message.payload else {}
-        examples = summary.get("num_examples")
-        examples = examples if type(examples) is int else None
-        self.peers[pid].summary = summary
-        self.journal.append("accepted", kind=Kind.HELLO.value, peer=pid, examples=examples)
-        self.log.info("hello", peer=pid, examples=examples)
+        hello = decode_hello(message.payload)
+        self.peers[pid].hello = hello
+        # the site's own budget, for the consortium report (absent: an agent predating it)
+        budget = {"max_epsilon": hello.max_epsilon} if hello.budget_stated else {}
+        self.journal.append("accepted", kind=Kind.HELLO.value, peer=pid,
+                            examples=hello.num_examples, **budget)
+        self.log.info("hello", peer=pid, examples=hello.num_examples, **budget)
         if self.rounds.phase == "finished":
             return [Outgoing(pid, Kind.STATUS, self.rounds.round, meta={"phase": "finished"})]
         if self.rounds.phase == "collecting" and pid in self.rounds.pending():
             return self.conductor.task_for(pid)
         return []
+
+    def _task_meta(self, pid: str) -> Collection[str]:
+        peer = self.peers.get(pid)
+        return accepted_task_meta(peer.hello if peer is not None else None)
 
     def _on_bye(self, message: Message) -> Outbox:
         pid = message.header.sender
@@ -534,6 +546,8 @@ class Coordinator:
         active = change.roster.active_ids()
         self.journal.append("roster_reloaded", active=active, revoked=change.revoked)
         self.log.info("roster_reloaded", active=len(active), revoked=change.revoked)
+        self.admin.check_stall(f"revoking {', '.join(change.revoked)}" if change.revoked
+                               else "a roster change")
         self._write_status()
         return bool(change.revoked)
 

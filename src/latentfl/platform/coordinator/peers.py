@@ -8,10 +8,10 @@ address replies; it never identifies the peer (the ZAP User-Id does).
 from __future__ import annotations
 
 from collections.abc import ItemsView, Iterable
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
 
 from latentfl.log import get_logger
+from latentfl.platform.wire.hello import HelloSummary
 
 
 @dataclass
@@ -21,7 +21,7 @@ class Peer:
     routing_id: bytes = b""
     last_seen: float = 0.0
     online: bool = False
-    summary: dict[str, Any] = field(default_factory=dict)
+    hello: HelloSummary | None = None  # what its latest HELLO said
 
 
 class PeerTable:

@@ -30,8 +30,9 @@ from typing import Literal
 
 from latentfl.data import evaluation_tensors, load_dataset
 from latentfl.device import resolve_device
-from latentfl.errors import ConfigError, ProtocolError, Reason, StateError
+from latentfl.errors import ConfigError, ProtocolError, Reason
 from latentfl.platform.coordinator.config import CoordinatorConfig
+from latentfl.platform.coordinator.status import no_run_yet
 from latentfl.platform.coordinator.store import Checkpoint, StateStore
 from latentfl.strategies import (
     Aggregation,
@@ -135,8 +136,9 @@ class Rounds:
     def _open(self, plan: list[str], now: float) -> dict[str, Task]:
         self.plan = list(plan)
         mode = Aggregation(self.config.aggregation.mode)
-        # The site's agent checks the mode against its own policy (e.g. "encrypted only").
-        self.tasks = {pid: replace(task, aggregation=mode)
+        # The site's agent checks the mode and the method against its own policies (e.g.
+        # "encrypted only", "no FedDGM: it distils our uploads").
+        self.tasks = {pid: replace(task, aggregation=mode, method=self.config.strategy.method)
                       for pid, task in self.strategy.configure_round(self.round,
                                                                      self.plan).items()}
         self.updates, self.digests = {}, {}
@@ -345,8 +347,7 @@ def load_strategy(config: CoordinatorConfig,
     """The checkpoint of ``round`` (default: the latest) and the session's strategy restored
     from it."""
     if not (config.state_dir / "latest.json").exists():
-        raise StateError(f"state_dir {config.state_dir} holds no checkpoint; run the "
-                         "coordinator first.")
+        raise no_run_yet(config.state_dir)
     store = StateStore(config.state_dir)
     checkpoint = store.load_checkpoint(store.latest_round() if round is None else round)
     strategy = build_strategy(config.strategy)

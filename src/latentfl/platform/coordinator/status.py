@@ -178,6 +178,13 @@ def unreadable_state(state_dir: Path) -> StateFolderError:
                             "user or use `latentfl admin status`).")
 
 
+def no_run_yet(state_dir: Path) -> StateFolderError:
+    """The one sentence for a state folder no coordinator has run in (nothing is corrupt: the
+    command came before the run, or state_dir names another folder)."""
+    return StateFolderError(f"no run yet in {state_dir}: start the coordinator first (`latentfl "
+                            "coordinator --config FILE`), or check state_dir in the config.")
+
+
 def collect_status(config: CoordinatorConfig, *, now: float | None = None,
                    live: dict[str, Any] | None = None) -> dict[str, Any]:
     """:func:`_collect_status`; StateFolderError with one sentence when this user may not read
@@ -273,5 +280,5 @@ def _collect_status(config: CoordinatorConfig, *, now: float | None = None,
     }
 
 
-__all__ = ["STATES", "collect_status", "daemon_running", "set_aside_reason", "stall_reason",
-           "status_snapshot", "unreadable_state"]
+__all__ = ["STATES", "collect_status", "daemon_running", "no_run_yet", "set_aside_reason",
+           "stall_reason", "status_snapshot", "unreadable_state"]

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from latentfl.config import option
+from latentfl.config import DataSpec, option
 from latentfl.data import PartitionConfig
 from latentfl.platform.participant.task_policy import SiteTaskPolicies
 from latentfl.privacy.dp_sgd import DPSGDConfig
@@ -91,7 +91,8 @@ class ParticipantConfig:
     roster: Path = option(help="A copy of the consortium roster; the coordinator's CURVE and "
                                "signing public keys in it are pinned.")
     coordinator: str = option(help="The coordinator's endpoint, e.g. tcp://fl.example.org:7700.")
-    data: str = option(help="Dataset spec of this site's private training data.")
+    data: DataSpec = option(help="Dataset spec of this site's private training data; a "
+                                 "relative path in it is relative to this file's folder.")
     partition: PartitionShare | None = option(None, help="Train on one part of a shared "
                                                          "dataset (demos and tests only).")
     share_class_counts: bool = option(True, help="Send the number of examples per class in "

@@ -32,6 +32,7 @@ from latentfl.privacy import (
     resolve_noise_multiplier,
     steps_per_round,
 )
+from latentfl.privacy.dp_sgd import import_opacus
 from latentfl.privacy.ledger import LEDGER_FILE
 from latentfl.seeding import derive_seed
 from latentfl.strategies import Task, Tensors
@@ -48,6 +49,8 @@ class SitePrivacy:
         self.key_dir = key_dir
         self._ledger: Any = None
         self._ckks: Any = None
+        if self.dp:
+            import_opacus()  # now, not in the first task's training thread
 
     @property
     def dp(self) -> bool:

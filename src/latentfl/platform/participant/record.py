@@ -2,11 +2,11 @@
 had acknowledged, hash-chained and fsynced like the coordinator's journal (the same
 :class:`~latentfl.platform.coordinator.journal.Journal` code: one implementation of the chain).
 
-Entries: ``task`` (round, model manifest digest, aggregation mode, epochs, learning rate, batch
-size), ``declined`` (round, the rule or reason, its detail), ``accepted`` (round: training
-starts), ``sent`` (kind, round, SHA-256 of the payload, bytes, the epsilon the ledger reported),
-``acknowledged`` (kind, round, SHA-256) and ``audit_answered`` (kind, request). No weights, data
-or keys. ``latentfl participant log`` prints it; :func:`compare_with_coordinator` checks it
+Entries: ``task`` (round, the coordinator's method where the TASK names it, model manifest
+digest, aggregation mode, epochs, learning rate, batch size), ``declined`` (round, the rule or
+reason, its detail), ``accepted`` (round: training starts), ``sent`` (kind, round, SHA-256 of
+the payload, bytes, the epsilon the ledger reported), ``acknowledged`` (kind, round, SHA-256)
+and ``audit_answered`` (kind, request). No weights, data or keys. ``latentfl participant log`` prints it; :func:`compare_with_coordinator` checks it
 against an export of the coordinator's journal (``latentfl participant verify``).
 """
 

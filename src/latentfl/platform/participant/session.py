@@ -60,8 +60,8 @@ from latentfl.platform.protocol import (
     Message,
     Outgoing,
     Reject,
-    pack_json,
 )
+from latentfl.platform.wire.hello import encode_hello
 from latentfl.platform.wire.payloads import (
     decode_decrypt_task,
     decode_task,
@@ -144,10 +144,15 @@ class ParticipantSession:
         """Whether a local training thread still runs."""
         return self._training is not None and not self._training.future.done()
 
+    def halt_work(self) -> None:
+        """Tell local training to stop at its next batch (thread-safe, returns at once): a
+        stopping agent says so before it says BYE, so the two overlap."""
+        self._stop_work.set()
+
     def stop_work(self, timeout: float) -> bool:
         """Stop local training between batches and wait up to ``timeout`` s for its thread;
         True when none runs any more (what it trained is dropped, never sent)."""
-        self._stop_work.set()
+        self.halt_work()
         if self._training is None:
             return True
         done, _ = wait([self._training.future], timeout)
@@ -261,14 +266,17 @@ class ParticipantSession:
             self.log.warning("task_refused", round=r, reason=exc.reason, detail=str(exc))
             return [self._decline(r, exc.reason, str(exc))]
         digest = str(message.header.meta.get("manifest"))  # decode_task checked it
+        method = task.method or "method not stated"
         self.log.info("task_received", round=r, bytes=len(message.payload),
-                      epochs=task.train.epochs, lr=task.train.lr,
+                      epochs=task.train.epochs, lr=task.train.lr, method=task.method,
                       aggregation=task.aggregation.value,
-                      summary=f"round {r}: task received ({spec.name}, {task.train.epochs} "
-                              f"epoch(s), lr {task.train.lr}, {task.aggregation.value})")
-        self.record.note("task", round=r, model=spec.name, manifest=digest,
-                         aggregation=task.aggregation.value, epochs=task.train.epochs,
-                         lr=task.train.lr, batch_size=task.train.batch_size)
+                      summary=f"round {r}: task received ({method}, {spec.name}, "
+                              f"{task.train.epochs} epoch(s), lr {task.train.lr}, "
+                              f"{task.aggregation.value})")
+        self.record.note("task", round=r, method=task.method, model=spec.name,
+                         manifest=digest, aggregation=task.aggregation.value,
+                         epochs=task.train.epochs, lr=task.train.lr,
+                         batch_size=task.train.batch_size)
         try:  # the site's approval and its privacy policy, before any data is touched
             check_task_policy(self.config.policy.tasks, task, spec, digest)
             sigma = self.privacy.check(task, len(self.data.y),
@@ -426,7 +434,8 @@ class ParticipantSession:
     # -- what goes out --------------------------------------------------------------------
     def _hello(self) -> Outgoing:
         summary = self.data.summary(self.config.share_class_counts)
-        return self._to_coordinator(Kind.HELLO, 0, pack_json(summary))
+        payload = encode_hello(summary, max_epsilon=self.config.privacy.policy.max_epsilon)
+        return self._to_coordinator(Kind.HELLO, 0, payload)
 
     def _masked_reply(self, reply: tuple[Kind, bytes, dict]) -> Outgoing:
         assert self._masked is not None

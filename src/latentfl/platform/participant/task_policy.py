@@ -12,12 +12,16 @@ the coordinator: the limits live in the site's own config.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import get_args
 
 from latentfl.config import option
 from latentfl.errors import PrivacyError
 from latentfl.privacy import PolicyRule
 from latentfl.strategies import ModelSpec, Task
+from latentfl.strategies.registry import Method
 
+METHODS: tuple[str, ...] = get_args(Method)
+"""The methods a coordinator can run (``strategy.method``), which a TASK names."""
 LOCAL_METHODS = ("plain", "fedprox", "fednova")
 """The local training rules a TASK can ask for: plain local SGD (FedAvg, DynaFed, FedDGM),
 FedProx's proximal term (``prox_mu > 0``), FedNova's normalised update."""
@@ -27,6 +31,10 @@ FedProx's proximal term (``prox_mu > 0``), FedNova's normalised update."""
 class TaskPolicy:
     """Bounds on the TASKs this site runs; an empty list or none means no limit."""
 
+    methods: tuple[str, ...] = option(
+        (), help="Methods the coordinator may run with this site's updates, e.g. ['fedavg', "
+                 "'dynafed'] (empty = all). FedDGM distils each upload into synthetic images; "
+                 "a TASK that does not name its method is declined when this is set.")
     local_methods: tuple[str, ...] = option(
         (), help="Local training rules accepted: 'plain', 'fedprox', 'fednova' (empty = all).")
     models: tuple[str, ...] = option(
@@ -44,9 +52,11 @@ class TaskPolicy:
                                                "trains in; later TASKs are declined.", min=1)
 
     def problems(self) -> list[str]:
-        out = [f"policy.tasks.local_methods holds {m!r}; expected one of "
-               f"{', '.join(LOCAL_METHODS)}." for m in self.local_methods
-               if m not in LOCAL_METHODS]
+        out = [f"policy.tasks.methods holds {m!r}; expected one of {', '.join(METHODS)}."
+               for m in self.methods if m not in METHODS]
+        out += [f"policy.tasks.local_methods holds {m!r}; expected one of "
+                f"{', '.join(LOCAL_METHODS)}." for m in self.local_methods
+                if m not in LOCAL_METHODS]
         if (self.min_batch_size is not None and self.max_batch_size is not None
                 and self.min_batch_size > self.max_batch_size):
             out.append(f"policy.tasks.min_batch_size = {self.min_batch_size} is above "
@@ -73,6 +83,10 @@ def check_task_policy(policy: TaskPolicy, task: Task, model: ModelSpec, digest: 
     train, r = task.train, task.round
     method = local_method(task)
     checks = [
+        (policy.methods and task.method not in policy.methods, PolicyRule.METHOD_NOT_ALLOWED,
+         (f"method {task.method!r}" if task.method else "a method it does not name (a "
+          "coordinator older than the TASK's method field)")
+         + f"; this site accepts {', '.join(policy.methods)}"),
         (policy.local_methods and method not in policy.local_methods,
          PolicyRule.METHOD_NOT_ALLOWED,
          f"local training {method!r}; this site accepts {', '.join(policy.local_methods)}"),
@@ -104,5 +118,5 @@ def check_task_policy(policy: TaskPolicy, task: Task, model: ModelSpec, digest: 
                                      "(the site's [policy.tasks]).")
 
 
-__all__ = ["LOCAL_METHODS", "SiteTaskPolicies", "TaskPolicy", "check_task_policy",
+__all__ = ["LOCAL_METHODS", "METHODS", "SiteTaskPolicies", "TaskPolicy", "check_task_policy",
            "local_method"]

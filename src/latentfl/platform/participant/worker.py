@@ -2,8 +2,10 @@
 
 A stopping agent must not leave the interpreter while a training thread is inside torch: the
 process then dies in native code (SIGABRT "exception not rethrown", SIGSEGV) instead of
-exiting with its code. So local training checks a stop flag between batches
-(:func:`stop_between_batches`) and the agent joins it before it exits.
+exiting with its code. So local training checks a stop flag between batches, and inside a
+batch before each layer's forward and as each parameter's gradient arrives, since one DP-SGD
+step on a CPU can take more than a second (:func:`stop_between_batches`); the agent joins it
+before it exits.
 """
 
 from __future__ import annotations
@@ -55,11 +57,31 @@ class _StopBetweenBatches:
             yield batch
 
 
+def _stop_inside_batches(model: Any, stop: threading.Event) -> None:
+    """Raise :class:`Stopped` once ``stop`` is set, before any layer's forward and as any
+    parameter's gradient is computed (an exception in a hook ends ``backward()`` with it).
+    Hooks on tensors, not full backward hooks on modules: those wrap a layer's output, which
+    an in-place activation after it may not modify."""
+
+    def check(*_: Any) -> None:
+        if stop.is_set():
+            raise Stopped("local training stopped inside a batch: the agent is stopping.")
+
+    for module in model.modules():
+        if next(module.children(), None) is None:  # the leaves do the work
+            module.register_forward_pre_hook(check)
+    for param in model.parameters():
+        if param.requires_grad:
+            param.register_hook(check)
+
+
 def stop_between_batches(wrap: Callable | None, stop: threading.Event) -> Callable:
     """A ``train`` wrap that applies ``wrap`` (DP-SGD or none), then makes the loader check
-    ``stop`` between batches."""
+    ``stop`` between batches and the model inside them (the model is built for this one
+    task, so its hooks go with it)."""
 
     def wrapped(model: Any, optimizer: Any, loader: Any) -> tuple[Any, Any, Any]:
+        _stop_inside_batches(model, stop)
         if wrap is not None:
             model, optimizer, loader = wrap(model, optimizer, loader)
         return model, optimizer, _StopBetweenBatches(loader, stop)

@@ -51,7 +51,7 @@ from latentfl.platform.protocol._header import (
 )
 from latentfl.platform.protocol._json import canonical_json
 from latentfl.platform.protocol._replay import ReplayGuard
-from latentfl.platform.protocol._task import TaskOptions, UpdateForm
+from latentfl.platform.protocol._task import GATED_TASK_META, TaskOptions, UpdateForm
 from latentfl.platform.protocol._verify import Verifier, decode
 
 __all__ = [
@@ -61,6 +61,7 @@ __all__ = [
     "FROM_COORDINATOR",
     "FROM_OPERATOR",
     "FROM_PARTICIPANT",
+    "GATED_TASK_META",
     "MAX_DETAIL",
     "MAX_HEADER_BYTES",
     "PROTOCOL_VERSION",

@@ -9,10 +9,14 @@ A TASK's payload is the weights (safetensors); its signed header's meta holds th
     update       what the participant returns (:class:`UpdateForm`)
     manifest     digest of the model manifest both sides check the tensors against
     secagg       secagg and ckks only: the round's masking parameters (the secagg codec's)
+    method       the method the coordinator runs with the updates (e.g. ``feddgm``, which
+                 distils each upload into synthetic images), for the site's approval policy;
+                 gated (:data:`GATED_TASK_META`): sent only to an agent whose HELLO lists it
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import StrEnum
@@ -29,7 +33,11 @@ from latentfl.strategies.base import ModelSpec
 from latentfl.training import TrainConfig
 
 REQUIRED = ("train", "model", "aggregation", "update", "manifest")
-OPTIONAL = ("secagg",)
+OPTIONAL = ("secagg", "method")
+GATED_TASK_META = frozenset({"method"})
+"""Optional TASK keys added after agents were deployed: the coordinator sends one only to an
+agent whose HELLO says it decodes it (an older agent's strict decoder refuses an unknown key)."""
+_METHOD = re.compile(r"[a-z][a-z0-9_]{0,31}")
 
 
 class UpdateForm(StrEnum):
@@ -49,13 +57,15 @@ class TaskOptions:
     manifest: str
     update: UpdateForm = UpdateForm.WEIGHTS
     secagg: str | None = None
+    method: str | None = None
 
     def meta(self) -> dict[str, Any]:
         meta = {"train": canonical_json(to_dict(self.train)).decode("ascii"),
                 "model": canonical_json(to_dict(self.model)).decode("ascii"),
                 "aggregation": self.aggregation.value, "update": self.update.value,
                 "manifest": self.manifest}
-        return meta if self.secagg is None else meta | {"secagg": self.secagg}
+        optional = {"secagg": self.secagg, "method": self.method}
+        return meta | {k: v for k, v in optional.items() if v is not None}
 
     @classmethod
     def from_meta(cls, meta: Mapping[str, Any]) -> TaskOptions:
@@ -70,10 +80,13 @@ class TaskOptions:
             raise ProtocolError(Reason.MALFORMED, f"TASK settings are refused: {exc}") from None
         aggregation = _choice(meta, "aggregation", Aggregation)
         update = _choice(meta, "update", UpdateForm)
-        manifest, secagg = meta["manifest"], meta.get("secagg")
+        manifest, secagg, method = meta["manifest"], meta.get("secagg"), meta.get("method")
         if not isinstance(manifest, str) or not (secagg is None or isinstance(secagg, str)):
             raise ProtocolError(Reason.MALFORMED, "TASK manifest and secagg must be strings.")
-        return cls(train, model, aggregation, manifest, update, secagg)
+        if "method" in meta and not (isinstance(method, str) and _METHOD.fullmatch(method)):
+            raise ProtocolError(Reason.MALFORMED, f"TASK method is {str(method)[:40]!r}; expected "
+                                                  "a method name (a-z, 0-9, _; at most 32).")
+        return cls(train, model, aggregation, manifest, update, secagg, method)
 
 
 def _json(meta: Mapping[str, Any], key: str) -> dict[str, Any]:
@@ -92,4 +105,4 @@ def _choice(meta: Mapping[str, Any], key: str, enum: type[StrEnum]) -> Any:
                                               f"one of {[e.value for e in enum]}.") from None
 
 
-__all__ = ["TaskOptions", "UpdateForm"]
+__all__ = ["GATED_TASK_META", "TaskOptions", "UpdateForm"]

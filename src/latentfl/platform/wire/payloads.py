@@ -5,7 +5,8 @@ weights as safetensors bytes (``pack_tensors``); the small structured part rides
 header's ``meta`` as scalars, JSON-encoded where it is a structure:
 
     TASK    meta: the task's options (:class:`~latentfl.platform.protocol.TaskOptions`:
-            training settings, model spec, aggregation mode, update form, manifest digest)
+            training settings, model spec, aggregation mode, update form, manifest digest,
+            the coordinator's method where the agent's HELLO says it decodes it)
     UPDATE  meta.num_examples, meta.num_steps (integers), meta.metrics (JSON of floats),
             meta.class_counts (examples per label as "3,0,2", or null when not shared),
             meta.epsilon (the participant's spent DP epsilon, or null without DP-SGD) and, with
@@ -30,7 +31,7 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -78,10 +79,13 @@ def _int_meta(meta: dict[str, Any], key: str) -> int:
     return value
 
 
-def encode_task(task: Task, model: ModelSpec, manifest_digest: str) -> tuple[bytes, dict]:
-    """(payload, header meta) of a TASK."""
+def encode_task(task: Task, model: ModelSpec, manifest_digest: str,
+                accepted: Collection[str] = ()) -> tuple[bytes, dict]:
+    """(payload, header meta) of a TASK; ``accepted``: the gated meta keys the participant
+    decodes (``GATED_TASK_META``, from its HELLO), the others are left out."""
     update = UpdateForm.NORMALISED if task.normalised_update else UpdateForm.WEIGHTS
-    options = TaskOptions(task.train, model, task.aggregation, manifest_digest, update)
+    options = TaskOptions(task.train, model, task.aggregation, manifest_digest, update,
+                          method=task.method if "method" in accepted else None)
     return pack_tensors(task.weights), options.meta()
 
 
@@ -97,7 +101,7 @@ def decode_task(message: Message, *, max_bytes: int) -> tuple[Task, ModelSpec]:
         )
     weights = unpack_tensors(message.payload, manifest, max_bytes)
     return Task(message.header.round, weights, options.train, options.aggregation,
-                options.update is UpdateForm.NORMALISED), options.model
+                options.update is UpdateForm.NORMALISED, options.method), options.model
 
 
 _COUNTS = re.compile(r"[0-9]{1,15}(,[0-9]{1,15})*")
