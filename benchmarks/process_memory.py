@@ -8,9 +8,25 @@ coordinator's status shows every started agent online and the RSS has stopped mo
 the last agent starts, the rounds run (plain FedAvg, tiny local work), and the peak RSS of each
 process (``VmHWM``) is read just before it exits.
 
-Memory does not depend on the machine's load, so these figures can be taken on a busy box.
+Memory does not depend on the machine's load, so these figures can be taken on a busy box. The
+data cache must be warm: the first agent to start after a change of source tree decodes the
+built-in set and writes the cache, and its idle RSS reads about 30 MB higher; run twice.
 
     python benchmarks/process_memory.py --participants 3 --width 128 --rounds 3
+
+Issue 27's targets are stated for the CPU build of torch (the CUDA build maps about 280 MB
+more per process, GPU or not). To measure on it, make a virtual environment beside the repo,
+with torch pinned so that pip cannot take a CUDA build, then latentfl's other dependencies
+(pyproject.toml; torchvision is left out: no daemon imports it), then this tree without
+dependencies::
+
+    python3.11 -m venv /work/cpu-venv
+    /work/cpu-venv/bin/pip install torch==2.13.0     # the +cpu wheel from /opt/wheels
+    /work/cpu-venv/bin/pip install numpy safetensors pillow structlog pyzmq cryptography \
+        pycryptodome tenseal matplotlib tqdm scipy opt_einsum  # the dev venv's versions
+    /work/cpu-venv/bin/pip install --no-deps opacus  # its dependencies would pull a torch
+    /work/cpu-venv/bin/pip install --no-deps -e .
+    /work/cpu-venv/bin/python benchmarks/process_memory.py --participants 2 --rounds 2
 """
 
 from __future__ import annotations

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
+
 import pytest
 import torch
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from daemon_helpers import STRATEGY
 from latentfl.config import from_dict
-from latentfl.errors import ConfigError, ProtocolError
+from latentfl.errors import ConfigError, ProtocolError, Reason
 from latentfl.models import model_manifest
 from latentfl.platform.coordinator import (
     CoordinatorConfig,
@@ -17,7 +21,9 @@ from latentfl.platform.coordinator import (
     read_journal,
 )
 from latentfl.platform.coordinator.conductor import RoundConductor
-from latentfl.platform.protocol import Kind
+from latentfl.platform.coordinator.intake import UpdateIntake
+from latentfl.platform.protocol import Ack, Kind, ReplayGuard, decode, encode, pack_tensors
+from latentfl.platform.wire.payloads import encode_update
 from latentfl.strategies import Update, build_strategy
 
 
@@ -143,7 +149,8 @@ def test_a_group_is_accepted_whole_or_not_at_all(tmp_path):
     update of the group is counted and none of their files is left."""
     rounds = _rounds(tmp_path)
     rounds.maybe_start(["a", "b", "c"], now=0.0)
-    group = [(_update(rounds, "a", 1.0), "d1"), (_update(rounds, "b", 2.0), "d2")]
+    group = [(u, d, pack_tensors(u.weights)) for u, d in
+             [(_update(rounds, "a", 1.0), "d1"), (_update(rounds, "b", 2.0), "d2")]]
 
     def record_fails():
         raise OSError(5, "Input/output error")
@@ -197,3 +204,69 @@ def test_a_resend_after_its_round_closed_is_acked_again_not_late(tmp_path):
     with pytest.raises(ProtocolError) as info:
         rounds.check_update("b", 1, "other")
     assert info.value.reason == "late"
+
+
+def _signed_update(update: Update, key, *, payload: bytes | None = None):
+    """The frames of ``update`` as its participant signs them (``payload``: other bytes,
+    signed as they are)."""
+    body, meta = encode_update(update)
+    return encode(Kind.UPDATE, session="s", round=update.round, sender=update.participant,
+                  signing_key=key, payload=body if payload is None else payload, meta=meta)
+
+
+def _intake(rounds: Rounds, tmp_path) -> UpdateIntake:
+    return UpdateIntake(rounds.config, rounds, Journal(tmp_path / "journal.jsonl"),
+                        model_manifest(rounds.config.strategy.model.build()))
+
+
+def test_an_accepted_update_is_stored_as_received_and_acked_by_its_digest(tmp_path):
+    """The stored update file holds exactly the payload bytes that were received and checked
+    (no re-serialisation), its SHA-256 is the digest recorded beside it, in the journal and in
+    the ACK, and a restart reads the same tensors back."""
+    rounds = _rounds(tmp_path)
+    rounds.maybe_start(["a", "b"], now=0.0)
+    key = Ed25519PrivateKey.generate()
+    update = _update(rounds, "a", 0.5)
+    frames = _signed_update(update, key)
+    message = decode(frames, user_id="a", verify_key=key.public_key(), session="s",
+                     replay=ReplayGuard(None), max_bytes=1 << 24, expected_round=None)
+    intake = _intake(rounds, tmp_path)
+    assert intake.receive(message) == []
+    (ack,), accepted = intake.commit()
+    digest = hashlib.sha256(frames[2]).hexdigest()
+    assert accepted == ["a"] and ack.meta == Ack(digest).meta() and ack.peer == "a"
+    path = rounds.store.round_dir(1) / "updates" / "a.safetensors"
+    assert path.read_bytes() == frames[2]
+    assert json.loads(path.with_suffix(".json").read_text())["payload_sha256"] == digest
+    assert [e["sha256"] for e in read_journal(tmp_path / "journal.jsonl")
+            if e["event"] == "accepted"] == [digest]
+    [(back, stored_digest)] = rounds.store.load_updates(1)
+    assert stored_digest == digest and back.num_examples == update.num_examples
+    assert all(torch.equal(back.weights[k], update.weights[k]) for k in update.weights)
+
+
+def test_a_tampered_or_invalid_update_is_refused_and_nothing_is_stored(tmp_path):
+    """A payload changed after signing is refused by the envelope ('bad-hash'); a signed
+    payload that fails the strict decode (a NaN) is refused by the intake; neither leaves a
+    file."""
+    rounds = _rounds(tmp_path)
+    rounds.maybe_start(["a", "b"], now=0.0)
+    key = Ed25519PrivateKey.generate()
+    options = dict(user_id="a", verify_key=key.public_key(), session="s",
+                   replay=ReplayGuard(None), max_bytes=1 << 24, expected_round=None)
+    update = _update(rounds, "a", 0.5)
+    frames = _signed_update(update, key)
+    tampered = bytearray(frames[2])
+    tampered[-1] ^= 1
+    with pytest.raises(ProtocolError) as info:
+        decode([frames[0], frames[1], bytes(tampered)], **options)
+    assert info.value.reason is Reason.BAD_HASH
+    bad = dict(update.weights)
+    name = next(iter(bad))
+    bad[name] = bad[name].clone()
+    bad[name].view(-1)[0] = float("nan")
+    message = decode(_signed_update(update, key, payload=pack_tensors(bad)), **options)
+    with pytest.raises(ProtocolError) as info:
+        _intake(rounds, tmp_path).receive(message)
+    assert info.value.reason is Reason.NON_FINITE
+    assert not list((tmp_path / "state").glob("rounds/*/updates/*"))

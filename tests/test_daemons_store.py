@@ -6,10 +6,12 @@ import json
 
 import pytest
 import torch
+from safetensors.torch import save as st_save
 
 from latentfl.errors import StateError
 from latentfl.platform.coordinator.journal import Journal, read_journal, verify_journal
 from latentfl.platform.coordinator.store import StateStore
+from latentfl.platform.protocol import pack_tensors
 from latentfl.strategies import Update
 
 
@@ -76,7 +78,7 @@ def test_store_checkpoint_plan_and_updates_round_trip(tmp_path):
     assert store.load_plan(2) == ["p00", "p01"]
     update = Update("p01", 2, {"w": torch.full((3,), 0.5)}, num_examples=7, num_steps=3,
                     metrics={"train_loss": 1.25})
-    store.save_update(update, "ab" * 32)
+    store.save_update(update, "ab" * 32, pack_tensors(update.weights))
     [(back, digest)] = store.load_updates(2)
     assert digest == "ab" * 32 and back.participant == "p01" and back.num_examples == 7
     assert back.num_steps == 3 and back.metrics == {"train_loss": 1.25}
@@ -84,8 +86,23 @@ def test_store_checkpoint_plan_and_updates_round_trip(tmp_path):
     assert not list((tmp_path / "state").rglob("*.tmp"))
 
 
+def test_store_reads_an_update_file_of_the_layout_before_its_json(tmp_path):
+    """An update saved before the payload was stored as received (its counts and digest as
+    the file's safetensors metadata, no JSON beside it) is read back the same."""
+    store = StateStore(tmp_path / "state")
+    info = {"num_examples": 7, "num_steps": 3, "metrics": {"train_loss": 1.25},
+            "class_counts": [3, 4], "payload_sha256": "ab" * 32}
+    path = store.round_dir(2) / "updates" / "p01.safetensors"
+    path.parent.mkdir(parents=True)
+    path.write_bytes(st_save({"w": torch.full((3,), 0.5)},
+                             metadata={"latentfl_update": json.dumps(info)}))
+    [(back, digest)] = store.load_updates(2)
+    assert digest == "ab" * 32 and (back.num_examples, back.num_steps) == (7, 3)
+    assert back.class_counts == (3, 4) and torch.equal(back.weights["w"], torch.full((3,), 0.5))
+
+
 def test_store_refuses_ids_that_are_not_file_names(tmp_path):
     """A participant id that could escape the folder is refused."""
     store = StateStore(tmp_path)
     with pytest.raises(StateError):
-        store.save_update(Update("../evil", 1, {}, num_examples=1, num_steps=1), "00")
+        store.save_update(Update("../evil", 1, {}, num_examples=1, num_steps=1), "00", b"")

@@ -93,6 +93,23 @@ def test_a_task_is_trained_uploaded_resent_and_acknowledged(tmp_path, data):
     assert session.on_message(_task(1), time.time()) == []  # a done round is not trained again
 
 
+def test_an_upload_carries_the_digest_its_ack_is_matched_with(tmp_path, data):
+    """The upload's Outgoing carries the payload's SHA-256 computed once for the ACK match, the
+    envelope signs that digest, and the coordinator's ACK of it is taken."""
+    session = _session(tmp_path, data)
+    session.on_message(_task(1), time.time())
+    (update,) = _upload(session)
+    digest = hashlib.sha256(update.payload).hexdigest()
+    assert update.payload_sha256 == session.pending.digest == digest
+    frames = encode(update.kind, session=SESSION, round=1, sender="p00",
+                    signing_key=Ed25519PrivateKey.generate(), payload=update.payload,
+                    meta=update.meta, payload_sha256=update.payload_sha256)
+    assert parse_header(frames[0]).payload_sha256 == digest
+    ack = _from_coordinator(Kind.ACK, 1, sha256=parse_header(frames[0]).payload_sha256)
+    assert session.on_message(ack, time.time()) == []
+    assert session.pending is None and session.done_round == 1
+
+
 def test_a_repeated_task_gets_the_pending_upload_again(tmp_path, data):
     """The coordinator that sends a round's TASK again (it lost the upload) gets the same
     payload back at once, without a second training."""

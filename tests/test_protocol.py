@@ -254,6 +254,23 @@ def test_payload_hash_and_length_are_checked():
     refused("bad-hash", [frames[0], frames[1], PAYLOAD[:-1]])
 
 
+def test_a_precomputed_payload_digest_is_signed_as_given_and_still_checked(monkeypatch):
+    """encode takes the caller's digest without hashing again (an upload hashes once); the
+    receiver checks the payload against it all the same, so a wrong one is 'bad-hash'."""
+    digest = hashlib.sha256(PAYLOAD).hexdigest()
+
+    def no_hash(*args, **kwargs):
+        raise AssertionError("encode hashed a payload whose digest it was given")
+
+    with monkeypatch.context() as m:
+        m.setattr("latentfl.platform.protocol._header.hashlib.sha256", no_hash)
+        frames = message(payload_sha256=digest)
+    assert header_obj(frames)["payload_sha256"] == digest
+    assert check(frames).payload == PAYLOAD
+    wrong = hashlib.sha256(b"y" + PAYLOAD[1:]).hexdigest()
+    refused("bad-hash", message(payload_sha256=wrong))
+
+
 def test_checks_run_in_the_design_order():
     """When several things are wrong, the earliest check in DESIGN.md's order names the reason."""
     frames = message(round=9, session="zz")

@@ -32,7 +32,6 @@ from latentfl.platform.coordinator.rounds import load_strategy
 from latentfl.platform.local import LocalConsortium
 from latentfl.simulate import PartitionConfig, SimulationConfig, run_simulation
 from latentfl.strategies import StrategyConfig
-from latentfl.synthetic_grid import save_grid
 
 DATA = "builtin:cifar10-mini"
 METHODS = ("feddgm", "fedavg")
@@ -147,6 +146,8 @@ def run_demo(*, rounds: int = 3, participants: int = 5, method: str = "feddgm",
             f"{'-' if r >= len(accs) or accs[r] is None else f'{100 * accs[r]:.2f}%':>10}"
             for accs in results.values()))
     if sets:
+        from latentfl.synthetic_grid import save_grid  # PIL: not for the daemons the CLI starts
+
         grid = save_grid(sets, ds.train.classes, root / "synthetic.png")
         out(f"synthetic images of the last FedDGM round: {grid}")
     out(f"{'finished' if ok else 'FAILED'} in {time.monotonic() - started:.1f}s "

@@ -21,7 +21,6 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 
 from latentfl.errors import DataError
 from latentfl.log import get_logger
@@ -97,6 +96,8 @@ def _layout(paths: list[str], source: Path) -> tuple[str, dict[str, str]]:
 
 def _decode(data: bytes) -> np.ndarray:
     """Decode one image to HxW (gray) or HxWx3 (colour) uint8; raises OSError/ValueError if bad."""
+    from PIL import Image  # only when decoding: a daemon reading its cached data never needs it
+
     with Image.open(io.BytesIO(data)) as image:
         mode = "L" if image.mode in _GRAY_MODES else "RGB"
         return np.asarray(image.convert(mode), dtype=np.uint8)
@@ -106,6 +107,7 @@ def _decode_split(
     members: list[Member], root: str, classes: dict[str, int], source: Path, split: str
 ) -> tuple[list[np.ndarray], list[int], list[str], list[str]]:
     """Decode one split; returns (images, labels, paths of those images, paths skipped)."""
+    from PIL import Image
     from tqdm import tqdm
 
     log = get_logger("data.imagefolder")

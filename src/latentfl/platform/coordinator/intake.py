@@ -103,7 +103,7 @@ class UpdateIntake:
         if not group:
             return [], []
         try:
-            self.rounds.accept_group([(h.update, h.digest) for h in group],
+            self.rounds.accept_group([(h.update, h.digest, h.message.payload) for h in group],
                                      lambda: self.journal.append_group([
                                          ("accepted", self._journal_fields(h)) for h in group]))
         except Exception as exc:

@@ -34,6 +34,7 @@ from latentfl.errors import ConfigError, ProtocolError, Reason
 from latentfl.platform.coordinator.config import CoordinatorConfig
 from latentfl.platform.coordinator.status import no_run_yet
 from latentfl.platform.coordinator.store import Checkpoint, StateStore
+from latentfl.platform.protocol import pack_tensors
 from latentfl.strategies import (
     Aggregation,
     Strategy,
@@ -182,15 +183,17 @@ class Rounds:
 
     def accept(self, update: Update, digest: str,
                record: Callable[[], object] | None = None) -> None:
-        """:meth:`accept_group` of one update."""
-        self.accept_group([(update, digest)], record)
+        """:meth:`accept_group` of one update that came in no message (its tensors packed
+        as its payload)."""
+        self.accept_group([(update, digest, pack_tensors(update.weights))], record)
 
-    def accept_group(self, items: Sequence[tuple[Update, str]],
+    def accept_group(self, items: Sequence[tuple[Update, str, bytes]],
                      record: Callable[[], object] | None = None) -> None:
-        """Persist updates (each with its payload's SHA-256), made durable together, let
-        ``record`` journal them durably, and only then count them. Nothing is half-accepted:
-        if saving or ``record`` fails, the files are removed again and the error propagates."""
-        updates = [update for update, _ in items]
+        """Persist updates (each with its payload's SHA-256 and the payload as received), made
+        durable together, let ``record`` journal them durably, and only then count them.
+        Nothing is half-accepted: if saving or ``record`` fails, the files are removed again
+        and the error propagates."""
+        updates = [update for update, _, _ in items]
         try:
             self.store.save_updates(list(items))
             if record is not None:
@@ -198,7 +201,7 @@ class Rounds:
         except BaseException:
             self.store.discard_updates(updates)
             raise
-        for update, digest in items:
+        for update, digest, _ in items:
             self.updates[update.participant] = update
             self.digests[update.participant] = digest
 

@@ -15,11 +15,17 @@ Layout (all files written temp -> fsync -> rename, then the folder fsynced)::
     STATE/checkpoints/round-000r.safetensors strategy.state_dict() tensors after round r
     STATE/checkpoints/round-000r.json        its JSON meta, round metrics and participants
     STATE/rounds/000r/plan.json              who takes part in round r (written before any TASK)
-    STATE/rounds/000r/updates/PID.safetensors  an accepted UPDATE: its tensors, and as
-                                             metadata its counts and payload SHA-256
+    STATE/rounds/000r/updates/PID.safetensors  an accepted update's payload, the bytes as
+                                             received and checked (their SHA-256 is the
+                                             signed header's payload_sha256)
+    STATE/rounds/000r/updates/PID.json       its counts, metrics and that payload SHA-256
 
 An update file is on disk (fsynced) before its ACK leaves, so a restarted coordinator resumes
 round r with every update it acknowledged, and counts each once (one file per participant).
+The payload is stored as it came, never re-serialised from the decoded tensors: it is written
+only after the strict decode accepted it, so a stored file is always one that passed. A folder
+written before the JSON beside it existed (the counts as the file's safetensors metadata) is
+still read.
 """
 
 from __future__ import annotations
@@ -49,13 +55,12 @@ def _counts(value: Any) -> tuple[int, ...] | None:
     return None if value is None else tuple(int(c) for c in value)
 
 
-def _update_bytes(update: Update, digest: str) -> bytes:
-    """An update file: its tensors, and as metadata its counts and the payload digest."""
+def _update_info(update: Update, digest: str) -> bytes:
+    """The JSON beside an update's payload: its counts, metrics and the payload digest."""
     info = {"num_examples": update.num_examples, "num_steps": update.num_steps,
             "metrics": update.metrics, "class_counts": update.class_counts,
             "payload_sha256": digest}
-    tensors = {k: v.detach().cpu().contiguous() for k, v in update.weights.items()}
-    return st_save(tensors, metadata={_UPDATE_META: json.dumps(info, sort_keys=True)})
+    return (json.dumps(info, sort_keys=True) + "\n").encode("utf-8")
 
 
 def read_json(path: Path) -> Any:
@@ -199,20 +204,27 @@ class StateStore:
                              "letters, digits, '_', '.', '-'.")
         return self.round_dir(round) / "updates" / f"{participant}.safetensors"
 
-    def save_update(self, update: Update, digest: str) -> None:
-        """Persist an accepted update (fsynced) with its counts and the payload digest."""
-        self.save_updates([(update, digest)])
+    def save_update(self, update: Update, digest: str, payload: bytes) -> None:
+        """Persist an accepted update (fsynced): its payload as received, and its counts and
+        the payload digest beside it."""
+        self.save_updates([(update, digest, payload)])
 
-    def save_updates(self, items: list[tuple[Update, str]]) -> None:
-        """Persist several accepted updates, made durable together (``write_atomic_many``)."""
-        write_atomic_many([(self._update_path(u.round, u.participant), _update_bytes(u, digest))
-                           for u, digest in items])
+    def save_updates(self, items: list[tuple[Update, str, bytes]]) -> None:
+        """Persist several accepted updates, each (update, payload SHA-256, payload bytes as
+        received), made durable together (``write_atomic_many``). The JSON comes first in the
+        list, so it is renamed into place before its payload file."""
+        files: list[tuple[Path, bytes]] = []
+        for update, digest, payload in items:
+            path = self._update_path(update.round, update.participant)
+            files += [(path.with_suffix(".json"), _update_info(update, digest)), (path, payload)]
+        write_atomic_many(files)
 
     def discard_updates(self, updates: list[Update]) -> None:
         """Remove update files whose acceptance could not be journaled (never acked)."""
         paths = [self._update_path(u.round, u.participant) for u in updates]
         for path in paths:
             path.unlink(missing_ok=True)
+            path.with_suffix(".json").unlink(missing_ok=True)
         for folder in {path.parent for path in paths}:
             if folder.exists():
                 fsync_dir(folder)
@@ -223,10 +235,8 @@ class StateStore:
         out: list[tuple[Update, str]] = []
         for path in sorted(folder.glob("*.safetensors")) if folder.is_dir() else []:
             try:
-                data = path.read_bytes()
-                tensors = st_load(data)
-                with safe_open(path, framework="pt") as fh:
-                    info = json.loads((fh.metadata() or {})[_UPDATE_META])
+                tensors = st_load(path.read_bytes())
+                info = self._update_info(path)
             except (OSError, SafetensorError, KeyError, ValueError) as exc:
                 raise StateError(f"accepted update {path} cannot be read: {exc}.") from None
             update = Update(participant=path.stem, round=round, weights=tensors,
@@ -236,6 +246,16 @@ class StateStore:
                             class_counts=_counts(info.get("class_counts")))
             out.append((update, str(info["payload_sha256"])))
         return out
+
+    @staticmethod
+    def _update_info(path: Path) -> dict[str, Any]:
+        """The counts and digest of the update file ``path``: its JSON, or in a folder written
+        before that existed, the file's own safetensors metadata."""
+        beside = path.with_suffix(".json")
+        if beside.exists():
+            return json.loads(beside.read_text(encoding="utf-8"))
+        with safe_open(path, framework="pt") as fh:
+            return json.loads((fh.metadata() or {})[_UPDATE_META])
 
 
 __all__ = ["Checkpoint", "StateStore", "read_json", "write_atomic", "write_json_atomic"]

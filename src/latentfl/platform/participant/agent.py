@@ -210,7 +210,8 @@ class Agent:
         for out in outbox:
             frames = encode(out.kind, session=self.config.session, round=out.round,
                             sender=self.pid, signing_key=self.identity.signing_key,
-                            payload=out.payload, meta=out.meta)
+                            payload=out.payload, meta=out.meta,
+                            payload_sha256=out.payload_sha256)
             try:
                 sock.send_multipart(frames)
             except zmq.Again:

@@ -460,7 +460,9 @@ class ParticipantSession:
                       summary=f"round {p.round}: sent {p.kind.value} ({len(p.payload)} bytes, "
                               f"sha256 {p.digest[:12]})"
                               + (f", attempt {p.attempts}" if p.attempts > 1 else ""))
-        return self._to_coordinator(p.kind, p.round, p.payload, p.meta)
+        # the digest Pending computed for the ACK goes into the header: hashed once per upload
+        return Outgoing(COORDINATOR_ID, p.kind, p.round, p.payload, p.meta,
+                        payload_sha256=p.digest)
 
     @staticmethod
     def _to_coordinator(kind: Kind, round: int, payload: bytes = b"",

@@ -175,6 +175,9 @@ class Outgoing:
     round: int
     payload: bytes = b""
     meta: Mapping[str, Any] = field(default_factory=dict)
+    #: the payload's SHA-256 when the sender already has it (an upload's, kept for its ACK),
+    #: so :func:`encode` does not hash the payload again
+    payload_sha256: str | None = None
 
 
 def _is_int(value: Any, low: int = 0) -> bool:
@@ -250,8 +253,13 @@ def encode(
     signing_key: Ed25519PrivateKey,
     payload: bytes = b"",
     meta: Mapping[str, Any] | None = None,
+    payload_sha256: str | None = None,
 ) -> list[bytes]:
-    """Build the three frames of a signed message with a fresh nonce and the current time."""
+    """Build the three frames of a signed message with a fresh nonce and the current time.
+
+    ``payload_sha256`` is the payload's SHA-256 (hex) when the caller computed it already (an
+    upload keeps it to match its ACK); it is signed as given, so a wrong one only gets the
+    message refused by its receiver, which checks the payload against it."""
     payload = bytes(payload)
     obj = {
         "version": PROTOCOL_VERSION,
@@ -262,7 +270,8 @@ def encode(
         "nonce": secrets.token_hex(16),
         "timestamp": float(time.time()),
         "payload_len": len(payload),
-        "payload_sha256": hashlib.sha256(payload).hexdigest(),
+        "payload_sha256": payload_sha256 if payload_sha256 is not None
+        else hashlib.sha256(payload).hexdigest(),
         "meta": dict(meta or {}),
     }
     problems = _header_problems(obj)
