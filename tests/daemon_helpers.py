@@ -61,7 +61,7 @@ def local_parts(ds, count: int) -> list[LocalData]:
     """Each participant's part of the partition, computed as the simulator computes it."""
     parts = PARTITION.split(ds.train.y, count)
     x, y = to_tensors(ds.train, ds.mean, ds.std)
-    return [LocalData(x[idx], y[idx], ds.num_classes) for idx in parts]
+    return [LocalData.of_tensors(x[idx], y[idx], ds.num_classes) for idx in parts]
 
 
 def simulate(ds, count: int, rounds: int):

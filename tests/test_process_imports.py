@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from types import SimpleNamespace
 
 import pytest
 
@@ -37,3 +38,24 @@ def test_daemon_modules_leave_heavy_libraries_unimported(module):
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                             timeout=120)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_an_idle_agent_holds_its_images_as_stored_until_a_task_needs_them():
+    """The site's data is normalised on first use (a task or an audit), once, to exactly what
+    training on the whole set would see; before that the agent holds the compact uint8 form."""
+    import torch
+
+    from latentfl.data import load_dataset, to_tensors
+    from latentfl.platform.participant import load_local_data
+
+    calls = []
+    site = SimpleNamespace(data="builtin:cifar10-mini", partition=None)  # what it reads
+    data = load_local_data(site)
+    normalise = data._normalise
+    data._normalise = lambda: calls.append(1) or normalise()
+    assert len(data.y) == 5000 and not calls
+    first, second = data.x, data.x
+    assert first is second and calls == [1]
+    ds = load_dataset("builtin:cifar10-mini")
+    x, y = to_tensors(ds.train, ds.mean, ds.std)
+    assert torch.equal(first, x) and torch.equal(data.y, y)

@@ -10,8 +10,7 @@ from __future__ import annotations
 import dataclasses
 import threading
 import time
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -26,13 +25,33 @@ from latentfl.platform.participant.worker import stop_between_batches
 from latentfl.strategies import ModelSpec, Task, Update, run_task
 
 
-@dataclass
 class LocalData:
-    """This site's training tensors and the summary HELLO may carry."""
+    """This site's training examples and the summary HELLO may carry.
 
-    x: torch.Tensor
-    y: torch.Tensor
-    num_classes: int
+    The images stay as stored (uint8, a quarter of the float32 the model trains on) until the
+    first task or audit needs them, so an idle agent does not hold them normalised.
+    """
+
+    def __init__(self, y: torch.Tensor, num_classes: int,
+                 normalised_images: Callable[[], torch.Tensor]) -> None:
+        self.y = y
+        self.num_classes = num_classes
+        self._normalise = normalised_images
+        self._x: torch.Tensor | None = None
+        self._lock = threading.Lock()  # the training thread and an audit may both ask first
+
+    @classmethod
+    def of_tensors(cls, x: torch.Tensor, y: torch.Tensor, num_classes: int) -> LocalData:
+        """Data already normalised (tests, and callers that hold tensors)."""
+        return cls(y, num_classes, lambda: x)
+
+    @property
+    def x(self) -> torch.Tensor:
+        """The normalised images (N, C, H, W), computed on first use and kept."""
+        with self._lock:
+            if self._x is None:
+                self._x = self._normalise()
+            return self._x
 
     def summary(self, share_class_counts: bool) -> dict[str, Any]:
         out: dict[str, Any] = {"num_examples": len(self.y)}
@@ -45,8 +64,9 @@ def load_local_data(config: ParticipantConfig) -> LocalData:
     """The site's training split, or its part of a deterministic partition (demos, tests)."""
     ds = load_dataset(config.data)
     train = ds.train if config.partition is None else config.partition.take(ds.train)
-    x, y = to_tensors(train, ds.mean, ds.std)
-    return LocalData(x, y, ds.num_classes)
+    mean, std = ds.mean, ds.std  # not ``ds``: the closure would keep its test split alive
+    y = torch.from_numpy(np.asarray(train.y, dtype=np.int64).copy())
+    return LocalData(y, ds.num_classes, lambda: to_tensors(train, mean, std)[0])
 
 
 class Trained(NamedTuple):
