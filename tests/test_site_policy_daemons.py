@@ -12,16 +12,15 @@ from latentfl.platform.participant import Agent
 from latentfl.platform.supervisor import wait_until
 
 
-def test_a_task_outside_the_sites_approval_is_declined_and_status_names_the_rule(tmp_path):
-    """The coordinator asks for lr 0.05, the site allows at most 0.01: the agent declines with
-    training_out_of_bounds, the journal keeps the detail and `latentfl status` names the rule
-    beside the site."""
+def _decline_of_one_site(tmp_path, tasks_policy: dict, **coordinator) -> tuple[dict, list, dict]:
+    """One coordinator and one agent with ``[policy.tasks]`` = ``tasks_policy``, run until the
+    agent declines: (the journal's declined event, the whole journal, the status)."""
     consortium = make_consortium(tmp_path, ["p00"])
-    config = consortium.coordinator_config(min_participants=1, rounds=1)
+    config = consortium.coordinator_config(min_participants=1, rounds=1, **coordinator)
     part = local_parts(tiny_dataset(n_train=60), 1)[0]
     coord = Running(Coordinator(config))
     agent = Running(Agent(consortium.participant_config(
-        "p00", policy={"tasks": {"max_lr": 0.01}}), data=part))
+        "p00", policy={"tasks": tasks_policy}), data=part))
     journal = config.state_dir / "journal.jsonl"
     try:
         wait_until(lambda: any(e["event"] == "declined" for e in read_journal(journal)), 60,
@@ -29,13 +28,20 @@ def test_a_task_outside_the_sites_approval_is_declined_and_status_names_the_rule
     finally:
         agent.stop()
         coord.stop()
-    (declined,) = [e for e in read_journal(journal) if e["event"] == "declined"]
+    events = read_journal(journal)
+    (declined,) = [e for e in events if e["event"] == "declined"]
+    return declined, events, collect_status(config)
+
+
+def test_a_task_outside_the_sites_approval_is_declined_and_status_names_the_rule(tmp_path):
+    """The coordinator asks for lr 0.05, the site allows at most 0.01: the agent declines with
+    training_out_of_bounds, the journal keeps the detail and `latentfl status` names the rule
+    beside the site."""
+    declined, events, status = _decline_of_one_site(tmp_path, {"max_lr": 0.01})
     assert declined["reason"] == "training_out_of_bounds" and "lr = 0.05" in declined["detail"]
-    status = collect_status(config)
     assert status["participants"]["p00"]["declined_reasons"] == {"training_out_of_bounds": 1}
     assert any("declined 1x training_out_of_bounds" in line for line in render_text(status))
-    assert not any(e["event"] == "accepted" and e.get("kind") == "update"
-                   for e in read_journal(journal))
+    assert not any(e["event"] == "accepted" and e.get("kind") == "update" for e in events)
 
 
 def test_a_site_allowing_only_fedavg_declines_a_feddgm_task_and_status_names_the_rule(
@@ -43,23 +49,10 @@ def test_a_site_allowing_only_fedavg_declines_a_feddgm_task_and_status_names_the
     """The TASK names the coordinator's method (feddgm, which distils the upload); a site whose
     [policy.tasks] methods = ["fedavg"] declines it with method_not_allowed before training,
     and the operator sees that rule in status."""
-    consortium = make_consortium(tmp_path, ["p00"])
-    config = consortium.coordinator_config(min_participants=1, rounds=1, strategy=TINY_FEDDGM)
-    part = local_parts(tiny_dataset(n_train=60), 1)[0]
-    coord = Running(Coordinator(config))
-    agent = Running(Agent(consortium.participant_config(
-        "p00", policy={"tasks": {"methods": ["fedavg"]}}), data=part))
-    journal = config.state_dir / "journal.jsonl"
-    try:
-        wait_until(lambda: any(e["event"] == "declined" for e in read_journal(journal)), 60,
-                   "the decline")
-    finally:
-        agent.stop()
-        coord.stop()
-    (declined,) = [e for e in read_journal(journal) if e["event"] == "declined"]
+    declined, _, status = _decline_of_one_site(tmp_path, {"methods": ["fedavg"]},
+                                               strategy=TINY_FEDDGM)
     assert declined["reason"] == "method_not_allowed"
     assert "method 'feddgm'; this site accepts fedavg" in declined["detail"]
-    status = collect_status(config)
     assert status["participants"]["p00"]["declined_reasons"] == {"method_not_allowed": 1}
     assert any("declined 1x method_not_allowed" in line for line in render_text(status))
 
