@@ -94,28 +94,30 @@ def test_stuck_agent_stops_within_2s_of_a_signal(consortium, tmp_path, stop):
     config = consortium.participant_config("p00", coordinator=f"tcp://127.0.0.1:{free_port()}")
     path = write_config(tmp_path / "p00.toml", config)
     log = tmp_path / "p00.log"
-    proc = subprocess.Popen([sys.executable, "-m", "latentfl", "participant", "--config",
-                             str(path)], stdout=log.open("wb"), stderr=subprocess.STDOUT)
-    try:
-        wait_until(lambda: "participant_started" in log.read_text(), STARTUP_S,
-                   "the agent to start")
-        time.sleep(1.5)  # inside a send that has nowhere to go
-        code, took = _signal_and_time(proc, stop)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+    # 1.5 s after start: inside a send that has nowhere to go
+    code, took = _run_and_signal(path, log, "participant_started", 1.5, stop)
     assert code == ExitCode.INTERRUPTED, log.read_text()[-2000:]
     assert took < stop_limit(), f"exited {took:.2f} s after the signal"
 
 
-def _signal_and_time(proc: subprocess.Popen, stop: signal.Signals) -> tuple[int, float]:
-    """Send ``stop``; the exit code and the wall time from the signal to the exit (a process
-    still running 20 s later fails the test rather than hanging it)."""
-    proc.send_signal(stop)
-    started = time.monotonic()
-    code = proc.wait(20)
-    return code, time.monotonic() - started
+def _run_and_signal(path, log, marker: str, settle: float,
+                    stop: signal.Signals) -> tuple[int, float]:
+    """Start an agent on config ``path``, wait for ``marker`` in its log and ``settle`` s more,
+    send ``stop``: the exit code and the wall time from the signal to the exit. A process still
+    running 20 s later fails the test rather than hanging it, and is killed whatever happened."""
+    proc = subprocess.Popen([sys.executable, "-m", "latentfl", "participant", "--config",
+                             str(path)], stdout=log.open("wb"), stderr=subprocess.STDOUT)
+    try:
+        wait_until(lambda: marker in log.read_text(), STARTUP_S, f"{marker} in the agent's log")
+        time.sleep(settle)
+        proc.send_signal(stop)
+        started = time.monotonic()
+        code = proc.wait(20)
+        return code, time.monotonic() - started
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
 
 
 @pytest.mark.parametrize("dp", [False, True], ids=["plain", "dp_sgd"])
@@ -130,17 +132,10 @@ def test_agent_stops_cleanly_mid_training(consortium, tmp_path, stop, dp):
     path = write_config(tmp_path / "p00.toml", consortium.participant_config(
         "p00", state_dir=tmp_path / "p00-state", privacy=privacy))
     log = tmp_path / "p00.log"
-    proc = subprocess.Popen([sys.executable, "-m", "latentfl", "participant", "--config",
-                             str(path)], stdout=log.open("wb"), stderr=subprocess.STDOUT)
     try:
-        wait_until(lambda: "task_received" in log.read_text(), STARTUP_S,
-                   "the agent's first task")
-        time.sleep(1.0)  # inside local training
-        code, took = _signal_and_time(proc, stop)
+        # 1 s after its first task: inside local training
+        code, took = _run_and_signal(path, log, "task_received", 1.0, stop)
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
         coord.stop()
     assert code == ExitCode.INTERRUPTED, log.read_text()[-2000:]
     assert took < stop_limit(), f"exited {took:.2f} s after the signal"

@@ -29,6 +29,7 @@ from latentfl.training import TrainConfig, train
 
 log = get_logger("public")
 
+
 @dataclass(frozen=True)
 class PublicDataConfig:
     """The public data the server holds (the ``[strategy.public]`` section)."""
