@@ -86,6 +86,15 @@ def test_each_attack_runs_in_the_simulator(kind):
         assert 0.0 <= metrics["backdoor_success"] <= 1.0
 
 
+def test_absent_attackers_take_no_part_in_the_round():
+    """absent: the attackers' sites get no task and send nothing; the others' data is all used."""
+    honest = run_simulation(sim(), dataset=tiny_dataset()).history[-1].metrics
+    without = run_simulation(sim(attackers=[AttackerConfig(kind="absent", count=2)]),
+                             dataset=tiny_dataset()).history[-1].metrics
+    assert (honest["participants"], without["participants"]) == (5.0, 3.0)
+    assert 0 < without["examples"] < honest["examples"]
+
+
 def test_median_sets_aside_a_scaling_attacker_in_the_simulator():
     """With rule = median, a x10 attacker is reported set aside in the round's record."""
     result = run_simulation(sim(attackers=[AttackerConfig(kind="scale", count=1)],

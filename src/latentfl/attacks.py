@@ -6,7 +6,9 @@ bottom-right corner, relabelled to ``target``, on ``poison_fraction`` of their e
 attacks change what they send, as a change ``d`` from the round's starting weights ``w``:
 ``scale`` sends ``w + factor d`` (model replacement), ``sign_flip`` sends ``w - factor d``,
 ``gaussian`` sends ``w + N(0, sigma^2)`` in place of its change; ``backdoor`` sends
-``w + boost d``. Attackers are the first participants (p00, p01, ...), ``count`` of them or
+``w + boost d``. ``absent`` sends nothing: those sites take no part (no task, no update), which
+is the reference a defence is measured against, since the best it can do is set the attackers
+aside and lose their share of the data. Attackers are the first participants (p00, p01, ...), ``count`` of them or
 ``round(fraction x participants)``; their claimed example counts are their true ones.
 """
 
@@ -22,7 +24,7 @@ from latentfl.config import option
 from latentfl.seeding import derive_seed
 from latentfl.strategies import Tensors, Update
 
-AttackKind = Literal["sign_flip", "scale", "gaussian", "label_flip", "backdoor"]
+AttackKind = Literal["sign_flip", "scale", "gaussian", "label_flip", "backdoor", "absent"]
 
 
 @dataclass(frozen=True)
@@ -30,7 +32,7 @@ class AttackerConfig:
     """One group of dishonest participants (a ``[[simulation.attackers]]`` entry)."""
 
     kind: AttackKind = option(
-        "scale", help="sign_flip, scale, gaussian, label_flip or backdoor (the module "
+        "scale", help="sign_flip, scale, gaussian, label_flip, backdoor or absent (the module "
         "docstring of latentfl.attacks says what each sends).")
     count: int = option(0, help="Attackers of this kind (0: use fraction).", min=0)
     fraction: float = option(0.0, help="Share of participants of this kind when count is 0.",

@@ -131,6 +131,7 @@ def run_simulation(
                                       num_classes=config.strategy.model.num_classes,
                                       mean=ds.mean, std=ds.std, seed=attack_seed(config.seed, pid, 0))
     backdoor = next((a for a in config.attackers if a.kind == "backdoor"), None)
+    absent = {pid for pid, attack in attack_of.items() if attack.kind == "absent"}
     strategy = build_strategy(config.strategy)
     strategy.initialize(config.seed)
     history: list[RoundRecord] = []
@@ -146,7 +147,8 @@ def run_simulation(
             tasks = strategy.configure_round(r, selected)
             server_seconds = time.perf_counter() - server_started
             updates = run_tasks(
-                {pid: tasks[pid] for pid in selected if pid in tasks},  # baselines ask none
+                {pid: tasks[pid] for pid in selected  # baselines ask none
+                 if pid in tasks and pid not in absent},
                 strategy.model_spec,
                 local_data,
                 device=device,
