@@ -357,8 +357,11 @@ class Coordinator:
 
     def _step(self, now: float) -> Outbox:
         self.peers.sweep(now)
-        self.conductor.finish()  # the loop writes the status after the step
-        return self.conductor.step(self.admin.eligible(self.peers.online()), now)
+        closed = self.conductor.finish()  # the loop writes the status after the step
+        outbox = self.conductor.step(self.admin.eligible(self.peers.online()), now)
+        if closed is not None:  # its journal lines, if no round_opened fsynced them
+            self.journal.sync()
+        return outbox
 
     # -- receive, verify, dispatch, send --------------------------------------------------
     def _receive(self, frames: list[zmq.Frame]) -> None:
