@@ -119,4 +119,5 @@ def write_json_atomic(path: Path | str, obj: Any, *, mode: int = 0o644,
     write_atomic(path, json_bytes(obj), mode=mode, fsync=fsync)
 
 
-__all__ = ["fsync_beside", "fsync_dir", "json_bytes", "write_atomic", "write_atomic_many", "write_json_atomic"]
+__all__ = ["fsync_beside", "fsync_dir", "json_bytes", "write_atomic", "write_atomic_many",
+           "write_json_atomic"]
