@@ -1,8 +1,10 @@
 """latentfl's steady round time alone: the latentfl row of benchmarks/vs_flower.py, plus how
 long each round's aggregation thread ran until the coordinator's loop collected it.
 
-``aggregate_s`` (the ``seconds`` of each ``round_closed`` log event, rounds 2-R) is where a
-poll tick showed: a 10 ms aggregation read 100 ms while the loop slept out its tick.
+``aggregate_s`` (the ``aggregate_s`` of each ``round_closed`` log event, rounds 2-R: from
+starting the aggregation thread to the loop collecting its result) is where a poll tick
+showed: a 10 ms aggregation read 100 ms while the loop slept out its tick. (The event's
+``seconds`` is another span: from opening the round to the aggregate being ready.)
 
     python benchmarks/round_time.py --participants 5 --size small --rounds 10
 """
@@ -22,7 +24,7 @@ from vs_flower import SIZES, print_table, run_latentfl  # noqa: E402
 
 
 def aggregate_seconds(log: Path) -> list[float]:
-    """``seconds`` of every ``round_closed`` event after round 1 in a coordinator's log."""
+    """``aggregate_s`` of every ``round_closed`` event after round 1 in a coordinator's log."""
     out = []
     for line in log.read_text().splitlines():
         try:
@@ -30,7 +32,7 @@ def aggregate_seconds(log: Path) -> list[float]:
         except ValueError:
             continue
         if event.get("event") == "round_closed" and event.get("round", 0) >= 2:
-            out.append(float(event["seconds"]))
+            out.append(float(event["aggregate_s"]))
     return out
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import threading
 
 import pytest
 import torch
@@ -20,6 +21,7 @@ from latentfl.platform.coordinator import (
     StateStore,
     read_journal,
 )
+from latentfl.platform.coordinator.aggregation_worker import AggregationWorker
 from latentfl.platform.coordinator.conductor import RoundConductor
 from latentfl.platform.coordinator.intake import UpdateIntake
 from latentfl.platform.protocol import Ack, Kind, ReplayGuard, decode, encode, pack_tensors
@@ -129,6 +131,30 @@ def test_conductor_sends_each_plans_tasks_encoded_once(tmp_path):
     assert [o.round for o in second] == [2, 2] and second[0].payload != opened[0].payload
     events = [e["event"] for e in read_journal(tmp_path / "journal.jsonl")]
     assert events == ["round_opened", "round_closed", "round_opened"]
+
+
+def test_the_loop_woken_by_a_finished_aggregation_collects_it_at_once(tmp_path):
+    """The worker's wake-up runs in its own thread; a loop it wakes while that thread has not
+    ended yet still collects the round then, not at its next deadline."""
+    woken, release = threading.Event(), threading.Event()
+
+    def on_done() -> None:  # the wake-up, with the worker thread held alive after it
+        woken.set()
+        release.wait(60.0)
+
+    rounds = _rounds(tmp_path)
+    worker = AggregationWorker(rounds, on_done)
+    rounds.maybe_start(["a", "b"], now=0.0)
+    for pid, shift in (("a", 1.0), ("b", 3.0)):
+        rounds.accept(_update(rounds, pid, shift), f"d-{pid}")
+    rounds.begin_close()
+    worker.start()
+    try:
+        assert woken.wait(60.0)
+        record = worker.poll()
+    finally:
+        release.set()
+    assert record is not None and record.accepted == ["a", "b"] and not worker.busy
 
 
 def test_aggregation_failure_surfaces_in_the_loops_thread(tmp_path):

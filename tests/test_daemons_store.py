@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 import torch
@@ -27,6 +28,26 @@ def test_journal_chain_verifies_and_survives_reopen(tmp_path):
     j.close()
     assert verify_journal(path) == 3
     assert [e["seq"] for e in read_journal(path)] == [0, 1, 2]
+
+
+def test_journal_sync_fsyncs_only_entries_no_durable_append_took_to_disk(tmp_path, monkeypatch):
+    """Entries appended without fsync are fsynced by the next durable append or by sync();
+    sync() with nothing left over does not fsync again."""
+    fsyncs, real_fsync = [], os.fsync
+    monkeypatch.setattr(os, "fsync", lambda fd: (fsyncs.append(fd), real_fsync(fd)))
+    j = Journal(tmp_path / "journal.jsonl")
+    j.append("round_closed", round=1, durable=False)
+    assert fsyncs == []
+    j.sync()
+    assert len(fsyncs) == 1
+    j.sync()
+    j.append("round_closed", round=2, durable=False)
+    j.append("round_opened", round=3)  # fsyncs both
+    j.sync()
+    assert len(fsyncs) == 2
+    j.close()
+    assert [e["event"] for e in read_journal(tmp_path / "journal.jsonl")] == [
+        "round_closed", "round_closed", "round_opened"]
 
 
 @pytest.mark.parametrize("tamper", ["edit", "delete", "swap"])

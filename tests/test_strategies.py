@@ -11,6 +11,7 @@ import pytest
 import torch
 
 import latentfl.privacy
+from latentfl.models import model_manifest
 from latentfl.strategies import (
     FedAvg,
     FedNova,
@@ -172,3 +173,13 @@ def test_privacy_sources_never_import_the_platform():
                      else [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
             offenders += [f"{path.name}: {n}" for n in names if n.startswith("latentfl.platform")]
     assert offenders == []
+
+
+def test_a_model_specs_manifest_is_its_models_and_is_built_once_per_spec():
+    """ModelSpec.manifest() is the manifest of the model the spec builds; an equal spec gets
+    the same one back without a build, another spec its own."""
+    spec = ModelSpec(options={"width": 8, "depth": 2})
+    assert spec.manifest() == model_manifest(spec.build())
+    assert ModelSpec(options={"depth": 2, "width": 8}).manifest() is spec.manifest()
+    wider = ModelSpec(options={"width": 16, "depth": 2})
+    assert wider.manifest() == model_manifest(wider.build()) != spec.manifest()

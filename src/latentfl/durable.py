@@ -12,7 +12,9 @@ from __future__ import annotations
 import json
 import os
 import tempfile
-from concurrent.futures import ThreadPoolExecutor
+import threading
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -51,6 +53,34 @@ def write_atomic(path: Path | str, data: bytes | str, mode: int = 0o644, *,
 
 
 _FSYNC_THREADS = 16
+_pool: ThreadPoolExecutor | None = None
+_pool_lock = threading.Lock()
+
+
+def _fsync_pool() -> ThreadPoolExecutor:
+    """The process's fsync threads, started once: on a busy CPU, starting fresh threads for
+    each call took longer than the fsyncs themselves (each start waits to be scheduled)."""
+    global _pool
+    with _pool_lock:
+        if _pool is None:
+            _pool = ThreadPoolExecutor(max_workers=_FSYNC_THREADS, thread_name_prefix="fsync")
+        return _pool
+
+
+def _forget_pool_in_child() -> None:
+    """A forked child has none of its parent's threads: it starts its own pool if it needs one."""
+    global _pool, _pool_lock
+    _pool, _pool_lock = None, threading.Lock()
+
+
+os.register_at_fork(after_in_child=_forget_pool_in_child)
+
+
+def fsync_beside(sync: Callable[[], None]) -> Future:
+    """Start ``sync`` (the fsync of a file kept elsewhere, such as an append-only log) on the
+    fsync threads, so that it overlaps the caller's own writes; wait for its Future before
+    acting on what it makes durable."""
+    return _fsync_pool().submit(sync)
 
 
 def write_atomic_many(files: list[tuple[Path, bytes]], mode: int = 0o644) -> None:
@@ -67,8 +97,7 @@ def write_atomic_many(files: list[tuple[Path, bytes]], mode: int = 0o644) -> Non
             with os.fdopen(fd, "wb") as fh:
                 os.fchmod(fh.fileno(), mode)
                 fh.write(data)
-        with ThreadPoolExecutor(max_workers=min(_FSYNC_THREADS, max(1, len(temps)))) as pool:
-            list(pool.map(fsync_dir, [tmp for tmp, _ in temps]))
+        list(_fsync_pool().map(fsync_dir, [tmp for tmp, _ in temps]))
         for tmp, path in temps:
             os.replace(tmp, path)
     except BaseException:
@@ -79,10 +108,16 @@ def write_atomic_many(files: list[tuple[Path, bytes]], mode: int = 0o644) -> Non
         fsync_dir(folder)
 
 
+def json_bytes(obj: Any) -> bytes:
+    """``obj`` as the sorted, indented JSON every state file holds."""
+    return (json.dumps(obj, sort_keys=True, indent=1) + "\n").encode("utf-8")
+
+
 def write_json_atomic(path: Path | str, obj: Any, *, mode: int = 0o644,
                       fsync: bool = True) -> None:
-    """:func:`write_atomic` of ``obj`` as sorted, indented JSON."""
-    write_atomic(path, json.dumps(obj, sort_keys=True, indent=1) + "\n", mode=mode, fsync=fsync)
+    """:func:`write_atomic` of ``obj`` as :func:`json_bytes`."""
+    write_atomic(path, json_bytes(obj), mode=mode, fsync=fsync)
 
 
-__all__ = ["fsync_dir", "write_atomic", "write_atomic_many", "write_json_atomic"]
+__all__ = ["fsync_beside", "fsync_dir", "json_bytes", "write_atomic", "write_atomic_many",
+           "write_json_atomic"]

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import abc
 import hashlib
+import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, ClassVar
@@ -37,9 +38,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from latentfl.config import option
+from latentfl.config import option, to_dict
 from latentfl.errors import ConfigError
-from latentfl.models import build_model
+from latentfl.models import ModelManifest, build_model, model_manifest
 from latentfl.privacy.modes import Aggregation
 from latentfl.seeding import derive_seed
 from latentfl.training import TrainConfig
@@ -48,6 +49,10 @@ Tensors = dict[str, torch.Tensor]
 #: ``pretrain(model, seed)``: set a freshly built model's initial weights in place (a start
 #: trained on public data).
 Pretrain = Callable[[nn.Module, int], None]
+
+
+_MANIFESTS: dict[str, ModelManifest] = {}  # ModelSpec.manifest's, by spec
+_MANIFESTS_KEPT = 16
 
 
 @dataclass(frozen=True)
@@ -67,6 +72,18 @@ class ModelSpec:
 
     def build(self) -> nn.Module:
         return build_model(self.name, self.num_classes, tuple(self.in_shape), **self.options)
+
+    def manifest(self) -> ModelManifest:
+        """The manifest of the model :meth:`build` makes, built once per distinct spec: an
+        agent checks the same spec with every TASK, and building the model cost more than
+        the rest of decoding one."""
+        key = json.dumps(to_dict(self), sort_keys=True)
+        manifest = _MANIFESTS.get(key)
+        if manifest is None:
+            if len(_MANIFESTS) >= _MANIFESTS_KEPT:  # bounded, whatever specs a peer sends
+                _MANIFESTS.clear()
+            manifest = _MANIFESTS[key] = model_manifest(self.build())
+        return manifest
 
     def problems(self) -> list[str]:
         if len(self.in_shape) != 3 or any(d < 1 for d in self.in_shape):

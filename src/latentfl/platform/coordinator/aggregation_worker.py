@@ -6,6 +6,10 @@ minutes; meanwhile the loop must keep answering heartbeats, late updates and aud
 thread is done it calls ``on_done`` (the daemon's wake-up), and the loop's
 :meth:`AggregationWorker.poll` then moves the rounds on (``Rounds.finish_close``) in the loop's
 own thread and returns the closed round's record.
+
+The job counts as done when its outcome is set, not when its thread has ended: ``on_done``
+runs in that thread, so the loop it wakes may look before the thread is gone, and a finished
+job must not then wait for the loop's next deadline.
 """
 
 from __future__ import annotations
@@ -21,9 +25,9 @@ from latentfl.strategies import Update
 
 @dataclass
 class _Job:
-    thread: threading.Thread
     started: float
     outcome: list[RoundRecord | BaseException]
+    done: threading.Event
 
 
 class AggregationWorker:
@@ -45,18 +49,17 @@ class AggregationWorker:
         mean)."""
         if self._job is not None:
             raise RuntimeError("an aggregation is already running")
-        outcome: list[RoundRecord | BaseException] = []
-        thread = threading.Thread(target=self._work, args=(outcome, aggregate),
-                                  name="aggregate", daemon=True)
-        self._job = _Job(thread, time.perf_counter(), outcome)
-        thread.start()
+        job = self._job = _Job(time.perf_counter(), [], threading.Event())
+        threading.Thread(target=self._work, args=(job, aggregate), name="aggregate",
+                         daemon=True).start()
 
-    def _work(self, outcome: list[RoundRecord | BaseException], aggregate: Update | None) -> None:
+    def _work(self, job: _Job, aggregate: Update | None) -> None:
         try:
-            outcome.append(self.rounds.aggregate(aggregate))
+            job.outcome.append(self.rounds.aggregate(aggregate))
         except BaseException as exc:  # re-raised in the loop's thread by poll()
-            outcome.append(exc)
+            job.outcome.append(exc)
         finally:
+            job.done.set()
             if self.on_done is not None:
                 self.on_done()
 
@@ -66,8 +69,7 @@ class AggregationWorker:
         job = self._job
         if job is None:
             return None
-        job.thread.join(wait)
-        if job.thread.is_alive():
+        if not job.done.wait(wait):
             return None
         self._job = None
         self.seconds = time.perf_counter() - job.started

@@ -231,14 +231,19 @@ class RoundConductor:
         if record is None:
             return None
         self._encoded.clear()
+        entries = []
         for entry in record.set_aside:  # before round_closed: the round's decisions, then it
             fields = {k: v for k, v in entry.items() if k != "participant"}
-            self.journal.append("set_aside", round=record.round, peer=entry["participant"],
-                                **fields)
+            entries.append(("set_aside", {"round": record.round, "peer": entry["participant"],
+                                          **fields}))
             self.log.warning("update_set_aside", round=record.round, peer=entry["participant"],
                              **fields)
-        self.journal.append("round_closed", round=record.round, accepted=record.accepted,
-                            metrics=record.metrics)
+        entries.append(("round_closed", {"round": record.round, "accepted": record.accepted,
+                                         "metrics": record.metrics}))
+        # Not fsynced here: the checkpoint already holds the round, and the next round's
+        # round_opened, fsynced before its TASKs, takes these lines to disk with it (the
+        # daemon syncs the journal after a step that opened none).
+        self.journal.append_group(entries, durable=False)
         accuracy = record.metrics.get("accuracy")
         self.log.info("round_closed", round=record.round, accepted=len(record.accepted),
                       planned=len(record.participants), seconds=round(record.seconds, 3),

@@ -47,6 +47,7 @@ from typing import Any
 
 import zmq
 
+from latentfl.durable import fsync_beside
 from latentfl.errors import (
     AddressInUseError,
     LatentFLError,
@@ -356,8 +357,11 @@ class Coordinator:
 
     def _step(self, now: float) -> Outbox:
         self.peers.sweep(now)
-        self.conductor.finish()  # the loop writes the status after the step
-        return self.conductor.step(self.admin.eligible(self.peers.online()), now)
+        closed = self.conductor.finish()  # the loop writes the status after the step
+        outbox = self.conductor.step(self.admin.eligible(self.peers.online()), now)
+        if closed is not None:  # its journal lines, if no round_opened fsynced them
+            self.journal.sync()
+        return outbox
 
     # -- receive, verify, dispatch, send --------------------------------------------------
     def _receive(self, frames: list[zmq.Frame]) -> None:
@@ -511,6 +515,9 @@ class Coordinator:
     def _commit_updates(self) -> None:
         """Make the held updates durable (one group), then send their ACKs; if that fails,
         refuse each of them as 'internal' (nothing of the group was kept)."""
+        # the nonces of the group go to disk beside its files, and are durable before its
+        # ACKs leave too
+        nonces = fsync_beside(self.replay.sync)
         try:
             acks, _ = self.intake.commit()
         except GroupFailed as failed:
@@ -525,7 +532,7 @@ class Coordinator:
                              [message.raw_header, message.signature, message.payload], refusal,
                              header=message.header)
             return
-        self.replay.sync()  # the nonces of the group are durable before its ACKs leave too
+        nonces.result()
         self._send_all(acks)
 
     # -- roster, status -------------------------------------------------------------------

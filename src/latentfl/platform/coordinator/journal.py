@@ -115,6 +115,7 @@ class Journal:
         #: (entries, hash of the last entry), replaced as one value so that another thread
         #: (the aggregation worker writing a checkpoint) reads a consistent pair
         self.head: tuple[int, str] = (seq, self._last_hash(seq))
+        self._synced = seq  # entries known to be on disk
         self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
 
     @property
@@ -154,7 +155,7 @@ class Journal:
 
     def append(self, event: str, *, durable: bool = True, **fields: Any) -> dict[str, Any]:
         """Write one entry and return it; fsynced unless ``durable`` is false (heartbeats: the
-        next durable entry, or the OS, flushes them)."""
+        next durable entry, :meth:`sync`, or the OS flushes them)."""
         return self.append_group([(event, fields)], durable=durable)[0]
 
     def append_group(self, entries: list[tuple[str, dict[str, Any]]], *,
@@ -185,7 +186,15 @@ class Journal:
             os.ftruncate(self._fd, start)
             raise
         self.head = (seq, prev)
+        if durable:
+            self._synced = seq
         return out
+
+    def sync(self) -> None:
+        """fsync the entries appended without ``durable`` since the last fsync, if any."""
+        if self._synced < self.seq:
+            os.fsync(self._fd)
+            self._synced = self.seq
 
     def close(self) -> None:
         os.close(self._fd)

@@ -43,7 +43,13 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
-from latentfl.durable import fsync_dir, write_atomic, write_atomic_many, write_json_atomic
+from latentfl.durable import (
+    fsync_dir,
+    json_bytes,
+    write_atomic,
+    write_atomic_many,
+    write_json_atomic,
+)
 from latentfl.errors import StateError, StateFolderError
 from latentfl.strategies import Update
 
@@ -165,11 +171,12 @@ class StateStore:
 
     def save_checkpoint(self, round: int, tensors: dict[str, torch.Tensor],
                         meta: dict[str, Any]) -> None:
-        """Write round ``round``'s strategy state, then point latest.json at it."""
+        """Write round ``round``'s strategy state (its tensors and JSON meta made durable
+        together), then point latest.json at it."""
         base = self.root / "checkpoints" / f"round-{round:06d}"
         clean = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
-        write_atomic(base.with_suffix(".safetensors"), st_save(clean))
-        write_json_atomic(base.with_suffix(".json"), meta)
+        write_atomic_many([(base.with_suffix(".safetensors"), st_save(clean)),
+                           (base.with_suffix(".json"), json_bytes(meta))])
         write_json_atomic(self.root / "latest.json", {"round": round})
 
     def load_checkpoint(self, round: int) -> Checkpoint:

@@ -18,7 +18,7 @@ import torch
 
 from latentfl.data import load_dataset, to_tensors
 from latentfl.device import resolve_device
-from latentfl.models import ModelManifest, model_manifest
+from latentfl.models import ModelManifest
 from latentfl.platform.participant.config import ParticipantConfig
 from latentfl.platform.participant.privacy import SitePrivacy
 from latentfl.platform.participant.worker import stop_between_batches
@@ -89,7 +89,7 @@ def train_locally(task: Task, spec: ModelSpec, sigma: float | None, *, data: Loc
                           device=resolve_device(config.device),
                           wrap=stop_between_batches(wrap, stop),
                           share_class_counts=config.share_class_counts)
-    manifest = model_manifest(spec.build())
+    manifest = spec.manifest()
     update = dataclasses.replace(update, weights=privacy.noise_weights(
         task.round, task.weights, update.weights, manifest))
     report = privacy.report()  # the ledger is saved when the wrap closes

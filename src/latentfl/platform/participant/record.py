@@ -30,10 +30,11 @@ class SiteRecord:
     def __init__(self, state_dir: Path | None) -> None:
         self._journal = None if state_dir is None else Journal(state_dir / RECORD_FILE)
 
-    def note(self, event: str, **fields: Any) -> None:
-        """Append one fsynced entry (before the message it describes goes out)."""
+    def note(self, event: str, *, durable: bool = True, **fields: Any) -> None:
+        """Append one entry, fsynced (before the message it describes goes out) unless
+        ``durable`` is false: then the durable entry that always follows it fsyncs both."""
         if self._journal is not None:
-            self._journal.append(event, **fields)
+            self._journal.append(event, durable=durable, **fields)
 
     def close(self) -> None:
         if self._journal is not None:

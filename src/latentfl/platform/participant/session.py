@@ -273,10 +273,11 @@ class ParticipantSession:
                       summary=f"round {r}: task received ({method}, {spec.name}, "
                               f"{task.train.epochs} epoch(s), lr {task.train.lr}, "
                               f"{task.aggregation.value})")
+        # its "accepted" or "declined" follows at once and fsyncs it: one fsync per TASK
         self.record.note("task", round=r, method=task.method, model=spec.name,
                          manifest=digest, aggregation=task.aggregation.value,
                          epochs=task.train.epochs, lr=task.train.lr,
-                         batch_size=task.train.batch_size)
+                         batch_size=task.train.batch_size, durable=False)
         try:  # the site's approval and its privacy policy, before any data is touched
             check_task_policy(self.config.policy.tasks, task, spec, digest)
             sigma = self.privacy.check(task, len(self.data.y),

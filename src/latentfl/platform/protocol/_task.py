@@ -75,7 +75,7 @@ class TaskOptions:
         try:
             train = from_dict(TrainConfig, _json(meta, "train"), source="TASK train")
             model = from_dict(ModelSpec, _json(meta, "model"), source="TASK model")
-            model.build()
+            model.manifest()  # builds it (once per distinct spec): refused if it cannot
         except (ConfigError, ModelError, TypeError, ValueError) as exc:
             raise ProtocolError(Reason.MALFORMED, f"TASK settings are refused: {exc}") from None
         aggregation = _choice(meta, "aggregation", Aggregation)

@@ -39,7 +39,6 @@ import numpy as np
 import torch
 
 from latentfl.errors import ProtocolError, Reason
-from latentfl.models import model_manifest
 from latentfl.platform.protocol import (
     Kind,
     Message,
@@ -92,7 +91,7 @@ def encode_task(task: Task, model: ModelSpec, manifest_digest: str,
 def decode_task(message: Message, *, max_bytes: int) -> tuple[Task, ModelSpec]:
     """The Task and surrogate ModelSpec of a verified TASK message; ProtocolError if refused."""
     options = TaskOptions.from_meta(message.header.meta)
-    manifest = model_manifest(options.model.build())
+    manifest = options.model.manifest()
     if options.manifest != manifest.digest:
         raise ProtocolError(
             Reason.MANIFEST,
