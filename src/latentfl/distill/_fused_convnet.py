@@ -37,6 +37,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.autograd import Function
+from torch.autograd.function import once_differentiable
 from torch.autograd.graph import get_gradient_edge
 
 from latentfl.models import param_shapes, unflatten_params
@@ -171,7 +172,8 @@ class _NormReluPoolBackward(Function):
     """``(g_out, y, gamma) -> (gy, g_gamma, g_beta)`` of :class:`_NormReluPool`; ``xhat``,
     ``rstd`` and the activation ``act`` (its positive entries: the ReLU's mask) are the
     forward's, passed along as constants: their dependence on ``y`` is in the closed-form
-    backward (the module docstring's math)."""
+    backward (the module docstring's math), which is therefore not differentiable again (a third
+    order raises instead of silently dropping those terms)."""
 
     @staticmethod
     def forward(ctx, g_out, y, gamma, xhat, rstd, act):
@@ -188,6 +190,7 @@ class _NormReluPoolBackward(Function):
         return gy.view(n, c, h, w), s_ux.view(n, c).sum(0), s_u.view(n, c).sum(0)
 
     @staticmethod
+    @once_differentiable
     def backward(ctx, c_gy, c_gg, c_gb):
         gamma, xhat, rstd, act, u, s_u, s_ux = ctx.saved_tensors
         n, c, h, w = ctx.shape
