@@ -78,6 +78,8 @@ def _engine_needs(x: Tensor) -> bool:
         return bool(torch._C._will_engine_execute_node(get_gradient_edge(x).node))
     except RuntimeError:  # not inside an engine-run backward: compute it
         return True
+    except AttributeError:  # a torch without this private query: compute it, as before
+        return True
 
 
 def _pool(x: Tensor) -> Tensor:
