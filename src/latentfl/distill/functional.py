@@ -7,6 +7,9 @@ distillation students use GroupNorm/instance-style norms, so there are none that
 A student can run several participants at once: ``theta`` of shape ``(P, D)`` and inputs of
 shape ``(P, B, C, H, W)`` are mapped with ``torch.func.vmap``, which turns the convolutions into
 grouped ones, so P participants cost one launch per layer instead of P.
+
+On a CPU, a single participant's default ConvNet runs through fused functions with a
+hand-derived double backward (:mod:`latentfl.distill._fused_convnet`, same math, faster).
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ from __future__ import annotations
 from torch import Tensor, nn
 from torch.func import vmap
 
+from latentfl.distill._fused_convnet import FusedConvNet
 from latentfl.errors import DistillError
 from latentfl.models import flatten_params, functional_forward, num_params, param_shapes
 
@@ -32,6 +36,7 @@ class FunctionalStudent:
         self.model = model
         self.numel = num_params(param_shapes(model))
         self._many = vmap(self._forward_one, in_dims=(0, 0))
+        self._fused = FusedConvNet.of(model)
 
     def flatten(self) -> Tensor:
         """The model's current parameters as one detached 1-D vector."""
@@ -39,6 +44,12 @@ class FunctionalStudent:
 
     def _forward_one(self, theta: Tensor, x: Tensor) -> Tensor:
         return functional_forward(self.model, theta, x)
+
+    def _forward_single(self, theta: Tensor, x: Tensor) -> Tensor:
+        """One participant, outside ``vmap``: the fused CPU path where it applies."""
+        if self._fused is not None and x.device.type == "cpu" and self._fused.accepts(x):
+            return self._fused(theta, x)
+        return self._forward_one(theta, x)
 
     def __call__(self, theta: Tensor, x: Tensor) -> Tensor:
         """Logits: ``theta (D,), x (B,C,H,W) -> (B,K)`` or ``theta (P,D), x (P,B,C,H,W) -> (P,B,K)``."""
@@ -48,7 +59,7 @@ class FunctionalStudent:
                 f"expects {self.numel}."
             )
         if theta.dim() == 1:
-            return self._forward_one(theta, x)
+            return self._forward_single(theta, x)
         if theta.shape[0] == 1:
-            return self._forward_one(theta[0], x[0]).unsqueeze(0)
+            return self._forward_single(theta[0], x[0]).unsqueeze(0)
         return self._many(theta, x)
