@@ -68,7 +68,7 @@ def test_table_has_a_row_per_method_and_scenario_and_a_backdoor_table():
 
 
 def test_shipped_robustness_grid_loads():
-    """experiments/robust_cifar10-cpu.toml loads: 54 scenarios, 216 cells."""
+    """experiments/robust_cifar10-cpu.toml loads: 57 scenarios, 228 cells."""
     config = load_config(ROOT / "experiments" / "robust_cifar10-cpu.toml", ExperimentConfig)
-    assert len(config.scenarios) == 54
-    assert len(grid(replace(config, output=Path("/tmp/x")))) == 216
+    assert len(config.scenarios) == 57
+    assert len(grid(replace(config, output=Path("/tmp/x")))) == 228
