@@ -43,7 +43,8 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=10)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="round-time-") as tmp:
-        row = run_latentfl(args.participants, args.size, args.rounds, False, False, Path(tmp))
+        row = run_latentfl(args.participants, args.size, args.rounds, secagg=False, dropout=False,
+                           root=Path(tmp))
         seconds = aggregate_seconds(Path(tmp) / "logs" / "coordinator.log")
     print_table([row])
     print(f"aggregate_s median {statistics.median(seconds):.4f} min {min(seconds):.4f} "
