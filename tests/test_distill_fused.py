@@ -44,11 +44,11 @@ def test_norm_relu_pool_gradients_pass_gradcheck():
 
     def first_backward(g_out, y, gamma):
         with torch.no_grad():  # the forward's saved tensors, as constants (the function's contract)
-            yv = y.reshape(n * c, h * w)
+            yv = y.permute(0, 2, 3, 1).reshape(n, h * w, c)  # channels-last: (N, L, C)
             rstd = (yv.var(1, correction=0) + 1e-5).rsqrt()
             xhat = (yv - yv.mean(1, keepdim=True)) * rstd[:, None]
-            act = (xhat * gamma.repeat(n)[:, None] + beta.repeat(n)[:, None]).clamp_min(0)
-        return _NormReluPoolBackward.apply(g_out, y, gamma, xhat, rstd, act.view(n, c, h, w))
+            act = (xhat * gamma + beta).clamp_min(0)
+        return _NormReluPoolBackward.apply(g_out, y, gamma, xhat, rstd, act.view(n, h, w, c))
 
     g_out = torch.randn(n, c, h // 2, w // 2, dtype=F64).requires_grad_(True)
     assert gradcheck(first_backward, (g_out, y, gamma))
