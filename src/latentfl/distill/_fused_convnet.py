@@ -125,7 +125,11 @@ class _Conv(Function):
     @staticmethod
     def backward(ctx, g_out: Tensor):
         x, w = ctx.saved_tensors
-        if ctx.needs_input_grad[0] and _engine_needs(x):
+        with_input = ctx.needs_input_grad[0] and _engine_needs(x)
+        if not torch.is_grad_enabled() and not _engine_needs(w):
+            # the outer pass at the first step: the start weights are a constant
+            return (_input_grad(g_out, w, x) if with_input else None), None, None
+        if with_input:
             return _ConvBackward.apply(g_out, x, w, True)
         return (None, *_ConvBackward.apply(g_out, x, w, False))
 
@@ -154,9 +158,14 @@ class _ConvBackward(Function):
         # <c_gw, gw(x)> wrt x: a transposed conv; <c_gx, gx(w)> wrt w: a weight gradient
         if need_x:
             d_x = _input_grad(g_out, c_gw, x)
-        if need_w and c_gx is not None:
+        if need_w and c_gx is not None and _engine_needs(w):
             d_w = _conv_grads(g_out, c_gx, w, [False, True, False])[1]
         return d_gout, d_x, d_w, None
+
+
+def _dot_positions(a: Tensor, b: Tensor) -> Tensor:
+    """``sum_l a[n, l, c] b[n, l, c]`` per instance ``(N, C)``."""
+    return torch.linalg.vecdot(a, b, dim=1)
 
 
 class _NormReluPool(Function):
@@ -169,7 +178,7 @@ class _NormReluPool(Function):
         length = h * w
         yv = _nhwc(y).view(n, length, c)
         xhat = yv - (yv.sum(1) / length)[:, None]  # centred first: the two-pass variance
-        rstd = (torch.linalg.vector_norm(xhat, dim=1).square() / length + eps).rsqrt()
+        rstd = (_dot_positions(xhat, xhat) / length + eps).rsqrt()
         xhat.mul_(rstd[:, None])  # (N, L, C)
         act = torch.addcmul(beta, xhat, gamma).clamp_min_(0).view(n, h, w, c)
         ctx.save_for_backward(y, gamma, xhat, rstd, act)
@@ -180,11 +189,6 @@ class _NormReluPool(Function):
         y, gamma, xhat, rstd, act = ctx.saved_tensors
         gy, g_gamma, g_beta = _NormReluPoolBackward.apply(g_out, y, gamma, xhat, rstd, act)
         return gy, g_gamma, g_beta, None
-
-
-def _dot_positions(a: Tensor, b: Tensor) -> Tensor:
-    """``sum_l a[n, l, c] b[n, l, c]`` per instance ``(N, C)``."""
-    return torch.linalg.vecdot(a, b, dim=1)
 
 
 class _NormReluPoolBackward(Function):
