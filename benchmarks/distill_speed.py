@@ -86,12 +86,14 @@ def _engine(case: Case, model, starts, targets, cfg, space, iterations: int) -> 
 
 
 def _baseline(case: Case, model, starts, targets, cfg, space, iterations: int) -> None:
-    """The reference-style loop: per participant, full unroll, one backward for everything."""
-    from latentfl.distill import FunctionalStudent, augment
+    """The reference-style loop: per participant, full unroll, one backward for everything, through
+    PyTorch's own layers (not the engine's fused CPU functions)."""
+    from latentfl.distill import augment
+    from latentfl.models import functional_forward
     from latentfl.seeding import derive_seed
 
     device = torch.device(case.device)
-    student = FunctionalStudent(model.to(device))
+    model = model.to(device)
     labels = torch.arange(10, device=device).repeat_interleave(case.ipc)
     for p in range(case.participants):
         params = space.init(labels, seed=p)
@@ -110,7 +112,7 @@ def _baseline(case: Case, model, starts, targets, cfg, space, iterations: int) -
             for step in range(case.steps):
                 idx = torch.randperm(labels.shape[0], device=device)[: case.batch]
                 x = augment(images[idx], seed=derive_seed(p, "step", it, step))
-                loss = F.cross_entropy(student(theta, x), labels[idx])
+                loss = F.cross_entropy(functional_forward(model, theta, x), labels[idx])
                 (g,) = torch.autograd.grad(loss, theta, create_graph=True)
                 theta = theta - alpha * g
             match = (theta - target).pow(2).sum() / (start - target).pow(2).sum()

@@ -96,6 +96,23 @@ def test_participant_batch_equals_one_at_a_time(unroll):
         torch.testing.assert_close(batch.alpha_grad[i], one.alpha_grad, rtol=1e-8, atol=1e-12)
 
 
+def test_vmapped_participants_equal_one_at_a_time():
+    """The GPU's mapping of P participants (vmap, grouped convolutions) gives each participant's
+    logits and gradients as the CPU's one-at-a-time loop does (checked here on the CPU)."""
+    student, start, _, _, _, _ = _tiny_problem()
+    gen = torch.Generator().manual_seed(4)
+    thetas = (start + 0.01 * torch.randn(3, start.numel(), generator=gen, dtype=torch.float64))
+    images = torch.randn(3, 5, 3, 8, 8, generator=gen, dtype=torch.float64)
+    looped = thetas.clone().requires_grad_(True)
+    mapped = thetas.clone().requires_grad_(True)
+    out_loop, out_map = student(looped, images), student._many(mapped, images)
+    torch.testing.assert_close(out_map, out_loop, rtol=1e-10, atol=1e-12)
+    probe = torch.randn(out_loop.shape, generator=gen, dtype=torch.float64)
+    (g_loop,) = torch.autograd.grad((out_loop * probe).sum(), looped)
+    (g_map,) = torch.autograd.grad((out_map * probe).sum(), mapped)
+    torch.testing.assert_close(g_map, g_loop, rtol=1e-10, atol=1e-12)
+
+
 def test_batch_schedule_walks_shuffled_epochs():
     """Mini-batch indices cover every image once per epoch and repeat for the same seed."""
     idx = batch_schedule(10, 4, 5, seed=7, device=torch.device("cpu"))

@@ -5,8 +5,9 @@ The flat order is ``model.named_parameters()`` order, the one the model registry
 distillation students use GroupNorm/instance-style norms, so there are none that change.
 
 A student can run several participants at once: ``theta`` of shape ``(P, D)`` and inputs of
-shape ``(P, B, C, H, W)`` are mapped with ``torch.func.vmap``, which turns the convolutions into
-grouped ones, so P participants cost one launch per layer instead of P.
+shape ``(P, B, C, H, W)``. On a GPU they are mapped with ``torch.func.vmap``, which turns the
+convolutions into grouped ones, so P participants cost one launch per layer instead of P; on a
+CPU, which is not launch-bound and runs grouped convolutions slowly, they go one at a time.
 
 On a CPU, a single participant's default ConvNet runs through fused functions with a
 hand-derived double backward (:mod:`latentfl.distill._fused_convnet`, same math, faster).
@@ -14,6 +15,7 @@ hand-derived double backward (:mod:`latentfl.distill._fused_convnet`, same math,
 
 from __future__ import annotations
 
+import torch
 from torch import Tensor, nn
 from torch.func import vmap
 
@@ -60,6 +62,7 @@ class FunctionalStudent:
             )
         if theta.dim() == 1:
             return self._forward_single(theta, x)
-        if theta.shape[0] == 1:
-            return self._forward_single(theta[0], x[0]).unsqueeze(0)
+        if theta.shape[0] == 1 or x.device.type == "cpu":
+            # a CPU is not launch-bound: vmap's grouped convolutions only cost there
+            return torch.stack([self._forward_single(t, xp) for t, xp in zip(theta, x, strict=True)])
         return self._many(theta, x)
