@@ -45,6 +45,7 @@ from torch.autograd import Function
 from torch.autograd.function import once_differentiable
 from torch.autograd.graph import get_gradient_edge
 
+from latentfl.distill._native import norm_block
 from latentfl.models import param_shapes, unflatten_params
 
 __all__ = ["FusedConvNet"]
@@ -182,12 +183,17 @@ class _NormReluPool(Function):
         n, c, h, w = y.shape
         length = h * w
         yv = _nhwc(y).view(n, length, c)
-        xhat = yv - (yv.sum(1) / length)[:, None]  # centred first: the two-pass variance
-        rstd = (_dot_positions(xhat, xhat) / length + eps).rsqrt()
-        xhat.mul_(rstd[:, None])  # (N, L, C)
-        act = torch.addcmul(beta, xhat, gamma).clamp_min_(0).view(n, h, w, c)
+        native = norm_block()
+        if native is not None and native.accepts(yv, gamma, beta):
+            xhat, rstd, act, out = native.forward(yv, gamma, beta, eps, (n, h, w, c))
+        else:
+            xhat = yv - (yv.sum(1) / length)[:, None]  # centred first: the two-pass variance
+            rstd = (_dot_positions(xhat, xhat) / length + eps).rsqrt()
+            xhat.mul_(rstd[:, None])  # (N, L, C)
+            act = torch.addcmul(beta, xhat, gamma).clamp_min_(0).view(n, h, w, c)
+            out = _pool(act)
         ctx.save_for_backward(y, gamma, xhat, rstd, act)
-        return _nchw(_pool(act))
+        return _nchw(out)
 
     @staticmethod
     def backward(ctx, g_out: Tensor):
@@ -207,12 +213,17 @@ class _NormReluPoolBackward(Function):
     def forward(ctx, g_out, y, gamma, xhat, rstd, act):
         n, c, h, w = y.shape
         length = h * w
-        u = _relu_grad_unpool(_nhwc(g_out), act).view(n, length, c)  # mask * upsample(g_out) / 4
-        s_u = u.sum(1)
-        s_ux = _dot_positions(u, xhat)
-        k = rstd * gamma
-        gy = torch.addcmul((-k * s_u / length)[:, None], u, k[:, None])
-        gy.addcmul_(xhat, (-k * s_ux / length)[:, None])
+        g_out = _nhwc(g_out)
+        native = norm_block()
+        if native is not None and native.accepts(g_out, act, xhat, gamma, rstd):
+            u, s_u, s_ux, gy = native.backward(g_out, act, xhat, gamma, rstd)
+        else:
+            u = _relu_grad_unpool(g_out, act).view(n, length, c)  # mask * upsample(g_out) / 4
+            s_u = u.sum(1)
+            s_ux = _dot_positions(u, xhat)
+            k = rstd * gamma
+            gy = torch.addcmul((-k * s_u / length)[:, None], u, k[:, None])
+            gy.addcmul_(xhat, (-k * s_ux / length)[:, None])
         ctx.save_for_backward(gamma, xhat, rstd, act, u, s_u, s_ux)
         return _nchw(gy.view(n, h, w, c)), s_ux.sum(0), s_u.sum(0)
 
@@ -224,6 +235,14 @@ class _NormReluPoolBackward(Function):
         length = h * w
         need_gout, need_y, need_gamma = ctx.needs_input_grad[:3]
         c_gy = _nhwc(c_gy).view(n, length, c)
+        native = norm_block()
+        if native is not None and native.accepts(c_gy, c_gg, c_gb, gamma, xhat, rstd, act, u,
+                                                 s_u, s_ux):
+            d_gout, d_y, d_gamma = native.double_backward(c_gy, c_gg, c_gb, gamma, xhat, rstd,
+                                                          act, u, s_u, s_ux)
+            return (_nchw(d_gout) if need_gout else None,
+                    _nchw(d_y.view(n, h, w, c)) if need_y else None,
+                    d_gamma if need_gamma else None, None, None, None)
         k = rstd * gamma
         a, b = s_u / length, s_ux / length
         m_gy = c_gy.sum(1) / length

@@ -1,0 +1,178 @@
+/* The CPU engine's instance-norm + ReLU + 2x2 average-pool block in two or three passes over
+ * memory per function instead of PyTorch's eight to twenty-five eager kernels
+ * (latentfl.distill._native compiles this file at first use; _fused_convnet.py holds the math,
+ * in its module docstring, and the eager path these loops replace).
+ *
+ * Layout: channels last. y, xhat, u, gy, c_gy, d_y are (N, L, C) with L = H * W, row-major over
+ * (h, w); act is (N, H, W, C); out, g_out, d_gout are (N, H/2, W/2, C); per-instance vectors
+ * (rstd, s_u, s_ux) are (N, C); gamma, beta, c_gg, c_gb, d_gamma are (C). Every array is
+ * contiguous. Sums over positions accumulate in double, for float too. No fast-math: each value
+ * is the eager path's expression, up to the order of its sums. Each function returns 0, or 1
+ * when it could not allocate its scratch space (it then writes nothing useful).
+ */
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define BLOCK_KERNELS(T, SUFFIX)                                                                 \
+                                                                                                 \
+int block_forward_##SUFFIX(const T *restrict y, const T *restrict gamma, const T *restrict beta, \
+                           double eps, long n, long h, long w, long c, T *restrict xhat,         \
+                           T *restrict rstd, T *restrict act, T *restrict out) {                \
+    const long len = h * w;                                                                      \
+    double *acc = malloc(2 * c * sizeof(double));                                                \
+    if (!acc) return 1;                                                                          \
+    double *mean = acc, *sq = acc + c;                                                           \
+    for (long i = 0; i < n; i++) {                                                               \
+        const T *yi = y + i * len * c;                                                           \
+        T *xi = xhat + i * len * c, *ai = act + i * len * c, *ri = rstd + i * c;                 \
+        memset(acc, 0, 2 * c * sizeof(double));                                                  \
+        for (long l = 0; l < len; l++)                                                           \
+            for (long k = 0; k < c; k++) mean[k] += yi[l * c + k];                               \
+        for (long k = 0; k < c; k++) mean[k] /= (double)len;                                     \
+        for (long l = 0; l < len; l++)                                                           \
+            for (long k = 0; k < c; k++) {                                                       \
+                T d = yi[l * c + k] - (T)mean[k]; /* centred first: the two-pass variance */   \
+                xi[l * c + k] = d;                                                               \
+                sq[k] += (double)d * d;                                                          \
+            }                                                                                    \
+        for (long k = 0; k < c; k++) ri[k] = (T)(1.0 / sqrt(sq[k] / (double)len + eps));         \
+        for (long l = 0; l < len; l++)                                                           \
+            for (long k = 0; k < c; k++) {                                                       \
+                T x = xi[l * c + k] * ri[k];                                                     \
+                T a = beta[k] + x * gamma[k];                                                    \
+                xi[l * c + k] = x;                                                               \
+                ai[l * c + k] = a < 0 ? 0 : a; /* NaN passes, as with clamp_min */             \
+            }                                                                                    \
+        T *oi = out + i * (h / 2) * (w / 2) * c;                                                 \
+        for (long p = 0; p < h / 2; p++)                                                         \
+            for (long q = 0; q < w / 2; q++) {                                                   \
+                const T *a00 = ai + ((2 * p) * w + 2 * q) * c, *a10 = a00 + w * c;               \
+                T *o = oi + (p * (w / 2) + q) * c;                                               \
+                for (long k = 0; k < c; k++)                                                     \
+                    o[k] = ((a00[k] + a10[k]) + (a00[c + k] + a10[c + k])) * (T)0.25;            \
+            }                                                                                    \
+    }                                                                                            \
+    free(acc);                                                                                   \
+    return 0;                                                                                    \
+}                                                                                                \
+                                                                                                 \
+int block_backward_##SUFFIX(const T *restrict g_out, const T *restrict act,                      \
+                            const T *restrict xhat, const T *restrict gamma,                     \
+                            const T *restrict rstd, long n, long h, long w, long c,              \
+                            T *restrict u, T *restrict s_u, T *restrict s_ux, T *restrict gy) {  \
+    const long len = h * w;                                                                      \
+    double *acc = malloc(2 * c * sizeof(double));                                                \
+    T *coef = malloc(3 * c * sizeof(T));                                                         \
+    if (!acc || !coef) { free(acc); free(coef); return 1; }                                      \
+    double *su = acc, *sux = acc + c;                                                            \
+    T *c0 = coef, *c1 = coef + c, *c2 = coef + 2 * c;                                            \
+    for (long i = 0; i < n; i++) {                                                               \
+        const T *ai = act + i * len * c, *xi = xhat + i * len * c;                               \
+        const T *gi = g_out + i * (h / 2) * (w / 2) * c;                                         \
+        T *ui = u + i * len * c, *gyi = gy + i * len * c;                                        \
+        memset(acc, 0, 2 * c * sizeof(double));                                                  \
+        for (long r = 0; r < h; r++)                                                             \
+            for (long s = 0; s < w; s++) {                                                       \
+                const long l = r * w + s;                                                        \
+                const T *g = gi + ((r / 2) * (w / 2) + s / 2) * c;                               \
+                for (long k = 0; k < c; k++) {                                                   \
+                    T quarter = g[k] * (T)0.25;                                                  \
+                    T v = ai[l * c + k] <= 0 ? 0 : quarter; /* threshold_backward */           \
+                    ui[l * c + k] = v;                                                           \
+                    su[k] += v;                                                                  \
+                    sux[k] += (double)v * xi[l * c + k];                                         \
+                }                                                                                \
+            }                                                                                    \
+        T *sui = s_u + i * c, *suxi = s_ux + i * c;                                              \
+        for (long k = 0; k < c; k++) {                                                           \
+            sui[k] = (T)su[k];                                                                   \
+            suxi[k] = (T)sux[k];                                                                 \
+            T kk = rstd[i * c + k] * gamma[k];                                                   \
+            c0[k] = -kk * sui[k] / (T)len;                                                       \
+            c1[k] = kk;                                                                          \
+            c2[k] = -kk * suxi[k] / (T)len;                                                      \
+        }                                                                                        \
+        for (long l = 0; l < len; l++)                                                           \
+            for (long k = 0; k < c; k++)                                                         \
+                gyi[l * c + k] = (c0[k] + ui[l * c + k] * c1[k]) + xi[l * c + k] * c2[k];        \
+    }                                                                                            \
+    free(acc);                                                                                   \
+    free(coef);                                                                                  \
+    return 0;                                                                                    \
+}                                                                                                \
+                                                                                                 \
+int block_double_backward_##SUFFIX(                                                              \
+        const T *restrict c_gy, const T *restrict c_gg, const T *restrict c_gb,                  \
+        const T *restrict gamma, const T *restrict xhat, const T *restrict rstd,                 \
+        const T *restrict act, const T *restrict u, const T *restrict s_u,                       \
+        const T *restrict s_ux, long n, long h, long w, long c,                                  \
+        T *restrict d_gout, T *restrict d_y, T *restrict d_gamma) {                              \
+    const long len = h * w;                                                                      \
+    double *acc = malloc(4 * c * sizeof(double));                                                \
+    T *coef = malloc(7 * c * sizeof(T)); /* this instance's per-channel coefficients */        \
+    if (!acc || !coef) { free(acc); free(coef); return 1; }                                      \
+    double *m_gy = acc, *m_gyx = acc + c, *gy_u = acc + 2 * c, *dg = acc + 3 * c;                \
+    T *cu0 = coef, *cu1 = coef + c, *cx = coef + 2 * c, *y0 = coef + 3 * c, *yu = coef + 4 * c;  \
+    T *yg = coef + 5 * c, *yx = coef + 6 * c;                                                    \
+    memset(dg, 0, c * sizeof(double));                                                           \
+    for (long i = 0; i < n; i++) {                                                               \
+        const T *cgi = c_gy + i * len * c, *xi = xhat + i * len * c, *ui = u + i * len * c;      \
+        const T *ai = act + i * len * c;                                                         \
+        memset(acc, 0, 3 * c * sizeof(double));                                                  \
+        for (long l = 0; l < len; l++)                                                           \
+            for (long k = 0; k < c; k++) {                                                       \
+                double g = cgi[l * c + k];                                                       \
+                m_gy[k] += g;                                                                    \
+                m_gyx[k] += g * xi[l * c + k];                                                   \
+                gy_u[k] += g * ui[l * c + k];                                                    \
+            }                                                                                    \
+        for (long k = 0; k < c; k++) {                                                           \
+            T r = rstd[i * c + k], kk = r * gamma[k];                                            \
+            T mg = (T)(m_gy[k] / (double)len), mgx = (T)(m_gyx[k] / (double)len);                \
+            T a = s_u[i * c + k] / (T)len, b = s_ux[i * c + k] / (T)len;                         \
+            T proj = (T)gy_u[k] - (T)len * (a * mg + b * mgx);                                   \
+            T coef_u = c_gg[k] - kk * mgx;                                                       \
+            T mean_gx = coef_u * a - kk * b * mg;                                                \
+            T big_r = gamma[k] * proj + (coef_u * s_ux[i * c + k] - kk * b * (T)len * mgx) / r;  \
+            dg[k] += (double)(r * proj);                                                         \
+            cu0[k] = c_gb[k] - kk * mg;                                                          \
+            cu1[k] = kk;                                                                         \
+            cx[k] = coef_u;                                                                      \
+            y0[k] = -r * mean_gx;                                                                \
+            yu[k] = r * coef_u;                                                                  \
+            yg[k] = -r * kk * b;                                                                 \
+            yx[k] = -big_r * r * r / (T)len;                                                     \
+        }                                                                                        \
+        T *dyi = d_y + i * len * c;                                                              \
+        for (long l = 0; l < len; l++)                                                           \
+            for (long k = 0; k < c; k++) {                                                       \
+                const long j = l * c + k;                                                        \
+                dyi[j] = ((y0[k] + ui[j] * yu[k]) + cgi[j] * yg[k]) + xi[j] * yx[k];             \
+            }                                                                                    \
+        T *dgi = d_gout + i * (h / 2) * (w / 2) * c;                                             \
+        for (long p = 0; p < h / 2; p++)                                                         \
+            for (long q = 0; q < w / 2; q++) {                                                   \
+                const long j00 = ((2 * p) * w + 2 * q) * c, j10 = j00 + w * c;                   \
+                T *o = dgi + (p * (w / 2) + q) * c;                                              \
+                for (long k = 0; k < c; k++) {                                                   \
+                    T d00 = (cu0[k] + cgi[j00 + k] * cu1[k]) + xi[j00 + k] * cx[k];              \
+                    T d10 = (cu0[k] + cgi[j10 + k] * cu1[k]) + xi[j10 + k] * cx[k];              \
+                    T d01 = (cu0[k] + cgi[j00 + c + k] * cu1[k]) + xi[j00 + c + k] * cx[k];      \
+                    T d11 = (cu0[k] + cgi[j10 + c + k] * cu1[k]) + xi[j10 + c + k] * cx[k];      \
+                    d00 = ai[j00 + k] <= 0 ? 0 : d00;                                            \
+                    d10 = ai[j10 + k] <= 0 ? 0 : d10;                                            \
+                    d01 = ai[j00 + c + k] <= 0 ? 0 : d01;                                        \
+                    d11 = ai[j10 + c + k] <= 0 ? 0 : d11;                                        \
+                    o[k] = ((d00 + d10) + (d01 + d11)) * (T)0.25;                                \
+                }                                                                                \
+            }                                                                                    \
+    }                                                                                            \
+    for (long k = 0; k < c; k++) d_gamma[k] = (T)dg[k];                                          \
+    free(acc);                                                                                   \
+    free(coef);                                                                                  \
+    return 0;                                                                                    \
+}
+
+BLOCK_KERNELS(float, f32)
+BLOCK_KERNELS(double, f64)
