@@ -33,13 +33,12 @@ int block_forward_##SUFFIX(const T *restrict y, const T *restrict gamma, const T
         for (long l = 0; l < len; l++)                                                           \
             for (long k = 0; k < c; k++) {                                                       \
                 T d = yi[l * c + k] - (T)mean[k]; /* centred first: the two-pass variance */   \
-                xi[l * c + k] = d;                                                               \
                 sq[k] += (double)d * d;                                                          \
             }                                                                                    \
         for (long k = 0; k < c; k++) ri[k] = (T)(1.0 / sqrt(sq[k] / (double)len + eps));         \
         for (long l = 0; l < len; l++)                                                           \
             for (long k = 0; k < c; k++) {                                                       \
-                T x = xi[l * c + k] * ri[k];                                                     \
+                T x = (yi[l * c + k] - (T)mean[k]) * ri[k];                                      \
                 T a = beta[k] + x * gamma[k];                                                    \
                 xi[l * c + k] = x;                                                               \
                 ai[l * c + k] = a < 0 ? 0 : a; /* NaN passes, as with clamp_min */             \
