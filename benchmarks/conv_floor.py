@@ -6,8 +6,8 @@ layer) the input gradient; in the outer pass the two forward convolutions and th
 weight gradients of the backward's backward, and the input and weight gradients of the forward
 once more. That is 9 convolution calls per layer and 6 for the image layer (it has no input
 gradient in the inner step, nor a weight term from one in the outer pass), in the channels-last
-layout and with the image layer's input gradient through ``fold``, as the CPU engine
-(``latentfl.distill._fused_convnet``) runs them. Their summed time is a floor for the engine's
+layout, with the image layer's input gradient through ``fold`` and under the engine's heap
+settings, as the CPU engine (``latentfl.distill._fused_convnet``) runs them. Their summed time is a floor for the engine's
 seconds per step, whatever it does with the rest; divide it by the MTT reference's seconds per
 step (``mtt_side_by_side.py`` divided by ``--steps``) for the best ratio this arithmetic allows.
 
@@ -21,6 +21,8 @@ import time
 
 import torch
 import torch.nn.functional as F
+
+from latentfl.distill._allocator import engine_heap
 
 _conv_backward = torch.ops.aten.convolution_backward.default
 
@@ -51,8 +53,9 @@ def layer_times(batch: int, c_in: int, c_out: int, size: int, repeats: int) -> d
         return F.fold(cols, (size, size), 3, padding=1)
 
     return {"forward": _best_ms(lambda: F.conv2d(x, w, b, padding=1), repeats),
-            "weight grad": _best_ms(lambda: _conv_backward(g, x, w, [c_out], *args,
-                                                           [False, True, True]), repeats),
+            "weight grad": _best_ms(lambda: (_conv_backward(g, x, w, None, *args,
+                                                            [False, True, False]),
+                                             g.sum((0, 2, 3))), repeats),
             "input grad": _best_ms(input_grad, repeats)}
 
 
@@ -70,7 +73,8 @@ def main() -> None:
     print("| --- | ---: | ---: | ---: | --- | ---: |")
     total = 0.0
     for i, (c_in, c_out, size) in enumerate(layers):
-        t = layer_times(a.batch, c_in, c_out, size, a.repeats)
+        with engine_heap():  # the engine's heap: outputs reuse freed memory, as in an unroll
+            t = layer_times(a.batch, c_in, c_out, size, a.repeats)
         calls = (2, 2, 2) if i == 0 else (3, 3, 3)
         step = sum(n * t[k] for n, k in zip(calls, t, strict=True))
         total += step

@@ -145,7 +145,8 @@ class _ConvBackward(Function):
 
     @staticmethod
     def forward(ctx, g_out: Tensor, x: Tensor, w: Tensor, with_input: bool):
-        _, gw, gb = _conv_grads(g_out, x, w, [False, True, True])
+        gw = _conv_grads(g_out, x, w, [False, True, False])[1]
+        gb = g_out.sum((0, 2, 3))  # a vectorised channels-last reduction; oneDNN's is scalar
         gx = _input_grad(g_out, w, x) if with_input else None
         ctx.save_for_backward(g_out, x, w)
         ctx.with_input = with_input
