@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.autograd import gradcheck
 
-from latentfl.distill import FunctionalStudent, match_trajectory
+from latentfl.distill import FunctionalStudent, _native, match_trajectory
 from latentfl.distill._fused_convnet import (
     FusedConvNet,
     _Conv,
@@ -180,3 +180,13 @@ def test_compiled_block_refuses_what_it_cannot_take():
     assert not native.accepts(x, torch.randn(3, dtype=F64))
     assert not native.accepts(x.transpose(0, 1))
     assert not native.accepts(x.half())
+
+
+def test_a_missing_compiler_leaves_the_eager_path(monkeypatch, tmp_path):
+    """With no working C compiler the loops are not built, and the block still runs (eagerly)."""
+    monkeypatch.setenv("CC", str(tmp_path / "no-such-cc"))
+    assert _native._build() is None
+    monkeypatch.setenv("LATENTFL_NATIVE", "0")
+    y, gamma, beta = _block_inputs()
+    torch.testing.assert_close(_NormReluPool.apply(y, gamma, beta, 1e-5),
+                               _block_ref(y, gamma, beta), rtol=1e-12, atol=1e-14)

@@ -86,18 +86,23 @@ class NormBlock:
 
 def _build() -> NormBlock | None:
     compiler = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
-    if compiler is None:
-        return None
-    log = get_logger("latentfl.distill")
-    with tempfile.TemporaryDirectory(prefix="latentfl-native-") as tmp:
-        lib = Path(tmp) / "norm_block.so"
-        for flags in (["-O3", "-march=native", "-fno-trapping-math"], ["-O3"]):
-            cmd = [compiler, *flags, "-fPIC", "-shared", "-o", str(lib), str(_SOURCE), "-lm"]
-            try:
-                subprocess.run(cmd, check=True, capture_output=True, timeout=120)
-                return NormBlock(ctypes.CDLL(str(lib)))  # mapped: the file may go
-            except (OSError, subprocess.SubprocessError, AttributeError) as err:
-                log.debug("native_build_failed", command=" ".join(cmd), error=str(err))
+    reason = "no C compiler (cc or $CC)"
+    if compiler is not None:
+        try:
+            with tempfile.TemporaryDirectory(prefix="latentfl-native-") as tmp:
+                lib = Path(tmp) / "norm_block.so"
+                for flags in (["-O3", "-march=native", "-fno-trapping-math"], ["-O3"]):
+                    cmd = [compiler, *flags, "-fPIC", "-shared", "-o", str(lib), str(_SOURCE),
+                           "-lm"]
+                    try:
+                        subprocess.run(cmd, check=True, capture_output=True, timeout=120)
+                        return NormBlock(ctypes.CDLL(str(lib)))  # mapped: the file may go
+                    except (subprocess.SubprocessError, AttributeError) as err:
+                        reason = f"{' '.join(cmd)} failed: {err}"
+        except OSError as err:  # no temporary folder, an unrunnable compiler, an unloadable .so
+            reason = str(err)
+    get_logger("latentfl.distill").info("native_norm_block_unavailable", reason=reason,
+                                        fallback="PyTorch kernels, same math")
     return None
 
 
