@@ -16,20 +16,21 @@ from latentfl.distill._fused_convnet import (
     _NormReluPool,
     _NormReluPoolBackward,
 )
-from latentfl.distill._native import norm_block
+from latentfl.distill._native import cpu_kernels
 from latentfl.models import build_model, flatten_params
 
 F64 = torch.float64
 
 
 @pytest.fixture(params=["compiled", "eager"])
-def block_path(request, monkeypatch):
-    """The norm block through its compiled C loops, and through the eager PyTorch kernels that
-    replace them where there is no C compiler (``LATENTFL_NATIVE=0`` selects them)."""
+def cpu_path(request, monkeypatch):
+    """The norm block and the image layer's input gradient through their compiled C loops, and
+    through the eager PyTorch kernels that replace them where there is no C compiler
+    (``LATENTFL_NATIVE=0`` selects them)."""
     if request.param == "eager":
         monkeypatch.setenv("LATENTFL_NATIVE", "0")
-    elif norm_block() is None:
-        pytest.skip("no C compiler here: the compiled norm block is not built")
+    elif cpu_kernels() is None:
+        pytest.skip("no C compiler here: the CPU kernels are not built")
     return request.param
 
 
@@ -45,7 +46,7 @@ def _block_inputs(seed=0):
     return y, gamma, beta
 
 
-def test_norm_relu_pool_gradients_pass_gradcheck(block_path):
+def test_norm_relu_pool_gradients_pass_gradcheck(cpu_path):
     """The block's forward equals GroupNorm-ReLU-AvgPool; its backward and that backward's own
     backward (the double backward) match finite differences."""
     y, gamma, beta = _block_inputs()
@@ -67,7 +68,7 @@ def test_norm_relu_pool_gradients_pass_gradcheck(block_path):
 
 
 @pytest.mark.parametrize("in_channels", [3, 5])  # through fold, through oneDNN
-def test_conv_gradients_pass_gradcheck(in_channels):
+def test_conv_gradients_pass_gradcheck(in_channels, cpu_path):
     """The convolution and its backward (with and without the input gradient) match finite
     differences; the forward equals conv2d."""
     gen = torch.Generator().manual_seed(1)
@@ -91,7 +92,7 @@ def _double_backward(block, inputs, seed=2):
     return torch.autograd.grad(probe, (*inputs, g_out), allow_unused=True)
 
 
-def test_double_backward_equals_pytorch_layers(block_path):
+def test_double_backward_equals_pytorch_layers(cpu_path):
     """Second-order gradients through the fused block and convolution equal PyTorch's."""
     inputs = _block_inputs(3)
     fused = _double_backward(lambda *a: _NormReluPool.apply(*a, 1e-5), inputs)
@@ -127,7 +128,7 @@ def _problem(dtype, width=8, size=8, m=12):
 
 @pytest.mark.parametrize("unroll", ["full", "two_pass"])
 @pytest.mark.parametrize("soft", [False, True])
-def test_fused_unroll_equals_generic_in_float64(unroll, soft, block_path):
+def test_fused_unroll_equals_generic_in_float64(unroll, soft, cpu_path):
     """match_trajectory through the fused path (default ConvNet on a CPU) equals the generic
     functional_call path (the same model behind a wrapper) to rounding."""
     model, start, target, images, labels, alpha = _problem(F64)
@@ -144,7 +145,7 @@ def test_fused_unroll_equals_generic_in_float64(unroll, soft, block_path):
         torch.testing.assert_close(a.label_grad, b.label_grad, rtol=1e-10, atol=1e-13)
 
 
-def test_fused_unroll_equals_generic_in_float32(block_path):
+def test_fused_unroll_equals_generic_in_float32(cpu_path):
     """In float32 the two paths agree to single-precision rounding on a soft-label unroll."""
     model, start, target, images, labels, alpha = _problem(torch.float32, width=16, size=16)
     logits = torch.randn(12, 4)
@@ -172,9 +173,9 @@ def test_only_the_default_convnet_layout_is_fused():
 def test_compiled_block_refuses_what_it_cannot_take():
     """The C loops take contiguous float32/float64 CPU tensors of one dtype, nothing else (the
     block then runs eagerly)."""
-    native = norm_block()
+    native = cpu_kernels()
     if native is None:
-        pytest.skip("no C compiler here: the compiled norm block is not built")
+        pytest.skip("no C compiler here: the CPU kernels are not built")
     x = torch.randn(2, 4, 3)
     assert native.accepts(x, torch.randn(3))
     assert not native.accepts(x, torch.randn(3, dtype=F64))

@@ -45,7 +45,7 @@ from torch.autograd import Function
 from torch.autograd.function import once_differentiable
 from torch.autograd.graph import get_gradient_edge
 
-from latentfl.distill._native import norm_block
+from latentfl.distill._native import cpu_kernels
 from latentfl.models import param_shapes, unflatten_params
 
 __all__ = ["FusedConvNet"]
@@ -65,13 +65,18 @@ def _input_grad(g_out: Tensor, w: Tensor, like: Tensor) -> Tensor:
 
     With few input channels (the image layer), oneDNN's transposed convolution is slow (37 ms
     for 128 -> 3 channels, batch 100, 32x32 on one core, channels-last); a matrix product into
-    the patch matrix and ``fold`` (col2im) give the same sums in 20 ms."""
+    the patch matrix and ``fold`` (col2im) give the same sums in 19 ms, and the compiled loop
+    (:mod:`latentfl.distill._native`) in one pass over ``g_out``."""
     n, c, h, w_px = like.shape
     if c > _FOLD_MAX_CHANNELS:
         return _conv_backward(g_out, like, w, None, _ONE, _PAD, _ONE, False, [0, 0], 1,
                               [True, False, False])[0]
+    g_nhwc = _nhwc(g_out)
+    native = cpu_kernels()
+    if native is not None and native.takes_image_grad(g_nhwc, w):
+        return _nchw(native.image_input_grad(g_nhwc, w))
     # (N, C_out, H*W) as a strided view of the channels-last gradient: BLAS reads it transposed
-    g_cols = _nhwc(g_out).reshape(n, h * w_px, w.shape[0]).transpose(1, 2)
+    g_cols = g_nhwc.reshape(n, h * w_px, w.shape[0]).transpose(1, 2)
     cols = torch.matmul(w.reshape(w.shape[0], -1).t(), g_cols)  # (N, C*9, H*W)
     return F.fold(cols, (h, w_px), 3, padding=1)
 
@@ -184,9 +189,9 @@ class _NormReluPool(Function):
         n, c, h, w = y.shape
         length = h * w
         yv = _nhwc(y).view(n, length, c)
-        native = norm_block()
+        native = cpu_kernels()
         if native is not None and native.accepts(yv, gamma, beta):
-            xhat, rstd, act, out = native.forward(yv, gamma, beta, eps, (n, h, w, c))
+            xhat, rstd, act, out = native.block_forward(yv, gamma, beta, eps, (n, h, w, c))
         else:
             xhat = yv - (yv.sum(1) / length)[:, None]  # centred first: the two-pass variance
             rstd = (_dot_positions(xhat, xhat) / length + eps).rsqrt()
@@ -215,9 +220,9 @@ class _NormReluPoolBackward(Function):
         n, c, h, w = y.shape
         length = h * w
         g_out = _nhwc(g_out)
-        native = norm_block()
+        native = cpu_kernels()
         if native is not None and native.accepts(g_out, act, xhat, gamma, rstd):
-            u, s_u, s_ux, gy = native.backward(g_out, act, xhat, gamma, rstd)
+            u, s_u, s_ux, gy = native.block_backward(g_out, act, xhat, gamma, rstd)
         else:
             u = _relu_grad_unpool(g_out, act).view(n, length, c)  # mask * upsample(g_out) / 4
             s_u = u.sum(1)
@@ -236,11 +241,11 @@ class _NormReluPoolBackward(Function):
         length = h * w
         need_gout, need_y, need_gamma = ctx.needs_input_grad[:3]
         c_gy = _nhwc(c_gy).view(n, length, c)
-        native = norm_block()
+        native = cpu_kernels()
         if native is not None and native.accepts(c_gy, c_gg, c_gb, gamma, xhat, rstd, act, u,
                                                  s_u, s_ux):
-            d_gout, d_y, d_gamma = native.double_backward(c_gy, c_gg, c_gb, gamma, xhat, rstd,
-                                                          act, u, s_u, s_ux)
+            d_gout, d_y, d_gamma = native.block_double_backward(
+                c_gy, c_gg, c_gb, gamma, xhat, rstd, act, u, s_u, s_ux)
             return (_nchw(d_gout) if need_gout else None,
                     _nchw(d_y.view(n, h, w, c)) if need_y else None,
                     d_gamma if need_gamma else None, None, None, None)

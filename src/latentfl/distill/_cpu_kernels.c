@@ -1,5 +1,6 @@
 /* The CPU engine's instance-norm + ReLU + 2x2 average-pool block in two or three passes over
- * memory per function instead of PyTorch's eight to twenty-five eager kernels
+ * memory per function instead of PyTorch's eight to twenty-five eager kernels, and the image
+ * layer's input gradient (few input channels) as one pass over the output gradient
  * (latentfl.distill._native compiles this file at first use; _fused_convnet.py holds the math,
  * in its module docstring, and the eager path these loops replace).
  *
@@ -170,6 +171,49 @@ int block_double_backward_##SUFFIX(                                             
     for (long k = 0; k < c; k++) d_gamma[k] = (T)dg[k];                                          \
     free(acc);                                                                                   \
     free(coef);                                                                                  \
+    return 0;                                                                                    \
+}                                                                                                \
+                                                                                                 \
+int image_input_grad_##SUFFIX(const T *restrict g, const T *restrict wt, long n, long h, long w, \
+                              long c_out, long c_in, T *restrict out) {                          \
+    /* taps = c_in * 9 <= 27, padded to 32: each pixel's sums are two fixed-width vectors, and */ \
+    /* four pixels of a row go together so eight independent sums hide the FMA latency */        \
+    const long taps = c_in * 9;                                                                  \
+    if (taps > 32 || w % 4) return 2;                                                            \
+    T *wpad = calloc((size_t)c_out * 32, sizeof(T));                                             \
+    if (!wpad) return 1;                                                                         \
+    for (long o = 0; o < c_out; o++)                                                             \
+        for (long j = 0; j < taps; j++) wpad[o * 32 + j] = wt[o * taps + j];                     \
+    memset(out, 0, (size_t)n * h * w * c_in * sizeof(T));                                       \
+    for (long i = 0; i < n; i++) {                                                               \
+        T *oi = out + i * h * w * c_in;                                                          \
+        for (long r = 0; r < h; r++)                                                             \
+            for (long s0 = 0; s0 < w; s0 += 4) {                                                 \
+                const T *gp = g + ((i * h + r) * w + s0) * c_out;                                \
+                T p[4][32] = {{0}};                                                              \
+                for (long o = 0; o < c_out; o++) {                                               \
+                    const T *wo = wpad + o * 32;                                                 \
+                    for (int t = 0; t < 4; t++) {                                                \
+                        const T gv = gp[t * c_out + o];                                          \
+                        for (int j = 0; j < 32; j++) p[t][j] += gv * wo[j];                      \
+                    }                                                                            \
+                }                                                                                \
+                /* p[t][ci, dy, dx] lands on the input pixel (r + dy - 1, s0 + t + dx - 1) */   \
+                for (int t = 0; t < 4; t++)                                                      \
+                    for (long dy = 0; dy < 3; dy++) {                                            \
+                        const long rr = r + dy - 1;                                              \
+                        if (rr < 0 || rr >= h) continue;                                         \
+                        for (long dx = 0; dx < 3; dx++) {                                        \
+                            const long ss = s0 + t + dx - 1;                                     \
+                            if (ss < 0 || ss >= w) continue;                                     \
+                            T *op = oi + (rr * w + ss) * c_in;                                   \
+                            for (long ci = 0; ci < c_in; ci++)                                   \
+                                op[ci] += p[t][ci * 9 + dy * 3 + dx];                            \
+                        }                                                                        \
+                    }                                                                            \
+            }                                                                                    \
+    }                                                                                            \
+    free(wpad);                                                                                  \
     return 0;                                                                                    \
 }
 
