@@ -5,28 +5,30 @@
  * in its module docstring, and the eager path these loops replace).
  *
  * Layout: channels last. y, xhat, u, gy, c_gy, d_y are (N, L, C) with L = H * W, row-major over
- * (h, w); act is (N, H, W, C); out, g_out, d_gout are (N, H/2, W/2, C); per-instance vectors
- * (rstd, s_u, s_ux) are (N, C); gamma, beta, c_gg, c_gb, d_gamma are (C). Every array is
- * contiguous. Sums over positions accumulate in double, for float too. No fast-math: each value
- * is the eager path's expression, up to the order of its sums. Each function returns 0, or 1
- * when it could not allocate its scratch space (it then writes nothing useful).
+ * (h, w); out, g_out, d_gout are (N, H/2, W/2, C); per-instance vectors (rstd, s_u, s_ux) are
+ * (N, C); gamma, beta, c_gg, c_gb, d_gamma are (C). Every array is contiguous. Sums over
+ * positions accumulate in double, for float too. No fast-math: each value is the eager path's
+ * expression, up to the order of its sums. The ReLU's input is not stored: every loop recomputes
+ * it from xhat as FMA(xhat, gamma, beta), bit for bit the forward's value, so every mask is the
+ * forward's. Each function returns 0, 1 when it could not allocate its scratch space, or 2 for
+ * sizes it does not take (it then writes nothing useful).
  */
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
-#define BLOCK_KERNELS(T, SUFFIX)                                                                 \
+#define BLOCK_KERNELS(T, SUFFIX, FMA)                                                            \
                                                                                                  \
 int block_forward_##SUFFIX(const T *restrict y, const T *restrict gamma, const T *restrict beta, \
                            double eps, long n, long h, long w, long c, T *restrict xhat,         \
-                           T *restrict rstd, T *restrict act, T *restrict out) {                \
+                           T *restrict rstd, T *restrict out) {                                  \
     const long len = h * w;                                                                      \
     double *acc = malloc(2 * c * sizeof(double));                                                \
     if (!acc) return 1;                                                                          \
     double *mean = acc, *sq = acc + c;                                                           \
     for (long i = 0; i < n; i++) {                                                               \
         const T *yi = y + i * len * c;                                                           \
-        T *xi = xhat + i * len * c, *ai = act + i * len * c, *ri = rstd + i * c;                 \
+        T *xi = xhat + i * len * c, *ri = rstd + i * c;                                          \
         memset(acc, 0, 2 * c * sizeof(double));                                                  \
         for (long l = 0; l < len; l++)                                                           \
             for (long k = 0; k < c; k++) mean[k] += yi[l * c + k];                               \
@@ -37,28 +39,36 @@ int block_forward_##SUFFIX(const T *restrict y, const T *restrict gamma, const T
                 sq[k] += (double)d * d;                                                          \
             }                                                                                    \
         for (long k = 0; k < c; k++) ri[k] = (T)(1.0 / sqrt(sq[k] / (double)len + eps));         \
-        for (long l = 0; l < len; l++)                                                           \
-            for (long k = 0; k < c; k++) {                                                       \
-                T x = (yi[l * c + k] - (T)mean[k]) * ri[k];                                      \
-                T a = beta[k] + x * gamma[k];                                                    \
-                xi[l * c + k] = x;                                                               \
-                ai[l * c + k] = a < 0 ? 0 : a; /* NaN passes, as with clamp_min */             \
-            }                                                                                    \
+        /* xhat, and the ReLU's output pooled over each 2x2 window */                           \
         T *oi = out + i * (h / 2) * (w / 2) * c;                                                 \
         for (long p = 0; p < h / 2; p++)                                                         \
             for (long q = 0; q < w / 2; q++) {                                                   \
-                const T *a00 = ai + ((2 * p) * w + 2 * q) * c, *a10 = a00 + w * c;               \
+                const long j00 = ((2 * p) * w + 2 * q) * c, j10 = j00 + w * c;                   \
                 T *o = oi + (p * (w / 2) + q) * c;                                               \
-                for (long k = 0; k < c; k++)                                                     \
-                    o[k] = ((a00[k] + a10[k]) + (a00[c + k] + a10[c + k])) * (T)0.25;            \
+                for (long k = 0; k < c; k++) {                                                   \
+                    const T m = (T)mean[k], r = ri[k];                                           \
+                    T x00 = (yi[j00 + k] - m) * r, x10 = (yi[j10 + k] - m) * r;                  \
+                    T x01 = (yi[j00 + c + k] - m) * r, x11 = (yi[j10 + c + k] - m) * r;          \
+                    xi[j00 + k] = x00;                                                           \
+                    xi[j10 + k] = x10;                                                           \
+                    xi[j00 + c + k] = x01;                                                       \
+                    xi[j10 + c + k] = x11;                                                       \
+                    T a00 = FMA(x00, gamma[k], beta[k]), a10 = FMA(x10, gamma[k], beta[k]);      \
+                    T a01 = FMA(x01, gamma[k], beta[k]), a11 = FMA(x11, gamma[k], beta[k]);      \
+                    a00 = a00 < 0 ? 0 : a00; /* NaN passes, as with clamp_min */               \
+                    a10 = a10 < 0 ? 0 : a10;                                                     \
+                    a01 = a01 < 0 ? 0 : a01;                                                     \
+                    a11 = a11 < 0 ? 0 : a11;                                                     \
+                    o[k] = ((a00 + a10) + (a01 + a11)) * (T)0.25;                                \
+                }                                                                                \
             }                                                                                    \
     }                                                                                            \
     free(acc);                                                                                   \
     return 0;                                                                                    \
 }                                                                                                \
                                                                                                  \
-int block_backward_##SUFFIX(const T *restrict g_out, const T *restrict act,                      \
-                            const T *restrict xhat, const T *restrict gamma,                     \
+int block_backward_##SUFFIX(const T *restrict g_out, const T *restrict xhat,                     \
+                            const T *restrict gamma, const T *restrict beta,                     \
                             const T *restrict rstd, long n, long h, long w, long c,              \
                             T *restrict u, T *restrict s_u, T *restrict s_ux, T *restrict gy) {  \
     const long len = h * w;                                                                      \
@@ -68,7 +78,7 @@ int block_backward_##SUFFIX(const T *restrict g_out, const T *restrict act,     
     double *su = acc, *sux = acc + c;                                                            \
     T *c0 = coef, *c1 = coef + c, *c2 = coef + 2 * c;                                            \
     for (long i = 0; i < n; i++) {                                                               \
-        const T *ai = act + i * len * c, *xi = xhat + i * len * c;                               \
+        const T *xi = xhat + i * len * c;                                                        \
         const T *gi = g_out + i * (h / 2) * (w / 2) * c;                                         \
         T *ui = u + i * len * c, *gyi = gy + i * len * c;                                        \
         memset(acc, 0, 2 * c * sizeof(double));                                                  \
@@ -77,11 +87,11 @@ int block_backward_##SUFFIX(const T *restrict g_out, const T *restrict act,     
                 const long l = r * w + s;                                                        \
                 const T *g = gi + ((r / 2) * (w / 2) + s / 2) * c;                               \
                 for (long k = 0; k < c; k++) {                                                   \
-                    T quarter = g[k] * (T)0.25;                                                  \
-                    T v = ai[l * c + k] <= 0 ? 0 : quarter; /* threshold_backward */           \
+                    const T x = xi[l * c + k], quarter = g[k] * (T)0.25;                         \
+                    T v = FMA(x, gamma[k], beta[k]) <= 0 ? 0 : quarter; /* ReLU's mask */       \
                     ui[l * c + k] = v;                                                           \
                     su[k] += v;                                                                  \
-                    sux[k] += (double)v * xi[l * c + k];                                         \
+                    sux[k] += (double)v * x;                                                     \
                 }                                                                                \
             }                                                                                    \
         T *sui = s_u + i * c, *suxi = s_ux + i * c;                                              \
@@ -104,8 +114,8 @@ int block_backward_##SUFFIX(const T *restrict g_out, const T *restrict act,     
                                                                                                  \
 int block_double_backward_##SUFFIX(                                                              \
         const T *restrict c_gy, const T *restrict c_gg, const T *restrict c_gb,                  \
-        const T *restrict gamma, const T *restrict xhat, const T *restrict rstd,                 \
-        const T *restrict act, const T *restrict u, const T *restrict s_u,                       \
+        const T *restrict gamma, const T *restrict beta, const T *restrict xhat,                 \
+        const T *restrict rstd, const T *restrict u, const T *restrict s_u,                      \
         const T *restrict s_ux, long n, long h, long w, long c,                                  \
         T *restrict d_gout, T *restrict d_y, T *restrict d_gamma) {                              \
     const long len = h * w;                                                                      \
@@ -118,7 +128,6 @@ int block_double_backward_##SUFFIX(                                             
     memset(dg, 0, c * sizeof(double));                                                           \
     for (long i = 0; i < n; i++) {                                                               \
         const T *cgi = c_gy + i * len * c, *xi = xhat + i * len * c, *ui = u + i * len * c;      \
-        const T *ai = act + i * len * c;                                                         \
         memset(acc, 0, 3 * c * sizeof(double));                                                  \
         for (long l = 0; l < len; l++)                                                           \
             for (long k = 0; k < c; k++) {                                                       \
@@ -156,14 +165,16 @@ int block_double_backward_##SUFFIX(                                             
                 const long j00 = ((2 * p) * w + 2 * q) * c, j10 = j00 + w * c;                   \
                 T *o = dgi + (p * (w / 2) + q) * c;                                              \
                 for (long k = 0; k < c; k++) {                                                   \
-                    T d00 = (cu0[k] + cgi[j00 + k] * cu1[k]) + xi[j00 + k] * cx[k];              \
-                    T d10 = (cu0[k] + cgi[j10 + k] * cu1[k]) + xi[j10 + k] * cx[k];              \
-                    T d01 = (cu0[k] + cgi[j00 + c + k] * cu1[k]) + xi[j00 + c + k] * cx[k];      \
-                    T d11 = (cu0[k] + cgi[j10 + c + k] * cu1[k]) + xi[j10 + c + k] * cx[k];      \
-                    d00 = ai[j00 + k] <= 0 ? 0 : d00;                                            \
-                    d10 = ai[j10 + k] <= 0 ? 0 : d10;                                            \
-                    d01 = ai[j00 + c + k] <= 0 ? 0 : d01;                                        \
-                    d11 = ai[j10 + c + k] <= 0 ? 0 : d11;                                        \
+                    const T x00 = xi[j00 + k], x10 = xi[j10 + k];                                \
+                    const T x01 = xi[j00 + c + k], x11 = xi[j10 + c + k];                        \
+                    T d00 = (cu0[k] + cgi[j00 + k] * cu1[k]) + x00 * cx[k];                      \
+                    T d10 = (cu0[k] + cgi[j10 + k] * cu1[k]) + x10 * cx[k];                      \
+                    T d01 = (cu0[k] + cgi[j00 + c + k] * cu1[k]) + x01 * cx[k];                  \
+                    T d11 = (cu0[k] + cgi[j10 + c + k] * cu1[k]) + x11 * cx[k];                  \
+                    d00 = FMA(x00, gamma[k], beta[k]) <= 0 ? 0 : d00;                            \
+                    d10 = FMA(x10, gamma[k], beta[k]) <= 0 ? 0 : d10;                            \
+                    d01 = FMA(x01, gamma[k], beta[k]) <= 0 ? 0 : d01;                            \
+                    d11 = FMA(x11, gamma[k], beta[k]) <= 0 ? 0 : d11;                            \
                     o[k] = ((d00 + d10) + (d01 + d11)) * (T)0.25;                                \
                 }                                                                                \
             }                                                                                    \
@@ -217,5 +228,5 @@ int image_input_grad_##SUFFIX(const T *restrict g, const T *restrict wt, long n,
     return 0;                                                                                    \
 }
 
-BLOCK_KERNELS(float, f32)
-BLOCK_KERNELS(double, f64)
+BLOCK_KERNELS(float, f32, fmaf)
+BLOCK_KERNELS(double, f64, fma)

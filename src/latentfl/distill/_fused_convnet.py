@@ -180,9 +180,16 @@ def _dot_positions(a: Tensor, b: Tensor) -> Tensor:
     return torch.linalg.vecdot(a, b, dim=1)
 
 
+def _relu_output(xhat: Tensor, gamma: Tensor, beta: Tensor, shape) -> Tensor:
+    """``relu(gamma xhat + beta)`` as ``(N, H, W, C)`` (the eager path keeps it for its mask)."""
+    return torch.addcmul(beta, xhat, gamma).clamp_min_(0).view(shape)
+
+
 class _NormReluPool(Function):
     """``avg_pool2d(relu(group_norm(y, C groups, gamma, beta, eps)), 2)`` (instance norm), computed
-    channels-last: per-instance statistics are sums over the positions axis of ``(N, L, C)``."""
+    channels-last: per-instance statistics are sums over the positions axis of ``(N, L, C)``.
+    The compiled loops keep no activation (their backward recomputes the ReLU's mask from
+    ``xhat``); the eager path keeps it as ``act``."""
 
     @staticmethod
     def forward(ctx, y: Tensor, gamma: Tensor, beta: Tensor, eps: float) -> Tensor:
@@ -191,64 +198,71 @@ class _NormReluPool(Function):
         yv = _nhwc(y).view(n, length, c)
         native = cpu_kernels()
         if native is not None and native.accepts(yv, gamma, beta):
-            xhat, rstd, act, out = native.block_forward(yv, gamma, beta, eps, (n, h, w, c))
+            xhat, rstd, out = native.block_forward(yv, gamma, beta, eps, (n, h, w, c))
+            act = None
         else:
             xhat = yv - (yv.sum(1) / length)[:, None]  # centred first: the two-pass variance
             rstd = (_dot_positions(xhat, xhat) / length + eps).rsqrt()
             xhat.mul_(rstd[:, None])  # (N, L, C)
-            act = torch.addcmul(beta, xhat, gamma).clamp_min_(0).view(n, h, w, c)
+            act = _relu_output(xhat, gamma, beta, (n, h, w, c))
             out = _pool(act)
-        ctx.save_for_backward(y, gamma, xhat, rstd, act)
+        ctx.save_for_backward(y, gamma, beta, xhat, rstd, act)
         return _nchw(out)
 
     @staticmethod
     def backward(ctx, g_out: Tensor):
-        y, gamma, xhat, rstd, act = ctx.saved_tensors
-        gy, g_gamma, g_beta = _NormReluPoolBackward.apply(g_out, y, gamma, xhat, rstd, act)
+        y, gamma, beta, xhat, rstd, act = ctx.saved_tensors
+        gy, g_gamma, g_beta = _NormReluPoolBackward.apply(g_out, y, gamma, beta, xhat, rstd, act)
         return gy, g_gamma, g_beta, None
 
 
 class _NormReluPoolBackward(Function):
-    """``(g_out, y, gamma) -> (gy, g_gamma, g_beta)`` of :class:`_NormReluPool`; ``xhat (N, L, C)``,
-    ``rstd (N, C)`` and the activation ``act (N, H, W, C)`` (its positive entries: the ReLU's
-    mask) are the forward's, passed along as constants: their dependence on ``y`` is in the
-    closed-form backward (the module docstring's math), which is therefore not differentiable
-    again (a third order raises instead of silently dropping those terms)."""
+    """``(g_out, y, gamma) -> (gy, g_gamma, g_beta)`` of :class:`_NormReluPool`; ``beta``,
+    ``xhat (N, L, C)``, ``rstd (N, C)`` and the activation ``act (N, H, W, C)`` (its positive
+    entries: the ReLU's mask; None from the compiled forward) are the forward's, passed along as
+    constants: their dependence on ``y`` is in the closed-form backward (the module docstring's
+    math), which is therefore not differentiable again (a third order raises instead of silently
+    dropping those terms)."""
 
     @staticmethod
-    def forward(ctx, g_out, y, gamma, xhat, rstd, act):
+    def forward(ctx, g_out, y, gamma, beta, xhat, rstd, act):
         n, c, h, w = y.shape
         length = h * w
         g_out = _nhwc(g_out)
         native = cpu_kernels()
-        if native is not None and native.accepts(g_out, act, xhat, gamma, rstd):
-            u, s_u, s_ux, gy = native.block_backward(g_out, act, xhat, gamma, rstd)
+        if act is None and native is not None and native.accepts(g_out, xhat, gamma, beta, rstd):
+            u, s_u, s_ux, gy = native.block_backward(g_out, xhat, gamma, beta, rstd)
         else:
+            if act is None:  # the compiled forward ran, and the loops are switched off since
+                act = _relu_output(xhat, gamma, beta, (n, h, w, c))
             u = _relu_grad_unpool(g_out, act).view(n, length, c)  # mask * upsample(g_out) / 4
             s_u = u.sum(1)
             s_ux = _dot_positions(u, xhat)
             k = rstd * gamma
             gy = torch.addcmul((-k * s_u / length)[:, None], u, k[:, None])
             gy.addcmul_(xhat, (-k * s_ux / length)[:, None])
-        ctx.save_for_backward(gamma, xhat, rstd, act, u, s_u, s_ux)
+        ctx.save_for_backward(gamma, beta, xhat, rstd, act, u, s_u, s_ux)
+        ctx.shape = (n, h, w, c)
         return _nchw(gy.view(n, h, w, c)), s_ux.sum(0), s_u.sum(0)
 
     @staticmethod
     @once_differentiable
     def backward(ctx, c_gy, c_gg, c_gb):
-        gamma, xhat, rstd, act, u, s_u, s_ux = ctx.saved_tensors
-        n, h, w, c = act.shape
+        gamma, beta, xhat, rstd, act, u, s_u, s_ux = ctx.saved_tensors
+        n, h, w, c = ctx.shape
         length = h * w
         need_gout, need_y, need_gamma = ctx.needs_input_grad[:3]
         c_gy = _nhwc(c_gy).view(n, length, c)
         native = cpu_kernels()
-        if native is not None and native.accepts(c_gy, c_gg, c_gb, gamma, xhat, rstd, act, u,
-                                                 s_u, s_ux):
+        if act is None and native is not None and native.accepts(
+                c_gy, c_gg, c_gb, gamma, beta, xhat, rstd, u, s_u, s_ux):
             d_gout, d_y, d_gamma = native.block_double_backward(
-                c_gy, c_gg, c_gb, gamma, xhat, rstd, act, u, s_u, s_ux)
+                c_gy, c_gg, c_gb, gamma, beta, xhat, rstd, u, s_u, s_ux, ctx.shape)
             return (_nchw(d_gout) if need_gout else None,
                     _nchw(d_y.view(n, h, w, c)) if need_y else None,
-                    d_gamma if need_gamma else None, None, None, None)
+                    d_gamma if need_gamma else None, None, None, None, None)
+        if act is None:
+            act = _relu_output(xhat, gamma, beta, (n, h, w, c))
         k = rstd * gamma
         a, b = s_u / length, s_ux / length
         m_gy = c_gy.sum(1) / length
@@ -271,7 +285,7 @@ class _NormReluPoolBackward(Function):
                 d_y.addcmul_(c_gy, (-rstd * k * b)[:, None])
                 d_y.addcmul_(xhat, (-big_r * rstd * rstd / length)[:, None])
                 d_y = _nchw(d_y.view(n, h, w, c))
-        return d_gout, d_y, d_gamma, None, None, None
+        return d_gout, d_y, d_gamma, None, None, None, None
 
 
 class FusedConvNet:

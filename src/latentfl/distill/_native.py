@@ -64,30 +64,30 @@ class CpuKernels:
             raise ValueError(f"the CPU kernel {name} does not take sizes {sizes}.")
 
     def block_forward(self, y: Tensor, gamma: Tensor, beta: Tensor, eps: float, shape):
-        """``y (N, L, C)`` -> ``xhat (N, L, C), rstd (N, C), act (N, H, W, C), out (N, H/2, W/2, C)``."""
+        """``y (N, L, C)`` -> ``xhat (N, L, C), rstd (N, C), out (N, H/2, W/2, C)``."""
         n, h, w, c = shape
-        xhat, act = torch.empty_like(y), y.new_empty(n, h, w, c)
-        rstd, out = y.new_empty(n, c), y.new_empty(n, h // 2, w // 2, c)
-        self._call("block_forward", [y, gamma, beta], (n, h, w, c), [xhat, rstd, act, out], eps)
-        return xhat, rstd, act, out
+        xhat, rstd, out = torch.empty_like(y), y.new_empty(n, c), y.new_empty(n, h // 2, w // 2, c)
+        self._call("block_forward", [y, gamma, beta], (n, h, w, c), [xhat, rstd, out], eps)
+        return xhat, rstd, out
 
-    def block_backward(self, g_out: Tensor, act: Tensor, xhat: Tensor, gamma: Tensor,
+    def block_backward(self, g_out: Tensor, xhat: Tensor, gamma: Tensor, beta: Tensor,
                        rstd: Tensor):
-        """-> ``u (N, L, C), s_u (N, C), s_ux (N, C), gy (N, L, C)``."""
-        n, h, w, c = act.shape
+        """``g_out (N, H/2, W/2, C)`` -> ``u (N, L, C), s_u (N, C), s_ux (N, C), gy (N, L, C)``."""
+        n, h2, w2, c = g_out.shape
         u, gy = torch.empty_like(xhat), torch.empty_like(xhat)
         s_u, s_ux = torch.empty_like(rstd), torch.empty_like(rstd)
-        self._call("block_backward", [g_out, act, xhat, gamma, rstd], (n, h, w, c),
+        self._call("block_backward", [g_out, xhat, gamma, beta, rstd], (n, 2 * h2, 2 * w2, c),
                    [u, s_u, s_ux, gy])
         return u, s_u, s_ux, gy
 
-    def block_double_backward(self, c_gy, c_gg, c_gb, gamma, xhat, rstd, act, u, s_u, s_ux):
+    def block_double_backward(self, c_gy, c_gg, c_gb, gamma, beta, xhat, rstd, u, s_u, s_ux,
+                              shape):
         """-> ``d_gout (N, H/2, W/2, C), d_y (N, L, C), d_gamma (C)``."""
-        n, h, w, c = act.shape
-        d_gout, d_y = act.new_empty(n, h // 2, w // 2, c), torch.empty_like(xhat)
+        n, h, w, c = shape
+        d_gout, d_y = xhat.new_empty(n, h // 2, w // 2, c), torch.empty_like(xhat)
         d_gamma = torch.empty_like(gamma)
         self._call("block_double_backward",
-                   [c_gy, c_gg, c_gb, gamma, xhat, rstd, act, u, s_u, s_ux], (n, h, w, c),
+                   [c_gy, c_gg, c_gb, gamma, beta, xhat, rstd, u, s_u, s_ux], (n, h, w, c),
                    [d_gout, d_y, d_gamma])
         return d_gout, d_y, d_gamma
 
