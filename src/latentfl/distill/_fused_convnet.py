@@ -16,6 +16,11 @@ layers (issue 27, ConvNet-3 width 32, batch 100):
   positions axis of ``(N, H*W, C)`` with C contiguous, which vectorises.
 * in the outer pass no gradient is computed for what it does not reach: the image layer's input
   during inner steps, and the first step's weights (the start is a constant).
+* where a C compiler is at hand, the block's three functions and the image layer's input
+  gradient run as compiled loops (:mod:`latentfl.distill._native`, ``_cpu_kernels.c``): two or
+  three passes over memory instead of up to 25 eager kernels, and no stored activation (the
+  ReLU's mask is recomputed from ``xhat``). The eager code here is the same math, and the
+  fallback.
 
 The math is the same as the modules' (biased variance, ``eps`` inside the square root), so the
 results agree with the generic path to rounding (tests/test_distill_fused.py, float64). These are
