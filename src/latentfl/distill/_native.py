@@ -3,11 +3,11 @@
 The norm block's eager form runs 8-25 PyTorch kernels per function, each a pass over activations
 of tens of MB; the C loops take two or three. The image layer's input gradient (3 input
 channels) is a skinny matrix product and a ``fold`` eagerly, one pass over the output gradient
-in C. They are compiled once per process with the system's C
-compiler into a private temporary directory and loaded with ctypes: nothing is cached on disk,
-so there is no stale or foreign library to trust, and it costs under a second. Where there is no
-compiler, the build fails, or ``LATENTFL_NATIVE=0`` is set, :func:`cpu_kernels` returns None and
-the engine keeps its eager path (the same math).
+in C. The loops are compiled once per process with the system's C compiler into a private
+temporary directory and loaded with ctypes (ctypes releases the GIL while they run): nothing is
+cached on disk, so there is no stale or foreign library to trust, and it costs under a second.
+Where there is no compiler, the build fails, or ``LATENTFL_NATIVE=0`` is set, :func:`cpu_kernels`
+returns None and the engine keeps its eager path (the same math).
 """
 
 from __future__ import annotations
@@ -46,9 +46,10 @@ class CpuKernels:
 
     @staticmethod
     def accepts(*tensors: Tensor) -> bool:
-        t = tensors[0]
-        return t.device.type == "cpu" and t.dtype in _SUFFIX and all(
-            x.dtype == t.dtype and x.is_contiguous() for x in tensors)
+        """Whether the loops take these: contiguous CPU tensors of one supported dtype."""
+        dtype = tensors[0].dtype
+        return dtype in _SUFFIX and all(
+            x.device.type == "cpu" and x.dtype == dtype and x.is_contiguous() for x in tensors)
 
     def _call(self, name: str, tensors: list[Tensor], sizes: tuple[int, ...],
               outputs: list[Tensor], eps: float | None = None) -> None:
