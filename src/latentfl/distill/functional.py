@@ -9,8 +9,8 @@ shape ``(P, B, C, H, W)``. On a GPU they are mapped with ``torch.func.vmap``, wh
 convolutions into grouped ones, so P participants cost one launch per layer instead of P; on a
 CPU, which is not launch-bound and runs grouped convolutions slowly, they go one at a time.
 
-On a CPU, a single participant's default ConvNet runs through fused functions with a
-hand-derived double backward (:mod:`latentfl.distill._fused_convnet`, same math, faster).
+On a CPU, the default ConvNet runs through fused functions with a hand-derived double backward
+(:mod:`latentfl.distill._fused_convnet`, same math, faster), one participant at a time.
 """
 
 from __future__ import annotations
