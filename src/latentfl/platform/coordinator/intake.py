@@ -102,22 +102,23 @@ class UpdateIntake:
         self.held, self._resent = {}, []
         if not group:
             return [], []
+        before = len(self.rounds.updates)
         try:
             self.rounds.accept_group([(h.update, h.digest, h.message.payload) for h in group],
                                      lambda: self.journal.append_group([
                                          ("accepted", self._journal_fields(h)) for h in group]))
         except Exception as exc:
             raise GroupFailed([h.message for h in group + resent], exc) from exc
-        for h in group:
+        for count, h in enumerate(group, before + 1):  # each line counts up to its own update
             header = h.message.header
+            have = min(count, len(self.rounds.updates))
             if self.masked is not None:  # checked in receive; nothing ran since
                 self.masked.add_upload(h.message, h.update.weights, h.update.num_examples)
             self.log.info("update_accepted", round=header.round, peer=header.sender,
                           bytes=len(h.message.payload), examples=h.update.num_examples,
                           ms=round(1000 * (time.perf_counter() - h.started), 1),
-                          group=len(group), have=len(self.rounds.updates),
-                          planned=len(self.rounds.plan),
-                          summary=f"round {header.round}: updates {len(self.rounds.updates)}/"
+                          group=len(group), have=have, planned=len(self.rounds.plan),
+                          summary=f"round {header.round}: updates {have}/"
                                   f"{len(self.rounds.plan)} (from {header.sender})")
         return [h.ack() for h in group + resent], [h.message.header.sender for h in group]
 
