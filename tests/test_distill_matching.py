@@ -7,6 +7,7 @@ import torch
 from torch import nn
 
 from latentfl.distill import FunctionalStudent, batch_schedule, match_trajectory
+from latentfl.distill.matching import _count_saved, _step_loss
 from latentfl.errors import DistillError
 from latentfl.models import build_model, flatten_params
 
@@ -75,6 +76,39 @@ def test_two_pass_approximates_full_at_several_steps():
     cos = torch.nn.functional.cosine_similarity(full.image_grad.flatten(),
                                                 two.image_grad.flatten(), dim=0)
     assert cos > 0.9
+
+
+@pytest.mark.parametrize("soft", [False, True])
+def test_two_pass_graphs_kept_or_recomputed_give_the_same_gradients(soft):
+    """Pass two reuses the step graphs pass one kept within the budget and recomputes the rest:
+    no step kept, some, or all, the loss and every gradient are the same numbers."""
+    torch.manual_seed(0)
+    model = build_model("convnet", 4, (3, 8, 8), width=8, depth=2, norm="instance").double()
+    student = FunctionalStudent(model)
+    start = flatten_params(model)
+    target = start + 0.02 * torch.randn_like(start)
+    images, labels = torch.randn(8, 3, 8, 8, dtype=torch.float64), torch.arange(8) % 4
+    alpha = torch.tensor(0.05, dtype=torch.float64)
+    logits = torch.randn(8, 4, dtype=torch.float64) if soft else None
+    # what one step's graph weighs, so that the middle budget keeps two of the five steps
+    saved = [0]
+    theta = start.clone().requires_grad_(True)
+    with _count_saved(saved):
+        loss = _step_loss(student, theta[None], images[None], labels[None],
+                          None if logits is None else logits[None], None, 1, "one")
+        torch.autograd.grad(loss.sum(), theta, create_graph=True)
+    assert saved[0] > 0
+    kw = dict(steps=5, batch_size=4, augment="one", seed=3, label_logits=logits,
+              unroll="two_pass")
+    runs = [match_trajectory(student, start, target, images, labels, alpha, keep_mib=mib, **kw)
+            for mib in (0.0, 2.5 * saved[0] / 2**20, 1e4)]
+    for other in runs[1:]:
+        torch.testing.assert_close(other.loss, runs[0].loss, rtol=1e-13, atol=0)
+        torch.testing.assert_close(other.image_grad, runs[0].image_grad, rtol=1e-12, atol=1e-15)
+        torch.testing.assert_close(other.alpha_grad, runs[0].alpha_grad, rtol=1e-12, atol=1e-15)
+        if soft:
+            torch.testing.assert_close(other.label_grad, runs[0].label_grad, rtol=1e-12,
+                                       atol=1e-15)
 
 
 @pytest.mark.parametrize("unroll", ["full", "two_pass"])

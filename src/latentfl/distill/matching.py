@@ -15,6 +15,9 @@ Two unroll modes, one interface (:func:`match_trajectory`):
   weights on earlier batches (the ``d theta_{i+1} / d theta_i`` second-order terms) is dropped,
   so memory is one step's graph.
   ``dL/dalpha = -<v, sum_i g_i>`` in closed form. At ``steps=1`` both modes agree exactly.
+  Pass one keeps the graphs of its first steps while they fit in ``keep_mib`` (what their
+  saved tensors weigh, measured as they are saved), and pass two uses those instead of
+  recomputing them: the same numbers, less work, memory bounded by the budget plus one step.
 
 Everything carries a leading participant dimension P (1-D inputs are treated as P=1): P
 independent problems share each kernel launch, and their losses are summed, which leaves each
@@ -40,6 +43,7 @@ from latentfl.seeding import derive_seed
 __all__ = ["MatchResult", "batch_schedule", "match_trajectory"]
 
 Unroll = Literal["full", "two_pass"]
+DEFAULT_KEEP_MIB = 1024.0
 
 
 @dataclass(frozen=True)
@@ -106,18 +110,20 @@ def match_trajectory(
     seed: int = 0,
     augment: Literal["one", "all"] | None = "one",
     label_logits: Tensor | None = None,
+    keep_mib: float = DEFAULT_KEEP_MIB,
 ) -> MatchResult:
     """Trajectory-matching loss and its gradients wrt images, alpha and (soft) label logits.
 
     Shapes: ``start, target (P, D)``, ``images (P, M, C, H, W)``, ``labels (P, M)`` int64,
     ``alpha (P,)``, ``label_logits (P, M, K)`` or None (hard labels). Unbatched inputs
     (``start (D,)``, ``images (M, C, H, W)``, ...) give unbatched outputs. No host syncs.
+    ``keep_mib`` bounds the step graphs ``two_pass`` keeps between its passes (0: keep none).
     """
     if start.dim() == 1:
         res = match_trajectory(
             student, start[None], target[None], images[None], labels[None], alpha.reshape(1),
             steps=steps, batch_size=batch_size, unroll=unroll, seed=seed, augment=augment,
-            label_logits=None if label_logits is None else label_logits[None])
+            label_logits=None if label_logits is None else label_logits[None], keep_mib=keep_mib)
         return MatchResult(res.loss[0], res.image_grad[0], res.alpha_grad.reshape(alpha.shape),
                            None if res.label_grad is None else res.label_grad[0])
     if steps < 1:
@@ -129,7 +135,9 @@ def match_trajectory(
     if unroll not in ("full", "two_pass"):
         raise DistillError(f"unroll mode {unroll!r} is unknown; expected 'full' or 'two_pass'.")
     with engine_heap() if images.device.type == "cpu" else contextlib.nullcontext():
-        return (_full if unroll == "full" else _two_pass)(*args)
+        if unroll == "full":
+            return _full(*args)
+        return _two_pass(*args, keep_bytes=int(keep_mib * 2**20))
 
 
 def _normalised_distance(theta: Tensor, start: Tensor, target: Tensor) -> Tensor:
@@ -154,35 +162,75 @@ def _full(student, start, target, images, labels, alpha, label_logits, idx, step
                        grads[2] if label_logits is not None else None)
 
 
+@contextlib.contextmanager
+def _count_saved(total: list[int]):
+    """Add to ``total[0]`` the bytes of the distinct storages autograd saves inside the block."""
+    seen: set[int] = set()
+
+    def pack(t: Tensor) -> Tensor:
+        try:
+            storage = t.untyped_storage()
+            key, size = storage.data_ptr(), storage.nbytes()
+        except (RuntimeError, NotImplementedError):  # a wrapper tensor (vmap): count its elements
+            key, size = id(t), t.numel() * t.element_size()
+        if key not in seen:
+            seen.add(key)
+            total[0] += size
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        yield
+
+
 def _two_pass(student, start, target, images, labels, alpha, label_logits, idx, steps, seed,
-              augment):
-    # pass 1: the plain unroll, keeping each step's weights (P, D)
-    thetas = []
+              augment, *, keep_bytes):
+    images = images.requires_grad_(True)
+    leaves = [images]
+    if label_logits is not None:
+        leaves.append(label_logits.requires_grad_(True))
+    # pass 1: the plain unroll, keeping each step's weights (P, D), and the first steps' graphs
+    # while they fit the budget (every step's graph weighs the same: the shapes repeat)
+    thetas, kept = [], []
+    kept_bytes, step_bytes = 0, 0
     theta = start
     g_sum = torch.zeros_like(start)
     for i in range(steps):
         thetas.append(theta)
         theta_i = theta.detach().requires_grad_(True)
-        loss = _step_loss(student, theta_i, images, labels, label_logits,
-                          None if idx is None else idx[i], derive_seed(seed, "step", i), augment)
-        (g,) = torch.autograd.grad(loss.sum(), theta_i)
+        batch = None if idx is None else idx[i]
+        if kept_bytes + step_bytes < keep_bytes:
+            saved = [0]
+            with _count_saved(saved):
+                loss = _step_loss(student, theta_i, images, labels, label_logits, batch,
+                                  derive_seed(seed, "step", i), augment)
+                (g,) = torch.autograd.grad(loss.sum(), theta_i, create_graph=True)
+            step_bytes = saved[0]
+            if kept_bytes + step_bytes <= keep_bytes:
+                kept.append(g)
+                kept_bytes += step_bytes
+            g = g.detach()
+        else:
+            loss = _step_loss(student, theta_i, images.detach(), labels,
+                              None if label_logits is None else label_logits.detach(), batch,
+                              derive_seed(seed, "step", i), augment)
+            (g,) = torch.autograd.grad(loss.sum(), theta_i)
         g_sum = g_sum + g
         theta = theta - alpha[:, None] * g
     denom = (start - target).pow(2).sum(-1, keepdim=True)
     match = (theta - target).pow(2).sum(-1) / denom[:, 0]
     v = 2.0 * (theta - target) / denom  # dL/dtheta_N, (P, D)
     alpha_grad = -(v * g_sum).sum(-1)
-    # pass 2: each step's share of dL, through that step's gradient only
-    images = images.requires_grad_(True)
-    leaves = [images]
-    if label_logits is not None:
-        leaves.append(label_logits.requires_grad_(True))
+    # pass 2: each step's share of dL, through that step's gradient only (kept or recomputed)
     pull = -alpha[:, None] * v
     for i in range(steps):
-        theta_i = thetas[i].requires_grad_(True)
-        loss = _step_loss(student, theta_i, images, labels, label_logits,
-                          None if idx is None else idx[i], derive_seed(seed, "step", i), augment)
-        (g,) = torch.autograd.grad(loss.sum(), theta_i, create_graph=True)
+        if i < len(kept):
+            g, kept[i] = kept[i], None
+        else:
+            theta_i = thetas[i].requires_grad_(True)
+            loss = _step_loss(student, theta_i, images, labels, label_logits,
+                              None if idx is None else idx[i], derive_seed(seed, "step", i),
+                              augment)
+            (g,) = torch.autograd.grad(loss.sum(), theta_i, create_graph=True)
         torch.autograd.backward((g * pull).sum(), inputs=leaves)
     return MatchResult(match.detach(), images.grad, alpha_grad,
                        None if label_logits is None else label_logits.grad)

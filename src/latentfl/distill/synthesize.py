@@ -28,7 +28,7 @@ from latentfl.config import option
 from latentfl.distill.functional import FunctionalStudent
 from latentfl.distill.generator import GeneratorConfig
 from latentfl.distill.latent import GeneratorSpace, PixelSpace, random_generator
-from latentfl.distill.matching import match_trajectory
+from latentfl.distill.matching import DEFAULT_KEEP_MIB, match_trajectory
 from latentfl.distill.priors import load_prior, prior_problem
 from latentfl.distill.targets import Batch, Targets
 from latentfl.errors import DistillError
@@ -63,7 +63,11 @@ class DistillConfig:
     lr_pixel: float = option(1000.0, help="Learning rate of images in pixel space.", min=0.0)
     lr_labels: float = option(10.0, help="Learning rate of soft-label logits.", min=0.0)
     unroll: Literal["full", "two_pass"] = option(
-        "full", help="'full' exact unroll or constant-memory 'two_pass'.")
+        "full", help="'full' exact unroll or bounded-memory 'two_pass' (see two_pass_keep_mib).")
+    two_pass_keep_mib: float = option(
+        DEFAULT_KEEP_MIB, help="two_pass: MiB of step graphs the first pass keeps for the second "
+        "instead of recomputing them (0: recompute every step; memory is one step's graph).",
+        min=0.0)
     augment: bool = option(True, help="Differentiable augmentation (DSA) in every student step.")
     augment_strategy: Literal["one", "all"] = option(
         "one", help="DSA: one random family per step, or all families.")
@@ -219,7 +223,7 @@ def _distill_batch(batch: Batch, model: nn.Module, *, spec: SetSpec, space: Spac
             batch_size=config.batch_size, unroll=config.unroll,
             seed=derive_seed(seed, "iteration", it),
             augment=config.augment_strategy if config.augment else None,
-            label_logits=label_logits)
+            label_logits=label_logits, keep_mib=config.two_pass_keep_mib)
         opt.zero_grad(set_to_none=True)
         space.backward(params, res.image_grad.flatten(0, 1))
         if label_logits is not None:
