@@ -11,16 +11,18 @@ tensors:
   prior that needs no data) or trained by ``latentfl generator train`` on public data and loaded
   from safetensors + JSON, a prior shipped in the package, or one from an installed entry point.
 
-Backprop to latents runs in two stages so memory stays bounded: :meth:`GeneratorSpace.render`
-makes the images without a graph, trajectory matching returns the image gradients, and
-:meth:`GeneratorSpace.backward` replays the generator chunk by chunk, calling
-``autograd.backward(images_chunk, grad_chunk)`` to accumulate the latent gradients.
+Backprop to latents runs in two stages: :meth:`GeneratorSpace.render_for_grad` makes the images,
+trajectory matching returns the image gradients, and the function it returned accumulates the
+latent gradients. Up to ``chunk_size`` images keep their generator graph for that; beyond, so
+memory stays bounded, they render without one and :meth:`GeneratorSpace.backward` replays the
+generator chunk by chunk, calling ``autograd.backward(images_chunk, grad_chunk)``.
 """
 
 from __future__ import annotations
 
 import json
 from dataclasses import asdict, fields
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -64,6 +66,10 @@ class PixelSpace:
     def backward(self, params: list[Tensor], image_grad: Tensor) -> None:
         """Accumulate ``image_grad`` into the images' ``.grad``."""
         torch.autograd.backward(params[0], image_grad, inputs=params)
+
+    def render_for_grad(self, params: list[Tensor]) -> tuple[Tensor, Callable[[Tensor], None]]:
+        """The images (detached) and the function that accumulates their gradient."""
+        return self.render(params), lambda image_grad: self.backward(params, image_grad)
 
 
 class GeneratorSpace:
@@ -109,6 +115,16 @@ class GeneratorSpace:
         for a in range(0, image_grad.shape[0], self.chunk_size):
             images = self.generator.render(lat.slice(a, a + self.chunk_size))
             torch.autograd.backward(images, image_grad[a:a + self.chunk_size], inputs=params)
+
+    def render_for_grad(self, params: list[Tensor]) -> tuple[Tensor, Callable[[Tensor], None]]:
+        """The images (detached) and the function that accumulates their gradient into the
+        latents. Up to ``chunk_size`` images render once and keep their graph for it; more
+        render without one and :meth:`backward` replays them chunk by chunk."""
+        if params[0].shape[0] > self.chunk_size:
+            return self.render(params), lambda image_grad: self.backward(params, image_grad)
+        images = self.generator.render(self.latent(params))
+        return images.detach(), lambda image_grad: torch.autograd.backward(
+            images, image_grad, inputs=params)
 
 
 def random_generator(config: GeneratorConfig, *, seed: int,

@@ -82,7 +82,8 @@ class DistillConfig:
                    "entry point), or weights (.safetensors) from 'latentfl generator train'.")
     layer: int | None = option(None, help="F-space split layer; chosen from the image size if unset.",
                                min=0)
-    chunk_size: int = option(256, help="Images per chunk when replaying the generator.", min=1)
+    chunk_size: int = option(256, help="Up to this many images keep the generator's graph for the "
+                            "backward; more are replayed in chunks of this size.", min=1)
     log_every: int = option(10, help="Log loss and alpha every this many iterations (0: never).",
                             min=0)
 
@@ -217,7 +218,8 @@ def _distill_batch(batch: Batch, model: nn.Module, *, spec: SetSpec, space: Spac
     losses = []
     for it in range(config.iterations):
         starts, targets = batch.draw(it, pair_gen)  # (P, D) each
-        images = space.render(params).view(num, m, *space.image_shape)
+        images, pull_back = space.render_for_grad(params)
+        images = images.view(num, m, *space.image_shape)
         res = match_trajectory(
             student, starts, targets, images, labels_all, alpha, steps=config.steps,
             batch_size=config.batch_size, unroll=config.unroll,
@@ -225,7 +227,7 @@ def _distill_batch(batch: Batch, model: nn.Module, *, spec: SetSpec, space: Spac
             augment=config.augment_strategy if config.augment else None,
             label_logits=label_logits, keep_mib=config.two_pass_keep_mib)
         opt.zero_grad(set_to_none=True)
-        space.backward(params, res.image_grad.flatten(0, 1))
+        pull_back(res.image_grad.flatten(0, 1))
         if label_logits is not None:
             label_logits.grad = res.label_grad
         alpha.grad = res.alpha_grad
