@@ -9,6 +9,7 @@ import threading
 import pytest
 import torch
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from structlog.testing import capture_logs
 
 from daemon_helpers import STRATEGY
 from latentfl.config import from_dict
@@ -269,6 +270,27 @@ def test_an_accepted_update_is_stored_as_received_and_acked_by_its_digest(tmp_pa
     [(back, stored_digest)] = rounds.store.load_updates(1)
     assert stored_digest == digest and back.num_examples == update.num_examples
     assert all(torch.equal(back.weights[k], update.weights[k]) for k in update.weights)
+
+
+def test_each_update_of_a_group_commit_is_logged_with_its_own_count(tmp_path):
+    """Two updates made durable in one group commit log 'updates 1/2' and 'updates 2/2', in
+    arrival order (each line counts up to its own update, not to the group's end)."""
+    rounds = _rounds(tmp_path)
+    rounds.maybe_start(["a", "b"], now=0.0)
+    intake = _intake(rounds, tmp_path)
+    for pid, shift in (("a", 0.5), ("b", 0.25)):
+        key = Ed25519PrivateKey.generate()
+        message = decode(_signed_update(_update(rounds, pid, shift), key), user_id=pid,
+                         verify_key=key.public_key(), session="s", replay=ReplayGuard(None),
+                         max_bytes=1 << 24, expected_round=None)
+        assert intake.receive(message) == []
+    with capture_logs() as logs:
+        acks, accepted = intake.commit()
+    assert accepted == ["a", "b"] and len(acks) == 2
+    lines = [e for e in logs if e["event"] == "update_accepted"]
+    assert [(e["peer"], e["have"], e["group"]) for e in lines] == [("a", 1, 2), ("b", 2, 2)]
+    assert [e["summary"] for e in lines] == ["round 1: updates 1/2 (from a)",
+                                             "round 1: updates 2/2 (from b)"]
 
 
 def test_a_tampered_or_invalid_update_is_refused_and_nothing_is_stored(tmp_path):

@@ -21,8 +21,8 @@ generator chunk by chunk, calling ``autograd.backward(images_chunk, grad_chunk)`
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, fields
 from collections.abc import Callable
+from dataclasses import asdict, fields
 from pathlib import Path
 from typing import TYPE_CHECKING
 
