@@ -188,6 +188,15 @@ def _two_pass(student, start, target, images, labels, alpha, label_logits, idx, 
     leaves = [images]
     if label_logits is not None:
         leaves.append(label_logits.requires_grad_(True))
+
+    def step_grad(i: int, theta_i: Tensor, graph: bool) -> Tensor:
+        """Step ``i``'s weight gradient; with ``graph``, differentiable wrt the leaves."""
+        x, logits = (images, label_logits) if graph else (
+            images.detach(), None if label_logits is None else label_logits.detach())
+        loss = _step_loss(student, theta_i, x, labels, logits, None if idx is None else idx[i],
+                          derive_seed(seed, "step", i), augment)
+        return torch.autograd.grad(loss.sum(), theta_i, create_graph=graph)[0]
+
     # pass 1: the plain unroll, keeping each step's weights (P, D), and the first steps' graphs
     # while they fit the budget (every step's graph weighs the same: the shapes repeat)
     thetas, kept = [], []
@@ -197,23 +206,17 @@ def _two_pass(student, start, target, images, labels, alpha, label_logits, idx, 
     for i in range(steps):
         thetas.append(theta)
         theta_i = theta.detach().requires_grad_(True)
-        batch = None if idx is None else idx[i]
         if kept_bytes + step_bytes < keep_bytes:
             saved = [0]
             with _count_saved(saved):
-                loss = _step_loss(student, theta_i, images, labels, label_logits, batch,
-                                  derive_seed(seed, "step", i), augment)
-                (g,) = torch.autograd.grad(loss.sum(), theta_i, create_graph=True)
+                g = step_grad(i, theta_i, graph=True)
             step_bytes = saved[0]
             if kept_bytes + step_bytes <= keep_bytes:
                 kept.append(g)
                 kept_bytes += step_bytes
             g = g.detach()
         else:
-            loss = _step_loss(student, theta_i, images.detach(), labels,
-                              None if label_logits is None else label_logits.detach(), batch,
-                              derive_seed(seed, "step", i), augment)
-            (g,) = torch.autograd.grad(loss.sum(), theta_i)
+            g = step_grad(i, theta_i, graph=False)
         g_sum = g_sum + g
         theta = theta - alpha[:, None] * g
     denom = (start - target).pow(2).sum(-1, keepdim=True)
@@ -226,11 +229,7 @@ def _two_pass(student, start, target, images, labels, alpha, label_logits, idx, 
         if i < len(kept):
             g, kept[i] = kept[i], None
         else:
-            theta_i = thetas[i].requires_grad_(True)
-            loss = _step_loss(student, theta_i, images, labels, label_logits,
-                              None if idx is None else idx[i], derive_seed(seed, "step", i),
-                              augment)
-            (g,) = torch.autograd.grad(loss.sum(), theta_i, create_graph=True)
+            g = step_grad(i, thetas[i].requires_grad_(True), graph=True)
         torch.autograd.backward((g * pull).sum(), inputs=leaves)
     return MatchResult(match.detach(), images.grad, alpha_grad,
                        None if label_logits is None else label_logits.grad)
