@@ -11,12 +11,14 @@ from latentfl.config import from_dict
 from latentfl.errors import ConfigError
 from latentfl.strategies import FedAvg, FedNova, ModelSpec, StrategyConfig, Update
 from latentfl.strategies.defence import RobustConfig, apply_rule, clip_update
+from latentfl.strategies.feddgm import ScreeningConfig
 from latentfl.strategies.robust import (
     bulyan_rule,
     coordinate_median,
     krum_rule,
     krum_scores,
     norm_bound_rule,
+    screen_uploads,
     trimmed_mean,
 )
 from latentfl.training import TrainConfig
@@ -175,3 +177,22 @@ def test_run_task_clips_its_change_to_the_tasks_bound():
     update = run_task(task, MODEL, x, y, participant="p00")
     norm = float(update_deltas(task.weights, [update.weights]).norm())
     assert norm == pytest.approx(0.05, rel=1e-4)
+
+
+def test_feddgm_screening_default_rarely_drops_an_honest_site_and_always_a_boosted_one():
+    """FedDGM's default threshold, over 200 rounds of 10 uploads (a shared direction plus each
+    site's own noise, its size varying by 20% between sites): the two uploads boosted 3 times
+    (the backdoor attack's boost) are set aside in every round, and an honest one in at most
+    15% of rounds (21 of 200 at 5 MADs; at 3 MADs, the old default, 70)."""
+    mads = ScreeningConfig().mads
+    ids = [f"p{i:02d}" for i in range(10)]
+    g = torch.Generator().manual_seed(0)
+    honest_dropped = 0
+    for _ in range(200):
+        noise = 0.5 * (1 + 0.2 * (2 * torch.rand(10, 1, generator=g) - 1))
+        deltas = torch.randn(1000, generator=g) + noise * torch.randn(10, 1000, generator=g)
+        honest_dropped += bool(screen_uploads(ids, deltas, mads=mads))
+        deltas[:2] *= 3
+        dropped = {s.participant for s in screen_uploads(ids, deltas, mads=mads)}
+        assert {"p00", "p01"} <= dropped
+    assert honest_dropped <= 30
