@@ -60,7 +60,7 @@ class ScreeningConfig:
                                        "far from the round's coordinate median (needs 3 or more "
                                        "uploads); recommended when a site may be dishonest.")
     # 5 MADs is about 3.4 standard deviations of normally spread honest distances; at 3 (about
-    # 2) full-CIFAR-10 runs set an honest site aside in 5 of 27 rounds, each just over the line,
+    # 2) the robustness runs set an honest site aside in 7 of 30 rounds, each just over the line,
     # while the attacks the table measures scored 2.3-11 times the 3-MAD threshold
     mads: float = option(5.0, help="Threshold: median distance + this many median absolute "
                                    "deviations.", min=0.0, min_exclusive=True)
