@@ -94,29 +94,34 @@ def _nearest_sum(d2: torch.Tensor, near: int) -> torch.Tensor:
     return d2.sort(dim=1).values[:, :near].sum(dim=1)
 
 
-def mad_outliers(scores: torch.Tensor, mads: float) -> tuple[list[int], float]:
-    """Indices whose score exceeds median + ``mads`` x the median absolute deviation, and that
-    threshold. A MAD of zero (identical scores) is widened to 1e-12 so equal scores never fail."""
+def mad_outliers(scores: torch.Tensor, mads: float, min_spread: float = 0.0
+                 ) -> tuple[list[int], float]:
+    """Indices whose score exceeds median + ``mads`` x the spread, and that threshold. The
+    spread is the median absolute deviation, at least ``min_spread`` x the median (and 1e-12, so
+    equal scores never fail)."""
     centre = scores.median()
-    spread = (scores - centre).abs().median().clamp_min(1e-12)
+    mad = (scores - centre).abs().median()
+    spread = torch.maximum(mad, min_spread * centre.abs()).clamp_min(1e-12)
     threshold = float(centre + mads * spread)
     return [i for i, s in enumerate(scores.tolist()) if s > threshold], threshold
 
 
 def _outliers(ids: Sequence[str], deltas: torch.Tensor, centre: torch.Tensor, rule: str,
-              mads: float, action: str = "outlier") -> tuple[SetAside, ...]:
+              mads: float, action: str = "outlier", min_spread: float = 0.0
+              ) -> tuple[SetAside, ...]:
     distances = (deltas - centre).norm(dim=1)
-    flagged, threshold = mad_outliers(distances, mads)
+    flagged, threshold = mad_outliers(distances, mads, min_spread)
     return tuple(SetAside(ids[i], rule, action, float(distances[i]), threshold)
                  for i in flagged)
 
 
-def screen_uploads(ids: Sequence[str], deltas: torch.Tensor, *, mads: float
-                   ) -> tuple[SetAside, ...]:
+def screen_uploads(ids: Sequence[str], deltas: torch.Tensor, *, mads: float,
+                   min_spread: float = 0.0) -> tuple[SetAside, ...]:
     """FedDGM's upload screening: the uploads whose change lies farther from the coordinate
-    median of all changes than median + ``mads`` MADs of those distances, to be excluded."""
+    median of all changes than median + ``mads`` spreads of those distances (the spread: their
+    MAD, at least ``min_spread`` x their median), to be excluded."""
     return _outliers(ids, deltas, coordinate_median(deltas), "feddgm_screening", mads,
-                     action="excluded")
+                     action="excluded", min_spread=min_spread)
 
 
 def median_rule(ids: Sequence[str], deltas: torch.Tensor, *, mads: float) -> RuleResult:
