@@ -4,7 +4,9 @@ Each participant's update is a ConvNet-3 (instance norm; width 32 as in
 ``experiments/robust_cifar10-cpu.toml``, or ``--width``) plus a small random change; the timed call is
 ``FedAvg.aggregate_round``, the code both daemons and the simulator run, so the figure covers
 flattening, the rule and writing the new global model. Krum and Multi-Krum use f = 2 (10) or
-f = 20 (100); Bulyan f = 1 (10, since it needs n >= 4f + 3) or f = 20 (100).
+f = 20 (100); Bulyan f = 1 (10, since it needs n >= 4f + 3) or f = 20 (100). The last row per
+cohort is FedDGM's upload screening at its defaults (flattening and scoring the uploads; the
+distillation it precedes is not timed).
 
     python benchmarks/robust_aggregation.py --cohorts 10 100 --repeats 3 [--width 128]
 """
@@ -17,7 +19,9 @@ import time
 import torch
 
 from latentfl.strategies import FedAvg, ModelSpec, Update
-from latentfl.strategies.defence import RobustConfig
+from latentfl.strategies.defence import RobustConfig, update_deltas
+from latentfl.strategies.feddgm import ScreeningConfig
+from latentfl.strategies.robust import screen_uploads
 from latentfl.training import TrainConfig
 
 
@@ -39,20 +43,44 @@ def rules(n: int) -> dict[str, RobustConfig]:
     }
 
 
-def seconds_per_round(spec: ModelSpec, n: int, robust: RobustConfig, repeats: int) -> float:
+def round_of_updates(spec: ModelSpec, n: int, robust: RobustConfig) -> tuple[FedAvg, list[Update]]:
     strategy = FedAvg(spec, TrainConfig(), robust=robust)
     strategy.initialize(0)
     start = strategy.global_weights()
     g = torch.Generator().manual_seed(n)
-    updates = [Update(f"p{i:03d}", 1, {k: v + 0.01 * torch.randn(v.shape, generator=g)
-                                       for k, v in start.items()}, 100, 10) for i in range(n)]
+    return strategy, [Update(f"p{i:03d}", 1, {k: v + 0.01 * torch.randn(v.shape, generator=g)
+                                              for k, v in start.items()}, 100, 10)
+                      for i in range(n)]
+
+
+def best_seconds(call, repeats: int) -> float:
     best = float("inf")
     for _ in range(repeats):
-        strategy.set_global_weights(start)
         began = time.perf_counter()
-        strategy.aggregate_round(1, updates)
+        call()
         best = min(best, time.perf_counter() - began)
     return best
+
+
+def seconds_per_round(spec: ModelSpec, n: int, robust: RobustConfig, repeats: int) -> float:
+    strategy, updates = round_of_updates(spec, n, robust)
+    start = strategy.global_weights()
+
+    def aggregate() -> None:
+        strategy.set_global_weights(start)
+        strategy.aggregate_round(1, updates)
+    return best_seconds(aggregate, repeats)
+
+
+def screening_seconds(spec: ModelSpec, n: int, repeats: int) -> float:
+    strategy, updates = round_of_updates(spec, n, RobustConfig())
+    screening = ScreeningConfig()
+    ids = [u.participant for u in updates]
+
+    def screen() -> None:
+        deltas = update_deltas(strategy.global_weights(), [u.weights for u in updates])
+        screen_uploads(ids, deltas, mads=screening.mads, min_spread=screening.min_spread)
+    return best_seconds(screen, repeats)
 
 
 def main() -> None:
@@ -71,6 +99,8 @@ def main() -> None:
         for name, robust in rules(n).items():
             print(f"{n:>12}  {name:<26} {seconds_per_round(spec, n, robust, args.repeats):>10.3f}",
                   flush=True)
+        print(f"{n:>12}  {'feddgm screening':<26} {screening_seconds(spec, n, args.repeats):>10.3f}",
+              flush=True)
 
 
 if __name__ == "__main__":
