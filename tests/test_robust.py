@@ -183,7 +183,8 @@ def test_feddgm_screening_default_rarely_drops_an_honest_site_and_always_a_boost
     """FedDGM's default threshold, over 200 rounds of 10 uploads (a shared direction plus each
     site's own noise, its size varying by 20% between sites): the two uploads boosted 3 times
     (the backdoor attack's boost) are set aside in every round, and an honest one in at most
-    15% of rounds (21 of 200 at 5 MADs; at 3 MADs, the old default, 70)."""
+    15% of rounds (12 of 200 at the defaults; 21 at 5 MADs without the floor; 70 at 3 MADs,
+    the first default)."""
     config = ScreeningConfig()
     ids = [f"p{i:02d}" for i in range(10)]
     g = torch.Generator().manual_seed(0)
