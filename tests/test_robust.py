@@ -179,25 +179,34 @@ def test_run_task_clips_its_change_to_the_tasks_bound():
     assert norm == pytest.approx(0.05, rel=1e-4)
 
 
-def test_feddgm_screening_default_rarely_drops_an_honest_site_and_always_a_boosted_one():
-    """FedDGM's default threshold, over 200 rounds of 10 uploads (a shared direction plus each
-    site's own noise, its size varying by 20% between sites): the two uploads boosted 3 times
-    (the backdoor attack's boost) are set aside in every round, and an honest one in at most
-    15% of rounds (12 of 200 at the defaults; 21 at 5 MADs without the floor; 70 at 3 MADs,
-    the first default)."""
-    config = ScreeningConfig()
-    ids = [f"p{i:02d}" for i in range(10)]
+SITES = [f"p{i:02d}" for i in range(10)]
+
+
+def honest_rounds(variation: float, rounds: int = 200):
+    """Each round's changes of 10 honest uploads: a shared direction plus each site's own noise,
+    whose size varies by ``variation`` between sites."""
     g = torch.Generator().manual_seed(0)
+    for _ in range(rounds):
+        noise = 0.5 * (1 + variation * (2 * torch.rand(10, 1, generator=g) - 1))
+        yield torch.randn(1000, generator=g) + noise * torch.randn(10, 1000, generator=g)
+
+
+def screened(deltas: torch.Tensor, min_spread: float) -> set[str]:
+    return {s.participant for s in screen_uploads(SITES, deltas, mads=ScreeningConfig().mads,
+                                                  min_spread=min_spread)}
+
+
+def test_feddgm_screening_default_rarely_drops_an_honest_site_and_always_a_boosted_one():
+    """FedDGM's default threshold, over 200 rounds of 10 uploads whose noise size varies by 20%
+    between sites: the two uploads boosted 3 times (the backdoor attack's boost) are set aside in
+    every round, and an honest one in at most 15% of rounds (12 of 200 at the defaults; 21 at 5
+    MADs without the floor; 70 at 3 MADs, the first default)."""
+    floor = ScreeningConfig().min_spread
     honest_dropped = 0
-    for _ in range(200):
-        noise = 0.5 * (1 + 0.2 * (2 * torch.rand(10, 1, generator=g) - 1))
-        deltas = torch.randn(1000, generator=g) + noise * torch.randn(10, 1000, generator=g)
-        honest_dropped += bool(screen_uploads(ids, deltas, mads=config.mads,
-                                              min_spread=config.min_spread))
+    for deltas in honest_rounds(0.2):
+        honest_dropped += bool(screened(deltas, floor))
         deltas[:2] *= 3
-        dropped = {s.participant for s in screen_uploads(ids, deltas, mads=config.mads,
-                                                          min_spread=config.min_spread)}
-        assert {"p00", "p01"} <= dropped
+        assert {"p00", "p01"} <= screened(deltas, floor)
     assert honest_dropped <= 30
 
 
@@ -206,18 +215,12 @@ def test_feddgm_screening_keeps_honest_sites_that_lie_almost_equally_far():
     2% of each other, as surrogates trained from one start do), the MAD alone flags a site a
     few percent out in 39 of 200 rounds; the default floor on the spread flags none, and still
     sets aside the two uploads boosted 3 times in every round."""
-    config = ScreeningConfig()
-    ids = [f"p{i:02d}" for i in range(10)]
-    g = torch.Generator().manual_seed(0)
-    honest_dropped = {0.0: 0, config.min_spread: 0}
-    for _ in range(200):
-        noise = 0.5 * (1 + 0.02 * (2 * torch.rand(10, 1, generator=g) - 1))
-        deltas = torch.randn(1000, generator=g) + noise * torch.randn(10, 1000, generator=g)
-        for floor in honest_dropped:
-            honest_dropped[floor] += bool(screen_uploads(ids, deltas, mads=config.mads,
-                                                         min_spread=floor))
+    floor = ScreeningConfig().min_spread
+    honest_dropped = {0.0: 0, floor: 0}
+    for deltas in honest_rounds(0.02):
+        for spread_floor in honest_dropped:
+            honest_dropped[spread_floor] += bool(screened(deltas, spread_floor))
         deltas[:2] *= 3
-        dropped = screen_uploads(ids, deltas, mads=config.mads, min_spread=config.min_spread)
-        assert {s.participant for s in dropped} == {"p00", "p01"}
-    assert honest_dropped[config.min_spread] == 0
+        assert screened(deltas, floor) == {"p00", "p01"}
+    assert honest_dropped[floor] == 0
     assert honest_dropped[0.0] >= 20
