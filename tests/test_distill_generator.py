@@ -32,7 +32,8 @@ def test_split_render_equals_unsplit_forward_at_every_layer():
         lat = gen.latents(labels, 9, layer=k)
         assert len(lat.styles) == gen.num_layers - k + 1
         with torch.no_grad():
-            torch.testing.assert_close(gen.render(lat), whole, rtol=0, atol=1e-6)
+            # float32 sums may be ordered differently by the CPU's kernels (2e-6 seen on AVX2)
+            torch.testing.assert_close(gen.render(lat), whole, rtol=0, atol=1e-5)
     with pytest.raises(DistillError, match="out of range"):
         gen.latents(labels, 9, layer=gen.num_layers + 1)
 
