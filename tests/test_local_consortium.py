@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import signal
+import time
+
 import pytest
 
 from daemon_helpers import processes_mentioning
@@ -71,6 +75,27 @@ def test_stop_terminates_a_waiting_daemon_and_returns_its_exit_code(tmp_path):
     assert supervisor.exit_codes() == {"p00": None}
     assert supervisor.stop(grace_s=30) == {"p00": 130}
     assert processes_mentioning(str(consortium.root)) == []
+
+
+def test_a_hang_up_the_caller_ignores_stays_ignored_and_sigterm_still_stops(tmp_path):
+    """Started under nohup (SIGHUP ignored), a supervised run survives a hang-up; SIGTERM still
+    ends it through KeyboardInterrupt, and the caller's handlers come back afterwards."""
+    previous = signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    sigterm = signal.getsignal(signal.SIGTERM)
+    survived_hang_up = False
+    try:
+        with pytest.raises(KeyboardInterrupt), Supervisor(tmp_path):
+            os.kill(os.getpid(), signal.SIGHUP)
+            time.sleep(0.2)  # a hang-up turned into an interrupt would end the block here
+            survived_hang_up = True
+            assert signal.getsignal(signal.SIGTERM) is not sigterm  # else the kill ends pytest
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(5)
+        assert survived_hang_up
+        assert signal.getsignal(signal.SIGHUP) is signal.SIG_IGN
+        assert signal.getsignal(signal.SIGTERM) is sigterm
+    finally:
+        signal.signal(signal.SIGHUP, previous)
 
 
 def test_a_name_is_started_once(tmp_path):

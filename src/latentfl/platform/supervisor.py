@@ -4,7 +4,8 @@ Every child runs in one process group that the supervisor owns (not the terminal
 output in a log file. :meth:`Supervisor.stop` sends SIGTERM to the whole group, waits a grace
 period, then SIGKILLs whatever is left, and returns each child's exit code. Used as a context
 manager in the main thread, SIGTERM and SIGHUP to this process raise ``KeyboardInterrupt`` like
-Ctrl-C does, so any of them, or an error, ends in :meth:`stop` and no child is orphaned.
+Ctrl-C does, so any of them, or an error, ends in :meth:`stop` and no child is orphaned. A signal
+the caller ignores stays ignored (``nohup`` keeps a consortium running past a hang-up).
 """
 
 from __future__ import annotations
@@ -51,7 +52,7 @@ class Supervisor:
         # is slower, not faster, when each one also spreads torch over every core.
         self._env = {**os.environ, "OMP_NUM_THREADS": os.environ.get(
             "OMP_NUM_THREADS", str(threads_per_child))}
-        self._previous_handlers: dict[int, object] = {}
+        self._previous_handlers: dict[int, object] | None = None  # set in the main thread only
 
     def start(self, name: str, args: list[str]) -> subprocess.Popen:
         """Start ``python -m latentfl ARGS`` as child ``name``; output goes to ``log(name)``."""
@@ -113,12 +114,14 @@ class Supervisor:
 
     def __enter__(self) -> Supervisor:
         if threading.current_thread() is threading.main_thread():
-            self._previous_handlers = {s: signal.signal(s, _raise_interrupt) for s in _FORWARDED}
+            self._previous_handlers = {s: signal.signal(s, _raise_interrupt) for s in _FORWARDED
+                                       if signal.getsignal(s) is not signal.SIG_IGN}
         return self
 
     def __exit__(self, *exc_info: object) -> None:
         restore = {}
-        if self._previous_handlers:  # a second Ctrl-C or SIGTERM must not cut the clean-up short
+        if self._previous_handlers is not None:
+            # a second Ctrl-C or SIGTERM must not cut the clean-up short
             restore = {signal.SIGINT: signal.signal(signal.SIGINT, signal.SIG_IGN)}
             restore.update(self._previous_handlers)
             for sig in _FORWARDED:
@@ -128,7 +131,7 @@ class Supervisor:
         finally:
             for sig, handler in restore.items():
                 signal.signal(sig, handler)
-            self._previous_handlers = {}
+            self._previous_handlers = None
 
 
 __all__ = ["Supervisor", "wait_until"]
